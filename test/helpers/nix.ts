@@ -1,0 +1,34 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runNix, runNixLines } from '../../src/nix/tools.ts';
+
+export { runNix, runNixLines };
+
+/** Writes a Nix expression to a temp file and instantiates it; returns the .drv paths (one per attribute). */
+export async function instantiate(expr: string, attrs: string[] = []): Promise<string[]> {
+  const dir = mkdtempSync(join(tmpdir(), 'hydrant-nix-'));
+  const file = join(dir, 'default.nix');
+  writeFileSync(file, expr);
+  const args = [file, ...attrs.flatMap((a) => ['-A', a])];
+  return runNixLines('nix-instantiate', args);
+}
+
+/** Realises .drv paths with the local store; returns the output paths. */
+export async function realise(drvs: string[]): Promise<string[]> {
+  return runNixLines('nix-store', ['--realise', ...drvs]);
+}
+
+/**
+ * A trivial derivation builder usable in test expressions. Builders run with
+ * PATH unset, so only absolute paths to coreutils and /bin/sh work.
+ */
+export const MK_DRV = `
+  mk = { name, script, deps ? [], extra ? {} }: derivation ({
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+    deps = deps;
+  } // extra);
+`;
