@@ -1,0 +1,83 @@
+import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { loadRunnerConfig } from '../../config/runner-config.ts';
+import { describeCatalog, diffCatalogs } from '../../db/catalog.ts';
+import { openDatabase } from '../../db/connect.ts';
+import { createPool } from '../../db/pool.ts';
+import { checkSchema, ensureSchema } from '../../db/schema.ts';
+import { HYDRA_SCHEMA_VERSION } from '../../db/required-schema.ts';
+import { withDatabase } from '../../db/url.ts';
+import { DB_OPTIONS, DB_OPTIONS_HELP, dbOverrides, type Command } from '../command.ts';
+
+export const db: Command = {
+  name: 'db',
+  summary: 'check, create or compare the Hydra database schema',
+  usage: 'hydrant db check|init|compare [options]',
+  help: `  check     verify that every table and column Hydrant needs exists; changes
+            nothing. Exit 1 with one line naming what is missing.
+  init      create Hydra's schema (version ${HYDRA_SCHEMA_VERSION}) on an empty database, or check
+            an existing one (never altered)
+  compare --hydra-sql FILE
+            load Hydra's own hydra.sql into one scratch database and Hydrant's
+            migration into another on the same server, and print every
+            difference in tables, columns, constraints, indexes, triggers,
+            functions and rules. Exit 1 when they differ.
+${DB_OPTIONS_HELP}`,
+  options: { ...DB_OPTIONS, 'hydra-sql': { type: 'string' } },
+  async run({ values, positionals }) {
+    const action = positionals[0];
+    const config = loadRunnerConfig(values.config as string | undefined, dbOverrides(values));
+    const database = await openDatabase(config);
+    try {
+      switch (action) {
+        case 'check': {
+          const version = await checkSchema(database.pool);
+          process.stdout.write(`schema ok (SchemaVersion ${version})\n`);
+          return 0;
+        }
+        case 'init': {
+          const s = await ensureSchema(database.pool);
+          process.stdout.write(`${s.created ? 'created' : 'accepted existing'} Hydra schema (SchemaVersion ${s.version})\n`);
+          return 0;
+        }
+        case 'compare':
+          return await compare(database.url, values['hydra-sql'] as string | undefined);
+        default:
+          process.stderr.write(`hydrant db: unknown action '${action ?? ''}' (check, init or compare)\n`);
+          return 2;
+      }
+    } finally {
+      await database.close();
+    }
+  },
+};
+
+async function compare(url: string, hydraSqlPath: string | undefined): Promise<number> {
+  if (!hydraSqlPath) {
+    process.stderr.write('hydrant db compare: --hydra-sql FILE is required\n');
+    return 2;
+  }
+  const hydraSql = readFileSync(hydraSqlPath, 'utf8');
+  const suffix = randomBytes(4).toString('hex');
+  const names = [`cmp_hydra_${suffix}`, `cmp_hydrant_${suffix}`];
+  const admin = new pg.Client({ connectionString: url });
+  await admin.connect();
+  try {
+    for (const n of names) await admin.query(`create database ${n} template template0`);
+    // Hydra's hydra-init loads hydra.sql and records the newest migration's version.
+    const hydra = new pg.Client({ connectionString: withDatabase(url, names[0]!) });
+    await hydra.connect();
+    await hydra.query(`begin; ${hydraSql}; insert into SchemaVersion (version) values (${HYDRA_SCHEMA_VERSION}); commit;`);
+    const ours = createPool(withDatabase(url, names[1]!), { max: 1 });
+    await ensureSchema(ours);
+    const diff = diffCatalogs(await describeCatalog(hydra), await describeCatalog(ours));
+    await hydra.end();
+    await ours.end();
+    process.stdout.write(diff.length === 0 ? 'identical: Hydrant creates the same schema as hydra.sql\n' : `${diff.join('\n')}\n`);
+    return diff.length === 0 ? 0 : 1;
+  } finally {
+    for (const n of names) await admin.query(`drop database if exists ${n} with (force)`).catch(() => {});
+    await admin.end();
+  }
+}

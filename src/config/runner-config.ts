@@ -1,0 +1,96 @@
+import { readFileSync } from 'node:fs';
+import { parse as parseToml } from 'smol-toml';
+import { z } from 'zod';
+import { ConfigError } from '../errors/index.ts';
+
+/**
+ * The runner's configuration: TOML with the Rust queue runner's camelCase
+ * keys (REFERENCE §5), validated once into a frozen object. Unknown keys are
+ * errors, so a typo never silently falls back to a default.
+ */
+const RunnerConfigSchema = z
+  .object({
+    hydraDataDir: z.string().min(1).default('/var/lib/hydra'),
+    /** Hydrant's own state (embedded database, keys); defaults to <hydraDataDir>/hydrant. */
+    stateDir: z.string().min(1).optional(),
+    dbUrl: z.string().min(1).optional(),
+    maxDbConnections: z.number().int().positive().default(128),
+    machineSortFn: z.enum(['SpeedFactorOnly', 'CpuCoreCountWithSpeedFactor', 'BogomipsWithSpeedFactor']).default('SpeedFactorOnly'),
+    machineFreeFn: z.enum(['Static', 'Dynamic', 'DynamicWithMaxJobLimit']).default('Static'),
+    stepSortFn: z.enum(['Legacy', 'WithRdeps', 'WithCriticalPath']).default('Legacy'),
+    dispatchTriggerTimerInS: z.number().int().default(120),
+    queueTriggerTimerInS: z.number().int().default(-1),
+    remoteStoreAddr: z.array(z.string().min(1)).default([]),
+    useSubstitutes: z.boolean().default(false),
+    rootsDir: z.string().optional(),
+    maxRetries: z.number().int().nonnegative().default(5),
+    retryInterval: z.number().nonnegative().default(60),
+    retryBackoff: z.number().positive().default(3.0),
+    maxUnsupportedTimeInS: z.number().int().nonnegative().default(120),
+    stopQueueRunAfterInS: z.number().int().default(60),
+    tokenPaths: z.array(z.string().min(1)).default([]),
+    usePresignedUploads: z.boolean().default(false),
+    maxOutputSize: z.number().int().positive().default(2 * 1024 ** 3),
+    maxSilentTime: z.number().int().positive().default(3600),
+    buildTimeout: z.number().int().positive().default(36000),
+    maxLogSize: z.number().int().positive().default(64 * 1024 * 1024),
+    grpcListen: z.string().default('127.0.0.1:50051'),
+    httpListen: z.string().default('127.0.0.1:8080'),
+    workerThreads: z.number().int().positive().default(2),
+  })
+  .strict();
+
+export type RunnerConfig = Readonly<z.infer<typeof RunnerConfigSchema>> & { readonly stateDir: string };
+
+function formatIssues(err: z.ZodError, source: string): string {
+  return err.issues
+    .map((i) => `${source}: ${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`)
+    .join('; ');
+}
+
+/** Validates a plain object (e.g. parsed TOML plus overrides) into a frozen config. */
+export function validateRunnerConfig(input: unknown, source = 'config', env: NodeJS.ProcessEnv = process.env): RunnerConfig {
+  const parsed = RunnerConfigSchema.safeParse(input ?? {});
+  if (!parsed.success) throw new ConfigError(formatIssues(parsed.error, source));
+  const c = parsed.data;
+  // The environment wins over the file, as upstream does for the database URL.
+  const dbUrl = env.HYDRA_DATABASE_URL || c.dbUrl;
+  return Object.freeze({
+    ...c,
+    dbUrl,
+    stateDir: c.stateDir ?? `${c.hydraDataDir}/hydrant`,
+    remoteStoreAddr: Object.freeze([...c.remoteStoreAddr]) as string[],
+    tokenPaths: Object.freeze([...c.tokenPaths]) as string[],
+  });
+}
+
+/** Reads and validates a TOML file; one ConfigError names every problem. */
+export function loadRunnerConfig(path: string | undefined, overrides: Record<string, unknown> = {}, env = process.env): RunnerConfig {
+  let data: Record<string, unknown> = {};
+  if (path) {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`${path}: cannot read: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      data = parseToml(text) as Record<string, unknown>;
+    } catch (err) {
+      throw new ConfigError(`${path}: invalid TOML: ${(err as Error).message.split('\n')[0]}`, { cause: err });
+    }
+  }
+  const defined = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
+  return validateRunnerConfig({ ...data, ...defined }, path ?? 'config', env);
+}
+
+/** Renders a database URL for logs without its password. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '<unparseable url>';
+  }
+}

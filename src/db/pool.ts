@@ -1,0 +1,50 @@
+import pg from 'pg';
+
+// Hydra stores Unix seconds in `integer` and sizes in `bigint`: return int8
+// as a JS number (sizes stay far below 2^53) instead of a string.
+pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v));
+
+export type Pool = pg.Pool;
+export type PoolClient = pg.PoolClient;
+
+export interface PoolOptions {
+  max?: number;
+  applicationName?: string;
+}
+
+export function createPool(url: string, options: PoolOptions = {}): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.max ?? 16,
+    application_name: options.applicationName ?? 'hydrant',
+    idleTimeoutMillis: 30_000,
+  });
+  // An idle client losing its connection must not crash the process; the
+  // next query reconnects.
+  pool.on('error', () => {});
+  return pool;
+}
+
+/** Runs `fn` in a transaction, retrying on serialization failures and deadlocks. */
+export async function withTransaction<T>(
+  pool: pg.Pool,
+  fn: (client: pg.PoolClient) => Promise<T>,
+  retries = 5,
+): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    const client = await pool.connect();
+    try {
+      await client.query('begin');
+      const result = await fn(client);
+      await client.query('commit');
+      return result;
+    } catch (err) {
+      await client.query('rollback').catch(() => {});
+      const code = (err as { code?: string }).code;
+      if ((code === '40001' || code === '40P01') && attempt < retries) continue;
+      throw err;
+    } finally {
+      client.release();
+    }
+  }
+}

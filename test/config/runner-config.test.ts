@@ -1,0 +1,40 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadRunnerConfig, redactUrl } from '../../src/config/runner-config.ts';
+import { ConfigError } from '../../src/errors/index.ts';
+
+function file(text: string): string {
+  const p = join(mkdtempSync(join(tmpdir(), 'hydrant-cfg-')), 'runner.toml');
+  writeFileSync(p, text);
+  return p;
+}
+
+describe('runner configuration', () => {
+  it('has the upstream defaults and is frozen', () => {
+    const c = loadRunnerConfig(undefined, {}, {});
+    expect(c).toMatchObject({ maxRetries: 5, retryInterval: 60, retryBackoff: 3, maxUnsupportedTimeInS: 120, queueTriggerTimerInS: -1, dispatchTriggerTimerInS: 120, machineSortFn: 'SpeedFactorOnly', maxLogSize: 64 * 1024 * 1024 });
+    expect(c.stateDir).toBe('/var/lib/hydra/hydrant');
+    expect(Object.isFrozen(c)).toBe(true);
+  });
+
+  it('reads upstream keys from TOML; HYDRA_DATABASE_URL wins over dbUrl', () => {
+    const p = file('hydraDataDir = "/srv/hydra"\ndbUrl = "postgres://a@h/db"\nmachineSortFn = "BogomipsWithSpeedFactor"\nremoteStoreAddr = ["file:///cache?compression=zstd"]\n');
+    expect(loadRunnerConfig(p, {}, {})).toMatchObject({ hydraDataDir: '/srv/hydra', dbUrl: 'postgres://a@h/db', machineSortFn: 'BogomipsWithSpeedFactor', stateDir: '/srv/hydra/hydrant' });
+    expect(loadRunnerConfig(p, {}, { HYDRA_DATABASE_URL: 'postgres://env/db' }).dbUrl).toBe('postgres://env/db');
+  });
+
+  it('rejects unknown keys, wrong types and bad TOML with one error naming the file and key', () => {
+    const typo = file('maxRetrys = 3\n');
+    expect(() => loadRunnerConfig(typo, {}, {})).toThrow(ConfigError);
+    expect(() => loadRunnerConfig(typo, {}, {})).toThrow(/maxRetrys/);
+    expect(() => loadRunnerConfig(file('machineSortFn = "Fastest"\n'), {}, {})).toThrow(/machineSortFn/);
+    expect(() => loadRunnerConfig(file('maxRetries = [\n'), {}, {})).toThrow(/invalid TOML/);
+    expect(() => loadRunnerConfig('/nonexistent/runner.toml', {}, {})).toThrow(/cannot read/);
+  });
+
+  it('redacts passwords from URLs', () => {
+    expect(redactUrl('postgres://u:secret@h:5432/db')).toBe('postgres://u:***@h:5432/db');
+  });
+});
