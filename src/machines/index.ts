@@ -1,0 +1,9 @@
+import { BUILDER_EVENTS, BUILDER_STATES, builderMachine, type BuilderEventType, type BuilderState } from './builder-machine.ts';
+import { compileMachine } from './compile.ts';
+import { STEP_EVENTS, STEP_STATES, stepMachine, type StepEventType, type StepState } from './step-machine.ts';
+
+export * from './builder-machine.ts';
+export * from './step-machine.ts';
+
+export const stepLifecycle = compileMachine<StepState, StepEventType>(stepMachine, STEP_STATES, STEP_EVENTS);
+export const builderLifecycle = compileMachine<BuilderState, BuilderEventType>(builderMachine, BUILDER_STATES, BUILDER_EVENTS);
