@@ -1,0 +1,106 @@
+import type { BuilderState } from '../machines/index.ts';
+import type { PlatformRecord, StepRecord } from './model.ts';
+
+/** A build machine as the dispatcher sees it (Hydra's "machine"; a connected builder agent). */
+export interface MachineRecord {
+  readonly id: string;
+  readonly systems: ReadonlySet<string>;
+  /** Supported features, mandatory ones included. */
+  readonly features: ReadonlySet<string>;
+  readonly mandatoryFeatures: ReadonlySet<string>;
+  readonly maxJobs: number;
+  readonly speedFactor: number;
+  readonly cpuCount: number;
+  readonly bogomips: number;
+  state: BuilderState;
+  readonly jobs: Set<StepRecord>;
+  consecutiveFailures: number;
+  lastFailure: number;
+  disabledUntil: number;
+  idleSince: number;
+  /** When the machine last gained room for a job. */
+  roomSince: number;
+  /** Latest report from the builder (dynamic capacity, disk space). */
+  load: MachineLoad;
+  readonly thresholds: MachineThresholds;
+}
+
+export interface MachineLoad {
+  load1: number;
+  cpuPressure: number;
+  memPressure: number;
+  ioPressure: number;
+  buildDirFreePercent: number;
+  storeFreePercent: number;
+}
+
+export interface MachineThresholds {
+  maxLoad1PerCpu: number;
+  maxCpuPressure: number;
+  maxMemPressure: number;
+  maxIoPressure: number;
+  minFreeDiskPercent: number;
+}
+
+export const DEFAULT_THRESHOLDS: MachineThresholds = Object.freeze({
+  maxLoad1PerCpu: 1.5,
+  maxCpuPressure: 75,
+  maxMemPressure: 50,
+  maxIoPressure: 80,
+  minFreeDiskPercent: 5,
+});
+
+export const IDLE_LOAD: MachineLoad = Object.freeze({
+  load1: 0,
+  cpuPressure: 0,
+  memPressure: 0,
+  ioPressure: 0,
+  buildDirFreePercent: 100,
+  storeFreePercent: 100,
+});
+
+export type MachineSortFn = 'SpeedFactorOnly' | 'CpuCoreCountWithSpeedFactor' | 'BogomipsWithSpeedFactor';
+export type MachineFreeFn = 'Static' | 'Dynamic' | 'DynamicWithMaxJobLimit';
+
+export function machineScore(m: MachineRecord, fn: MachineSortFn): number {
+  switch (fn) {
+    case 'SpeedFactorOnly':
+      return m.speedFactor;
+    case 'CpuCoreCountWithSpeedFactor':
+      return m.speedFactor * m.cpuCount;
+    case 'BogomipsWithSpeedFactor':
+      return m.speedFactor * Math.max(m.bogomips, 1) * m.cpuCount;
+  }
+}
+
+/**
+ * Hydra's rule: the step's system (or `builtin`) is one of the machine's;
+ * every required feature is supported; every mandatory feature of the
+ * machine is required (a preferLocalBuild step counts as requiring `local`).
+ */
+export function supportsPlatform(m: MachineRecord, p: PlatformRecord): boolean {
+  if (p.system !== 'builtin' && !m.systems.has(p.system)) return false;
+  for (const f of p.features) if (!m.features.has(f)) return false;
+  for (const f of m.mandatoryFeatures) {
+    if (!p.features.includes(f) && !(p.preferLocal && f === 'local')) return false;
+  }
+  return true;
+}
+
+/**
+ * Whether the machine has room for another job under the capacity rule,
+ * whatever its lifecycle state; the dispatcher turns changes of this into the
+ * machine's FULL / SLOT_FREE events.
+ */
+export function hasRoom(m: MachineRecord, fn: MachineFreeFn): boolean {
+  const t = m.thresholds;
+  if (m.load.buildDirFreePercent < t.minFreeDiskPercent || m.load.storeFreePercent < t.minFreeDiskPercent) return false;
+  const staticFree = m.jobs.size < m.maxJobs;
+  if (fn === 'Static') return staticFree;
+  const dynamicFree =
+    m.load.load1 / Math.max(m.cpuCount, 1) < t.maxLoad1PerCpu &&
+    m.load.cpuPressure < t.maxCpuPressure &&
+    m.load.memPressure < t.maxMemPressure &&
+    m.load.ioPressure < t.maxIoPressure;
+  return fn === 'Dynamic' ? dynamicFree : dynamicFree && staticFree;
+}

@@ -1,0 +1,157 @@
+import { Heap } from '../util/heap.ts';
+import type { MachineRecord } from './machine-record.ts';
+import type { JobsetRecord, PlatformRecord, StepRecord } from './model.ts';
+
+export type StepSortFn = 'Legacy' | 'WithRdeps' | 'WithCriticalPath';
+
+/** A queue entry: the step with the key it was queued under (entries go stale when the step moves). */
+interface Entry {
+  readonly step: StepRecord;
+  readonly gen: number;
+  readonly global: number;
+  readonly extra: number;
+  readonly local: number;
+  readonly buildId: number;
+}
+
+export function shareUsed(j: JobsetRecord): number {
+  return j.seconds / Math.max(j.shares, 1);
+}
+
+function extraKey(step: StepRecord, fn: StepSortFn): number {
+  if (fn === 'WithRdeps') return step.rdeps.length + step.builds.length;
+  if (fn === 'WithCriticalPath') return step.criticalPath;
+  return 0;
+}
+
+/** Within one jobset the share is the same for all, so entries order by the rest of Hydra's key. */
+function entryLess(a: Entry, b: Entry): boolean {
+  if (a.global !== b.global) return a.global > b.global;
+  if (a.extra !== b.extra) return a.extra > b.extra;
+  if (a.local !== b.local) return a.local > b.local;
+  return a.buildId < b.buildId;
+}
+
+/**
+ * The runnable steps of one platform (system + features), ordered as Hydra
+ * orders them: highest global priority, then lowest fair-share use among the
+ * step's jobsets, then (WithRdeps / WithCriticalPath) most dependents or
+ * longest chain above, then highest local priority, then lowest build id.
+ *
+ * One heap per jobset keeps fair share cheap: a jobset's share changes as its
+ * steps finish, which re-orders whole jobsets, never individual steps. A step
+ * of several jobsets sits in each of their heaps; the first pop wins and the
+ * other entries go stale (checked against `queueGen`). The free machines able
+ * to run this platform sit in a heap by score.
+ */
+export class RunnableQueue {
+  private readonly byJobset = new Map<JobsetRecord, Heap<Entry>>();
+  /** Live (non-stale) steps queued. */
+  live = 0;
+  /** Machines that can run this platform, connected or within their reconnect grace. */
+  readonly capable = new Set<MachineRecord>();
+  readonly freeMachines: Heap<MachineRecord>;
+  readonly listedFree = new Set<MachineRecord>();
+  /** Since when no capable machine exists while steps wait (0 = not unsupported). */
+  unsupportedSince = 0;
+
+  constructor(
+    readonly platform: PlatformRecord,
+    private readonly sortFn: StepSortFn,
+    scoreOf: (m: MachineRecord) => number,
+  ) {
+    this.freeMachines = new Heap((a, b) => {
+      const sa = scoreOf(a);
+      const sb = scoreOf(b);
+      return sa !== sb ? sa > sb : a.id < b.id;
+    });
+  }
+
+  push(step: StepRecord): void {
+    const gen = ++step.queueGen;
+    const e: Entry = {
+      step,
+      gen,
+      global: step.globalPriority,
+      extra: extraKey(step, this.sortFn),
+      local: step.localPriority,
+      buildId: step.lowestBuildId,
+    };
+    const jobsets = step.jobsets.length > 0 ? step.jobsets : [ORPHAN];
+    for (const j of jobsets) {
+      let h = this.byJobset.get(j);
+      if (!h) this.byJobset.set(j, (h = new Heap(entryLess)));
+      h.push(e);
+    }
+    this.live++;
+  }
+
+  /** Re-queues a step whose priority changed (the old entries go stale). */
+  reprioritize(step: StepRecord): void {
+    this.live--;
+    this.push(step);
+  }
+
+  /** Forgets a queued step (dispatched elsewhere, cancelled, failed). */
+  drop(step: StepRecord): void {
+    step.queueGen++;
+    this.live--;
+    if (this.live === 0) this.byJobset.clear();
+  }
+
+  private static fresh(e: Entry): boolean {
+    return e.gen === e.step.queueGen && e.step.state === 'runnable';
+  }
+
+  /** The best live entry and the heap holding it, discarding stale tops on the way. */
+  private best(): { heap: Heap<Entry>; entry: Entry; share: number } | null {
+    let best: { heap: Heap<Entry>; entry: Entry; share: number } | null = null;
+    for (const [jobset, heap] of this.byJobset) {
+      let top = heap.peek();
+      while (top && !RunnableQueue.fresh(top)) {
+        heap.pop();
+        top = heap.peek();
+      }
+      if (!top) {
+        this.byJobset.delete(jobset);
+        continue;
+      }
+      const share = jobset === ORPHAN ? 0 : shareUsed(jobset);
+      if (!best || globalLess(top, share, best.entry, best.share)) best = { heap, entry: top, share };
+    }
+    return best;
+  }
+
+  peek(): { step: StepRecord; share: number; entry: Entry } | null {
+    const b = this.best();
+    return b ? { step: b.entry.step, share: b.share, entry: b.entry } : null;
+  }
+
+  /** Removes and returns the best runnable step. */
+  pop(): StepRecord | null {
+    const b = this.best();
+    if (!b) return null;
+    b.heap.pop();
+    this.drop(b.entry.step);
+    return b.entry.step;
+  }
+
+  /** Live steps in queue order, at most `limit` (for status pages; O(n log n)). */
+  snapshot(limit: number): StepRecord[] {
+    const seen = new Set<StepRecord>();
+    for (const heap of this.byJobset.values()) for (const e of heap) if (RunnableQueue.fresh(e)) seen.add(e.step);
+    return [...seen].sort((a, b) => a.lowestBuildId - b.lowestBuildId).slice(0, limit);
+  }
+}
+
+/** Steps not (yet) attributed to any jobset share one pseudo-jobset with zero share use. */
+const ORPHAN: JobsetRecord = { id: 0, project: '', name: '', shares: 1, seconds: 0, charges: [] };
+
+/** Hydra's full order across jobsets and platforms. */
+export function globalLess(a: Entry, shareA: number, b: Entry, shareB: number): boolean {
+  if (a.global !== b.global) return a.global > b.global;
+  if (shareA !== shareB) return shareA < shareB;
+  if (a.extra !== b.extra) return a.extra > b.extra;
+  if (a.local !== b.local) return a.local > b.local;
+  return a.buildId < b.buildId;
+}

@@ -1,0 +1,320 @@
+import { stepLifecycle, type StepEventType, type StepState } from '../machines/index.ts';
+import type {
+  BuildRecord, Clock, FailureCache, JobsetRecord, PlatformRecord, SchedulerStore, StepRecord,
+} from './model.ts';
+
+/**
+ * The graph of steps that queued builds need, with explicit reference
+ * counting. A step is held by each build whose own derivation it is, by each
+ * step that depends on it, and briefly by loaders; when its count reaches
+ * zero it is released, which releases its own dependencies in turn. Nothing
+ * else keeps a step alive, so after every build ends the graph is empty.
+ *
+ * Every state change goes through the compiled step machine. The graph emits
+ * what the dispatcher needs (runnable, reprioritized, released) through a
+ * listener and never reaches into the dispatcher itself.
+ */
+export interface GraphListener {
+  runnable(step: StepRecord): void;
+  /** A queued or runnable step's priority rose. */
+  reprioritized(step: StepRecord): void;
+  /** No one holds the step any more; `previous` is its state before cancellation. */
+  released(step: StepRecord, previous: StepState): void;
+}
+
+export type AddBuildResult =
+  | { kind: 'queued'; build: BuildRecord; step: StepRecord }
+  | { kind: 'cached'; build: BuildRecord }
+  | { kind: 'cachedFailure'; build: BuildRecord; failedDrvPath: string; own: boolean };
+
+export interface QueuedBuild {
+  id: number;
+  jobset: JobsetRecord;
+  job: string;
+  drvPath: string;
+  timestamp: number;
+  maxSilent: number;
+  timeout: number;
+  localPriority: number;
+  globalPriority: number;
+}
+
+export interface StepGraphOptions {
+  store: SchedulerStore;
+  failures: FailureCache;
+  listener: GraphListener;
+  clock: Clock;
+  /** Maintain criticalPath (costs a downward walk per new link). */
+  trackCriticalPath?: boolean;
+}
+
+const SUCCESS_STATES: ReadonlySet<StepState> = new Set(['succeeded', 'failedWithOutput', 'resolved']);
+
+export class StepGraph {
+  readonly steps = new Map<string, StepRecord>();
+  readonly builds = new Map<number, BuildRecord>();
+  private readonly platforms = new Map<string, PlatformRecord>();
+  private readonly creating = new Map<string, Promise<StepRecord | null>>();
+  /** For a step failed by a dependency: the step that really failed. */
+  private readonly failureCause = new WeakMap<StepRecord, StepRecord>();
+  private readonly cachedFailures = new WeakSet<StepRecord>();
+  private nextId = 1;
+
+  constructor(private readonly o: StepGraphOptions) {}
+
+  /** Applies a lifecycle event; throws if the step machine does not accept it. */
+  transition(step: StepRecord, event: StepEventType): StepState {
+    const next = stepLifecycle.next(step.state, event);
+    if (next === undefined) throw new Error(`step ${step.drvPath}: ${event} not accepted in ${step.state}`);
+    step.state = next;
+    return next;
+  }
+
+  platform(system: string, features: readonly string[], preferLocal = false): PlatformRecord {
+    const sorted = [...new Set(features)].sort();
+    const key = `${system}|${sorted.join(',')}${preferLocal ? '|preferLocal' : ''}`;
+    let p = this.platforms.get(key);
+    if (!p) this.platforms.set(key, (p = Object.freeze({ key, system, features: Object.freeze(sorted), preferLocal })));
+    return p;
+  }
+
+  /**
+   * Loads a queued build: creates the steps it needs (sharing existing ones),
+   * or reports that its outputs exist (cached) or that it needs a known
+   * failure (cachedFailure).
+   */
+  async addBuild(q: QueuedBuild): Promise<AddBuildResult> {
+    const build: BuildRecord = { ...q, toplevel: null, done: false };
+    const step = await this.acquire(q.drvPath);
+    if (!step) return { kind: 'cached', build };
+    if (SUCCESS_STATES.has(step.state)) {
+      // Built a moment ago and still held by the builds that wanted it.
+      this.releaseHold(step);
+      return { kind: 'cached', build };
+    }
+    if (step.state === 'failed') {
+      const cause = this.failureCause.get(step) ?? step;
+      this.releaseHold(step);
+      return { kind: 'cachedFailure', build, failedDrvPath: cause.drvPath, own: cause === step };
+    }
+    this.builds.set(build.id, build);
+    build.toplevel = step;
+    step.builds.push(build); // the loader's hold becomes the build's
+    this.propagate(step, build);
+    return { kind: 'queued', build, step };
+  }
+
+  /** Drops a build (finished, cancelled or deleted) and releases what only it needed. */
+  removeBuild(build: BuildRecord): void {
+    build.done = true;
+    this.builds.delete(build.id);
+    const step = build.toplevel;
+    build.toplevel = null;
+    if (!step) return;
+    const i = step.builds.indexOf(build);
+    if (i >= 0) {
+      swapRemove(step.builds, i);
+      this.releaseHold(step);
+    }
+  }
+
+  /**
+   * After a step built successfully (or with output): its dependents no longer
+   * wait for it. Returns the builds whose own step it was.
+   */
+  completeSuccess(step: StepRecord): BuildRecord[] {
+    for (const r of step.rdeps) {
+      const i = r.deps.indexOf(step);
+      if (i >= 0) swapRemove(r.deps, i);
+      if (r.deps.length === 0 && r.state === 'queued') this.becomeRunnable(r);
+    }
+    const holds = step.rdeps.length;
+    step.rdeps = [];
+    const builds = [...step.builds];
+    for (let k = 0; k < holds; k++) this.releaseHold(step);
+    return builds;
+  }
+
+  /** Every unfinished build that needs `step`, directly or through dependents. */
+  dependentBuilds(step: StepRecord): BuildRecord[] {
+    const seen = new Set<StepRecord>([step]);
+    const stack = [step];
+    const builds = new Set<BuildRecord>();
+    while (stack.length > 0) {
+      const s = stack.pop()!;
+      for (const b of s.builds) if (!b.done) builds.add(b);
+      for (const r of s.rdeps) {
+        if (!seen.has(r)) {
+          seen.add(r);
+          stack.push(r);
+        }
+      }
+    }
+    return [...builds].sort((a, b) => a.id - b.id);
+  }
+
+  /** Raises a build's global priority (Hydra's bump) and re-propagates it. */
+  bump(build: BuildRecord, globalPriority: number): void {
+    build.globalPriority = globalPriority;
+    if (build.toplevel) this.propagate(build.toplevel, build);
+  }
+
+  /** The step a dependency failure traces back to. */
+  causeOf(step: StepRecord): StepRecord {
+    return this.failureCause.get(step) ?? step;
+  }
+
+  isCachedFailure(step: StepRecord): boolean {
+    return this.cachedFailures.has(step);
+  }
+
+  // ------------------------------------------------------------ creation
+
+  /** Returns the step for `drvPath` with one hold for the caller, or null if its outputs exist. */
+  private async acquire(drvPath: string): Promise<StepRecord | null> {
+    const existing = this.steps.get(drvPath);
+    if (existing) {
+      existing.refs++;
+      return existing;
+    }
+    let pending = this.creating.get(drvPath);
+    if (!pending) {
+      pending = this.create(drvPath).finally(() => this.creating.delete(drvPath));
+      this.creating.set(drvPath, pending);
+    }
+    const step = await pending;
+    if (step) step.refs++;
+    return step;
+  }
+
+  private async create(drvPath: string): Promise<StepRecord | null> {
+    const drv = await this.o.store.readDerivation(drvPath);
+    const known = drv.outputs.filter((o) => o.path !== null).map((o) => o.path!);
+    if (known.length === drv.outputs.length) {
+      const valid = await this.o.store.queryValid(known);
+      if (valid.size === known.length) return null;
+    }
+    const step: StepRecord = {
+      id: this.nextId++,
+      drvPath,
+      platform: this.platform(drv.system, drv.requiredFeatures, drv.preferLocalBuild),
+      outputs: drv.outputs,
+      isCA: drv.isCA,
+      state: stepLifecycle.initial,
+      deps: [],
+      rdeps: [],
+      builds: [],
+      refs: 0,
+      globalPriority: 0,
+      localPriority: 0,
+      lowestBuildId: Number.MAX_SAFE_INTEGER,
+      jobsets: [],
+      tries: 0,
+      retryAt: 0,
+      runnableSince: 0,
+      queueGen: 0,
+      criticalPath: 0,
+      rdepCount: 0,
+      machine: null,
+    };
+    this.steps.set(drvPath, step);
+    if (known.length > 0 && (await this.o.failures.isFailed(known))) {
+      this.cachedFailures.add(step);
+      this.transition(step, 'CACHED_FAILURE');
+      return step;
+    }
+    const deps = await Promise.all([...drv.inputDrvs.keys()].map((d) => this.acquire(d)));
+    let failedDep: StepRecord | null = null;
+    for (const dep of deps) {
+      if (!dep) continue;
+      if (SUCCESS_STATES.has(dep.state)) {
+        this.releaseHold(dep);
+      } else if (dep.state === 'failed' || dep.state === 'cancelled') {
+        failedDep ??= dep;
+        this.releaseHold(dep);
+      } else {
+        dep.rdeps.push(step); // the hold becomes this step's
+        step.deps.push(dep);
+        if (this.o.trackCriticalPath) this.raiseCriticalPath(dep, step.criticalPath + 1);
+      }
+    }
+    if (failedDep) {
+      this.failureCause.set(step, this.causeOf(failedDep));
+      this.transition(step, 'DEP_FAILED');
+      for (const d of step.deps.splice(0)) {
+        swapRemove(d.rdeps, d.rdeps.indexOf(step));
+        this.releaseHold(d);
+      }
+    } else if (step.deps.length === 0) {
+      this.becomeRunnable(step);
+    }
+    return step;
+  }
+
+  private becomeRunnable(step: StepRecord): void {
+    this.transition(step, 'DEPS_DONE');
+    step.runnableSince = this.o.clock.now();
+    this.o.listener.runnable(step);
+  }
+
+  // ------------------------------------------------------------ holds
+
+  /** Drops one hold; at zero the step is released, and so on down its dependencies. */
+  releaseHold(first: StepRecord): void {
+    const stack = [first];
+    while (stack.length > 0) {
+      const step = stack.pop()!;
+      if (--step.refs > 0) continue;
+      if (step.refs < 0) throw new Error(`step ${step.drvPath}: reference count below zero`);
+      if (this.steps.get(step.drvPath) === step) this.steps.delete(step.drvPath);
+      const previous = step.state;
+      if (!stepLifecycle.finals.has(previous)) this.transition(step, 'CANCEL');
+      this.o.listener.released(step, previous);
+      for (const d of step.deps) {
+        const i = d.rdeps.indexOf(step);
+        if (i >= 0) swapRemove(d.rdeps, i);
+        stack.push(d);
+      }
+      step.deps = [];
+    }
+  }
+
+  // ------------------------------------------------------------ priorities
+
+  /**
+   * Pushes a build's priorities down its step closure. A step's dependencies
+   * always carry at least its own priorities, so the walk stops wherever
+   * nothing would change.
+   */
+  private propagate(top: StepRecord, build: BuildRecord): void {
+    const stack = [top];
+    while (stack.length > 0) {
+      const s = stack.pop()!;
+      let changed = false;
+      if (build.globalPriority > s.globalPriority) (s.globalPriority = build.globalPriority), (changed = true);
+      if (build.localPriority > s.localPriority) (s.localPriority = build.localPriority), (changed = true);
+      if (build.id < s.lowestBuildId) (s.lowestBuildId = build.id), (changed = true);
+      if (!s.jobsets.includes(build.jobset)) s.jobsets.push(build.jobset), (changed = true);
+      if (!changed) continue;
+      if (s.state === 'runnable') this.o.listener.reprioritized(s);
+      for (const d of s.deps) stack.push(d);
+    }
+  }
+
+  private raiseCriticalPath(first: StepRecord, length: number): void {
+    const stack: [StepRecord, number][] = [[first, length]];
+    while (stack.length > 0) {
+      const [s, l] = stack.pop()!;
+      if (s.criticalPath >= l) continue;
+      s.criticalPath = l;
+      if (s.state === 'runnable') this.o.listener.reprioritized(s);
+      for (const d of s.deps) stack.push([d, l + 1]);
+    }
+  }
+}
+
+function swapRemove<T>(a: T[], i: number): void {
+  if (i < 0) return;
+  a[i] = a[a.length - 1]!;
+  a.pop();
+}

@@ -1,0 +1,34 @@
+/** Hydra's status codes, shared by Builds.buildStatus and BuildSteps.status. */
+export const BuildStatus = Object.freeze({
+  Success: 0,
+  Failed: 1,
+  DepFailed: 2, // builds only
+  Aborted: 3, // transient; retryable
+  Cancelled: 4,
+  Obsolete: 5,
+  FailedWithOutput: 6, // builds only
+  TimedOut: 7,
+  CachedFailure: 8, // steps only; builds use isCachedBuild
+  Unsupported: 9,
+  LogLimitExceeded: 10,
+  NarSizeLimitExceeded: 11,
+  NotDeterministic: 12,
+  Resolved: 13,
+} as const);
+export type BuildStatusCode = (typeof BuildStatus)[keyof typeof BuildStatus];
+
+/** BuildSteps.busy while a step runs (the Rust runner's codes); 0 = not busy. */
+export const StepBusy = Object.freeze({
+  Idle: 0,
+  Preparing: 1,
+  Connecting: 10,
+  SendingInputs: 20,
+  Building: 30,
+  WaitingForLocalSlot: 35,
+  ReceivingOutputs: 40,
+  PostProcessing: 50,
+} as const);
+export type StepBusyCode = (typeof StepBusy)[keyof typeof StepBusy];
+
+/** BuildSteps.type */
+export const StepType = Object.freeze({ Build: 0, Substitution: 1 } as const);
