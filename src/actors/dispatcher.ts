@@ -23,8 +23,6 @@ export interface DispatcherOptions {
   assign(step: StepRecord, machine: MachineRecord): void;
   /** A runnable step no machine could run for maxUnsupportedTimeInS. */
   unsupported(step: StepRecord): void;
-  /** A step's retries are used up (it failed transiently more than maxRetries times). */
-  abandoned(step: StepRecord): void;
   /**
    * Called per assignment: `latencyMs` from the moment both the step was
    * runnable and the machine had room to the hand-over (the runner's own
@@ -96,22 +94,22 @@ export class Dispatcher {
    * transient failure the step waits and retries, or is abandoned once its
    * retries are used up.
    */
-  jobEnded(step: StepRecord, machine: MachineRecord | undefined, outcome: 'done' | 'transient'): void {
+  jobEnded(step: StepRecord, machine: MachineRecord | undefined, outcome: 'done' | 'transient'): 'done' | 'retrying' | 'abandoned' {
     if (machine) {
       machine.jobs.delete(step);
       if (machine.jobs.size === 0) machine.idleSince = this.o.clock.now();
       this.syncCapacity(machine);
     }
     step.machine = null;
-    if (outcome === 'transient') this.retryLater(step);
+    return outcome === 'transient' ? this.retryLater(step) : 'done';
   }
 
-  private retryLater(step: StepRecord): void {
+  /** Schedules another attempt, or gives up (ABORT) once maxRetries retries were used. */
+  private retryLater(step: StepRecord): 'retrying' | 'abandoned' {
     step.tries++;
     if (step.tries > this.o.maxRetries) {
       this.o.stepEvent(step, 'ABORT');
-      this.o.abandoned(step);
-      return;
+      return 'abandoned';
     }
     this.o.stepEvent(step, 'TRANSIENT_FAILURE');
     const base = this.o.retryInterval * this.o.retryBackoff ** (step.tries - 1);
@@ -120,6 +118,7 @@ export class Dispatcher {
     this.retries.push(step);
     this.stats.retryWaiting++;
     this.armRetryTimer();
+    return 'retrying';
   }
 
   private armRetryTimer(): void {

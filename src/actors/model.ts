@@ -1,4 +1,5 @@
 import type { StepState } from '../machines/index.ts';
+import type { DerivationSummary } from '../nix/derivation-summary.ts';
 
 /**
  * The scheduler's in-memory records. Steps are compact records, not live
@@ -68,6 +69,9 @@ export interface StepRecord {
   localPriority: number;
   lowestBuildId: number;
   jobsets: JobsetRecord[];
+  /** Limits: the largest maxsilent / timeout of the builds that need the step (seconds). */
+  maxSilent: number;
+  timeout: number;
   /** Attempts so far that ended in a transient failure. */
   tries: number;
   /** When a step in retryWait may run again (ms since epoch). */
@@ -83,16 +87,7 @@ export interface StepRecord {
   machine: string | null;
 }
 
-/** What the scheduler needs from a .drv. */
-export interface DerivationSummary {
-  readonly drvPath: string;
-  readonly system: string;
-  readonly requiredFeatures: readonly string[];
-  readonly preferLocalBuild: boolean;
-  readonly outputs: readonly StepOutput[];
-  readonly inputDrvs: ReadonlyMap<string, readonly string[]>;
-  readonly isCA: boolean;
-}
+export type { DerivationSummary };
 
 /** The store as the scheduler sees it: derivations to read and outputs that may already exist. */
 export interface SchedulerStore {

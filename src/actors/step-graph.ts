@@ -209,6 +209,8 @@ export class StepGraph {
       localPriority: 0,
       lowestBuildId: Number.MAX_SAFE_INTEGER,
       jobsets: [],
+      maxSilent: 0,
+      timeout: 0,
       tries: 0,
       retryAt: 0,
       runnableSince: 0,
@@ -295,6 +297,8 @@ export class StepGraph {
       if (build.localPriority > s.localPriority) (s.localPriority = build.localPriority), (changed = true);
       if (build.id < s.lowestBuildId) (s.lowestBuildId = build.id), (changed = true);
       if (!s.jobsets.includes(build.jobset)) s.jobsets.push(build.jobset), (changed = true);
+      if (build.maxSilent > s.maxSilent) (s.maxSilent = build.maxSilent), (changed = true);
+      if (build.timeout > s.timeout) (s.timeout = build.timeout), (changed = true);
       if (!changed) continue;
       if (s.state === 'runnable') this.o.listener.reprioritized(s);
       for (const d of s.deps) stack.push(d);

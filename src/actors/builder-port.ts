@@ -1,0 +1,80 @@
+import type { StepBusyCode } from '../db/status.ts';
+
+/**
+ * How the scheduler reaches a machine. The gRPC BuilderSession implements it
+ * for remote builder agents; tests and benchmarks use in-process builders.
+ * Results come back through the `report` callback, exactly once per job
+ * unless the job is aborted first.
+ */
+export interface StepJob {
+  /** Unique per attempt. */
+  readonly jobId: string;
+  readonly drvPath: string;
+  readonly outputs: readonly { readonly name: string; readonly path: string | null }[];
+  readonly maxSilentTime: number;
+  readonly buildTimeout: number;
+  readonly maxLogSize: number;
+  readonly maxOutputSize: number;
+}
+
+export interface BuiltOutput {
+  readonly name: string;
+  readonly path: string;
+  readonly narSize: number;
+  readonly closureSize: number;
+}
+
+export interface BuildProductRow {
+  readonly type: string;
+  readonly subtype: string;
+  readonly fileSize: number | null;
+  readonly sha256hash: string | null;
+  readonly path: string;
+  readonly name: string;
+  readonly defaultPath: string | null;
+}
+
+export interface NixSupportInfo {
+  readonly products: readonly BuildProductRow[];
+  readonly releaseName: string | null;
+  readonly metrics: readonly { readonly name: string; readonly value: number; readonly unit: string | null }[];
+  /** `nix-support/failed` exists: the build counts as failed with output (status 6). */
+  readonly failed: boolean;
+}
+
+export type StepOutcome =
+  | {
+      readonly kind: 'success';
+      readonly outputs: readonly BuiltOutput[];
+      readonly nixSupport: NixSupportInfo;
+      readonly startTime: number;
+      readonly stopTime: number;
+      readonly overheadMs: number;
+      readonly logFile: string;
+    }
+  | {
+      /** A permanent failure: 1 build failed, 7 timed out, 10 log limit, 11 NAR size limit, 12 not deterministic. */
+      readonly kind: 'failure';
+      readonly status: 1 | 7 | 10 | 11 | 12;
+      readonly errorMsg: string;
+      readonly startTime: number;
+      readonly stopTime: number;
+      readonly logFile: string;
+    }
+  | {
+      /** Retryable: preparing, import, upload or post-processing failed, or the machine was lost. */
+      readonly kind: 'transient';
+      readonly errorMsg: string;
+      /** The failure points at the machine (it gets a backoff). */
+      readonly machineFault: boolean;
+    };
+
+export interface BuilderPort {
+  start(job: StepJob, report: (outcome: StepOutcome) => void, progress: (busy: StepBusyCode) => void): void;
+  abort(jobId: string): void;
+}
+
+/** Unix seconds, as Hydra's integer time columns hold. */
+export function unixNow(ms = Date.now()): number {
+  return Math.floor(ms / 1000);
+}

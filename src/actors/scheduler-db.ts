@@ -1,0 +1,103 @@
+import type { BuildProductRow, BuiltOutput } from './builder-port.ts';
+
+/**
+ * Everything the scheduler reads from and writes to Hydra's database, as
+ * whole operations: each write method is one transaction, so a step's
+ * result lands entirely or not at all. Implemented over PostgreSQL by
+ * src/db/scheduler-db.ts.
+ */
+export interface QueuedBuildRow {
+  id: number;
+  jobsetId: number;
+  project: string;
+  jobset: string;
+  job: string;
+  drvPath: string;
+  system: string;
+  maxSilent: number;
+  timeout: number;
+  timestamp: number;
+  priority: number;
+  globalPriority: number;
+}
+
+export interface JobsetRow {
+  id: number;
+  project: string;
+  name: string;
+  schedulingShares: number;
+  /** Build seconds of the jobset's steps that ended in the last 24 hours. */
+  recentSeconds: number;
+}
+
+export interface SchedulerDb {
+  /** Startup: steps left busy by a previous run become aborted (3). */
+  abortLeftovers(now: number): Promise<number>;
+
+  /** A step attempt begins under `buildId`; returns its stepnr. */
+  stepStarted(a: {
+    buildId: number;
+    drvPath: string;
+    system: string;
+    machine: string;
+    startTime: number;
+    outputs: readonly { name: string; path: string | null }[];
+    firstStepOfBuild: boolean;
+  }): Promise<number>;
+
+  stepBusy(buildId: number, stepnr: number, busy: number): Promise<void>;
+
+  /** The step built: its row, and every build whose own derivation it is. Returns the builds that ended. */
+  stepSucceeded(a: {
+    buildId: number;
+    stepnr: number;
+    machine: string;
+    startTime: number;
+    stopTime: number;
+    overheadMs: number;
+    logFile: string;
+    outputs: readonly BuiltOutput[];
+    failedWithOutput: boolean;
+    releaseName: string | null;
+    products: readonly BuildProductRow[];
+    metrics: readonly { name: string; value: number; unit: string | null }[];
+    /** Builds to finish; isCachedBuild for those other than the one the step ran under. */
+    builds: readonly { id: number; isCachedBuild: boolean }[];
+  }): Promise<number[]>;
+
+  /**
+   * The step failed for good: its row (inserted when `stepnr` is null: it
+   * never ran), every build that needs it, FailedPaths when cacheable.
+   */
+  stepFailed(a: {
+    buildId: number;
+    stepnr: number | null;
+    drvPath: string;
+    system: string;
+    machine: string;
+    status: number;
+    errorMsg: string;
+    startTime: number;
+    stopTime: number;
+    logFile: string;
+    builds: readonly { id: number; own: boolean }[];
+    cacheablePaths: readonly string[];
+  }): Promise<number[]>;
+
+  /** A running attempt ended without a result: 3 aborted (retryable) or 4 cancelled. */
+  stepAborted(a: { buildId: number; stepnr: number; status: 3 | 4; errorMsg: string; stopTime: number; machine: string }): Promise<void>;
+
+  /** All outputs already exist. */
+  buildCached(a: { buildId: number; now: number; outputs: readonly { name: string; path: string | null }[] }): Promise<boolean>;
+
+  /** The build needs a path in FailedPaths (its own when `own`). */
+  buildCachedFailure(a: { buildId: number; failedDrvPath: string; system: string; own: boolean; now: number }): Promise<boolean>;
+
+  jobsets(windowSeconds: number): Promise<JobsetRow[]>;
+  /** Unfinished builds with id > afterId, by id, in batches. */
+  queuedBuilds(afterId: number): AsyncIterable<QueuedBuildRow[]>;
+  /** id → globalPriority of every unfinished build. */
+  queuedIds(): Promise<Map<number, number>>;
+  buildsByIds(ids: readonly number[]): Promise<QueuedBuildRow[]>;
+  failedPaths(paths: readonly string[]): Promise<Set<string>>;
+}
