@@ -1,0 +1,69 @@
+import { createWriteStream, mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { BuilderPort, StepJob, StepOutcome } from '../actors/builder-port.ts';
+import { unixNow } from '../actors/builder-port.ts';
+import { StepBusy, type StepBusyCode } from '../db/status.ts';
+import { readBuildNixSupport } from '../nix/nix-support.ts';
+import { buildLogPath } from './build-logs.ts';
+import { builtOutputs, pathSizes, runNixBuild, type NixBuildHandle } from './nix-build.ts';
+
+/**
+ * A builder that builds with real Nix in the runner's own store. It stands
+ * behind the same port as remote builder agents, so the scheduler's tests
+ * can build real derivations without the network protocol.
+ */
+export class LocalNixBuilder implements BuilderPort {
+  private readonly running = new Map<string, NixBuildHandle>();
+
+  constructor(private readonly o: { hydraDataDir: string; env?: NodeJS.ProcessEnv }) {}
+
+  start(job: StepJob, report: (o: StepOutcome) => void, progress: (busy: StepBusyCode) => void): void {
+    const logFile = buildLogPath(this.o.hydraDataDir, job.drvPath);
+    mkdirSync(dirname(logFile), { recursive: true });
+    const log = createWriteStream(logFile);
+    const startTime = unixNow();
+    progress(StepBusy.Building);
+    const handle = runNixBuild(job.drvPath, job, (chunk) => log.write(chunk), this.o.env);
+    this.running.set(job.jobId, handle);
+    void handle.done
+      .then(async (r): Promise<StepOutcome> => {
+        await new Promise<void>((res) => log.end(() => res()));
+        const stopTime = unixNow();
+        if (r.kind === 'error') return { kind: 'transient', errorMsg: r.errorMsg, machineFault: false };
+        if (r.kind === 'failed') return { kind: 'failure', status: r.status, errorMsg: r.errorMsg, startTime, stopTime, logFile };
+        progress(StepBusy.PostProcessing);
+        const outputs = await builtOutputs(job.drvPath, job.outputs, this.o.env);
+        const sizes = await pathSizes([...outputs.values()], this.o.env);
+        const built = [...outputs].map(([name, path]) => ({ name, path, ...(sizes.get(path) ?? { narSize: 0, closureSize: 0 }) }));
+        const tooBig = built.find((o) => o.narSize > job.maxOutputSize);
+        if (tooBig) {
+          return { kind: 'failure', status: 11, errorMsg: `output ${tooBig.name} is ${tooBig.narSize} bytes (limit ${job.maxOutputSize})`, startTime, stopTime, logFile };
+        }
+        const ns = await readBuildNixSupport(built);
+        return {
+          kind: 'success',
+          outputs: built,
+          startTime,
+          stopTime,
+          overheadMs: 0,
+          logFile,
+          nixSupport: {
+            failed: ns.failed,
+            releaseName: ns.releaseName,
+            metrics: ns.metrics.map((m) => ({ name: m.name, value: m.value, unit: m.unit || null })),
+            products: ns.products.map((p) => ({ ...p, defaultPath: p.defaultPath || null })),
+          },
+        };
+      })
+      .catch((err: unknown): StepOutcome => ({ kind: 'transient', errorMsg: String((err as Error)?.message ?? err), machineFault: false }))
+      .then((outcome) => {
+        if (this.running.delete(job.jobId)) report(outcome);
+      });
+  }
+
+  abort(jobId: string): void {
+    const h = this.running.get(jobId);
+    this.running.delete(jobId);
+    h?.kill();
+  }
+}

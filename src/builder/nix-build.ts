@@ -1,0 +1,105 @@
+import { spawn } from 'node:child_process';
+import { nixEnv, runNix } from '../nix/tools.ts';
+
+/**
+ * Builds one derivation with the real `nix-store --realise` and enforces
+ * Hydra's per-step limits: Nix itself enforces the timeout and silence
+ * limits (exit 101); the log size is counted here and the build killed when
+ * it exceeds the limit. The caller checks output sizes afterwards.
+ */
+export interface NixBuildLimits {
+  maxSilentTime: number;
+  buildTimeout: number;
+  maxLogSize: number;
+}
+
+export type NixBuildResult =
+  | { kind: 'built'; outputs: Map<string, string> }
+  | { kind: 'failed'; status: 1 | 7 | 10 | 12; errorMsg: string }
+  | { kind: 'error'; errorMsg: string };
+
+export interface NixBuildHandle {
+  done: Promise<NixBuildResult>;
+  kill(): void;
+}
+
+// nix-store --realise exit codes (Nix ≥ 2.0): 100 build failure, 101 timed out
+// (wall clock or silence), 102 hash mismatch, 104 not deterministic.
+function statusFor(code: number | null): 1 | 7 | 12 | null {
+  if (code === 100 || code === 102) return 1;
+  if (code === 101) return 7;
+  if (code === 104) return 12;
+  return null;
+}
+
+export function runNixBuild(
+  drvPath: string,
+  limits: NixBuildLimits,
+  onLog: (chunk: Buffer) => void,
+  env: NodeJS.ProcessEnv = process.env,
+): NixBuildHandle {
+  const args = [
+    '--realise', drvPath,
+    '--option', 'max-silent-time', String(limits.maxSilentTime),
+    '--option', 'timeout', String(limits.buildTimeout),
+  ];
+  const child = spawn('nix-store', args, { env: nixEnv('', env), stdio: ['ignore', 'pipe', 'pipe'] });
+  let logBytes = 0;
+  let logLimitHit = false;
+  let tail = '';
+  const out: Buffer[] = [];
+  child.stdout.on('data', (b: Buffer) => out.push(b));
+  child.stderr.on('data', (b: Buffer) => {
+    if (logLimitHit) return;
+    logBytes += b.length;
+    if (logBytes > limits.maxLogSize) {
+      logLimitHit = true;
+      child.kill('SIGKILL');
+      return;
+    }
+    tail = (tail + b.toString('utf8')).slice(-2000);
+    onLog(b);
+  });
+  const done = new Promise<NixBuildResult>((resolve) => {
+    child.on('error', (e) => resolve({ kind: 'error', errorMsg: `cannot run nix-store: ${e.message}` }));
+    child.on('close', (code) => {
+      const lastLines = tail.trim().split('\n').slice(-3).join('\n');
+      if (logLimitHit) return resolve({ kind: 'failed', status: 10, errorMsg: `log limit of ${limits.maxLogSize} bytes exceeded` });
+      if (code === 0) {
+        const paths = Buffer.concat(out).toString('utf8').split('\n').filter(Boolean);
+        return resolve({ kind: 'built', outputs: new Map(paths.map((p) => [p, p])) });
+      }
+      const status = statusFor(code);
+      if (status !== null) return resolve({ kind: 'failed', status, errorMsg: lastLines });
+      resolve({ kind: 'error', errorMsg: `nix-store exited with ${code}: ${lastLines}` });
+    });
+  });
+  return { done, kill: () => child.kill('SIGKILL') };
+}
+
+/**
+ * Output name → path after a build: known paths as the .drv gives them, and
+ * for floating content-addressed outputs the realisations Nix recorded.
+ */
+export async function builtOutputs(
+  drvPath: string,
+  outputs: readonly { name: string; path: string | null }[],
+  env?: NodeJS.ProcessEnv,
+): Promise<Map<string, string>> {
+  const result = new Map<string, string>();
+  for (const o of outputs) if (o.path) result.set(o.name, o.path);
+  if (result.size < outputs.length) {
+    const { stdout } = await runNix('nix', ['realisation', 'info', '--json', drvPath], { env });
+    const list = JSON.parse(stdout.toString('utf8')) as { id: string; outPath: string }[];
+    for (const r of list) result.set(r.id.slice(r.id.lastIndexOf('!') + 1), `/nix/store/${r.outPath}`);
+  }
+  return result;
+}
+
+/** NAR size and closure size of a valid path (Hydra's BuildSteps/Builds size columns). */
+export async function pathSizes(paths: readonly string[], env?: NodeJS.ProcessEnv): Promise<Map<string, { narSize: number; closureSize: number }>> {
+  if (paths.length === 0) return new Map();
+  const { stdout } = await runNix('nix', ['path-info', '--json', '--closure-size', ...paths], { env });
+  const list = JSON.parse(stdout.toString('utf8')) as { path: string; narSize: number; closureSize: number }[];
+  return new Map(list.map((i) => [i.path, { narSize: i.narSize, closureSize: i.closureSize }]));
+}

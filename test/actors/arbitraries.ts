@@ -1,0 +1,52 @@
+import fc from 'fast-check';
+import type { DerivationSummary } from '../../src/actors/model.ts';
+import { MemoryStore } from '../../src/sim/memory-store.ts';
+
+/** A random DAG of derivations: node i may depend on any j < i. Some outputs may already be valid. */
+export interface RandomDag {
+  store: MemoryStore;
+  drvs: DerivationSummary[];
+  /** Indices of derivations queued as builds (may repeat: two builds of one drv). */
+  builds: number[];
+}
+
+export const SYSTEMS = ['x86_64-linux', 'aarch64-linux'] as const;
+
+export function dagArbitrary(opts: { maxNodes?: number; systems?: readonly string[]; features?: readonly string[] } = {}): fc.Arbitrary<RandomDag> {
+  const maxNodes = opts.maxNodes ?? 25;
+  const systems = opts.systems ?? ['x86_64-linux'];
+  const features = opts.features ?? [];
+  return fc
+    .integer({ min: 1, max: maxNodes })
+    .chain((n) =>
+      fc.record({
+        deps: fc.array(fc.array(fc.nat(), { maxLength: 3 }), { minLength: n, maxLength: n }),
+        system: fc.array(fc.nat(systems.length - 1), { minLength: n, maxLength: n }),
+        feature: fc.array(fc.option(fc.constantFrom(...(features.length ? features : ['none'])), { freq: 4 }), { minLength: n, maxLength: n }),
+        valid: fc.array(fc.boolean(), { minLength: n, maxLength: n }),
+        builds: fc.array(fc.nat(n - 1), { minLength: 1, maxLength: Math.min(n, 10) }),
+      }),
+    )
+    .map(({ deps, system, feature, valid, builds }) => {
+      const store = new MemoryStore();
+      const drvs: DerivationSummary[] = [];
+      deps.forEach((ds, i) => {
+        const inputs = i === 0 ? [] : [...new Set(ds.map((d) => d % i))];
+        const f = feature[i];
+        const drv: DerivationSummary = {
+          drvPath: `/nix/store/${String(i).padStart(32, '0')}-n${i}.drv`,
+          system: systems[system[i]!]!,
+          requiredFeatures: f && f !== 'none' ? [f] : [],
+          preferLocalBuild: false,
+          outputs: [{ name: 'out', path: `/nix/store/${String(i).padStart(32, '1')}-n${i}` }],
+          inputDrvs: new Map(inputs.map((j) => [drvs[j]!.drvPath, ['out']])),
+          isCA: false,
+        };
+        drvs.push(drv);
+        store.add(drv);
+        // A valid output stands for a path already built earlier.
+        if (valid[i] && i % 3 === 0) store.valid.add(drv.outputs[0]!.path!);
+      });
+      return { store, drvs, builds };
+    });
+}

@@ -1,0 +1,112 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import type { JobsetRecord, StepRecord } from '../../src/actors/model.ts';
+import { StepGraph, type QueuedBuild } from '../../src/actors/step-graph.ts';
+import { dagArbitrary } from './arbitraries.ts';
+
+const jobset: JobsetRecord = { id: 1, project: 'p', name: 'j', shares: 100, seconds: 0, charges: [] };
+
+function queued(id: number, drvPath: string, globalPriority = 0): QueuedBuild {
+  return { id, jobset, job: `job${id}`, drvPath, timestamp: 0, maxSilent: 3600, timeout: 36000, localPriority: 0, globalPriority };
+}
+
+describe('StepGraph', () => {
+  it('on random DAGs: steps become runnable only after their dependencies, every build ends once, and all references are released', async () => {
+    await fc.assert(
+      fc.asyncProperty(dagArbitrary({ maxNodes: 30 }), fc.array(fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }), { minLength: 200, maxLength: 200 }), async (dag, coins) => {
+        let coin = 0;
+        const flip = () => coins[coin++ % coins.length]!;
+        const runnable = new Set<StepRecord>();
+        const released = new Set<StepRecord>();
+        const succeeded = new Set<string>();
+        const graph = new StepGraph({
+          store: dag.store,
+          failures: { isFailed: async () => false },
+          clock: { now: () => 0 },
+          listener: {
+            runnable: (s) => {
+              // Every input is built already: valid in the store or succeeded here.
+              const drv = dag.store.derivations.get(s.drvPath)!;
+              for (const d of drv.inputDrvs.keys()) {
+                const out = dag.store.derivations.get(d)!.outputs[0]!.path!;
+                expect(dag.store.valid.has(out) || succeeded.has(d)).toBe(true);
+              }
+              runnable.add(s);
+            },
+            reprioritized: () => {},
+            released: (s) => {
+              expect(released.has(s)).toBe(false);
+              released.add(s);
+              runnable.delete(s);
+            },
+          },
+        });
+        const ended = new Map<number, number>();
+        const end = (id: number) => ended.set(id, (ended.get(id) ?? 0) + 1);
+        const results = await Promise.all(dag.builds.map((i, k) => graph.addBuild(queued(k + 1, dag.drvs[i]!.drvPath))));
+        results.forEach((r, k) => r.kind !== 'queued' && end(k + 1));
+        // Drive every runnable step to success or failure; sometimes cancel a build.
+        while (runnable.size > 0) {
+          const s = [...runnable][Math.floor(flip() * runnable.size)]!;
+          runnable.delete(s);
+          const live = [...graph.builds.values()];
+          if (flip() < 0.1 && live.length > 0) {
+            const b = live[Math.floor(flip() * live.length)]!;
+            end(b.id);
+            graph.removeBuild(b);
+            if (released.has(s)) continue;
+          }
+          graph.transition(s, 'DISPATCH');
+          graph.transition(s, 'START');
+          if (flip() < 0.8) {
+            graph.transition(s, 'SUCCEED');
+            succeeded.add(s.drvPath);
+            dag.store.valid.add(s.outputs[0]!.path!);
+            for (const b of graph.completeSuccess(s)) {
+              end(b.id);
+              graph.removeBuild(b);
+            }
+          } else {
+            const deps = graph.dependentBuilds(s);
+            graph.transition(s, 'FAIL');
+            for (const b of deps) {
+              end(b.id);
+              graph.removeBuild(b);
+            }
+          }
+        }
+        for (let k = 1; k <= dag.builds.length; k++) expect(ended.get(k)).toBe(1);
+        expect(graph.steps.size).toBe(0);
+        expect(graph.builds.size).toBe(0);
+        for (const s of released) expect(s.refs).toBe(0);
+      }),
+      { numRuns: 100 },
+    );
+  });
+
+  it('shares one step between builds and propagates the highest priority down the closure', async () => {
+    const { MemoryStore } = await import('../../src/sim/memory-store.ts');
+    const store = new MemoryStore();
+    const mk = (name: string, deps: string[]) => {
+      const d = { drvPath: `/nix/store/${name.padStart(32, 'a')}-${name}.drv`, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false, outputs: [{ name: 'out', path: `/nix/store/${name.padStart(32, 'b')}-${name}` }], inputDrvs: new Map(deps.map((x) => [x, ['out']])), isCA: false };
+      store.add(d);
+      return d.drvPath;
+    };
+    const base = mk('base', []);
+    const a = mk('a', [base]);
+    const b = mk('b', [base]);
+    const reprioritized: string[] = [];
+    const graph = new StepGraph({ store, failures: { isFailed: async () => false }, clock: { now: () => 0 }, listener: { runnable: () => {}, reprioritized: (s) => reprioritized.push(s.drvPath), released: () => {} } });
+    await graph.addBuild(queued(5, a, 0));
+    await graph.addBuild(queued(3, b, 10));
+    const s = graph.steps.get(base)!;
+    expect(s.refs).toBe(2);
+    expect(s.rdeps.map((r) => r.drvPath).sort()).toEqual([a, b].sort());
+    expect(s.globalPriority).toBe(10);
+    expect(s.lowestBuildId).toBe(3);
+    graph.bump(graph.builds.get(5)!, 20);
+    expect(s.globalPriority).toBe(20);
+    expect(reprioritized).toContain(base);
+    expect(graph.dependentBuilds(s).map((x) => x.id)).toEqual([3, 5]);
+  });
+});
