@@ -5,3 +5,7 @@ export { ConfigError } from './config-error.ts';
 export { DatabaseUnavailableError } from './database-unavailable-error.ts';
 export { NixCommandError } from './nix-command-error.ts';
 export { NarDumpError } from './nar-dump-error.ts';
+export { UnsafePathError } from './unsafe-path-error.ts';
+export { WorkerQueueFullError } from './worker-queue-full-error.ts';
+export { WorkerPoolClosedError } from './worker-pool-closed-error.ts';
+export { CompressionError } from './compression-error.ts';

@@ -37,12 +37,14 @@ export function encodeBase32(bytes: Uint8Array): string {
   return out;
 }
 
+/** True when decodeBase32 would accept `s`. */
 export function isBase32(s: string): boolean {
-  for (let k = 0; k < s.length; k++) {
-    const c = s.charCodeAt(k);
-    if (c >= 128 || DIGIT[c]! < 0) return false;
+  try {
+    decodeBase32(s);
+    return true;
+  } catch {
+    return false;
   }
-  return base32DecodedLength(s.length) !== null;
 }
 
 /**

@@ -139,6 +139,30 @@ export class NarByteReader {
     return b;
   }
 
+  /**
+   * Fast path for the many short strings of a NAR: when a whole string of at
+   * most `max` bytes, with valid padding, is already in the current chunk, it
+   * is consumed synchronously and returned (a slice of the input). Otherwise
+   * null, and nothing is consumed: the caller takes the general path, which
+   * also reports any error.
+   */
+  tryShortString(max: number): Buffer | null {
+    const avail = this.available;
+    if (avail < 8) return null;
+    const c = this.chunk;
+    const at = this.pos;
+    if (c.readUInt32LE(at + 4) !== 0) return null;
+    const len = c.readUInt32LE(at);
+    if (len > max) return null;
+    const end = at + 8 + len;
+    const total = 8 + len + padding(len);
+    if (avail < total) return null;
+    for (let i = end; i < at + total; i++) if (c[i] !== 0) return null;
+    this.pos += total;
+    this.offset += total;
+    return c.subarray(at + 8, end);
+  }
+
   /** True when the input has no more bytes. */
   async atEnd(): Promise<boolean> {
     return this.available === 0 && !(await this.more());
@@ -185,7 +209,7 @@ export async function* parseNar(source: ByteSource | NarByteReader, options: Nar
   const ownReader = !(source instanceof NarByteReader);
   const r = source instanceof NarByteReader ? source : NarByteReader.from(source);
   try {
-    const token = async (what: string): Promise<string> => {
+    const slowToken = async (what: string): Promise<string> => {
       const at = r.offset;
       const len = await r.u64(what);
       if (len > MAX_TOKEN_LENGTH) throw narError(`expected ${what}, found a ${len}-byte string`, at);
@@ -193,10 +217,21 @@ export async function* parseNar(source: ByteSource | NarByteReader, options: Nar
       await r.padding(len, what);
       return s;
     };
-    const expect = async (tok: string): Promise<void> => {
+    // Tokens are read synchronously when they are already buffered (nearly always).
+    const token = (what: string): string | Promise<string> => {
+      const b = r.tryShortString(MAX_TOKEN_LENGTH);
+      return b !== null ? b.toString('latin1') : slowToken(what);
+    };
+    const mismatch = (tok: string, got: string, at: number) => narError(`expected '${tok}', found ${JSON.stringify(got)}`, at);
+    const slowExpect = async (tok: string, at: number): Promise<void> => {
+      const got = await slowToken(`'${tok}'`);
+      if (got !== tok) throw mismatch(tok, got, at);
+    };
+    const expect = (tok: string): void | Promise<void> => {
       const at = r.offset;
-      const got = await token(`'${tok}'`);
-      if (got !== tok) throw narError(`expected '${tok}', found ${JSON.stringify(got)}`, at);
+      const b = r.tryShortString(MAX_TOKEN_LENGTH);
+      if (b === null) return slowExpect(tok, at);
+      if (b.length !== tok.length || b.toString('latin1') !== tok) throw mismatch(tok, b.toString('latin1'), at);
     };
 
     {

@@ -1,0 +1,175 @@
+import { describe, expect, it } from 'vitest';
+import { Dispatcher, type DispatcherOptions } from '../../src/actors/dispatcher.ts';
+import { DEFAULT_THRESHOLDS, IDLE_LOAD, supportsPlatform, type MachineRecord } from '../../src/actors/machine-record.ts';
+import type { JobsetRecord, PlatformRecord, StepRecord } from '../../src/actors/model.ts';
+import { stepLifecycle } from '../../src/machines/index.ts';
+
+function machine(id: string, over: Partial<MachineRecord> = {}): MachineRecord {
+  return {
+    id, systems: new Set(['x86_64-linux']), features: new Set(), mandatoryFeatures: new Set(), maxJobs: 1, speedFactor: 1,
+    cpuCount: 1, bogomips: 1, state: 'joining', jobs: new Set(), consecutiveFailures: 0, lastFailure: 0, disabledUntil: 0,
+    idleSince: 0, roomSince: 0, load: { ...IDLE_LOAD }, thresholds: DEFAULT_THRESHOLDS, ...over,
+  };
+}
+
+const platforms = new Map<string, PlatformRecord>();
+function platform(system: string, features: string[] = [], preferLocal = false): PlatformRecord {
+  const key = `${system}|${features.join(',')}|${preferLocal}`;
+  if (!platforms.has(key)) platforms.set(key, { key, system, features, preferLocal });
+  return platforms.get(key)!;
+}
+
+let nextId = 1;
+function step(over: Partial<StepRecord> & { jobsets?: JobsetRecord[] } = {}): StepRecord {
+  const id = nextId++;
+  return {
+    id, drvPath: `/nix/store/${id}.drv`, platform: platform('x86_64-linux'), outputs: [], isCA: false, state: 'runnable',
+    deps: [], rdeps: [], builds: [], refs: 1, globalPriority: 0, localPriority: 0, lowestBuildId: id, jobsets: [],
+    maxSilent: 0, timeout: 0, tries: 0, retryAt: 0, runnableSince: 0, queueGen: 0, criticalPath: 0, rdepCount: 0, machine: null,
+    ...over,
+  };
+}
+
+function setup(over: Partial<DispatcherOptions> = {}) {
+  const assigned: [string, string][] = [];
+  const unsupported: StepRecord[] = [];
+  const d = new Dispatcher({
+    clock: { now: () => Date.now() }, stepSortFn: 'Legacy', machineSortFn: 'SpeedFactorOnly', machineFreeFn: 'Static',
+    maxRetries: 2, retryInterval: 0.01, retryBackoff: 2, maxUnsupportedTimeInS: 0.05,
+    stepEvent: (s, e) => (s.state = stepLifecycle.next(s.state, e)!),
+    assign: (s, m) => assigned.push([s.drvPath, m.id]),
+    unsupported: (s) => unsupported.push(s),
+    ...over,
+  });
+  return { d, assigned, unsupported, round: () => d.round() };
+}
+
+describe('machine compatibility (Hydra rules)', () => {
+  it('checks systems, required and mandatory features, builtin and preferLocalBuild', () => {
+    const m = machine('m', { features: new Set(['kvm', 'big', 'local']), mandatoryFeatures: new Set(['big']) });
+    expect(supportsPlatform(m, platform('x86_64-linux', ['big']))).toBe(true);
+    expect(supportsPlatform(m, platform('x86_64-linux', ['big', 'kvm']))).toBe(true);
+    expect(supportsPlatform(m, platform('x86_64-linux'))).toBe(false); // mandatory big not required
+    expect(supportsPlatform(m, platform('aarch64-linux', ['big']))).toBe(false);
+    expect(supportsPlatform(m, platform('builtin', ['big']))).toBe(true);
+    expect(supportsPlatform(m, platform('x86_64-linux', ['big', 'cuda']))).toBe(false);
+    const local = machine('l', { features: new Set(['local']), mandatoryFeatures: new Set(['local']) });
+    expect(supportsPlatform(local, platform('x86_64-linux', [], true))).toBe(true);
+    expect(supportsPlatform(local, platform('x86_64-linux'))).toBe(false);
+  });
+});
+
+describe('Dispatcher', () => {
+  it('orders by global priority, then fair share, then local priority, then build id', () => {
+    const { d, assigned, round } = setup();
+    const heavy: JobsetRecord = { id: 1, project: 'p', name: 'heavy', shares: 100, seconds: 5000, charges: [] };
+    const light: JobsetRecord = { id: 2, project: 'p', name: 'light', shares: 100, seconds: 10, charges: [] };
+    const steps = [
+      step({ drvPath: 'a', jobsets: [heavy], lowestBuildId: 1 }),
+      step({ drvPath: 'b', jobsets: [light], lowestBuildId: 9 }),
+      step({ drvPath: 'c', jobsets: [heavy], globalPriority: 5, lowestBuildId: 20 }),
+      step({ drvPath: 'e', jobsets: [light], localPriority: 3, lowestBuildId: 30 }),
+      step({ drvPath: 'f', jobsets: [light], lowestBuildId: 2 }),
+    ];
+    for (const s of steps) d.enqueue(s);
+    const m = machine('m', { maxJobs: 1 });
+    d.addMachine(m);
+    for (let i = 0; i < steps.length; i++) {
+      round();
+      const [drv] = assigned[i]!;
+      d.jobEnded(steps.find((s) => s.drvPath === drv)!, m, 'done');
+    }
+    expect(assigned.map(([s]) => s)).toEqual(['c', 'e', 'f', 'b', 'a']);
+    d.close();
+  });
+
+  it('picks the machine with the best score and never exceeds maxJobs', () => {
+    const { d, assigned, round } = setup({ machineSortFn: 'CpuCoreCountWithSpeedFactor' });
+    d.addMachine(machine('slow', { maxJobs: 2, cpuCount: 2, speedFactor: 1 }));
+    d.addMachine(machine('fast', { maxJobs: 2, cpuCount: 8, speedFactor: 1 }));
+    for (let i = 0; i < 5; i++) d.enqueue(step());
+    round();
+    expect(assigned.map(([, m]) => m)).toEqual(['fast', 'fast', 'slow', 'slow']);
+    expect(d.stats.runnable).toBe(1);
+    d.close();
+  });
+
+  it('bumps re-order queued steps', () => {
+    const { d, assigned, round } = setup();
+    const a = step({ drvPath: 'a', lowestBuildId: 1 });
+    const b = step({ drvPath: 'b', lowestBuildId: 2 });
+    d.enqueue(a);
+    d.enqueue(b);
+    b.globalPriority = 100;
+    d.reprioritize(b);
+    d.addMachine(machine('m'));
+    round();
+    expect(assigned[0]![0]).toBe('b');
+    d.close();
+  });
+
+  it('retries transient failures with backoff, then gives up after maxRetries', async () => {
+    const { d, assigned } = setup();
+    const m = machine('m', { maxJobs: 1 });
+    d.addMachine(m);
+    const s = step();
+    d.enqueue(s);
+    const results: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      await new Promise((r) => setTimeout(r, 80));
+      expect(assigned).toHaveLength(i + 1);
+      s.state = 'building';
+      results.push(d.jobEnded(s, m, 'transient'));
+    }
+    expect(results).toEqual(['retrying', 'retrying', 'abandoned']);
+    expect(s.state).toBe('failed');
+    expect(s.tries).toBe(3);
+    expect(d.pendingTimers).toBe(0);
+    d.close();
+  });
+
+  it('fails steps no machine supports after maxUnsupportedTimeInS, but not when a capable machine joins in time', async () => {
+    const { d, unsupported } = setup();
+    const arm = step({ platform: platform('aarch64-linux') });
+    const x86 = step();
+    d.enqueue(arm);
+    d.enqueue(x86);
+    await new Promise((r) => setTimeout(r, 20));
+    d.addMachine(machine('m')); // x86 only
+    await new Promise((r) => setTimeout(r, 100));
+    expect(unsupported).toEqual([arm]);
+    d.close();
+  });
+
+  it('keeps a disconnected machine capable during its grace period', async () => {
+    const { d, unsupported, assigned, round } = setup();
+    const m = machine('m');
+    d.addMachine(m);
+    d.machineUnreachable(m);
+    const s = step();
+    d.enqueue(s);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(unsupported).toEqual([]);
+    d.machineReconnected(m);
+    round();
+    expect(assigned).toEqual([[s.drvPath, 'm']]);
+    d.close();
+  });
+
+  it('disables a failing machine with backoff and re-enables it', async () => {
+    const { d, assigned, round } = setup();
+    const m = machine('m');
+    d.addMachine(m);
+    d.machineFailed(m);
+    expect(m.state).toBe('disabled');
+    d.enqueue(step());
+    round();
+    expect(assigned).toEqual([]);
+    await new Promise((r) => setTimeout(r, 40));
+    // Re-enabled: the queued step went to it at once, which filled it.
+    expect(assigned).toHaveLength(1);
+    expect(m.state).toBe('busy');
+    expect(m.consecutiveFailures).toBe(1);
+    d.close();
+  });
+});
