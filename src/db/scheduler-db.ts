@@ -1,0 +1,202 @@
+import type pg from 'pg';
+import type { JobsetRow, QueuedBuildRow, SchedulerDb } from '../actors/scheduler-db.ts';
+import { finishBuildsFailed } from './build-failures.ts';
+import { finishBuildCached, finishBuildSucceeded } from './build-results.ts';
+import { addFailedPaths, isFailedPath } from './failed-paths.ts';
+import { notifyBuildsFinished, notifyBuildStarted } from './notify.ts';
+import { withTransaction } from './pool.ts';
+import { queuedBuildIds, readBuildsByIds, readJobsetShares, streamQueuedBuilds } from './queue-reads.ts';
+import { BuildStatus, StepBusy, StepType } from './status.ts';
+import { abortLeftoverSteps, finishStep, recordStep, setStepBusy, startStep } from './step-rows.ts';
+
+/**
+ * The scheduler's database operations over PostgreSQL: each write is one
+ * transaction (retried on serialization failures and deadlocks), composed
+ * from the statement modules in src/db.
+ */
+export class PgSchedulerDb implements SchedulerDb {
+  constructor(private readonly pool: pg.Pool) {}
+
+  abortLeftovers(now: number): Promise<number> {
+    return abortLeftoverSteps(this.pool, now);
+  }
+
+  stepStarted(a: Parameters<SchedulerDb['stepStarted']>[0]): Promise<number> {
+    return withTransaction(this.pool, async (c) => {
+      const nr = await startStep(c, {
+        buildId: a.buildId,
+        drvPath: a.drvPath,
+        system: a.system,
+        machine: a.machine,
+        startTime: a.startTime,
+        busy: StepBusy.Preparing,
+        type: StepType.Build,
+        outputs: a.outputs,
+      });
+      if (a.firstStepOfBuild) await notifyBuildStarted(c, a.buildId);
+      return nr;
+    });
+  }
+
+  async stepBusy(buildId: number, stepnr: number, busy: number): Promise<void> {
+    await setStepBusy(this.pool, buildId, stepnr, busy);
+  }
+
+  stepSucceeded(a: Parameters<SchedulerDb['stepSucceeded']>[0]): Promise<number[]> {
+    return withTransaction(this.pool, async (c) => {
+      await finishStep(c, {
+        buildId: a.buildId,
+        stepnr: a.stepnr,
+        status: BuildStatus.Success,
+        errorMsg: null,
+        startTime: a.startTime,
+        stopTime: a.stopTime,
+        machine: a.machine,
+        overhead: a.overheadMs,
+        timesBuilt: 1,
+        isNonDeterministic: false,
+        outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
+        logFile: a.logFile,
+      });
+      const size = a.outputs.reduce((n, o) => n + o.narSize, 0);
+      const closureSize = a.outputs.reduce((n, o) => Math.max(n, o.closureSize), 0);
+      const ended: number[] = [];
+      for (const b of a.builds) {
+        const done = await finishBuildSucceeded(c, {
+          buildId: b.id,
+          status: a.failedWithOutput ? BuildStatus.FailedWithOutput : BuildStatus.Success,
+          startTime: a.startTime,
+          stopTime: a.stopTime,
+          size,
+          closureSize,
+          releaseName: a.releaseName,
+          isCachedBuild: b.isCachedBuild,
+          outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
+          products: a.products,
+          metrics: a.metrics,
+        });
+        if (done) ended.push(b.id);
+      }
+      await notifyBuildsFinished(c, ended);
+      return ended;
+    });
+  }
+
+  stepFailed(a: Parameters<SchedulerDb['stepFailed']>[0]): Promise<number[]> {
+    return withTransaction(this.pool, async (c) => {
+      if (a.stepnr !== null) {
+        await finishStep(c, {
+          buildId: a.buildId,
+          stepnr: a.stepnr,
+          status: a.status,
+          errorMsg: a.errorMsg,
+          startTime: a.startTime,
+          stopTime: a.stopTime,
+          machine: a.machine,
+          overhead: null,
+          timesBuilt: 1,
+          isNonDeterministic: null,
+          logFile: a.logFile,
+        });
+      } else {
+        await recordStep(c, {
+          buildId: a.buildId,
+          drvPath: a.drvPath,
+          status: a.status,
+          errorMsg: a.errorMsg,
+          startTime: a.startTime,
+          stopTime: a.stopTime,
+          machine: a.machine,
+          system: a.system,
+        });
+      }
+      const ended = await finishBuildsFailed(c, {
+        failedBuildId: a.buildId,
+        failedStepDrvPath: a.drvPath,
+        stepStatus: a.status,
+        builds: a.builds,
+        startTime: a.startTime,
+        stopTime: a.stopTime,
+        errorMsg: a.errorMsg,
+        machine: a.machine,
+        isCachedBuild: false,
+        system: a.system,
+      });
+      if (a.cacheablePaths.length > 0) await addFailedPaths(c, a.cacheablePaths);
+      await notifyBuildsFinished(c, ended);
+      return ended;
+    });
+  }
+
+  async stepAborted(a: Parameters<SchedulerDb['stepAborted']>[0]): Promise<void> {
+    await withTransaction(this.pool, (c) =>
+      finishStep(c, {
+        buildId: a.buildId,
+        stepnr: a.stepnr,
+        status: a.status,
+        errorMsg: a.errorMsg,
+        startTime: a.stopTime,
+        stopTime: a.stopTime,
+        machine: a.machine,
+        overhead: null,
+        timesBuilt: null,
+        isNonDeterministic: null,
+        logFile: null,
+      }),
+    );
+  }
+
+  buildCached(a: Parameters<SchedulerDb['buildCached']>[0]): Promise<boolean> {
+    return withTransaction(this.pool, async (c) => {
+      const done = await finishBuildCached(c, a);
+      if (done) await notifyBuildsFinished(c, [a.buildId]);
+      return done;
+    });
+  }
+
+  buildCachedFailure(a: Parameters<SchedulerDb['buildCachedFailure']>[0]): Promise<boolean> {
+    return withTransaction(this.pool, async (c) => {
+      await recordStep(c, {
+        buildId: a.buildId,
+        drvPath: a.failedDrvPath,
+        status: BuildStatus.CachedFailure,
+        startTime: a.now,
+        stopTime: a.now,
+        system: a.system,
+      });
+      const ended = await finishBuildsFailed(c, {
+        failedBuildId: a.buildId,
+        failedStepDrvPath: a.failedDrvPath,
+        stepStatus: BuildStatus.CachedFailure,
+        builds: [{ id: a.buildId, own: a.own }],
+        startTime: a.now,
+        stopTime: a.now,
+        errorMsg: null,
+        machine: '',
+        isCachedBuild: true,
+      });
+      await notifyBuildsFinished(c, ended);
+      return ended.length > 0;
+    });
+  }
+
+  jobsets(windowSeconds: number): Promise<JobsetRow[]> {
+    return readJobsetShares(this.pool, windowSeconds);
+  }
+
+  queuedBuilds(afterId: number): AsyncIterable<QueuedBuildRow[]> {
+    return streamQueuedBuilds(this.pool, { afterId, batchSize: 1000 });
+  }
+
+  queuedIds(): Promise<Map<number, number>> {
+    return queuedBuildIds(this.pool);
+  }
+
+  async buildsByIds(ids: readonly number[]): Promise<QueuedBuildRow[]> {
+    return (await readBuildsByIds(this.pool, ids)).filter((b) => !b.finished);
+  }
+
+  failedPaths(paths: readonly string[]): Promise<Set<string>> {
+    return isFailedPath(this.pool, paths);
+  }
+}
