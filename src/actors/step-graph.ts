@@ -240,6 +240,9 @@ export class StepGraph {
         if (this.o.trackCriticalPath) this.raiseCriticalPath(dep, step.criticalPath + 1);
       }
     }
+    // A build may have reached this step while its dependencies were still
+    // loading; hand what it got down to them.
+    if (step.lowestBuildId !== Number.MAX_SAFE_INTEGER) for (const d of step.deps) this.spread(d, step);
     if (failedDep) {
       this.failureCause.set(step, this.causeOf(failedDep));
       this.transition(step, 'DEP_FAILED');
@@ -253,9 +256,18 @@ export class StepGraph {
     return step;
   }
 
+  /**
+   * A step is announced to the dispatcher only once a build's priorities
+   * have reached it (propagate announces it otherwise): a step still being
+   * loaded must not be dispatched without its priority, limits and builds.
+   */
   private becomeRunnable(step: StepRecord): void {
     this.transition(step, 'DEPS_DONE');
-    step.runnableSince = this.o.clock.now();
+    if (step.lowestBuildId !== Number.MAX_SAFE_INTEGER) this.announce(step);
+  }
+
+  private announce(step: StepRecord): void {
+    step.runnableSince = Math.max(1, this.o.clock.now()); // non-zero: announced
     this.o.listener.runnable(step);
   }
 
@@ -284,23 +296,37 @@ export class StepGraph {
   // ------------------------------------------------------------ priorities
 
   /**
-   * Pushes a build's priorities down its step closure. A step's dependencies
-   * always carry at least its own priorities, so the walk stops wherever
-   * nothing would change.
+   * Pushes a build's priorities and limits down its step closure. A step's
+   * dependencies always carry at least its own values, so the walk stops
+   * wherever nothing would change.
    */
   private propagate(top: StepRecord, build: BuildRecord): void {
+    this.spread(top, {
+      globalPriority: build.globalPriority,
+      localPriority: build.localPriority,
+      lowestBuildId: build.id,
+      jobsets: [build.jobset],
+      maxSilent: build.maxSilent,
+      timeout: build.timeout,
+    });
+  }
+
+  private spread(top: StepRecord, v: Spread): void {
     const stack = [top];
     while (stack.length > 0) {
       const s = stack.pop()!;
       let changed = false;
-      if (build.globalPriority > s.globalPriority) (s.globalPriority = build.globalPriority), (changed = true);
-      if (build.localPriority > s.localPriority) (s.localPriority = build.localPriority), (changed = true);
-      if (build.id < s.lowestBuildId) (s.lowestBuildId = build.id), (changed = true);
-      if (!s.jobsets.includes(build.jobset)) s.jobsets.push(build.jobset), (changed = true);
-      if (build.maxSilent > s.maxSilent) (s.maxSilent = build.maxSilent), (changed = true);
-      if (build.timeout > s.timeout) (s.timeout = build.timeout), (changed = true);
+      if (v.globalPriority > s.globalPriority) (s.globalPriority = v.globalPriority), (changed = true);
+      if (v.localPriority > s.localPriority) (s.localPriority = v.localPriority), (changed = true);
+      if (v.lowestBuildId < s.lowestBuildId) (s.lowestBuildId = v.lowestBuildId), (changed = true);
+      for (const j of v.jobsets) if (!s.jobsets.includes(j)) s.jobsets.push(j), (changed = true);
+      if (v.maxSilent > s.maxSilent) (s.maxSilent = v.maxSilent), (changed = true);
+      if (v.timeout > s.timeout) (s.timeout = v.timeout), (changed = true);
       if (!changed) continue;
-      if (s.state === 'runnable') this.o.listener.reprioritized(s);
+      if (s.state === 'runnable') {
+        if (s.runnableSince === 0) this.announce(s);
+        else this.o.listener.reprioritized(s);
+      }
       for (const d of s.deps) stack.push(d);
     }
   }
@@ -315,6 +341,16 @@ export class StepGraph {
       for (const d of s.deps) stack.push([d, l + 1]);
     }
   }
+}
+
+/** The values a build hands down its closure. */
+interface Spread {
+  globalPriority: number;
+  localPriority: number;
+  lowestBuildId: number;
+  jobsets: readonly JobsetRecord[];
+  maxSilent: number;
+  timeout: number;
 }
 
 function swapRemove<T>(a: T[], i: number): void {

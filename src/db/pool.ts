@@ -22,6 +22,9 @@ export function createPool(url: string, options: PoolOptions = {}): pg.Pool {
   // An idle client losing its connection must not crash the process; the
   // next query reconnects.
   pool.on('error', () => {});
+  // A checked-out client whose backend dies reports it through its query's
+  // rejection; without a listener its 'error' event would crash the process.
+  pool.on('connect', (client) => client.on('error', () => {}));
   return pool;
 }
 

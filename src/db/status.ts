@@ -32,3 +32,29 @@ export type StepBusyCode = (typeof StepBusy)[keyof typeof StepBusy];
 
 /** BuildSteps.type */
 export const StepType = Object.freeze({ Build: 0, Substitution: 1 } as const);
+export type StepTypeCode = (typeof StepType)[keyof typeof StepType];
+
+/**
+ * Builds.buildStatus of a build whose own derivation's step failed for good
+ * with `stepStatus`: the same code, except a cached failure (8, steps only)
+ * which the build records as failed (1) with isCachedBuild = 1. Other builds
+ * needing the step get DepFailed (2). Throws for codes that are not a
+ * permanent step failure.
+ */
+export function buildStatusForFailedStep(stepStatus: number): BuildStatusCode {
+  switch (stepStatus) {
+    case BuildStatus.CachedFailure:
+      return BuildStatus.Failed;
+    case BuildStatus.Failed:
+    case BuildStatus.Aborted: // retries exhausted
+    case BuildStatus.FailedWithOutput:
+    case BuildStatus.TimedOut:
+    case BuildStatus.Unsupported:
+    case BuildStatus.LogLimitExceeded:
+    case BuildStatus.NarSizeLimitExceeded:
+    case BuildStatus.NotDeterministic:
+      return stepStatus;
+    default:
+      throw new RangeError(`step status ${stepStatus} is not a build failure`);
+  }
+}

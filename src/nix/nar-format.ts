@@ -26,11 +26,6 @@ export function padding(len: number): number {
   return (8 - (len % 8)) % 8;
 }
 
-/** The encoded size of str(s) for a string of `len` bytes. */
-export function encodedStringSize(len: number): number {
-  return 8 + len + padding(len);
-}
-
 /** Why a directory entry name is invalid, or null if it is fine. */
 export function invalidNameReason(name: Uint8Array): string | null {
   if (name.length === 0) return 'empty name';

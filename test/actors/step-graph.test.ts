@@ -25,6 +25,9 @@ describe('StepGraph', () => {
           clock: { now: () => 0 },
           listener: {
             runnable: (s) => {
+              // Announced only with a build's priorities on it.
+              expect(s.lowestBuildId).toBeLessThan(Number.MAX_SAFE_INTEGER);
+              expect(s.jobsets.length).toBeGreaterThan(0);
               // Every input is built already: valid in the store or succeeded here.
               const drv = dag.store.derivations.get(s.drvPath)!;
               for (const d of drv.inputDrvs.keys()) {

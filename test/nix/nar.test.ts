@@ -9,10 +9,12 @@ import { NarDumpError, NixFormatError } from '../../src/errors/index.ts';
 import {
   NarByteReader,
   formatNarListing,
+  formatNarPath,
   narChunks,
   narHash,
   narListing,
   narListingJson,
+  narReadable,
   narString,
   parseNar,
   restoreNar,
@@ -148,6 +150,20 @@ describe('NAR of real store paths', () => {
     await restoreNar(rechunk(theirs, [1, 7, 13, 100, 101, 4000, 70000]), dest);
     expect((await nixDump(dest)).equals(theirs)).toBe(true);
     expect((await collect(narChunks(dest))).equals(theirs)).toBe(true);
+  });
+
+  it('streams as a Readable too, and names event paths', async () => {
+    const path = outputs.tree!;
+    const theirs = await nixDump(path);
+    expect((await collect(narReadable(path))).equals(theirs)).toBe(true);
+    const evs = await events(narReadable(path, { chunkSize: 256 }));
+    const deep = evs.find((e) => e.type === 'regular' && formatNarPath(e.path) === 'dir/nested/deeper/file');
+    expect(deep).toMatchObject({ size: 4, executable: false });
+    expect(evs.filter((e) => e.type === 'symlink').map((e) => [formatNarPath(e.path), e.type === 'symlink' && e.target.toString()])).toEqual([
+      ['dir/abs-link', '/nix/store/does-not-exist'],
+      ['dir/dir-link', 'nested'],
+      ['dir/rel-link', '../one'],
+    ]);
   });
 
   it('lists the NAR exactly as Nix does (nix nar ls, and the .ls of a file:// binary cache)', async () => {

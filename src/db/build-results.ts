@@ -1,0 +1,143 @@
+import type pg from 'pg';
+import { sql } from './sql.ts';
+import { BuildStatus } from './status.ts';
+
+/**
+ * Successful ends of builds. A build ends exactly once: the UPDATE only
+ * matches `finished = 0`, and when it matched nothing (already finished by
+ * another path, cancelled in the web UI, ...) nothing else is written.
+ */
+
+export interface BuildOutputPath {
+  readonly name: string;
+  readonly path: string;
+}
+
+export interface BuildProduct {
+  readonly type: string;
+  readonly subtype: string;
+  readonly fileSize: number | null;
+  /** Hex SHA-256 of a file product. */
+  readonly sha256hash: string | null;
+  readonly path: string;
+  readonly name: string;
+  readonly defaultPath: string | null;
+}
+
+export interface BuildMetric {
+  readonly name: string;
+  readonly value: number;
+  readonly unit: string | null;
+}
+
+export interface FinishBuildSucceeded {
+  buildId: number;
+  /** 0 succeeded, or 6 failed with output (`nix-support/failed`). */
+  status: number;
+  startTime: number;
+  stopTime: number;
+  size: number | null;
+  closureSize: number | null;
+  releaseName: string | null;
+  isCachedBuild: boolean;
+  outputs: readonly BuildOutputPath[];
+  products: readonly BuildProduct[];
+  metrics: readonly BuildMetric[];
+}
+
+export interface FinishBuildCached {
+  buildId: number;
+  now: number;
+  outputs: readonly { readonly name: string; readonly path: string | null }[];
+  /** Known from an earlier build of the same outputs; left as they are when omitted. */
+  size?: number | null;
+  closureSize?: number | null;
+  releaseName?: string | null;
+  /** Replace the build's products/metrics when given. */
+  products?: readonly BuildProduct[];
+  metrics?: readonly BuildMetric[];
+}
+
+async function setOutputPaths(
+  client: pg.ClientBase,
+  buildId: number,
+  outputs: readonly { readonly name: string; readonly path: string | null }[],
+): Promise<void> {
+  const known = outputs.filter((o): o is BuildOutputPath => o.path !== null);
+  if (known.length === 0) return;
+  await client.query(sql('results/set-build-output-paths'), [buildId, known.map((o) => o.name), known.map((o) => o.path)]);
+}
+
+/** Replaces the build's BuildProducts with `products`, numbered 1..n. */
+export async function replaceBuildProducts(client: pg.ClientBase, buildId: number, products: readonly BuildProduct[]): Promise<void> {
+  await client.query(sql('results/delete-build-products'), [buildId]);
+  if (products.length === 0) return;
+  await client.query(sql('results/insert-build-products'), [
+    buildId,
+    products.map((p) => p.type),
+    products.map((p) => p.subtype),
+    products.map((p) => p.fileSize),
+    products.map((p) => p.sha256hash),
+    products.map((p) => p.path),
+    products.map((p) => p.name),
+    products.map((p) => p.defaultPath),
+  ]);
+}
+
+/** Replaces the build's BuildMetrics; project, jobset, job and timestamp come from the build. */
+export async function replaceBuildMetrics(client: pg.ClientBase, buildId: number, metrics: readonly BuildMetric[]): Promise<void> {
+  await client.query(sql('results/delete-build-metrics'), [buildId]);
+  if (metrics.length === 0) return;
+  await client.query(sql('results/insert-build-metrics'), [
+    buildId,
+    metrics.map((m) => m.name),
+    metrics.map((m) => m.unit),
+    metrics.map((m) => m.value),
+  ]);
+}
+
+/**
+ * The build's own derivation built (status 0, or 6 when it failed with
+ * output): ends the build, fills its output paths, replaces its products and
+ * metrics. Returns false, having written nothing, when it was already
+ * finished.
+ */
+export async function finishBuildSucceeded(client: pg.ClientBase, a: FinishBuildSucceeded): Promise<boolean> {
+  if (a.status !== BuildStatus.Success && a.status !== BuildStatus.FailedWithOutput) {
+    throw new RangeError(`a succeeded build has status 0 or 6, not ${a.status}`);
+  }
+  const res = await client.query(sql('results/finish-build-succeeded'), [
+    a.buildId,
+    a.status,
+    a.startTime,
+    a.stopTime,
+    a.size,
+    a.closureSize,
+    a.releaseName,
+    a.isCachedBuild ? 1 : 0,
+  ]);
+  if (res.rowCount !== 1) return false;
+  await setOutputPaths(client, a.buildId, a.outputs);
+  await replaceBuildProducts(client, a.buildId, a.products);
+  await replaceBuildMetrics(client, a.buildId, a.metrics);
+  return true;
+}
+
+/**
+ * All of the build's outputs already exist: it succeeds at `now` as a cached
+ * build. Returns false, having written nothing, when it was already finished.
+ */
+export async function finishBuildCached(client: pg.ClientBase, a: FinishBuildCached): Promise<boolean> {
+  const res = await client.query(sql('results/finish-build-cached'), [
+    a.buildId,
+    a.now,
+    a.size ?? null,
+    a.closureSize ?? null,
+    a.releaseName ?? null,
+  ]);
+  if (res.rowCount !== 1) return false;
+  await setOutputPaths(client, a.buildId, a.outputs);
+  if (a.products) await replaceBuildProducts(client, a.buildId, a.products);
+  if (a.metrics) await replaceBuildMetrics(client, a.buildId, a.metrics);
+  return true;
+}
