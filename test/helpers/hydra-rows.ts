@@ -19,11 +19,14 @@ export async function queueBuild(
   drvPath: string,
   job = 'job',
   system = 'x86_64-linux',
+  outputs: readonly { name: string; path: string | null }[] = [],
 ): Promise<number> {
   const { rows } = await db.query<{ id: number }>(
     `insert into builds (finished, timestamp, jobset_id, job, drvpath, system)
      values (0, extract(epoch from now())::int, $1, $2, $3, $4) returning id`,
     [jobsetId, job, drvPath, system],
   );
-  return rows[0]!.id;
+  const id = rows[0]!.id;
+  for (const o of outputs) await db.query('insert into buildoutputs (build, name, path) values ($1, $2, $3)', [id, o.name, o.path]);
+  return id;
 }
