@@ -12,6 +12,7 @@ interface Bench {
 const BENCHES: Record<string, () => Promise<Bench>> = {
   'nar-hash': () => import('./nar-hash.ts'),
   'drv-parse': () => import('./drv-parse.ts'),
+  dispatch: () => import('./dispatch.ts'),
 };
 
 async function main(): Promise<void> {

@@ -18,12 +18,10 @@ export interface JobsetRecord {
   charges: { at: number; seconds: number }[];
 }
 
+/** A queued build as held in memory (kept small: a nixpkgs queue has ~120k). */
 export interface BuildRecord {
   readonly id: number;
   readonly jobset: JobsetRecord;
-  readonly job: string;
-  readonly drvPath: string;
-  readonly timestamp: number;
   readonly maxSilent: number;
   readonly timeout: number;
   localPriority: number;
@@ -56,11 +54,13 @@ export interface StepRecord {
   readonly outputs: readonly StepOutput[];
   readonly isCA: boolean;
   state: StepState;
-  /** Unfinished dependencies: this step holds each of them. */
+  /**
+   * Unfinished dependencies (this step holds each), dependents (each holds
+   * this step) and builds whose own derivation this step is (each holds it).
+   * Small arrays are kept exactly sized (see src/actors/compact.ts).
+   */
   deps: StepRecord[];
-  /** Steps that depend on this one (each holds this step). */
   rdeps: StepRecord[];
-  /** Builds whose own derivation this step is (each holds this step). */
   builds: BuildRecord[];
   /** Holders: builds + rdeps + loaders in progress. The step is released at zero. */
   refs: number;
@@ -68,7 +68,8 @@ export interface StepRecord {
   globalPriority: number;
   localPriority: number;
   lowestBuildId: number;
-  jobsets: JobsetRecord[];
+  /** Interned and shared between steps with the same jobsets: never mutate, replace. */
+  jobsets: readonly JobsetRecord[];
   /** Limits: the largest maxsilent / timeout of the builds that need the step (seconds). */
   maxSilent: number;
   timeout: number;
@@ -80,9 +81,8 @@ export interface StepRecord {
   runnableSince: number;
   /** Bumped whenever the step's queue position changes, to skip stale queue entries. */
   queueGen: number;
-  /** Longest chain of dependents above this step (for WithCriticalPath), and their count (WithRdeps). */
+  /** Longest chain of dependents above this step (for WithCriticalPath). */
   criticalPath: number;
-  rdepCount: number;
   /** The machine building it, while dispatched or building. */
   machine: string | null;
 }

@@ -47,10 +47,16 @@ export interface SchedulerDb {
 
   stepBusy(buildId: number, stepnr: number, busy: number): Promise<void>;
 
-  /** The step built: its row, and every build whose own derivation it is. Returns the builds that ended. */
+  /**
+   * The step built: its row (inserted when `stepnr` is null: its start could
+   * not be recorded), and every build whose own derivation it is. Returns
+   * the builds that ended.
+   */
   stepSucceeded(a: {
     buildId: number;
-    stepnr: number;
+    stepnr: number | null;
+    drvPath: string;
+    system: string;
     machine: string;
     startTime: number;
     stopTime: number;
@@ -82,6 +88,20 @@ export interface SchedulerDb {
     logFile: string;
     builds: readonly { id: number; own: boolean }[];
     cacheablePaths: readonly string[];
+  }): Promise<number[]>;
+
+  /**
+   * Builds that came to need an already failed step while its failure was
+   * being written: they end too (2, or the step's status for their own
+   * derivation), with a propagated step row.
+   */
+  dependentsFailed(a: {
+    failedBuildId: number;
+    drvPath: string;
+    system: string;
+    status: number;
+    stopTime: number;
+    builds: readonly { id: number; own: boolean }[];
   }): Promise<number[]>;
 
   /** A running attempt ended without a result: 3 aborted (retryable) or 4 cancelled. */

@@ -11,6 +11,7 @@ import type { SchedulerDb } from './scheduler-db.ts';
 import { StepGraph, type AddBuildResult, type QueuedBuild } from './step-graph.ts';
 import type { StepState } from '../machines/index.ts';
 import { Batcher } from '../util/batcher.ts';
+import { isConnectionError } from '../db/errors.ts';
 
 export interface SchedulerConfig {
   stepSortFn: StepSortFn;
@@ -77,6 +78,7 @@ export class Scheduler {
   private readonly clock: Clock;
   private readonly inflight = new Set<Promise<unknown>>();
   private jobSeq = 0;
+  private stopping = false;
   readonly counters: SchedulerCounters = {
     buildsLoaded: 0, buildsFinished: 0, buildsSucceeded: 0, buildsFailed: 0, buildsCached: 0,
     stepsStarted: 0, stepsFinished: 0, stepsRetried: 0, stepsUnsupported: 0,
@@ -113,7 +115,7 @@ export class Scheduler {
       maxUnsupportedTimeInS: c.maxUnsupportedTimeInS,
       stepEvent: (s, e) => this.graph.transition(s, e),
       assign: (s, m) => this.assign(s, m),
-      unsupported: (s) => this.track(this.failSteps(s, null, BuildStatus.Unsupported, 'unsupported system type', '')),
+      unsupported: (s) => this.failUnsupported(s),
     });
   }
 
@@ -234,46 +236,59 @@ export class Scheduler {
     void aj.row.then((nr) => (nr === null ? undefined : this.o.db.stepBusy(aj.buildId, nr, busy))).catch(() => {});
   }
 
+  /**
+   * A builder's result. The step's new state is applied at once, so that a
+   * build loaded while the result is being written sees it (a finished step
+   * makes it cached, a failed one a cached failure); the database write
+   * follows, and only after it commits are dependents released.
+   */
   private outcome(aj: ActiveJob, outcome: StepOutcome): void {
-    if (this.active.get(aj.step) !== aj) return; // aborted or already reported
-    this.active.delete(aj.step);
-    if (aj.step.state === 'dispatched' && outcome.kind !== 'transient') this.graph.transition(aj.step, 'START');
-    this.track(this.applyOutcome(aj, outcome));
-  }
-
-  private track(p: Promise<unknown>): void {
-    const t = p.catch((err: unknown) => this.o.log.error({ err: String((err as Error)?.stack ?? err) }, 'scheduler write failed'));
-    this.inflight.add(t);
-    void t.finally(() => this.inflight.delete(t));
-  }
-
-  private async applyOutcome(aj: ActiveJob, outcome: StepOutcome): Promise<void> {
     const { step, machine } = aj;
-    const stepnr = await aj.row;
-    const now = unixNow(this.clock.now());
-    if (outcome.kind === 'transient' || stepnr === null) {
-      const errorMsg = outcome.kind === 'transient' ? outcome.errorMsg : 'step row could not be written';
-      this.o.log.warn({ build: aj.buildId, drv: step.drvPath, machine: machine.id, err: errorMsg }, 'step failed transiently');
-      if (outcome.kind === 'transient' && outcome.machineFault) this.dispatcher.machineFailed(machine);
-      const live = step.state === 'dispatched' || step.state === 'building';
-      const next = this.dispatcher.jobEnded(step, machine, live ? 'transient' : 'done');
+    if (this.active.get(step) !== aj) return; // aborted or already reported
+    this.active.delete(step);
+    this.o.log.debug({ build: aj.buildId, drv: step.drvPath, machine: machine.id, outcome: outcome.kind }, 'step result');
+    if (outcome.kind === 'transient') {
+      this.o.log.warn({ build: aj.buildId, drv: step.drvPath, machine: machine.id, err: outcome.errorMsg }, 'step failed transiently');
+      if (outcome.machineFault) this.dispatcher.machineFailed(machine);
+      const next = this.dispatcher.jobEnded(step, machine, 'transient');
       if (next === 'retrying') this.counters.stepsRetried++;
-      if (next === 'abandoned') {
-        // Retries used up: this attempt's row carries the final status 3.
-        await this.failSteps(step, stepnr === null ? null : { buildId: aj.buildId, stepnr, startTime: unixNow(aj.startedAt) }, BuildStatus.Aborted, errorMsg, machine.id);
-      } else if (stepnr !== null) {
-        await this.o.db.stepAborted({ buildId: aj.buildId, stepnr, status: 3, errorMsg, stopTime: now, machine: machine.id });
-      }
+      this.track(this.persistTransient(aj, outcome.errorMsg, next === 'abandoned'));
       return;
     }
+    if (step.state === 'dispatched') this.graph.transition(step, 'START');
+    this.dispatcher.jobEnded(step, machine, 'done');
     this.dispatcher.machineSucceeded(machine);
     this.charge(step, outcome.stopTime - outcome.startTime);
+    this.counters.stepsFinished++;
     if (outcome.kind === 'success') {
-      const toplevel = step.builds.filter((b) => !b.done);
-      const ended = await this.o.db.stepSucceeded({
+      this.graph.transition(step, outcome.nixSupport.failed ? 'FAIL_WITH_OUTPUT' : 'SUCCEED');
+      this.track(this.persistSuccess(aj, outcome, step.builds.filter((b) => !b.done)));
+    } else {
+      this.graph.transition(step, 'FAIL');
+      this.track(
+        this.persistFailure(step, { buildId: aj.buildId, row: aj.row }, {
+          status: outcome.status,
+          errorMsg: outcome.errorMsg,
+          machine: machine.id,
+          startTime: outcome.startTime,
+          stopTime: outcome.stopTime,
+          logFile: outcome.logFile,
+          cacheable: outcome.status === BuildStatus.Failed,
+        }),
+      );
+    }
+  }
+
+  private async persistSuccess(aj: ActiveJob, outcome: Extract<StepOutcome, { kind: 'success' }>, builds: BuildRecord[]): Promise<void> {
+    const { step } = aj;
+    const stepnr = await aj.row;
+    const ended = await this.persist(() =>
+      this.o.db.stepSucceeded({
         buildId: aj.buildId,
         stepnr,
-        machine: machine.id,
+        drvPath: step.drvPath,
+        system: step.platform.system,
+        machine: aj.machine.id,
         startTime: outcome.startTime,
         stopTime: outcome.stopTime,
         overheadMs: outcome.overheadMs,
@@ -283,67 +298,126 @@ export class Scheduler {
         releaseName: outcome.nixSupport.releaseName,
         products: outcome.nixSupport.products,
         metrics: outcome.nixSupport.metrics,
-        builds: toplevel.map((b) => ({ id: b.id, isCachedBuild: b.id !== aj.buildId })),
+        builds: builds.map((b) => ({ id: b.id, isCachedBuild: b.id !== aj.buildId })),
+      }),
+    );
+    for (const id of ended) this.buildEnded(id, !outcome.nixSupport.failed, false);
+    for (const b of this.graph.completeSuccess(step)) this.graph.removeBuild(b);
+  }
+
+  private async persistTransient(aj: ActiveJob, errorMsg: string, abandoned: boolean): Promise<void> {
+    const stepnr = await aj.row;
+    if (abandoned) {
+      // Retries used up: this attempt's row carries the final status 3.
+      await this.persistFailure(aj.step, { buildId: aj.buildId, row: Promise.resolve(stepnr) }, {
+        status: BuildStatus.Aborted,
+        errorMsg,
+        machine: aj.machine.id,
+        startTime: unixNow(aj.startedAt),
+        stopTime: unixNow(this.clock.now()),
+        logFile: '',
+        cacheable: false,
       });
-      this.counters.stepsFinished++;
-      this.dispatcher.jobEnded(step, machine, 'done');
-      if (step.state !== 'building') return; // cancelled while the write was in flight
-      this.graph.transition(step, outcome.nixSupport.failed ? 'FAIL_WITH_OUTPUT' : 'SUCCEED');
-      for (const id of ended) this.buildEnded(id, !outcome.nixSupport.failed, false);
-      const builds = this.graph.completeSuccess(step);
-      for (const b of builds) this.graph.removeBuild(b);
-      return;
+    } else if (stepnr !== null) {
+      await this.persist(() =>
+        this.o.db.stepAborted({ buildId: aj.buildId, stepnr, status: 3, errorMsg, stopTime: unixNow(this.clock.now()), machine: aj.machine.id }),
+      );
     }
-    // A permanent failure fails every build that needs the step.
-    const dependents = this.graph.dependentBuilds(step);
-    const ended = await this.o.db.stepFailed({
-      buildId: aj.buildId,
-      stepnr,
-      drvPath: step.drvPath,
-      system: step.platform.system,
-      machine: machine.id,
-      status: outcome.status,
-      errorMsg: outcome.errorMsg,
-      startTime: outcome.startTime,
-      stopTime: outcome.stopTime,
-      logFile: outcome.logFile,
-      builds: dependents.map((b) => ({ id: b.id, own: b.toplevel === step })),
-      cacheablePaths: outcome.status === BuildStatus.Failed ? step.outputs.flatMap((o) => (o.path ? [o.path] : [])) : [],
-    });
-    this.counters.stepsFinished++;
-    if (step.state === 'building') this.graph.transition(step, 'FAIL');
-    this.dispatcher.jobEnded(step, machine, 'done');
-    for (const id of ended) this.buildEnded(id, false, false);
-    for (const b of dependents) this.graph.removeBuild(b);
+  }
+
+  /** A step that will never build (unsupported) fails every build that needs it. */
+  private failUnsupported(step: StepRecord): void {
+    this.graph.transition(step, 'UNSUPPORTED');
+    this.counters.stepsUnsupported++;
+    const build = this.buildFor(step)?.id;
+    if (build === undefined) return;
+    const now = unixNow(this.clock.now());
+    this.track(
+      this.persistFailure(step, { buildId: build, row: Promise.resolve(null) }, {
+        status: BuildStatus.Unsupported,
+        errorMsg: 'unsupported system type',
+        machine: '',
+        startTime: now,
+        stopTime: now,
+        logFile: '',
+        cacheable: false,
+      }),
+    );
   }
 
   /**
-   * A step that will not build (unsupported, retries exhausted) fails every
-   * build that needs it; `row` is its last attempt's row, if it had one.
+   * Writes a permanent failure: the step's row (updated, or inserted when it
+   * never got one) and every build that needs the step. Builds that attached
+   * to a dependent of the step while that write was in flight are failed in
+   * a follow-up write, so none is left waiting on a failed step.
    */
-  private async failSteps(step: StepRecord, row: { buildId: number; stepnr: number; startTime: number } | null, status: number, errorMsg: string, machine: string): Promise<void> {
-    if (step.state === 'runnable') this.graph.transition(step, 'UNSUPPORTED');
-    const dependents = this.graph.dependentBuilds(step);
-    const build = row?.buildId ?? this.buildFor(step)?.id;
-    if (build === undefined) return;
-    if (status === BuildStatus.Unsupported) this.counters.stepsUnsupported++;
-    const now = unixNow(this.clock.now());
-    const ended = await this.o.db.stepFailed({
-      buildId: build,
-      stepnr: row?.stepnr ?? null,
-      drvPath: step.drvPath,
-      system: step.platform.system,
-      machine,
-      status,
-      errorMsg,
-      startTime: row?.startTime ?? now,
-      stopTime: now,
-      logFile: '',
-      builds: dependents.map((b) => ({ id: b.id, own: b.toplevel === step })),
-      cacheablePaths: [],
-    });
+  private async persistFailure(
+    step: StepRecord,
+    at: { buildId: number; row: Promise<number | null> },
+    f: { status: number; errorMsg: string; machine: string; startTime: number; stopTime: number; logFile: string; cacheable: boolean },
+  ): Promise<void> {
+    const handled = new Set(this.graph.dependentBuilds(step));
+    const stepnr = await at.row;
+    const ended = await this.persist(() =>
+      this.o.db.stepFailed({
+        buildId: at.buildId,
+        stepnr,
+        drvPath: step.drvPath,
+        system: step.platform.system,
+        machine: f.machine,
+        status: f.status,
+        errorMsg: f.errorMsg,
+        startTime: f.startTime,
+        stopTime: f.stopTime,
+        logFile: f.logFile,
+        builds: [...handled].map((b) => ({ id: b.id, own: b.toplevel === step })),
+        cacheablePaths: f.cacheable ? step.outputs.flatMap((o) => (o.path ? [o.path] : [])) : [],
+      }),
+    );
+    for (;;) {
+      const late = this.graph.dependentBuilds(step).filter((b) => !handled.has(b));
+      if (late.length === 0) break;
+      for (const b of late) handled.add(b);
+      ended.push(
+        ...(await this.persist(() =>
+          this.o.db.dependentsFailed({
+            failedBuildId: at.buildId,
+            drvPath: step.drvPath,
+            system: step.platform.system,
+            status: f.status,
+            stopTime: f.stopTime,
+            builds: late.map((b) => ({ id: b.id, own: b.toplevel === step })),
+          }),
+        )),
+      );
+    }
     for (const id of ended) this.buildEnded(id, false, false);
-    for (const b of dependents) this.graph.removeBuild(b);
+    for (const b of handled) this.graph.removeBuild(b);
+  }
+
+  /**
+   * Retries a result write while the database is unreachable: the result is
+   * real (outputs are in the store) and must not be lost. Other errors are
+   * retried a few times, then given up (a restart recomputes from the store).
+   */
+  private async persist<T>(write: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await write();
+      } catch (err) {
+        const lost = isConnectionError(err);
+        if (this.stopping || (!lost && attempt >= 3)) throw err;
+        const delay = Math.min(30_000, 100 * 2 ** attempt);
+        this.o.log.warn({ err: String((err as Error)?.message ?? err), attempt, delayMs: delay }, 'result write failed; retrying');
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+  }
+
+  private track(p: Promise<unknown>): void {
+    const t = p.catch((err: unknown) => this.o.log.error({ err: String((err as Error)?.stack ?? err) }, 'scheduler write failed'));
+    this.inflight.add(t);
+    void t.finally(() => this.inflight.delete(t));
   }
 
   private released(step: StepRecord, previous: StepState): void {
@@ -395,6 +469,7 @@ export class Scheduler {
    */
   async drain(graceMs: number): Promise<void> {
     this.dispatcher.pause();
+    this.stopping = true;
     const deadline = this.clock.now() + graceMs;
     while (this.active.size > 0 && this.clock.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const aj of [...this.active.values()]) {

@@ -1,4 +1,5 @@
 import { stepLifecycle, type StepEventType, type StepState } from '../machines/index.ts';
+import { append, JobsetSets, NO_JOBSETS, swapRemove } from './compact.ts';
 import type {
   BuildRecord, Clock, FailureCache, JobsetRecord, PlatformRecord, SchedulerStore, StepRecord,
 } from './model.ts';
@@ -59,6 +60,7 @@ export class StepGraph {
   private readonly failureCause = new WeakMap<StepRecord, StepRecord>();
   private readonly cachedFailures = new WeakSet<StepRecord>();
   private nextId = 1;
+  private readonly jobsetSets = new JobsetSets();
 
   constructor(private readonly o: StepGraphOptions) {}
 
@@ -84,7 +86,16 @@ export class StepGraph {
    * failure (cachedFailure).
    */
   async addBuild(q: QueuedBuild): Promise<AddBuildResult> {
-    const build: BuildRecord = { ...q, toplevel: null, done: false };
+    const build: BuildRecord = {
+      id: q.id,
+      jobset: q.jobset,
+      maxSilent: q.maxSilent,
+      timeout: q.timeout,
+      localPriority: q.localPriority,
+      globalPriority: q.globalPriority,
+      toplevel: null,
+      done: false,
+    };
     const step = await this.acquire(q.drvPath);
     if (!step) return { kind: 'cached', build };
     if (SUCCESS_STATES.has(step.state)) {
@@ -99,7 +110,7 @@ export class StepGraph {
     }
     this.builds.set(build.id, build);
     build.toplevel = step;
-    step.builds.push(build); // the loader's hold becomes the build's
+    step.builds = append(step.builds, build); // the loader's hold becomes the build's
     this.propagate(step, build);
     return { kind: 'queued', build, step };
   }
@@ -208,7 +219,7 @@ export class StepGraph {
       globalPriority: 0,
       localPriority: 0,
       lowestBuildId: Number.MAX_SAFE_INTEGER,
-      jobsets: [],
+      jobsets: NO_JOBSETS,
       maxSilent: 0,
       timeout: 0,
       tries: 0,
@@ -216,7 +227,6 @@ export class StepGraph {
       runnableSince: 0,
       queueGen: 0,
       criticalPath: 0,
-      rdepCount: 0,
       machine: null,
     };
     this.steps.set(drvPath, step);
@@ -227,6 +237,7 @@ export class StepGraph {
     }
     const deps = await Promise.all([...drv.inputDrvs.keys()].map((d) => this.acquire(d)));
     let failedDep: StepRecord | null = null;
+    const linked: StepRecord[] = [];
     for (const dep of deps) {
       if (!dep) continue;
       if (SUCCESS_STATES.has(dep.state)) {
@@ -235,11 +246,12 @@ export class StepGraph {
         failedDep ??= dep;
         this.releaseHold(dep);
       } else {
-        dep.rdeps.push(step); // the hold becomes this step's
-        step.deps.push(dep);
+        dep.rdeps = append(dep.rdeps, step); // the hold becomes this step's
+        linked.push(dep);
         if (this.o.trackCriticalPath) this.raiseCriticalPath(dep, step.criticalPath + 1);
       }
     }
+    step.deps = linked.slice(); // exact size
     // A build may have reached this step while its dependencies were still
     // loading; hand what it got down to them.
     if (step.lowestBuildId !== Number.MAX_SAFE_INTEGER) for (const d of step.deps) this.spread(d, step);
@@ -319,7 +331,7 @@ export class StepGraph {
       if (v.globalPriority > s.globalPriority) (s.globalPriority = v.globalPriority), (changed = true);
       if (v.localPriority > s.localPriority) (s.localPriority = v.localPriority), (changed = true);
       if (v.lowestBuildId < s.lowestBuildId) (s.lowestBuildId = v.lowestBuildId), (changed = true);
-      for (const j of v.jobsets) if (!s.jobsets.includes(j)) s.jobsets.push(j), (changed = true);
+      for (const j of v.jobsets) if (!s.jobsets.includes(j)) (s.jobsets = this.jobsetSets.with(s.jobsets, j)), (changed = true);
       if (v.maxSilent > s.maxSilent) (s.maxSilent = v.maxSilent), (changed = true);
       if (v.timeout > s.timeout) (s.timeout = v.timeout), (changed = true);
       if (!changed) continue;
@@ -353,8 +365,3 @@ interface Spread {
   timeout: number;
 }
 
-function swapRemove<T>(a: T[], i: number): void {
-  if (i < 0) return;
-  a[i] = a[a.length - 1]!;
-  a.pop();
-}

@@ -44,9 +44,8 @@ export class PgSchedulerDb implements SchedulerDb {
 
   stepSucceeded(a: Parameters<SchedulerDb['stepSucceeded']>[0]): Promise<number[]> {
     return withTransaction(this.pool, async (c) => {
-      await finishStep(c, {
+      const row = {
         buildId: a.buildId,
-        stepnr: a.stepnr,
         status: BuildStatus.Success,
         errorMsg: null,
         startTime: a.startTime,
@@ -56,8 +55,9 @@ export class PgSchedulerDb implements SchedulerDb {
         timesBuilt: 1,
         isNonDeterministic: false,
         outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
-        logFile: a.logFile,
-      });
+      };
+      if (a.stepnr !== null) await finishStep(c, { ...row, stepnr: a.stepnr, logFile: a.logFile });
+      else await recordStep(c, { ...row, drvPath: a.drvPath, system: a.system });
       const size = a.outputs.reduce((n, o) => n + o.narSize, 0);
       const closureSize = a.outputs.reduce((n, o) => Math.max(n, o.closureSize), 0);
       const ended: number[] = [];
@@ -123,6 +123,25 @@ export class PgSchedulerDb implements SchedulerDb {
         system: a.system,
       });
       if (a.cacheablePaths.length > 0) await addFailedPaths(c, a.cacheablePaths);
+      await notifyBuildsFinished(c, ended);
+      return ended;
+    });
+  }
+
+  dependentsFailed(a: Parameters<SchedulerDb['dependentsFailed']>[0]): Promise<number[]> {
+    return withTransaction(this.pool, async (c) => {
+      const ended = await finishBuildsFailed(c, {
+        failedBuildId: a.failedBuildId,
+        failedStepDrvPath: a.drvPath,
+        stepStatus: a.status,
+        builds: a.builds,
+        startTime: a.stopTime,
+        stopTime: a.stopTime,
+        errorMsg: null,
+        machine: '',
+        isCachedBuild: false,
+        system: a.system,
+      });
       await notifyBuildsFinished(c, ended);
       return ended;
     });

@@ -96,5 +96,10 @@ export function syntheticDag(o: SyntheticDagOptions): SyntheticDag {
     packages.push({ drv: d, system });
     if (rand() < buildFraction) builds.push(d);
   }
+  // Every package nothing depends on is a job too (as in nixpkgs), so the
+  // builds need every generated derivation.
+  const used = new Set<string>(builds);
+  for (const d of derivations) for (const i of d.inputDrvs.keys()) used.add(i);
+  for (const p of packages) if (!used.has(p.drv)) builds.push(p.drv);
   return { derivations, builds };
 }

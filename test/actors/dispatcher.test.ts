@@ -25,7 +25,7 @@ function step(over: Partial<StepRecord> & { jobsets?: JobsetRecord[] } = {}): St
   return {
     id, drvPath: `/nix/store/${id}.drv`, platform: platform('x86_64-linux'), outputs: [], isCA: false, state: 'runnable',
     deps: [], rdeps: [], builds: [], refs: 1, globalPriority: 0, localPriority: 0, lowestBuildId: id, jobsets: [],
-    maxSilent: 0, timeout: 0, tries: 0, retryAt: 0, runnableSince: 0, queueGen: 0, criticalPath: 0, rdepCount: 0, machine: null,
+    maxSilent: 0, timeout: 0, tries: 0, retryAt: 0, runnableSince: 0, queueGen: 0, criticalPath: 0, machine: null,
     ...over,
   };
 }

@@ -5,7 +5,7 @@ import { createPool } from '../../src/db/pool.ts';
 import { SimulatedBuilder, type SimBehaviour } from '../../src/sim/simulated-builder.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
-import { machineRecord, startRuntime, waitFor } from '../helpers/runtime.ts';
+import { machineRecord, startRuntime, waitFor, within } from '../helpers/runtime.ts';
 import { dagArbitrary } from './arbitraries.ts';
 
 /**
@@ -72,7 +72,7 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
 
           // First runner: dies after `crashAt` queries (or finishes first).
           const first = crashingPool(db.url, crashAt, db.pool);
-          const a = await run(first.pool).catch(() => null); // it may die while starting
+          const a = await within(run(first.pool), 10_000, 'first runner start').catch(() => null); // it may die while starting
           await waitFor(async () => first.crashed() || (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 15_000, 'first runner');
           runs++;
           if (first.crashed()) crashes++;
@@ -82,13 +82,13 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
 
           // Second runner, from the database (and the store) alone.
           const pool = createPool(db.url, { max: 4 });
-          const b = await run(pool);
-          await b.initialLoad;
+          const b = await within(run(pool), 10_000, 'second runner start');
+          await within(b.initialLoad, 10_000, 'second runner initial load');
           await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 15_000, 'second runner');
-          await b.scheduler.settle();
+          await within(b.scheduler.settle(), 10_000, 'writes to settle');
           await waitFor(() => b.scheduler.graph.steps.size === 0, 5000, 'graph to empty');
-          await b.stop(0);
-          await pool.end();
+          await within(b.stop(0), 10_000, 'second runner stop');
+          await within(pool.end(), 10_000, 'pool end');
 
           expect((await db.pool.query('select count(*)::int n from buildsteps where busy != 0')).rows[0].n).toBe(0);
           // A finished build is consistent: Hydra's check constraints hold and status is set.

@@ -100,3 +100,14 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, ms = 10_00
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+/** Awaits `p`, failing with `what` after `ms` (so a hang names itself). */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout;
+  return Promise.race([
+    p.finally(() => clearTimeout(t)),
+    new Promise<never>((_, reject) => {
+      t = setTimeout(() => reject(new Error(`timed out: ${what}`)), ms);
+    }),
+  ]);
+}

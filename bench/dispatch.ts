@@ -1,0 +1,169 @@
+/**
+ * Dispatch benchmark: a synthetic nixpkgs-shaped DAG queued as Hydra Builds
+ * rows in a real (embedded) PostgreSQL, loaded by the queue monitor, and
+ * dispatched to simulated builders. Prints one JSON object.
+ */
+import { EventEmitter } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import type { DerivationSummary } from '../src/actors/model.ts';
+import { DEFAULT_THRESHOLDS, IDLE_LOAD } from '../src/actors/machine-record.ts';
+import { startRunnerRuntime } from '../src/daemon/runner-runtime.ts';
+import { startEmbeddedPostgres } from '../src/db/embedded.ts';
+import { createPool } from '../src/db/pool.ts';
+import { PgSchedulerDb } from '../src/db/scheduler-db.ts';
+import { ensureSchema } from '../src/db/schema.ts';
+import { MemoryStore } from '../src/sim/memory-store.ts';
+import { SimulatedBuilder } from '../src/sim/simulated-builder.ts';
+import { syntheticDag } from '../src/sim/synthetic-dag.ts';
+import { createLogger } from '../src/util/logger.ts';
+import { log, round } from './common.ts';
+
+export const describe = 'ingest and dispatch a synthetic nixpkgs-shaped queue with simulated builders';
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+
+function settle(): number {
+  for (let i = 0; i < 3; i++) gc();
+  return process.memoryUsage().rss;
+}
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
+}
+
+/** Each read returns a fresh copy, as parsing a .drv would, so the runner's memory is counted fairly. */
+class CopyingStore extends MemoryStore {
+  override async readDerivation(drvPath: string): Promise<DerivationSummary> {
+    const d = await super.readDerivation(drvPath);
+    return { ...d, outputs: d.outputs.map((o) => ({ ...o })), inputDrvs: new Map(d.inputDrvs), requiredFeatures: [...d.requiredFeatures] };
+  }
+}
+
+export async function run(argv: string[]): Promise<Record<string, unknown>> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      steps: { type: 'string', default: '10000' },
+      machines: { type: 'string', default: '10' },
+      'jobs-per-machine': { type: 'string', default: '4' },
+      'build-ms': { type: 'string', default: '0' },
+      seconds: { type: 'string', default: '30' },
+      seed: { type: 'string', default: '1' },
+    },
+  });
+  const steps = Number(values.steps);
+  const machines = Number(values.machines);
+  const jobsPerMachine = Number(values['jobs-per-machine']);
+  const buildMs = Number(values['build-ms']);
+  const seconds = Number(values.seconds);
+
+  const dir = mkdtempSync(join(tmpdir(), 'hydrant-bench-dispatch-'));
+  const pg = await startEmbeddedPostgres({ stateDir: dir, ephemeral: true });
+  const pool = createPool(pg.url, { max: 16 });
+  try {
+    await ensureSchema(pool);
+    log(`generating ${steps} steps`);
+    const dag = syntheticDag({ steps, seed: Number(values.seed) });
+    const store = new CopyingStore();
+    for (const d of dag.derivations) store.add(d);
+    await pool.query("insert into users (username, emailaddress, password) values ('bench', 'b@x', '!')");
+    await pool.query("insert into projects (name, displayname, owner) values ('nixpkgs', 'nixpkgs', 'bench')");
+    const js = await pool.query("insert into jobsets (name, project, emailoverride, nixexprinput, nixexprpath) values ('trunk', 'nixpkgs', '', 'src', 'release.nix') returning id");
+    const jobset = js.rows[0].id as number;
+    await pool.query(
+      `insert into builds (finished, timestamp, jobset_id, job, drvpath, system)
+       select 0, 0, $1, 'job' || ord, d, 'x86_64-linux' from unnest($2::text[]) with ordinality as t(d, ord)`,
+      [jobset, dag.builds],
+    );
+    log(`queued ${dag.builds.length} builds needing ${dag.derivations.length} derivations`);
+
+    const config = {
+      stepSortFn: 'Legacy' as const, machineSortFn: 'SpeedFactorOnly' as const, machineFreeFn: 'Static' as const,
+      maxRetries: 5, retryInterval: 60, retryBackoff: 3, maxUnsupportedTimeInS: 120, maxLogSize: 64 << 20,
+      maxOutputSize: 2 ** 31, maxSilentTime: 3600, buildTimeout: 36000, queueTriggerTimerInS: -1,
+    };
+    const rssBefore = settle();
+    const heapBefore = process.memoryUsage().heapUsed;
+    const t0 = performance.now();
+    const runtime = await startRunnerRuntime({ config, db: new PgSchedulerDb(pool), store, listener: new EventEmitter(), log: createLogger({ level: 'warn' }) });
+    await runtime.initialLoad;
+    const ingestSeconds = (performance.now() - t0) / 1000;
+    const graph = runtime.scheduler.graph;
+    const held = graph.steps.size;
+    const rssAfter = settle();
+    const heapAfter = process.memoryUsage().heapUsed;
+    log(`ingested ${graph.builds.size} builds, ${held} steps in ${round(ingestSeconds, 2)} s`);
+
+    // Dispatch: measure the dispatcher's own latency and cost on a saturated fleet.
+    const latencies: number[] = [];
+    const waits: number[] = [];
+    const d = runtime.scheduler.dispatcher;
+    const rounds: number[] = [];
+    const assignmentsInRounds: number[] = [];
+    const originalRound = d.round.bind(d);
+    d.round = () => {
+      const before = d.stats.assignments;
+      const c0 = process.cpuUsage();
+      originalRound();
+      const c = process.cpuUsage(c0);
+      rounds.push((c.user + c.system) / 1000);
+      assignmentsInRounds.push(d.stats.assignments - before);
+    };
+    (d as unknown as { o: { onDispatch?: (l: number, w: number) => void } }).o.onDispatch = (l, w) => {
+      latencies.push(l);
+      waits.push(w);
+    };
+    const sim = new SimulatedBuilder({ store, durationMs: () => buildMs });
+    const start = performance.now();
+    for (let m = 0; m < machines; m++) {
+      runtime.scheduler.addMachine(
+        {
+          id: `m${m}`, systems: new Set(['x86_64-linux']), features: new Set(), mandatoryFeatures: new Set(), maxJobs: jobsPerMachine,
+          speedFactor: 1 + (m % 3), cpuCount: 4, bogomips: 1, state: 'joining', jobs: new Set(), consecutiveFailures: 0, lastFailure: 0,
+          disabledUntil: 0, idleSince: 0, roomSince: 0, load: { ...IDLE_LOAD }, thresholds: DEFAULT_THRESHOLDS,
+        },
+        sim,
+      );
+    }
+    const deadline = start + seconds * 1000;
+    while (runtime.scheduler.graph.builds.size > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const elapsed = (performance.now() - start) / 1000;
+    const finished = runtime.scheduler.counters.stepsFinished;
+    await runtime.stop(0);
+
+    const lat = Float64Array.from(latencies).sort();
+    const roundCpu = rounds.reduce((a, b) => a + b, 0);
+    const assigned = assignmentsInRounds.reduce((a, b) => a + b, 0);
+    // "Saturated" rounds: the ones that found work for freed slots while a backlog remained.
+    const busyRounds = rounds.filter((_, i) => assignmentsInRounds[i]! > 0);
+    return {
+      steps: held,
+      builds: dag.builds.length,
+      machines,
+      slots: machines * jobsPerMachine,
+      ingestSeconds: round(ingestSeconds, 2),
+      rssBytesPerStep: Math.round((rssAfter - rssBefore) / held),
+      heapBytesPerStep: Math.round((heapAfter - heapBefore) / held),
+      dispatchLatencyMs: { p50: round(percentile(lat, 0.5), 3), p99: round(percentile(lat, 0.99), 3), max: round(lat[lat.length - 1] ?? 0, 3), samples: lat.length },
+      queueWaitMsP50: round(percentile(Float64Array.from(waits).sort(), 0.5), 1),
+      assignmentsPerSecond: Math.round(assigned / (roundCpu / 1000)),
+      cpuMsPerRoundSaturated: round(busyRounds.reduce((a, b) => a + b, 0) / Math.max(1, busyRounds.length), 3),
+      rounds: rounds.length,
+      stepsFinished: finished,
+      endToEndStepsPerSecond: Math.round(finished / elapsed),
+      dispatchSeconds: round(elapsed, 1),
+      finishedAll: runtime.scheduler.graph.builds.size === 0,
+    };
+  } finally {
+    await pool.end();
+    await pg.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
