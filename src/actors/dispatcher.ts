@@ -60,7 +60,17 @@ export class Dispatcher {
   private paused = false;
   readonly stats: DispatcherStats = { runnable: 0, retryWaiting: 0, rounds: 0, assignments: 0 };
 
-  constructor(private readonly o: DispatcherOptions) {}
+  private readonly o: DispatcherOptions;
+
+  constructor(options: DispatcherOptions) {
+    this.o = { ...options };
+  }
+
+  /** Applies reloaded settings that are safe to change while running. */
+  reconfigure(c: Pick<DispatcherOptions, 'maxRetries' | 'retryInterval' | 'retryBackoff' | 'maxUnsupportedTimeInS' | 'machineFreeFn'>): void {
+    Object.assign(this.o, c);
+    for (const m of this.machines.values()) this.syncCapacity(m);
+  }
 
   // ------------------------------------------------------------ steps
 

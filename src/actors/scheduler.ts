@@ -29,6 +29,7 @@ export interface SchedulerConfig {
 
 export interface SchedulerOptions {
   config: SchedulerConfig;
+
   db: SchedulerDb;
   store: SchedulerStore;
   log: Logger;
@@ -117,6 +118,19 @@ export class Scheduler {
       assign: (s, m) => this.assign(s, m),
       unsupported: (s) => this.failUnsupported(s),
     });
+  }
+
+  /**
+   * Applies a reloaded configuration: retry, capacity and limit settings take
+   * effect at once; returns the keys whose change needs a restart.
+   */
+  reconfigure(c: SchedulerConfig): string[] {
+    const old = this.o.config;
+    const { maxRetries, retryInterval, retryBackoff, maxUnsupportedTimeInS, machineFreeFn } = c;
+    this.dispatcher.reconfigure({ maxRetries, retryInterval, retryBackoff, maxUnsupportedTimeInS, machineFreeFn });
+    const needRestart = (['stepSortFn', 'machineSortFn'] as const).filter((k) => old[k] !== c[k]);
+    this.o.config = { ...c, stepSortFn: old.stepSortFn, machineSortFn: old.machineSortFn };
+    return needRestart;
   }
 
   // ------------------------------------------------------------ machines

@@ -37,6 +37,12 @@ const RunnerConfigSchema = z
     grpcListen: z.string().default('127.0.0.1:50051'),
     httpListen: z.string().default('127.0.0.1:8080'),
     workerThreads: z.number().int().positive().default(2),
+    /** On SIGTERM, how long running steps may take to finish before they are aborted. */
+    shutdownGraceInS: z.number().nonnegative().default(30),
+    /** Jobs to build with Nix on the runner's own host (0: only remote builders). */
+    localBuilderJobs: z.number().int().nonnegative().default(0),
+    localBuilderSystems: z.array(z.string().min(1)).optional(),
+    localBuilderFeatures: z.array(z.string().min(1)).default(['local', 'ca-derivations']),
   })
   .strict();
 

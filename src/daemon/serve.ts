@@ -1,10 +1,20 @@
+import { arch } from 'node:os';
+import { DEFAULT_THRESHOLDS, IDLE_LOAD } from '../actors/machine-record.ts';
+import { LocalNixBuilder } from '../builder/local-builder.ts';
 import { loadRunnerConfig, redactUrl, type RunnerConfig } from '../config/runner-config.ts';
+import { HYDRA_CHANNELS } from '../db/channels.ts';
 import { openDatabase, type Database } from '../db/connect.ts';
 import { NotificationListener } from '../db/listener.ts';
+import { RunnerLock } from '../db/runner-lock.ts';
+import { PgSchedulerDb } from '../db/scheduler-db.ts';
 import { ensureSchema } from '../db/schema.ts';
-import { HYDRA_CHANNELS } from '../db/channels.ts';
+import { summarizeDerivation } from '../nix/derivation-summary.ts';
+import { LocalNixStore } from '../nix/local-store.ts';
 import type { Logger } from '../util/logger.ts';
+import { WorkerPool } from '../workers/pool.ts';
+import { withRoom } from '../workers/with-room.ts';
 import { Lifecycle } from './lifecycle.ts';
+import { startRunnerRuntime, type RunnerRuntime } from './runner-runtime.ts';
 
 export interface ServeOptions {
   configPath?: string;
@@ -14,16 +24,26 @@ export interface ServeOptions {
   handleSignals?: boolean;
 }
 
+/** The Nix system of this host, as Nix names it. */
+export function hostSystem(): string {
+  return `${arch() === 'arm64' ? 'aarch64' : arch() === 'x64' ? 'x86_64' : arch()}-linux`;
+}
+
 /**
- * The runner daemon's shell: configuration, database, schema check, the
- * LISTEN connection, and the lifecycle with graceful shutdown on SIGTERM and
- * configuration reload on SIGHUP. The scheduler's actors attach here.
+ * The runner daemon: configuration, database, schema check, the runner lock,
+ * the LISTEN connection, the worker pool, and the scheduler runtime, with
+ * the lifecycle starting → running → draining → stopped. SIGTERM/SIGINT
+ * drain (no new dispatch; running steps get shutdownGraceInS, then are
+ * aborted and their rows written); SIGHUP reloads the configuration.
  */
 export class RunnerDaemon {
   readonly lifecycle = new Lifecycle();
   private db: Database | null = null;
+  private lock: RunnerLock | null = null;
   private listener: NotificationListener | null = null;
+  private pool: WorkerPool | null = null;
   private signalHandlers: [NodeJS.Signals, () => void][] = [];
+  runtime: RunnerRuntime | null = null;
   config: RunnerConfig;
 
   constructor(private readonly options: ServeOptions) {
@@ -37,26 +57,55 @@ export class RunnerDaemon {
 
   async start(): Promise<void> {
     const { log } = this.options;
+    const c = this.config;
     log.info({ state: 'starting' }, 'runner starting');
-    this.db = await openDatabase(this.config);
+    this.db = await openDatabase(c);
     log.info({ db: redactUrl(this.db.url), embedded: this.db.embedded }, 'database connected');
     const schema = await ensureSchema(this.db.pool);
     log.info({ created: schema.created, version: schema.version }, schema.created ? 'created Hydra schema' : 'Hydra schema accepted');
+    this.lock = await RunnerLock.acquire(this.db.url);
+    this.lock.on('lost', (err: Error) => {
+      log.fatal({ err: err.message }, 'lost the runner lock; stopping');
+      void this.stop();
+    });
     this.listener = new NotificationListener({ url: this.db.url, channels: HYDRA_CHANNELS });
-    this.listener.on('notification', (n) => log.debug({ channel: n.channel, payload: n.payload }, 'notification'));
     this.listener.on('disconnected', (e: Error) => log.warn({ err: e.message }, 'LISTEN connection lost; reconnecting'));
+    this.listener.on('reconnected', () => log.info('LISTEN connection back; re-polling the queue'));
     await this.listener.start();
+    const pool = (this.pool = new WorkerPool({ threads: c.workerThreads }));
+    const store = new LocalNixStore(async (drvPath, bytes) => summarizeDerivation(drvPath, await withRoom(pool, () => pool.parseDerivation(bytes))));
+    this.runtime = await startRunnerRuntime({ config: c, db: new PgSchedulerDb(this.db.pool), store, listener: this.listener, log });
+    if (c.localBuilderJobs > 0) this.addLocalBuilder();
     if (this.options.handleSignals) this.installSignals();
     this.lifecycle.to('running');
     log.info({ state: 'running' }, 'runner running');
+  }
+
+  private addLocalBuilder(): void {
+    const c = this.config;
+    const systems = c.localBuilderSystems ?? [hostSystem()];
+    this.runtime!.scheduler.addMachine(
+      {
+        id: 'localhost', systems: new Set(systems), features: new Set(c.localBuilderFeatures), mandatoryFeatures: new Set(),
+        maxJobs: c.localBuilderJobs, speedFactor: 1, cpuCount: 1, bogomips: 1, state: 'joining', jobs: new Set(),
+        consecutiveFailures: 0, lastFailure: 0, disabledUntil: 0, idleSince: 0, roomSince: 0, load: { ...IDLE_LOAD }, thresholds: DEFAULT_THRESHOLDS,
+      },
+      new LocalNixBuilder({ hydraDataDir: c.hydraDataDir }),
+    );
+    this.options.log.info({ machine: 'localhost', systems, maxJobs: c.localBuilderJobs }, 'local builder added');
   }
 
   /** Re-reads the configuration; an invalid file keeps the old one. */
   reload(): void {
     const { log } = this.options;
     try {
-      this.config = loadRunnerConfig(this.options.configPath, this.options.overrides);
-      log.info('configuration reloaded');
+      const next = loadRunnerConfig(this.options.configPath, this.options.overrides);
+      const restart = this.runtime?.scheduler.reconfigure(next) ?? [];
+      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs'] as const) {
+        if (JSON.stringify(next[k]) !== JSON.stringify(this.config[k])) restart.push(k);
+      }
+      this.config = next;
+      log.info({ needRestart: restart }, 'configuration reloaded');
     } catch (err) {
       log.error({ err: (err as Error).message }, 'configuration reload failed; keeping the previous one');
     }
@@ -66,9 +115,12 @@ export class RunnerDaemon {
     if (this.lifecycle.state === 'stopped' || this.lifecycle.state === 'draining') return this.lifecycle.when('stopped');
     const { log } = this.options;
     if (this.lifecycle.state === 'running') this.lifecycle.to('draining');
-    log.info({ state: this.lifecycle.state }, 'runner draining');
+    log.info({ state: this.lifecycle.state, graceSeconds: this.config.shutdownGraceInS }, 'runner draining');
     for (const [sig, fn] of this.signalHandlers) process.off(sig, fn);
+    await this.runtime?.stop(this.config.shutdownGraceInS * 1000).catch((e: unknown) => log.error({ err: String(e) }, 'drain failed'));
     await this.listener?.stop();
+    await this.pool?.close();
+    await this.lock?.release();
     await this.db?.close();
     this.lifecycle.to('stopped');
     log.info({ state: 'stopped' }, 'runner stopped');

@@ -9,3 +9,4 @@ export { UnsafePathError } from './unsafe-path-error.ts';
 export { WorkerQueueFullError } from './worker-queue-full-error.ts';
 export { WorkerPoolClosedError } from './worker-pool-closed-error.ts';
 export { CompressionError } from './compression-error.ts';
+export { RunnerLockedError } from './runner-locked-error.ts';
