@@ -1,7 +1,3 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { runNixLines } from '../src/nix/tools.ts';
 
 export function log(msg: string): void {
   process.stderr.write(`[bench] ${msg}\n`);
@@ -21,25 +17,13 @@ export function median(xs: number[]): number {
 
 export const round = (x: number, digits = 1): number => Math.round(x * 10 ** digits) / 10 ** digits;
 
-/** A trivial derivation helper for bench expressions (builders run with PATH unset). */
-export const MK = `
-  mk = { name, script, deps ? [], extra ? {} }: derivation ({
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-    deps = deps;
-  } // extra);
-`;
+// The same trivial-derivation helpers the tests use.
+import { instantiate } from '../test/helpers/nix.ts';
+export { MK_DRV as MK } from '../test/helpers/nix.ts';
 
-/** Instantiates a Nix expression (written to a temp file); returns the .drv paths it evaluates to. */
-export async function instantiateExpr(expr: string): Promise<string[]> {
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-bench-'));
-  const file = join(dir, 'default.nix');
-  writeFileSync(file, expr);
-  return runNixLines('nix-instantiate', [file]);
+/** Instantiates a Nix expression; returns the .drv paths it evaluates to. */
+export function instantiateExpr(expr: string): Promise<string[]> {
+  return instantiate(expr);
 }
 
-export async function realise(drvs: string[]): Promise<string[]> {
-  return runNixLines('nix-store', ['--realise', ...drvs]);
-}
+export { realise } from '../test/helpers/nix.ts';

@@ -34,16 +34,22 @@ export interface SchedulerDb {
   /** Startup: steps left busy by a previous run become aborted (3). */
   abortLeftovers(now: number): Promise<number>;
 
-  /** A step attempt begins under `buildId`; returns its stepnr. */
-  stepStarted(a: {
-    buildId: number;
-    drvPath: string;
-    system: string;
-    machine: string;
-    startTime: number;
-    outputs: readonly { name: string; path: string | null }[];
-    firstStepOfBuild: boolean;
-  }): Promise<number>;
+  /**
+   * Step attempts begin (one row each, under their build); returns their
+   * stepnrs in order. Starts dispatched together are written in one
+   * transaction.
+   */
+  stepsStarted(
+    starts: readonly {
+      buildId: number;
+      drvPath: string;
+      system: string;
+      machine: string;
+      startTime: number;
+      outputs: readonly { name: string; path: string | null }[];
+      firstStepOfBuild: boolean;
+    }[],
+  ): Promise<number[]>;
 
   stepBusy(buildId: number, stepnr: number, busy: number): Promise<void>;
 

@@ -2,30 +2,25 @@ import type { Logger } from '../util/logger.ts';
 import { BuildStatus, StepBusy, type StepBusyCode } from '../db/status.ts';
 import type { BuilderPort, StepJob, StepOutcome } from './builder-port.ts';
 import { unixNow } from './builder-port.ts';
-import { Dispatcher } from './dispatcher.ts';
-import type { MachineFreeFn, MachineRecord, MachineSortFn } from './machine-record.ts';
+import { Dispatcher, type DispatcherOptions } from './dispatcher.ts';
+import type { MachineRecord } from './machine-record.ts';
 import type { BuildRecord, Clock, JobsetRecord, SchedulerStore, StepRecord } from './model.ts';
 import { systemClock } from './model.ts';
-import type { StepSortFn } from './runnable-queue.ts';
 import type { SchedulerDb } from './scheduler-db.ts';
 import { StepGraph, type AddBuildResult, type QueuedBuild } from './step-graph.ts';
 import type { StepState } from '../machines/index.ts';
 import { Batcher } from '../util/batcher.ts';
 import { isConnectionError } from '../db/errors.ts';
 
-export interface SchedulerConfig {
-  stepSortFn: StepSortFn;
-  machineSortFn: MachineSortFn;
-  machineFreeFn: MachineFreeFn;
-  maxRetries: number;
-  retryInterval: number;
-  retryBackoff: number;
-  maxUnsupportedTimeInS: number;
+export type SchedulerConfig = Pick<
+  DispatcherOptions,
+  'stepSortFn' | 'machineSortFn' | 'machineFreeFn' | 'maxRetries' | 'retryInterval' | 'retryBackoff' | 'maxUnsupportedTimeInS'
+> & {
   maxLogSize: number;
   maxOutputSize: number;
   maxSilentTime: number;
   buildTimeout: number;
-}
+};
 
 export interface SchedulerOptions {
   config: SchedulerConfig;
@@ -79,6 +74,8 @@ export class Scheduler {
   private readonly clock: Clock;
   private readonly inflight = new Set<Promise<unknown>>();
   private jobSeq = 0;
+  /** Per-step debug lines cost allocations on the dispatch path; build them only when wanted. */
+  private readonly debug: boolean;
   private stopping = false;
   readonly counters: SchedulerCounters = {
     buildsLoaded: 0, buildsFinished: 0, buildsSucceeded: 0, buildsFailed: 0, buildsCached: 0,
@@ -89,6 +86,7 @@ export class Scheduler {
 
   constructor(private readonly o: SchedulerOptions) {
     this.clock = o.clock ?? systemClock;
+    this.debug = o.log.isLevelEnabled('debug');
     const failed = new Batcher<string, boolean>(async (paths) => {
       const set = await o.db.failedPaths(paths);
       return new Map(paths.map((p) => [p, set.has(p)]));
@@ -219,29 +217,51 @@ export class Scheduler {
     const buildId = build?.id ?? step.lowestBuildId;
     const first = !this.startedBuilds.has(buildId);
     this.startedBuilds.add(buildId);
-    const row = this.o.db
-      .stepStarted({
-        buildId,
-        drvPath: step.drvPath,
-        system: step.platform.system,
-        machine: m.id,
-        startTime: unixNow(this.clock.now()),
-        outputs: step.outputs,
-        firstStepOfBuild: first,
-      })
-      .catch((err: unknown) => {
-        this.o.log.error({ build: buildId, drv: step.drvPath, err: String(err) }, 'could not record step start');
-        return null;
-      });
+    // Hand the job over first; its row is written right after the round,
+    // with the other starts of the round, in one transaction.
+    const row = this.recordStart({
+      buildId,
+      drvPath: step.drvPath,
+      system: step.platform.system,
+      machine: m.id,
+      startTime: unixNow(this.clock.now()),
+      outputs: step.outputs,
+      firstStepOfBuild: first,
+    });
     const aj: ActiveJob = { job, step, machine: m, port, buildId, row, startedAt: this.clock.now() };
     this.active.set(step, aj);
     this.counters.stepsStarted++;
-    this.o.log.debug({ build: buildId, drv: step.drvPath, machine: m.id, job: job.jobId }, 'step dispatched');
+    if (this.debug) this.o.log.debug({ build: buildId, drv: step.drvPath, machine: m.id, job: job.jobId }, 'step dispatched');
     port.start(
       job,
       (outcome) => this.outcome(aj, outcome),
       (busy) => this.progress(aj, busy),
     );
+  }
+
+  private pendingStarts: { start: Parameters<SchedulerDb['stepsStarted']>[0][number]; resolve: (nr: number | null) => void }[] = [];
+
+  private recordStart(start: Parameters<SchedulerDb['stepsStarted']>[0][number]): Promise<number | null> {
+    return new Promise((resolve) => {
+      if (this.pendingStarts.length === 0) setImmediate(() => this.flushStarts());
+      this.pendingStarts.push({ start, resolve });
+    });
+  }
+
+  private flushStarts(): void {
+    const all = this.pendingStarts;
+    this.pendingStarts = [];
+    for (let i = 0; i < all.length; i += 500) {
+      const batch = all.slice(i, i + 500);
+      const write = this.persist(() => this.o.db.stepsStarted(batch.map((b) => b.start))).then(
+        (nrs) => batch.forEach((b, k) => b.resolve(nrs[k] ?? null)),
+        (err: unknown) => {
+          this.o.log.error({ err: String(err), steps: batch.length }, 'could not record step starts');
+          for (const b of batch) b.resolve(null);
+        },
+      );
+      this.track(write);
+    }
   }
 
   private progress(aj: ActiveJob, busy: StepBusyCode): void {
@@ -260,7 +280,7 @@ export class Scheduler {
     const { step, machine } = aj;
     if (this.active.get(step) !== aj) return; // aborted or already reported
     this.active.delete(step);
-    this.o.log.debug({ build: aj.buildId, drv: step.drvPath, machine: machine.id, outcome: outcome.kind }, 'step result');
+    if (this.debug) this.o.log.debug({ build: aj.buildId, drv: step.drvPath, machine: machine.id, outcome: outcome.kind }, 'step result');
     if (outcome.kind === 'transient') {
       this.o.log.warn({ build: aj.buildId, drv: step.drvPath, machine: machine.id, err: outcome.errorMsg }, 'step failed transiently');
       if (outcome.machineFault) this.dispatcher.machineFailed(machine);

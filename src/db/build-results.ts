@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import type { BuildProductRow, NixSupportInfo } from '../actors/builder-port.ts';
 import { sql } from './sql.ts';
 import { BuildStatus } from './status.ts';
 
@@ -13,22 +14,10 @@ export interface BuildOutputPath {
   readonly path: string;
 }
 
-export interface BuildProduct {
-  readonly type: string;
-  readonly subtype: string;
-  readonly fileSize: number | null;
-  /** Hex SHA-256 of a file product. */
-  readonly sha256hash: string | null;
-  readonly path: string;
-  readonly name: string;
-  readonly defaultPath: string | null;
-}
+/** A BuildProducts row (sha256hash: hex SHA-256 of a file product). */
+export type BuildProduct = BuildProductRow;
 
-export interface BuildMetric {
-  readonly name: string;
-  readonly value: number;
-  readonly unit: string | null;
-}
+export type BuildMetric = NixSupportInfo['metrics'][number];
 
 export interface FinishBuildSucceeded {
   buildId: number;

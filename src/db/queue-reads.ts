@@ -1,32 +1,16 @@
 import type pg from 'pg';
+import type { JobsetRow, QueuedBuildRow } from '../actors/scheduler-db.ts';
 import { chunks, type Queryable } from './chunks.ts';
 import { streamRows } from './cursor.ts';
 import { sql } from './sql.ts';
 
 /** Reads the scheduler makes at startup and on each pass over the queue. */
 
-export interface JobsetShare {
-  id: number;
-  project: string;
-  name: string;
-  schedulingShares: number;
-  /** Build seconds of the jobset's steps that stopped within the window. */
-  recentSeconds: number;
-}
+/** A jobset with its share and recent build seconds (the scheduler's JobsetRow). */
+export type JobsetShare = JobsetRow;
 
-export interface QueuedBuild {
-  id: number;
-  jobsetId: number;
-  project: string;
-  jobset: string;
-  job: string;
-  drvPath: string;
-  system: string;
-  maxSilent: number;
-  timeout: number;
-  timestamp: number;
-  priority: number;
-  globalPriority: number;
+/** A build row as the scheduler reads it, plus whether it has finished since. */
+export interface QueuedBuild extends QueuedBuildRow {
   finished: boolean;
 }
 

@@ -21,20 +21,27 @@ export class PgSchedulerDb implements SchedulerDb {
     return abortLeftoverSteps(this.pool, now);
   }
 
-  stepStarted(a: Parameters<SchedulerDb['stepStarted']>[0]): Promise<number> {
+  stepsStarted(starts: Parameters<SchedulerDb['stepsStarted']>[0]): Promise<number[]> {
+    // Rows are locked in build id order, as the failure path does, so that
+    // concurrent transactions cannot deadlock.
+    const order = starts.map((_, i) => i).sort((x, y) => starts[x]!.buildId - starts[y]!.buildId);
     return withTransaction(this.pool, async (c) => {
-      const nr = await startStep(c, {
-        buildId: a.buildId,
-        drvPath: a.drvPath,
-        system: a.system,
-        machine: a.machine,
-        startTime: a.startTime,
-        busy: StepBusy.Preparing,
-        type: StepType.Build,
-        outputs: a.outputs,
-      });
-      if (a.firstStepOfBuild) await notifyBuildStarted(c, a.buildId);
-      return nr;
+      const stepnrs = new Array<number>(starts.length);
+      for (const i of order) {
+        const a = starts[i]!;
+        stepnrs[i] = await startStep(c, {
+          buildId: a.buildId,
+          drvPath: a.drvPath,
+          system: a.system,
+          machine: a.machine,
+          startTime: a.startTime,
+          busy: StepBusy.Preparing,
+          type: StepType.Build,
+          outputs: a.outputs,
+        });
+        if (a.firstStepOfBuild) await notifyBuildStarted(c, a.buildId);
+      }
+      return stepnrs;
     });
   }
 
