@@ -137,6 +137,9 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     const elapsed = (performance.now() - start) / 1000;
     const finished = runtime.scheduler.counters.stepsFinished;
     await runtime.stop(0);
+    // Results are written behind the dispatcher; count what reached the database.
+    const persistedSeconds = (performance.now() - start) / 1000;
+    const persisted = (await pool.query('select count(*)::int n from buildsteps where status = 0')).rows[0].n as number;
 
     const lat = Float64Array.from(latencies).sort();
     const roundCpu = rounds.reduce((a, b) => a + b, 0);
@@ -156,8 +159,10 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       assignmentsPerSecond: Math.round(assigned / (roundCpu / 1000)),
       cpuMsPerRoundSaturated: round(busyRounds.reduce((a, b) => a + b, 0) / Math.max(1, busyRounds.length), 3),
       rounds: rounds.length,
-      stepsFinished: finished,
-      endToEndStepsPerSecond: Math.round(finished / elapsed),
+      stepResults: finished,
+      stepResultsPerSecond: Math.round(finished / elapsed),
+      stepsPersisted: persisted,
+      persistedStepsPerSecond: Math.round(persisted / persistedSeconds),
       dispatchSeconds: round(elapsed, 1),
       finishedAll: runtime.scheduler.graph.builds.size === 0,
     };

@@ -17,6 +17,8 @@ export interface DispatcherOptions {
   retryInterval: number;
   retryBackoff: number;
   maxUnsupportedTimeInS: number;
+  /** A round every this many seconds even without events (a backstop; <= 0: off). */
+  dispatchTriggerTimerInS?: number;
   /** Applies a step lifecycle event (the graph owns step state). */
   stepEvent(step: StepRecord, event: StepEventType): void;
   /** Hands a dispatched step to its machine's builder. */
@@ -62,8 +64,15 @@ export class Dispatcher {
 
   private readonly o: DispatcherOptions;
 
+  private backstop: NodeJS.Timeout | null = null;
+
   constructor(options: DispatcherOptions) {
     this.o = { ...options };
+    const every = options.dispatchTriggerTimerInS ?? 0;
+    if (every > 0) {
+      this.backstop = setInterval(() => this.kick(), every * 1000);
+      this.backstop.unref();
+    }
   }
 
   /** Applies reloaded settings that are safe to change while running. */
@@ -334,10 +343,15 @@ export class Dispatcher {
     this.armUnsupportedTimer();
   }
 
+  /**
+   * Schedules a round right after the current callback (a microtask): events
+   * raised together in one callback share a round, and a freed slot is
+   * refilled before the event loop goes on to other I/O.
+   */
   private kick(): void {
     if (this.scheduled || this.paused) return;
     this.scheduled = true;
-    setImmediate(() => this.round());
+    queueMicrotask(() => this.round());
   }
 
   /** Stops dispatching (draining); queued steps stay queued. */
@@ -397,6 +411,8 @@ export class Dispatcher {
 
   close(): void {
     this.paused = true;
+    if (this.backstop) clearInterval(this.backstop);
+    this.backstop = null;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.unsupportedTimer) clearTimeout(this.unsupportedTimer);
     for (const t of this.backoffTimers.values()) clearTimeout(t);

@@ -16,6 +16,7 @@ export type SchedulerConfig = Pick<
   DispatcherOptions,
   'stepSortFn' | 'machineSortFn' | 'machineFreeFn' | 'maxRetries' | 'retryInterval' | 'retryBackoff' | 'maxUnsupportedTimeInS'
 > & {
+  dispatchTriggerTimerInS?: number;
   maxLogSize: number;
   maxOutputSize: number;
   maxSilentTime: number;
@@ -112,6 +113,7 @@ export class Scheduler {
       retryInterval: c.retryInterval,
       retryBackoff: c.retryBackoff,
       maxUnsupportedTimeInS: c.maxUnsupportedTimeInS,
+      dispatchTriggerTimerInS: c.dispatchTriggerTimerInS,
       stepEvent: (s, e) => this.graph.transition(s, e),
       assign: (s, m) => this.assign(s, m),
       unsupported: (s) => this.failUnsupported(s),

@@ -10,3 +10,6 @@ export { WorkerQueueFullError } from './worker-queue-full-error.ts';
 export { WorkerPoolClosedError } from './worker-pool-closed-error.ts';
 export { CompressionError } from './compression-error.ts';
 export { RunnerLockedError } from './runner-locked-error.ts';
+export { NarHashMismatchError } from './nar-hash-mismatch-error.ts';
+export { CacheReferenceMissingError } from './cache-reference-missing-error.ts';
+export { PathNotInStoreError } from './path-not-in-store-error.ts';

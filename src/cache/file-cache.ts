@@ -1,0 +1,278 @@
+import { mkdir, readFile, unlink } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { CacheReferenceMissingError, ConfigError, NarHashMismatchError } from '../errors/index.ts';
+import { Hash } from '../nix/hash.ts';
+import { narListingJson } from '../nix/nar-listing.ts';
+import { narChunks } from '../nix/nar-writer.ts';
+import { type NarInfo, parseNarInfo, serializeNarInfo } from '../nix/narinfo.ts';
+import { formatPublicKey, signPath } from '../nix/signing.ts';
+import { parseStorePath, STORE_DIR } from '../nix/store-path.ts';
+import type { CompressOptions } from '../workers/compression.ts';
+import type { WorkerPool } from '../workers/pool.ts';
+import { withRoom } from '../workers/with-room.ts';
+import { CACHE_DIRS, CACHE_INFO_FILE, cacheInfoStoreDir, cacheInfoText, listingFile, logFile, narFile, narInfoFile, realisationFile } from './layout.ts';
+import { type LocalPathInfo, queryPathInfos, queryRealisations, type Realisation } from './local-path-info.ts';
+import { exists, publishTemp, syncFile, tempPathFor, writeOnce } from './publish-file.ts';
+import { type FileStoreUri, parseStoreUri, type StoreUri } from './store-uri.ts';
+
+export interface FileBinaryCacheOptions {
+  /** fsync each file before giving it its name (default true): a crash never leaves a narinfo over a lost NAR. */
+  fsync?: boolean;
+  /** Refuse a narinfo whose references the cache lacks (default true). */
+  checkReferences?: boolean;
+}
+
+/** The outcome of publishing one store path. */
+export interface PathUpload {
+  storePath: string;
+  /** false: the cache already had the path (its narinfo existed), nothing was written. */
+  uploaded: boolean;
+  /** The narinfo written, when uploaded. */
+  narInfo?: NarInfo;
+  /** Bytes of NAR read and of compressed file written (0 when skipped). */
+  narSize: number;
+  fileSize: number;
+  durationMs: number;
+}
+
+/**
+ * A binary cache in a local directory, laid out and signed as `nix copy --to
+ * file://…` does, so that Nix substitutes from it (directly, or served over HTTP).
+ *
+ * Publication order makes every visible state consistent: the NAR file
+ * first (named by its own hash, never overwritten), then the listing, and
+ * the narinfo last, atomically; a path counts as cached exactly when its
+ * narinfo exists. A path is never uploaded twice: an existing narinfo means
+ * done, and concurrent uploads of one path in this process share one upload.
+ * NARs stream from the store through the worker pool to disk (serialise,
+ * hash, compress in one pass), never whole in memory.
+ */
+export class FileBinaryCache {
+  private readonly inflight = new Map<string, Promise<unknown>>();
+  private readonly fsync: boolean;
+  private readonly checkReferences: boolean;
+
+  private constructor(
+    readonly store: FileStoreUri,
+    private readonly pool: WorkerPool,
+    options: FileBinaryCacheOptions,
+  ) {
+    this.fsync = options.fsync ?? true;
+    this.checkReferences = options.checkReferences ?? true;
+  }
+
+  /** Opens (creating if needed) the cache at a `file://` store URI. */
+  static async open(store: StoreUri | string, pool: WorkerPool, options: FileBinaryCacheOptions = {}): Promise<FileBinaryCache> {
+    const s = typeof store === 'string' ? parseStoreUri(store) : store;
+    if (s.scheme !== 'file') throw new ConfigError(`remote store '${s.uri}': not a file:// store`);
+    const cache = new FileBinaryCache(s, pool, options);
+    await cache.init();
+    return cache;
+  }
+
+  /** The cache's directory. */
+  get root(): string {
+    return this.store.path;
+  }
+
+  /** `name:base64` of the signing key's public half (what clients put in trusted-public-keys), if the cache signs. */
+  get publicKey(): string | undefined {
+    return this.store.secretKey ? formatPublicKey(this.store.secretKey.publicKey) : undefined;
+  }
+
+  private file(rel: string): string {
+    return join(this.root, rel);
+  }
+
+  private async init(): Promise<void> {
+    for (const d of CACHE_DIRS) await mkdir(this.file(d), { recursive: true });
+    const infoPath = this.file(CACHE_INFO_FILE);
+    // Like Nix, an existing nix-cache-info is kept; but one for another store directory is a misconfiguration.
+    await writeOnce(infoPath, cacheInfoText({ wantMassQuery: this.store.wantMassQuery, priority: this.store.priority }), { fsync: this.fsync });
+    const storeDir = cacheInfoStoreDir(await readFile(infoPath, 'utf8'));
+    if (storeDir !== null && storeDir !== STORE_DIR) {
+      throw new ConfigError(`remote store '${this.store.uri}': the cache is for store ${storeDir}, not ${STORE_DIR}`);
+    }
+  }
+
+  /** Runs `fn` once per key at a time: callers arriving while it runs get the same promise. */
+  private singleFlight<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const running = this.inflight.get(key);
+    if (running) return running as Promise<T>;
+    const p = fn().finally(() => this.inflight.delete(key));
+    this.inflight.set(key, p);
+    return p;
+  }
+
+  /** Whether the cache holds the path (its narinfo exists). */
+  has(storePath: string): Promise<boolean> {
+    return exists(this.file(narInfoFile(storePath)));
+  }
+
+  /** The path's narinfo, or null when the cache lacks it. */
+  async readNarInfo(storePath: string): Promise<NarInfo | null> {
+    const rel = narInfoFile(storePath);
+    try {
+      return parseNarInfo(await readFile(this.file(rel), 'utf8'), rel);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw e;
+    }
+  }
+
+  /** Publishes a path of the local store, with the metadata the store records for it. */
+  uploadPath(storePath: string): Promise<PathUpload> {
+    return this.singleFlight(narInfoFile(storePath), async () => {
+      if (await this.has(storePath)) return skipped(storePath);
+      const [info] = await queryPathInfos([storePath]);
+      return this.publishNew(info!);
+    });
+  }
+
+  /**
+   * Publishes a path given what the store records for it (uploadClosure has
+   * it already). The NAR read from disk must hash to `info.narHash`, or
+   * nothing is published (NarHashMismatchError).
+   */
+  publish(info: LocalPathInfo): Promise<PathUpload> {
+    return this.singleFlight(narInfoFile(info.path), async () => ((await this.has(info.path)) ? skipped(info.path) : this.publishNew(info)));
+  }
+
+  private async publishNew(info: LocalPathInfo): Promise<PathUpload> {
+    const started = performance.now();
+    const { path } = info;
+    const hashPart = parseStorePath(path).hashPart;
+    if (this.checkReferences) {
+      const others = info.references.filter((r) => r !== path);
+      const present = await Promise.all(others.map((r) => this.has(r)));
+      const missing = others.filter((_, i) => !present[i]);
+      if (missing.length > 0) throw new CacheReferenceMissingError(path, missing);
+    }
+
+    // 1. The NAR, under a temporary name until its file hash (its real name) is known and its NAR hash checked.
+    const { compression } = this.store;
+    const tmp = tempPathFor(this.file(`nar/${hashPart}.nar`));
+    const w = await withRoom(this.pool, () => this.pool.writeNar(path, tmp, compression, this.compressOptions()));
+    const narHash = Hash.fromBytes('sha256', w.narHash);
+    if (!narHash.equals(info.narHash) || w.narSize !== info.narSize) {
+      await unlink(tmp).catch(() => {});
+      throw new NarHashMismatchError(
+        path,
+        { narHash: info.narHash.format('base32'), narSize: info.narSize },
+        { narHash: narHash.format('base32'), narSize: w.narSize },
+      );
+    }
+    const fileHash = Hash.fromBytes('sha256', w.fileHash);
+    const url = narFile(fileHash, compression);
+    try {
+      if (this.fsync) await syncFile(tmp);
+    } catch (e) {
+      await unlink(tmp).catch(() => {});
+      throw e;
+    }
+    // An existing file of that name has the same bytes (it is named by their hash): keep it.
+    await publishTemp(tmp, this.file(url));
+
+    // 2. The listing, before the narinfo that makes the path visible.
+    if (this.store.writeNarListing) await this.writeListing(path);
+
+    // 3. The narinfo, last.
+    const narInfo: NarInfo = {
+      storePath: path,
+      url,
+      compression,
+      fileHash,
+      fileSize: w.fileSize,
+      narHash: info.narHash,
+      narSize: info.narSize,
+      references: info.references.map((r) => parseStorePath(r).baseName),
+      sigs: [...info.signatures],
+    };
+    if (info.deriver) narInfo.deriver = parseStorePath(info.deriver).baseName;
+    if (info.ca) narInfo.ca = info.ca;
+    const key = this.store.secretKey;
+    if (key) narInfo.sigs.push(signPath(key, { storePath: path, narHash: info.narHash, narSize: info.narSize, references: info.references }));
+    const wrote = await writeOnce(this.file(narInfoFile(path)), serializeNarInfo(narInfo), { fsync: this.fsync });
+    // !wrote: another runner published the path meanwhile; its narinfo stands.
+    if (!wrote) return skipped(path, started);
+    return { storePath: path, uploaded: true, narInfo, narSize: w.narSize, fileSize: w.fileSize, durationMs: performance.now() - started };
+  }
+
+  private compressOptions(): CompressOptions {
+    const o: CompressOptions = {};
+    if (this.store.compressionLevel !== undefined) o.level = this.store.compressionLevel;
+    if (this.store.parallelCompression && this.store.compression === 'xz') o.threads = availableParallelism();
+    return o;
+  }
+
+  /**
+   * `<hash>.ls`. The NAR is serialised again for it (on this thread, async
+   * I/O): the pool's one-pass writeNar has no listing output. Only the
+   * listing itself is held in memory.
+   */
+  private async writeListing(path: string): Promise<void> {
+    const rel = listingFile(path);
+    if (await exists(this.file(rel))) return;
+    const json = await narListingJson(narChunks(path));
+    const data = await this.compressSmall(json, this.store.lsCompression);
+    await writeOnce(this.file(rel), data, { fsync: this.fsync });
+  }
+
+  private compressSmall(data: Buffer, method: StoreUri['lsCompression']): Promise<Buffer> {
+    if (method === 'none') return Promise.resolve(data);
+    return withRoom(this.pool, () => this.pool.compress(data, method));
+  }
+
+  /**
+   * Publishes a build log as `log/<drv basename>`, compressed per
+   * `log-compression`, from a local file: plain text, or bzip2 when its name
+   * ends in `.bz2` (Nix's own log files). Logs are capped by maxLogSize, so
+   * one is held in memory. Returns false when the cache already had it.
+   */
+  uploadLog(drvPath: string, localLogFile: string): Promise<boolean> {
+    const rel = logFile(drvPath);
+    return this.singleFlight(rel, async () => {
+      if (await exists(this.file(rel))) return false;
+      let data: Buffer = await readFile(localLogFile);
+      if (localLogFile.endsWith('.bz2')) {
+        const compressed = data;
+        data = await withRoom(this.pool, () => this.pool.decompress(compressed, 'bzip2'));
+      }
+      return writeOnce(this.file(rel), await this.compressSmall(data, this.store.logCompression), { fsync: this.fsync });
+    });
+  }
+
+  /**
+   * Publishes the local store's realisations of a derivation's outputs
+   * (`realisations/<id>.doi`, what Nix 2.8 writes for CA outputs), each only
+   * once the cache holds its output path. Returns the ids written.
+   * Signatures are copied from the store; like Nix 2.8's `nix copy`, no new one is added.
+   */
+  async uploadRealisations(drvPath: string): Promise<string[]> {
+    const written: string[] = [];
+    for (const r of await queryRealisations(drvPath)) {
+      const rel = realisationFile(r.id);
+      const wrote = await this.singleFlight(rel, async () => {
+        if (await exists(this.file(rel))) return false;
+        const outputs = [r.outPath, ...Object.values(r.dependentRealisations)].map((b) => `${STORE_DIR}/${b}`);
+        const present = await Promise.all(outputs.map((p) => this.has(p)));
+        const missing = outputs.filter((_, i) => !present[i]);
+        if (missing.length > 0) throw new CacheReferenceMissingError(`realisation ${r.id}`, missing);
+        return writeOnce(this.file(rel), realisationJson(r), { fsync: this.fsync });
+      });
+      if (wrote) written.push(r.id);
+    }
+    return written;
+  }
+}
+
+function skipped(storePath: string, started = performance.now()): PathUpload {
+  return { storePath, uploaded: false, narSize: 0, fileSize: 0, durationMs: performance.now() - started };
+}
+
+/** A realisation as Nix writes it: compact JSON, keys sorted (nlohmann's order). */
+export function realisationJson(r: Realisation): string {
+  const deps = Object.fromEntries(Object.entries(r.dependentRealisations).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+  return JSON.stringify({ dependentRealisations: deps, id: r.id, outPath: r.outPath, signatures: r.signatures });
+}
