@@ -472,7 +472,8 @@ export class Scheduler {
           ),
         );
       }
-    } else {
+    } else if (previous !== 'runnable' || step.runnableSince !== 0) {
+      // (A runnable step not yet announced was never queued.)
       this.dispatcher.forget(step, previous);
     }
   }

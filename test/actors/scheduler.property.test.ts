@@ -125,6 +125,8 @@ describe('scheduler on random DAGs (real PostgreSQL, simulated builders)', () =>
           expect(disagreements).toEqual([]);
           expect(runtime.scheduler.graph.builds.size).toBe(0);
           expect(runtime.scheduler.activeJobs).toBe(0);
+          expect(runtime.scheduler.dispatcher.stats.runnable).toBe(0);
+          expect(runtime.scheduler.dispatcher.stats.retryWaiting).toBe(0);
           await runtime.stop(0);
           expect(runtime.scheduler.dispatcher.pendingTimers).toBe(0);
         },
