@@ -3,8 +3,9 @@ import { HydrantError } from '../errors/index.ts';
 import type { Command } from './command.ts';
 import { db } from './commands/db.ts';
 import { serve } from './commands/serve.ts';
+import { submit } from './commands/submit.ts';
 
-const COMMANDS: readonly Command[] = [serve, db];
+const COMMANDS: readonly Command[] = [serve, submit, db];
 
 function overview(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

@@ -13,3 +13,5 @@ export { RunnerLockedError } from './runner-locked-error.ts';
 export { NarHashMismatchError } from './nar-hash-mismatch-error.ts';
 export { CacheReferenceMissingError } from './cache-reference-missing-error.ts';
 export { PathNotInStoreError } from './path-not-in-store-error.ts';
+export { JobsetNotFoundError } from './jobset-not-found-error.ts';
+export { ProtocolError } from './protocol-error.ts';

@@ -1,0 +1,1 @@
+notify builds_added
