@@ -15,3 +15,5 @@ export { CacheReferenceMissingError } from './cache-reference-missing-error.ts';
 export { PathNotInStoreError } from './path-not-in-store-error.ts';
 export { JobsetNotFoundError } from './jobset-not-found-error.ts';
 export { ProtocolError } from './protocol-error.ts';
+export { PrivateStoreError } from './private-store-error.ts';
+export { UnexpectedStorePathError } from './unexpected-store-path-error.ts';
