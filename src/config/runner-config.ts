@@ -39,6 +39,10 @@ const RunnerConfigSchema = z
     workerThreads: z.number().int().positive().default(2),
     /** On SIGTERM, how long running steps may take to finish before they are aborted. */
     shutdownGraceInS: z.number().nonnegative().default(30),
+    /** How long a disconnected builder keeps its jobs before they are retried elsewhere. */
+    builderGraceInS: z.number().nonnegative().default(60),
+    /** A builder that sends nothing for this long is treated as disconnected. */
+    builderPingTimeoutInS: z.number().positive().default(60),
     /** Jobs to build with Nix on the runner's own host (0: only remote builders). */
     localBuilderJobs: z.number().int().nonnegative().default(0),
     localBuilderSystems: z.array(z.string().min(1)).optional(),

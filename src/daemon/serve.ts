@@ -1,6 +1,12 @@
 import { arch } from 'node:os';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD } from '../actors/machine-record.ts';
+import type { Server } from '@grpc/grpc-js';
 import { LocalNixBuilder } from '../builder/local-builder.ts';
+import { hostStore } from '../builder/private-store.ts';
+import { TokenAuth } from '../protocol/auth.ts';
+import { JobOwnership } from '../protocol/job-ownership.ts';
+import { BuilderService } from '../protocol/runner-service.ts';
+import { createRunnerServer, listenInsecure } from '../protocol/server.ts';
 import { loadRunnerConfig, redactUrl, type RunnerConfig } from '../config/runner-config.ts';
 import { HYDRA_CHANNELS } from '../db/channels.ts';
 import { openDatabase, type Database } from '../db/connect.ts';
@@ -44,6 +50,8 @@ export class RunnerDaemon {
   private pool: WorkerPool | null = null;
   private signalHandlers: [NodeJS.Signals, () => void][] = [];
   runtime: RunnerRuntime | null = null;
+  private grpc: Server | null = null;
+  grpcPort = 0;
   config: RunnerConfig;
 
   constructor(private readonly options: ServeOptions) {
@@ -76,9 +84,36 @@ export class RunnerDaemon {
     const store = new LocalNixStore(async (drvPath, bytes) => summarizeDerivation(drvPath, await withRoom(pool, () => pool.parseDerivation(bytes))));
     this.runtime = await startRunnerRuntime({ config: c, db: new PgSchedulerDb(this.db.pool), store, listener: this.listener, log });
     if (c.localBuilderJobs > 0) this.addLocalBuilder();
+    if (c.tokenPaths.length > 0) await this.startGrpc();
+    else log.warn('no tokenPaths configured: the builder protocol (gRPC) is not started');
     if (this.options.handleSignals) this.installSignals();
     this.lifecycle.to('running');
     log.info({ state: 'running' }, 'runner running');
+  }
+
+  private async startGrpc(): Promise<void> {
+    const c = this.config;
+    const auth = await TokenAuth.fromFiles(c.tokenPaths);
+    const ownership = new JobOwnership();
+    const service = new BuilderService({
+      scheduler: this.runtime!.scheduler,
+      ownership,
+      store: hostStore,
+      hydraDataDir: c.hydraDataDir,
+      log: this.options.log,
+      graceMs: c.builderGraceInS * 1000,
+      pingTimeoutMs: c.builderPingTimeoutInS * 1000,
+    });
+    this.grpc = createRunnerServer({
+      auth,
+      ownership,
+      handlers: service,
+      pingTimeoutMs: c.builderPingTimeoutInS * 1000,
+      onError: (err, method) => this.options.log.error({ method, err: String((err as Error)?.message ?? err) }, 'builder call failed'),
+    });
+    const port = await listenInsecure(this.grpc, c.grpcListen);
+    this.grpcPort = port;
+    this.options.log.info({ listen: c.grpcListen, port }, 'builder protocol listening');
   }
 
   private addLocalBuilder(): void {
@@ -118,6 +153,7 @@ export class RunnerDaemon {
     log.info({ state: this.lifecycle.state, graceSeconds: this.config.shutdownGraceInS }, 'runner draining');
     for (const [sig, fn] of this.signalHandlers) process.off(sig, fn);
     await this.runtime?.stop(this.config.shutdownGraceInS * 1000).catch((e: unknown) => log.error({ err: String(e) }, 'drain failed'));
+    this.grpc?.forceShutdown();
     await this.listener?.stop();
     await this.pool?.close();
     await this.lock?.release();

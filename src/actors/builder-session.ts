@@ -1,0 +1,78 @@
+import type { StepBusyCode } from '../db/status.ts';
+import type { RunnerMessage } from '../protocol/gen/runner.ts';
+import type { ControlSession } from '../protocol/server.ts';
+import type { JobOwnership } from '../protocol/job-ownership.ts';
+import type { BuilderPort, StepJob, StepOutcome } from './builder-port.ts';
+import type { MachineRecord } from './machine-record.ts';
+
+/** A job handed to a remote builder, as the runner tracks it until Complete. */
+export interface RemoteJob {
+  readonly job: StepJob;
+  readonly report: (o: StepOutcome) => void;
+  readonly progress: (busy: StepBusyCode) => void;
+  /** Store paths the builder may fetch for this job (its requisites), once computed. */
+  allowed: Set<string> | null;
+  /** Outputs received and imported: name → store path. */
+  readonly uploaded: Map<string, string>;
+}
+
+/**
+ * One remote builder (a Hydra "machine") as the scheduler sees it: the
+ * BuilderPort that sends build orders and aborts over the builder's control
+ * stream. It outlives a connection: when the builder reconnects within the
+ * grace period, the new control stream is attached and its jobs continue.
+ */
+export class BuilderSession implements BuilderPort {
+  control: ControlSession | null = null;
+  readonly jobs = new Map<string, RemoteJob>();
+  lastSeen = Date.now();
+  graceTimer: NodeJS.Timeout | null = null;
+
+  constructor(
+    readonly machine: MachineRecord,
+    private readonly ownership: JobOwnership,
+    private readonly onSendError: (err: unknown) => void,
+  ) {}
+
+  start(job: StepJob, report: (o: StepOutcome) => void, progress: (busy: StepBusyCode) => void): void {
+    this.ownership.assign(job.jobId, this.machine.id);
+    this.jobs.set(job.jobId, { job, report, progress, allowed: null, uploaded: new Map() });
+    this.send({
+      kind: {
+        $case: 'build',
+        value: {
+          jobId: job.jobId,
+          drvPath: job.drvPath,
+          drv: Buffer.alloc(0), // the builder fetches the .drv with the other requisites
+          outputs: job.outputs.map((o) => ({ name: o.name, path: o.path ?? undefined })),
+          limits: {
+            maxSilentTimeS: job.maxSilentTime,
+            buildTimeoutS: job.buildTimeout,
+            maxLogSize: job.maxLogSize,
+            maxOutputSize: job.maxOutputSize,
+          },
+        },
+      },
+    });
+  }
+
+  abort(jobId: string): void {
+    if (!this.jobs.delete(jobId)) return;
+    this.ownership.release(jobId);
+    this.send({ kind: { $case: 'abort', value: { jobId, reason: 'no build needs this step any more' } } });
+  }
+
+  /** Ends a job with a result (after Complete, or when the machine is gone). */
+  finish(jobId: string, outcome: StepOutcome): void {
+    const j = this.jobs.get(jobId);
+    if (!j) return;
+    this.jobs.delete(jobId);
+    j.report(outcome);
+  }
+
+  private send(msg: RunnerMessage): void {
+    const c = this.control;
+    if (!c) return; // unreachable: the builder re-syncs its jobs when it re-joins
+    c.send(msg).catch(this.onSendError);
+  }
+}

@@ -1,0 +1,281 @@
+import { createWriteStream, mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { status } from '@grpc/grpc-js';
+import { BuilderSession } from '../actors/builder-session.ts';
+import type { StepOutcome } from '../actors/builder-port.ts';
+import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../actors/machine-record.ts';
+import type { Scheduler } from '../actors/scheduler.ts';
+import { buildLogPath } from '../builder/build-logs.ts';
+import type { NixStoreHandle } from '../builder/private-store.ts';
+import { importVerified, queryPathInfos } from '../builder/transfer.ts';
+import type { StepBusyCode } from '../db/status.ts';
+import { ProtocolError } from '../errors/index.ts';
+import { exportOrder, writeExport } from '../nix/export.ts';
+import { narChunks } from '../nix/nar-writer.ts';
+import { isStorePath } from '../nix/store-path.ts';
+import type { Logger } from '../util/logger.ts';
+import { Compression, ResultState, type CompleteRequest, type Join, type NarChunk, type OutputHeader } from './gen/runner.ts';
+import type { JobOwnership } from './job-ownership.ts';
+import type { CallContext, ControlSession, RunnerHandlers } from './server.ts';
+
+export interface BuilderServiceOptions {
+  scheduler: Scheduler;
+  ownership: JobOwnership;
+  /** The runner's own store, where requisites come from and outputs go. */
+  store: NixStoreHandle;
+  hydraDataDir: string;
+  log: Logger;
+  /** How long a disconnected builder keeps its jobs before they are retried elsewhere. */
+  graceMs: number;
+  /** A builder silent for this long is treated as disconnected. */
+  pingTimeoutMs: number;
+}
+
+/**
+ * The runner's side of the builder protocol: every joined builder becomes a
+ * machine of the scheduler (a BuilderSession); requisites and NARs are served
+ * from the runner's store; uploaded outputs are verified (path, references,
+ * NAR hash and size) before they are imported; results go to the scheduler.
+ */
+export class BuilderService implements RunnerHandlers {
+  readonly sessions = new Map<string, BuilderSession>();
+
+  constructor(private readonly o: BuilderServiceOptions) {}
+
+  async control(cs: ControlSession): Promise<void> {
+    const { scheduler, log } = this.o;
+    let s = this.sessions.get(cs.machineId);
+    if (s && s.machine.state === 'unreachable') {
+      if (s.graceTimer) clearTimeout(s.graceTimer);
+      s.graceTimer = null;
+      s.control = cs;
+      scheduler.dispatcher.machineReconnected(s.machine);
+      log.info({ machine: cs.machineId, jobs: s.jobs.size }, 'builder reconnected');
+    } else {
+      if (s) this.drop(s, 'REMOVE'); // a second join while connected: the old session is gone
+      s = new BuilderSession(machineFromJoin(cs.machineId, cs.join), this.o.ownership, (err) => log.warn({ machine: cs.machineId, err: String(err) }, 'send to builder failed'));
+      s.control = cs;
+      this.sessions.set(cs.machineId, s);
+      scheduler.addMachine(s.machine, s);
+      log.info({ machine: cs.machineId, systems: cs.join.systems, maxJobs: cs.join.maxJobs }, 'builder joined');
+    }
+    const session = s;
+    session.lastSeen = Date.now();
+    const watchdog = setInterval(() => {
+      if (Date.now() - session.lastSeen > this.o.pingTimeoutMs) cs.fail(status.DEADLINE_EXCEEDED, 'no ping within the ping timeout');
+    }, Math.min(1000, this.o.pingTimeoutMs));
+    try {
+      for await (const msg of cs.messages) {
+        session.lastSeen = Date.now();
+        const k = msg.kind;
+        if (k?.$case === 'ping') {
+          const p = k.value;
+          session.machine.load = {
+            load1: p.load1,
+            cpuPressure: p.cpuPressure?.avg10 ?? 0,
+            memPressure: p.memoryPressure?.avg10 ?? 0,
+            ioPressure: p.ioPressure?.avg10 ?? 0,
+            buildDirFreePercent: p.buildDirFreePercent,
+            storeFreePercent: p.storeFreePercent,
+          };
+          scheduler.dispatcher.machineReport(session.machine);
+        } else if (k?.$case === 'stepStatus') {
+          session.jobs.get(k.value.jobId)?.progress(k.value.busy as number as StepBusyCode);
+        }
+      }
+    } catch (err) {
+      log.warn({ machine: cs.machineId, err: String((err as Error)?.message ?? err) }, 'builder stream failed');
+    } finally {
+      clearInterval(watchdog);
+      if (session.control === cs) {
+        session.control = null;
+        if (this.sessions.get(cs.machineId) === session && session.machine.state !== 'gone') {
+          scheduler.dispatcher.machineUnreachable(session.machine);
+          log.warn({ machine: cs.machineId, graceMs: this.o.graceMs, jobs: session.jobs.size }, 'builder disconnected; keeping its jobs for the grace period');
+          session.graceTimer = setTimeout(() => this.drop(session, 'GRACE_EXPIRED'), this.o.graceMs);
+        }
+      }
+    }
+  }
+
+  /** The builder is gone for good: its jobs are retried elsewhere. */
+  private drop(s: BuilderSession, event: 'GRACE_EXPIRED' | 'REMOVE'): void {
+    if (s.graceTimer) clearTimeout(s.graceTimer);
+    s.graceTimer = null;
+    if (this.sessions.get(s.machine.id) === s) this.sessions.delete(s.machine.id);
+    for (const jobId of [...s.jobs.keys()]) {
+      this.o.ownership.release(jobId);
+      s.finish(jobId, { kind: 'transient', errorMsg: `machine ${s.machine.id} lost`, machineFault: true });
+    }
+    this.o.scheduler.removeMachine(s.machine.id, event);
+    this.o.log.warn({ machine: s.machine.id, reason: event }, 'builder removed');
+  }
+
+  private job(ctx: CallContext, jobId: string) {
+    const j = this.sessions.get(ctx.machineId)?.jobs.get(jobId);
+    if (!j) throw new ProtocolError(status.NOT_FOUND, `job ${jobId} is not running`);
+    return j;
+  }
+
+  async fetchRequisites(ctx: CallContext, req: { jobId: string }) {
+    const j = this.job(ctx, req.jobId);
+    // The .drv closure plus the outputs of the derivations in it: what
+    // `nix-store --realise` on the builder needs to build only this step.
+    const r = await this.o.store.runChecked('nix-store', ['--query', '--requisites', '--include-outputs', j.job.drvPath]);
+    const own = new Set(j.job.outputs.flatMap((o) => (o.path ? [o.path] : [])));
+    const paths = r.stdout.toString('utf8').split('\n').filter((p) => p && !own.has(p));
+    const infos = await queryPathInfos(this.o.store, paths);
+    const byPath = new Map(infos.map((i) => [i.path, i]));
+    j.allowed = new Set(paths);
+    const ordered = exportOrder(paths, (p) => byPath.get(p)?.references ?? []);
+    return {
+      requisites: ordered.map((p) => {
+        const i = byPath.get(p)!;
+        return { storePath: p, narHash: i.narHash.toString(), narSize: i.narSize, references: i.references, deriver: i.deriver ?? undefined };
+      }),
+    };
+  }
+
+  async *fetchNar(ctx: CallContext, req: { jobId: string; storePath: string }): AsyncIterable<NarChunk> {
+    const j = this.job(ctx, req.jobId);
+    if (!j.allowed?.has(req.storePath)) throw new ProtocolError(status.PERMISSION_DENIED, `${req.storePath} is not a requisite of job ${req.jobId}`);
+    const [info] = await queryPathInfos(this.o.store, [req.storePath]);
+    if (!info) throw new ProtocolError(status.NOT_FOUND, `${req.storePath} is not valid on the runner`);
+    yield {
+      part: {
+        $case: 'header',
+        value: {
+          info: { storePath: info.path, narHash: info.narHash.toString(), narSize: info.narSize, references: info.references, deriver: info.deriver ?? undefined },
+          compression: Compression.COMPRESSION_NONE,
+        },
+      },
+    };
+    for await (const chunk of narChunks(this.o.store.realPath(req.storePath))) yield { part: { $case: 'data', value: chunk } };
+  }
+
+  async hasPath(_ctx: CallContext, req: { storePath: string }) {
+    const r = await this.o.store.run('nix-store', ['--check-validity', req.storePath]);
+    return { present: r.exitCode === 0 };
+  }
+
+  async stepStatus(ctx: CallContext, req: { jobId: string; busy: number }) {
+    this.job(ctx, req.jobId).progress(req.busy as StepBusyCode);
+    return {};
+  }
+
+  async streamLog(ctx: CallContext, jobId: string, chunks: AsyncIterable<{ data: Buffer; compression: Compression }>) {
+    const j = this.job(ctx, jobId);
+    const file = buildLogPath(this.o.hydraDataDir, j.job.drvPath);
+    mkdirSync(dirname(file), { recursive: true });
+    const out = createWriteStream(file);
+    let bytes = 0;
+    try {
+      for await (const c of chunks) {
+        if (c.compression !== Compression.COMPRESSION_NONE) throw new ProtocolError(status.INVALID_ARGUMENT, 'compressed logs are not accepted yet');
+        bytes += c.data.length;
+        if (!out.write(c.data)) await new Promise<void>((r) => out.once('drain', () => r()));
+      }
+    } finally {
+      await new Promise<void>((r) => out.end(() => r()));
+    }
+    return { bytesReceived: bytes };
+  }
+
+  async uploadOutput(ctx: CallContext, h: OutputHeader, data: AsyncIterable<Uint8Array>) {
+    const j = this.job(ctx, h.jobId);
+    const out = j.job.outputs.find((o) => o.name === h.outputName);
+    if (!out) throw new ProtocolError(status.INVALID_ARGUMENT, `job ${h.jobId} has no output ${h.outputName}`);
+    if (!isStorePath(h.storePath) || (out.path !== null && out.path !== h.storePath)) {
+      throw new ProtocolError(status.INVALID_ARGUMENT, `output ${h.outputName} must be ${out.path ?? 'a store path'}, not ${h.storePath}`);
+    }
+    if (h.narSize > j.job.maxOutputSize) throw new ProtocolError(status.INVALID_ARGUMENT, `output ${h.outputName} exceeds the output size limit`);
+    // References may only point at what the build could see: its inputs and its own outputs.
+    const siblings = new Set(j.job.outputs.flatMap((o) => (o.path ? [o.path] : [])));
+    siblings.add(h.storePath);
+    for (const r of h.references) {
+      if (!siblings.has(r) && !j.allowed?.has(r)) throw new ProtocolError(status.INVALID_ARGUMENT, `output ${h.outputName} refers to ${r}, which the build could not see`);
+    }
+    if (h.compression !== Compression.COMPRESSION_NONE) throw new ProtocolError(status.INVALID_ARGUMENT, 'compressed uploads are not accepted yet');
+    const exportStream = writeExport([{ path: h.storePath, references: h.references, deriver: h.deriver ?? null, nar: data }]);
+    await importVerified(this.o.store, exportStream, new Map([[h.storePath, { narHash: h.narHash, narSize: h.narSize }]]));
+    j.uploaded.set(h.outputName, h.storePath);
+    return { bytesReceived: h.narSize, verified: true };
+  }
+
+  async complete(ctx: CallContext, req: CompleteRequest) {
+    const s = this.sessions.get(ctx.machineId);
+    const j = this.job(ctx, req.jobId);
+    const outcome = toOutcome(req, j.uploaded, buildLogPath(this.o.hydraDataDir, j.job.drvPath), j.job.outputs.length);
+    s!.finish(req.jobId, outcome);
+    return {};
+  }
+}
+
+function toOutcome(req: CompleteRequest, uploaded: ReadonlyMap<string, string>, logFile: string, outputCount: number): StepOutcome {
+  const t = req.timings;
+  const startTime = Number(t?.startTime ?? 0) || Math.floor(Date.now() / 1000);
+  const stopTime = Number(t?.stopTime ?? 0) || startTime;
+  const failure = (s: 1 | 7 | 10 | 11 | 12): StepOutcome => ({ kind: 'failure', status: s, errorMsg: req.errorMsg, startTime, stopTime, logFile });
+  switch (req.state) {
+    case ResultState.RESULT_STATE_SUCCESS: {
+      if (uploaded.size < outputCount) return { kind: 'transient', errorMsg: 'not every output was uploaded', machineFault: false };
+      const ns = req.nixSupport;
+      return {
+        kind: 'success',
+        startTime,
+        stopTime,
+        overheadMs: Number(t?.importMs ?? 0) + Number(t?.uploadMs ?? 0),
+        logFile,
+        outputs: req.outputs.map((o) => ({ name: o.name, path: uploaded.get(o.name) ?? o.storePath, narSize: Number(o.narSize), closureSize: Number(o.closureSize) })),
+        nixSupport: {
+          failed: ns?.failed ?? false,
+          releaseName: ns?.releaseName ?? null,
+          metrics: (ns?.metrics ?? []).map((m) => ({ name: m.name, value: m.value, unit: m.unit ?? null })),
+          products: (ns?.products ?? []).map((p) => ({
+            type: p.type, subtype: p.subtype, fileSize: p.fileSize === undefined ? null : Number(p.fileSize),
+            sha256hash: p.sha256Hash ?? null, path: p.path, name: p.name, defaultPath: p.defaultPath ?? null,
+          })),
+        },
+      };
+    }
+    case ResultState.RESULT_STATE_BUILD_FAILURE: return failure(1);
+    case ResultState.RESULT_STATE_TIMED_OUT: return failure(7);
+    case ResultState.RESULT_STATE_LOG_LIMIT_EXCEEDED: return failure(10);
+    case ResultState.RESULT_STATE_NAR_SIZE_LIMIT_EXCEEDED: return failure(11);
+    case ResultState.RESULT_STATE_NOT_DETERMINISTIC: return failure(12);
+    case ResultState.RESULT_STATE_PREPARING_FAILURE:
+    case ResultState.RESULT_STATE_IMPORT_FAILURE:
+      return { kind: 'transient', errorMsg: req.errorMsg || 'builder could not prepare the build', machineFault: true };
+    default:
+      return { kind: 'transient', errorMsg: req.errorMsg || 'builder reported a retryable failure', machineFault: false };
+  }
+}
+
+function machineFromJoin(id: string, j: Join): MachineRecord {
+  const t = j.thresholds;
+  return {
+    id,
+    systems: new Set(j.systems),
+    features: new Set([...j.supportedFeatures, ...j.mandatoryFeatures]),
+    mandatoryFeatures: new Set(j.mandatoryFeatures),
+    maxJobs: Math.max(1, j.maxJobs),
+    speedFactor: j.speedFactor || 1,
+    cpuCount: j.cpuCount || 1,
+    bogomips: j.bogomips || 1,
+    state: 'joining',
+    jobs: new Set(),
+    consecutiveFailures: 0,
+    lastFailure: 0,
+    disabledUntil: 0,
+    idleSince: Date.now(),
+    roomSince: 0,
+    load: { ...IDLE_LOAD },
+    thresholds: {
+      maxLoad1PerCpu: t?.maxLoad1PerCpu ?? DEFAULT_THRESHOLDS.maxLoad1PerCpu,
+      maxCpuPressure: t?.maxCpuPressure ?? DEFAULT_THRESHOLDS.maxCpuPressure,
+      maxMemPressure: t?.maxMemPressure ?? DEFAULT_THRESHOLDS.maxMemPressure,
+      maxIoPressure: t?.maxIoPressure ?? DEFAULT_THRESHOLDS.maxIoPressure,
+      minFreeDiskPercent: t?.minFreeDiskPercent ?? DEFAULT_THRESHOLDS.minFreeDiskPercent,
+    },
+  };
+}
