@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { nixEnv, runNix } from '../nix/tools.ts';
 
 /**
@@ -32,23 +33,35 @@ function statusFor(code: number | null): 1 | 7 | 12 | null {
   return null;
 }
 
+/**
+ * Starts `cmd args` with the Nix environment; its stdout and stderr must be
+ * pipes. The default runs the host's `nix-store` directly; a builder with a
+ * private store passes one that enters it (NixStoreHandle.spawn).
+ */
+export type NixSpawner = (cmd: string, args: string[], env: NodeJS.ProcessEnv) => ChildProcess;
+
+const spawnDirect: NixSpawner = (cmd, args, env) => spawn(cmd, args, { env: nixEnv('', env), stdio: ['ignore', 'pipe', 'pipe'] });
+
 export function runNixBuild(
   drvPath: string,
   limits: NixBuildLimits,
   onLog: (chunk: Buffer) => void,
   env: NodeJS.ProcessEnv = process.env,
+  spawner: NixSpawner = spawnDirect,
 ): NixBuildHandle {
   const args = [
     '--realise', drvPath,
     '--option', 'max-silent-time', String(limits.maxSilentTime),
     '--option', 'timeout', String(limits.buildTimeout),
   ];
-  const child = spawn('nix-store', args, { env: nixEnv('', env), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawner('nix-store', args, env);
+  if (!child.stdout || !child.stderr) throw new TypeError('runNixBuild: the spawner must pipe stdout and stderr');
   let logBytes = 0;
   let logLimitHit = false;
   let tail = '';
   const out: Buffer[] = [];
   child.stdout.on('data', (b: Buffer) => out.push(b));
+  child.stdin?.end();
   child.stderr.on('data', (b: Buffer) => {
     if (logLimitHit) return;
     logBytes += b.length;

@@ -1,11 +1,12 @@
 import { parseArgs } from 'node:util';
 import { HydrantError } from '../errors/index.ts';
 import type { Command } from './command.ts';
+import { builder } from './commands/builder.ts';
 import { db } from './commands/db.ts';
 import { serve } from './commands/serve.ts';
 import { submit } from './commands/submit.ts';
 
-const COMMANDS: readonly Command[] = [serve, submit, db];
+const COMMANDS: readonly Command[] = [serve, submit, db, builder];
 
 function overview(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

@@ -17,3 +17,4 @@ export { JobsetNotFoundError } from './jobset-not-found-error.ts';
 export { ProtocolError } from './protocol-error.ts';
 export { PrivateStoreError } from './private-store-error.ts';
 export { UnexpectedStorePathError } from './unexpected-store-path-error.ts';
+export { BuilderJobError } from './builder-job-error.ts';

@@ -1,0 +1,886 @@
+/**
+ * The builder agent (`hydrant builder`): dials the runner, joins on the
+ * control stream, pings, and runs the jobs it is ordered, in its own store
+ * (a private one, or the host's).
+ *
+ * Byte formats (see runner.proto):
+ * - FetchNar: the runner sends a NarHeader (PathInfo, compression NONE) and
+ *   then the path's plain NAR bytes in `data` chunks. The agent wraps the NARs
+ *   of all missing requisites into one `nix-store --export` stream itself and
+ *   imports it with importVerified, which checks each NAR's hash and size
+ *   against FetchRequisites' PathInfo before anything is imported.
+ * - UploadOutput: an OutputHeader (nar_hash "sha256:<nix base32>", nar_size,
+ *   references, deriver from the store's database) and then the output's
+ *   plain NAR in 64 KiB `data` chunks, dumped from the store's files as it is
+ *   sent (never buffered whole), with backpressure.
+ *
+ * Connection: a lost control stream is re-dialled with capped exponential
+ * backoff and jitter and re-joined under the same machine id; running jobs go
+ * on, and their calls wait for the new session and are retried in it.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { status as grpcStatus, type ClientDuplexStream, type ClientWritableStream, type ServiceError } from '@grpc/grpc-js';
+import type { BuilderConfig } from '../config/builder-config.ts';
+import { BuilderJobError, NarHashMismatchError, NixFormatError, UnexpectedStorePathError } from '../errors/index.ts';
+import { parseDerivation } from '../nix/derivation.ts';
+import { derivationStorePath } from '../nix/derivation-paths.ts';
+import { derivationReferences } from '../nix/derivation.ts';
+import { writeExport, type ExportWriteEntry } from '../nix/export.ts';
+import { parseHash } from '../nix/hash.ts';
+import { narChunks } from '../nix/nar-writer.ts';
+import { readBuildNixSupport } from '../nix/nix-support.ts';
+import { storePathName } from '../nix/store-path.ts';
+import {
+  Compression,
+  ResultState,
+  StepBusy,
+  type BuildOrder,
+  type BuilderMessage,
+  type CompleteRequest,
+  type FetchRequisitesResponse,
+  type LogChunk,
+  type LogReceipt,
+  type NarChunk,
+  type NixSupport as ProtoNixSupport,
+  type OutputResult,
+  type PathInfo,
+  type RunnerMessage,
+  type UploadOutputMessage,
+  type UploadReceipt,
+} from '../protocol/gen/runner.ts';
+import { createBuilderClient, PROTOCOL_VERSION, type BuilderClient } from '../protocol/server.ts';
+import { hostFacts, hostMetrics } from './host-metrics.ts';
+import { runNixBuild, type NixBuildHandle } from './nix-build.ts';
+import type { NixStoreHandle } from './private-store.ts';
+import { importVerified, queryPathInfos } from './transfer.ts';
+
+export const UPLOAD_CHUNK_SIZE = 64 * 1024;
+
+export interface BuilderAgentOptions {
+  readonly config: BuilderConfig;
+  readonly token: string;
+  /** The store jobs are built in (PrivateStore, or hostStore). */
+  readonly store: NixStoreHandle;
+  readonly log?: (message: string) => void;
+}
+
+interface Job {
+  readonly order: BuildOrder;
+  aborted: boolean;
+  build?: NixBuildHandle;
+  readonly cancels: Set<() => void>;
+  done?: Promise<void>;
+}
+
+/** A call failed because the session went away: wait for the next one and retry. */
+function retriable(err: unknown): boolean {
+  const code = (err as Partial<ServiceError>)?.code;
+  return code === grpcStatus.UNAVAILABLE || code === grpcStatus.UNAUTHENTICATED || code === grpcStatus.CANCELLED;
+}
+
+class JobAbortedError extends Error {}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+export class BuilderAgent {
+  readonly #o: BuilderAgentOptions;
+  readonly #log: (message: string) => void;
+  readonly #jobs = new Map<string, Job>();
+  readonly #stop = new AbortController();
+  #client: BuilderClient | undefined;
+  #control: ClientDuplexStream<BuilderMessage, RunnerMessage> | undefined;
+  #pingTimer: NodeJS.Timeout | undefined;
+  #pingIntervalMs = 10_000;
+  /** Resolves when a session is joined; replaced when it is lost. */
+  #joined!: Promise<void>;
+  #resolveJoined!: () => void;
+  #sessionGeneration = 0;
+  #isJoined = false;
+  readonly #stopped: Promise<void>;
+  #draining = false;
+  #loop: Promise<void> | undefined;
+  #nixVersion: string | undefined;
+  #slots: number;
+  readonly #slotWaiters: (() => void)[] = [];
+  readonly #transfers = { downloading: 0, uploading: 0 };
+  /** Joins counted, for tests and logs. */
+  joins = 0;
+
+  constructor(options: BuilderAgentOptions) {
+    this.#o = options;
+    this.#log = options.log ?? (() => {});
+    this.#slots = options.config.maxJobs;
+    this.#resetJoined();
+    this.#stopped = new Promise((resolve) => this.#stop.signal.addEventListener('abort', () => resolve(), { once: true }));
+  }
+
+  get machineId(): string {
+    return this.#o.config.machineId;
+  }
+
+  /** Job ids currently held (accepted and not yet completed or aborted). */
+  get runningJobs(): string[] {
+    return [...this.#jobs.keys()];
+  }
+
+  /** Starts connecting; returns at once. */
+  start(): void {
+    this.#client ??= createBuilderClient(this.#o.config.server, this.#o.token);
+    this.#loop ??= this.#connectLoop();
+  }
+
+  /** Resolves once a session is joined. */
+  waitJoined(): Promise<void> {
+    return this.#joined;
+  }
+
+  /**
+   * Stops taking jobs, lets running ones finish for up to `graceMs`, then
+   * kills what is left (reporting nothing for it) and disconnects.
+   */
+  async shutdown(graceMs = this.#o.config.shutdownGraceInS * 1000): Promise<void> {
+    this.#draining = true;
+    const running = [...this.#jobs.values()].map((j) => j.done).filter((d): d is Promise<void> => d !== undefined);
+    if (running.length > 0) {
+      const grace = new AbortController();
+      await Promise.race([Promise.allSettled(running), sleep(graceMs, grace.signal)]);
+      grace.abort();
+    }
+    for (const job of this.#jobs.values()) this.#abortJob(job, 'builder shutting down');
+    this.#stop.abort();
+    this.#teardown();
+    await this.#loop?.catch(() => {});
+    this.#client?.close();
+  }
+
+  /** Drops the control stream as if the connection broke (for tests). */
+  dropConnection(): void {
+    this.#control?.cancel();
+  }
+
+  // ---- connection ---------------------------------------------------------
+
+  #resetJoined(): void {
+    this.#joined = new Promise((resolve) => {
+      this.#resolveJoined = resolve;
+    });
+  }
+
+  async #connectLoop(): Promise<void> {
+    const { reconnectMinMs, reconnectMaxMs } = this.#o.config;
+    let attempt = 0;
+    while (!this.#stop.signal.aborted) {
+      let joined = false;
+      try {
+        await this.#session(() => {
+          joined = true;
+        });
+      } catch (err) {
+        if (!this.#stop.signal.aborted) this.#log(`control stream: ${(err as Error).message}`);
+      }
+      this.#teardown();
+      if (this.#stop.signal.aborted) break;
+      if (joined) attempt = 0;
+      const cap = Math.min(reconnectMaxMs, reconnectMinMs * 2 ** Math.min(attempt, 30));
+      attempt++;
+      // Full jitter over the upper half: never a thundering herd, never zero.
+      await sleep(cap / 2 + Math.random() * (cap / 2), this.#stop.signal);
+    }
+  }
+
+  #teardown(): void {
+    if (this.#pingTimer) clearInterval(this.#pingTimer);
+    this.#pingTimer = undefined;
+    const c = this.#control;
+    this.#control = undefined;
+    if (c) {
+      try {
+        c.end();
+      } catch {
+        // already closed
+      }
+      c.cancel();
+    }
+    this.#client?.setSession(undefined);
+    // Calls waiting for a session now wait for the next one.
+    if (this.#isJoined) {
+      this.#isJoined = false;
+      this.#resetJoined();
+    }
+  }
+
+  async #nixVersionString(): Promise<string> {
+    if (this.#nixVersion === undefined) {
+      const r = await this.#o.store.run('nix', ['--version']).catch(() => null);
+      const text = r?.stdout.toString('utf8').trim() ?? '';
+      this.#nixVersion = /(\d+\.\d+(?:\.\d+)?\S*)\s*$/.exec(text)?.[1] ?? text;
+    }
+    return this.#nixVersion;
+  }
+
+  /** One control session: join, ping, take orders; resolves or rejects when the stream ends. */
+  async #session(onJoined: () => void): Promise<void> {
+    const cfg = this.#o.config;
+    const client = this.#client!;
+    const [facts, nixVersion] = await Promise.all([hostFacts(), this.#nixVersionString()]);
+    if (this.#stop.signal.aborted) return;
+    const stream = client.client.control();
+    this.#control = stream;
+    const ended = new Promise<void>((resolve, reject) => {
+      stream.on('error', (e: Error) => reject(e));
+      stream.on('end', () => resolve());
+      stream.on('close', () => resolve());
+    });
+    stream.on('data', (m: RunnerMessage) => {
+      try {
+        this.#onMessage(m, onJoined);
+      } catch (err) {
+        this.#log(`bad runner message: ${(err as Error).message}`);
+      }
+    });
+    stream.write({
+      kind: {
+        $case: 'join',
+        value: {
+          protocolVersion: PROTOCOL_VERSION,
+          machineId: cfg.machineId,
+          hostname: hostname(),
+          systems: [...cfg.systems],
+          supportedFeatures: [...cfg.supportedFeatures],
+          mandatoryFeatures: [...cfg.mandatoryFeatures],
+          maxJobs: cfg.maxJobs,
+          speedFactor: cfg.speedFactor,
+          cpuCount: facts.cpuCount,
+          bogomips: facts.bogomips,
+          totalMemoryBytes: facts.memTotalBytes,
+          nixVersion,
+          storeDir: '/nix/store',
+          thresholds: cfg.thresholds
+            ? {
+                maxLoad1PerCpu: cfg.thresholds.maxLoad1PerCpu,
+                maxCpuPressure: cfg.thresholds.maxCpuPressure,
+                maxMemPressure: cfg.thresholds.maxMemPressure,
+                maxIoPressure: cfg.thresholds.maxIoPressure,
+                minFreeDiskPercent: cfg.thresholds.minFreeDiskPercent,
+              }
+            : undefined,
+        },
+      },
+    });
+    await ended;
+  }
+
+  #onMessage(m: RunnerMessage, onJoined: () => void): void {
+    switch (m.kind?.$case) {
+      case 'joined': {
+        const j = m.kind.value;
+        if (j.machineId !== this.#o.config.machineId) this.#log(`runner registered us as ${j.machineId}`);
+        this.#client!.setSession(j.sessionId);
+        this.#sessionGeneration++;
+        this.joins++;
+        onJoined();
+        this.#schedulePings(j.pingIntervalMs || 10_000);
+        this.#isJoined = true;
+        this.#resolveJoined();
+        this.#log(`joined as ${j.machineId}`);
+        return;
+      }
+      case 'build':
+        this.#onOrder(m.kind.value);
+        return;
+      case 'abort': {
+        const job = this.#jobs.get(m.kind.value.jobId);
+        if (job) this.#abortJob(job, m.kind.value.reason);
+        return;
+      }
+      case 'config':
+        if (m.kind.value.pingIntervalMs) this.#schedulePings(m.kind.value.pingIntervalMs);
+        return;
+      default:
+        return;
+    }
+  }
+
+  #schedulePings(intervalMs: number): void {
+    this.#pingIntervalMs = intervalMs;
+    if (this.#pingTimer) clearInterval(this.#pingTimer);
+    this.#pingTimer = setInterval(() => void this.#ping(), this.#pingIntervalMs);
+    this.#pingTimer.unref();
+  }
+
+  async #ping(): Promise<void> {
+    const stream = this.#control;
+    if (!stream) return;
+    try {
+      const m = await hostMetrics({ buildDir: this.#o.config.buildDir, storeDir: this.#o.store.realPath('/nix/store') });
+      if (this.#control !== stream) return;
+      stream.write({
+        kind: {
+          $case: 'ping',
+          value: {
+            load1: m.load1,
+            load5: m.load5,
+            load15: m.load15,
+            memoryUsedBytes: Math.max(0, m.memTotalBytes - m.memAvailableBytes),
+            cpuPressure: m.cpuPressure,
+            memoryPressure: m.memPressure,
+            ioPressure: m.ioPressure,
+            buildDirFreePercent: m.buildDirFreePercent,
+            storeFreePercent: m.storeFreePercent,
+            transfers: { downloading: this.#transfers.downloading, uploading: this.#transfers.uploading, substituting: 0 },
+          },
+        },
+      });
+    } catch (err) {
+      this.#log(`ping: ${(err as Error).message}`);
+    }
+  }
+
+  #sendControl(m: BuilderMessage): void {
+    try {
+      this.#control?.write(m);
+    } catch {
+      // the stream broke; the reconnect re-joins
+    }
+  }
+
+  /**
+   * Runs a unary or streaming call in the current session; when the session
+   * is lost (UNAVAILABLE, UNAUTHENTICATED, CANCELLED) waits for the next one
+   * and tries again. Gives up once the job is aborted or the agent stopped.
+   */
+  async #withSession<T>(job: Job | undefined, fn: (client: BuilderClient) => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      if (job?.aborted) throw new JobAbortedError();
+      await Promise.race([this.#joined, this.#stopped]);
+      if (this.#stop.signal.aborted && !this.#control) throw new JobAbortedError();
+      if (job?.aborted) throw new JobAbortedError();
+      const generation = this.#sessionGeneration;
+      try {
+        return await fn(this.#client!);
+      } catch (err) {
+        if (job?.aborted) throw new JobAbortedError();
+        if (!retriable(err) || attempt >= 20) throw err;
+        // Same session still up (a transient failure): back off a little.
+        if (generation === this.#sessionGeneration) await sleep(Math.min(5000, 100 * 2 ** attempt), this.#stop.signal);
+      }
+    }
+  }
+
+  // ---- jobs -----------------------------------------------------------------
+
+  #onOrder(order: BuildOrder): void {
+    if (this.#jobs.has(order.jobId)) {
+      // A re-sent order after a reconnect: the job is already running here.
+      this.#sendControl({ kind: { $case: 'jobAccepted', value: { jobId: order.jobId } } });
+      return;
+    }
+    const job: Job = { order, aborted: false, cancels: new Set() };
+    this.#jobs.set(order.jobId, job);
+    this.#sendControl({ kind: { $case: 'jobAccepted', value: { jobId: order.jobId } } });
+    job.done = this.#runJob(job).finally(() => {
+      this.#jobs.delete(order.jobId);
+    });
+  }
+
+  #abortJob(job: Job, reason: string): void {
+    if (job.aborted) return;
+    job.aborted = true;
+    this.#log(`job ${job.order.jobId} aborted: ${reason}`);
+    job.build?.kill();
+    for (const c of job.cancels) c();
+  }
+
+  async #slot(): Promise<() => void> {
+    if (this.#slots > 0) {
+      this.#slots--;
+    } else {
+      await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.#slotWaiters.shift();
+      if (next) next();
+      else this.#slots++;
+    };
+  }
+
+  async #runJob(job: Job): Promise<void> {
+    const { order } = job;
+    const release = await this.#slot();
+    const startTime = Math.floor(Date.now() / 1000);
+    const timings = { importMs: 0, buildMs: 0, uploadMs: 0 };
+    let result: CompleteRequest;
+    try {
+      if (this.#draining) throw new BuilderJobError(ResultState.RESULT_STATE_PREPARING_FAILURE, 'builder is shutting down');
+      const outcome = await this.#buildJob(job, timings);
+      result = {
+        jobId: order.jobId,
+        state: ResultState.RESULT_STATE_SUCCESS,
+        errorMsg: '',
+        outputs: outcome.outputs,
+        nixSupport: outcome.nixSupport,
+        timings: undefined,
+      };
+    } catch (err) {
+      if (err instanceof JobAbortedError || job.aborted) {
+        release();
+        return;
+      }
+      const state = err instanceof BuilderJobError ? err.resultState : ResultState.RESULT_STATE_PREPARING_FAILURE;
+      this.#log(`job ${order.jobId} failed (${ResultState[state]}): ${(err as Error).message}`);
+      result = { jobId: order.jobId, state, errorMsg: (err as Error).message || String(err), outputs: [], nixSupport: undefined, timings: undefined };
+    } finally {
+      release();
+    }
+    result.timings = {
+      startTime,
+      stopTime: Math.floor(Date.now() / 1000),
+      importMs: Math.round(timings.importMs),
+      buildMs: Math.round(timings.buildMs),
+      uploadMs: Math.round(timings.uploadMs),
+    };
+    try {
+      await this.#withSession(job, (c) => unary((cb) => c.client.complete(result, cb)));
+    } catch (err) {
+      if (!(err instanceof JobAbortedError)) this.#log(`job ${order.jobId}: cannot report completion: ${(err as Error).message}`);
+    }
+  }
+
+  async #stepStatus(job: Job, busy: StepBusy): Promise<void> {
+    try {
+      await this.#withSession(job, (c) => unary((cb) => c.client.stepStatus({ jobId: job.order.jobId, busy }, cb)));
+    } catch (err) {
+      if (err instanceof JobAbortedError) throw err;
+      this.#log(`job ${job.order.jobId}: step status: ${(err as Error).message}`);
+    }
+  }
+
+  async #buildJob(job: Job, timings: { importMs: number; buildMs: number; uploadMs: number }): Promise<{ outputs: OutputResult[]; nixSupport: ProtoNixSupport }> {
+    const { order } = job;
+    const store = this.#o.store;
+    await this.#stepStatus(job, StepBusy.STEP_BUSY_PREPARING);
+
+    // Inputs.
+    const t0 = performance.now();
+    let requisites: PathInfo[];
+    try {
+      requisites = (await this.#withSession(job, (c) => unary<FetchRequisitesResponse>((cb) => c.client.fetchRequisites({ jobId: order.jobId }, cb)))).requisites;
+    } catch (err) {
+      if (err instanceof JobAbortedError) throw err;
+      throw new BuilderJobError(ResultState.RESULT_STATE_PREPARING_FAILURE, `cannot fetch requisites: ${(err as Error).message}`, { cause: err });
+    }
+    await this.#stepStatus(job, StepBusy.STEP_BUSY_SENDING_INPUTS);
+    try {
+      await this.#importMissing(job, requisites);
+      await this.#ensureDerivation(job);
+    } catch (err) {
+      if (err instanceof JobAbortedError || job.aborted) throw new JobAbortedError();
+      if (err instanceof BuilderJobError) throw err;
+      throw new BuilderJobError(ResultState.RESULT_STATE_IMPORT_FAILURE, `importing inputs: ${(err as Error).message}`, { cause: err });
+    }
+    timings.importMs = performance.now() - t0;
+
+    // Build.
+    await this.#stepStatus(job, StepBusy.STEP_BUSY_BUILDING);
+    const t1 = performance.now();
+    const built = await this.#build(job);
+    timings.buildMs = performance.now() - t1;
+
+    // Outputs.
+    await this.#stepStatus(job, StepBusy.STEP_BUSY_POST_PROCESSING);
+    let outputs: { name: string; path: string }[];
+    let infos: Map<string, { narHash: string; narSize: number; references: string[]; deriver: string | null; closureSize: number }>;
+    let nixSupport: ProtoNixSupport;
+    try {
+      outputs = await this.#outputPaths(order, built);
+      infos = await this.#outputInfos(outputs.map((o) => o.path));
+      nixSupport = await this.#nixSupport(outputs);
+    } catch (err) {
+      if (job.aborted) throw new JobAbortedError();
+      throw new BuilderJobError(ResultState.RESULT_STATE_POST_PROCESSING_FAILURE, (err as Error).message, { cause: err });
+    }
+    const maxOutputSize = Number(order.limits?.maxOutputSize ?? 0);
+    if (maxOutputSize > 0) {
+      for (const o of outputs) {
+        const size = infos.get(o.path)!.narSize;
+        if (size > maxOutputSize) {
+          throw new BuilderJobError(
+            ResultState.RESULT_STATE_NAR_SIZE_LIMIT_EXCEEDED,
+            `output ${o.name} (${o.path}) has a NAR of ${size} bytes, over the limit of ${maxOutputSize}`,
+          );
+        }
+      }
+    }
+
+    await this.#stepStatus(job, StepBusy.STEP_BUSY_RECEIVING_OUTPUTS);
+    const t2 = performance.now();
+    for (const o of outputs) {
+      const info = infos.get(o.path)!;
+      try {
+        await this.#withSession(job, () => this.#upload(job, o.name, o.path, info));
+      } catch (err) {
+        if (err instanceof JobAbortedError || job.aborted) throw new JobAbortedError();
+        throw new BuilderJobError(ResultState.RESULT_STATE_UPLOAD_FAILURE, `uploading ${o.path}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+    timings.uploadMs = performance.now() - t2;
+
+    return {
+      outputs: outputs.map((o) => {
+        const i = infos.get(o.path)!;
+        return { name: o.name, storePath: o.path, narHash: i.narHash, narSize: i.narSize, closureSize: i.closureSize };
+      }),
+      nixSupport,
+    };
+  }
+
+  /** The requisites not valid in the store, fetched as plain NARs and imported in one verified export stream. */
+  async #importMissing(job: Job, requisites: readonly PathInfo[]): Promise<void> {
+    if (requisites.length === 0) return;
+    const store = this.#o.store;
+    const paths = requisites.map((r) => r.storePath);
+    const r = await store.runChecked('nix-store', ['--check-validity', '--print-invalid', ...paths]);
+    const invalid = new Set(r.stdout.toString('utf8').split('\n').filter(Boolean));
+    // Dependencies first, as FetchRequisites promises: keep its order.
+    const missing = requisites.filter((p) => invalid.has(p.storePath));
+    if (missing.length === 0) return;
+    const expected = new Map(missing.map((p) => [p.storePath, { narHash: p.narHash, narSize: Number(p.narSize) }]));
+    const self = this;
+    const entries = (async function* (): AsyncGenerator<ExportWriteEntry> {
+      for (const p of missing) {
+        yield { path: p.storePath, references: p.references, deriver: p.deriver ?? null, nar: self.#fetchNar(job, p) };
+      }
+    })();
+    await importVerified(store, writeExport(entries), expected, { spoolDir: this.#o.config.buildDir });
+  }
+
+  /** The plain NAR bytes of one path, from FetchNar. */
+  async *#fetchNar(job: Job, want: PathInfo): AsyncGenerator<Uint8Array> {
+    if (job.aborted) throw new JobAbortedError();
+    await this.#joined;
+    const call = this.#client!.client.fetchNar({ jobId: job.order.jobId, storePath: want.storePath, accept: [Compression.COMPRESSION_NONE] });
+    const cancel = (): void => call.cancel();
+    job.cancels.add(cancel);
+    this.#transfers.downloading++;
+    try {
+      let header = false;
+      for await (const chunk of call as AsyncIterable<NarChunk>) {
+        if (chunk.part?.$case === 'header') {
+          if (header) throw new NixFormatError('FetchNar', `${want.storePath}: a second header`);
+          header = true;
+          const h = chunk.part.value;
+          if (h.compression !== Compression.COMPRESSION_NONE) {
+            throw new NixFormatError('FetchNar', `${want.storePath}: compression ${h.compression} was not asked for`);
+          }
+          if (h.info && h.info.storePath !== want.storePath) throw new UnexpectedStorePathError(h.info.storePath, 'unexpected');
+          if (h.info && (h.info.narHash !== '' || Number(h.info.narSize) !== 0)) {
+            const a = parseHash(h.info.narHash, 'sha256');
+            const b = parseHash(want.narHash, 'sha256');
+            if (!a.equals(b) || Number(h.info.narSize) !== Number(want.narSize)) {
+              throw new NarHashMismatchError(
+                want.storePath,
+                { narHash: b.format('base32'), narSize: Number(want.narSize) },
+                { narHash: a.format('base32'), narSize: Number(h.info.narSize) },
+              );
+            }
+          }
+        } else if (chunk.part?.$case === 'data') {
+          if (!header) throw new NixFormatError('FetchNar', `${want.storePath}: data before the header`);
+          yield chunk.part.value;
+        }
+      }
+      if (!header) throw new NixFormatError('FetchNar', `${want.storePath}: no header`);
+    } finally {
+      this.#transfers.downloading--;
+      job.cancels.delete(cancel);
+      call.cancel();
+    }
+    if (job.aborted) throw new JobAbortedError();
+  }
+
+  /** Adds the ordered .drv to the store from the order's bytes when the requisites did not bring it. */
+  async #ensureDerivation(job: Job): Promise<void> {
+    const { order } = job;
+    const store = this.#o.store;
+    const check = await store.run('nix-store', ['--check-validity', order.drvPath]);
+    if (check.exitCode === 0) return;
+    if (order.drv.length === 0) throw new BuilderJobError(ResultState.RESULT_STATE_PREPARING_FAILURE, `${order.drvPath} is not in the store and the order carries no .drv`);
+    const text = Buffer.from(order.drv).toString('utf8');
+    const drv = parseDerivation(text);
+    const name = storePathName(order.drvPath).replace(/\.drv$/, '');
+    const computed = derivationStorePath(drv, name);
+    if (computed !== order.drvPath) throw new UnexpectedStorePathError(order.drvPath, 'unexpected');
+    const dir = await mkdtemp(join(this.#o.config.buildDir, 'hydrant-drv-'));
+    try {
+      const file = join(dir, 'drv');
+      await writeFile(file, order.drv);
+      const h = createHash('sha256');
+      let size = 0;
+      for await (const c of narChunks(file)) {
+        h.update(c);
+        size += c.length;
+      }
+      const narHash = `sha256:${h.digest('hex')}`;
+      const entry: ExportWriteEntry = { path: order.drvPath, references: derivationReferences(drv), deriver: null, nar: narChunks(file) };
+      await importVerified(store, writeExport([entry]), new Map([[order.drvPath, { narHash, narSize: size }]]), { spoolDir: this.#o.config.buildDir });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Runs the build with the order's limits, streaming its log; resolves on success with output paths. */
+  async #build(job: Job): Promise<Map<string, string>> {
+    const { order } = job;
+    const limits = order.limits;
+    const logs = new LogSender(this, job);
+    let child: ChildProcess | undefined;
+    const handle = runNixBuild(
+      order.drvPath,
+      {
+        maxSilentTime: limits?.maxSilentTimeS ?? 0,
+        buildTimeout: limits?.buildTimeoutS ?? 0,
+        maxLogSize: Number(limits?.maxLogSize ?? 0) || Number.POSITIVE_INFINITY,
+      },
+      (chunk) => logs.write(chunk),
+      process.env,
+      (cmd, args) => (child = this.#o.store.spawn(cmd, args) as ChildProcess),
+    );
+    // SIGINT first: Nix then kills the builder's process group itself (a
+    // SIGKILLed nix-store would leave the builder running); SIGKILL if it lingers.
+    job.build = {
+      done: handle.done,
+      kill: () => {
+        child?.kill('SIGINT');
+        setTimeout(() => handle.kill(), 3000).unref();
+      },
+    };
+    if (job.aborted) job.build.kill();
+    const result = await handle.done;
+    job.build = undefined;
+    await logs.finish();
+    if (job.aborted) throw new JobAbortedError();
+    if (result.kind === 'built') return result.outputs;
+    if (result.kind === 'error') throw new BuilderJobError(ResultState.RESULT_STATE_PREPARING_FAILURE, result.errorMsg);
+    const state =
+      result.status === 7
+        ? ResultState.RESULT_STATE_TIMED_OUT
+        : result.status === 10
+          ? ResultState.RESULT_STATE_LOG_LIMIT_EXCEEDED
+          : result.status === 12
+            ? ResultState.RESULT_STATE_NOT_DETERMINISTIC
+            : ResultState.RESULT_STATE_BUILD_FAILURE;
+    throw new BuilderJobError(state, result.errorMsg || 'build failed');
+  }
+
+  /** @internal used by LogSender */
+  logStream(job: Job, cb: (err: ServiceError | null, res?: LogReceipt) => void): ClientWritableStream<LogChunk> | undefined {
+    if (!this.#control || !this.#client) return undefined;
+    void job;
+    return this.#client.client.streamLog((err, res) => cb(err, res));
+  }
+
+  async #outputPaths(order: BuildOrder, built: Map<string, string>): Promise<{ name: string; path: string }[]> {
+    const result = new Map<string, string>();
+    for (const o of order.outputs) if (o.path) result.set(o.name, o.path);
+    if (result.size < order.outputs.length) {
+      const { stdout } = await this.#o.store.runChecked('nix', ['realisation', 'info', '--json', order.drvPath]);
+      const list = JSON.parse(stdout.toString('utf8')) as { id: string; outPath: string }[];
+      for (const r of list) {
+        const p = r.outPath.startsWith('/') ? r.outPath : `/nix/store/${r.outPath}`;
+        result.set(r.id.slice(r.id.lastIndexOf('!') + 1), p);
+      }
+    }
+    if (order.outputs.length === 0) {
+      // An order without outputs listed: take what nix-store printed (names unknown → by position).
+      let i = 0;
+      for (const p of built.keys()) result.set(i++ === 0 ? 'out' : `out${i}`, p);
+    }
+    return [...result].map(([name, path]) => ({ name, path }));
+  }
+
+  async #outputInfos(paths: readonly string[]): Promise<Map<string, { narHash: string; narSize: number; references: string[]; deriver: string | null; closureSize: number }>> {
+    const store = this.#o.store;
+    const infos = await queryPathInfos(store, paths);
+    const { stdout } = await store.runChecked('nix', ['path-info', '--json', '--closure-size', ...paths]);
+    const sizes = new Map((JSON.parse(stdout.toString('utf8')) as { path: string; closureSize: number }[]).map((i) => [i.path, i.closureSize]));
+    return new Map(
+      infos.map((i) => [
+        i.path,
+        { narHash: i.narHash.format('base32'), narSize: i.narSize, references: i.references, deriver: i.deriver, closureSize: sizes.get(i.path) ?? i.narSize },
+      ]),
+    );
+  }
+
+  async #nixSupport(outputs: readonly { name: string; path: string }[]): Promise<ProtoNixSupport> {
+    const store = this.#o.store;
+    const realStore = store.realPath('/nix/store');
+    const back = (p: string): string => (p.startsWith(`${realStore}/`) ? `/nix/store/${p.slice(realStore.length + 1)}` : p);
+    const s = await readBuildNixSupport(outputs.map((o) => ({ name: o.name, path: store.realPath(o.path) })));
+    return {
+      products: s.products.map((p) => ({
+        type: p.type,
+        subtype: p.subtype,
+        fileSize: p.fileSize ?? undefined,
+        sha256Hash: p.sha256hash ?? undefined,
+        path: back(p.path),
+        name: p.name,
+        defaultPath: p.defaultPath || undefined,
+      })),
+      releaseName: s.releaseName ?? undefined,
+      metrics: s.metrics.map((m) => ({ name: m.name, value: m.value, unit: m.unit ?? undefined })),
+      failed: s.failed,
+    };
+  }
+
+  /** Streams one output: header, then the plain NAR in 64 KiB chunks, with backpressure. */
+  async #upload(
+    job: Job,
+    name: string,
+    path: string,
+    info: { narHash: string; narSize: number; references: string[]; deriver: string | null },
+  ): Promise<UploadReceipt> {
+    let finish!: (err: ServiceError | null, res?: UploadReceipt) => void;
+    const receipt = new Promise<UploadReceipt>((resolve, reject) => {
+      finish = (err, res) => (err ? reject(err) : resolve(res!));
+    });
+    const call = this.#client!.client.uploadOutput((err, res) => finish(err, res));
+    const cancel = (): void => call.cancel();
+    job.cancels.add(cancel);
+    this.#transfers.uploading++;
+    let failed: unknown;
+    call.on('error', (e) => {
+      failed ??= e;
+    });
+    const write = (m: UploadOutputMessage): Promise<void> =>
+      call.write(m)
+        ? Promise.resolve()
+        : new Promise((resolve) => {
+            const done = (): void => {
+              call.off('drain', done);
+              call.off('close', done);
+              call.off('error', done);
+              resolve();
+            };
+            call.once('drain', done);
+            call.once('close', done);
+            call.once('error', done);
+          });
+    try {
+      await write({
+        part: {
+          $case: 'header',
+          value: {
+            jobId: job.order.jobId,
+            outputName: name,
+            storePath: path,
+            narHash: info.narHash,
+            narSize: info.narSize,
+            references: info.references,
+            deriver: info.deriver ?? undefined,
+            ca: undefined,
+            compression: Compression.COMPRESSION_NONE,
+          },
+        },
+      });
+      const h = createHash('sha256');
+      let size = 0;
+      for await (const chunk of narChunks(this.#o.store.realPath(path), { chunkSize: UPLOAD_CHUNK_SIZE })) {
+        if (failed !== undefined || job.aborted) break;
+        h.update(chunk);
+        size += chunk.length;
+        await write({ part: { $case: 'data', value: chunk } });
+      }
+      if (job.aborted) throw new JobAbortedError();
+      if (failed === undefined) {
+        const actual = `sha256:${h.digest('hex')}`;
+        if (size !== info.narSize || !parseHash(actual).equals(parseHash(info.narHash, 'sha256'))) {
+          call.cancel();
+          throw new NarHashMismatchError(path, { narHash: info.narHash, narSize: info.narSize }, { narHash: parseHash(actual).format('base32'), narSize: size });
+        }
+        call.end();
+      }
+      const r = await receipt;
+      if (!r.verified) throw new Error(`the runner did not verify ${path} (received ${r.bytesReceived} bytes)`);
+      return r;
+    } finally {
+      this.#transfers.uploading--;
+      job.cancels.delete(cancel);
+    }
+  }
+}
+
+/** A job's live log: one StreamLog call, re-opened in the new session if the old one breaks. */
+class LogSender {
+  #stream: ClientWritableStream<LogChunk> | undefined;
+  #broken = false;
+  readonly #pending: Promise<unknown>[] = [];
+
+  constructor(
+    private readonly agent: BuilderAgent,
+    private readonly job: Job,
+  ) {}
+
+  write(data: Buffer): void {
+    if (this.job.aborted) return;
+    if (this.#stream === undefined || this.#broken) {
+      const s = this.agent.logStream(this.job, () => {});
+      if (!s) return; // not connected: this piece of log is lost
+      let done!: () => void;
+      this.#pending.push(new Promise<void>((r) => (done = r)));
+      s.on('error', () => {
+        this.#broken = true;
+      });
+      s.on('close', () => done());
+      s.on('status', () => done());
+      this.#stream = s;
+      this.#broken = false;
+      try {
+        s.write({ jobId: this.job.order.jobId, compression: Compression.COMPRESSION_NONE, data });
+      } catch {
+        this.#broken = true;
+      }
+      return;
+    }
+    try {
+      this.#stream.write({ jobId: '', compression: Compression.COMPRESSION_NONE, data });
+    } catch {
+      this.#broken = true;
+    }
+  }
+
+  /** Ends the log and waits (briefly) for the runner to take it. */
+  async finish(): Promise<void> {
+    const s = this.#stream;
+    if (s && !this.#broken && !this.job.aborted) {
+      try {
+        s.end();
+      } catch {
+        // already closed
+      }
+    } else s?.cancel();
+    await Promise.race([Promise.allSettled(this.#pending), sleep(10_000)]);
+  }
+}
+
+function unary<Res>(start: (cb: (err: ServiceError | null, res: Res) => void) => unknown): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    start((err, res) => (err ? reject(err) : resolve(res)));
+  });
+}

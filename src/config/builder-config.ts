@@ -1,0 +1,105 @@
+import { readFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
+import { parse as parseToml } from 'smol-toml';
+import { z } from 'zod';
+import { ConfigError } from '../errors/index.ts';
+
+/**
+ * A builder agent's configuration (`hydrant builder`): TOML with camelCase
+ * keys, validated once into a frozen object. Unknown keys are errors.
+ */
+
+/** This host's Nix system type, e.g. x86_64-linux. */
+export function hostSystem(arch: string = process.arch, platform: string = process.platform): string {
+  const cpu: Record<string, string> = { x64: 'x86_64', arm64: 'aarch64', ia32: 'i686', arm: 'armv7l', riscv64: 'riscv64', ppc64: 'powerpc64le' };
+  return `${cpu[arch] ?? arch}-${platform === 'darwin' ? 'darwin' : platform}`;
+}
+
+const ThresholdsSchema = z
+  .object({
+    maxLoad1PerCpu: z.number().nonnegative().optional(),
+    maxCpuPressure: z.number().nonnegative().optional(),
+    maxMemPressure: z.number().nonnegative().optional(),
+    maxIoPressure: z.number().nonnegative().optional(),
+    minFreeDiskPercent: z.number().min(0).max(100).optional(),
+  })
+  .strict();
+
+const BuilderConfigSchema = z
+  .object({
+    /** The runner's gRPC address, HOST:PORT. */
+    server: z.string().regex(/^.+:\d+$/, 'must be HOST:PORT'),
+    /** File holding the bearer token (surrounding whitespace ignored). */
+    tokenFile: z.string().min(1),
+    /** Stable across restarts; the runner keeps a reconnecting machine's jobs. */
+    machineId: z.string().min(1).optional(),
+    systems: z.array(z.string().min(1)).min(1).optional(),
+    supportedFeatures: z.array(z.string().min(1)).default(['ca-derivations']),
+    mandatoryFeatures: z.array(z.string().min(1)).default([]),
+    maxJobs: z.number().int().positive().default(1),
+    speedFactor: z.number().positive().default(1),
+    thresholds: ThresholdsSchema.optional(),
+    /** A private store directory (its own Nix store); without it the host store is used. */
+    storeDir: z.string().min(1).optional(),
+    /** Where imports are spooled and free space is measured. */
+    buildDir: z.string().min(1).optional(),
+    reconnectMinMs: z.number().int().positive().default(500),
+    reconnectMaxMs: z.number().int().positive().default(30_000),
+    /** On SIGTERM, how long running jobs may take to finish before they are killed. */
+    shutdownGraceInS: z.number().nonnegative().default(300),
+  })
+  .strict()
+  .refine((c) => c.reconnectMinMs <= c.reconnectMaxMs, { message: 'reconnectMinMs must not exceed reconnectMaxMs', path: ['reconnectMinMs'] });
+
+type Parsed = z.infer<typeof BuilderConfigSchema>;
+export type BuilderConfig = Readonly<
+  Omit<Parsed, 'machineId' | 'systems' | 'buildDir' | 'supportedFeatures' | 'mandatoryFeatures'> & {
+    machineId: string;
+    systems: readonly string[];
+    supportedFeatures: readonly string[];
+    mandatoryFeatures: readonly string[];
+    buildDir: string;
+  }
+>;
+
+function formatIssues(err: z.ZodError, source: string): string {
+  return err.issues.map((i) => `${source}: ${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`).join('; ');
+}
+
+/** Validates a plain object (parsed TOML plus overrides) into a frozen config. */
+export function validateBuilderConfig(input: unknown, source = 'config'): BuilderConfig {
+  const parsed = BuilderConfigSchema.safeParse(input ?? {});
+  if (!parsed.success) throw new ConfigError(formatIssues(parsed.error, source));
+  const c = parsed.data;
+  // Mandatory features are supported features too.
+  const supported = [...new Set([...c.supportedFeatures, ...c.mandatoryFeatures])];
+  return Object.freeze({
+    ...c,
+    machineId: c.machineId ?? hostname(),
+    systems: Object.freeze([...(c.systems ?? [hostSystem(), 'builtin'])]),
+    supportedFeatures: Object.freeze(supported),
+    mandatoryFeatures: Object.freeze([...c.mandatoryFeatures]),
+    buildDir: c.buildDir ?? tmpdir(),
+    thresholds: c.thresholds ? Object.freeze({ ...c.thresholds }) : undefined,
+  });
+}
+
+/** Reads and validates a TOML file (optional); overrides (CLI flags) win over it. */
+export function loadBuilderConfig(path: string | undefined, overrides: Record<string, unknown> = {}): BuilderConfig {
+  let data: Record<string, unknown> = {};
+  if (path) {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`${path}: cannot read: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      data = parseToml(text) as Record<string, unknown>;
+    } catch (err) {
+      throw new ConfigError(`${path}: invalid TOML: ${(err as Error).message.split('\n')[0]}`, { cause: err });
+    }
+  }
+  const defined = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
+  return validateBuilderConfig({ ...data, ...defined }, path ?? 'config');
+}
