@@ -1,0 +1,97 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PrivateStore } from '../../src/builder/private-store.ts';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { runCli, startCli } from '../helpers/cli.ts';
+import { MK_DRV, runNix } from '../helpers/nix.ts';
+import { waitFor } from '../helpers/runtime.ts';
+
+/** A DAG with a shared base, a fan-out, a failure and nix-support products. */
+function release(nonce: string): string {
+  return `{ }: let ${MK_DRV}
+    base = mk { name = "base-${nonce}"; script = "echo base > $out"; };
+    left = mk { name = "left-${nonce}"; script = "/bin/cat \${base} > $out; echo left >> $out"; };
+    right = mk { name = "right-${nonce}"; script = "/bin/mkdir $out $doc; /bin/cat \${base} > $out/r; echo doc > $doc/d"; extra = { outputs = [ "out" "doc" ]; }; };
+  in {
+    top = mk { name = "top-${nonce}"; script = "/bin/cat \${left} \${right}/r \${right.doc}/d > $out"; };
+    inherit left right;
+    broken = mk { name = "broken-${nonce}"; script = "echo about to fail; exit 1"; };
+    needsBroken = mk { name = "needs-broken-${nonce}"; script = "/bin/cat \${mk { name = "broken2-${nonce}"; script = "exit 2"; }} > $out"; };
+  }`;
+}
+
+describe('runner and two builder processes over gRPC, each with its own store', () => {
+  let db: TestDatabase;
+  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-builders-'));
+  const procs: ReturnType<typeof startCli>[] = [];
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    for (const p of procs) p.child.kill('SIGKILL');
+    await db.drop();
+  });
+
+  it('builds a DAG on remote builders: requisites and outputs travel, rows are right', async () => {
+    const nonce = randomBytes(4).toString('hex');
+    const token = join(dir, 'token');
+    writeFileSync(token, randomBytes(24).toString('hex'));
+    const config = join(dir, 'runner.toml');
+    writeFileSync(config, `dbUrl = "${db.url}"\nhydraDataDir = "${dir}"\ntokenPaths = ["${token}"]\ngrpcListen = "127.0.0.1:0"\nshutdownGraceInS = 2\n`);
+    const file = join(dir, 'release.nix');
+    writeFileSync(file, release(nonce));
+
+    const runner = startCli(['serve', '--config', config]);
+    procs.push(runner);
+    const listening = await runner.waitFor(/"port":(\d+),"msg":"builder protocol listening"/);
+    const port = /"port":(\d+)/.exec(listening)![1];
+
+    // A builder without the token is refused and never joins.
+    const badToken = join(dir, 'bad-token');
+    writeFileSync(badToken, 'wrong');
+    const bad = startCli(['builder', '--server', `127.0.0.1:${port}`, '--token-file', badToken, '--store-dir', join(dir, 'bad'), '--machine-id', 'intruder']);
+    procs.push(bad);
+    await bad.waitFor(/UNAUTHENTICATED|missing or invalid bearer token/i, 20_000);
+
+    for (const id of ['b1', 'b2']) {
+      const b = startCli(['builder', '--server', `127.0.0.1:${port}`, '--token-file', token, '--store-dir', join(dir, id), '--machine-id', id]);
+      procs.push(b);
+    }
+    await runner.waitFor(/"machine":"b1".*"msg":"builder joined"|"msg":"builder joined".*"machine":"b1"/, 30_000);
+    await runner.waitFor(/"machine":"b2"/, 30_000);
+    expect(runner.output()).not.toMatch(/"machine":"intruder"/);
+
+    const submitted = await runCli(['submit', '--db-url', db.url, '--project', 'e2e', '--jobset', 'main', '--create', '--file', file]);
+    expect(submitted.code).toBe(0);
+    await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 120_000, 'builds to finish');
+
+    const builds = Object.fromEntries((await db.pool.query('select job, buildstatus from builds')).rows.map((r) => [r.job, r.buildstatus]));
+    expect(builds).toEqual({ top: 0, left: 0, right: 0, broken: 1, needsBroken: 2 });
+    const steps = (await db.pool.query('select drvpath, status, machine, busy from buildsteps where status = 0')).rows;
+    expect(new Set(steps.map((s) => s.machine)).size).toBeGreaterThanOrEqual(1);
+    for (const s of steps) expect(['b1', 'b2']).toContain(s.machine);
+    expect((await db.pool.query('select count(*)::int n from buildsteps where busy != 0')).rows[0].n).toBe(0);
+
+    // Outputs came back into the runner's store, with the NAR hash the builder reported.
+    const outs = (await db.pool.query("select o.path from buildoutputs o join builds b on b.id = o.build where b.buildstatus = 0")).rows.map((r) => r.path as string);
+    expect(outs.length).toBe(4);
+    const { stdout } = await runNix('nix-store', ['--check-validity', '--print-invalid', ...outs]);
+    expect(stdout.toString()).toBe('');
+    // Requisites travelled runner → builder: the builder that built `top` has base's output in its own store.
+    const topDrv = (await db.pool.query("select drvpath from builds where job = 'top'")).rows[0].drvpath as string;
+    const topMachine = (await db.pool.query('select machine from buildsteps where drvpath = $1 and status = 0', [topDrv])).rows[0].machine as string;
+    const store = await PrivateStore.create(join(dir, topMachine));
+    const leftOut = (await db.pool.query("select path from buildoutputs o join builds b on b.id = o.build where b.job = 'left'")).rows[0].path as string;
+    expect((await store.run('nix-store', ['--check-validity', leftOut])).exitCode).toBe(0);
+    // The log of the failure streamed back.
+    const brokenDrv = (await db.pool.query("select drvpath from builds where job = 'broken'")).rows[0].drvpath as string;
+    const base = brokenDrv.split('/').pop()!;
+    expect(readFileSync(join(dir, 'build-logs', base.slice(0, 2), base.slice(2)), 'utf8')).toContain('about to fail');
+
+    runner.child.kill('SIGTERM');
+    expect(await runner.exited).toBe(0);
+  }, 240_000);
+});
