@@ -51,6 +51,7 @@ export class RunnerDaemon {
   private signalHandlers: [NodeJS.Signals, () => void][] = [];
   runtime: RunnerRuntime | null = null;
   private grpc: Server | null = null;
+  private builderService: BuilderService | null = null;
   grpcPort = 0;
   config: RunnerConfig;
 
@@ -104,6 +105,7 @@ export class RunnerDaemon {
       graceMs: c.builderGraceInS * 1000,
       pingTimeoutMs: c.builderPingTimeoutInS * 1000,
     });
+    this.builderService = service;
     this.grpc = createRunnerServer({
       auth,
       ownership,
@@ -153,6 +155,7 @@ export class RunnerDaemon {
     log.info({ state: this.lifecycle.state, graceSeconds: this.config.shutdownGraceInS }, 'runner draining');
     for (const [sig, fn] of this.signalHandlers) process.off(sig, fn);
     await this.runtime?.stop(this.config.shutdownGraceInS * 1000).catch((e: unknown) => log.error({ err: String(e) }, 'drain failed'));
+    this.builderService?.close();
     this.grpc?.forceShutdown();
     await this.listener?.stop();
     await this.pool?.close();

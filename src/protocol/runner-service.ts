@@ -39,8 +39,18 @@ export interface BuilderServiceOptions {
  */
 export class BuilderService implements RunnerHandlers {
   readonly sessions = new Map<string, BuilderSession>();
+  private closed = false;
 
   constructor(private readonly o: BuilderServiceOptions) {}
+
+  /** The runner is stopping: no grace periods any more (streams close as the server shuts down). */
+  close(): void {
+    this.closed = true;
+    for (const s of this.sessions.values()) {
+      if (s.graceTimer) clearTimeout(s.graceTimer);
+      s.graceTimer = null;
+    }
+  }
 
   async control(cs: ControlSession): Promise<void> {
     const { scheduler, log } = this.o;
@@ -89,7 +99,7 @@ export class BuilderService implements RunnerHandlers {
       clearInterval(watchdog);
       if (session.control === cs) {
         session.control = null;
-        if (this.sessions.get(cs.machineId) === session && session.machine.state !== 'gone') {
+        if (!this.closed && this.sessions.get(cs.machineId) === session && session.machine.state !== 'gone') {
           scheduler.dispatcher.machineUnreachable(session.machine);
           log.warn({ machine: cs.machineId, graceMs: this.o.graceMs, jobs: session.jobs.size }, 'builder disconnected; keeping its jobs for the grace period');
           session.graceTimer = setTimeout(() => this.drop(session, 'GRACE_EXPIRED'), this.o.graceMs);
