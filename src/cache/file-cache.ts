@@ -12,7 +12,8 @@ import type { CompressOptions } from '../workers/compression.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { withRoom } from '../workers/with-room.ts';
 import { CACHE_DIRS, CACHE_INFO_FILE, cacheInfoStoreDir, cacheInfoText, listingFile, logFile, narFile, narInfoFile, realisationFile } from './layout.ts';
-import { type LocalPathInfo, queryPathInfos, queryRealisations, type Realisation } from './local-path-info.ts';
+import { type LocalPathInfo, queryPathInfos } from './local-path-info.ts';
+import { realisationClosure, realisationJson } from './realisations.ts';
 import { exists, publishTemp, syncFile, tempPathFor, writeOnce } from './publish-file.ts';
 import { type FileStoreUri, parseStoreUri, type StoreUri } from './store-uri.ts';
 
@@ -26,9 +27,13 @@ export interface FileBinaryCacheOptions {
 /** The outcome of publishing one store path. */
 export interface PathUpload {
   storePath: string;
-  /** false: the cache already had the path (its narinfo existed), nothing was written. */
+  /**
+   * true for the one caller whose upload published the path. false: the
+   * cache already had it, or a concurrent caller uploaded it (this caller
+   * waited for that upload and shares its narInfo).
+   */
   uploaded: boolean;
-  /** The narinfo written, when uploaded. */
+  /** The narinfo written by this upload (or the one this caller waited for). */
   narInfo?: NarInfo;
   /** Bytes of NAR read and of compressed file written (0 when skipped). */
   narSize: number;
@@ -96,13 +101,29 @@ export class FileBinaryCache {
     }
   }
 
-  /** Runs `fn` once per key at a time: callers arriving while it runs get the same promise. */
-  private singleFlight<T>(key: string, fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` once per key at a time: callers arriving while it runs share
+   * its outcome. `leader` tells the caller whether it started the work, so
+   * that an upload is reported (and counted) by one caller only.
+   */
+  private singleFlight<T>(key: string, fn: () => Promise<T>): { promise: Promise<T>; leader: boolean } {
     const running = this.inflight.get(key);
-    if (running) return running as Promise<T>;
-    const p = fn().finally(() => this.inflight.delete(key));
-    this.inflight.set(key, p);
-    return p;
+    if (running) return { promise: running as Promise<T>, leader: false };
+    const promise = fn().finally(() => this.inflight.delete(key));
+    this.inflight.set(key, promise);
+    return { promise, leader: true };
+  }
+
+  /** singleFlight for a path: callers that joined see the path as already uploaded by someone else. */
+  private pathFlight(storePath: string, fn: () => Promise<PathUpload>): Promise<PathUpload> {
+    const { promise, leader } = this.singleFlight(narInfoFile(storePath), fn);
+    return leader ? promise : promise.then((r) => ({ ...r, uploaded: false }));
+  }
+
+  /** singleFlight for one file: true only for the caller that wrote it. */
+  private fileFlight(rel: string, fn: () => Promise<boolean>): Promise<boolean> {
+    const { promise, leader } = this.singleFlight(rel, fn);
+    return leader ? promise : promise.then(() => false);
   }
 
   /** Whether the cache holds the path (its narinfo exists). */
@@ -123,7 +144,7 @@ export class FileBinaryCache {
 
   /** Publishes a path of the local store, with the metadata the store records for it. */
   uploadPath(storePath: string): Promise<PathUpload> {
-    return this.singleFlight(narInfoFile(storePath), async () => {
+    return this.pathFlight(storePath, async () => {
       if (await this.has(storePath)) return skipped(storePath);
       const [info] = await queryPathInfos([storePath]);
       return this.publishNew(info!);
@@ -136,7 +157,7 @@ export class FileBinaryCache {
    * nothing is published (NarHashMismatchError).
    */
   publish(info: LocalPathInfo): Promise<PathUpload> {
-    return this.singleFlight(narInfoFile(info.path), async () => ((await this.has(info.path)) ? skipped(info.path) : this.publishNew(info)));
+    return this.pathFlight(info.path, async () => ((await this.has(info.path)) ? skipped(info.path) : this.publishNew(info)));
   }
 
   private async publishNew(info: LocalPathInfo): Promise<PathUpload> {
@@ -232,7 +253,7 @@ export class FileBinaryCache {
    */
   uploadLog(drvPath: string, localLogFile: string): Promise<boolean> {
     const rel = logFile(drvPath);
-    return this.singleFlight(rel, async () => {
+    return this.fileFlight(rel, async () => {
       if (await exists(this.file(rel))) return false;
       let data: Buffer = await readFile(localLogFile);
       if (localLogFile.endsWith('.bz2')) {
@@ -244,23 +265,24 @@ export class FileBinaryCache {
   }
 
   /**
-   * Publishes the local store's realisations of a derivation's outputs
-   * (`realisations/<id>.doi`, what Nix 2.8 writes for CA outputs), each only
-   * once the cache holds its output path. Returns the ids written.
-   * Signatures are copied from the store; like Nix 2.8's `nix copy`, no new one is added.
+   * Publishes the local store's realisations of a derivation's outputs and
+   * of the outputs they depend on (`realisations/<id>.doi`, as `nix copy`
+   * does for CA derivations), each only once the cache holds its output
+   * path, dependencies first. Returns the ids written. Signatures are copied
+   * from the store; like Nix 2.8's `nix copy`, none is added.
    */
   async uploadRealisations(drvPath: string): Promise<string[]> {
+    const closure = await realisationClosure(drvPath);
+    const outputs = [...new Set(closure.map((r) => `${STORE_DIR}/${r.outPath}`))];
+    const present = await Promise.all(outputs.map((p) => this.has(p)));
+    const missing = outputs.filter((_, i) => !present[i]);
+    if (missing.length > 0) throw new CacheReferenceMissingError(`the realisations of ${drvPath}`, missing);
     const written: string[] = [];
-    for (const r of await queryRealisations(drvPath)) {
+    for (const r of closure) {
       const rel = realisationFile(r.id);
-      const wrote = await this.singleFlight(rel, async () => {
-        if (await exists(this.file(rel))) return false;
-        const outputs = [r.outPath, ...Object.values(r.dependentRealisations)].map((b) => `${STORE_DIR}/${b}`);
-        const present = await Promise.all(outputs.map((p) => this.has(p)));
-        const missing = outputs.filter((_, i) => !present[i]);
-        if (missing.length > 0) throw new CacheReferenceMissingError(`realisation ${r.id}`, missing);
-        return writeOnce(this.file(rel), realisationJson(r), { fsync: this.fsync });
-      });
+      const wrote = await this.fileFlight(rel, async () =>
+        (await exists(this.file(rel))) ? false : writeOnce(this.file(rel), realisationJson(r), { fsync: this.fsync }),
+      );
       if (wrote) written.push(r.id);
     }
     return written;
@@ -269,10 +291,4 @@ export class FileBinaryCache {
 
 function skipped(storePath: string, started = performance.now()): PathUpload {
   return { storePath, uploaded: false, narSize: 0, fileSize: 0, durationMs: performance.now() - started };
-}
-
-/** A realisation as Nix writes it: compact JSON, keys sorted (nlohmann's order). */
-export function realisationJson(r: Realisation): string {
-  const deps = Object.fromEntries(Object.entries(r.dependentRealisations).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
-  return JSON.stringify({ dependentRealisations: deps, id: r.id, outPath: r.outPath, signatures: r.signatures });
 }

@@ -1,4 +1,5 @@
-export { FileBinaryCache, realisationJson } from './file-cache.ts';
+export { FileBinaryCache } from './file-cache.ts';
+export { realisationClosure, realisationJson } from './realisations.ts';
 export type { FileBinaryCacheOptions, PathUpload } from './file-cache.ts';
 export { uploadClosure } from './upload.ts';
 export type { ClosureUpload, UploadClosureOptions } from './upload.ts';

@@ -1,4 +1,4 @@
-import { NixFormatError, PathNotInStoreError } from '../errors/index.ts';
+import { NixCommandError, NixFormatError, PathNotInStoreError } from '../errors/index.ts';
 import { type Hash, parseHash } from '../nix/hash.ts';
 import { parseStorePath } from '../nix/store-path.ts';
 import { runNix } from '../nix/tools.ts';
@@ -62,7 +62,15 @@ export async function queryPathInfos(paths: readonly string[], options: { recurs
   const unique = [...new Set(paths)];
   for (let i = 0; i < unique.length; i += BATCH) {
     const args = ['path-info', '--json', ...(options.recursive ? ['--recursive'] : []), ...unique.slice(i, i + BATCH)];
-    const { stdout } = await runNix('nix', args);
+    let stdout: Buffer;
+    try {
+      ({ stdout } = await runNix('nix', args));
+    } catch (e) {
+      // With --recursive an invalid path is an error rather than a `valid: false` entry: find which.
+      if (!options.recursive || !(e instanceof NixCommandError) || !/is not valid/.test(e.stderr)) throw e;
+      await queryPathInfos(unique.slice(i, i + BATCH)); // throws PathNotInStoreError naming them
+      throw e;
+    }
     let entries: PathInfoJson[];
     try {
       entries = JSON.parse(stdout.toString('utf8')) as PathInfoJson[];
