@@ -1,8 +1,7 @@
-import { readFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
-import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
 import { ConfigError } from '../errors/index.ts';
+import { formatIssues, readTomlWithOverrides } from './toml-file.ts';
 
 /**
  * A builder agent's configuration (`hydrant builder`): TOML with camelCase
@@ -62,9 +61,6 @@ export type BuilderConfig = Readonly<
   }
 >;
 
-function formatIssues(err: z.ZodError, source: string): string {
-  return err.issues.map((i) => `${source}: ${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`).join('; ');
-}
 
 /** Validates a plain object (parsed TOML plus overrides) into a frozen config. */
 export function validateBuilderConfig(input: unknown, source = 'config'): BuilderConfig {
@@ -86,20 +82,5 @@ export function validateBuilderConfig(input: unknown, source = 'config'): Builde
 
 /** Reads and validates a TOML file (optional); overrides (CLI flags) win over it. */
 export function loadBuilderConfig(path: string | undefined, overrides: Record<string, unknown> = {}): BuilderConfig {
-  let data: Record<string, unknown> = {};
-  if (path) {
-    let text: string;
-    try {
-      text = readFileSync(path, 'utf8');
-    } catch (err) {
-      throw new ConfigError(`${path}: cannot read: ${(err as Error).message}`, { cause: err });
-    }
-    try {
-      data = parseToml(text) as Record<string, unknown>;
-    } catch (err) {
-      throw new ConfigError(`${path}: invalid TOML: ${(err as Error).message.split('\n')[0]}`, { cause: err });
-    }
-  }
-  const defined = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
-  return validateBuilderConfig({ ...data, ...defined }, path ?? 'config');
+  return validateBuilderConfig(readTomlWithOverrides(path, overrides), path ?? 'config');
 }

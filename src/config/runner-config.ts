@@ -1,7 +1,6 @@
-import { readFileSync } from 'node:fs';
-import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
 import { ConfigError } from '../errors/index.ts';
+import { formatIssues, readTomlWithOverrides } from './toml-file.ts';
 
 /**
  * The runner's configuration: TOML with the Rust queue runner's camelCase
@@ -52,11 +51,6 @@ const RunnerConfigSchema = z
 
 export type RunnerConfig = Readonly<z.infer<typeof RunnerConfigSchema>> & { readonly stateDir: string };
 
-function formatIssues(err: z.ZodError, source: string): string {
-  return err.issues
-    .map((i) => `${source}: ${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`)
-    .join('; ');
-}
 
 /** Validates a plain object (e.g. parsed TOML plus overrides) into a frozen config. */
 export function validateRunnerConfig(input: unknown, source = 'config', env: NodeJS.ProcessEnv = process.env): RunnerConfig {
@@ -76,22 +70,7 @@ export function validateRunnerConfig(input: unknown, source = 'config', env: Nod
 
 /** Reads and validates a TOML file; one ConfigError names every problem. */
 export function loadRunnerConfig(path: string | undefined, overrides: Record<string, unknown> = {}, env = process.env): RunnerConfig {
-  let data: Record<string, unknown> = {};
-  if (path) {
-    let text: string;
-    try {
-      text = readFileSync(path, 'utf8');
-    } catch (err) {
-      throw new ConfigError(`${path}: cannot read: ${(err as Error).message}`, { cause: err });
-    }
-    try {
-      data = parseToml(text) as Record<string, unknown>;
-    } catch (err) {
-      throw new ConfigError(`${path}: invalid TOML: ${(err as Error).message.split('\n')[0]}`, { cause: err });
-    }
-  }
-  const defined = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
-  return validateRunnerConfig({ ...data, ...defined }, path ?? 'config', env);
+  return validateRunnerConfig(readTomlWithOverrides(path, overrides), path ?? 'config', env);
 }
 
 /** Renders a database URL for logs without its password. */
