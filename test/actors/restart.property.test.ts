@@ -18,7 +18,13 @@ function crashingPool(url: string, crashAt: number, admin: pg.Pool): { pool: pg.
   const pool = createPool(`${url}?application_name=${name}`, { max: 4, applicationName: name });
   let count = 0;
   let dead = false;
+  const clients = new Set<pg.PoolClient>();
+  // A dead process's connections close: destroy the sockets, so the server
+  // rolls back whatever they had open (nothing is left idle in a transaction).
+  const kill = (client: pg.PoolClient) => (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
   pool.on('connect', (client) => {
+    clients.add(client);
+    if (dead) kill(client);
     const query = client.query.bind(client) as (...a: unknown[]) => Promise<unknown>;
     (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...args: unknown[]) => {
       if (dead) {
@@ -31,6 +37,7 @@ function crashingPool(url: string, crashAt: number, admin: pg.Pool): { pool: pg.
       if (++count === crashAt) {
         dead = true;
         void admin.query('select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1', [name]);
+        setImmediate(() => clients.forEach(kill)); // after this query is on its way
       }
       return query(...args);
     };
@@ -83,12 +90,16 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
           // Second runner, from the database (and the store) alone.
           const pool = createPool(db.url, { max: 4 });
           const b = await within(run(pool), 10_000, 'second runner start');
-          await within(b.initialLoad, 10_000, 'second runner initial load');
-          await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 15_000, 'second runner');
-          await within(b.scheduler.settle(), 10_000, 'writes to settle');
-          await waitFor(() => b.scheduler.graph.steps.size === 0, 5000, 'graph to empty');
-          await within(b.stop(0), 10_000, 'second runner stop');
-          await within(pool.end(), 10_000, 'pool end');
+          try {
+            await within(b.initialLoad, 10_000, 'second runner initial load');
+            await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 15_000, 'second runner');
+            await within(b.scheduler.settle(), 10_000, 'writes to settle');
+            await waitFor(() => b.scheduler.graph.steps.size === 0, 5000, 'graph to empty');
+          } finally {
+            // Even when this run fails, leave nothing running into the next one.
+            await within(b.stop(0), 10_000, 'second runner stop').catch(() => {});
+            await within(pool.end(), 10_000, 'pool end').catch(() => {});
+          }
 
           expect((await db.pool.query('select count(*)::int n from buildsteps where busy != 0')).rows[0].n).toBe(0);
           // A finished build is consistent: Hydra's check constraints hold and status is set.
