@@ -3,8 +3,6 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { CacheReferenceMissingError, ConfigError, NarHashMismatchError } from '../errors/index.ts';
 import { Hash } from '../nix/hash.ts';
-import { narListingJson } from '../nix/nar-listing.ts';
-import { narChunks } from '../nix/nar-writer.ts';
 import { type NarInfo, parseNarInfo, serializeNarInfo } from '../nix/narinfo.ts';
 import { formatPublicKey, signPath } from '../nix/signing.ts';
 import { parseStorePath, STORE_DIR } from '../nix/store-path.ts';
@@ -12,6 +10,7 @@ import type { CompressOptions } from '../workers/compression.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { withRoom } from '../workers/with-room.ts';
 import { CACHE_DIRS, CACHE_INFO_FILE, cacheInfoStoreDir, cacheInfoText, listingFile, logFile, narFile, narInfoFile, realisationFile } from './layout.ts';
+import { listingOfPath } from './listing.ts';
 import { type LocalPathInfo, queryPathInfos } from './local-path-info.ts';
 import { realisationClosure, realisationJson } from './realisations.ts';
 import { exists, publishTemp, syncFile, tempPathFor, writeOnce } from './publish-file.ts';
@@ -227,15 +226,11 @@ export class FileBinaryCache {
     return o;
   }
 
-  /**
-   * `<hash>.ls`. The NAR is serialised again for it (on this thread, async
-   * I/O): the pool's one-pass writeNar has no listing output. Only the
-   * listing itself is held in memory.
-   */
+  /** `<hash>.ls`, from the path's metadata (listing.ts); only the listing is held in memory. */
   private async writeListing(path: string): Promise<void> {
     const rel = listingFile(path);
     if (await exists(this.file(rel))) return;
-    const json = await narListingJson(narChunks(path));
+    const json = await listingOfPath(path);
     const data = await this.compressSmall(json, this.store.lsCompression);
     await writeOnce(this.file(rel), data, { fsync: this.fsync });
   }

@@ -7,4 +7,5 @@ export { CACHE_COMPRESSIONS, formatStoreUri, parseStoreUri } from './store-uri.t
 export type { CacheCompression, FileStoreUri, ParseStoreUriOptions, S3StoreUri, StoreUri } from './store-uri.ts';
 export { queryPathInfos, queryRealisations } from './local-path-info.ts';
 export type { LocalPathInfo, Realisation } from './local-path-info.ts';
+export { listingOfPath } from './listing.ts';
 export * as cacheLayout from './layout.ts';

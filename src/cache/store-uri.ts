@@ -183,7 +183,8 @@ class Reader {
   int(name: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
     const v = this.params.get(name);
     if (v === undefined) return undefined;
-    const n = /^-?\d+$/.test(v) ? Number(v) : NaN;
+    // No sign unless negatives are allowed ('-0' is not a priority); '+ 0' turns -0 into 0.
+    const n = (min < 0 ? /^-?\d+$/ : /^\d+$/).test(v) ? Number(v) + 0 : NaN;
     if (!Number.isSafeInteger(n) || n < min || n > max) {
       this.problems.add(name, `'${v}' is not an integer in ${min}..${max === Number.MAX_SAFE_INTEGER ? '' : max}`);
       return undefined;

@@ -9,6 +9,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { unlink } from 'node:fs/promises';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { threadId } from 'node:worker_threads';
 import { Piscina } from 'piscina';
@@ -136,15 +137,19 @@ export function writeNar(t: WriteNarTask): Promise<TaskReply<WriteNarResult>> {
       created = true;
     });
     try {
-      await pipeline(
-        narChunks(t.path),
-        async function* (source: AsyncIterable<Buffer>) {
-          for await (const c of source) {
+      // The source is a Readable of its own: handing lzma-native's stream a
+      // generator stage directly stalled once the NAR passed ~16 KiB.
+      const nar = Readable.from(
+        (async function* () {
+          for await (const c of narChunks(t.path)) {
             narH.update(c);
             narSize += c.length;
             yield c;
           }
-        },
+        })(),
+      );
+      await pipeline(
+        nar,
         createCompressor(t.method, t),
         async function* (source: AsyncIterable<Buffer>) {
           for await (const c of source) {

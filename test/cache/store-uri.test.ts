@@ -100,6 +100,7 @@ describe('parseStoreUri', () => {
     ['file:///c?compression=zstd&compression-level=22', /'compression-level': '22'/],
     ['file:///c?compression=none&compression-level=3', /no effect with compression=none/],
     ['file:///c?priority=high', /'priority'/],
+    ['file:///c?priority=-0', /'priority': '-0' is not an integer/],
     ['file:///c?secret-key=', /'secret-key': empty path/],
     ['file:///c?secret-key=/nonexistent/sk', /'secret-key': cannot read '\/nonexistent\/sk': ENOENT/],
     ['file:///c?nolabel', /'nolabel' is not name=value/],

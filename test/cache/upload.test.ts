@@ -144,6 +144,7 @@ describe('FileBinaryCache', () => {
     expect(readFileSync(join(dir, 'nix-cache-info'), 'utf8')).toBe('StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n');
     await FileBinaryCache.open(`file://${dir}`, pool);
     expect(readFileSync(join(dir, 'nix-cache-info'), 'utf8')).toBe('StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n');
+    await expect(FileBinaryCache.open('s3://bucket?region=eu-west-1', pool)).rejects.toThrow(/not a file:\/\/ store/);
     writeFileSync(join(dir, 'nix-cache-info'), 'StoreDir: /gnu/store\n');
     await expect(FileBinaryCache.open(`file://${dir}`, pool)).rejects.toThrow(/\/gnu\/store/);
   });
