@@ -178,7 +178,11 @@ export class PrivateStore extends BaseStore {
   protected env(options: Omit<StoreCommandOptions, 'input'>): NodeJS.ProcessEnv {
     const base = { ...(options.env ?? process.env) };
     for (const v of ['NIX_REMOTE', 'NIX_STORE_DIR', 'NIX_STORE', 'NIX_STATE_DIR', 'NIX_DB_DIR', 'NIX_LOG_DIR']) delete base[v];
-    return nixEnv(['store = local', options.extraConfig ?? ''].filter(Boolean).join('\n'), base);
+    // No build users: their lock files live under /nix/var, which is private
+    // here, so a private store would pick nixbld users that the host's Nix
+    // (or another private store) is using, and Nix kills every process of a
+    // build user before it starts a build. Builds run as the calling user.
+    return nixEnv(['store = local', 'build-users-group =', options.extraConfig ?? ''].filter(Boolean).join('\n'), base);
   }
 
   realPath(storePath: string): string {
