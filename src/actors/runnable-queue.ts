@@ -136,12 +136,6 @@ export class RunnableQueue {
     return b.entry.step;
   }
 
-  /** Live steps in queue order, at most `limit` (for status pages; O(n log n)). */
-  snapshot(limit: number): StepRecord[] {
-    const seen = new Set<StepRecord>();
-    for (const heap of this.byJobset.values()) for (const e of heap) if (RunnableQueue.fresh(e)) seen.add(e.step);
-    return [...seen].sort((a, b) => a.lowestBuildId - b.lowestBuildId).slice(0, limit);
-  }
 }
 
 /** Steps not (yet) attributed to any jobset share one pseudo-jobset with zero share use. */

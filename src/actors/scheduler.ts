@@ -166,11 +166,9 @@ export class Scheduler {
     const r = await this.graph.addBuild(q);
     const now = unixNow(this.clock.now());
     if (r.kind === 'cached') {
-      const outputs = (await this.o.store.readDerivation(q.drvPath)).outputs;
-      if (await this.o.db.buildCached({ buildId: q.id, now, outputs })) this.buildEnded(q.id, true, true);
+      if (await this.o.db.buildCached({ buildId: q.id, now, outputs: r.outputs })) this.buildEnded(q.id, true, true);
     } else if (r.kind === 'cachedFailure') {
-      const system = (await this.o.store.readDerivation(r.failedDrvPath)).system;
-      if (await this.o.db.buildCachedFailure({ buildId: q.id, failedDrvPath: r.failedDrvPath, system, own: r.own, now })) {
+      if (await this.o.db.buildCachedFailure({ buildId: q.id, failedDrvPath: r.failedDrvPath, system: r.failedSystem, own: r.own, now })) {
         this.buildEnded(q.id, false, true);
       }
     }

@@ -1,7 +1,7 @@
 import { stepLifecycle, type StepEventType, type StepState } from '../machines/index.ts';
 import { append, JobsetSets, NO_JOBSETS, swapRemove } from './compact.ts';
 import type {
-  BuildRecord, Clock, FailureCache, JobsetRecord, PlatformRecord, SchedulerStore, StepRecord,
+  BuildRecord, Clock, FailureCache, JobsetRecord, PlatformRecord, SchedulerStore, StepOutput, StepRecord,
 } from './model.ts';
 
 /**
@@ -25,8 +25,8 @@ export interface GraphListener {
 
 export type AddBuildResult =
   | { kind: 'queued'; build: BuildRecord; step: StepRecord }
-  | { kind: 'cached'; build: BuildRecord }
-  | { kind: 'cachedFailure'; build: BuildRecord; failedDrvPath: string; own: boolean };
+  | { kind: 'cached'; build: BuildRecord; outputs: readonly StepOutput[] }
+  | { kind: 'cachedFailure'; build: BuildRecord; failedDrvPath: string; failedSystem: string; own: boolean };
 
 export interface QueuedBuild {
   id: number;
@@ -60,6 +60,9 @@ export class StepGraph {
   private readonly failureCause = new WeakMap<StepRecord, StepRecord>();
   private readonly cachedFailures = new WeakSet<StepRecord>();
   private nextId = 1;
+  /** Top-level .drv paths being loaded, and the outputs of those found already built. */
+  private readonly loadingToplevels = new Map<string, number>();
+  private readonly validOutputs = new Map<string, readonly StepOutput[]>();
   private readonly jobsetSets = new JobsetSets();
 
   constructor(private readonly o: StepGraphOptions) {}
@@ -96,17 +99,31 @@ export class StepGraph {
       toplevel: null,
       done: false,
     };
-    const step = await this.acquire(q.drvPath);
-    if (!step) return { kind: 'cached', build };
+    const d = q.drvPath;
+    this.loadingToplevels.set(d, (this.loadingToplevels.get(d) ?? 0) + 1);
+    let step: StepRecord | null;
+    let outputs: readonly StepOutput[] = [];
+    try {
+      step = await this.acquire(d);
+      outputs = this.validOutputs.get(d) ?? [];
+    } finally {
+      const n = this.loadingToplevels.get(d)! - 1;
+      if (n > 0) this.loadingToplevels.set(d, n);
+      else {
+        this.loadingToplevels.delete(d);
+        this.validOutputs.delete(d);
+      }
+    }
+    if (!step) return { kind: 'cached', build, outputs };
     if (SUCCESS_STATES.has(step.state)) {
       // Built a moment ago and still held by the builds that wanted it.
       this.releaseHold(step);
-      return { kind: 'cached', build };
+      return { kind: 'cached', build, outputs: step.outputs };
     }
     if (step.state === 'failed') {
       const cause = this.failureCause.get(step) ?? step;
       this.releaseHold(step);
-      return { kind: 'cachedFailure', build, failedDrvPath: cause.drvPath, own: cause === step };
+      return { kind: 'cachedFailure', build, failedDrvPath: cause.drvPath, failedSystem: cause.platform.system, own: cause === step };
     }
     this.builds.set(build.id, build);
     build.toplevel = step;
@@ -203,7 +220,11 @@ export class StepGraph {
     const known = drv.outputs.filter((o) => o.path !== null).map((o) => o.path!);
     if (known.length === drv.outputs.length) {
       const valid = await this.o.store.queryValid(known);
-      if (valid.size === known.length) return null;
+      if (valid.size === known.length) {
+        // Kept only until addBuild picks it up (for a build whose own outputs exist).
+        if (this.loadingToplevels.has(drvPath)) this.validOutputs.set(drvPath, drv.outputs);
+        return null;
+      }
     }
     const step: StepRecord = {
       id: this.nextId++,
@@ -355,13 +376,6 @@ export class StepGraph {
   }
 }
 
-/** The values a build hands down its closure. */
-interface Spread {
-  globalPriority: number;
-  localPriority: number;
-  lowestBuildId: number;
-  jobsets: readonly JobsetRecord[];
-  maxSilent: number;
-  timeout: number;
-}
+/** The values a build hands down its closure (a step carries the same fields). */
+type Spread = Pick<StepRecord, 'globalPriority' | 'localPriority' | 'lowestBuildId' | 'jobsets' | 'maxSilent' | 'timeout'>;
 

@@ -46,12 +46,6 @@ export class Heap<T> {
     return top;
   }
 
-  /** Drops every item for which `keep` is false (O(n)); used rarely, e.g. on bulk cancellation. */
-  filter(keep: (item: T) => boolean): void {
-    const kept = this.items.filter(keep);
-    this.items = [];
-    for (const x of kept) this.push(x);
-  }
 
   *[Symbol.iterator](): IterableIterator<T> {
     yield* this.items;

@@ -57,6 +57,12 @@ describe('end to end with real Nix behind the builder interface', () => {
     runtime.scheduler.addMachine(machineRecord('local', { maxJobs: 2 }), new LocalNixBuilder({ hydraDataDir: dataDir }));
     await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 60_000, 'builds to finish');
     await runtime.scheduler.settle();
+    // A build whose outputs exist now ends at once as cached, with its output paths filled in.
+    const again = await queueBuild(db.pool, jobset, drv.app!, 'app-again', 'x86_64-linux', (await store.readDerivation(drv.app!)).outputs.map((o) => ({ name: o.name, path: null })));
+    await runtime.monitor.request('added');
+    await runtime.scheduler.settle();
+    const cached = (await db.pool.query('select b.finished, b.buildstatus, b.iscachedbuild, o.path from builds b join buildoutputs o on o.build = b.id where b.id = $1', [again])).rows;
+    expect(cached).toEqual([{ finished: 1, buildstatus: 0, iscachedbuild: 1, path: (await store.readDerivation(drv.app!)).outputs[0]!.path }]);
     await runtime.stop(0);
 
     const builds = Object.fromEntries(

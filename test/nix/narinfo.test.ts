@@ -7,18 +7,12 @@ import { hashFile, parseSri } from '../../src/nix/hash.ts';
 import { narInfoReferencePaths, parseNarInfo, serializeNarInfo } from '../../src/nix/narinfo.ts';
 import { storePathBaseName } from '../../src/nix/store-path.ts';
 import { instantiate, MK_DRV, realise } from '../helpers/nix.ts';
+import type { NixPathInfo } from '../cache/fixtures.ts';
 import { narInfoArb } from './arbitraries.ts';
 import { nixJson, nixText, tempDir } from './util.ts';
 
-interface PathInfo {
-  path: string;
-  narHash: string;
-  narSize: number;
-  references: string[];
-  deriver?: string;
-  ca?: string;
-  signatures?: string[];
-}
+/** `nix path-info --json` with signatures. */
+type PathInfo = NixPathInfo & { signatures?: string[] };
 
 /** narinfo files written by `nix copy --to file://…`, per cache (compression). */
 const caches: { dir: string; compression: string; files: Map<string, string> }[] = [];
