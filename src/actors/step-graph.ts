@@ -72,7 +72,25 @@ export class StepGraph {
     const next = stepLifecycle.next(step.state, event);
     if (next === undefined) throw new Error(`step ${step.drvPath}: ${event} not accepted in ${step.state}`);
     step.state = next;
+    if (next === 'failed' && event !== 'DEP_FAILED') this.failDependents(step);
     return next;
+  }
+
+  /**
+   * A failed step fails everything waiting on it at once, in memory: a build
+   * loaded while the failure is being written then finds a cached failure
+   * instead of linking to a step that can never become runnable.
+   */
+  private failDependents(failed: StepRecord): void {
+    const cause = this.causeOf(failed);
+    const stack = [...failed.rdeps];
+    while (stack.length > 0) {
+      const r = stack.pop()!;
+      if (r.state !== 'queued') continue; // already failed (or cancelled): its dependents were handled
+      this.failureCause.set(r, cause);
+      this.transition(r, 'DEP_FAILED');
+      for (const rr of r.rdeps) stack.push(rr);
+    }
   }
 
   platform(system: string, features: readonly string[], preferLocal = false): PlatformRecord {
@@ -250,10 +268,13 @@ export class StepGraph {
       criticalPath: 0,
       machine: null,
     };
-    this.steps.set(drvPath, step);
+    // The step is published in `steps` only once created: until then others
+    // wait on `creating`, so none links to a step whose dependencies may
+    // still turn out to have failed.
     if (known.length > 0 && (await this.o.failures.isFailed(known))) {
       this.cachedFailures.add(step);
       this.transition(step, 'CACHED_FAILURE');
+      this.steps.set(drvPath, step);
       return step;
     }
     const deps = await Promise.all([...drv.inputDrvs.keys()].map((d) => this.acquire(d)));
@@ -273,9 +294,7 @@ export class StepGraph {
       }
     }
     step.deps = linked.slice(); // exact size
-    // A build may have reached this step while its dependencies were still
-    // loading; hand what it got down to them.
-    if (step.lowestBuildId !== Number.MAX_SAFE_INTEGER) for (const d of step.deps) this.spread(d, step);
+    this.steps.set(drvPath, step);
     if (failedDep) {
       this.failureCause.set(step, this.causeOf(failedDep));
       this.transition(step, 'DEP_FAILED');

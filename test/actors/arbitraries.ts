@@ -50,3 +50,9 @@ export function dagArbitrary(opts: { maxNodes?: number; systems?: readonly strin
       return { store, drvs, builds };
     });
 }
+
+/** Replays one reported run: FC_SEED and FC_PATH from fast-check's failure message. */
+export function replay(): { seed?: number; path?: string } {
+  const seed = process.env.FC_SEED;
+  return seed === undefined ? {} : { seed: Number(seed), path: process.env.FC_PATH };
+}

@@ -6,7 +6,7 @@ import { SimulatedBuilder, type SimBehaviour } from '../../src/sim/simulated-bui
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { machineRecord, startRuntime, waitFor, within } from '../helpers/runtime.ts';
-import { dagArbitrary } from './arbitraries.ts';
+import { dagArbitrary, replay } from './arbitraries.ts';
 
 /**
  * A pool whose process "dies" after its n-th query: the backends are
@@ -118,7 +118,7 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
         },
       ),
       // No shrinking: a failing run may wait out its timeouts, so shrinking would take very long.
-      { numRuns: Number(process.env.RUNS ?? 30), endOnFailure: true },
+      { numRuns: Number(process.env.RUNS ?? 30), endOnFailure: true, ...replay() },
     );
     // Many runs really died part-way (the others finished before their crash point).
     expect(crashes).toBeGreaterThanOrEqual(runs / 4);

@@ -3,8 +3,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SimulatedBuilder, type SimBehaviour } from '../../src/sim/simulated-builder.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
-import { ExclusiveCheck, machineRecord, shadowTransitions, startRuntime, waitFor } from '../helpers/runtime.ts';
-import { dagArbitrary, type RandomDag } from './arbitraries.ts';
+import { ExclusiveCheck, machineRecord, shadowTransitions, startRuntime, waitFor, within } from '../helpers/runtime.ts';
+import { dagArbitrary, replay, type RandomDag } from './arbitraries.ts';
 
 type Behaviour = 'ok' | 'fail' | 'flaky' | 'broken' | 'withOutput';
 
@@ -71,7 +71,7 @@ describe('scheduler on random DAGs (real PostgreSQL, simulated builders)', () =>
             }
           };
 
-          const { runtime } = await startRuntime(db.pool, dag.store);
+          const { runtime } = await within(startRuntime(db.pool, dag.store), 15_000, 'runtime start');
           const disagreements = shadowTransitions(runtime);
           const endedIds: number[] = [];
           runtime.scheduler.onBuildFinished = (id) => endedIds.push(id);
@@ -89,11 +89,11 @@ describe('scheduler on random DAGs (real PostgreSQL, simulated builders)', () =>
               const r = await db.pool.query('update builds set finished = 1, buildstatus = 4, starttime = 1, stoptime = 1 where id = $1 and finished = 0', [id]);
               if (r.rowCount) cancelled.add(id);
             }
-            await runtime.monitor.request('scan');
+            await within(runtime.monitor.request('scan'), 15_000, 'queue scan');
           }
-          await runtime.initialLoad;
+          await within(runtime.initialLoad, 15_000, 'initial load');
           await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 15_000, 'all builds to finish');
-          await runtime.scheduler.settle();
+          await within(runtime.scheduler.settle(), 15_000, 'writes to settle');
           await waitFor(() => runtime.scheduler.graph.steps.size === 0, 5000, 'graph to empty');
 
           const rows = (await db.pool.query('select id, buildstatus, iscachedbuild from builds order by id')).rows;
@@ -127,11 +127,11 @@ describe('scheduler on random DAGs (real PostgreSQL, simulated builders)', () =>
           expect(runtime.scheduler.activeJobs).toBe(0);
           expect(runtime.scheduler.dispatcher.stats.runnable).toBe(0);
           expect(runtime.scheduler.dispatcher.stats.retryWaiting).toBe(0);
-          await runtime.stop(0);
+          await within(runtime.stop(0), 15_000, 'runtime stop');
           expect(runtime.scheduler.dispatcher.pendingTimers).toBe(0);
         },
       ),
-      { numRuns: 25 },
+      { numRuns: Number(process.env.RUNS ?? 25), endOnFailure: true, ...replay() } // a failing run waits out timeouts: no shrinking,
     );
   }, 240_000);
 });

@@ -112,4 +112,62 @@ describe('StepGraph', () => {
     expect(reprioritized).toContain(base);
     expect(graph.dependentBuilds(s).map((x) => x.id)).toEqual([3, 5]);
   });
+
+  describe('a failure while builds load', () => {
+    async function chain() {
+      const { MemoryStore } = await import('../../src/sim/memory-store.ts');
+      const store = new MemoryStore();
+      const mk = (name: string, deps: string[]) => {
+        const d = { drvPath: `/nix/store/${name.padStart(32, 'a')}-${name}.drv`, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false, outputs: [{ name: 'out', path: `/nix/store/${name.padStart(32, 'b')}-${name}` }], inputDrvs: new Map(deps.map((x) => [x, ['out']])), isCA: false };
+        store.add(d);
+        return d.drvPath;
+      };
+      const n0 = mk('n0', []);
+      const n1 = mk('n1', [n0]);
+      const n2 = mk('n2', [n1, n0]);
+      const n3 = mk('n3', [n2]);
+      // Reading n1 waits for `open`, to hold n2's creation half-way.
+      let open!: () => void;
+      const gate = new Promise<void>((r) => (open = r));
+      const read = store.readDerivation.bind(store);
+      store.readDerivation = async (p: string) => (p === n1 ? gate.then(() => read(p)) : read(p));
+      const graph = new StepGraph({ store, failures: { isFailed: async () => false }, clock: { now: () => 0 }, listener: { runnable: () => {}, reprioritized: () => {}, released: () => {} } });
+      const fail = (drv: string) => {
+        const s = graph.steps.get(drv)!;
+        graph.transition(s, 'DISPATCH');
+        graph.transition(s, 'START');
+        const builds = graph.dependentBuilds(s);
+        graph.transition(s, 'FAIL');
+        return builds;
+      };
+      return { graph, n0, n1, n2, n3, open, fail };
+    }
+
+    it('a build that reaches a step still being created waits for it, and finds its failure', async () => {
+      const { graph, n0, n2, n3, open, fail } = await chain();
+      expect((await graph.addBuild(queued(1, n0))).kind).toBe('queued');
+      const second = graph.addBuild(queued(2, n2)); // n2's creation waits on n1
+      const third = graph.addBuild(queued(3, n3)); // reaches n2 while it is being created
+      await new Promise((r) => setImmediate(r));
+      expect(fail(n0).map((b) => b.id)).toEqual([1]);
+      graph.removeBuild(graph.builds.get(1)!);
+      open();
+      for (const r of await Promise.all([second, third])) {
+        expect(r).toMatchObject({ kind: 'cachedFailure', failedDrvPath: n0, own: false });
+      }
+      expect(graph.builds.size).toBe(0);
+    });
+
+    it('a build loaded after a failure, through a step that waited on it, finds the failure', async () => {
+      const { graph, n0, n1, n2, open, fail } = await chain();
+      open();
+      expect((await graph.addBuild(queued(1, n1))).kind).toBe('queued');
+      expect(fail(n0).map((b) => b.id)).toEqual([1]);
+      expect(graph.steps.get(n1)!.state).toBe('failed');
+      // Build 1's failure is still being written: n1 is in the graph.
+      expect(await graph.addBuild(queued(2, n2))).toMatchObject({ kind: 'cachedFailure', failedDrvPath: n0, own: false });
+      graph.removeBuild(graph.builds.get(1)!);
+      expect(graph.steps.size).toBe(0);
+    });
+  });
 });
