@@ -78,3 +78,13 @@ export interface BuilderPort {
 export function unixNow(ms = Date.now()): number {
   return Math.floor(ms / 1000);
 }
+
+/**
+ * Work between a builder's result and the step counting as done: GC roots,
+ * log compression, uploads to the binary caches. It may rewrite the outcome
+ * (the log's final name) or turn it into a transient failure (an upload
+ * failed: the step is retried rather than recorded without its outputs).
+ */
+export interface StepFinisher {
+  finish(job: StepJob, outcome: Exclude<StepOutcome, { kind: 'transient' }>): Promise<StepOutcome>;
+}

@@ -1,6 +1,7 @@
 import type { Logger } from '../util/logger.ts';
 import { BuildStatus, StepBusy, type StepBusyCode } from '../db/status.ts';
-import type { BuilderPort, StepJob, StepOutcome } from './builder-port.ts';
+import type { BuilderPort, StepFinisher, StepJob, StepOutcome } from './builder-port.ts';
+import { finishingPort } from './finishing-port.ts';
 import { unixNow } from './builder-port.ts';
 import { Dispatcher, type DispatcherOptions } from './dispatcher.ts';
 import type { MachineRecord } from './machine-record.ts';
@@ -30,6 +31,8 @@ export interface SchedulerOptions {
   store: SchedulerStore;
   log: Logger;
   clock?: Clock;
+  /** Runs after each result, before the step counts as done (roots, uploads). */
+  finisher?: StepFinisher;
 }
 
 /** One attempt of a step on a machine. */
@@ -136,7 +139,7 @@ export class Scheduler {
   // ------------------------------------------------------------ machines
 
   addMachine(m: MachineRecord, port: BuilderPort): void {
-    this.ports.set(m.id, port);
+    this.ports.set(m.id, this.o.finisher ? finishingPort(port, this.o.finisher) : port);
     this.dispatcher.addMachine(m);
   }
 

@@ -3,7 +3,7 @@ import type { SchedulerStore } from '../actors/model.ts';
 import { QueueMonitor } from '../actors/queue-monitor.ts';
 import type { SchedulerDb } from '../actors/scheduler-db.ts';
 import { Scheduler, type SchedulerConfig } from '../actors/scheduler.ts';
-import { unixNow } from '../actors/builder-port.ts';
+import { unixNow, type StepFinisher } from '../actors/builder-port.ts';
 import type { Logger } from '../util/logger.ts';
 
 export interface RunnerRuntimeOptions {
@@ -13,6 +13,7 @@ export interface RunnerRuntimeOptions {
   /** Source of `notification` / `reconnected` events (the LISTEN connection). */
   listener: EventEmitter;
   log: Logger;
+  finisher?: StepFinisher;
 }
 
 export interface RunnerRuntime {
@@ -32,7 +33,7 @@ export interface RunnerRuntime {
 export async function startRunnerRuntime(o: RunnerRuntimeOptions): Promise<RunnerRuntime> {
   const aborted = await o.db.abortLeftovers(unixNow());
   if (aborted > 0) o.log.warn({ steps: aborted }, 'aborted steps left busy by a previous run');
-  const scheduler = new Scheduler({ config: o.config, db: o.db, store: o.store, log: o.log });
+  const scheduler = new Scheduler({ config: o.config, db: o.db, store: o.store, log: o.log, finisher: o.finisher });
   const monitor = new QueueMonitor({ db: o.db, scheduler, listener: o.listener, log: o.log, pollIntervalS: o.config.queueTriggerTimerInS });
   const initialLoad = monitor.start();
   return {

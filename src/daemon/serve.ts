@@ -19,6 +19,9 @@ import { LocalNixStore } from '../nix/local-store.ts';
 import type { Logger } from '../util/logger.ts';
 import { WorkerPool } from '../workers/pool.ts';
 import { withRoom } from '../workers/with-room.ts';
+import { openCaches } from '../cache/open-caches.ts';
+import { defaultRootsDir } from '../publish/gc-roots.ts';
+import { OutputPublisher } from '../publish/output-publisher.ts';
 import { Lifecycle } from './lifecycle.ts';
 import { startRunnerRuntime, type RunnerRuntime } from './runner-runtime.ts';
 
@@ -83,7 +86,10 @@ export class RunnerDaemon {
     await this.listener.start();
     const pool = (this.pool = new WorkerPool({ threads: c.workerThreads }));
     const store = new LocalNixStore(async (drvPath, bytes) => summarizeDerivation(drvPath, await withRoom(pool, () => pool.parseDerivation(bytes))));
-    this.runtime = await startRunnerRuntime({ config: c, db: new PgSchedulerDb(this.db.pool), store, listener: this.listener, log });
+    const caches = await openCaches(c.remoteStoreAddr, pool);
+    for (const cache of caches) log.info({ cache: cache.root, compression: cache.store.compression, publicKey: cache.publicKey ?? null }, 'binary cache opened');
+    const finisher = new OutputPublisher({ pool, caches, rootsDir: c.rootsDir ?? defaultRootsDir(), log });
+    this.runtime = await startRunnerRuntime({ config: c, db: new PgSchedulerDb(this.db.pool), store, listener: this.listener, log, finisher });
     if (c.localBuilderJobs > 0) this.addLocalBuilder();
     if (c.tokenPaths.length > 0) await this.startGrpc();
     else log.warn('no tokenPaths configured: the builder protocol (gRPC) is not started');
@@ -138,7 +144,7 @@ export class RunnerDaemon {
     try {
       const next = loadRunnerConfig(this.options.configPath, this.options.overrides);
       const restart = this.runtime?.scheduler.reconfigure(next) ?? [];
-      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs'] as const) {
+      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 'rootsDir'] as const) {
         if (JSON.stringify(next[k]) !== JSON.stringify(this.config[k])) restart.push(k);
       }
       this.config = next;

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,6 +9,9 @@ import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { runCli, startCli } from '../helpers/cli.ts';
 import { MK_DRV, runNix } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
+import { copyFromCache, failureOf, generateKey } from '../cache/fixtures.ts';
+
+const bunzip2 = (data: Buffer): Buffer => execFileSync('bzip2', ['-dc'], { input: data });
 
 /** A DAG with a shared base, a fan-out, a failure and nix-support products. */
 function release(nonce: string): string {
@@ -40,7 +44,15 @@ describe('runner and two builder processes over gRPC, each with its own store', 
     const token = join(dir, 'token');
     writeFileSync(token, randomBytes(24).toString('hex'));
     const config = join(dir, 'runner.toml');
-    writeFileSync(config, `dbUrl = "${db.url}"\nhydraDataDir = "${dir}"\ntokenPaths = ["${token}"]\ngrpcListen = "127.0.0.1:0"\nshutdownGraceInS = 2\n`);
+    const key = await generateKey(dir, 'e2e-cache-1');
+    const other = await generateKey(dir, 'someone-else-1');
+    const cacheDir = join(dir, 'cache');
+    const rootsDir = join(dir, 'roots');
+    writeFileSync(
+      config,
+      `dbUrl = "${db.url}"\nhydraDataDir = "${dir}"\ntokenPaths = ["${token}"]\ngrpcListen = "127.0.0.1:0"\nshutdownGraceInS = 2\n` +
+        `remoteStoreAddr = ["file://${cacheDir}?compression=zstd&secret-key=${key.secretFile}"]\nrootsDir = "${rootsDir}"\n`,
+    );
     const file = join(dir, 'release.nix');
     writeFileSync(file, release(nonce));
 
@@ -86,10 +98,23 @@ describe('runner and two builder processes over gRPC, each with its own store', 
     const store = await PrivateStore.create(join(dir, topMachine));
     const leftOut = (await db.pool.query("select path from buildoutputs o join builds b on b.id = o.build where b.job = 'left'")).rows[0].path as string;
     expect((await store.run('nix-store', ['--check-validity', leftOut])).exitCode).toBe(0);
-    // The log of the failure streamed back.
+    // The log of the failure streamed back, and was compressed where Hydra's web interface reads it.
     const brokenDrv = (await db.pool.query("select drvpath from builds where job = 'broken'")).rows[0].drvpath as string;
     const base = brokenDrv.split('/').pop()!;
-    expect(readFileSync(join(dir, 'build-logs', base.slice(0, 2), base.slice(2)), 'utf8')).toContain('about to fail');
+    const logFile = join(dir, 'build-logs', base.slice(0, 2), base.slice(2));
+    expect(existsSync(logFile)).toBe(false);
+    expect(bunzip2(readFileSync(`${logFile}.bz2`)).toString('utf8')).toContain('about to fail');
+    expect(readFileSync(join(cacheDir, 'log', base), 'utf8')).toContain('about to fail');
+
+    // Every output is a GC root, and is in the signed cache with its closure:
+    // real Nix copies them into another store trusting only the cache's key, and refuses them without it.
+    for (const o of outs) expect(existsSync(join(rootsDir, o.split('/').pop()!))).toBe(true);
+    for (const o of outs) expect(readFileSync(join(cacheDir, `${o.slice(11, 43)}.narinfo`), 'utf8')).toMatch(/^Sig: e2e-cache-1:/m);
+    const refused = await failureOf(copyFromCache(cacheDir, join(dir, 'untrusting'), outs, other.publicKey));
+    expect(refused.message).toMatch(/signature/);
+    await copyFromCache(cacheDir, join(dir, 'elsewhere'), outs, key.publicKey);
+    const copied = await runNix('nix-store', ['--store', join(dir, 'elsewhere'), '--check-validity', '--print-invalid', ...outs]);
+    expect(copied.stdout.toString()).toBe('');
 
     runner.child.kill('SIGTERM');
     expect(await runner.exited).toBe(0);

@@ -1,0 +1,52 @@
+import type { StepFinisher, StepJob, StepOutcome } from '../actors/builder-port.ts';
+import type { FileBinaryCache } from '../cache/file-cache.ts';
+import { uploadClosure } from '../cache/upload.ts';
+import type { Logger } from '../util/logger.ts';
+import type { WorkerPool } from '../workers/pool.ts';
+import { addGcRoots } from './gc-roots.ts';
+import { compressBuildLog } from './log-compression.ts';
+
+export interface OutputPublisherOptions {
+  pool: WorkerPool;
+  /** The binary caches of remoteStoreAddr. */
+  caches: readonly FileBinaryCache[];
+  /** Where outputs are registered as GC roots. */
+  rootsDir: string;
+  log: Logger;
+}
+
+/**
+ * What happens to a step's result before it counts as done: its log is
+ * compressed (and published to each cache as `log/<drv>`), and on success
+ * its outputs become GC roots and their closure is uploaded to every cache.
+ * An upload failure throws, which fails the attempt transiently: the step
+ * is retried instead of being recorded with outputs the caches lack. A log
+ * that cannot be compressed or published is only logged: the build's
+ * result does not depend on it.
+ */
+export class OutputPublisher implements StepFinisher {
+  constructor(private readonly o: OutputPublisherOptions) {}
+
+  async finish(job: StepJob, outcome: Exclude<StepOutcome, { kind: 'transient' }>): Promise<StepOutcome> {
+    const { log } = this.o;
+    let logFile = outcome.logFile;
+    try {
+      logFile = await compressBuildLog(this.o.pool, logFile);
+      if (logFile !== '') await Promise.all(this.o.caches.map((c) => c.uploadLog(job.drvPath, logFile)));
+    } catch (err) {
+      log.warn({ drv: job.drvPath, err: String((err as Error)?.message ?? err) }, 'could not compress or publish the build log');
+    }
+    if (outcome.kind === 'success') {
+      const paths = outcome.outputs.map((o) => o.path);
+      await addGcRoots(this.o.rootsDir, paths);
+      for (const cache of this.o.caches) {
+        const started = performance.now();
+        const r = await uploadClosure(cache, paths);
+        if (r.uploaded.length > 0) {
+          log.info({ drv: job.drvPath, cache: cache.root, uploaded: r.uploaded.length, bytes: r.uploaded.reduce((n, u) => n + u.fileSize, 0), ms: Math.round(performance.now() - started) }, 'outputs uploaded');
+        }
+      }
+    }
+    return { ...outcome, logFile };
+  }
+}
