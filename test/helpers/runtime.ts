@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type pg from 'pg';
 import { transition, initialTransition, type SnapshotFrom } from 'xstate';
-import type { BuilderPort, StepJob } from '../../src/actors/builder-port.ts';
+import type { BuilderPort, StepFinisher, StepJob } from '../../src/actors/builder-port.ts';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../../src/actors/machine-record.ts';
 import type { SchedulerStore, StepRecord } from '../../src/actors/model.ts';
 import type { SchedulerConfig } from '../../src/actors/scheduler.ts';
@@ -36,9 +36,14 @@ export function machineRecord(id: string, over: Partial<MachineRecord> = {}): Ma
 }
 
 /** Starts the scheduler and queue monitor on `pool`; `listener` stands in for the LISTEN connection. */
-export async function startRuntime(pool: pg.Pool, store: SchedulerStore, config: Partial<typeof TEST_CONFIG> = {}): Promise<{ runtime: RunnerRuntime; listener: EventEmitter }> {
+export async function startRuntime(
+  pool: pg.Pool,
+  store: SchedulerStore,
+  config: Partial<typeof TEST_CONFIG> = {},
+  finisher?: StepFinisher,
+): Promise<{ runtime: RunnerRuntime; listener: EventEmitter }> {
   const listener = new EventEmitter();
-  const runtime = await startRunnerRuntime({ config: { ...TEST_CONFIG, ...config }, db: new PgSchedulerDb(pool), store, listener, log: quietLog });
+  const runtime = await startRunnerRuntime({ config: { ...TEST_CONFIG, ...config }, db: new PgSchedulerDb(pool), store, listener, log: quietLog, finisher });
   return { runtime, listener };
 }
 

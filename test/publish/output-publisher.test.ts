@@ -1,0 +1,77 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LocalNixBuilder } from '../../src/builder/local-builder.ts';
+import { FileBinaryCache } from '../../src/cache/file-cache.ts';
+import { LocalNixStore } from '../../src/nix/local-store.ts';
+import { OutputPublisher } from '../../src/publish/output-publisher.ts';
+import { WorkerPool } from '../../src/workers/pool.ts';
+import { generateKey } from '../cache/fixtures.ts';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
+import { instantiate, MK_DRV } from '../helpers/nix.ts';
+import { machineRecord, quietLog, startRuntime, waitFor } from '../helpers/runtime.ts';
+
+describe('a step counts as done only after its upload', () => {
+  let db: TestDatabase;
+  const dir = mkdtempSync(join(tmpdir(), 'hydrant-publish-'));
+  const pool = new WorkerPool({ threads: 1 });
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await pool.close();
+    await db.drop();
+  });
+
+  it('an upload that fails retries the step; the build succeeds once the cache takes it, with roots and a compressed log', async () => {
+    const nonce = randomBytes(4).toString('hex');
+    const [drvPath] = await instantiate(`let ${MK_DRV} in mk { name = "pub-${nonce}"; script = "echo hello-${nonce}; echo x > $out"; }`);
+    const store = new LocalNixStore();
+    const outPath = (await store.readDerivation(drvPath!)).outputs[0]!.path!;
+    const key = await generateKey(dir, 'pub-test-1');
+    const cacheDir = join(dir, 'cache');
+    const cache = await FileBinaryCache.open(`file://${cacheDir}?compression=xz&secret-key=${key.secretFile}`, pool);
+    // The cache cannot take NARs: its nar/ directory is a file.
+    rmSync(join(cacheDir, 'nar'), { recursive: true });
+    writeFileSync(join(cacheDir, 'nar'), 'not a directory');
+    const rootsDir = join(dir, 'roots');
+    const publisher = new OutputPublisher({ pool, caches: [cache], rootsDir, log: quietLog });
+    const finish = publisher.finish.bind(publisher);
+    let attempts = 0;
+    publisher.finish = async (job, outcome) => {
+      attempts++;
+      try {
+        return await finish(job, outcome);
+      } finally {
+        // Repair the cache after the first attempt failed.
+        if (attempts === 1) {
+          rmSync(join(cacheDir, 'nar'));
+          mkdirSync(join(cacheDir, 'nar'));
+        }
+      }
+    };
+
+    const jobset = await createJobset(db.pool, 'pub', 'main');
+    const d = await store.readDerivation(drvPath!);
+    const id = await queueBuild(db.pool, jobset, drvPath!, 'pub', d.system, d.outputs);
+    const { runtime } = await startRuntime(db.pool, store, {}, publisher);
+    runtime.scheduler.addMachine(machineRecord('local', { maxJobs: 1 }), new LocalNixBuilder({ hydraDataDir: dir }));
+    await waitFor(async () => (await db.pool.query('select finished from builds where id = $1', [id])).rows[0].finished === 1, 60_000, 'the build');
+    await runtime.scheduler.settle();
+    await runtime.stop(0);
+
+    expect(attempts).toBe(2);
+    const steps = (await db.pool.query('select status, errormsg from buildsteps where build = $1 order by stepnr', [id])).rows;
+    expect(steps.map((s) => s.status)).toEqual([3, 0]);
+    expect(steps[0].errormsg).toMatch(/post-processing failed/);
+    expect((await db.pool.query('select buildstatus from builds where id = $1', [id])).rows[0].buildstatus).toBe(0);
+    expect(readFileSync(join(cacheDir, `${outPath.slice(11, 43)}.narinfo`), 'utf8')).toMatch(/^Sig: pub-test-1:/m);
+    expect(existsSync(join(rootsDir, outPath.slice(11)))).toBe(true);
+    const base = drvPath!.slice(11);
+    expect(existsSync(join(dir, 'build-logs', base.slice(0, 2), `${base.slice(2)}.bz2`))).toBe(true);
+    expect(readFileSync(join(cacheDir, 'log', base), 'utf8')).toContain(`hello-${nonce}`);
+  }, 120_000);
+});
