@@ -28,6 +28,8 @@ const RunnerConfigSchema = z
     maxUnsupportedTimeInS: z.number().int().nonnegative().default(120),
     stopQueueRunAfterInS: z.number().int().default(60),
     tokenPaths: z.array(z.string().min(1)).default([]),
+    /** Bearer tokens for the HTTP API's write endpoints (PUT /build); none: they are refused. */
+    apiTokenPaths: z.array(z.string().min(1)).default([]),
     usePresignedUploads: z.boolean().default(false),
     maxOutputSize: z.number().int().positive().default(2 * 1024 ** 3),
     maxSilentTime: z.number().int().positive().default(3600),
@@ -65,6 +67,7 @@ export function validateRunnerConfig(input: unknown, source = 'config', env: Nod
     stateDir: c.stateDir ?? `${c.hydraDataDir}/hydrant`,
     remoteStoreAddr: Object.freeze([...c.remoteStoreAddr]) as string[],
     tokenPaths: Object.freeze([...c.tokenPaths]) as string[],
+    apiTokenPaths: Object.freeze([...c.apiTokenPaths]) as string[],
   });
 }
 

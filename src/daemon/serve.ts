@@ -23,6 +23,11 @@ import { openCaches } from '../cache/open-caches.ts';
 import { defaultRootsDir } from '../publish/gc-roots.ts';
 import { OutputPublisher } from '../publish/output-publisher.ts';
 import { Lifecycle } from './lifecycle.ts';
+import type { SchedulerStore } from '../actors/model.ts';
+import { Router } from '../http/router.ts';
+import { startHttpApi, writeGuard, type HttpApi } from '../http/server.ts';
+import { putBuild } from '../http/routes/build.ts';
+import { getStatus } from '../http/routes/status.ts';
 import { startRunnerRuntime, type RunnerRuntime } from './runner-runtime.ts';
 
 export interface ServeOptions {
@@ -56,6 +61,8 @@ export class RunnerDaemon {
   private grpc: Server | null = null;
   private builderService: BuilderService | null = null;
   grpcPort = 0;
+  http: HttpApi | null = null;
+  private readonly startedAt = Date.now();
   config: RunnerConfig;
 
   constructor(private readonly options: ServeOptions) {
@@ -91,6 +98,7 @@ export class RunnerDaemon {
     const finisher = new OutputPublisher({ pool, caches, rootsDir: c.rootsDir ?? defaultRootsDir(), log });
     this.runtime = await startRunnerRuntime({ config: c, db: new PgSchedulerDb(this.db.pool), store, listener: this.listener, log, finisher });
     if (c.localBuilderJobs > 0) this.addLocalBuilder();
+    await this.startHttp(store);
     if (c.tokenPaths.length > 0) await this.startGrpc();
     else log.warn('no tokenPaths configured: the builder protocol (gRPC) is not started');
     if (this.options.handleSignals) this.installSignals();
@@ -124,6 +132,16 @@ export class RunnerDaemon {
     this.options.log.info({ listen: c.grpcListen, port }, 'builder protocol listening');
   }
 
+  private async startHttp(store: SchedulerStore): Promise<void> {
+    const c = this.config;
+    const auth = c.apiTokenPaths.length > 0 ? await TokenAuth.fromFiles(c.apiTokenPaths, 'API') : null;
+    const router = new Router(writeGuard(auth))
+      .get('/status', getStatus(this.lifecycle, () => this.runtime?.scheduler ?? null, this.startedAt))
+      .put('/build', putBuild(this.database.pool, store));
+    this.http = await startHttpApi(router, c.httpListen, this.options.log);
+    this.options.log.info({ listen: c.httpListen, port: this.http.port, writes: auth !== null }, 'HTTP API listening');
+  }
+
   private addLocalBuilder(): void {
     const c = this.config;
     const systems = c.localBuilderSystems ?? [hostSystem()];
@@ -144,7 +162,7 @@ export class RunnerDaemon {
     try {
       const next = loadRunnerConfig(this.options.configPath, this.options.overrides);
       const restart = this.runtime?.scheduler.reconfigure(next) ?? [];
-      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 'rootsDir'] as const) {
+      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 'rootsDir', 'tokenPaths', 'apiTokenPaths'] as const) {
         if (JSON.stringify(next[k]) !== JSON.stringify(this.config[k])) restart.push(k);
       }
       this.config = next;
@@ -162,6 +180,7 @@ export class RunnerDaemon {
     for (const [sig, fn] of this.signalHandlers) process.off(sig, fn);
     await this.runtime?.stop(this.config.shutdownGraceInS * 1000).catch((e: unknown) => log.error({ err: String(e) }, 'drain failed'));
     this.builderService?.close();
+    await this.http?.close();
     this.grpc?.forceShutdown();
     await this.listener?.stop();
     await this.pool?.close();

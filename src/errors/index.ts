@@ -18,3 +18,5 @@ export { ProtocolError } from './protocol-error.ts';
 export { PrivateStoreError } from './private-store-error.ts';
 export { UnexpectedStorePathError } from './unexpected-store-path-error.ts';
 export { BuilderJobError } from './builder-job-error.ts';
+export { HttpError } from './http-error.ts';
+export { DemoError } from './demo-error.ts';

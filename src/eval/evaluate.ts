@@ -2,6 +2,7 @@ import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { NixFormatError } from '../errors/index.ts';
+import { JOB_DEFAULTS } from './job-defaults.ts';
 import { runNix, runNixLines } from '../nix/tools.ts';
 
 /**
@@ -81,9 +82,9 @@ export async function evaluateJobs(file: string, only: readonly string[] = []): 
       license: m.license,
       homepage: m.homepage,
       maintainers: m.maintainers,
-      priority: m.priority ?? 100,
-      timeout: m.timeout ?? 36000,
-      maxSilent: m.maxSilent ?? 7200,
+      priority: m.priority ?? JOB_DEFAULTS.priority,
+      timeout: m.timeout ?? JOB_DEFAULTS.timeout,
+      maxSilent: m.maxSilent ?? JOB_DEFAULTS.maxSilent,
       isChannel: m.isChannel,
     };
   });

@@ -21,29 +21,29 @@ function digest(token: string): Buffer {
 export class TokenAuth {
   readonly #digests: readonly Buffer[];
 
-  constructor(tokens: readonly string[]) {
-    if (tokens.length === 0) throw new ConfigError('no builder tokens configured');
+  constructor(tokens: readonly string[], what = 'builder') {
+    if (tokens.length === 0) throw new ConfigError(`no ${what} tokens configured`);
     this.#digests = tokens.map((t) => {
-      if (t.length === 0) throw new ConfigError('a builder token is empty');
+      if (t.length === 0) throw new ConfigError(`a ${what} token is empty`);
       return digest(t);
     });
   }
 
   /** One token per file, surrounding whitespace trimmed. Errors name the file, never its content. */
-  static async fromFiles(tokenPaths: readonly string[]): Promise<TokenAuth> {
+  static async fromFiles(tokenPaths: readonly string[], what = 'builder'): Promise<TokenAuth> {
     const tokens: string[] = [];
     for (const p of tokenPaths) {
       let text: string;
       try {
         text = await readFile(p, 'utf8');
       } catch (cause) {
-        throw new ConfigError(`cannot read builder token file ${p}`, { cause });
+        throw new ConfigError(`cannot read ${what} token file ${p}`, { cause });
       }
       const token = text.trim();
-      if (token.length === 0) throw new ConfigError(`builder token file ${p} is empty`);
+      if (token.length === 0) throw new ConfigError(`${what} token file ${p} is empty`);
       tokens.push(token);
     }
-    return new TokenAuth(tokens);
+    return new TokenAuth(tokens, what);
   }
 
   /** Whether `token` is one of the configured tokens. */
@@ -54,14 +54,17 @@ export class TokenAuth {
     return ok;
   }
 
-  /** Whether the call's `authorization: Bearer …` metadata holds a known token. */
-  verifyMetadata(metadata: Metadata): boolean {
-    const values = metadata.get('authorization');
-    if (values.length !== 1) return false;
-    const value = values[0];
+  /** Whether an `Authorization: Bearer …` value holds a known token. */
+  verifyHeader(value: unknown): boolean {
     if (typeof value !== 'string') return false;
     const m = BEARER.exec(value);
     return m?.[1] !== undefined && this.verify(m[1]);
+  }
+
+  /** Whether the call's `authorization: Bearer …` metadata holds a known token. */
+  verifyMetadata(metadata: Metadata): boolean {
+    const values = metadata.get('authorization');
+    return values.length === 1 && this.verifyHeader(values[0]);
   }
 
   /** Throws UNAUTHENTICATED unless the call carries a known token. */

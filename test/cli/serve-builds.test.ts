@@ -21,7 +21,7 @@ describe('hydrant serve with a local builder', () => {
     const nonce = randomBytes(4).toString('hex');
     const dir = mkdtempSync(join(tmpdir(), 'hydrant-serve-'));
     const config = join(dir, 'runner.toml');
-    writeFileSync(config, `dbUrl = "${db.url}"\nhydraDataDir = "${dir}"\nlocalBuilderJobs = 2\nshutdownGraceInS = 5\n`);
+    writeFileSync(config, `dbUrl = "${db.url}"\nhydraDataDir = "${dir}"\nlocalBuilderJobs = 2\nshutdownGraceInS = 5\nhttpListen = "127.0.0.1:0"\n`);
     const [a, b, slow] = await instantiate(
       `let ${MK_DRV} dep = mk { name = "dep-${nonce}"; script = "echo dep > $out"; }; in {
         a = mk { name = "a-${nonce}"; script = "/bin/cat \${dep} > $out"; };

@@ -50,7 +50,7 @@ describe('runner and two builder processes over gRPC, each with its own store', 
     const rootsDir = join(dir, 'roots');
     writeFileSync(
       config,
-      `dbUrl = "${db.url}"\nhydraDataDir = "${dir}"\ntokenPaths = ["${token}"]\ngrpcListen = "127.0.0.1:0"\nshutdownGraceInS = 2\n` +
+      `dbUrl = "${db.url}"\nhydraDataDir = "${dir}"\ntokenPaths = ["${token}"]\ngrpcListen = "127.0.0.1:0"\nhttpListen = "127.0.0.1:0"\nshutdownGraceInS = 2\n` +
         `remoteStoreAddr = ["file://${cacheDir}?compression=zstd&secret-key=${key.secretFile}"]\nrootsDir = "${rootsDir}"\n`,
     );
     const file = join(dir, 'release.nix');

@@ -1,0 +1,1 @@
+select id, project, name from jobsets where id = $1
