@@ -650,7 +650,6 @@ export class BuilderAgent {
     const { order } = job;
     const limits = order.limits;
     const logs = new LogSender(this, job);
-    let child: ChildProcess | undefined;
     const handle = runNixBuild(
       order.drvPath,
       {
@@ -660,18 +659,10 @@ export class BuilderAgent {
       },
       (chunk) => logs.write(chunk),
       process.env,
-      (cmd, args) => (child = this.#o.store.spawn(cmd, args) as ChildProcess),
+      (cmd, args) => this.#o.store.spawn(cmd, args) as ChildProcess,
     );
-    // SIGINT first: Nix then kills the builder's process group itself (a
-    // SIGKILLed nix-store would leave the builder running); SIGKILL if it lingers.
-    job.build = {
-      done: handle.done,
-      kill: () => {
-        child?.kill('SIGINT');
-        setTimeout(() => handle.kill(), 3000).unref();
-      },
-    };
-    if (job.aborted) job.build.kill();
+    job.build = handle;
+    if (job.aborted) handle.kill();
     const result = await handle.done;
     job.build = undefined;
     await logs.finish();

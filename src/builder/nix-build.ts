@@ -5,7 +5,7 @@ import { nixEnv, runNix } from '../nix/tools.ts';
 /**
  * Builds one derivation with the real `nix-store --realise` and enforces
  * Hydra's per-step limits: Nix itself enforces the timeout and silence
- * limits (exit 101); the log size is counted here and the build killed when
+ * limits (exit 101); the log size is counted here and the build stopped when
  * it exceeds the limit. The caller checks output sizes afterwards.
  */
 export interface NixBuildLimits {
@@ -21,8 +21,12 @@ export type NixBuildResult =
 
 export interface NixBuildHandle {
   done: Promise<NixBuildResult>;
+  /** Stops the build and every process it started (see runNixBuild). */
   kill(): void;
 }
+
+/** How long nix-store may take to stop a build after SIGINT before it is SIGKILLed. */
+export const NIX_STOP_GRACE_MS = 3000;
 
 // nix-store --realise exit codes (Nix ≥ 2.0): 100 build failure, 101 timed out
 // (wall clock or silence), 102 hash mismatch, 104 not deterministic.
@@ -56,6 +60,18 @@ export function runNixBuild(
   ];
   const child = spawner('nix-store', args, env);
   if (!child.stdout || !child.stderr) throw new TypeError('runNixBuild: the spawner must pipe stdout and stderr');
+  // SIGINT first: Nix then kills the build's process group itself, whereas a
+  // SIGKILLed nix-store would leave the builder and its children running.
+  // SIGKILL if nix-store lingers.
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping || child.exitCode !== null || child.signalCode !== null) return;
+    stopping = true;
+    child.kill('SIGINT');
+    const t = setTimeout(() => child.kill('SIGKILL'), NIX_STOP_GRACE_MS);
+    t.unref();
+    child.once('close', () => clearTimeout(t));
+  };
   let logBytes = 0;
   let logLimitHit = false;
   let tail = '';
@@ -67,7 +83,7 @@ export function runNixBuild(
     logBytes += b.length;
     if (logBytes > limits.maxLogSize) {
       logLimitHit = true;
-      child.kill('SIGKILL');
+      stop();
       return;
     }
     tail = (tail + b.toString('utf8')).slice(-2000);
@@ -87,7 +103,7 @@ export function runNixBuild(
       resolve({ kind: 'error', errorMsg: `nix-store exited with ${code}: ${lastLines}` });
     });
   });
-  return { done, kill: () => child.kill('SIGKILL') };
+  return { done, kill: stop };
 }
 
 /**
