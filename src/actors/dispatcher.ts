@@ -33,6 +33,15 @@ export interface DispatcherOptions {
   onDispatch?(latencyMs: number, waitMs: number): void;
 }
 
+/** Why a step waits (see Dispatcher.waitingReason); times are epoch milliseconds. */
+export type WaitingReason =
+  | { kind: 'retryDelay'; until: number; tries: number }
+  | { kind: 'noMachine'; system: string; features: string[]; failsAt: number | null }
+  | { kind: 'machinesDisabled'; machines: string[]; until: number }
+  | { kind: 'machinesUnavailable'; machines: { id: string; state: string }[] }
+  | { kind: 'machinesFull'; machines: string[] }
+  | { kind: 'queued'; ahead: number; machinesWithRoom: string[] };
+
 export interface DispatcherStats {
   runnable: number;
   retryWaiting: number;
@@ -167,6 +176,42 @@ export class Dispatcher {
       this.enqueue(top);
     }
     this.armRetryTimer();
+  }
+
+  // ------------------------------------------------------------ inspection
+
+  /**
+   * Why a runnable (or retry-waiting) step is not running: what an operator
+   * asks when a build sits in the queue. Computed on demand from the
+   * machines able to run the step's platform, so it costs nothing otherwise.
+   */
+  waitingReason(step: StepRecord): WaitingReason {
+    if (step.state === 'retryWait') return { kind: 'retryDelay', until: Math.round(step.retryAt), tries: step.tries };
+    const q = this.queues.get(step.platform.key);
+    const capable = q ? [...q.capable].filter((m) => m.state !== 'gone') : [];
+    const p = step.platform;
+    if (capable.length === 0) {
+      const failsAt = q && q.unsupportedSince > 0 ? Math.round(q.unsupportedSince + this.o.maxUnsupportedTimeInS * 1000) : null;
+      return { kind: 'noMachine', system: p.system, features: [...p.features], failsAt };
+    }
+    const usable = capable.filter((m) => m.state === 'ready' || m.state === 'busy');
+    if (usable.length === 0) {
+      const disabled = capable.filter((m) => m.state === 'disabled');
+      if (disabled.length > 0) return { kind: 'machinesDisabled', machines: disabled.map((m) => m.id), until: Math.min(...disabled.map((m) => m.disabledUntil)) };
+      return { kind: 'machinesUnavailable', machines: capable.map((m) => ({ id: m.id, state: m.state })) };
+    }
+    const withRoom = usable.filter((m) => hasRoom(m, this.o.machineFreeFn));
+    if (withRoom.length === 0) return { kind: 'machinesFull', machines: usable.map((m) => m.id) };
+    // Capable machines have room: the step is next in line, or behind steps that go first.
+    return { kind: 'queued', ahead: q ? q.live - 1 : 0, machinesWithRoom: withRoom.map((m) => m.id) };
+  }
+
+  /** Steps waiting for a retry, soonest first (bounded). */
+  retryWaiting(limit: number): StepRecord[] {
+    const out: StepRecord[] = [];
+    for (const s of this.retries) if (s.state === 'retryWait') out.push(s);
+    out.sort((a, b) => a.retryAt - b.retryAt);
+    return out.slice(0, limit);
   }
 
   // ------------------------------------------------------------ machines

@@ -46,6 +46,29 @@ interface ActiveJob {
   /** Resolves to the row's stepnr once written (null if the write failed). */
   readonly row: Promise<number | null>;
   readonly startedAt: number;
+  /** Latest progress report (BuildSteps.busy). */
+  busy: StepBusyCode;
+}
+
+/** Per-machine totals, as the status API reports them (Hydra's machine stats). */
+export interface MachineStats {
+  stepsDone: number;
+  succeeded: number;
+  failed: number;
+  /** Wall time from dispatch to result, and the build's own time as the builder reported it. */
+  totalStepMs: number;
+  totalBuildMs: number;
+  lastStepAt: number;
+}
+
+/** A step running on a machine, for status pages. */
+export interface RunningStep {
+  readonly jobId: string;
+  readonly step: StepRecord;
+  readonly machine: string;
+  readonly buildId: number;
+  readonly startedAt: number;
+  readonly busy: StepBusyCode;
 }
 
 export interface SchedulerCounters {
@@ -85,6 +108,7 @@ export class Scheduler {
     buildsLoaded: 0, buildsFinished: 0, buildsSucceeded: 0, buildsFailed: 0, buildsCached: 0,
     stepsStarted: 0, stepsFinished: 0, stepsRetried: 0, stepsUnsupported: 0,
   };
+  readonly machineStats = new Map<string, MachineStats>();
   /** Listeners for finished builds (tests, status, visualizer). */
   onBuildFinished: ((buildId: number) => void) | null = null;
 
@@ -134,6 +158,11 @@ export class Scheduler {
     const needRestart = (['stepSortFn', 'machineSortFn'] as const).filter((k) => old[k] !== c[k]);
     this.o.config = { ...c, stepSortFn: old.stepSortFn, machineSortFn: old.machineSortFn };
     return needRestart;
+  }
+
+  /** The machine ordering and capacity rules in force (status pages show scores and room). */
+  get dispatcherConfig(): Pick<SchedulerConfig, 'machineSortFn' | 'machineFreeFn'> {
+    return this.o.config;
   }
 
   // ------------------------------------------------------------ machines
@@ -231,7 +260,7 @@ export class Scheduler {
       outputs: step.outputs,
       firstStepOfBuild: first,
     });
-    const aj: ActiveJob = { job, step, machine: m, port, buildId, row, startedAt: this.clock.now() };
+    const aj: ActiveJob = { job, step, machine: m, port, buildId, row, startedAt: this.clock.now(), busy: StepBusy.Preparing };
     this.active.set(step, aj);
     this.counters.stepsStarted++;
     if (this.debug) this.o.log.debug({ build: buildId, drv: step.drvPath, machine: m.id, job: job.jobId }, 'step dispatched');
@@ -269,6 +298,7 @@ export class Scheduler {
 
   private progress(aj: ActiveJob, busy: StepBusyCode): void {
     if (this.active.get(aj.step) !== aj) return;
+    aj.busy = busy;
     if (busy === StepBusy.Building && aj.step.state === 'dispatched') this.graph.transition(aj.step, 'START');
     void aj.row.then((nr) => (nr === null ? undefined : this.o.db.stepBusy(aj.buildId, nr, busy))).catch(() => {});
   }
@@ -293,6 +323,7 @@ export class Scheduler {
       return;
     }
     if (step.state === 'dispatched') this.graph.transition(step, 'START');
+    this.recordMachineStep(machine.id, aj.startedAt, outcome);
     this.dispatcher.jobEnded(step, machine, 'done');
     this.dispatcher.machineSucceeded(machine);
     this.charge(step, outcome.stopTime - outcome.startTime);
@@ -476,6 +507,25 @@ export class Scheduler {
     } else if (previous !== 'runnable' || step.runnableSince !== 0) {
       // (A runnable step not yet announced was never queued.)
       this.dispatcher.forget(step, previous);
+    }
+  }
+
+  private recordMachineStep(machine: string, startedAt: number, outcome: Exclude<StepOutcome, { kind: 'transient' }>): void {
+    let m = this.machineStats.get(machine);
+    if (!m) this.machineStats.set(machine, (m = { stepsDone: 0, succeeded: 0, failed: 0, totalStepMs: 0, totalBuildMs: 0, lastStepAt: 0 }));
+    const now = this.clock.now();
+    m.stepsDone++;
+    if (outcome.kind === 'success') m.succeeded++;
+    else m.failed++;
+    m.totalStepMs += now - startedAt;
+    m.totalBuildMs += Math.max(0, outcome.stopTime - outcome.startTime) * 1000;
+    m.lastStepAt = now;
+  }
+
+  /** The steps running now (bounded by the machines' slots). */
+  *running(): IterableIterator<RunningStep> {
+    for (const aj of this.active.values()) {
+      yield { jobId: aj.job.jobId, step: aj.step, machine: aj.machine.id, buildId: aj.buildId, startedAt: aj.startedAt, busy: aj.busy };
     }
   }
 

@@ -27,7 +27,7 @@ import type { SchedulerStore } from '../actors/model.ts';
 import { Router } from '../http/router.ts';
 import { startHttpApi, writeGuard, type HttpApi } from '../http/server.ts';
 import { putBuild } from '../http/routes/build.ts';
-import { getStatus } from '../http/routes/status.ts';
+import { registerStatusRoutes } from '../http/routes/status.ts';
 import { startRunnerRuntime, type RunnerRuntime } from './runner-runtime.ts';
 
 export interface ServeOptions {
@@ -135,9 +135,8 @@ export class RunnerDaemon {
   private async startHttp(store: SchedulerStore): Promise<void> {
     const c = this.config;
     const auth = c.apiTokenPaths.length > 0 ? await TokenAuth.fromFiles(c.apiTokenPaths, 'API') : null;
-    const router = new Router(writeGuard(auth))
-      .get('/status', getStatus(this.lifecycle, () => this.runtime?.scheduler ?? null, this.startedAt))
-      .put('/build', putBuild(this.database.pool, store));
+    const router = new Router(writeGuard(auth)).put('/build', putBuild(this.database.pool, store));
+    registerStatusRoutes(router, { lifecycle: this.lifecycle, scheduler: () => this.runtime?.scheduler ?? null, startedAt: this.startedAt });
     this.http = await startHttpApi(router, c.httpListen, this.options.log);
     this.options.log.info({ listen: c.httpListen, port: this.http.port, writes: auth !== null }, 'HTTP API listening');
   }

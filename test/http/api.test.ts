@@ -59,7 +59,7 @@ describe('HTTP API of a running runner', () => {
     expect(row).toEqual({ jobset_id: jobset, job: `api-${nonce}`, drvpath: drv, buildstatus: 0, iscurrent: 1 });
 
     const status = (await (await fetch(`${url}/status`)).json()) as Record<string, unknown>;
-    expect(status.state).toBe('running');
+    expect(status.status).toBe('running');
     expect(status.machines).toBe(1);
     expect((status.counters as { buildsSucceeded: number }).buildsSucceeded).toBeGreaterThanOrEqual(1);
     expect((await fetch(`${url}/nothing-here`)).status).toBe(404);

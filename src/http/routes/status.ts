@@ -1,15 +1,42 @@
 import type { Scheduler } from '../../actors/scheduler.ts';
+import type { StepRecord } from '../../actors/model.ts';
 import type { Lifecycle } from '../../daemon/lifecycle.ts';
-import type { Handler } from '../router.ts';
+import { HttpError } from '../../errors/index.ts';
+import { pageOf, takePage } from '../../status/paging.ts';
+import { buildTree } from '../../status/build-tree.ts';
+import { busyName, machineView, seconds, stepView, urgencyOrder } from '../../status/views.ts';
+import type { Router } from '../router.ts';
 
-/** `GET /status`: the daemon's state and the scheduler's totals. */
-export function getStatus(lifecycle: Lifecycle, scheduler: () => Scheduler | null, startedAt: number): Handler {
-  return () => {
-    const s = scheduler();
+export interface StatusContext {
+  readonly lifecycle: Lifecycle;
+  /** null until the scheduler runs. */
+  scheduler(): Scheduler | null;
+  readonly startedAt: number;
+}
+
+/** Steps of one state, in the graph's (insertion) order. */
+function* stepsIn(s: Scheduler, state: StepRecord['state']): IterableIterator<StepRecord> {
+  for (const step of s.graph.steps.values()) if (step.state === state) yield step;
+}
+
+/**
+ * The read-only status endpoints (REFERENCE §4). Every list is bounded
+ * (`offset`/`limit`), so a 300k-step queue costs one pass over the graph at
+ * most, and the response stays small.
+ */
+export function registerStatusRoutes(router: Router, ctx: StatusContext): void {
+  const sched = (): Scheduler => {
+    const s = ctx.scheduler();
+    if (!s) throw new HttpError(503, `the runner is ${ctx.lifecycle.state}`);
+    return s;
+  };
+
+  router.get('/status', () => {
+    const s = ctx.scheduler();
     return {
-      state: lifecycle.state,
-      startedAt: Math.floor(startedAt / 1000),
-      uptimeS: Math.floor((Date.now() - startedAt) / 1000),
+      status: ctx.lifecycle.state,
+      startedAt: seconds(ctx.startedAt),
+      uptime: Math.floor((Date.now() - ctx.startedAt) / 1000),
       ...(s && {
         machines: s.dispatcher.machines.size,
         buildsQueued: s.graph.builds.size,
@@ -17,8 +44,110 @@ export function getStatus(lifecycle: Lifecycle, scheduler: () => Scheduler | nul
         runnable: s.dispatcher.stats.runnable,
         retryWaiting: s.dispatcher.stats.retryWaiting,
         running: s.activeJobs,
+        dispatchRounds: s.dispatcher.stats.rounds,
         counters: { ...s.counters },
       }),
     };
-  };
+  });
+
+  router.get('/status/machines', () => {
+    const s = sched();
+    const machines = Object.fromEntries([...s.dispatcher.machines.values()].map((m) => [m.id, machineView(s, m)]));
+    return { machines, machinesCount: s.dispatcher.machines.size };
+  });
+
+  router.get('/status/jobsets', () => {
+    const s = sched();
+    const jobsets = Object.fromEntries(
+      [...s.jobsets.values()].map((j) => [`${j.project}:${j.name}`, { id: j.id, project: j.project, name: j.name, shares: j.shares, seconds: j.seconds }]),
+    );
+    return { jobsets, jobsetCount: s.jobsets.size };
+  });
+
+  router.get('/status/builds', (req) => {
+    const s = sched();
+    const { items, total } = takePage(s.graph.builds.values(), pageOf(req.url), (b) => ({
+      id: b.id,
+      jobsetId: b.jobset.id,
+      project: b.jobset.project,
+      jobset: b.jobset.name,
+      drvPath: b.toplevel?.drvPath ?? null,
+      state: b.toplevel?.state ?? null,
+      globalPriority: b.globalPriority,
+      localPriority: b.localPriority,
+      maxSilent: b.maxSilent,
+      timeout: b.timeout,
+    }));
+    return { builds: items, buildCount: total };
+  });
+
+  router.get('/status/steps', (req) => {
+    const s = sched();
+    const { items, total } = takePage(s.running(), pageOf(req.url), (r) => ({
+      ...stepView(r.step),
+      jobId: r.jobId,
+      machine: r.machine,
+      buildId: r.buildId,
+      startedAt: seconds(r.startedAt),
+      busy: r.busy,
+      busyName: busyName(r.busy),
+    }));
+    return { steps: items, stepCount: total };
+  });
+
+  router.get('/status/runnable', (req) => {
+    const s = sched();
+    const { items, total } = takePage(stepsIn(s, 'runnable'), pageOf(req.url), (step) => ({ ...stepView(step), waiting: s.dispatcher.waitingReason(step) }));
+    return { steps: items, stepCount: total };
+  });
+
+  router.get('/status/queues', () => {
+    const s = sched();
+    const queues = Object.fromEntries(
+      [...s.dispatcher.platformQueues.values()].map((q) => [
+        q.platform.key,
+        {
+          system: q.platform.system,
+          features: q.platform.features,
+          runnable: q.live,
+          capableMachines: [...q.capable].map((m) => m.id),
+          freeMachines: q.listedFree.size,
+          unsupportedSince: seconds(q.unsupportedSince),
+        },
+      ]),
+    );
+    return { queues, queueCount: s.dispatcher.platformQueues.size };
+  });
+
+  router.get('/status/queues/jobs', (req) => {
+    const s = sched();
+    const { limit } = pageOf(req.url, 20, 200);
+    const byPlatform = new Map<string, StepRecord[]>();
+    for (const step of stepsIn(s, 'runnable')) {
+      const list = byPlatform.get(step.platform.key);
+      if (list) list.push(step);
+      else byPlatform.set(step.platform.key, [step]);
+    }
+    const queues = Object.fromEntries(
+      [...byPlatform].map(([key, steps]) => [key, steps.sort(urgencyOrder).slice(0, limit).map((step) => ({ ...stepView(step), waiting: s.dispatcher.waitingReason(step) }))]),
+    );
+    return { queues };
+  });
+
+  router.get('/status/queues/scheduled', (req) => {
+    const s = sched();
+    const { limit } = pageOf(req.url);
+    const steps = s.dispatcher.retryWaiting(limit).map((step) => ({ ...stepView(step), retryAt: seconds(step.retryAt), waiting: s.dispatcher.waitingReason(step) }));
+    return { steps, stepCount: s.dispatcher.stats.retryWaiting };
+  });
+
+  router.get('/status/build/:id', (req) => {
+    const s = sched();
+    const id = Number(req.params.id);
+    if (!Number.isSafeInteger(id)) throw new HttpError(400, 'build id must be an integer');
+    const b = s.graph.builds.get(id);
+    if (!b) throw new HttpError(404, `build ${id} is not queued in this runner`);
+    const { limit } = pageOf(req.url, 20_000, 100_000);
+    return buildTree(s, b, limit);
+  });
 }

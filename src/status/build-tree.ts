@@ -1,0 +1,42 @@
+import type { BuildRecord, StepRecord } from '../actors/model.ts';
+import type { Scheduler } from '../actors/scheduler.ts';
+import { seconds, stepView } from './views.ts';
+
+/**
+ * A queued build's step graph: every unfinished step it needs (its own step
+ * and, transitively, their dependencies), each with its state, its
+ * dependencies by id, where it runs and why it waits. Walks at most
+ * `limit` steps (a 10k-step build is fine; `truncated` says when cut).
+ */
+export function buildTree(s: Scheduler, b: BuildRecord, limit: number) {
+  const running = new Map<StepRecord, { machine: string; startedAt: number }>();
+  for (const r of s.running()) running.set(r.step, { machine: r.machine, startedAt: r.startedAt });
+  const steps = [];
+  const seen = new Set<StepRecord>();
+  const stack = b.toplevel ? [b.toplevel] : [];
+  let truncated = false;
+  while (stack.length > 0) {
+    const step = stack.pop()!;
+    if (seen.has(step)) continue;
+    if (seen.size >= limit) {
+      truncated = true;
+      break;
+    }
+    seen.add(step);
+    const run = running.get(step);
+    steps.push({
+      ...stepView(step),
+      deps: step.deps.map((d) => d.id),
+      machine: run?.machine ?? null,
+      startedAt: run ? seconds(run.startedAt) : 0,
+      waiting: step.state === 'runnable' || step.state === 'retryWait' ? s.dispatcher.waitingReason(step) : null,
+    });
+    for (const d of step.deps) stack.push(d);
+  }
+  return {
+    build: { id: b.id, project: b.jobset.project, jobset: b.jobset.name, toplevel: b.toplevel?.id ?? null, globalPriority: b.globalPriority },
+    steps,
+    stepCount: steps.length,
+    truncated,
+  };
+}

@@ -1,0 +1,75 @@
+import type { MachineRecord } from '../actors/machine-record.ts';
+import { hasRoom, machineScore } from '../actors/machine-record.ts';
+import type { StepRecord } from '../actors/model.ts';
+import type { Scheduler } from '../actors/scheduler.ts';
+import { StepBusy } from '../db/status.ts';
+
+/** Epoch milliseconds → Unix seconds (Hydra's time unit); 0 stays 0. */
+export const seconds = (ms: number): number => (ms > 0 ? Math.floor(ms / 1000) : 0);
+
+const BUSY_NAMES = new Map<number, string>(Object.entries(StepBusy).map(([k, v]) => [v, k[0]!.toLowerCase() + k.slice(1)]));
+
+export function busyName(code: number): string {
+  return BUSY_NAMES.get(code) ?? String(code);
+}
+
+/** One machine as `/status/machines` reports it (field names as Hydra's queue runner uses). */
+export function machineView(s: Scheduler, m: MachineRecord) {
+  const st = s.machineStats.get(m.id);
+  const done = st?.stepsDone ?? 0;
+  const cfg = s.dispatcherConfig;
+  return {
+    hostname: m.id,
+    state: m.state,
+    systems: [...m.systems],
+    supportedFeatures: [...m.features],
+    mandatoryFeatures: [...m.mandatoryFeatures],
+    maxJobs: m.maxJobs,
+    speedFactor: m.speedFactor,
+    cpuCount: m.cpuCount,
+    bogomips: m.bogomips,
+    score: machineScore(m, cfg.machineSortFn),
+    hasCapacity: hasRoom(m, cfg.machineFreeFn),
+    thresholds: m.thresholds,
+    jobs: [...m.jobs].map((j) => j.drvPath),
+    stats: {
+      currentJobs: m.jobs.size,
+      nrStepsDone: done,
+      succeededBuilds: st?.succeeded ?? 0,
+      failedBuilds: st?.failed ?? 0,
+      totalStepTimeMs: st?.totalStepMs ?? 0,
+      totalStepBuildTimeMs: st?.totalBuildMs ?? 0,
+      avgStepTimeMs: done > 0 ? Math.round(st!.totalStepMs / done) : 0,
+      avgStepBuildTimeMs: done > 0 ? Math.round(st!.totalBuildMs / done) : 0,
+      idleSince: m.jobs.size === 0 ? seconds(m.idleSince) : 0,
+      lastFailure: seconds(m.lastFailure),
+      disabledUntil: seconds(m.disabledUntil),
+      consecutiveFailures: m.consecutiveFailures,
+      load1: m.load.load1,
+      pressure: { cpu: m.load.cpuPressure, memory: m.load.memPressure, io: m.load.ioPressure },
+      buildDirFreePercent: m.load.buildDirFreePercent,
+      storeFreePercent: m.load.storeFreePercent,
+    },
+  };
+}
+
+/** A step in lists: what it is, for whom, and how urgent. */
+export function stepView(step: StepRecord) {
+  return {
+    id: step.id,
+    drvPath: step.drvPath,
+    state: step.state,
+    system: step.platform.system,
+    features: step.platform.features,
+    buildId: step.lowestBuildId === Number.MAX_SAFE_INTEGER ? null : step.lowestBuildId,
+    globalPriority: step.globalPriority,
+    localPriority: step.localPriority,
+    tries: step.tries,
+    runnableSince: seconds(step.runnableSince),
+  };
+}
+
+/** Hydra's dispatch order within a platform: global priority, local priority, lowest build id. */
+export function urgencyOrder(a: StepRecord, b: StepRecord): number {
+  return b.globalPriority - a.globalPriority || b.localPriority - a.localPriority || a.lowestBuildId - b.lowestBuildId;
+}
