@@ -13,6 +13,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   'nar-hash': () => import('./nar-hash.ts'),
   'drv-parse': () => import('./drv-parse.ts'),
   dispatch: () => import('./dispatch.ts'),
+  e2e: () => import('./e2e.ts'),
 };
 
 async function main(): Promise<void> {

@@ -1,0 +1,469 @@
+/**
+ * End-to-end benchmark: one DAG of trivial derivations built twice, once by
+ * plain `nix-store --realise` on the host store and once by Hydrant (a
+ * `hydrant serve` runner with two `hydrant builder` agents, each with its own
+ * private store, and a signed directory cache). Prints one JSON object.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded.ts';
+import { createPool } from '../src/db/pool.ts';
+import { ensureSchema } from '../src/db/schema.ts';
+import { submitJobs, type SubmitJob } from '../src/db/submit.ts';
+import { JOB_DEFAULTS } from '../src/eval/job-defaults.ts';
+import { LocalNixStore } from '../src/nix/local-store.ts';
+import { runNix, runNixLines } from '../src/nix/tools.ts';
+import { log, round } from './common.ts';
+
+export const describe = 'build one DAG of trivial derivations with plain nix-store --realise and with Hydrant (runner + 2 builders + cache)';
+
+const HYDRANT_BIN = fileURLToPath(new URL('../bin/hydrant.js', import.meta.url));
+
+// ---- the DAG ----------------------------------------------------------------
+
+/** Deterministic PRNG (mulberry32). */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export interface Dag {
+  /** deps[i]: indices (all < i, in earlier layers) derivation i depends on. */
+  deps: number[][];
+  layers: number;
+  edges: number;
+}
+
+/**
+ * N derivations in `layers` layers of equal width; each one outside the first
+ * layer depends on 0–maxDeps derivations of earlier layers (half of the picks
+ * from the layer right before, so chains run through every layer).
+ */
+export function layeredDag(n: number, layers: number, maxDeps: number, seed: number): Dag {
+  const rand = prng(seed);
+  const width = Math.ceil(n / layers);
+  const deps: number[][] = [];
+  let edges = 0;
+  for (let i = 0; i < n; i++) {
+    const layer = Math.floor(i / width);
+    if (layer === 0) {
+      deps.push([]);
+      continue;
+    }
+    const k = Math.floor(rand() * (maxDeps + 1));
+    const prevStart = (layer - 1) * width;
+    const picks = new Set<number>();
+    for (let j = 0; j < k; j++) {
+      const d = rand() < 0.5 ? prevStart + Math.floor(rand() * width) : Math.floor(rand() * layer * width);
+      picks.add(Math.min(d, layer * width - 1));
+    }
+    const list = [...picks].sort((a, b) => a - b);
+    edges += list.length;
+    deps.push(list);
+  }
+  return { deps, layers: Math.ceil(n / width), edges };
+}
+
+/**
+ * The Nix expression: a top-level list, one trivial derivation per element
+ * (builder /bin/sh; the output names the nonce and its dependencies' outputs,
+ * so outputs refer to their inputs as real packages do).
+ */
+export function dagExpression(dag: Dag, nonce: string): string {
+  const lines = ['let', '  mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; };'];
+  dag.deps.forEach((ds, i) => {
+    const refs = ds.map((d) => ` \${d${d}}`).join('');
+    lines.push(`  d${i} = mk "e2e-${nonce}-${i}" "echo ${i} ${nonce}${refs} > $out";`);
+  });
+  lines.push('in [');
+  for (let i = 0; i < dag.deps.length; i++) lines.push(`  d${i}`);
+  lines.push(']');
+  return `${lines.join('\n')}\n`;
+}
+
+async function instantiateDag(dir: string, dag: Dag, nonce: string): Promise<{ drvs: string[]; seconds: number }> {
+  const file = join(dir, `dag-${nonce}.nix`);
+  writeFileSync(file, dagExpression(dag, nonce));
+  const t0 = performance.now();
+  const drvs = await runNixLines('nix-instantiate', [file]);
+  const seconds = (performance.now() - t0) / 1000;
+  if (drvs.length !== dag.deps.length) throw new Error(`nix-instantiate printed ${drvs.length} paths for ${dag.deps.length} derivations`);
+  return { drvs, seconds };
+}
+
+// ---- processes ------------------------------------------------------------------
+
+const CLK_TCK = 100;
+
+/**
+ * CPU seconds of a process itself (utime + stime) and of the children it has
+ * waited for (cutime + cstime), from /proc/PID/stat.
+ */
+function cpuOf(pid: number | undefined): { self: number; children: number } {
+  if (pid === undefined) return { self: 0, children: 0 };
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields 14–17 of stat(5) are at 11–14 once the pid and (command) are cut off.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+    return { self: (f[11]! + f[12]!) / CLK_TCK, children: (f[13]! + f[14]!) / CLK_TCK };
+  } catch {
+    return { self: 0, children: 0 };
+  }
+}
+
+interface Proc {
+  name: string;
+  child: ChildProcess;
+  output(): string;
+  waitFor(re: RegExp, ms: number): Promise<RegExpMatchArray>;
+  exited: Promise<void>;
+}
+
+/** Starts `hydrant ...args`; stdout and stderr go to `<dir>/<name>.log` and are kept for waitFor. */
+function startHydrant(dir: string, name: string, args: string[], nodeArgs: string[], env: NodeJS.ProcessEnv): Proc {
+  const child = spawn(process.execPath, [...nodeArgs, HYDRANT_BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const file = createWriteStream(join(dir, `${name}.log`));
+  let out = '';
+  const listeners = new Set<() => void>();
+  const onData = (b: Buffer): void => {
+    file.write(b);
+    // Only the head of the output is searched (joins, ports); the log file has the rest.
+    if (out.length < 1 << 20) out += b.toString();
+    for (const l of listeners) l();
+  };
+  child.stdout!.on('data', onData);
+  child.stderr!.on('data', onData);
+  const exited = new Promise<void>((r) => child.on('close', () => {
+    file.end();
+    r();
+  }));
+  return {
+    name,
+    child,
+    output: () => out,
+    exited,
+    waitFor(re, ms) {
+      return new Promise((resolve, reject) => {
+        const check = (): void => {
+          const m = out.match(re);
+          if (m) {
+            listeners.delete(check);
+            clearTimeout(t);
+            resolve(m);
+          } else if (child.exitCode !== null || child.signalCode !== null) {
+            listeners.delete(check);
+            clearTimeout(t);
+            reject(new Error(`${name} exited (${child.exitCode ?? child.signalCode}) before ${re}:\n${out.slice(-2000)}`));
+          }
+        };
+        const t = setTimeout(() => {
+          listeners.delete(check);
+          reject(new Error(`${name}: timed out waiting for ${re}:\n${out.slice(-2000)}`));
+        }, ms);
+        listeners.add(check);
+        child.once('close', check);
+        check();
+      });
+    },
+  };
+}
+
+async function stopAll(procs: Proc[]): Promise<void> {
+  const running = procs.filter((p) => p.child.exitCode === null && p.child.signalCode === null);
+  for (const p of running) p.child.kill('SIGTERM');
+  const timeout = new Promise<void>((r) => setTimeout(r, 10_000).unref());
+  await Promise.race([Promise.all(running.map((p) => p.exited)), timeout]);
+  for (const p of running) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+  await Promise.race([Promise.all(running.map((p) => p.exited)), new Promise<void>((r) => setTimeout(r, 5_000).unref())]);
+}
+
+// ---- tracing the tools the runner and builders run ---------------------------------
+
+const TRACED_TOOLS = ['nix-store', 'nix', 'bzip2', 'zstd', 'xz'];
+
+/**
+ * A directory of wrapper scripts, put first on the PATH of the runner and the
+ * builders, that log every Nix and compression command (start, wall ms,
+ * parent pid, command, first argument) to `log`. The wrapper's own fork
+ * inflates each time by a few ms; the counts are exact.
+ */
+function writeToolTracer(dir: string, log: string): string {
+  const bin = join(dir, 'trace-bin');
+  mkdirSync(bin);
+  for (const tool of TRACED_TOOLS) {
+    const real = (process.env.PATH ?? '').split(':').map((d) => join(d, tool)).find((f) => existsSync(f));
+    if (!real) continue;
+    writeFileSync(
+      join(bin, tool),
+      `#!/bin/bash\ns=$(date +%s%N)\n${real} "$@"\nrc=$?\ne=$(date +%s%N)\necho "$PPID $(( (e-s)/1000000 )) ${tool} $1" >> ${log}\nexit $rc\n`,
+      { mode: 0o755 },
+    );
+  }
+  return bin;
+}
+
+/** Runner and builders (together): command (tool + first argument) → calls per step and total wall ms. */
+function toolTrace(log: string, names: ReadonlyMap<number, string>, steps: number): Record<string, Record<string, { perStep: number; ms: number }>> {
+  const out: Record<string, Record<string, { perStep: number; ms: number }>> = {};
+  if (!existsSync(log)) return out;
+  for (const line of readFileSync(log, 'utf8').split('\n')) {
+    const [ppid, ms, tool, arg] = line.split(' ');
+    if (!tool) continue;
+    const who = names.get(Number(ppid)) ?? 'other';
+    const cmd = arg?.startsWith('-') ? `${tool} ${arg}` : tool;
+    const e = ((out[who] ??= {})[cmd] ??= { perStep: 0, ms: 0 });
+    e.perStep++;
+    e.ms += Number(ms);
+  }
+  for (const cmds of Object.values(out)) for (const e of Object.values(cmds)) e.perStep = round(e.perStep / steps, 2);
+  return out;
+}
+
+// ---- breakdown from the logs and rows ---------------------------------------------------
+
+function stats(xs: number[]): { mean: number; p50: number; p90: number; max: number } {
+  if (xs.length === 0) return { mean: 0, p50: 0, p90: 0, max: 0 };
+  const s = [...xs].sort((a, b) => a - b);
+  const at = (p: number): number => s[Math.min(s.length - 1, Math.floor(p * s.length))]!;
+  return { mean: round(s.reduce((a, b) => a + b, 0) / s.length, 1), p50: round(at(0.5), 1), p90: round(at(0.9), 1), max: round(s[s.length - 1]!, 1) };
+}
+
+/** Per-step upload times the runner logged ("outputs uploaded", ms). */
+function uploadTimes(runnerLog: string): number[] {
+  const ms: number[] = [];
+  for (const line of runnerLog.split('\n')) {
+    if (!line.includes('"outputs uploaded"')) continue;
+    const m = /"ms":(\d+)/.exec(line);
+    if (m) ms.push(Number(m[1]));
+  }
+  return ms;
+}
+
+// ---- the benchmark -------------------------------------------------------------------
+
+export async function run(argv: string[]): Promise<Record<string, unknown>> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      drvs: { type: 'string', default: '500' },
+      layers: { type: 'string', default: '10' },
+      'max-deps': { type: 'string', default: '3' },
+      seed: { type: 'string', default: '1' },
+      builders: { type: 'string', default: '2' },
+      'max-jobs': { type: 'string', default: '2' },
+      'timeout-s': { type: 'string', default: '1800' },
+      'skip-nix': { type: 'boolean', default: false },
+      keep: { type: 'boolean', default: false },
+      /** Write V8 CPU profiles of the runner and builders (every thread) to this directory. */
+      'cpu-prof': { type: 'string' },
+      /** Count the Nix and compression commands the runner and builders run (see writeToolTracer). */
+      'trace-tools': { type: 'boolean', default: false },
+    },
+  });
+  const n = Number(values.drvs);
+  const builders = Number(values.builders);
+  const maxJobs = Number(values['max-jobs']);
+  const slots = builders * maxJobs;
+  const timeoutMs = Number(values['timeout-s']) * 1000;
+  const nodeArgs = values['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof']}`] : [];
+  const dag = layeredDag(n, Number(values.layers), Number(values['max-deps']), Number(values.seed));
+  log(`DAG: ${n} derivations, ${dag.layers} layers, ${dag.edges} edges; ${builders} builders × ${maxJobs} jobs = ${slots} slots`);
+
+  const dir = mkdtempSync(join(tmpdir(), 'hydrant-bench-e2e-'));
+  // The embedded PostgreSQL runs as the postgres user and must reach its data directory.
+  chmodSync(dir, 0o755);
+  const procs: Proc[] = [];
+  const killOnExit = (): void => {
+    for (const p of procs) p.child.kill('SIGKILL');
+  };
+  process.once('exit', killOnExit);
+  let pg: EmbeddedDatabase | null = null;
+  let pool: ReturnType<typeof createPool> | null = null;
+  const machine = { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown', loadAvg1AtStart: round(loadavg()[0]!, 2), nix: '' };
+  try {
+    machine.nix = (await runNix('nix-store', ['--version'])).stdout.toString('utf8').trim();
+
+    // ---- plain Nix --------------------------------------------------------------
+    let nix: { seconds: number; instantiateSeconds: number; cpuSeconds: number } | null = null;
+    if (!values['skip-nix']) {
+      const nonce = randomBytes(4).toString('hex');
+      const inst = await instantiateDag(dir, dag, nonce);
+      log(`nix: instantiated ${inst.drvs.length} derivations in ${round(inst.seconds, 2)} s; realising with --max-jobs ${slots}`);
+      const childCpu0 = cpuOf(process.pid).children;
+      const t0 = performance.now();
+      const outs = await runNixLines('nix-store', ['--realise', '--max-jobs', String(slots), ...inst.drvs]);
+      const seconds = (performance.now() - t0) / 1000;
+      const childCpu = cpuOf(process.pid).children - childCpu0;
+      if (outs.length !== n) throw new Error(`nix-store --realise printed ${outs.length} outputs for ${n} derivations`);
+      nix = { seconds, instantiateSeconds: inst.seconds, cpuSeconds: childCpu };
+      log(`nix: ${round(seconds, 2)} s (${round(n / seconds, 1)} drvs/s)`);
+    }
+
+    // ---- Hydrant ------------------------------------------------------------------
+    const nonce = randomBytes(4).toString('hex');
+    const inst = await instantiateDag(dir, dag, nonce);
+    log(`hydrant: instantiated ${inst.drvs.length} derivations in ${round(inst.seconds, 2)} s`);
+    const local = new LocalNixStore();
+    const jobs: SubmitJob[] = await Promise.all(
+      inst.drvs.map(async (drvPath, i) => {
+        const d = await local.readDerivation(drvPath);
+        return {
+          job: `d${i}`, drvPath, nixName: `e2e-${nonce}-${i}`, system: d.system, description: null, license: null, homepage: null,
+          maintainers: null, priority: JOB_DEFAULTS.priority, timeout: JOB_DEFAULTS.timeout, maxSilent: JOB_DEFAULTS.maxSilent,
+          isChannel: false, outputs: d.outputs,
+        };
+      }),
+    );
+
+    log('hydrant: starting PostgreSQL, runner and builders');
+    pg = await startEmbeddedPostgres({ stateDir: dir });
+    pool = createPool(pg.url, { max: 4 });
+    await ensureSchema(pool);
+    const cacheDir = join(dir, 'cache');
+    const secretKey = join(dir, 'cache.sk');
+    await runNix('nix-store', ['--generate-binary-cache-key', 'bench-e2e-1', secretKey, join(dir, 'cache.pk')]);
+    const tokenFile = join(dir, 'token');
+    writeFileSync(tokenFile, randomBytes(24).toString('hex'));
+    const runnerConfig = join(dir, 'runner.toml');
+    writeFileSync(
+      runnerConfig,
+      [
+        `dbUrl = "${pg.url}"`,
+        `hydraDataDir = "${join(dir, 'hydra')}"`,
+        `tokenPaths = ["${tokenFile}"]`,
+        'grpcListen = "127.0.0.1:0"',
+        'httpListen = "127.0.0.1:0"',
+        'shutdownGraceInS = 2',
+        `remoteStoreAddr = ["file://${cacheDir}?compression=zstd&secret-key=${secretKey}"]`,
+        `rootsDir = "${join(dir, 'roots')}"`,
+        '',
+      ].join('\n'),
+    );
+    const traceLog = join(dir, 'tools.trace');
+    const env = values['trace-tools'] ? { ...process.env, PATH: `${writeToolTracer(dir, traceLog)}:${process.env.PATH ?? ''}` } : process.env;
+    const runner = startHydrant(dir, 'runner', ['serve', '--config', runnerConfig], nodeArgs, env);
+    procs.push(runner);
+    const port = Number((await runner.waitFor(/"port":(\d+),"msg":"builder protocol listening"/, 120_000))[1]);
+    const ids = Array.from({ length: builders }, (_, i) => `b${i + 1}`);
+    for (const id of ids) {
+      const config = join(dir, `${id}.toml`);
+      mkdirSync(join(dir, `${id}-tmp`));
+      writeFileSync(
+        config,
+        [
+          `server = "127.0.0.1:${port}"`,
+          `tokenFile = "${tokenFile}"`,
+          `machineId = "${id}"`,
+          `storeDir = "${join(dir, id)}"`,
+          `buildDir = "${join(dir, `${id}-tmp`)}"`,
+          `maxJobs = ${maxJobs}`,
+          'shutdownGraceInS = 2',
+          '',
+        ].join('\n'),
+      );
+      procs.push(startHydrant(dir, id, ['builder', '--config', config], nodeArgs, env));
+    }
+    for (const id of ids) await runner.waitFor(new RegExp(`"machine":"${id}"[^\\n]*"msg":"builder joined"|"msg":"builder joined"[^\\n]*"machine":"${id}"`), 60_000);
+    log(`hydrant: ${builders} builders joined; queueing ${n} builds`);
+
+    const cpuAt = (): Record<string, { self: number; children: number }> => Object.fromEntries(procs.map((p) => [p.name, cpuOf(p.child.pid)]));
+    const cpuBefore = cpuAt();
+    rmSync(traceLog, { force: true }); // only what happens from the queueing on
+    const t0 = performance.now();
+    const submitted = await submitJobs(pool, { project: 'bench', jobset: 'e2e', create: true, jobs, now: Math.floor(Date.now() / 1000), evalSeconds: 0, source: 'bench e2e' });
+    const queuedMs = performance.now() - t0;
+    if (submitted.added.length !== n) throw new Error(`queued ${submitted.added.length} builds, expected ${n}`);
+    let left = n;
+    let lastReport = performance.now();
+    let firstDone: number | null = null;
+    while (left > 0) {
+      await new Promise((r) => setTimeout(r, 50));
+      left = (await pool.query<{ n: number }>('select count(*)::int n from builds where finished = 0')).rows[0]!.n;
+      if (firstDone === null && left < n) firstDone = performance.now() - t0;
+      const now = performance.now();
+      if (now - lastReport > 5000) {
+        lastReport = now;
+        log(`hydrant: ${n - left}/${n} builds finished after ${round((now - t0) / 1000, 1)} s`);
+      }
+      if (now - t0 > timeoutMs) throw new Error(`hydrant: ${left} of ${n} builds still queued after ${timeoutMs / 1000} s (logs in ${dir})`);
+      for (const p of procs) if (p.child.exitCode !== null || p.child.signalCode !== null) throw new Error(`${p.name} exited (${p.child.exitCode ?? p.child.signalCode}):\n${p.output().slice(-2000)}`);
+    }
+    const hydrantSeconds = (performance.now() - t0) / 1000;
+    const cpuAfter = cpuAt();
+    log(`hydrant: ${round(hydrantSeconds, 2)} s (${round(n / hydrantSeconds, 1)} drvs/s)`);
+
+    // ---- checks -------------------------------------------------------------------
+    const statuses = await pool.query<{ buildstatus: number; n: number }>('select buildstatus, count(*)::int n from builds group by buildstatus');
+    const failed = statuses.rows.filter((r) => r.buildstatus !== 0);
+    if (failed.length > 0) throw new Error(`hydrant: builds did not all succeed: ${JSON.stringify(statuses.rows)} (logs in ${dir})`);
+    const outputs = (await pool.query<{ path: string }>('select path from buildoutputs')).rows.map((r) => r.path);
+    if (outputs.length !== n) throw new Error(`hydrant: ${outputs.length} build outputs, expected ${n}`);
+    const missing = outputs.filter((p) => !existsSync(join(cacheDir, `${p.slice('/nix/store/'.length, '/nix/store/'.length + 32)}.narinfo`)));
+    if (missing.length > 0) throw new Error(`hydrant: ${missing.length} outputs have no narinfo in the cache, e.g. ${missing[0]}`);
+    const narinfos = readdirSync(cacheDir).filter((f) => f.endsWith('.narinfo')).length;
+
+    // ---- breakdown ------------------------------------------------------------------
+    const steps = await pool.query<{ machine: string; starttime: number; stoptime: number; overhead: number | null; status: number }>(
+      'select machine, starttime, stoptime, overhead, status from buildsteps',
+    );
+    const ok = steps.rows.filter((s) => s.status === 0);
+    const perMachine: Record<string, number> = {};
+    for (const s of ok) perMachine[s.machine] = (perMachine[s.machine] ?? 0) + 1;
+    const uploads = uploadTimes(readFileSync(join(dir, 'runner.log'), 'utf8'));
+    // Per process: its own CPU (Node: main thread, worker pool, gRPC) and its Nix and compression tools'.
+    const cpu = Object.fromEntries(
+      Object.keys(cpuAfter).map((k) => [k, { node: round(cpuAfter[k]!.self - cpuBefore[k]!.self, 1), tools: round(cpuAfter[k]!.children - cpuBefore[k]!.children, 1) }]),
+    );
+
+    const hydrant = {
+      seconds: round(hydrantSeconds, 2),
+      instantiateSeconds: round(inst.seconds, 2),
+      stepsPerSecond: round(n / hydrantSeconds, 1),
+      queueInsertMs: Math.round(queuedMs),
+      firstBuildFinishedMs: firstDone === null ? null : Math.round(firstDone),
+      steps: steps.rows.length,
+      stepsSucceeded: ok.length,
+      stepsPerMachine: perMachine,
+      // Builder-side import of requisites + upload of outputs (BuildSteps.overhead).
+      builderOverheadMsPerStep: stats(ok.map((s) => s.overhead ?? 0)),
+      // Runner-side: GC roots + closure upload to the cache, per step.
+      cacheUploadMsPerStep: stats(uploads),
+      cacheNarinfos: narinfos,
+      cpuSeconds: cpu,
+      cpuSecondsTotal: round(Object.values(cpu).reduce((a, c) => a + c.node + c.tools, 0), 1),
+      ...(values['trace-tools'] ? { toolCalls: toolTrace(traceLog, new Map(procs.map((p) => [p.child.pid!, p.name === 'runner' ? 'runner' : 'builders'])), n) } : {}),
+    };
+    return {
+      drvs: n,
+      layers: dag.layers,
+      edges: dag.edges,
+      builders,
+      maxJobs,
+      slots,
+      nixSeconds: nix ? round(nix.seconds, 2) : null,
+      hydrantSeconds: round(hydrantSeconds, 2),
+      ratio: nix ? round(hydrantSeconds / nix.seconds, 2) : null,
+      nix: nix ? { seconds: round(nix.seconds, 2), instantiateSeconds: round(nix.instantiateSeconds, 2), stepsPerSecond: round(n / nix.seconds, 1), cpuSeconds: round(nix.cpuSeconds, 1) } : null,
+      hydrant,
+      machine: { ...machine, loadAvg1AtEnd: round(loadavg()[0]!, 2) },
+    };
+  } finally {
+    await stopAll(procs);
+    process.off('exit', killOnExit);
+    await pool?.end().catch(() => {});
+    await pg?.stop().catch(() => {});
+    if (values.keep) log(`kept ${dir}`);
+    else rmSync(dir, { recursive: true, force: true });
+  }
+}
