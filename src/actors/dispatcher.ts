@@ -47,6 +47,8 @@ export interface DispatcherStats {
   retryWaiting: number;
   rounds: number;
   assignments: number;
+  /** Time spent in dispatch rounds (the rest of the dispatcher's life is waiting for events). */
+  roundMs: number;
 }
 
 /**
@@ -69,7 +71,7 @@ export class Dispatcher {
   private readonly backoffTimers = new Map<MachineRecord, NodeJS.Timeout>();
   private scheduled = false;
   private paused = false;
-  readonly stats: DispatcherStats = { runnable: 0, retryWaiting: 0, rounds: 0, assignments: 0 };
+  readonly stats: DispatcherStats = { runnable: 0, retryWaiting: 0, rounds: 0, assignments: 0, roundMs: 0 };
 
   private readonly o: DispatcherOptions;
 
@@ -414,6 +416,15 @@ export class Dispatcher {
     this.scheduled = false;
     if (this.paused) return;
     this.stats.rounds++;
+    const t0 = performance.now();
+    try {
+      this.assignAll();
+    } finally {
+      this.stats.roundMs += performance.now() - t0;
+    }
+  }
+
+  private assignAll(): void {
     for (;;) {
       let bestQ: RunnableQueue | null = null;
       let bestTop: ReturnType<RunnableQueue['peek']> = null;

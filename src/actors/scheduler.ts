@@ -33,6 +33,8 @@ export interface SchedulerOptions {
   clock?: Clock;
   /** Runs after each result, before the step counts as done (roots, uploads). */
   finisher?: StepFinisher;
+  /** Per assignment: the runner's own delay and the step's whole wait (see DispatcherOptions). */
+  onDispatch?: (latencyMs: number, waitMs: number) => void;
 }
 
 /** One attempt of a step on a machine. */
@@ -59,6 +61,8 @@ export interface MachineStats {
   totalStepMs: number;
   totalBuildMs: number;
   lastStepAt: number;
+  /** Attempts lost to the machine's fault (disconnects, preparation failures). */
+  machineFailures: number;
 }
 
 /** A step running on a machine, for status pages. */
@@ -81,6 +85,11 @@ export interface SchedulerCounters {
   stepsFinished: number;
   stepsRetried: number;
   stepsUnsupported: number;
+  stepsSucceeded: number;
+  /** Permanent failures (the step's own; not those of dependents). */
+  stepsFailed: number;
+  /** Attempts that ended transiently (machine lost, preparation or upload failed). */
+  stepsTransient: number;
 }
 
 const FAIR_SHARE_WINDOW_S = 24 * 3600;
@@ -106,7 +115,7 @@ export class Scheduler {
   private stopping = false;
   readonly counters: SchedulerCounters = {
     buildsLoaded: 0, buildsFinished: 0, buildsSucceeded: 0, buildsFailed: 0, buildsCached: 0,
-    stepsStarted: 0, stepsFinished: 0, stepsRetried: 0, stepsUnsupported: 0,
+    stepsStarted: 0, stepsFinished: 0, stepsRetried: 0, stepsUnsupported: 0, stepsSucceeded: 0, stepsFailed: 0, stepsTransient: 0,
   };
   readonly machineStats = new Map<string, MachineStats>();
   /** Listeners for finished builds (tests, status, visualizer). */
@@ -144,6 +153,7 @@ export class Scheduler {
       stepEvent: (s, e) => this.graph.transition(s, e),
       assign: (s, m) => this.assign(s, m),
       unsupported: (s) => this.failUnsupported(s),
+      onDispatch: o.onDispatch,
     });
   }
 
@@ -316,7 +326,11 @@ export class Scheduler {
     if (this.debug) this.o.log.debug({ build: aj.buildId, drv: step.drvPath, machine: machine.id, outcome: outcome.kind }, 'step result');
     if (outcome.kind === 'transient') {
       this.o.log.warn({ build: aj.buildId, drv: step.drvPath, machine: machine.id, err: outcome.errorMsg }, 'step failed transiently');
-      if (outcome.machineFault) this.dispatcher.machineFailed(machine);
+      this.counters.stepsTransient++;
+      if (outcome.machineFault) {
+        this.dispatcher.machineFailed(machine);
+        this.statsOf(machine.id).machineFailures++;
+      }
       const next = this.dispatcher.jobEnded(step, machine, 'transient');
       if (next === 'retrying') this.counters.stepsRetried++;
       this.track(this.persistTransient(aj, outcome.errorMsg, next === 'abandoned'));
@@ -511,15 +525,25 @@ export class Scheduler {
   }
 
   private recordMachineStep(machine: string, startedAt: number, outcome: Exclude<StepOutcome, { kind: 'transient' }>): void {
-    let m = this.machineStats.get(machine);
-    if (!m) this.machineStats.set(machine, (m = { stepsDone: 0, succeeded: 0, failed: 0, totalStepMs: 0, totalBuildMs: 0, lastStepAt: 0 }));
+    const m = this.statsOf(machine);
     const now = this.clock.now();
     m.stepsDone++;
-    if (outcome.kind === 'success') m.succeeded++;
-    else m.failed++;
+    if (outcome.kind === 'success') {
+      m.succeeded++;
+      this.counters.stepsSucceeded++;
+    } else {
+      m.failed++;
+      this.counters.stepsFailed++;
+    }
     m.totalStepMs += now - startedAt;
     m.totalBuildMs += Math.max(0, outcome.stopTime - outcome.startTime) * 1000;
     m.lastStepAt = now;
+  }
+
+  private statsOf(machine: string): MachineStats {
+    let m = this.machineStats.get(machine);
+    if (!m) this.machineStats.set(machine, (m = { stepsDone: 0, succeeded: 0, failed: 0, totalStepMs: 0, totalBuildMs: 0, lastStepAt: 0, machineFailures: 0 }));
+    return m;
   }
 
   /** The steps running now (bounded by the machines' slots). */

@@ -14,6 +14,7 @@ export interface RunnerRuntimeOptions {
   listener: EventEmitter;
   log: Logger;
   finisher?: StepFinisher;
+  onDispatch?: (latencyMs: number, waitMs: number) => void;
 }
 
 export interface RunnerRuntime {
@@ -33,7 +34,7 @@ export interface RunnerRuntime {
 export async function startRunnerRuntime(o: RunnerRuntimeOptions): Promise<RunnerRuntime> {
   const aborted = await o.db.abortLeftovers(unixNow());
   if (aborted > 0) o.log.warn({ steps: aborted }, 'aborted steps left busy by a previous run');
-  const scheduler = new Scheduler({ config: o.config, db: o.db, store: o.store, log: o.log, finisher: o.finisher });
+  const scheduler = new Scheduler({ config: o.config, db: o.db, store: o.store, log: o.log, finisher: o.finisher, onDispatch: o.onDispatch });
   const monitor = new QueueMonitor({ db: o.db, scheduler, listener: o.listener, log: o.log, pollIntervalS: o.config.queueTriggerTimerInS });
   const initialLoad = monitor.start();
   return {

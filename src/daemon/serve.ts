@@ -28,6 +28,8 @@ import { Router } from '../http/router.ts';
 import { startHttpApi, writeGuard, type HttpApi } from '../http/server.ts';
 import { putBuild } from '../http/routes/build.ts';
 import { registerStatusRoutes } from '../http/routes/status.ts';
+import { metricsHandler } from '../http/routes/metrics.ts';
+import { createRunnerMetrics, type RunnerMetrics } from '../metrics/runner-metrics.ts';
 import { startRunnerRuntime, type RunnerRuntime } from './runner-runtime.ts';
 
 export interface ServeOptions {
@@ -62,6 +64,7 @@ export class RunnerDaemon {
   private builderService: BuilderService | null = null;
   grpcPort = 0;
   http: HttpApi | null = null;
+  private metrics: RunnerMetrics | null = null;
   private readonly startedAt = Date.now();
   config: RunnerConfig;
 
@@ -96,7 +99,18 @@ export class RunnerDaemon {
     const caches = await openCaches(c.remoteStoreAddr, pool);
     for (const cache of caches) log.info({ cache: cache.root, compression: cache.store.compression, publicKey: cache.publicKey ?? null }, 'binary cache opened');
     const finisher = new OutputPublisher({ pool, caches, rootsDir: c.rootsDir ?? defaultRootsDir(), log });
-    this.runtime = await startRunnerRuntime({ config: c, db: new PgSchedulerDb(this.db.pool), store, listener: this.listener, log, finisher });
+    const metrics = (this.metrics = createRunnerMetrics({
+      scheduler: () => this.runtime?.scheduler ?? null,
+      monitor: () => this.runtime?.monitor ?? null,
+      pool,
+      db: this.db.pool,
+      uploads: finisher.stats,
+      pings: () => this.builderService?.pings ?? new Map(),
+      startedAt: this.startedAt,
+    }));
+    this.runtime = await startRunnerRuntime({
+      config: c, db: new PgSchedulerDb(this.db.pool), store, listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,
+    });
     if (c.localBuilderJobs > 0) this.addLocalBuilder();
     await this.startHttp(store);
     if (c.tokenPaths.length > 0) await this.startGrpc();
@@ -125,6 +139,8 @@ export class RunnerDaemon {
       ownership,
       handlers: service,
       pingTimeoutMs: c.builderPingTimeoutInS * 1000,
+      // A few pings fit in the timeout, so one lost ping never drops a builder.
+      pingIntervalMs: Math.min(10_000, Math.max(100, Math.floor((c.builderPingTimeoutInS * 1000) / 3))),
       onError: (err, method) => this.options.log.error({ method, err: String((err as Error)?.message ?? err) }, 'builder call failed'),
     });
     const port = await listenInsecure(this.grpc, c.grpcListen);
@@ -135,7 +151,7 @@ export class RunnerDaemon {
   private async startHttp(store: SchedulerStore): Promise<void> {
     const c = this.config;
     const auth = c.apiTokenPaths.length > 0 ? await TokenAuth.fromFiles(c.apiTokenPaths, 'API') : null;
-    const router = new Router(writeGuard(auth)).put('/build', putBuild(this.database.pool, store));
+    const router = new Router(writeGuard(auth)).put('/build', putBuild(this.database.pool, store)).get('/metrics', metricsHandler(this.metrics!.registry));
     registerStatusRoutes(router, { lifecycle: this.lifecycle, scheduler: () => this.runtime?.scheduler ?? null, startedAt: this.startedAt });
     this.http = await startHttpApi(router, c.httpListen, this.options.log);
     this.options.log.info({ listen: c.httpListen, port: this.http.port, writes: auth !== null }, 'HTTP API listening');

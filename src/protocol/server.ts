@@ -87,7 +87,9 @@ export interface RunnerServerOptions {
   readonly auth: TokenAuth;
   readonly ownership: JobOwnership;
   readonly handlers: RunnerHandlers;
+  /** How often builders ping (default: a third of the ping timeout, at most 10 s). */
   readonly pingIntervalMs?: number;
+  /** A builder silent for this long is dropped (default 60 s). */
   readonly pingTimeoutMs?: number;
   /** Called with unexpected handler errors (never with tokens or metadata). */
   readonly onError?: (err: unknown, method: string) => void;
@@ -157,8 +159,10 @@ function writeAsync<T>(call: ServerWritableStream<unknown, T> | ServerDuplexStre
 /** The grpc-js implementation: every handler checks the token first, then the session, then job ownership. */
 export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
   const { auth, ownership, handlers, onError } = opts;
-  const pingIntervalMs = opts.pingIntervalMs ?? 10_000;
   const pingTimeoutMs = opts.pingTimeoutMs ?? 60_000;
+  // Unless told, builders ping often enough that a healthy one never hits the
+  // ping timeout (three pings per timeout, at most every 10 s).
+  const pingIntervalMs = opts.pingIntervalMs ?? Math.max(100, Math.min(10_000, Math.floor(pingTimeoutMs / 3)));
 
   /** Token and session; throws UNAUTHENTICATED. */
   function context(metadata: Metadata): CallContext {

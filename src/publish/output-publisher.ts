@@ -25,6 +25,9 @@ export interface OutputPublisherOptions {
  * result does not depend on it.
  */
 export class OutputPublisher implements StepFinisher {
+  /** Totals for metrics: paths and logs published, compressed and NAR bytes, failed uploads. */
+  readonly stats = { paths: 0, bytes: 0, narBytes: 0, logs: 0, failures: 0 };
+
   constructor(private readonly o: OutputPublisherOptions) {}
 
   async finish(job: StepJob, outcome: Exclude<StepOutcome, { kind: 'transient' }>): Promise<StepOutcome> {
@@ -32,7 +35,9 @@ export class OutputPublisher implements StepFinisher {
     let logFile = outcome.logFile;
     try {
       logFile = await compressBuildLog(this.o.pool, logFile);
-      if (logFile !== '') await Promise.all(this.o.caches.map((c) => c.uploadLog(job.drvPath, logFile)));
+      if (logFile !== '') {
+        for (const wrote of await Promise.all(this.o.caches.map((c) => c.uploadLog(job.drvPath, logFile)))) if (wrote) this.stats.logs++;
+      }
     } catch (err) {
       log.warn({ drv: job.drvPath, err: String((err as Error)?.message ?? err) }, 'could not compress or publish the build log');
     }
@@ -41,7 +46,15 @@ export class OutputPublisher implements StepFinisher {
       await addGcRoots(this.o.rootsDir, paths);
       for (const cache of this.o.caches) {
         const started = performance.now();
-        const r = await uploadClosure(cache, paths);
+        const r = await uploadClosure(cache, paths).catch((err: unknown) => {
+          this.stats.failures++;
+          throw err;
+        });
+        for (const u of r.uploaded) {
+          this.stats.paths++;
+          this.stats.bytes += u.fileSize;
+          this.stats.narBytes += u.narSize;
+        }
         if (r.uploaded.length > 0) {
           log.info({ drv: job.drvPath, cache: cache.root, uploaded: r.uploaded.length, bytes: r.uploaded.reduce((n, u) => n + u.fileSize, 0), ms: Math.round(performance.now() - started) }, 'outputs uploaded');
         }

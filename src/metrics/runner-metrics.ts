@@ -1,0 +1,187 @@
+import type pg from 'pg';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { QueueMonitor } from '../actors/queue-monitor.ts';
+import type { Scheduler } from '../actors/scheduler.ts';
+import type { WorkerPool } from '../workers/pool.ts';
+
+export interface MetricsSources {
+  scheduler(): Scheduler | null;
+  monitor(): QueueMonitor | null;
+  pool: WorkerPool;
+  db: pg.Pool;
+  uploads: { readonly paths: number; readonly bytes: number; readonly narBytes: number; readonly logs: number; readonly failures: number };
+  /** Pings received per machine (the builder protocol). */
+  pings(): ReadonlyMap<string, number>;
+  readonly startedAt: number;
+}
+
+export interface RunnerMetrics {
+  readonly registry: Registry;
+  /** The dispatcher's per-assignment hook. */
+  observeDispatch(latencyMs: number, waitMs: number): void;
+}
+
+type Labels = Record<string, string>;
+
+/**
+ * A counter whose value lives elsewhere (a totals object): on each scrape it
+ * is advanced by what the total grew since the last one, so it stays a
+ * Prometheus counter (monotonic) without hooks on the hot paths.
+ */
+function mirroredCounter(registry: Registry, name: string, help: string, labelNames: string[], read: () => Iterable<[Labels, number]>): void {
+  const last = new Map<string, number>();
+  new Counter({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect() {
+      for (const [labels, value] of read()) {
+        const key = JSON.stringify(labels);
+        const delta = value - (last.get(key) ?? 0);
+        if (delta > 0) {
+          this.inc(labels, delta);
+          last.set(key, value);
+        } else if (!last.has(key)) {
+          this.inc(labels, 0);
+          last.set(key, value);
+        }
+      }
+    },
+  });
+}
+
+/** A gauge recomputed on each scrape; label sets that vanished are dropped. */
+function computedGauge(registry: Registry, name: string, help: string, labelNames: string[], read: () => Iterable<[Labels, number]>): void {
+  new Gauge({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [labels, value] of read()) this.set(labels, value);
+    },
+  });
+}
+
+const one = (v: number): [Labels, number][] => [[{}, v]];
+
+/**
+ * The runner's Prometheus metrics (`GET /metrics`). Most are read from the
+ * scheduler's own totals at scrape time, so an unscraped runner pays nothing;
+ * only dispatch latency is observed per assignment.
+ */
+export function createRunnerMetrics(src: MetricsSources): RunnerMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'hydrant_' }); // process, heap, event-loop lag
+  const s = () => src.scheduler();
+  const counters = () => s()?.counters;
+  const uptimeS = () => (Date.now() - src.startedAt) / 1000;
+
+  mirroredCounter(registry, 'hydrant_queue_monitor_running_seconds_total', 'Time the queue monitor spent loading builds.', [], () => one((src.monitor()?.time.runningMs ?? 0) / 1000));
+  mirroredCounter(registry, 'hydrant_queue_monitor_waiting_seconds_total', 'Time the queue monitor spent waiting for work.', [], () =>
+    one(Math.max(0, uptimeS() - (src.monitor()?.time.runningMs ?? 0) / 1000)),
+  );
+  mirroredCounter(registry, 'hydrant_queue_monitor_passes_total', 'Queue monitor passes.', [], () => one(src.monitor()?.time.passes ?? 0));
+  mirroredCounter(registry, 'hydrant_dispatcher_running_seconds_total', 'Time spent in dispatch rounds.', [], () => one((s()?.dispatcher.stats.roundMs ?? 0) / 1000));
+  mirroredCounter(registry, 'hydrant_dispatcher_waiting_seconds_total', 'Time the dispatcher waited for events.', [], () =>
+    one(Math.max(0, uptimeS() - (s()?.dispatcher.stats.roundMs ?? 0) / 1000)),
+  );
+  mirroredCounter(registry, 'hydrant_dispatcher_rounds_total', 'Dispatch rounds.', [], () => one(s()?.dispatcher.stats.rounds ?? 0));
+
+  mirroredCounter(registry, 'hydrant_builds_loaded_total', 'Queued builds loaded from the database.', [], () => one(counters()?.buildsLoaded ?? 0));
+  mirroredCounter(registry, 'hydrant_builds_finished_total', 'Builds finished, by outcome (cached builds included).', ['outcome'], () => {
+    const c = counters();
+    return [
+      [{ outcome: 'succeeded' }, c?.buildsSucceeded ?? 0],
+      [{ outcome: 'failed' }, c?.buildsFailed ?? 0],
+    ];
+  });
+  mirroredCounter(registry, 'hydrant_builds_cached_total', 'Builds finished without building (outputs or failure already known).', [], () => one(counters()?.buildsCached ?? 0));
+  mirroredCounter(registry, 'hydrant_steps_started_total', 'Step attempts handed to machines.', [], () => one(counters()?.stepsStarted ?? 0));
+  mirroredCounter(registry, 'hydrant_steps_finished_total', 'Step attempts ended, by outcome.', ['outcome'], () => {
+    const c = counters();
+    return [
+      [{ outcome: 'succeeded' }, c?.stepsSucceeded ?? 0],
+      [{ outcome: 'failed' }, c?.stepsFailed ?? 0],
+      [{ outcome: 'transient' }, c?.stepsTransient ?? 0],
+      [{ outcome: 'unsupported' }, c?.stepsUnsupported ?? 0],
+    ];
+  });
+  mirroredCounter(registry, 'hydrant_step_retries_total', 'Steps scheduled for another attempt.', [], () => one(counters()?.stepsRetried ?? 0));
+
+  computedGauge(registry, 'hydrant_steps', 'Steps by state and system: runnable (queued for a machine), running, waiting for a retry.', ['state', 'system'], function* () {
+    const sch = s();
+    if (!sch) return;
+    const by = new Map<string, number>();
+    const add = (state: string, system: string, n: number) => by.set(`${state}\0${system}`, (by.get(`${state}\0${system}`) ?? 0) + n);
+    for (const q of sch.dispatcher.platformQueues.values()) add('runnable', q.platform.system, q.live);
+    for (const r of sch.running()) add('running', r.step.platform.system, 1);
+    for (const st of sch.dispatcher.retryWaiting(Number.MAX_SAFE_INTEGER)) add('retry_wait', st.platform.system, 1);
+    for (const [k, n] of by) {
+      const [state, system] = k.split('\0') as [string, string];
+      yield [{ state, system }, n];
+    }
+  });
+
+  computedGauge(registry, 'hydrant_machine_jobs', 'Jobs running on each machine.', ['machine'], function* () {
+    for (const m of s()?.dispatcher.machines.values() ?? []) yield [{ machine: m.id }, m.jobs.size];
+  });
+  computedGauge(registry, 'hydrant_machine_max_jobs', 'Job slots of each machine.', ['machine'], function* () {
+    for (const m of s()?.dispatcher.machines.values() ?? []) yield [{ machine: m.id }, m.maxJobs];
+  });
+  mirroredCounter(registry, 'hydrant_machine_steps_total', 'Steps each machine finished, by outcome.', ['machine', 'outcome'], function* () {
+    for (const [id, st] of s()?.machineStats ?? []) {
+      yield [{ machine: id, outcome: 'succeeded' }, st.succeeded];
+      yield [{ machine: id, outcome: 'failed' }, st.failed];
+    }
+  });
+  mirroredCounter(registry, 'hydrant_machine_step_seconds_total', 'Wall time of the steps each machine finished.', ['machine'], function* () {
+    for (const [id, st] of s()?.machineStats ?? []) yield [{ machine: id }, st.totalStepMs / 1000];
+  });
+  mirroredCounter(registry, 'hydrant_machine_failures_total', 'Attempts lost to a machine fault.', ['machine'], function* () {
+    for (const [id, st] of s()?.machineStats ?? []) yield [{ machine: id }, st.machineFailures];
+  });
+  mirroredCounter(registry, 'hydrant_machine_pings_total', 'Pings received from each builder.', ['machine'], function* () {
+    for (const [id, n] of src.pings()) yield [{ machine: id }, n];
+  });
+
+  mirroredCounter(registry, 'hydrant_uploads_total', 'Store paths uploaded to binary caches.', [], () => one(src.uploads.paths));
+  mirroredCounter(registry, 'hydrant_upload_bytes_total', 'Compressed bytes written to binary caches.', [], () => one(src.uploads.bytes));
+  mirroredCounter(registry, 'hydrant_upload_nar_bytes_total', 'NAR bytes uploaded (before compression).', [], () => one(src.uploads.narBytes));
+  mirroredCounter(registry, 'hydrant_upload_logs_total', 'Build logs published to binary caches.', [], () => one(src.uploads.logs));
+  mirroredCounter(registry, 'hydrant_upload_failures_total', 'Failed closure uploads (the step was retried).', [], () => one(src.uploads.failures));
+
+  computedGauge(registry, 'hydrant_worker_pool_utilization', 'Share of the worker threads busy since start (0..1).', [], () => one(src.pool.stats().utilization));
+  computedGauge(registry, 'hydrant_worker_pool_queue_length', 'Worker tasks waiting for a thread.', [], () => one(src.pool.stats().queueSize));
+  computedGauge(registry, 'hydrant_worker_pool_in_flight', 'Worker tasks submitted and not settled.', [], () => one(src.pool.stats().inFlight));
+  mirroredCounter(registry, 'hydrant_worker_pool_busy_seconds_total', 'Thread time spent on worker tasks.', [], () => one(src.pool.stats().busyThreadMs / 1000));
+  mirroredCounter(registry, 'hydrant_worker_pool_tasks_total', 'Worker tasks finished.', [], () => one(src.pool.stats().completed));
+
+  computedGauge(registry, 'hydrant_db_pool_connections', 'Database pool connections: total, idle, and clients waiting for one.', ['state'], () => [
+    [{ state: 'total' }, src.db.totalCount],
+    [{ state: 'idle' }, src.db.idleCount],
+    [{ state: 'waiting' }, src.db.waitingCount],
+  ]);
+
+  const latency = new Histogram({
+    name: 'hydrant_dispatch_latency_seconds',
+    help: "The runner's own dispatch delay: from a step being runnable with a machine free to its hand-over.",
+    buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+    registers: [registry],
+  });
+  const wait = new Histogram({
+    name: 'hydrant_step_wait_seconds',
+    help: 'How long steps waited from runnable to dispatch (includes waiting for a free machine).',
+    buckets: [0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 4 * 3600, 24 * 3600],
+    registers: [registry],
+  });
+  return {
+    registry,
+    observeDispatch(latencyMs, waitMs) {
+      latency.observe(latencyMs / 1000);
+      wait.observe(waitMs / 1000);
+    },
+  };
+}
