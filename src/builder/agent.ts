@@ -269,6 +269,8 @@ export class BuilderAgent {
           totalMemoryBytes: facts.memTotalBytes,
           nixVersion,
           storeDir: '/nix/store',
+          // After a lost connection the runner keeps exactly these.
+          runningJobIds: [...this.#jobs.values()].filter((j) => !j.aborted).map((j) => j.order.jobId),
           thresholds: cfg.thresholds
             ? {
                 maxLoad1PerCpu: cfg.thresholds.maxLoad1PerCpu,
@@ -680,10 +682,9 @@ export class BuilderAgent {
     throw new BuilderJobError(state, result.errorMsg || 'build failed');
   }
 
-  /** @internal used by LogSender */
-  logStream(job: Job, cb: (err: ServiceError | null, res?: LogReceipt) => void): ClientWritableStream<LogChunk> | undefined {
-    if (!this.#control || !this.#client) return undefined;
-    void job;
+  /** @internal used by LogSender: a new StreamLog call in the current session, if one is joined. */
+  logStream(cb: (err: ServiceError | null, res?: LogReceipt) => void): ClientWritableStream<LogChunk> | undefined {
+    if (!this.#isJoined || !this.#client) return undefined;
     return this.#client.client.streamLog((err, res) => cb(err, res));
   }
 
@@ -817,11 +818,22 @@ export class BuilderAgent {
   }
 }
 
-/** A job's live log: one StreamLog call, re-opened in the new session if the old one breaks. */
+/** Log output kept per job while no session is joined (the oldest is dropped beyond it). */
+export const LOG_BACKLOG_BYTES = 1024 * 1024;
+
+/**
+ * A job's live log: one StreamLog call, re-opened in the next session when the
+ * connection is lost (the runner appends to what it already has). Output
+ * while no session is joined is kept, up to LOG_BACKLOG_BYTES, and sent first
+ * once one is.
+ */
 class LogSender {
   #stream: ClientWritableStream<LogChunk> | undefined;
-  #broken = false;
+  /** Streams whose first chunk (the one naming the job) has been sent. */
+  readonly #named = new WeakSet<ClientWritableStream<LogChunk>>();
   readonly #pending: Promise<unknown>[] = [];
+  readonly #backlog: Buffer[] = [];
+  #backlogBytes = 0;
 
   constructor(
     private readonly agent: BuilderAgent,
@@ -830,36 +842,64 @@ class LogSender {
 
   write(data: Buffer): void {
     if (this.job.aborted) return;
-    if (this.#stream === undefined || this.#broken) {
-      const s = this.agent.logStream(this.job, () => {});
-      if (!s) return; // not connected: this piece of log is lost
-      let done!: () => void;
-      this.#pending.push(new Promise<void>((r) => (done = r)));
-      s.on('error', () => {
-        this.#broken = true;
-      });
-      s.on('close', () => done());
-      s.on('status', () => done());
-      this.#stream = s;
-      this.#broken = false;
-      try {
-        s.write({ jobId: this.job.order.jobId, compression: Compression.COMPRESSION_NONE, data });
-      } catch {
-        this.#broken = true;
-      }
+    if (this.#stream === undefined && !this.#open()) {
+      // Not connected: keep the output for the next session, dropping the oldest beyond the cap.
+      this.#backlog.push(data);
+      this.#backlogBytes += data.length;
+      while (this.#backlogBytes > LOG_BACKLOG_BYTES && this.#backlog.length > 1) this.#backlogBytes -= this.#backlog.shift()!.length;
       return;
     }
+    this.#send(data);
+  }
+
+  /** Opens a StreamLog call and sends the backlog on it; false when no session is joined. */
+  #open(): boolean {
+    let s: ClientWritableStream<LogChunk> | undefined;
+    // A client-streaming call reports its failure through the callback (and
+    // `status`), not `error`: either way this stream is done, and the next
+    // write opens another.
+    const ended = (): void => {
+      if (s !== undefined && this.#stream === s) this.#stream = undefined;
+    };
+    s = this.agent.logStream((err) => {
+      if (err) ended();
+    });
+    if (s === undefined) return false;
+    let done!: () => void;
+    this.#pending.push(new Promise<void>((r) => (done = r)));
+    s.on('error', ended);
+    s.on('status', () => {
+      ended();
+      done();
+    });
+    s.on('close', () => {
+      ended();
+      done();
+    });
+    this.#stream = s;
+    const backlog = this.#backlog.splice(0);
+    this.#backlogBytes = 0;
+    for (const b of backlog) this.#send(b);
+    return true;
+  }
+
+  #send(data: Buffer): void {
+    const s = this.#stream;
+    if (s === undefined) return;
     try {
-      this.#stream.write({ jobId: '', compression: Compression.COMPRESSION_NONE, data });
+      // The first chunk of a stream names the job.
+      s.write({ jobId: this.#named.has(s) ? '' : this.job.order.jobId, compression: Compression.COMPRESSION_NONE, data });
+      this.#named.add(s);
     } catch {
-      this.#broken = true;
+      if (this.#stream === s) this.#stream = undefined;
     }
   }
 
   /** Ends the log and waits (briefly) for the runner to take it. */
   async finish(): Promise<void> {
+    if (!this.job.aborted && this.#stream === undefined && this.#backlog.length > 0) this.#open();
     const s = this.#stream;
-    if (s && !this.#broken && !this.job.aborted) {
+    if (s && !this.job.aborted) {
       try {
         s.end();
       } catch {

@@ -1,7 +1,7 @@
 import { createWriteStream, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { status } from '@grpc/grpc-js';
-import { BuilderSession } from '../actors/builder-session.ts';
+import { BuilderSession, type RemoteJob } from '../actors/builder-session.ts';
 import type { StepOutcome } from '../actors/builder-port.ts';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../actors/machine-record.ts';
 import type { Scheduler } from '../actors/scheduler.ts';
@@ -9,7 +9,7 @@ import { buildLogPath } from '../builder/build-logs.ts';
 import type { NixStoreHandle } from '../builder/private-store.ts';
 import { importVerified, queryPathInfos } from '../builder/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
-import { ProtocolError } from '../errors/index.ts';
+import { NarHashMismatchError, NixFormatError, ProtocolError, UnexpectedStorePathError } from '../errors/index.ts';
 import { exportOrder, writeExport } from '../nix/export.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { isStorePath } from '../nix/store-path.ts';
@@ -39,8 +39,8 @@ export interface BuilderServiceOptions {
  */
 export class BuilderService implements RunnerHandlers {
   readonly sessions = new Map<string, BuilderSession>();
-  /** Pings received per machine (for metrics). */
-  readonly pings = new Map<string, number>();
+  /** Jobs whose log file has been started. */
+  private readonly logsStarted = new WeakSet<RemoteJob>();
   private closed = false;
 
   constructor(private readonly o: BuilderServiceOptions) {}
@@ -57,19 +57,16 @@ export class BuilderService implements RunnerHandlers {
   async control(cs: ControlSession): Promise<void> {
     const { scheduler, log } = this.o;
     let s = this.sessions.get(cs.machineId);
-    if (s && s.machine.state === 'unreachable') {
-      if (s.graceTimer) clearTimeout(s.graceTimer);
-      s.graceTimer = null;
-      s.control = cs;
-      scheduler.dispatcher.machineReconnected(s.machine);
-      log.info({ machine: cs.machineId, jobs: s.jobs.size }, 'builder reconnected');
+    if (s) {
+      this.rejoin(s, cs);
     } else {
-      if (s) this.drop(s, 'REMOVE'); // a second join while connected: the old session is gone
-      s = new BuilderSession(machineFromJoin(cs.machineId, cs.join), this.o.ownership, (err) => log.warn({ machine: cs.machineId, err: String(err) }, 'send to builder failed'));
+      s = new BuilderSession(machineFromJoin(cs.machineId, cs.join), this.o.ownership, (err) => log.warn({ machine: cs.machineId, err: errorText(err) }, 'send to builder failed'));
       s.control = cs;
       this.sessions.set(cs.machineId, s);
       scheduler.addMachine(s.machine, s);
       log.info({ machine: cs.machineId, systems: cs.join.systems, maxJobs: cs.join.maxJobs }, 'builder joined');
+      // Jobs it still runs are from before (a runner restart, or a grace period that ran out): they were or will be dispatched again.
+      for (const jobId of cs.join.runningJobIds) this.abortOrphan(cs, jobId);
     }
     const session = s;
     session.lastSeen = Date.now();
@@ -82,7 +79,6 @@ export class BuilderService implements RunnerHandlers {
         const k = msg.kind;
         if (k?.$case === 'ping') {
           const p = k.value;
-          this.pings.set(cs.machineId, (this.pings.get(cs.machineId) ?? 0) + 1);
           session.machine.load = {
             load1: p.load1,
             cpuPressure: p.cpuPressure?.avg10 ?? 0,
@@ -97,7 +93,7 @@ export class BuilderService implements RunnerHandlers {
         }
       }
     } catch (err) {
-      log.warn({ machine: cs.machineId, err: String((err as Error)?.message ?? err) }, 'builder stream failed');
+      log.warn({ machine: cs.machineId, err: errorText(err) }, 'builder stream failed');
     } finally {
       clearInterval(watchdog);
       if (session.control === cs) {
@@ -109,6 +105,36 @@ export class BuilderService implements RunnerHandlers {
         }
       }
     }
+  }
+
+  /**
+   * A known machine joins again: after a lost connection within the grace
+   * period, or before the runner noticed the old connection is dead (then
+   * the old stream is closed). The session, and its jobs, carry on with the
+   * new stream; the builder's list of running jobs settles what was lost.
+   */
+  private rejoin(s: BuilderSession, cs: ControlSession): void {
+    const { scheduler, log, ownership } = this.o;
+    if (s.graceTimer) clearTimeout(s.graceTimer);
+    s.graceTimer = null;
+    const old = s.control;
+    s.control = cs;
+    if (old) old.fail(status.ABORTED, 'replaced by a newer connection of the same machine');
+    if (s.machine.state === 'unreachable') scheduler.dispatcher.machineReconnected(s.machine);
+    const running = new Set(cs.join.runningJobIds);
+    const lost = [...s.jobs.keys()].filter((jobId) => !running.has(jobId));
+    for (const jobId of lost) {
+      ownership.release(jobId);
+      s.finish(jobId, { kind: 'transient', errorMsg: `machine ${s.machine.id} joined again without job ${jobId}`, machineFault: true });
+    }
+    for (const jobId of running) if (!s.jobs.has(jobId)) this.abortOrphan(cs, jobId);
+    log.info({ machine: cs.machineId, jobs: s.jobs.size, lostJobs: lost.length, replacedConnection: old !== null }, 'builder reconnected');
+  }
+
+  /** Tells a builder to stop a job the runner no longer has for it. */
+  private abortOrphan(cs: ControlSession, jobId: string): void {
+    this.o.log.info({ machine: cs.machineId, job: jobId }, 'builder runs a job the runner does not know; aborting it');
+    cs.send({ kind: { $case: 'abort', value: { jobId, reason: 'the runner does not know this job (any more)' } } }).catch(() => {});
   }
 
   /** The builder is gone for good: its jobs are retried elsewhere. */
@@ -180,7 +206,10 @@ export class BuilderService implements RunnerHandlers {
     const j = this.job(ctx, jobId);
     const file = buildLogPath(this.o.hydraDataDir, j.job.drvPath);
     mkdirSync(dirname(file), { recursive: true });
-    const out = createWriteStream(file);
+    // A job's first log stream starts the file afresh (a new attempt); a later
+    // one (the builder reconnected mid-build) continues it.
+    const out = createWriteStream(file, { flags: this.logsStarted.has(j) ? 'a' : 'w' });
+    this.logsStarted.add(j);
     let bytes = 0;
     try {
       for await (const c of chunks) {
@@ -210,7 +239,18 @@ export class BuilderService implements RunnerHandlers {
     }
     if (h.compression !== Compression.COMPRESSION_NONE) throw new ProtocolError(status.INVALID_ARGUMENT, 'compressed uploads are not accepted yet');
     const exportStream = writeExport([{ path: h.storePath, references: h.references, deriver: h.deriver ?? null, nar: data }]);
-    await importVerified(this.o.store, exportStream, new Map([[h.storePath, { narHash: h.narHash, narSize: h.narSize }]]));
+    try {
+      await importVerified(this.o.store, exportStream, new Map([[h.storePath, { narHash: h.narHash, narSize: h.narSize }]]));
+    } catch (err) {
+      // What the builder sent is at fault, not the runner: say so (nothing was imported).
+      if (err instanceof NarHashMismatchError) {
+        throw new ProtocolError(status.INVALID_ARGUMENT, `output ${h.outputName}: the NAR sent does not match the hash and size in its header (${err.actual.narHash}, ${err.actual.narSize} bytes)`, { cause: err });
+      }
+      if (err instanceof NixFormatError || err instanceof UnexpectedStorePathError) {
+        throw new ProtocolError(status.INVALID_ARGUMENT, `output ${h.outputName}: ${err.message}`, { cause: err });
+      }
+      throw err;
+    }
     j.uploaded.set(h.outputName, h.storePath);
     return { bytesReceived: h.narSize, verified: true };
   }
@@ -262,6 +302,12 @@ function toOutcome(req: CompleteRequest, uploaded: ReadonlyMap<string, string>, 
     default:
       return { kind: 'transient', errorMsg: req.errorMsg || 'builder reported a retryable failure', machineFault: false };
   }
+}
+
+/** A readable message for an Error or a gRPC status object. */
+function errorText(err: unknown): string {
+  const e = err as { message?: unknown; details?: unknown } | null | undefined;
+  return String(e?.message ?? e?.details ?? err);
 }
 
 function machineFromJoin(id: string, j: Join): MachineRecord {

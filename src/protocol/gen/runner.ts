@@ -279,7 +279,17 @@ export interface Join {
   nixVersion: string;
   storeDir: string;
   /** Unset thresholds take the runner's defaults. */
-  thresholds: Thresholds | undefined;
+  thresholds:
+    | Thresholds
+    | undefined;
+  /**
+   * The jobs this builder is still running (accepted and not yet completed),
+   * when it joins again after a lost connection. The runner keeps exactly
+   * these: a job of the machine missing here (the builder restarted, or the
+   * order was lost with the old connection) is retried, and a job listed
+   * that the runner no longer has for the machine is aborted.
+   */
+  runningJobIds: string[];
 }
 
 /** Above these the machine counts as full (dynamic capacity). */
@@ -843,6 +853,7 @@ function createBaseJoin(): Join {
     nixVersion: "",
     storeDir: "",
     thresholds: undefined,
+    runningJobIds: [],
   };
 }
 
@@ -889,6 +900,9 @@ export const Join: MessageFns<Join> = {
     }
     if (message.thresholds !== undefined) {
       Thresholds.encode(message.thresholds, writer.uint32(114).fork()).join();
+    }
+    for (const v of message.runningJobIds) {
+      writer.uint32(122).string(v!);
     }
     return writer;
   },
@@ -1018,6 +1032,14 @@ export const Join: MessageFns<Join> = {
             message.thresholds = Thresholds.decode(reader, reader.uint32());
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.runningJobIds.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1086,6 +1108,11 @@ export const Join: MessageFns<Join> = {
         ? globalThis.String(object.store_dir)
         : "",
       thresholds: isSet(object.thresholds) ? Thresholds.fromJSON(object.thresholds) : undefined,
+      runningJobIds: globalThis.Array.isArray(object?.runningJobIds)
+        ? object.runningJobIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.running_job_ids)
+        ? object.running_job_ids.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1133,6 +1160,9 @@ export const Join: MessageFns<Join> = {
     if (message.thresholds !== undefined) {
       obj.thresholds = Thresholds.toJSON(message.thresholds);
     }
+    if (message.runningJobIds?.length) {
+      obj.runningJobIds = message.runningJobIds;
+    }
     return obj;
   },
 
@@ -1157,6 +1187,7 @@ export const Join: MessageFns<Join> = {
     message.thresholds = (object.thresholds !== undefined && object.thresholds !== null)
       ? Thresholds.fromPartial(object.thresholds)
       : undefined;
+    message.runningJobIds = object.runningJobIds?.map((e) => e) || [];
     return message;
   },
 };
