@@ -41,6 +41,8 @@ export class BuilderService implements RunnerHandlers {
   readonly sessions = new Map<string, BuilderSession>();
   /** Jobs whose log file has been started. */
   private readonly logsStarted = new WeakSet<RemoteJob>();
+  /** Pings received per machine (for metrics). */
+  readonly pings = new Map<string, number>();
   private closed = false;
 
   constructor(private readonly o: BuilderServiceOptions) {}
@@ -79,6 +81,7 @@ export class BuilderService implements RunnerHandlers {
         const k = msg.kind;
         if (k?.$case === 'ping') {
           const p = k.value;
+          this.pings.set(cs.machineId, (this.pings.get(cs.machineId) ?? 0) + 1);
           session.machine.load = {
             load1: p.load1,
             cpuPressure: p.cpuPressure?.avg10 ?? 0,
