@@ -136,7 +136,9 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     '-c', `max_connections=${options.maxConnections ?? 200}`,
   ];
   if (options.ephemeral) flags.push('-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off');
-  const child = spawn(postgres, flags, { ...owner, env: { ...process.env, LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // A process group of its own: Ctrl-C in a terminal signals the whole foreground
+  // group, and the server must outlive Hydrant's drain (which still writes rows).
+  const child = spawn(postgres, flags, { ...owner, detached: true, env: { ...process.env, LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
   try {
     await waitReady(child, log, options.onLog);
   } catch (err) {
