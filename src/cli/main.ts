@@ -3,10 +3,11 @@ import { HydrantError } from '../errors/index.ts';
 import type { Command } from './command.ts';
 import { builder } from './commands/builder.ts';
 import { db } from './commands/db.ts';
+import { demo } from './commands/demo.ts';
 import { serve } from './commands/serve.ts';
 import { submit } from './commands/submit.ts';
 
-const COMMANDS: readonly Command[] = [serve, submit, db, builder];
+const COMMANDS: readonly Command[] = [serve, submit, db, builder, demo];
 
 function overview(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
