@@ -71,6 +71,8 @@ export class Dispatcher {
   private readonly backoffTimers = new Map<MachineRecord, NodeJS.Timeout>();
   private scheduled = false;
   private paused = false;
+  /** Sees every machine transition while set (the live feed); null costs one check. */
+  machineObserver: ((m: MachineRecord, event: BuilderEventType, from: string, to: string) => void) | null = null;
   readonly stats: DispatcherStats = { runnable: 0, retryWaiting: 0, rounds: 0, assignments: 0, roundMs: 0 };
 
   private readonly o: DispatcherOptions;
@@ -296,7 +298,9 @@ export class Dispatcher {
   private machineEvent(m: MachineRecord, e: BuilderEventType): void {
     const next = builderLifecycle.next(m.state, e);
     if (next === undefined) throw new Error(`machine ${m.id}: ${e} not accepted in ${m.state}`);
+    const from = m.state;
     m.state = next;
+    if (this.machineObserver) this.machineObserver(m, e, from, next);
   }
 
   private syncCapacity(m: MachineRecord): void {

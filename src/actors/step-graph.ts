@@ -65,13 +65,18 @@ export class StepGraph {
   private readonly validOutputs = new Map<string, readonly StepOutput[]>();
   private readonly jobsetSets = new JobsetSets();
 
+  /** Sees every step transition while set (the live feed); null costs one check on the hot path. */
+  observer: ((step: StepRecord, event: StepEventType, from: StepState, to: StepState) => void) | null = null;
+
   constructor(private readonly o: StepGraphOptions) {}
 
   /** Applies a lifecycle event; throws if the step machine does not accept it. */
   transition(step: StepRecord, event: StepEventType): StepState {
     const next = stepLifecycle.next(step.state, event);
     if (next === undefined) throw new Error(`step ${step.drvPath}: ${event} not accepted in ${step.state}`);
+    const from = step.state;
     step.state = next;
+    if (this.observer) this.observer(step, event, from, next);
     if (next === 'failed' && event !== 'DEP_FAILED') this.failDependents(step);
     return next;
   }

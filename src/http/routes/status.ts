@@ -6,9 +6,13 @@ import { pageOf, takePage } from '../../status/paging.ts';
 import { buildTree } from '../../status/build-tree.ts';
 import { busyName, machineView, seconds, stepView, urgencyOrder } from '../../status/views.ts';
 import type { Router } from '../router.ts';
+import type { LiveFeed } from '../../status/live-feed.ts';
+import { stepLifecycle } from '../../machines/index.ts';
 
 export interface StatusContext {
   readonly lifecycle: Lifecycle;
+  /** Step transition histories (recorded while a viewer watches). */
+  readonly feed?: LiveFeed;
   /** null until the scheduler runs. */
   scheduler(): Scheduler | null;
   readonly startedAt: number;
@@ -139,6 +143,29 @@ export function registerStatusRoutes(router: Router, ctx: StatusContext): void {
     const { limit } = pageOf(req.url);
     const steps = s.dispatcher.retryWaiting(limit).map((step) => ({ ...stepView(step), retryAt: seconds(step.retryAt), waiting: s.dispatcher.waitingReason(step) }));
     return { steps, stepCount: s.dispatcher.stats.retryWaiting };
+  });
+
+  router.get('/status/step/:id', (req) => {
+    const s = sched();
+    const id = Number(req.params.id);
+    if (!Number.isSafeInteger(id)) throw new HttpError(400, 'step id must be an integer');
+    let step: StepRecord | undefined;
+    for (const x of s.graph.steps.values()) if (x.id === id) step = x;
+    step ??= ctx.feed?.recentStep(id);
+    if (!step) throw new HttpError(404, `step ${id} is not in the queue`);
+    const run = [...s.running()].find((r) => r.step === step);
+    return {
+      ...stepView(step),
+      outputs: step.outputs,
+      deps: step.deps.map((d) => d.id),
+      rdeps: step.rdeps.map((r) => r.id),
+      builds: step.builds.map((b) => b.id),
+      machine: run?.machine ?? null,
+      busyName: run ? busyName(run.busy) : null,
+      waiting: step.state === 'runnable' || step.state === 'retryWait' ? s.dispatcher.waitingReason(step) : null,
+      history: ctx.feed?.history(step) ?? [],
+      accepts: stepLifecycle.accepts(step.state),
+    };
   });
 
   router.get('/status/build/:id', (req) => {

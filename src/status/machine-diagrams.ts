@@ -1,0 +1,17 @@
+import type { CompiledMachine } from '../machines/compile.ts';
+import { builderLifecycle, stepLifecycle } from '../machines/index.ts';
+
+/** A machine definition as a graph the visualizer draws: states and labelled transitions. */
+export function machineDiagram<S extends string, E extends string>(id: string, m: CompiledMachine<S, E>) {
+  return {
+    id,
+    initial: m.initial,
+    states: m.states.map((s) => ({ id: s, final: m.finals.has(s) })),
+    transitions: m.states.flatMap((from) => m.accepts(from).map((event) => ({ from, event, to: m.next(from, event)! }))),
+  };
+}
+
+/** The step and builder lifecycles, read from the XState definitions the runtime compiles. */
+export function machineDiagrams() {
+  return { step: machineDiagram('step', stepLifecycle), builder: machineDiagram('builder', builderLifecycle) };
+}
