@@ -9,7 +9,7 @@ import { builderPaths, BuilderProcess } from './builders.ts';
 import { RELEASE_JOB } from './expected.ts';
 import { formatElapsed, ProgressView } from './progress.ts';
 import { buildProducts, busySteps, readBuilds, stepsPerMachine, type DemoBuild } from './reads.ts';
-import { cacheStoreUri, DEMO_JOBSET, DEMO_KEY_NAME, prepareStateDir, type DemoPaths } from './state-dir.ts';
+import { cacheStoreUri, DEMO_JOBSET, DEMO_KEY_NAME, demoCompression, prepareStateDir, type DemoPaths } from './state-dir.ts';
 import { renderSummary } from './summary.ts';
 
 export interface DemoOptions {
@@ -46,6 +46,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     delete process.env.HYDRA_DATABASE_URL;
   }
   const paths = await prepareStateDir(o.stateDir);
+  const compression = demoCompression();
   const logFile: WriteStream | null = o.verbose ? null : createWriteStream(paths.logFile, { flags: 'a' });
   const log = createLogger({ format: o.logFormat, destination: logFile ?? undefined });
 
@@ -78,7 +79,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       hydraDataDir: paths.hydraDataDir,
       tokenPaths: [paths.tokenFile],
       grpcListen: '127.0.0.1:0',
-      remoteStoreAddr: [cacheStoreUri(paths)],
+      remoteStoreAddr: [cacheStoreUri(paths, compression)],
       // Without --http-port, any free port: the demo must not take (or clash on) the default one.
       httpListen: `127.0.0.1:${o.httpPort ?? 0}`,
       shutdownGraceInS: 3,
@@ -144,6 +145,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       keyName: DEMO_KEY_NAME,
       release: releaseBuild ? { build: releaseBuild, products: await buildProducts(pool, releaseBuild.id) } : null,
       httpPort: o.httpPort,
+      compression,
     });
     out.write(text);
     const code = differences.length === 0 ? 0 : 1;

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../errors/index.ts';
@@ -79,7 +79,28 @@ export async function prepareStateDir(dir: string): Promise<DemoPaths> {
   return { ...paths, nonce };
 }
 
+/** Whether an executable `tool` is on the PATH. */
+export function onPath(tool: string): boolean {
+  return (process.env.PATH ?? '').split(':').some((d) => {
+    try {
+      accessSync(join(d || '.', tool), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * NAR compression of the demo cache: zstd, which needs the `zstd` tool; xz
+ * (compressed in-process) where that is missing, so the demo needs no more
+ * than Nix.
+ */
+export function demoCompression(): 'zstd' | 'xz' {
+  return onPath('zstd') ? 'zstd' : 'xz';
+}
+
 /** The runner's `remoteStoreAddr` entry for the demo cache. */
-export function cacheStoreUri(p: DemoPaths): string {
-  return `file://${p.cacheDir}?compression=zstd&secret-key=${encodeURIComponent(p.secretKeyFile).replace(/%2F/g, '/')}`;
+export function cacheStoreUri(p: DemoPaths, compression: 'zstd' | 'xz'): string {
+  return `file://${p.cacheDir}?compression=${compression}&secret-key=${encodeURIComponent(p.secretKeyFile).replace(/%2F/g, '/')}`;
 }

@@ -14,6 +14,8 @@ export interface SummaryInput {
   /** The release job's build, with its products. */
   release: { build: DemoBuild; products: BuildProducts } | null;
   httpPort: number | undefined;
+  /** NAR compression of the cache. */
+  compression: string;
 }
 
 /** Number of `<hash>.narinfo` files in a directory cache (0 when it does not exist). */
@@ -64,7 +66,7 @@ export function renderSummary(s: SummaryInput): { text: string; differences: str
   const pub = join(s.paths.keysDir, `${s.keyName}.pub`);
   lines.push(
     '',
-    `Binary cache: ${s.paths.cacheDir} (${narinfos} store path${narinfos === 1 ? '' : 's'}, signed by ${s.keyName})`,
+    `Binary cache: ${s.paths.cacheDir} (${narinfos} store path${narinfos === 1 ? '' : 's'}, ${s.compression}, signed by ${s.keyName})`,
     `Keys:         ${pub} (public), ${join(s.paths.keysDir, `${s.keyName}.sec`)} (secret)`,
   );
   const example = s.release?.products.out ?? '/nix/store/<path>';

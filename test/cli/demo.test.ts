@@ -61,7 +61,7 @@ describe('hydrant demo', () => {
     expect(perMachine.reduce((n, [, k]) => n + k, 0)).toBe(11);
     expect(out).toContain('outcome: as expected');
     expect(out).toContain('release demo-app-1.0 (job release):');
-    expect(out).toContain(`Binary cache: ${dir}/cache (12 store paths, signed by hydrant-demo-1)`);
+    expect(out).toContain(`Binary cache: ${dir}/cache (12 store paths, zstd, signed by hydrant-demo-1)`);
     expect(out).toContain(`Keys:         ${dir}/keys/hydrant-demo-1.pub (public), ${dir}/keys/hydrant-demo-1.sec (secret)`);
     expect(out).toMatch(new RegExp(`copy --from file://${dir}/cache --option trusted-public-keys "\\$\\(cat ${dir}/keys/hydrant-demo-1.pub\\)" /nix/store/\\S+-demo-release-1\\.0$`, 'm'));
     // Runner and builder logs went to files, not to the terminal.
@@ -106,7 +106,7 @@ describe('hydrant demo', () => {
     expect(second.stdout).toContain('outcome: as expected');
     const summary = (r: CliResult) => r.stdout.slice(r.stdout.indexOf('  builds by status:'), r.stdout.indexOf('  outcome:'));
     expect(summary(second)).toBe(summary(first));
-    expect(second.stdout).toContain(`Binary cache: ${dir}/cache (12 store paths, signed by hydrant-demo-1)`);
+    expect(second.stdout).toContain(`Binary cache: ${dir}/cache (12 store paths, zstd, signed by hydrant-demo-1)`);
     // Well under the first run: nothing is built again.
     expect(seconds[1]).toBeLessThan(seconds[0]!);
   });
