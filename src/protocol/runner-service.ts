@@ -1,8 +1,9 @@
+import { randomBytes } from 'node:crypto';
 import { createWriteStream, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { BuilderSession, type RemoteJob } from '../actors/builder-session.ts';
-import type { StepOutcome } from '../actors/builder-port.ts';
+import type { BuilderPort, StepOutcome } from '../actors/builder-port.ts';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../actors/machine-record.ts';
 import type { Scheduler } from '../actors/scheduler.ts';
 import { buildLogPath } from '../builder/build-logs.ts';
@@ -41,6 +42,12 @@ export class BuilderService implements RunnerHandlers {
   readonly sessions = new Map<string, BuilderSession>();
   /** Jobs whose log file has been started. */
   private readonly logsStarted = new WeakSet<RemoteJob>();
+  /**
+   * Prefix of job ids on the wire. The scheduler's ids start over with each
+   * runner process, but a builder can outlive its runner: a job of the old
+   * runner must never be taken for a job of the new one.
+   */
+  private readonly runId = randomBytes(6).toString('base64url');
   /** Pings received per machine (for metrics). */
   readonly pings = new Map<string, number>();
   private closed = false;
@@ -65,7 +72,7 @@ export class BuilderService implements RunnerHandlers {
       s = new BuilderSession(machineFromJoin(cs.machineId, cs.join), this.o.ownership, (err) => log.warn({ machine: cs.machineId, err: errorText(err) }, 'send to builder failed'));
       s.control = cs;
       this.sessions.set(cs.machineId, s);
-      scheduler.addMachine(s.machine, s);
+      scheduler.addMachine(s.machine, this.port(s));
       log.info({ machine: cs.machineId, systems: cs.join.systems, maxJobs: cs.join.maxJobs }, 'builder joined');
       // Jobs it still runs are from before (a runner restart, or a grace period that ran out): they were or will be dispatched again.
       for (const jobId of cs.join.runningJobIds) this.abortOrphan(cs, jobId);
@@ -138,6 +145,19 @@ export class BuilderService implements RunnerHandlers {
   private abortOrphan(cs: ControlSession, jobId: string): void {
     this.o.log.info({ machine: cs.machineId, job: jobId }, 'builder runs a job the runner does not know; aborting it');
     cs.send({ kind: { $case: 'abort', value: { jobId, reason: 'the runner does not know this job (any more)' } } }).catch(() => {});
+  }
+
+  /** The machine's port for the scheduler: jobs go out under their wire ids. */
+  private port(s: BuilderSession): BuilderPort {
+    const wire = (jobId: string): string => `${this.runId}-${jobId}`;
+    return {
+      start: (job, report, progress) => {
+        const jobId = wire(job.jobId);
+        if (this.o.log.isLevelEnabled('debug')) this.o.log.debug({ machine: s.machine.id, job: jobId, drv: job.drvPath }, 'build order sent');
+        s.start({ ...job, jobId }, report, progress);
+      },
+      abort: (jobId) => s.abort(wire(jobId)),
+    };
   }
 
   /** The builder is gone for good: its jobs are retried elsewhere. */
