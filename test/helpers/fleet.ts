@@ -23,11 +23,16 @@ export interface RunnerProcess {
 }
 
 /**
- * Starts `hydrant serve` on `dbUrl` with `hydraDataDir = dir`, a fresh
- * builder token, gRPC and HTTP on free ports, and `extra` TOML lines.
+ * Starts `hydrant serve` on `dbUrl` with `hydraDataDir = dir`, GC roots
+ * under `dir/roots`, a builder token (fresh unless given), gRPC and HTTP on
+ * free ports, and `extra` TOML lines.
  */
-export async function startRunner(dir: string, dbUrl: string, extra = '', env: NodeJS.ProcessEnv = {}): Promise<RunnerProcess> {
-  const token = randomBytes(24).toString('hex');
+export async function startRunner(
+  dir: string,
+  dbUrl: string,
+  extra = '',
+  { env = {}, token = randomBytes(24).toString('hex') }: { env?: NodeJS.ProcessEnv; token?: string } = {},
+): Promise<RunnerProcess> {
   const tokenFile = join(dir, 'token');
   writeFileSync(tokenFile, token);
   const config = join(dir, 'runner.toml');
@@ -39,6 +44,7 @@ export async function startRunner(dir: string, dbUrl: string, extra = '', env: N
       `tokenPaths = ["${tokenFile}"]`,
       'grpcListen = "127.0.0.1:0"',
       'httpListen = "127.0.0.1:0"',
+      `rootsDir = "${join(dir, 'roots')}"`,
       'shutdownGraceInS = 2',
       extra,
       '',
@@ -127,53 +133,88 @@ export function processesWithArg(arg: string): number[] {
 }
 
 /**
- * A TCP proxy from a local port to `targetPort`: builders dial the proxy,
- * and `cut()` destroys every connection open through it (new ones still
- * get through), as a network failure would.
+ * A TCP proxy from a local port to `targetPort`: builders dial the proxy.
+ * `cut()` destroys every connection open through it, as a network failure
+ * seen by both ends would; `cutBuilderSide()` destroys only the dialling
+ * side and leaves the runner's side open and silent, as when a builder sees
+ * its connection fail first (a NAT or firewall drop) and the runner has not
+ * noticed yet. New connections still get through either way.
  */
 export class TcpProxy {
-  readonly #sockets = new Set<Socket>();
+  readonly #pairs = new Set<{ client: Socket; upstream: Socket }>();
+  /** Runner-side sockets left open by cutBuilderSide(), closed by close(). */
+  readonly #stranded = new Set<Socket>();
   /** Connections accepted so far. */
   accepted = 0;
 
   private constructor(
     private readonly server: Server,
     readonly port: number,
+    /** Where new connections go (change it to follow a restarted runner). */
+    public target: number,
   ) {}
 
   static async start(targetPort: number): Promise<TcpProxy> {
     let self!: TcpProxy;
     const server = createServer((client) => {
       self.accepted++;
-      const upstream = connect(targetPort, '127.0.0.1');
-      for (const s of [client, upstream]) {
-        self.#sockets.add(s);
-        s.on('close', () => self.#sockets.delete(s));
-        s.on('error', () => {
-          client.destroy();
-          upstream.destroy();
-        });
-      }
+      const upstream = connect(self.target, '127.0.0.1');
+      const pair = { client, upstream };
+      self.#pairs.add(pair);
+      const end = (): void => {
+        self.#pairs.delete(pair);
+        client.destroy();
+        upstream.destroy();
+      };
+      client.on('error', end);
+      upstream.on('error', end);
+      client.on('close', end);
+      upstream.on('close', end);
       client.pipe(upstream);
       upstream.pipe(client);
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const address = server.address();
     if (address === null || typeof address === 'string') throw new Error('proxy has no port');
-    self = new TcpProxy(server, address.port);
+    self = new TcpProxy(server, address.port, targetPort);
     return self;
   }
 
-  /** Destroys every open connection; returns how many sockets were cut. */
+  /** Destroys every open connection; returns how many were cut. */
   cut(): number {
-    const n = this.#sockets.size;
-    for (const s of this.#sockets) s.destroy();
-    this.#sockets.clear();
+    const n = this.#pairs.size;
+    for (const { client, upstream } of [...this.#pairs]) {
+      client.destroy();
+      upstream.destroy();
+    }
+    this.#pairs.clear();
+    return n;
+  }
+
+  /** Destroys the builder's side of every open connection; the runner's side stays open, and nothing more reaches it. */
+  cutBuilderSide(): number {
+    const n = this.#pairs.size;
+    for (const { client, upstream } of [...this.#pairs]) {
+      upstream.unpipe(client);
+      client.unpipe(upstream);
+      upstream.removeAllListeners('close');
+      upstream.removeAllListeners('error');
+      upstream.on('error', () => {});
+      upstream.pause();
+      this.#stranded.add(upstream);
+      client.removeAllListeners('close');
+      client.removeAllListeners('error');
+      client.on('error', () => {});
+      client.destroy();
+    }
+    this.#pairs.clear();
     return n;
   }
 
   close(): Promise<void> {
     this.cut();
+    for (const s of this.#stranded) s.destroy();
+    this.#stranded.clear();
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 }
