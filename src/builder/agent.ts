@@ -722,16 +722,16 @@ export class BuilderAgent {
 
   async #nixSupport(outputs: readonly { name: string; path: string }[]): Promise<ProtoNixSupport> {
     const store = this.#o.store;
-    const realStore = store.realPath('/nix/store');
-    const back = (p: string): string => (p.startsWith(`${realStore}/`) ? `/nix/store/${p.slice(realStore.length + 1)}` : p);
-    const s = await readBuildNixSupport(outputs.map((o) => ({ name: o.name, path: store.realPath(o.path) })));
+    // Products name paths as the build saw them (/nix/store/…); they are read where the store keeps them.
+    const s = await readBuildNixSupport(outputs, (p) => store.realPath(p));
+    for (const r of s.rejected) this.#log(`nix-support: ${r.file}:${r.line}: ${r.text ? `${r.text}: ` : ''}${r.reason}`);
     return {
       products: s.products.map((p) => ({
         type: p.type,
         subtype: p.subtype,
         fileSize: p.fileSize ?? undefined,
         sha256Hash: p.sha256hash ?? undefined,
-        path: back(p.path),
+        path: p.path,
         name: p.name,
         defaultPath: p.defaultPath || undefined,
       })),

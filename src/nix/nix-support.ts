@@ -111,10 +111,12 @@ function inside(root: string, p: string): boolean {
 
 /**
  * Resolves a build-supplied absolute path and checks that it stays inside one
- * of `roots`, both lexically (`..`) and after following symlinks. Returns the
+ * of `roots`, both lexically (`..`) and after following symlinks. Paths are
+ * store paths as the build saw them; `onDisk` maps one to where it is on
+ * this host (a private store keeps `/nix/store` elsewhere). Returns the
  * lexically canonical path and the real one. Throws UnsafePathError.
  */
-export async function resolveInside(roots: readonly string[], declared: string): Promise<{ path: string; real: string }> {
+export async function resolveInside(roots: readonly string[], declared: string, onDisk: (p: string) => string = (p) => p): Promise<{ path: string; real: string }> {
   if (!declared.startsWith('/')) throw new UnsafePathError(declared, 'not an absolute path');
   if (declared.includes('\0')) throw new UnsafePathError(declared, 'contains a NUL byte');
   const canon = canonical(declared);
@@ -122,11 +124,11 @@ export async function resolveInside(roots: readonly string[], declared: string):
   if (root === undefined) throw new UnsafePathError(declared, 'outside the build output');
   let real: string;
   try {
-    real = await realpath(canon);
+    real = await realpath(onDisk(canon));
   } catch {
     throw new UnsafePathError(declared, 'does not exist');
   }
-  const realRoots = await Promise.all(roots.map((r) => realpath(r).catch(() => null)));
+  const realRoots = await Promise.all(roots.map((r) => realpath(onDisk(r)).catch(() => null)));
   if (!realRoots.some((r) => r !== null && inside(r, real))) {
     throw new UnsafePathError(declared, 'a symlink leads outside the build output');
   }
@@ -168,12 +170,15 @@ async function exists(path: string): Promise<boolean> {
 export interface ReadNixSupportOptions {
   /** Directories products may point into; default: the output itself. */
   allowedRoots?: readonly string[];
+  /** Where a store path is on this host (default: where it says); for outputs in a private store. */
+  onDisk?: (path: string) => string;
 }
 
 /** Reads one output's nix-support directory from disk. */
 export async function readNixSupport(outputDir: string, options: ReadNixSupportOptions = {}): Promise<NixSupport> {
   const result: NixSupport = { explicitProducts: false, products: [], releaseName: null, metrics: [], failed: false, rejected: [] };
-  const dir = posix.join(outputDir, 'nix-support');
+  const onDisk = options.onDisk ?? ((p: string) => p);
+  const dir = posix.join(onDisk(outputDir), 'nix-support');
   // A symlinked nix-support could make us read files anywhere: Hydra reads NAR entries, which never follow links.
   const dirStat = await lstat(dir).catch(() => null);
   if (!dirStat) return result;
@@ -201,7 +206,7 @@ export async function readNixSupport(outputDir: string, options: ReadNixSupportO
   const roots = options.allowedRoots ?? [outputDir];
   for (const entry of entries) {
     try {
-      const { path, real } = await resolveInside(roots, entry.path);
+      const { path, real } = await resolveInside(roots, entry.path, onDisk);
       const st = await stat(real);
       const regular = st.isFile();
       const digest = regular ? await hashFile('sha256', real) : null;
@@ -234,12 +239,12 @@ export interface BuildOutput {
  * build. Without any hydra-build-products, every output that is a directory
  * becomes a `nix-build` product (subtype = output name, '' for `out`).
  */
-export async function readBuildNixSupport(outputs: readonly BuildOutput[]): Promise<NixSupport> {
+export async function readBuildNixSupport(outputs: readonly BuildOutput[], onDisk?: (path: string) => string): Promise<NixSupport> {
   const roots = outputs.map((o) => o.path);
   const combined: NixSupport = { explicitProducts: false, products: [], releaseName: null, metrics: [], failed: false, rejected: [] };
   const metrics = new Map<string, BuildMetric>();
   for (const o of outputs) {
-    const r = await readNixSupport(o.path, { allowedRoots: roots });
+    const r = await readNixSupport(o.path, { allowedRoots: roots, onDisk });
     combined.explicitProducts ||= r.explicitProducts;
     combined.products.push(...r.products);
     combined.failed ||= r.failed;
@@ -253,7 +258,7 @@ export async function readBuildNixSupport(outputs: readonly BuildOutput[]): Prom
   combined.metrics = [...metrics.values()];
   if (!combined.explicitProducts) {
     for (const o of outputs) {
-      const st = await lstat(o.path).catch(() => null);
+      const st = await lstat(onDisk ? onDisk(o.path) : o.path).catch(() => null);
       if (!st?.isDirectory()) continue;
       combined.products.push({
         type: 'nix-build',

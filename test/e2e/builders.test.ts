@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
@@ -24,6 +24,12 @@ function release(nonce: string): string {
     inherit left right;
     broken = mk { name = "broken-${nonce}"; script = "echo about to fail; exit 1"; };
     needsBroken = mk { name = "needs-broken-${nonce}"; script = "/bin/cat \${mk { name = "broken2-${nonce}"; script = "exit 2"; }} > $out"; };
+    products = mk { name = "products-${nonce}"; script = ''
+      /bin/mkdir -p $out/nix-support $out/dist
+      echo tarball > $out/dist/app.tar
+      echo "file source-dist $out/dist/app.tar" > $out/nix-support/hydra-build-products
+      echo "app-1.0" > $out/nix-support/hydra-release-name
+    ''; };
   }`;
 }
 
@@ -81,7 +87,7 @@ describe('runner and two builder processes over gRPC, each with its own store', 
     await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 120_000, 'builds to finish');
 
     const builds = Object.fromEntries((await db.pool.query('select job, buildstatus from builds')).rows.map((r) => [r.job, r.buildstatus]));
-    expect(builds).toEqual({ top: 0, left: 0, right: 0, broken: 1, needsBroken: 2 });
+    expect(builds).toEqual({ top: 0, left: 0, right: 0, broken: 1, needsBroken: 2, products: 0 });
     const steps = (await db.pool.query('select drvpath, status, machine, busy from buildsteps where status = 0')).rows;
     expect(new Set(steps.map((s) => s.machine)).size).toBeGreaterThanOrEqual(1);
     for (const s of steps) expect(['b1', 'b2']).toContain(s.machine);
@@ -89,7 +95,12 @@ describe('runner and two builder processes over gRPC, each with its own store', 
 
     // Outputs came back into the runner's store, with the NAR hash the builder reported.
     const outs = (await db.pool.query("select o.path from buildoutputs o join builds b on b.id = o.build where b.buildstatus = 0")).rows.map((r) => r.path as string);
-    expect(outs.length).toBe(4);
+    expect(outs.length).toBe(5);
+    // nix-support read in the builder's private store: products name the path as the build saw it.
+    const products = (await db.pool.query("select p.type, p.subtype, p.path, p.name, p.filesize, p.sha256hash, b.releasename from buildproducts p join builds b on b.id = p.build where b.job = 'products'")).rows;
+    expect(products).toEqual([
+      { type: 'file', subtype: 'source-dist', path: expect.stringMatching(/^\/nix\/store\/[a-z0-9]{32}-products-[0-9a-f]+\/dist\/app\.tar$/), name: 'app.tar', filesize: 8, sha256hash: createHash('sha256').update('tarball\n').digest('hex'), releasename: 'app-1.0' },
+    ]);
     const { stdout } = await runNix('nix-store', ['--check-validity', '--print-invalid', ...outs]);
     expect(stdout.toString()).toBe('');
     // Requisites travelled runner → builder: the builder that built `top` has base's output in its own store.
