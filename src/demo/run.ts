@@ -95,7 +95,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   try {
     say(`hydrant demo: state in ${paths.root}${o.verbose ? '' : ` (runner log: ${paths.logFile})`}`);
     await daemon.start();
-    say(`  runner: embedded PostgreSQL in ${paths.root}/postgres, builder protocol on 127.0.0.1:${daemon.grpcPort}${o.httpPort !== undefined ? `, status API on http://127.0.0.1:${o.httpPort}/status` : ''}`);
+    say(`  runner: embedded PostgreSQL in ${paths.root}/postgres, builder protocol on 127.0.0.1:${daemon.grpcPort}${o.httpPort !== undefined ? `, visualizer on http://127.0.0.1:${o.httpPort}/ (status API under /status)` : ''}`);
     if (signalled) return interrupted(signalled, say, 0, 0);
 
     const privateStores = process.getuid?.() === 0;

@@ -75,6 +75,6 @@ export function renderSummary(s: SummaryInput): { text: string; differences: str
     `  nix --extra-experimental-features nix-command copy --from file://${s.paths.cacheDir} --option trusted-public-keys "$(cat ${pub})" ${example}`,
     `State:        ${s.paths.root} (embedded PostgreSQL in postgres/, build logs in hydra/build-logs/, runner log ${s.paths.logFile})`,
   );
-  if (s.httpPort !== undefined) lines.push(`Status API:   http://127.0.0.1:${s.httpPort}/status`);
+  if (s.httpPort !== undefined) lines.push(`Visualizer:   http://127.0.0.1:${s.httpPort}/ (status API under /status)`);
   return { text: `${lines.join('\n')}\n`, differences };
 }

@@ -24,7 +24,8 @@ running until SIGINT/SIGTERM, unless --exit-when-done.
                           directory finds its builds already done.
       --exit-when-done    exit once every build has ended: 0 if each ended
                           as expected, 1 otherwise (naming what differed)
-      --http-port N       serve the status API on 127.0.0.1:N
+      --http-port N       serve the visualizer (http://127.0.0.1:N/) and the
+                          status API (/status) on 127.0.0.1:N
       --verbose           runner and builder logs on stderr instead of files
       --log-format F      json (default) or pretty`,
   options: {
