@@ -2,11 +2,11 @@ import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { credentials, Metadata, status, type ClientDuplexStream, type ServiceError } from '@grpc/grpc-js';
+import { credentials, Metadata, status, type ClientDuplexStream, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hostSystem } from '../../src/config/builder-config.ts';
 import { narChunks } from '../../src/nix/nar-writer.ts';
-import { Join, OutputHeader, ResultState, RunnerClient, type BuilderMessage, type BuildOrder, type RunnerMessage, type UploadOutputMessage, type UploadReceipt } from '../../src/protocol/gen/runner.ts';
+import { Join, OutputHeader, Ping, ResultState, RunnerClient, type BuilderMessage, type NarChunk, type BuildOrder, type RunnerMessage, type UploadOutputMessage, type UploadReceipt } from '../../src/protocol/gen/runner.ts';
 import { createBuilderClient, PROTOCOL_VERSION, type BuilderClient } from '../../src/protocol/server.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import {
@@ -309,7 +309,7 @@ function upload(c: RunnerClient, header: Partial<OutputHeader>, nar: Buffer): Pr
 }
 
 /** Reads a server stream to its end; rejects with its error status. */
-function drain(call: NodeJS.ReadableStream & { on(e: string, f: (...a: never[]) => void): unknown }): Promise<number> {
+function drain(call: ClientReadableStream<NarChunk>): Promise<number> {
   return new Promise((resolve, reject) => {
     let n = 0;
     call.on('data', () => n++);
@@ -355,7 +355,7 @@ class HandMadeBuilder {
       for (const w of h.#waiters.splice(0)) w();
     });
     // Keep the session alive whatever the runner's ping timeout.
-    const ping = setInterval(() => control.write({ kind: { $case: 'ping', value: { load1: 0, load5: 0, load15: 0, memoryUsedBytes: 0, buildDirFreePercent: 50, storeFreePercent: 50 } } as never }), 1000);
+    const ping = setInterval(() => control.write({ kind: { $case: 'ping', value: Ping.fromPartial({ buildDirFreePercent: 50, storeFreePercent: 50 }) } }), 1000);
     control.on('close', () => clearInterval(ping));
     h.close = () => {
       clearInterval(ping);
@@ -407,7 +407,7 @@ describe('builders that are not who they claim to be', () => {
 
   beforeAll(async () => {
     db = await createTestDatabase();
-    // Debug logs name each job id as it is dispatched; a file cache shows what gets published.
+    // Debug logs name each job id as it is ordered; a file cache shows what gets published.
     runner = await startRunner(dir, db.url, `builderGraceInS = 1\nretryInterval = 1\nretryBackoff = 1\nremoteStoreAddr = ["file://${cacheDir}?compression=none"]`, { env: { HYDRANT_LOG_LEVEL: 'debug' } });
     procs.push(runner.proc);
     address = `127.0.0.1:${runner.port}`;
@@ -480,7 +480,7 @@ describe('builders that are not who they claim to be', () => {
     await expectCode(unary((cb) => c.fetchRequisites({ jobId: jobA }, cb)), ...denied);
     await expectCode(unary((cb) => c.hasPath({ jobId: jobA, storePath: slowDrv }, cb)), ...denied);
     await expectCode(unary((cb) => c.stepStatus({ jobId: jobA, busy: 50 }, cb)), ...denied);
-    await expectCode(drain(c.fetchNar({ jobId: jobA, storePath: slowDrv, accept: [] }) as never), ...denied);
+    await expectCode(drain(c.fetchNar({ jobId: jobA, storePath: slowDrv, accept: [] })), ...denied);
     await expectCode(clientStream((cb) => c.streamLog(cb), [{ jobId: jobA, compression: 0, data: Buffer.from('forged log line\n') }]), ...denied);
     const forgedNar = await narOf(dir, 'forged!');
     await expectCode(
