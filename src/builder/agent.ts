@@ -33,6 +33,7 @@ import { writeExport, type ExportWriteEntry } from '../nix/export.ts';
 import { parseHash } from '../nix/hash.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { readBuildNixSupport } from '../nix/nix-support.ts';
+import { chooseCompression, compressChunks, decompressChunks, readableCompressions } from '../protocol/wire-compression.ts';
 import { storePathName } from '../nix/store-path.ts';
 import {
   Compression,
@@ -105,6 +106,8 @@ export class BuilderAgent {
   #control: ClientDuplexStream<BuilderMessage, RunnerMessage> | undefined;
   #pingTimer: NodeJS.Timeout | undefined;
   #pingIntervalMs = 10_000;
+  /** What the runner reads in uploads (from the join). */
+  #uploadCompressions: Compression[] = [];
   /** Resolves when a session is joined; replaced when it is lost. */
   #joined!: Promise<void>;
   #resolveJoined!: () => void;
@@ -296,6 +299,7 @@ export class BuilderAgent {
         this.joins++;
         onJoined();
         this.#schedulePings(j.pingIntervalMs || 10_000);
+        this.#uploadCompressions = j.uploadCompressions;
         this.#isJoined = true;
         this.#resolveJoined();
         this.#log(`joined as ${j.machineId}`);
@@ -573,42 +577,41 @@ export class BuilderAgent {
     await importVerified(store, writeExport(entries), expected, { spoolDir: this.#o.config.buildDir });
   }
 
-  /** The plain NAR bytes of one path, from FetchNar. */
+  /** The plain NAR bytes of one path, from FetchNar (zstd on the wire when the runner chose it). */
   async *#fetchNar(job: Job, want: PathInfo): AsyncGenerator<Uint8Array> {
     if (job.aborted) throw new JobAbortedError();
     await this.#joined;
-    const call = this.#client!.client.fetchNar({ jobId: job.order.jobId, storePath: want.storePath, accept: [Compression.COMPRESSION_NONE] });
+    const call = this.#client!.client.fetchNar({ jobId: job.order.jobId, storePath: want.storePath, accept: readableCompressions() });
     const cancel = (): void => call.cancel();
     job.cancels.add(cancel);
     this.#transfers.downloading++;
     try {
-      let header = false;
-      for await (const chunk of call as AsyncIterable<NarChunk>) {
-        if (chunk.part?.$case === 'header') {
-          if (header) throw new NixFormatError('FetchNar', `${want.storePath}: a second header`);
-          header = true;
-          const h = chunk.part.value;
-          if (h.compression !== Compression.COMPRESSION_NONE) {
-            throw new NixFormatError('FetchNar', `${want.storePath}: compression ${h.compression} was not asked for`);
-          }
-          if (h.info && h.info.storePath !== want.storePath) throw new UnexpectedStorePathError(h.info.storePath, 'unexpected');
-          if (h.info && (h.info.narHash !== '' || Number(h.info.narSize) !== 0)) {
-            const a = parseHash(h.info.narHash, 'sha256');
-            const b = parseHash(want.narHash, 'sha256');
-            if (!a.equals(b) || Number(h.info.narSize) !== Number(want.narSize)) {
-              throw new NarHashMismatchError(
-                want.storePath,
-                { narHash: b.format('base32'), narSize: Number(want.narSize) },
-                { narHash: a.format('base32'), narSize: Number(h.info.narSize) },
-              );
-            }
-          }
-        } else if (chunk.part?.$case === 'data') {
-          if (!header) throw new NixFormatError('FetchNar', `${want.storePath}: data before the header`);
-          yield chunk.part.value;
+      const it = (call as AsyncIterable<NarChunk>)[Symbol.asyncIterator]();
+      const first = await it.next();
+      if (first.done || first.value.part?.$case !== 'header') throw new NixFormatError('FetchNar', `${want.storePath}: no header`);
+      const h = first.value.part.value;
+      if (!readableCompressions().includes(h.compression)) {
+        throw new NixFormatError('FetchNar', `${want.storePath}: compression ${h.compression} was not asked for`);
+      }
+      if (h.info && h.info.storePath !== want.storePath) throw new UnexpectedStorePathError(h.info.storePath, 'unexpected');
+      if (h.info && (h.info.narHash !== '' || Number(h.info.narSize) !== 0)) {
+        const a = parseHash(h.info.narHash, 'sha256');
+        const b = parseHash(want.narHash, 'sha256');
+        if (!a.equals(b) || Number(h.info.narSize) !== Number(want.narSize)) {
+          throw new NarHashMismatchError(
+            want.storePath,
+            { narHash: b.format('base32'), narSize: Number(want.narSize) },
+            { narHash: a.format('base32'), narSize: Number(h.info.narSize) },
+          );
         }
       }
-      if (!header) throw new NixFormatError('FetchNar', `${want.storePath}: no header`);
+      const wire = async function* (): AsyncGenerator<Uint8Array> {
+        for (let r = await it.next(); !r.done; r = await it.next()) {
+          if (r.value.part?.$case === 'header') throw new NixFormatError('FetchNar', `${want.storePath}: a second header`);
+          if (r.value.part?.$case === 'data') yield r.value.part.value;
+        }
+      };
+      yield* decompressChunks(wire(), h.compression);
     } finally {
       this.#transfers.downloading--;
       job.cancels.delete(cancel);
@@ -741,7 +744,7 @@ export class BuilderAgent {
     };
   }
 
-  /** Streams one output: header, then the plain NAR in 64 KiB chunks, with backpressure. */
+  /** Streams one output: header, then the NAR in 64 KiB chunks (zstd when large), with backpressure; the hash is of the plain NAR. */
   async #upload(
     job: Job,
     name: string,
@@ -753,6 +756,7 @@ export class BuilderAgent {
       finish = (err, res) => (err ? reject(err) : resolve(res!));
     });
     const call = this.#client!.client.uploadOutput((err, res) => finish(err, res));
+    const compression = chooseCompression(info.narSize, this.#uploadCompressions);
     const cancel = (): void => call.cancel();
     job.cancels.add(cancel);
     this.#transfers.uploading++;
@@ -787,17 +791,22 @@ export class BuilderAgent {
             references: info.references,
             deriver: info.deriver ?? undefined,
             ca: undefined,
-            compression: Compression.COMPRESSION_NONE,
+            compression,
           },
         },
       });
       const h = createHash('sha256');
       let size = 0;
-      for await (const chunk of narChunks(this.#o.store.realPath(path), { chunkSize: UPLOAD_CHUNK_SIZE })) {
+      const plain = async function* (this: void, chunks: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+        for await (const chunk of chunks) {
+          h.update(chunk);
+          size += chunk.length;
+          yield chunk;
+        }
+      };
+      for await (const chunk of compressChunks(plain(narChunks(this.#o.store.realPath(path), { chunkSize: UPLOAD_CHUNK_SIZE })), compression)) {
         if (failed !== undefined || job.aborted) break;
-        h.update(chunk);
-        size += chunk.length;
-        await write({ part: { $case: 'data', value: chunk } });
+        await write({ part: { $case: 'data', value: Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength) } });
       }
       if (job.aborted) throw new JobAbortedError();
       if (failed === undefined) {

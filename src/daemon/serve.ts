@@ -27,12 +27,8 @@ import type { SchedulerStore } from '../actors/model.ts';
 import { Router } from '../http/router.ts';
 import { startHttpApi, writeGuard, type HttpApi } from '../http/server.ts';
 import { putBuild } from '../http/routes/build.ts';
-import { registerStatusRoutes } from '../http/routes/status.ts';
 import { metricsHandler } from '../http/routes/metrics.ts';
-import { eventsHandler } from '../http/routes/events.ts';
-import { staticUi } from '../http/routes/static-ui.ts';
-import { LiveFeed } from '../status/live-feed.ts';
-import { machineDiagrams } from '../status/machine-diagrams.ts';
+import { registerViewerRoutes } from '../http/viewer-routes.ts';
 import { createRunnerMetrics, type RunnerMetrics } from '../metrics/runner-metrics.ts';
 import { startRunnerRuntime, type RunnerRuntime } from './runner-runtime.ts';
 
@@ -110,6 +106,7 @@ export class RunnerDaemon {
       db: this.db.pool,
       uploads: finisher.stats,
       pings: () => this.builderService?.pings ?? new Map(),
+      transfers: () => this.builderService?.transfers ?? { sentNarBytes: 0, sentWireBytes: 0, receivedNarBytes: 0, receivedWireBytes: 0 },
       startedAt: this.startedAt,
     }));
     this.runtime = await startRunnerRuntime({
@@ -155,18 +152,10 @@ export class RunnerDaemon {
   private async startHttp(store: SchedulerStore): Promise<void> {
     const c = this.config;
     const auth = c.apiTokenPaths.length > 0 ? await TokenAuth.fromFiles(c.apiTokenPaths, 'API') : null;
-    const scheduler = () => this.runtime?.scheduler ?? null;
-    const feed = new LiveFeed(scheduler);
-    const ui = await staticUi();
     const router = new Router(writeGuard(auth))
       .put('/build', putBuild(this.database.pool, store))
-      .get('/metrics', metricsHandler(this.metrics!.registry))
-      .get('/events', eventsHandler(feed, scheduler))
-      .get('/ui/machines.json', () => machineDiagrams())
-      .get('/', ui)
-      .get('/ui', ui)
-      .get('/ui/:file', ui);
-    registerStatusRoutes(router, { lifecycle: this.lifecycle, scheduler, startedAt: this.startedAt, feed });
+      .get('/metrics', metricsHandler(this.metrics!.registry));
+    await registerViewerRoutes(router, { lifecycle: this.lifecycle, scheduler: () => this.runtime?.scheduler ?? null, startedAt: this.startedAt });
     this.http = await startHttpApi(router, c.httpListen, this.options.log);
     this.options.log.info({ listen: c.httpListen, port: this.http.port, writes: auth !== null }, 'HTTP API listening');
   }

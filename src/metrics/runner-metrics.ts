@@ -12,6 +12,8 @@ export interface MetricsSources {
   uploads: { readonly paths: number; readonly bytes: number; readonly narBytes: number; readonly logs: number; readonly failures: number };
   /** Pings received per machine (the builder protocol). */
   pings(): ReadonlyMap<string, number>;
+  /** NAR bytes sent to and received from builders, and their size on the wire. */
+  transfers(): { readonly sentNarBytes: number; readonly sentWireBytes: number; readonly receivedNarBytes: number; readonly receivedWireBytes: number };
   readonly startedAt: number;
 }
 
@@ -147,6 +149,15 @@ export function createRunnerMetrics(src: MetricsSources): RunnerMetrics {
     for (const [id, n] of src.pings()) yield [{ machine: id }, n];
   });
 
+  mirroredCounter(registry, 'hydrant_transfer_bytes_total', 'NARs moved to (sent) and from (received) builders: plain NAR bytes and bytes on the wire (zstd for large NARs).', ['direction', 'kind'], () => {
+    const t = src.transfers();
+    return [
+      [{ direction: 'sent', kind: 'nar' }, t.sentNarBytes],
+      [{ direction: 'sent', kind: 'wire' }, t.sentWireBytes],
+      [{ direction: 'received', kind: 'nar' }, t.receivedNarBytes],
+      [{ direction: 'received', kind: 'wire' }, t.receivedWireBytes],
+    ];
+  });
   mirroredCounter(registry, 'hydrant_uploads_total', 'Store paths uploaded to binary caches.', [], () => one(src.uploads.paths));
   mirroredCounter(registry, 'hydrant_upload_bytes_total', 'Compressed bytes written to binary caches.', [], () => one(src.uploads.bytes));
   mirroredCounter(registry, 'hydrant_upload_nar_bytes_total', 'NAR bytes uploaded (before compression).', [], () => one(src.uploads.narBytes));

@@ -17,6 +17,7 @@ import { isStorePath } from '../nix/store-path.ts';
 import type { Logger } from '../util/logger.ts';
 import { Compression, ResultState, type CompleteRequest, type Join, type NarChunk, type OutputHeader } from './gen/runner.ts';
 import type { JobOwnership } from './job-ownership.ts';
+import { chooseCompression, compressChunks, decompressChunks, readableCompressions } from './wire-compression.ts';
 import type { CallContext, ControlSession, RunnerHandlers } from './server.ts';
 
 export interface BuilderServiceOptions {
@@ -50,6 +51,8 @@ export class BuilderService implements RunnerHandlers {
   private readonly runId = randomBytes(6).toString('base64url');
   /** Pings received per machine (for metrics). */
   readonly pings = new Map<string, number>();
+  /** NAR bytes moved and what they took on the wire (for metrics). */
+  readonly transfers = { sentNarBytes: 0, sentWireBytes: 0, receivedNarBytes: 0, receivedWireBytes: 0 };
   private closed = false;
 
   constructor(private readonly o: BuilderServiceOptions) {}
@@ -198,21 +201,26 @@ export class BuilderService implements RunnerHandlers {
     };
   }
 
-  async *fetchNar(ctx: CallContext, req: { jobId: string; storePath: string }): AsyncIterable<NarChunk> {
+  async *fetchNar(ctx: CallContext, req: { jobId: string; storePath: string; accept?: Compression[] }): AsyncIterable<NarChunk> {
     const j = this.job(ctx, req.jobId);
     if (!j.allowed?.has(req.storePath)) throw new ProtocolError(status.PERMISSION_DENIED, `${req.storePath} is not a requisite of job ${req.jobId}`);
     const [info] = await queryPathInfos(this.o.store, [req.storePath]);
     if (!info) throw new ProtocolError(status.NOT_FOUND, `${req.storePath} is not valid on the runner`);
+    const compression = chooseCompression(info.narSize, req.accept ?? []);
     yield {
       part: {
         $case: 'header',
         value: {
           info: { storePath: info.path, narHash: info.narHash.toString(), narSize: info.narSize, references: info.references, deriver: info.deriver ?? undefined },
-          compression: Compression.COMPRESSION_NONE,
+          compression,
         },
       },
     };
-    for await (const chunk of narChunks(this.o.store.realPath(req.storePath))) yield { part: { $case: 'data', value: chunk } };
+    this.transfers.sentNarBytes += info.narSize;
+    for await (const chunk of compressChunks(narChunks(this.o.store.realPath(req.storePath)), compression)) {
+      this.transfers.sentWireBytes += chunk.length;
+      yield { part: { $case: 'data', value: Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength) } };
+    }
   }
 
   async hasPath(_ctx: CallContext, req: { storePath: string }) {
@@ -260,8 +268,15 @@ export class BuilderService implements RunnerHandlers {
     for (const r of h.references) {
       if (!siblings.has(r) && !j.allowed?.has(r)) throw new ProtocolError(status.INVALID_ARGUMENT, `output ${h.outputName} refers to ${r}, which the build could not see`);
     }
-    if (h.compression !== Compression.COMPRESSION_NONE) throw new ProtocolError(status.INVALID_ARGUMENT, 'compressed uploads are not accepted yet');
-    const exportStream = writeExport([{ path: h.storePath, references: h.references, deriver: h.deriver ?? null, nar: data }]);
+    if (!readableCompressions().includes(h.compression)) throw new ProtocolError(status.INVALID_ARGUMENT, `output ${h.outputName}: compression ${h.compression} is not one the runner reads`);
+    const counted = async function* (this: void, t: BuilderService['transfers']): AsyncGenerator<Uint8Array> {
+      for await (const c of data) {
+        t.receivedWireBytes += c.length;
+        yield c;
+      }
+    };
+    const nar = decompressChunks(counted(this.transfers), h.compression);
+    const exportStream = writeExport([{ path: h.storePath, references: h.references, deriver: h.deriver ?? null, nar }]);
     try {
       await importVerified(this.o.store, exportStream, new Map([[h.storePath, { narHash: h.narHash, narSize: h.narSize }]]));
     } catch (err) {
@@ -275,6 +290,7 @@ export class BuilderService implements RunnerHandlers {
       throw err;
     }
     j.uploaded.set(h.outputName, h.storePath);
+    this.transfers.receivedNarBytes += h.narSize;
     return { bytesReceived: h.narSize, verified: true };
   }
 

@@ -1,3 +1,4 @@
+import { readableCompressions } from './wire-compression.ts';
 import {
   credentials,
   InterceptingCall,
@@ -241,6 +242,7 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
                 pingIntervalMs,
                 pingTimeoutMs,
                 protocolVersion: PROTOCOL_VERSION,
+                uploadCompressions: readableCompressions(),
               },
             },
           });

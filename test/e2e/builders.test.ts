@@ -16,7 +16,8 @@ const bunzip2 = (data: Buffer): Buffer => execFileSync('bzip2', ['-dc'], { input
 /** A DAG with a shared base, a fan-out, a failure and nix-support products. */
 function release(nonce: string): string {
   return `{ }: let ${MK_DRV}
-    base = mk { name = "base-${nonce}"; script = "echo base > $out"; };
+    # About 400 KB of text: large enough to travel zstd-compressed both ways.
+    base = mk { name = "base-${nonce}"; script = "echo base > $out; i=0; while [ $i -lt 8000 ]; do echo line $i of the shared base, repeated to be compressible >> $out; i=$((i+1)); done"; };
     left = mk { name = "left-${nonce}"; script = "/bin/cat \${base} > $out; echo left >> $out"; };
     right = mk { name = "right-${nonce}"; script = "/bin/mkdir $out $doc; /bin/cat \${base} > $out/r; echo doc > $doc/d"; extra = { outputs = [ "out" "doc" ]; }; };
   in {
@@ -64,6 +65,7 @@ describe('runner and two builder processes over gRPC, each with its own store', 
 
     const runner = startCli(['serve', '--config', config]);
     procs.push(runner);
+    const httpPort = /"port":(\d+),"writes":\w+,"msg":"HTTP API listening"/.exec(await runner.waitFor(/"port":\d+,"writes":\w+,"msg":"HTTP API listening"/))![1];
     const listening = await runner.waitFor(/"port":(\d+),"msg":"builder protocol listening"/);
     const port = /"port":(\d+)/.exec(listening)![1];
 
@@ -126,6 +128,12 @@ describe('runner and two builder processes over gRPC, each with its own store', 
     await copyFromCache(cacheDir, join(dir, 'elsewhere'), outs, key.publicKey);
     const copied = await runNix('nix-store', ['--store', join(dir, 'elsewhere'), '--check-validity', '--print-invalid', ...outs]);
     expect(copied.stdout.toString()).toBe('');
+
+    // Large NARs travelled zstd-compressed: base up to the runner, and down to the builder of whichever of left/right the other one built.
+    const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+    const bytes = (direction: string, kind: string) => Number(new RegExp(`^hydrant_transfer_bytes_total\\{direction="${direction}",kind="${kind}"\\} (\\d+)$`, 'm').exec(metrics)![1]);
+    expect(bytes('received', 'nar')).toBeGreaterThan(400_000);
+    expect(bytes('received', 'wire')).toBeLessThan(bytes('received', 'nar') / 4);
 
     runner.child.kill('SIGTERM');
     expect(await runner.exited).toBe(0);

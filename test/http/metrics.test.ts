@@ -115,7 +115,8 @@ describe('Prometheus metrics', () => {
     const pool = new WorkerPool({ threads: 1 });
     const dbPool = db.pool;
     const metrics = createRunnerMetrics({
-      scheduler: () => null, monitor: () => null, pool, db: dbPool, uploads: { paths: 0, bytes: 0, narBytes: 0, logs: 0, failures: 0 }, pings: () => new Map(), startedAt: Date.now(),
+      scheduler: () => null, monitor: () => null, pool, db: dbPool, uploads: { paths: 0, bytes: 0, narBytes: 0, logs: 0, failures: 0 }, pings: () => new Map(),
+      transfers: () => ({ sentNarBytes: 0, sentWireBytes: 0, receivedNarBytes: 0, receivedWireBytes: 0 }), startedAt: Date.now(),
     });
     const idle = parseMetrics(await metrics.registry.metrics());
     const tasks = Array.from({ length: 5 }, () => pool.compress(Buffer.alloc(2 << 20, 7), 'xz'));

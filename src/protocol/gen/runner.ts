@@ -341,6 +341,8 @@ export interface Joined {
   /** The runner drops a session that sends nothing for this long. */
   pingTimeoutMs: number;
   protocolVersion: number;
+  /** Compressions the runner reads in UploadOutput (empty: none only). */
+  uploadCompressions: Compression[];
 }
 
 export interface BuildOrder {
@@ -1883,7 +1885,14 @@ export const JobAccepted: MessageFns<JobAccepted> = {
 };
 
 function createBaseJoined(): Joined {
-  return { machineId: "", sessionId: "", pingIntervalMs: 0, pingTimeoutMs: 0, protocolVersion: 0 };
+  return {
+    machineId: "",
+    sessionId: "",
+    pingIntervalMs: 0,
+    pingTimeoutMs: 0,
+    protocolVersion: 0,
+    uploadCompressions: [],
+  };
 }
 
 export const Joined: MessageFns<Joined> = {
@@ -1902,6 +1911,13 @@ export const Joined: MessageFns<Joined> = {
     }
     if (message.protocolVersion !== 0) {
       writer.uint32(40).uint32(message.protocolVersion);
+    }
+    if (message.uploadCompressions.length !== 0) {
+      writer.uint32(50).fork();
+      for (const v of message.uploadCompressions) {
+        writer.int32(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -1959,6 +1975,24 @@ export const Joined: MessageFns<Joined> = {
             message.protocolVersion = reader.uint32();
             continue;
           }
+          case 6: {
+            if (tag === 48) {
+              message.uploadCompressions.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 50) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.uploadCompressions.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1998,6 +2032,11 @@ export const Joined: MessageFns<Joined> = {
         : isSet(object.protocol_version)
         ? globalThis.Number(object.protocol_version)
         : 0,
+      uploadCompressions: globalThis.Array.isArray(object?.uploadCompressions)
+        ? object.uploadCompressions.map((e: any) => compressionFromJSON(e))
+        : globalThis.Array.isArray(object?.upload_compressions)
+        ? object.upload_compressions.map((e: any) => compressionFromJSON(e))
+        : [],
     };
   },
 
@@ -2018,6 +2057,9 @@ export const Joined: MessageFns<Joined> = {
     if (message.protocolVersion !== 0) {
       obj.protocolVersion = Math.round(message.protocolVersion);
     }
+    if (message.uploadCompressions?.length) {
+      obj.uploadCompressions = message.uploadCompressions.map((e) => compressionToJSON(e));
+    }
     return obj;
   },
 
@@ -2031,6 +2073,7 @@ export const Joined: MessageFns<Joined> = {
     message.pingIntervalMs = object.pingIntervalMs ?? 0;
     message.pingTimeoutMs = object.pingTimeoutMs ?? 0;
     message.protocolVersion = object.protocolVersion ?? 0;
+    message.uploadCompressions = object.uploadCompressions?.map((e) => e) || [];
     return message;
   },
 };
