@@ -1,0 +1,34 @@
+import type { Scheduler } from '../actors/scheduler.ts';
+import type { Lifecycle } from '../daemon/lifecycle.ts';
+import { LiveFeed } from '../status/live-feed.ts';
+import { machineDiagrams } from '../status/machine-diagrams.ts';
+import type { Router } from './router.ts';
+import { eventsHandler } from './routes/events.ts';
+import { staticUi } from './routes/static-ui.ts';
+import { registerStatusRoutes } from './routes/status.ts';
+
+export interface ViewerContext {
+  readonly lifecycle: Lifecycle;
+  /** null until the scheduler runs. */
+  scheduler(): Scheduler | null;
+  readonly startedAt: number;
+}
+
+/**
+ * The read-only routes a viewer uses, on any scheduler: the status API, the
+ * live feed (`/events`), the visualizer's files and the machine diagrams.
+ * The daemon serves them next to its write and metrics routes; tests and
+ * benchmarks serve them for a scheduler of their own. Returns the feed.
+ */
+export async function registerViewerRoutes(router: Router, ctx: ViewerContext): Promise<LiveFeed> {
+  const feed = new LiveFeed(() => ctx.scheduler());
+  const ui = await staticUi();
+  router
+    .get('/events', eventsHandler(feed, () => ctx.scheduler()))
+    .get('/ui/machines.json', () => machineDiagrams())
+    .get('/', ui)
+    .get('/ui', ui)
+    .get('/ui/:file', ui);
+  registerStatusRoutes(router, { lifecycle: ctx.lifecycle, scheduler: () => ctx.scheduler(), startedAt: ctx.startedAt, feed });
+  return feed;
+}
