@@ -153,7 +153,7 @@ async function order(jobId: string, drvPath: string, limits: Partial<NonNullable
 
 /** Processes running the sleepy builder. */
 async function sleepers(): Promise<number> {
-  const ps = await runNix('/bin/sh', ['-c', 'ps -eo args | grep -c "^/bin/sleep 60$" || true']);
+  const ps = await runNix('/bin/sh', ['-c', 'ps -eo args | grep -c "^/bin/sleep 60.25$" || true']);
   return Number(ps.stdout.toString().trim());
 }
 
@@ -169,7 +169,7 @@ in {
   main = mk { name = "agent-main"; deps = [ dep ]; script = "echo building main; echo line two >&2; /bin/sh -c 'read x < $deps; echo $x' > $out; echo main-${nonce} >> $out"; };
   fail = mk { name = "agent-fail"; script = "echo about to fail ${nonce}; exit 1"; };
   slow = mk { name = "agent-slow"; script = "echo slow ${nonce}; /bin/sleep 2; echo slow > $out"; };
-  sleepy = mk { name = "agent-sleep"; script = "echo sleeping ${nonce}; exec /bin/sleep 60"; };
+  sleepy = mk { name = "agent-sleep"; script = "echo sleeping ${nonce}; exec /bin/sleep 60.25"; };
 }`;
 let mainDrv: string;
 let failDrv: string;

@@ -50,7 +50,7 @@ describe('status API of a runner with a real builder', () => {
     const file = join(dir, 'release.nix');
     writeFileSync(file, `{ }: let ${MK_DRV} in {
       quick = mk { name = "quick-${nonce}"; script = "echo quick > $out"; };
-      slow = mk { name = "slow-${nonce}"; script = "/bin/sleep 60; echo slow > $out"; };
+      slow = mk { name = "slow-${nonce}"; script = "/bin/sleep 45; echo slow > $out"; };
       elsewhere = (mk { name = "elsewhere-${nonce}"; script = "echo > $out"; extra = { system = "riscv64-linux"; }; });
     }`);
     expect((await runCli(['submit', '--db-url', db.url, '--project', 'st', '--jobset', 'main', '--create', '--file', file])).code).toBe(0);
