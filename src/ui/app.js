@@ -1,0 +1,712 @@
+// Hydrant's visualizer: machines, queues, a build's step graph and the
+// lifecycles, live. Plain ES modules served by the runner (src/ui), no
+// framework and nothing from the network but the runner's own API:
+//
+//   GET /status, /status/machines, /status/queues, /status/queues/jobs, /status/builds
+//   GET /status/build/ID   a build's steps (re-read on `resync`)
+//   GET /status/step/ID    one step, with the history of its transitions
+//   GET /ui/machines.json  the XState definitions as graphs
+//   GET /events?build=ID   server-sent `steps`, `machines` and `resync` events
+
+import { DagView, STEP_COLORS, STEP_STATES, drvName } from './dag.js';
+import { BUILDER_COLORS, renderDiagram } from './diagram.js';
+
+const $ = (id) => document.getElementById(id);
+const QUEUE_POLL_MS = 2000;
+const BUILDS_POLL_MS = 3000;
+const MACHINES_POLL_MS = 5000;
+
+const app = {
+  buildId: null,
+  stepId: null,
+  /** `at` of the latest event seen for the selected step. */
+  stepEventAt: 0,
+  treeLoaded: false,
+  buildGone: false,
+  treeGen: 0,
+  /** Events received while the build is being (re-)read: applied after it, if newer. */
+  buffered: null,
+  source: null,
+  machines: new Map(),
+  diagrams: null,
+  detail: null,
+  builds: [],
+  buildsKey: '',
+  events: 0,
+  firstRenderMs: null,
+  timings: {},
+};
+
+/** Element helper: h('div', { class: 'x', dataset: { testid: 'y' } }, 'text', child). */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'dataset') Object.assign(el.dataset, v);
+    else if (k === 'style') el.style.cssText = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
+  return el;
+}
+
+class HttpFailure extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path) {
+  const r = await fetch(path, { cache: 'no-store' });
+  if (!r.ok) {
+    let msg = `${r.status}`;
+    try {
+      msg = (await r.json()).error ?? msg;
+    } catch {
+      /* not JSON */
+    }
+    throw new HttpFailure(r.status, msg);
+  }
+  return r.json();
+}
+
+const pad2 = (n) => String(n).padStart(2, '0');
+function clock(ms) {
+  const d = new Date(ms);
+  return `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}.${String(d.getMilliseconds()).padStart(3, '0')}`;
+}
+/** Hydra's Unix seconds → a short local time; 0 → ''. */
+const secClock = (s) => (s > 0 ? clock(s * 1000).slice(0, 8) : '');
+function duration(ms) {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 120_000) return `${(ms / 1000).toFixed(1)} s`;
+  return `${Math.round(ms / 60_000)} min`;
+}
+const badge = (state, colors, testid) =>
+  h('span', { class: 'badge', style: `background:${colors[state] ?? '#718096'}`, dataset: testid ? { testid } : undefined }, state);
+
+/** Why a step waits (Dispatcher.waitingReason), in a few words. */
+export function describeWaiting(w) {
+  if (!w) return '';
+  const until = (ms) => (ms > Date.now() ? `in ${duration(ms - Date.now())}` : 'now');
+  switch (w.kind) {
+    case 'retryDelay':
+      return `retry ${until(w.until)} (after try ${w.tries})`;
+    case 'noMachine':
+      return `no machine for ${w.system}${w.features.length ? ` with ${w.features.join(', ')}` : ''}${w.failsAt ? `; fails ${until(w.failsAt)}` : ''}`;
+    case 'machinesDisabled':
+      return `machines disabled (${w.machines.join(', ')}) until ${clock(w.until).slice(0, 8)}`;
+    case 'machinesUnavailable':
+      return `machines unavailable: ${w.machines.map((m) => `${m.id} ${m.state}`).join(', ')}`;
+    case 'machinesFull':
+      return `machines full: ${w.machines.join(', ')}`;
+    case 'queued':
+      return `${w.ahead} ahead; room on ${w.machinesWithRoom.join(', ')}`;
+    default:
+      return w.kind;
+  }
+}
+
+// ---------------------------------------------------------------- the graph
+
+const dag = new DagView($('dag'), {
+  onSelect: (id, at) => selectStep(id, false, at),
+  onHover: showTip,
+  onDraw: afterDraw,
+});
+
+let hovered = null;
+function showTip(id, x, y) {
+  const tip = $('dag-tip');
+  hovered = id;
+  if (id === null) {
+    tip.hidden = true;
+    return;
+  }
+  tip.textContent = tipText(id);
+  tip.style.left = `${Math.min(x + 14, $('dag').clientWidth - 220)}px`;
+  tip.style.top = `${y + 14}px`;
+  tip.hidden = false;
+}
+
+const tipText = (id) => `${dag.nameOf(id)} — ${dag.stateOf(id)} (step ${id}, layer ${dag.layerOfId(id)})`;
+
+/** After each frame: the DOM figures follow what the canvas shows. */
+function afterDraw() {
+  if (hovered !== null) $('dag-tip').textContent = tipText(hovered);
+  if (app.firstRenderMs === null && dag.size > 0) {
+    app.firstRenderMs = performance.now();
+    $('dag').dataset.firstRenderMs = String(Math.round(app.firstRenderMs));
+  }
+  $('dag').dataset.steps = String(dag.size);
+  $('dag').dataset.frames = String(dag.frames);
+  renderLegend();
+  if (app.stepId !== null) {
+    const state = dag.stateOf(app.stepId) ?? app.detail?.state;
+    const el = $('step-state');
+    if (el && state && el.textContent !== state) {
+      el.textContent = state;
+      el.style.background = STEP_COLORS[state] ?? '#718096';
+      renderStepDiagram();
+    }
+  }
+}
+
+function renderLegend() {
+  const legend = $('legend');
+  if (!legend.firstChild) {
+    for (const s of STEP_STATES) {
+      legend.append(
+        h('span', { class: 'legend-item', title: s }, h('i', { style: `background:${STEP_COLORS[s]}` }), s, ' ', h('b', { dataset: { testid: `count-${s}` } }, '0')),
+      );
+    }
+  }
+  for (const s of STEP_STATES) {
+    const el = legend.querySelector(`[data-testid="count-${s}"]`);
+    const n = String(dag.counts[s] ?? 0);
+    if (el.textContent !== n) el.textContent = n;
+    el.parentElement.classList.toggle('zero', n === '0');
+  }
+  const edges = dag.drawsAllEdges ? '' : ` · ${dag.edgeCount} edges: only the selected step's are drawn; short layers share a row`;
+  $('dag-note').textContent = dag.size > 0 ? `${dag.size} steps in ${dag.layers.length} layers (leaves on top)${edges}` : '';
+}
+
+// ---------------------------------------------------------------- builds and the feed
+
+function updateUrl() {
+  const p = new URLSearchParams(location.search);
+  if (app.buildId === null) p.delete('build');
+  else p.set('build', String(app.buildId));
+  if (app.stepId === null) p.delete('step');
+  else p.set('step', String(app.stepId));
+  const q = p.toString();
+  history.replaceState(null, '', `${location.pathname}${q ? `?${q}` : ''}`);
+}
+
+function selectBuild(id, stepId = null) {
+  app.buildId = id;
+  app.stepId = stepId;
+  app.treeLoaded = false;
+  app.buildGone = false;
+  app.detail = null;
+  app.treeGen++;
+  dag.clear();
+  dag.requestDraw();
+  updateUrl();
+  renderBuildSelect();
+  renderStepDetails();
+  setBuildInfo(`loading build ${id}…`);
+  openFeed(id);
+}
+
+function setFeed(state, text) {
+  const el = $('feed-status');
+  el.className = `feed ${state}`;
+  el.textContent = text;
+  el.dataset.state = state;
+}
+
+function openFeed(buildId) {
+  app.source?.close();
+  const src = new EventSource(buildId === null ? '/events' : `/events?build=${buildId}`);
+  app.source = src;
+  let opened = false;
+  src.addEventListener('open', () => {
+    if (src !== app.source) return;
+    setFeed('live', buildId === null ? 'live (machines)' : 'live');
+    // Subscribed before the read: nothing between the two is missed (and after a reconnect, re-read).
+    if (buildId !== null) void loadTree();
+    if (opened) void refreshMachines();
+    opened = true;
+  });
+  src.addEventListener('error', () => {
+    if (src !== app.source) return;
+    if (src.readyState === EventSource.CLOSED) {
+      setFeed('off', 'offline');
+      // Refused (the build is not queued, or the runner is not running): machine events only, later.
+      if (buildId !== null) void loadTree();
+      setTimeout(() => {
+        if (src === app.source) openFeed(null);
+      }, buildId !== null ? 0 : 3000);
+    } else setFeed('reconnecting', 'reconnecting…');
+  });
+  src.addEventListener('steps', (e) => {
+    if (src !== app.source) return;
+    onSteps(JSON.parse(e.data));
+  });
+  src.addEventListener('machines', (e) => {
+    if (src !== app.source) return;
+    onMachines(JSON.parse(e.data));
+  });
+  src.addEventListener('resync', () => {
+    if (src !== app.source) return;
+    void loadTree();
+  });
+}
+
+let resyncTimer = null;
+function onSteps(list) {
+  app.events += list.length;
+  $('feed-events').textContent = `${app.events} step events`;
+  if (app.buffered) {
+    for (const e of list) app.buffered.push(e);
+    return;
+  }
+  let unknown = 0;
+  let selectedChanged = false;
+  for (const e of list) {
+    if (!dag.setState(e.id, e.state)) unknown++;
+    if (e.id === app.stepId) {
+      selectedChanged = true;
+      app.stepEventAt = Math.max(app.stepEventAt, e.at);
+    }
+  }
+  if (selectedChanged) scheduleStepReload();
+  // A step the view lacks (a cut tree): read the build again, at most once a second.
+  if (unknown > 0 && !resyncTimer) {
+    resyncTimer = setTimeout(() => {
+      resyncTimer = null;
+      void loadTree();
+    }, 1000);
+  }
+}
+
+/** Reads the build's steps; events that arrived meanwhile are applied if they are newer than the read. */
+async function loadTree() {
+  const id = app.buildId;
+  if (id === null) return;
+  const gen = ++app.treeGen;
+  app.buffered = [];
+  const t0 = performance.now();
+  let tree;
+  try {
+    tree = await api(`/status/build/${id}`);
+  } catch (err) {
+    if (gen !== app.treeGen) return;
+    const buffered = app.buffered;
+    app.buffered = null;
+    for (const e of buffered) dag.setState(e.id, e.state);
+    if (err.status === 404) {
+      app.buildGone = true;
+      setBuildInfo(app.treeLoaded ? `build ${id} has ended (no longer queued): the last states seen are shown` : `build ${id} is not queued in this runner (ended, or not loaded yet)`);
+    } else setBuildInfo(`build ${id}: ${err.message}`);
+    return;
+  }
+  if (gen !== app.treeGen) return;
+  const t1 = performance.now();
+  const fresh = !app.treeLoaded;
+  dag.setSteps(tree.steps, fresh);
+  const buffered = app.buffered;
+  app.buffered = null;
+  for (const e of buffered) if (tree.at === undefined || e.at > tree.at) dag.setState(e.id, e.state);
+  app.treeLoaded = true;
+  app.buildGone = false;
+  if (fresh) {
+    app.timings = { treeFetchMs: Math.round(t1 - t0), treeSteps: tree.steps.length };
+    if (app.stepId !== null) {
+      dag.select(app.stepId, true);
+      void loadStep();
+    }
+  }
+  const b = tree.build;
+  setBuildInfo(`build ${b.id} · ${b.project}:${b.jobset} · ${tree.stepCount} unfinished steps${tree.truncated ? ' (cut)' : ''}`);
+  // Layout and the first frame are measured where they happen (afterDraw).
+  dag.requestDraw();
+}
+
+function setBuildInfo(text) {
+  $('build-info').textContent = text;
+}
+
+async function refreshBuilds() {
+  let r;
+  try {
+    r = await api('/status/builds?limit=500');
+  } catch {
+    return;
+  }
+  app.builds = r.builds;
+  const key = r.builds.map((b) => `${b.id}:${b.state}`).join(',');
+  if (key !== app.buildsKey) {
+    app.buildsKey = key;
+    renderBuildSelect();
+  }
+  const listed = r.builds.some((b) => b.id === app.buildId);
+  if (app.buildId === null && r.builds.length > 0) selectBuild(pickBuild(r.builds));
+  else if (app.buildId !== null && app.buildGone && !app.treeLoaded && listed) selectBuild(app.buildId, app.stepId);
+  else if (app.buildId !== null && app.treeLoaded && !listed && !app.buildGone) {
+    app.buildGone = true;
+    setBuildInfo(`build ${app.buildId} has ended (no longer queued): the last states seen are shown`);
+  }
+}
+
+/** The first build still waiting for dependencies (its graph is the interesting one), else the first. */
+function pickBuild(builds) {
+  return (builds.find((b) => b.state === 'queued') ?? builds[0]).id;
+}
+
+function renderBuildSelect() {
+  const sel = $('build-select');
+  const opts = app.builds.map((b) => ({ id: b.id, label: `#${b.id} ${b.project}:${b.jobset} ${drvName(b.drvPath)} — ${b.state ?? 'no steps'}` }));
+  if (app.buildId !== null && !opts.some((o) => o.id === app.buildId)) opts.unshift({ id: app.buildId, label: `#${app.buildId} (not queued)` });
+  sel.replaceChildren(
+    h('option', { value: '', disabled: true, selected: app.buildId === null }, opts.length ? 'choose a build' : 'no build queued'),
+    ...opts.map((o) => h('option', { value: String(o.id), selected: o.id === app.buildId }, o.label)),
+  );
+}
+
+// ---------------------------------------------------------------- the selected step
+
+/** `at`: when the user asked (performance.now() time), to measure how long the details take. */
+function selectStep(id, reveal, at = performance.now()) {
+  app.stepId = id;
+  app.stepEventAt = 0;
+  app.detail = null;
+  dag.select(id, reveal);
+  updateUrl();
+  renderStepDetails();
+  app.timings.selectToShownMs = Math.round(performance.now() - at);
+  void loadStep().then(() => {
+    if (app.stepId === id) app.timings.selectToHistoryMs = Math.round(performance.now() - at);
+  });
+}
+
+let stepTimer = null;
+function scheduleStepReload() {
+  if (stepTimer) return;
+  stepTimer = setTimeout(() => {
+    stepTimer = null;
+    void loadStep();
+  }, 150);
+}
+
+async function loadStep() {
+  const id = app.stepId;
+  if (id === null) return;
+  try {
+    const d = await api(`/status/step/${id}`);
+    if (id !== app.stepId) return;
+    app.detail = d;
+    // The read is newer than the last event seen for the step (events come every 250 ms at most).
+    const last = d.history[d.history.length - 1];
+    if (last && last.at >= app.stepEventAt) dag.setState(id, d.state);
+  } catch (err) {
+    if (id !== app.stepId) return;
+    app.detail = { missing: true, error: err.message };
+  }
+  renderStepDetails();
+}
+
+function renderStepDetails() {
+  const box = $('step-details');
+  const id = app.stepId;
+  if (id === null) {
+    box.replaceChildren(h('p', { class: 'hint' }, 'Click a step in the graph (or find one by name) for its details and history.'));
+    $('step-history').replaceChildren();
+    renderStepDiagram();
+    return;
+  }
+  const d = app.detail && !app.detail.missing ? app.detail : null;
+  const state = dag.stateOf(id) ?? d?.state ?? '?';
+  const rows = [];
+  const row = (k, ...v) => rows.push(h('tr', {}, h('th', {}, k), h('td', {}, ...v)));
+  row('step', h('span', { dataset: { testid: 'step-id' } }, String(id)));
+  row('name', h('b', { dataset: { testid: 'step-name' } }, dag.nameOf(id) ?? drvName(d?.drvPath)));
+  row('state', badge(state, STEP_COLORS, 'step-state'));
+  if (d) {
+    row('derivation', h('code', { class: 'path' }, d.drvPath));
+    row('system', `${d.system}${d.features?.length ? ` (${d.features.join(', ')})` : ''}`);
+    row('builds', d.builds.join(', ') || '—');
+    row('priority', `global ${d.globalPriority}, local ${d.localPriority}`);
+    row('tries', String(d.tries));
+    if (d.machine) row('machine', h('span', { dataset: { testid: 'step-machine' } }, `${d.machine}${d.busyName ? ` (${d.busyName})` : ''}`));
+    if (d.waiting) row('waiting', h('span', { dataset: { testid: 'step-waiting' } }, describeWaiting(d.waiting)));
+    if (d.runnableSince) row('runnable since', secClock(d.runnableSince));
+    row('outputs', ...d.outputs.map((o) => h('div', {}, `${o.name}: `, h('code', { class: 'path' }, o.path ?? '(content-addressed)'))));
+    if (d.accepts?.length) row('may take', d.accepts.join(', '));
+  } else if (app.detail?.missing) {
+    row('', h('span', { class: 'hint' }, 'no longer in the runner: last known state shown'));
+  }
+  const chips = (ids) => {
+    const max = 24;
+    const list = ids.slice(0, max).map((x) => h('button', { class: 'chip', title: dag.nameOf(x) ?? `step ${x}`, onclick: () => selectStep(x, true) }, dag.nameOf(x) ?? String(x)));
+    if (ids.length > max) list.push(h('span', { class: 'hint' }, ` and ${ids.length - max} more`));
+    return list.length ? list : ['—'];
+  };
+  // The runner lists unfinished neighbours only; the view remembers the finished ones too.
+  const union = (a, b) => [...new Set([...(a ?? []), ...b])];
+  const deps = union(d?.deps, dag.depsOf(id));
+  const rdeps = union(d?.rdeps, dag.rdepsOf(id));
+  row(`needs (${deps.length})`, ...chips(deps));
+  row(`needed by (${rdeps.length})`, ...chips(rdeps));
+  box.replaceChildren(h('table', { class: 'kv' }, rows));
+
+  const hist = d?.history ?? [];
+  $('step-history').replaceChildren(
+    ...(hist.length
+      ? hist.map((t) =>
+          h(
+            'li',
+            { dataset: { testid: 'history-entry' } },
+            h('time', {}, clock(t.at)),
+            ' ',
+            h('b', {}, t.event),
+            ' ',
+            badge(t.from, STEP_COLORS),
+            ' → ',
+            badge(t.to, STEP_COLORS),
+          ),
+        )
+      : [h('li', { class: 'hint' }, app.detail ? 'no transition recorded yet (transitions are recorded while someone watches)' : 'loading…')]),
+  );
+  renderStepDiagram();
+}
+
+function renderStepDiagram() {
+  if (!app.diagrams) return;
+  const id = app.stepId;
+  const hist = app.detail?.history ?? [];
+  renderDiagram($('step-diagram'), app.diagrams.step, {
+    colors: STEP_COLORS,
+    active: id === null ? null : (dag.stateOf(id) ?? app.detail?.state ?? null),
+    traversed: hist,
+    last: hist[hist.length - 1] ?? null,
+    testid: 'step-diagram',
+  });
+}
+
+// ---------------------------------------------------------------- machines
+
+let machinesTimer = null;
+function onMachines(list) {
+  for (const m of list) {
+    const v = app.machines.get(m.id);
+    if (!v) continue;
+    v.state = m.state;
+    v.maxJobs = m.maxJobs;
+    v.stats.currentJobs = m.jobs;
+  }
+  renderMachines();
+  // The event carries states and counts; the jobs and figures come with the next read.
+  if (!machinesTimer) {
+    machinesTimer = setTimeout(() => {
+      machinesTimer = null;
+      void refreshMachines();
+    }, 400);
+  }
+}
+
+async function refreshMachines() {
+  try {
+    const r = await api('/status/machines');
+    app.machines = new Map(Object.entries(r.machines));
+  } catch (err) {
+    $('machines').replaceChildren(h('p', { class: 'hint' }, `machines: ${err.message}`));
+    return;
+  }
+  renderMachines();
+}
+
+/** ok / warn / bad, with the reason. */
+function health(m) {
+  const st = m.stats;
+  if (m.state === 'disabled') return ['bad', `disabled until ${secClock(st.disabledUntil)} after ${st.consecutiveFailures} failures`];
+  if (m.state === 'unreachable') return ['bad', 'unreachable (waiting for it to reconnect)'];
+  if (m.state === 'gone') return ['bad', 'gone'];
+  if (m.state === 'draining') return ['warn', 'draining'];
+  if (m.state === 'joining') return ['warn', 'joining'];
+  if (st.consecutiveFailures > 0) return ['warn', `${st.consecutiveFailures} failure${st.consecutiveFailures > 1 ? 's' : ''} in a row`];
+  if (st.storeFreePercent < 10 || st.buildDirFreePercent < 10) return ['warn', 'low on disk'];
+  if (!m.hasCapacity && st.currentJobs < m.maxJobs) return ['warn', 'over its load thresholds'];
+  return ['ok', 'healthy'];
+}
+
+function renderMachines() {
+  const list = [...app.machines.values()].sort((a, b) => (a.hostname < b.hostname ? -1 : 1));
+  $('machines-count').textContent = String(list.length);
+  $('machines').replaceChildren(
+    ...(list.length === 0
+      ? [h('p', { class: 'hint' }, 'No machine has joined.')]
+      : list.map((m) => {
+          const st = m.stats;
+          const [level, why] = health(m);
+          const slots = Array.from({ length: Math.min(m.maxJobs, 32) }, (_, k) => h('i', { class: k < st.currentJobs ? 'used' : '' }));
+          return h(
+            'div',
+            { class: 'machine', dataset: { testid: 'machine', machine: m.hostname } },
+            h(
+              'div',
+              { class: 'row' },
+              h('b', {}, m.hostname),
+              badge(m.state, BUILDER_COLORS, 'machine-state'),
+              h('span', { class: `health ${level}`, dataset: { testid: 'machine-health' }, title: why }, why),
+            ),
+            h('div', { class: 'row small' }, h('span', { class: 'slots', title: `${st.currentJobs} of ${m.maxJobs} job slots` }, slots), `${st.currentJobs}/${m.maxJobs} jobs`),
+            h(
+              'div',
+              { class: 'small' },
+              `${m.systems.join(', ')}${m.supportedFeatures.length ? ` · ${m.supportedFeatures.join(', ')}` : ''} · speed ${m.speedFactor} · ${st.nrStepsDone} steps done (${st.succeededBuilds} ok, ${st.failedBuilds} failed)${st.nrStepsDone ? ` · avg ${duration(st.avgStepTimeMs)}` : ''}`,
+            ),
+            h(
+              'div',
+              { class: 'small' },
+              `load ${st.load1.toFixed(2)} · pressure cpu ${Math.round(st.pressure.cpu)} mem ${Math.round(st.pressure.memory)} io ${Math.round(st.pressure.io)} · free: store ${Math.round(st.storeFreePercent)} %, build dir ${Math.round(st.buildDirFreePercent)} %`,
+            ),
+            m.jobs.length
+              ? h(
+                  'ul',
+                  { class: 'jobs' },
+                  m.jobs.map((drv) => {
+                    const id = dag.idOfDrv(drv);
+                    return h('li', {}, id === undefined ? drvName(drv) : h('button', { class: 'link', onclick: () => selectStep(id, true) }, drvName(drv)));
+                  }),
+                )
+              : null,
+          );
+        })),
+  );
+  if (app.diagrams) {
+    const counts = {};
+    for (const m of list) counts[m.state] = (counts[m.state] ?? 0) + 1;
+    renderDiagram($('builder-diagram'), app.diagrams.builder, { colors: BUILDER_COLORS, counts, testid: 'builder-diagram' });
+  }
+}
+
+// ---------------------------------------------------------------- queues
+
+async function refreshQueues() {
+  let status;
+  let queues;
+  let jobs;
+  try {
+    [status, queues, jobs] = await Promise.all([api('/status'), api('/status/queues'), api('/status/queues/jobs?limit=5')]);
+  } catch (err) {
+    $('runner-status').textContent = `runner: ${err.message}`;
+    return;
+  }
+  $('runner-status').textContent = `${status.status} · ${status.buildsQueued} builds · ${status.steps} steps · ${status.runnable} runnable · ${status.running} running · ${status.retryWaiting} waiting to retry`;
+  const entries = Object.entries(queues.queues).sort(([a], [b]) => (a < b ? -1 : 1));
+  const most = Math.max(1, ...entries.map(([, q]) => q.runnable));
+  $('queues').replaceChildren(
+    ...(entries.length === 0
+      ? [h('p', { class: 'hint' }, 'No queue yet.')]
+      : entries.map(([key, q]) =>
+          h(
+            'div',
+            { class: 'queue', dataset: { testid: 'queue', platform: key } },
+            h(
+              'div',
+              { class: 'row' },
+              h('b', {}, q.system),
+              q.features.length ? h('span', { class: 'small' }, q.features.join(', ')) : null,
+              h('span', { class: 'grow' }),
+              h('b', { dataset: { testid: 'queue-runnable' } }, String(q.runnable)),
+              ' runnable',
+            ),
+            h('div', { class: 'bar' }, h('i', { style: `width:${(100 * q.runnable) / most}%` })),
+            h(
+              'div',
+              { class: 'small' },
+              `${q.capableMachines.length} capable machine${q.capableMachines.length === 1 ? '' : 's'}${q.capableMachines.length ? ` (${q.capableMachines.join(', ')})` : ''} · ${q.freeMachines} with room`,
+              q.unsupportedSince ? h('span', { class: 'warn' }, ` · no machine since ${secClock(q.unsupportedSince)}`) : null,
+            ),
+            (jobs.queues[key] ?? []).length
+              ? h(
+                  'ol',
+                  { class: 'jobs' },
+                  jobs.queues[key].map((s) =>
+                    h(
+                      'li',
+                      {},
+                      dag.has(s.id) ? h('button', { class: 'link', onclick: () => selectStep(s.id, true) }, drvName(s.drvPath)) : drvName(s.drvPath),
+                      h('span', { class: 'small' }, ` build ${s.buildId ?? '—'} · ${describeWaiting(s.waiting)}`),
+                    ),
+                  ),
+                )
+              : null,
+          ),
+        )),
+  );
+}
+
+// ---------------------------------------------------------------- find and zoom
+
+function renderFind() {
+  const q = $('step-find').value.trim().toLowerCase();
+  const out = $('find-results');
+  if (!q) {
+    out.hidden = true;
+    return;
+  }
+  const found = [];
+  for (let i = 0; i < dag.size && found.length < 12; i++) {
+    if (String(dag.ids[i]) === q || dag.names[i].toLowerCase().includes(q)) found.push(dag.ids[i]);
+  }
+  out.replaceChildren(
+    ...(found.length
+      ? found.map((id) =>
+          h(
+            'button',
+            {
+              class: 'match',
+              dataset: { testid: 'find-match', step: String(id) },
+              onclick: () => {
+                out.hidden = true;
+                selectStep(id, true);
+              },
+            },
+            h('i', { style: `background:${STEP_COLORS[dag.stateOf(id)]}` }),
+            `${dag.nameOf(id)} (${id})`,
+          ),
+        )
+      : [h('span', { class: 'hint' }, 'no step matches')]),
+  );
+  out.hidden = false;
+}
+
+// ---------------------------------------------------------------- start
+
+/** For tests and the curious: what the page shows, by step id. */
+window.__hydrantViz = {
+  dag,
+  app,
+  get firstRenderMs() {
+    return app.firstRenderMs;
+  },
+  stateOf: (id) => dag.stateOf(id),
+  /** Page coordinates of a step's centre (scrolled into view first). */
+  pointOf(id) {
+    const c = dag.centerOf(id);
+    if (!c) return null;
+    const r = $('dag').getBoundingClientRect();
+    return { x: r.left + c.x, y: r.top + c.y };
+  },
+};
+
+async function start() {
+  renderLegend();
+  renderStepDetails();
+  $('build-select').addEventListener('change', (e) => selectBuild(Number(e.target.value)));
+  $('step-find').addEventListener('input', renderFind);
+  $('step-find').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') $('find-results').querySelector('button')?.click();
+    if (e.key === 'Escape') $('find-results').hidden = true;
+  });
+  $('zoom-in').addEventListener('click', () => dag.setZoom(dag.zoom * 1.25));
+  $('zoom-out').addEventListener('click', () => dag.setZoom(dag.zoom / 1.25));
+  const params = new URLSearchParams(location.search);
+  const build = params.get('build');
+  const step = params.get('step');
+  if (build !== null && /^\d+$/.test(build)) selectBuild(Number(build), step !== null && /^\d+$/.test(step) ? Number(step) : null);
+  else openFeed(null);
+  app.diagrams = await api('/ui/machines.json').catch(() => null);
+  renderStepDiagram();
+  await Promise.all([refreshMachines(), refreshQueues(), refreshBuilds()]);
+  setInterval(refreshQueues, QUEUE_POLL_MS);
+  setInterval(refreshBuilds, BUILDS_POLL_MS);
+  setInterval(refreshMachines, MACHINES_POLL_MS);
+}
+
+void start();
