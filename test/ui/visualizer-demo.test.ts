@@ -1,0 +1,106 @@
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Browser } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startCli } from '../helpers/cli.ts';
+import { launchBrowser, newPage, resultPath } from './harness.ts';
+
+/* Code passed to page.evaluate runs in the browser; the project compiles without the DOM library. */
+declare const window: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+declare const document: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/** A port nothing listens on right now. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * The visualizer against `hydrant demo --http-port N` (a child process: the
+ * runner, two builders with their own Nix stores, the bundled jobset): the
+ * URL the demo prints, machines, queues, and the release build's steps
+ * changing state while it builds, without reloading the page. Leaves a
+ * screenshot in test-results/visualizer.png (and, with
+ * HYDRANT_UI_SCREENSHOT=docs/visualizer.png, the README's).
+ */
+describe('visualizer on hydrant demo', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'hydrant-ui-demo-'));
+  let demo: ReturnType<typeof startCli>;
+  let browser: Browser;
+  beforeAll(async () => {
+    const port = await freePort();
+    demo = startCli(['demo', '--state-dir', dir, '--http-port', String(port)]);
+    browser = await launchBrowser();
+  }, 60_000);
+  afterAll(async () => {
+    await browser?.close();
+    if (demo && demo.child.exitCode === null) {
+      demo.child.kill('SIGINT');
+      const t = setTimeout(() => demo.child.kill('SIGKILL'), 20_000);
+      await demo.exited;
+      clearTimeout(t);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }, 40_000);
+
+  it("follows the release build's steps live, opens a step's history, and shows machines, queues and lifecycles", async () => {
+    const line = await demo.waitFor(/visualizer on http:\/\/127\.0\.0\.1:\d+\//, 60_000);
+    const url = /http:\/\/\S+\//.exec(line)![0];
+    const errors: string[] = [];
+    const page = await newPage(browser, errors);
+    await page.goto(url);
+    await page.evaluate(() => (window.__sameDocument = true));
+    await expect.poll(() => page.getByTestId('machine').count(), { timeout: 60_000 }).toBe(2);
+
+    // The release build, once the demo has queued it.
+    const release = page.getByTestId('build-select').locator('option', { hasText: 'demo-release' });
+    await release.waitFor({ state: 'attached', timeout: 60_000 });
+    await page.getByTestId('build-select').selectOption((await release.getAttribute('value'))!);
+    await page.waitForFunction(() => Number(document.querySelector('[data-testid="dag"]')!.getAttribute('data-steps')) > 1, null, { timeout: 30_000 });
+
+    // Its own step: found by name, clicked on the canvas where the graph draws it.
+    await page.getByTestId('step-find').fill('demo-release');
+    const stepId = Number(await page.getByTestId('find-match').first().getAttribute('data-step'));
+    await page.getByTestId('step-find').fill('');
+    const point = await page.evaluate((id) => window.__hydrantViz.pointOf(id), stepId);
+    await page.mouse.click(point.x, point.y);
+    await page.getByTestId('step-id').filter({ hasText: String(stepId) }).waitFor();
+    const before = (await page.getByTestId('step-state').textContent())!;
+    expect(['queued', 'runnable', 'dispatched', 'building']).toContain(before);
+
+    // The state shown changes as the builders work, without a reload.
+    await page.waitForFunction((s) => document.querySelector('[data-testid="step-state"]')?.textContent !== s, before, { timeout: 60_000 });
+    const after = (await page.getByTestId('step-state').textContent())!;
+    expect(after).not.toBe(before);
+    expect(await page.evaluate(() => window.__sameDocument)).toBe(true);
+    // Its history (GET /status/step/ID) lists the transitions; the lifecycle diagram marks where it is.
+    await expect.poll(() => page.getByTestId('history-entry').count(), { timeout: 10_000 }).toBeGreaterThan(0);
+    expect(await page.getByTestId('step-history').textContent()).toMatch(/DEPS_DONE|DISPATCH|START|SUCCEED/);
+    await page.waitForFunction(() => {
+      const s = document.querySelector('[data-testid="step-state"]')!.textContent;
+      return document.querySelector(`[data-testid="step-diagram-state-${s}"]`)?.getAttribute('data-active') === 'true';
+    });
+
+    // Machines: both builders with their health; the builder lifecycle counts them; a queue per system.
+    expect(await page.getByTestId('machine-health').first().textContent()).toBeTruthy();
+    const counted = await page.$$eval('[data-testid^="builder-diagram-state-"]', (els) => els.reduce((n, e) => n + Number(e.getAttribute('data-count') ?? 0), 0));
+    expect(counted).toBe(2);
+    await expect.poll(() => page.getByTestId('queue').count(), { timeout: 10_000 }).toBeGreaterThan(0);
+    expect(await page.getByTestId('feed-status').getAttribute('data-state')).toBe('live');
+
+    // More of the build done: a picture with several states in it.
+    await page.waitForFunction(() => Number(document.querySelector('[data-testid="count-succeeded"]')!.textContent) >= 3, null, { timeout: 30_000 });
+    const shot = resultPath('visualizer.png');
+    await page.screenshot({ path: shot });
+    if (process.env.HYDRANT_UI_SCREENSHOT) copyFileSync(shot, process.env.HYDRANT_UI_SCREENSHOT);
+    expect(errors).toEqual([]);
+  }, 120_000);
+});
