@@ -106,20 +106,44 @@ async function instantiateDag(dir: string, dag: Dag, nonce: string): Promise<{ d
 
 const CLK_TCK = 100;
 
+/** utime + stime and cutime + cstime of one process, in seconds (/proc/PID/stat). */
+function procStat(pid: number): { ppid: number; self: number; children: number } | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields 4 and 14–17 of stat(5) are at 1 and 11–14 once the pid and (command) are cut off.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+    return { ppid: f[1]!, self: (f[11]! + f[12]!) / CLK_TCK, children: (f[13]! + f[14]!) / CLK_TCK };
+  } catch {
+    return null;
+  }
+}
+
 /**
- * CPU seconds of a process itself (utime + stime) and of the children it has
- * waited for (cutime + cstime), from /proc/PID/stat.
+ * CPU seconds of a process itself (`self`: for Node, every thread) and of
+ * its descendants (`children`): those it has waited for plus those still
+ * running (long-lived Nix processes count while they run).
  */
 function cpuOf(pid: number | undefined): { self: number; children: number } {
   if (pid === undefined) return { self: 0, children: 0 };
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields 14–17 of stat(5) are at 11–14 once the pid and (command) are cut off.
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
-    return { self: (f[11]! + f[12]!) / CLK_TCK, children: (f[13]! + f[14]!) / CLK_TCK };
-  } catch {
-    return { self: 0, children: 0 };
+  const all = new Map<number, { ppid: number; self: number; children: number }>();
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    const st = procStat(Number(e));
+    if (st) all.set(Number(e), st);
   }
+  const root = all.get(pid);
+  if (!root) return { self: 0, children: 0 };
+  let children = root.children;
+  const stack = [pid];
+  while (stack.length > 0) {
+    const parent = stack.pop()!;
+    for (const [p, st] of all) {
+      if (st.ppid !== parent) continue;
+      children += st.self + st.children;
+      stack.push(p);
+    }
+  }
+  return { self: root.self, children };
 }
 
 interface Proc {
@@ -287,7 +311,16 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const killOnExit = (): void => {
     for (const p of procs) p.child.kill('SIGKILL');
   };
+  // Interrupted: no graceful drain, but no process or temporary directory is left behind either.
+  const onSignal = (sig: NodeJS.Signals): void => {
+    log(`${sig}: stopping`);
+    killOnExit();
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(130);
+  };
   process.once('exit', killOnExit);
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   let pg: EmbeddedDatabase | null = null;
   let pool: ReturnType<typeof createPool> | null = null;
   const machine = { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown', loadAvg1AtStart: round(loadavg()[0]!, 2), nix: '' };
@@ -377,7 +410,11 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     for (const id of ids) await runner.waitFor(new RegExp(`"machine":"${id}"[^\\n]*"msg":"builder joined"|"msg":"builder joined"[^\\n]*"machine":"${id}"`), 60_000);
     log(`hydrant: ${builders} builders joined; queueing ${n} builds`);
 
-    const cpuAt = (): Record<string, { self: number; children: number }> => Object.fromEntries(procs.map((p) => [p.name, cpuOf(p.child.pid)]));
+    // Everything this process started (PostgreSQL included), and each Hydrant process with its tools.
+    const cpuAt = (): Record<string, { self: number; children: number }> => ({
+      ...Object.fromEntries(procs.map((p) => [p.name, cpuOf(p.child.pid)])),
+      all: cpuOf(process.pid),
+    });
     const cpuBefore = cpuAt();
     rmSync(traceLog, { force: true }); // only what happens from the queueing on
     const t0 = performance.now();
@@ -422,9 +459,10 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     for (const s of ok) perMachine[s.machine] = (perMachine[s.machine] ?? 0) + 1;
     const uploads = uploadTimes(readFileSync(join(dir, 'runner.log'), 'utf8'));
     // Per process: its own CPU (Node: main thread, worker pool, gRPC) and its Nix and compression tools'.
-    const cpu = Object.fromEntries(
-      Object.keys(cpuAfter).map((k) => [k, { node: round(cpuAfter[k]!.self - cpuBefore[k]!.self, 1), tools: round(cpuAfter[k]!.children - cpuBefore[k]!.children, 1) }]),
-    );
+    const delta = (k: string, f: 'self' | 'children'): number => cpuAfter[k]![f] - cpuBefore[k]![f];
+    const cpu: Record<string, { node: number; tools: number }> = Object.fromEntries(procs.map((p) => [p.name, { node: round(delta(p.name, 'self'), 1), tools: round(delta(p.name, 'children'), 1) }]));
+    const cpuTotal = delta('all', 'children');
+    const cpuPostgres = cpuTotal - procs.reduce((a, p) => a + delta(p.name, 'self') + delta(p.name, 'children'), 0);
 
     const hydrant = {
       seconds: round(hydrantSeconds, 2),
@@ -441,7 +479,9 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       cacheUploadMsPerStep: stats(uploads),
       cacheNarinfos: narinfos,
       cpuSeconds: cpu,
-      cpuSecondsTotal: round(Object.values(cpu).reduce((a, c) => a + c.node + c.tools, 0), 1),
+      cpuSecondsPostgres: round(cpuPostgres, 1),
+      cpuSecondsTotal: round(cpuTotal, 1),
+      cpuMsPerStep: round((cpuTotal * 1000) / n, 1),
       ...(values['trace-tools'] ? { toolCalls: toolTrace(traceLog, new Map(procs.map((p) => [p.child.pid!, p.name === 'runner' ? 'runner' : 'builders'])), n) } : {}),
     };
     return {
@@ -454,13 +494,25 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       nixSeconds: nix ? round(nix.seconds, 2) : null,
       hydrantSeconds: round(hydrantSeconds, 2),
       ratio: nix ? round(hydrantSeconds / nix.seconds, 2) : null,
-      nix: nix ? { seconds: round(nix.seconds, 2), instantiateSeconds: round(nix.instantiateSeconds, 2), stepsPerSecond: round(n / nix.seconds, 1), cpuSeconds: round(nix.cpuSeconds, 1) } : null,
+      // CPU time is what a shared machine distorts least: the same ratio in CPU seconds.
+      cpuRatio: nix ? round(hydrant.cpuSecondsTotal / nix.cpuSeconds, 1) : null,
+      nix: nix
+        ? {
+            seconds: round(nix.seconds, 2),
+            instantiateSeconds: round(nix.instantiateSeconds, 2),
+            stepsPerSecond: round(n / nix.seconds, 1),
+            cpuSeconds: round(nix.cpuSeconds, 1),
+            cpuMsPerStep: round((nix.cpuSeconds * 1000) / n, 1),
+          }
+        : null,
       hydrant,
       machine: { ...machine, loadAvg1AtEnd: round(loadavg()[0]!, 2) },
     };
   } finally {
     await stopAll(procs);
     process.off('exit', killOnExit);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     await pool?.end().catch(() => {});
     await pg?.stop().catch(() => {});
     if (values.keep) log(`kept ${dir}`);
