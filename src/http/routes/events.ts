@@ -1,6 +1,7 @@
 import type { Scheduler } from '../../actors/scheduler.ts';
 import { HttpError } from '../../errors/index.ts';
 import type { LiveFeed } from '../../status/live-feed.ts';
+import { buildClosure } from '../../status/closure.ts';
 import type { Handler } from '../router.ts';
 
 /**
@@ -18,14 +19,7 @@ export function eventsHandler(feed: LiveFeed, scheduler: () => Scheduler | null)
     if (build !== null) {
       const b = s.graph.builds.get(Number(build));
       if (!b) throw new HttpError(404, `build ${build} is not queued in this runner`);
-      steps = new Set<number>();
-      const stack = b.toplevel ? [b.toplevel] : [];
-      while (stack.length > 0) {
-        const step = stack.pop()!;
-        if (steps.has(step.id)) continue;
-        steps.add(step.id);
-        for (const d of step.deps) stack.push(d);
-      }
+      steps = new Set(buildClosure(b).steps.map((step) => step.id));
     }
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive' });
     res.write('retry: 2000\n\n');
