@@ -20,6 +20,7 @@ import { ensureSchema } from '../src/db/schema.ts';
 import { MemoryStore } from '../src/sim/memory-store.ts';
 import { SimulatedBuilder } from '../src/sim/simulated-builder.ts';
 import { syntheticDag } from '../src/sim/synthetic-dag.ts';
+import { LiveFeed } from '../src/status/live-feed.ts';
 import { createLogger } from '../src/util/logger.ts';
 import { log, round } from './common.ts';
 
@@ -56,6 +57,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       'build-ms': { type: 'string', default: '0' },
       seconds: { type: 'string', default: '30' },
       seed: { type: 'string', default: '1' },
+      feed: { type: 'boolean', default: false },
     },
   });
   const steps = Number(values.steps);
@@ -101,6 +103,51 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     const heapAfter = process.memoryUsage().heapUsed;
     log(`ingested ${graph.builds.size} builds, ${held} steps in ${round(ingestSeconds, 2)} s`);
 
+    // --feed: one visualizer client, as GET /events?build=ID subscribes it, watching the build
+    // that needs the most steps; its events are serialised as the HTTP route would write them.
+    const feedStats = { watchedSteps: 0, events: 0, bytes: 0, cpuMs: 0 };
+    let feed: LiveFeed | null = null;
+    let unsubscribe = (): void => {};
+    if (values.feed) {
+      let watched = new Set<number>();
+      for (const b of graph.builds.values()) {
+        const steps = new Set<number>();
+        const stack = b.toplevel ? [b.toplevel] : [];
+        while (stack.length > 0) {
+          const step = stack.pop()!;
+          if (steps.has(step.id)) continue;
+          steps.add(step.id);
+          for (const dep of step.deps) stack.push(dep);
+        }
+        if (steps.size > watched.size) watched = steps;
+      }
+      feedStats.watchedSteps = watched.size;
+      feed = new LiveFeed(() => runtime.scheduler);
+      unsubscribe = feed.subscribe({
+        steps: watched,
+        send: (event, data) => {
+          feedStats.events++;
+          feedStats.bytes += `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`.length;
+        },
+      });
+      // The feed's own main-thread time: its step observer, its machine observer and its flushes (which serialise).
+      const g = runtime.scheduler.graph;
+      const d0 = runtime.scheduler.dispatcher;
+      const stepObserver = g.observer!;
+      const machineObserver = d0.machineObserver!;
+      const f = feed as unknown as { flush(): void };
+      const flush = f.flush.bind(feed);
+      const timed = <A extends unknown[]>(fn: (...a: A) => void) => (...a: A): void => {
+        const t = performance.now();
+        fn(...a);
+        feedStats.cpuMs += performance.now() - t;
+      };
+      g.observer = timed(stepObserver);
+      d0.machineObserver = timed(machineObserver);
+      f.flush = timed(flush);
+      log(`feed: one client watching a build of ${watched.size} steps`);
+    }
+
     // Dispatch: measure the dispatcher's own latency and cost on a saturated fleet.
     const latencies: number[] = [];
     const waits: number[] = [];
@@ -122,6 +169,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     };
     const sim = new SimulatedBuilder({ store, durationMs: () => buildMs });
     const start = performance.now();
+    const cpuStart = process.cpuUsage();
     for (let m = 0; m < machines; m++) {
       runtime.scheduler.addMachine(
         {
@@ -135,7 +183,9 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     const deadline = start + seconds * 1000;
     while (runtime.scheduler.graph.builds.size > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     const elapsed = (performance.now() - start) / 1000;
+    const cpu = process.cpuUsage(cpuStart);
     const finished = runtime.scheduler.counters.stepsFinished;
+    unsubscribe();
     await runtime.stop(0);
     // Results are written behind the dispatcher; count what reached the database.
     const persistedSeconds = (performance.now() - start) / 1000;
@@ -164,7 +214,21 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       stepsPersisted: persisted,
       persistedStepsPerSecond: Math.round(persisted / persistedSeconds),
       dispatchSeconds: round(elapsed, 1),
+      // The runner process's CPU time (all its threads; PostgreSQL not included) while dispatching.
+      dispatchCpuSeconds: round((cpu.user + cpu.system) / 1e6, 2),
+      cpuMsPerStepResult: round((cpu.user + cpu.system) / 1000 / Math.max(1, finished), 3),
       finishedAll: runtime.scheduler.graph.builds.size === 0,
+      ...(feed && {
+        feed: {
+          ...feedStats,
+          cpuMs: round(feedStats.cpuMs, 1),
+          transitions: feed.stats.transitions,
+          flushes: feed.stats.flushes,
+          stepEvents: feed.stats.stepEvents,
+          usPerTransition: round((feedStats.cpuMs * 1000) / Math.max(1, feed.stats.transitions), 2),
+          shareOfDispatchCpu: round(feedStats.cpuMs / Math.max(1, (cpu.user + cpu.system) / 1000), 4),
+        },
+      }),
     };
   } finally {
     await pool.end();
