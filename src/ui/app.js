@@ -126,9 +126,11 @@ function showTip(id, x, y) {
     return;
   }
   tip.textContent = tipText(id);
-  tip.style.left = `${Math.min(x + 14, $('dag').clientWidth - 220)}px`;
-  tip.style.top = `${y + 14}px`;
   tip.hidden = false;
+  // Right of the pointer, or left of it where the canvas ends.
+  const w = tip.offsetWidth;
+  tip.style.left = `${x + 14 + w > $('dag').clientWidth ? Math.max(0, x - 10 - w) : x + 14}px`;
+  tip.style.top = `${y + 14}px`;
 }
 
 const tipText = (id) => `${dag.nameOf(id)} — ${dag.stateOf(id)} (step ${id}, layer ${dag.layerOfId(id)})`;
