@@ -1,3 +1,4 @@
+import type { DumpDbEntry } from '../nix/dump-db.ts';
 import type { StepBusyCode } from '../db/status.ts';
 import type { RunnerMessage } from '../protocol/gen/runner.ts';
 import type { ControlSession } from '../protocol/server.ts';
@@ -12,6 +13,8 @@ export interface RemoteJob {
   readonly progress: (busy: StepBusyCode) => void;
   /** Store paths the builder may fetch for this job (its requisites), once computed. */
   allowed: Set<string> | null;
+  /** Path infos read for FetchRequisites, reused by FetchNar (one Nix process less per NAR). */
+  infos?: ReadonlyMap<string, DumpDbEntry>;
   /** Outputs received and imported: name → store path. */
   readonly uploaded: Map<string, string>;
 }

@@ -495,7 +495,8 @@ export class BuilderAgent {
     await this.#stepStatus(job, StepBusy.STEP_BUSY_SENDING_INPUTS);
     try {
       await this.#importMissing(job, requisites);
-      await this.#ensureDerivation(job);
+      // The requisites are the .drv's closure: once they are imported, the .drv is valid.
+      if (!requisites.some((r) => r.storePath === order.drvPath)) await this.#ensureDerivation(job);
     } catch (err) {
       if (err instanceof JobAbortedError || job.aborted) throw new JobAbortedError();
       if (err instanceof BuilderJobError) throw err;
@@ -712,13 +713,13 @@ export class BuilderAgent {
 
   async #outputInfos(paths: readonly string[]): Promise<Map<string, { narHash: string; narSize: number; references: string[]; deriver: string | null; closureSize: number }>> {
     const store = this.#o.store;
-    const infos = await queryPathInfos(store, paths);
+    // Outputs are never .drv files, so path-info's metadata is all they need (one Nix process, not two).
     const { stdout } = await store.runChecked('nix', ['path-info', '--json', '--closure-size', ...paths]);
-    const sizes = new Map((JSON.parse(stdout.toString('utf8')) as { path: string; closureSize: number }[]).map((i) => [i.path, i.closureSize]));
+    const list = JSON.parse(stdout.toString('utf8')) as { path: string; narHash: string; narSize: number; references: string[]; deriver?: string; closureSize: number }[];
     return new Map(
-      infos.map((i) => [
+      list.map((i) => [
         i.path,
-        { narHash: i.narHash.format('base32'), narSize: i.narSize, references: i.references, deriver: i.deriver, closureSize: sizes.get(i.path) ?? i.narSize },
+        { narHash: parseHash(i.narHash, 'sha256').format('base32'), narSize: i.narSize, references: i.references, deriver: i.deriver ?? null, closureSize: i.closureSize },
       ]),
     );
   }

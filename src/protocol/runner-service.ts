@@ -192,6 +192,7 @@ export class BuilderService implements RunnerHandlers {
     const infos = await queryPathInfos(this.o.store, paths);
     const byPath = new Map(infos.map((i) => [i.path, i]));
     j.allowed = new Set(paths);
+    j.infos = byPath;
     const ordered = exportOrder(paths, (p) => byPath.get(p)?.references ?? []);
     return {
       requisites: ordered.map((p) => {
@@ -204,7 +205,7 @@ export class BuilderService implements RunnerHandlers {
   async *fetchNar(ctx: CallContext, req: { jobId: string; storePath: string; accept?: Compression[] }): AsyncIterable<NarChunk> {
     const j = this.job(ctx, req.jobId);
     if (!j.allowed?.has(req.storePath)) throw new ProtocolError(status.PERMISSION_DENIED, `${req.storePath} is not a requisite of job ${req.jobId}`);
-    const [info] = await queryPathInfos(this.o.store, [req.storePath]);
+    const info = j.infos?.get(req.storePath) ?? (await queryPathInfos(this.o.store, [req.storePath]))[0];
     if (!info) throw new ProtocolError(status.NOT_FOUND, `${req.storePath} is not valid on the runner`);
     const compression = chooseCompression(info.narSize, req.accept ?? []);
     yield {

@@ -1,3 +1,4 @@
+import { access } from 'node:fs/promises';
 import type { StepFinisher, StepJob, StepOutcome } from '../actors/builder-port.ts';
 import type { FileBinaryCache } from '../cache/file-cache.ts';
 import { uploadClosure } from '../cache/upload.ts';
@@ -24,6 +25,11 @@ export interface OutputPublisherOptions {
  * that cannot be compressed or published is only logged: the build's
  * result does not depend on it.
  */
+const exists = (p: string): Promise<boolean> => access(p).then(
+  () => true,
+  () => false,
+);
+
 export class OutputPublisher implements StepFinisher {
   /** Totals for metrics: paths and logs published, compressed and NAR bytes, failed uploads. */
   readonly stats = { paths: 0, bytes: 0, narBytes: 0, logs: 0, failures: 0 };
@@ -34,10 +40,12 @@ export class OutputPublisher implements StepFinisher {
     const { log } = this.o;
     let logFile = outcome.logFile;
     try {
-      logFile = await compressBuildLog(this.o.pool, logFile);
-      if (logFile !== '') {
-        for (const wrote of await Promise.all(this.o.caches.map((c) => c.uploadLog(job.drvPath, logFile)))) if (wrote) this.stats.logs++;
+      // The caches take the plain log (no bzip2 round trip); then Hydra's own copy is compressed.
+      if (logFile !== '' && (await exists(logFile))) {
+        const plain = logFile;
+        for (const wrote of await Promise.all(this.o.caches.map((c) => c.uploadLog(job.drvPath, plain)))) if (wrote) this.stats.logs++;
       }
+      logFile = await compressBuildLog(this.o.pool, logFile);
     } catch (err) {
       log.warn({ drv: job.drvPath, err: String((err as Error)?.message ?? err) }, 'could not compress or publish the build log');
     }
