@@ -48,14 +48,19 @@ describe('status API of a runner with a real builder', () => {
 
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, 'release.nix');
-    writeFileSync(file, `{ }: let ${MK_DRV} in {
-      quick = mk { name = "quick-${nonce}"; script = "echo quick > $out"; };
-      slow = mk { name = "slow-${nonce}"; script = "/bin/sleep 45; echo slow > $out"; };
-      elsewhere = (mk { name = "elsewhere-${nonce}"; script = "echo > $out"; extra = { system = "riscv64-linux"; }; });
-    }`);
-    expect((await runCli(['submit', '--db-url', db.url, '--project', 'st', '--jobset', 'main', '--create', '--file', file])).code).toBe(0);
+    const submit = async (jobs: string, create: boolean) => {
+      writeFileSync(file, `{ }: let ${MK_DRV} in { ${jobs} }`);
+      expect((await runCli(['submit', '--db-url', db.url, '--project', 'st', '--jobset', 'main', ...(create ? ['--create'] : []), '--file', file])).code).toBe(0);
+    };
+    // quick first, alone: the builder has one slot, and slow must be the step running when the API is read.
+    await submit(`quick = mk { name = "quick-${nonce}"; script = "echo quick > $out"; };`, true);
+    await waitFor(async () => (await db.pool.query("select finished from builds where job = 'quick'")).rows[0]?.finished === 1, 60_000, 'quick');
+    await submit(
+      `slow = mk { name = "slow-${nonce}"; script = "/bin/sleep 45; echo slow > $out"; };
+       elsewhere = (mk { name = "elsewhere-${nonce}"; script = "echo > $out"; extra = { system = "riscv64-linux"; }; });`,
+      false,
+    );
     const ids = Object.fromEntries((await db.pool.query('select job, id from builds')).rows.map((r) => [r.job, r.id as number]));
-    await waitFor(async () => (await db.pool.query('select finished from builds where id = $1', [ids.quick])).rows[0].finished === 1, 60_000, 'quick');
     await waitFor(async () => (await api('/status/steps')).steps.some((s: Json) => s.busyName === 'building'), 30_000, 'slow to build');
 
     const status = await api('/status');
