@@ -127,13 +127,20 @@ export class Dispatcher {
    * retries are used up.
    */
   jobEnded(step: StepRecord, machine: MachineRecord | undefined, outcome: 'done' | 'transient'): 'done' | 'retrying' | 'abandoned' {
-    if (machine) {
-      machine.jobs.delete(step);
-      if (machine.jobs.size === 0) machine.idleSince = this.o.clock.now();
-      this.syncCapacity(machine);
-    }
+    if (machine) this.releaseSlot(step, machine);
     step.machine = null;
     return outcome === 'transient' ? this.retryLater(step) : 'done';
+  }
+
+  /**
+   * The machine is done with the step (its builder returned the outputs)
+   * while the runner still works on it (uploads): the slot goes to another
+   * step now. Idempotent; jobEnded releases it too.
+   */
+  releaseSlot(step: StepRecord, machine: MachineRecord): void {
+    if (!machine.jobs.delete(step)) return;
+    if (machine.jobs.size === 0) machine.idleSince = this.o.clock.now();
+    this.syncCapacity(machine);
   }
 
   /** Schedules another attempt, or gives up (ABORT) once maxRetries retries were used. */

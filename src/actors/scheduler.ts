@@ -178,8 +178,16 @@ export class Scheduler {
   // ------------------------------------------------------------ machines
 
   addMachine(m: MachineRecord, port: BuilderPort): void {
-    this.ports.set(m.id, this.o.finisher ? finishingPort(port, this.o.finisher) : port);
+    this.ports.set(m.id, this.o.finisher ? finishingPort(port, this.o.finisher, (jobId) => this.builtOn(m, jobId)) : port);
     this.dispatcher.addMachine(m);
+  }
+
+  /** A builder is done with a job whose outputs are still being published: its slot is free. */
+  private builtOn(m: MachineRecord, jobId: string): void {
+    for (const step of m.jobs) {
+      const aj = this.active.get(step);
+      if (aj?.job.jobId === jobId) return this.dispatcher.releaseSlot(step, m);
+    }
   }
 
   /** The machine is gone: its jobs are retried elsewhere (transient, machine at fault). */
