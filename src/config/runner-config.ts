@@ -36,6 +36,7 @@ const RunnerConfigSchema = z
     buildTimeout: z.number().int().positive().default(36000),
     maxLogSize: z.number().int().positive().default(64 * 1024 * 1024),
     grpcListen: z.string().default('127.0.0.1:50051'),
+    /** The status API, /metrics and the visualizer; "" turns them off. */
     httpListen: z.string().default('127.0.0.1:8080'),
     workerThreads: z.number().int().positive().default(2),
     /** On SIGTERM, how long running steps may take to finish before they are aborted. */

@@ -151,6 +151,10 @@ export class RunnerDaemon {
 
   private async startHttp(store: SchedulerStore): Promise<void> {
     const c = this.config;
+    if (c.httpListen === '') {
+      this.options.log.info('HTTP API off (httpListen = "")');
+      return;
+    }
     const auth = c.apiTokenPaths.length > 0 ? await TokenAuth.fromFiles(c.apiTokenPaths, 'API') : null;
     const router = new Router(writeGuard(auth))
       .put('/build', putBuild(this.database.pool, store))

@@ -80,8 +80,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       tokenPaths: [paths.tokenFile],
       grpcListen: '127.0.0.1:0',
       remoteStoreAddr: [cacheStoreUri(paths, compression)],
-      // Without --http-port, any free port: the demo must not take (or clash on) the default one.
-      httpListen: `127.0.0.1:${o.httpPort ?? 0}`,
+      // Without --http-port, no HTTP at all: the demo must not take (or clash on) the default port.
+      httpListen: o.httpPort === undefined ? '' : `127.0.0.1:${o.httpPort}`,
       shutdownGraceInS: 3,
       retryInterval: 1,
       retryBackoff: 2,

@@ -67,6 +67,15 @@ describe('HTTP API of a running runner', () => {
     await daemon.stop();
   }, 120_000);
 
+  it('serves nothing over HTTP when httpListen is empty', async () => {
+    const daemon = new RunnerDaemon({ overrides: { dbUrl: db.url, hydraDataDir: dir, rootsDir: join(dir, 'roots'), httpListen: '' }, log: quietLog });
+    daemons.push(daemon);
+    await daemon.start();
+    expect(daemon.lifecycle.state).toBe('running');
+    expect(daemon.http).toBeNull();
+    await daemon.stop();
+  });
+
   it('refuses writes when no API token is configured', async () => {
     const { daemon, url } = await start({});
     const r = await fetch(`${url}/build`, { method: 'PUT', headers: { authorization: 'Bearer anything' }, body: '{}' });
