@@ -1,7 +1,9 @@
-import { NixCommandError, NixFormatError, PathNotInStoreError } from '../errors/index.ts';
+import { NixFormatError, PathNotInStoreError } from '../errors/index.ts';
 import { type Hash, parseHash } from '../nix/hash.ts';
 import { parseStorePath } from '../nix/store-path.ts';
 import { runNix } from '../nix/tools.ts';
+import { servePool } from '../nix/serve-session.ts';
+import { hostStore } from '../builder/private-store.ts';
 
 /** What the local store records about a path: everything a narinfo repeats from it. */
 export interface LocalPathInfo {
@@ -30,9 +32,6 @@ interface PathInfoJson {
   signatures?: string[];
 }
 
-/** Paths per `nix path-info` call: far below the argument-length limit. */
-const BATCH = 500;
-
 function toInfo(j: PathInfoJson): LocalPathInfo {
   const bad = (msg: string) => new NixFormatError('path-info', `${j.path}: ${msg}`);
   if (typeof j.narHash !== 'string' || typeof j.narSize !== 'number') throw bad('no narHash/narSize');
@@ -52,38 +51,28 @@ function toInfo(j: PathInfoJson): LocalPathInfo {
 }
 
 /**
- * Path infos from the local store, in `nix path-info`'s order (one entry per
- * distinct path). `recursive`: the whole closure of `paths`. Throws
- * PathNotInStoreError if any path is not valid.
+ * Path infos from the local store (one entry per distinct path), read over
+ * a `nix-store --serve` session rather than a Nix process per call.
+ * `recursive`: the whole closure of `paths`. Throws PathNotInStoreError if
+ * any path is not valid.
  */
 export async function queryPathInfos(paths: readonly string[], options: { recursive?: boolean } = {}): Promise<LocalPathInfo[]> {
-  const byPath = new Map<string, LocalPathInfo>();
-  const invalid: string[] = [];
   const unique = [...new Set(paths)];
-  for (let i = 0; i < unique.length; i += BATCH) {
-    const args = ['path-info', '--json', ...(options.recursive ? ['--recursive'] : []), ...unique.slice(i, i + BATCH)];
-    let stdout: Buffer;
-    try {
-      ({ stdout } = await runNix('nix', args));
-    } catch (e) {
-      // With --recursive an invalid path is an error rather than a `valid: false` entry: find which.
-      if (!options.recursive || !(e instanceof NixCommandError) || !/is not valid/.test(e.stderr)) throw e;
-      await queryPathInfos(unique.slice(i, i + BATCH)); // throws PathNotInStoreError naming them
-      throw e;
+  if (unique.length === 0) return [];
+  return servePool(hostStore).use(async (session) => {
+    const valid = new Set(await session.queryValid(unique));
+    const invalid = unique.filter((p) => !valid.has(p));
+    if (invalid.length > 0) throw new PathNotInStoreError(invalid);
+    const all = options.recursive ? await session.queryClosure(unique, false) : unique;
+    const infos = await session.queryPathInfos(all);
+    if (infos.length !== all.length) {
+      const got = new Set(infos.map((i) => i.path));
+      throw new PathNotInStoreError(all.filter((p) => !got.has(p)));
     }
-    let entries: PathInfoJson[];
-    try {
-      entries = JSON.parse(stdout.toString('utf8')) as PathInfoJson[];
-    } catch (e) {
-      throw new NixFormatError('path-info', 'nix path-info --json printed something that is not JSON', { cause: e });
-    }
-    for (const e of entries) {
-      if (e.valid === false) invalid.push(e.path);
-      else if (!byPath.has(e.path)) byPath.set(e.path, toInfo(e));
-    }
-  }
-  if (invalid.length > 0) throw new PathNotInStoreError(invalid);
-  return [...byPath.values()];
+    return infos.map((i) =>
+      toInfo({ path: i.path, narHash: i.narHash, narSize: i.narSize, references: i.references, deriver: i.deriver ?? undefined, ca: i.ca ?? undefined, signatures: i.sigs }),
+    );
+  });
 }
 
 /** A store's realisation of one derivation output (the `.doi` files of a cache). */

@@ -10,8 +10,11 @@ import { buildLogPath } from '../builder/build-logs.ts';
 import type { NixStoreHandle } from '../builder/private-store.ts';
 import { importVerified, queryPathInfos } from '../builder/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
-import { NarHashMismatchError, NixFormatError, ProtocolError, UnexpectedStorePathError } from '../errors/index.ts';
+import { NarHashMismatchError, NixFormatError, PathNotInStoreError, ProtocolError, UnexpectedStorePathError } from '../errors/index.ts';
 import { exportOrder, writeExport } from '../nix/export.ts';
+import type { DumpDbEntry } from '../nix/dump-db.ts';
+import { parseHash } from '../nix/hash.ts';
+import { servePool } from '../nix/serve-session.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { isStorePath } from '../nix/store-path.ts';
 import type { Logger } from '../util/logger.ts';
@@ -186,11 +189,18 @@ export class BuilderService implements RunnerHandlers {
     const j = this.job(ctx, req.jobId);
     // The .drv closure plus the outputs of the derivations in it: what
     // `nix-store --realise` on the builder needs to build only this step.
-    const r = await this.o.store.runChecked('nix-store', ['--query', '--requisites', '--include-outputs', j.job.drvPath]);
+    // One round trip each on a serve session, not two Nix processes per step.
     const own = new Set(j.job.outputs.flatMap((o) => (o.path ? [o.path] : [])));
-    const paths = r.stdout.toString('utf8').split('\n').filter((p) => p && !own.has(p));
-    const infos = await queryPathInfos(this.o.store, paths);
-    const byPath = new Map(infos.map((i) => [i.path, i]));
+    const served = await servePool(this.o.store).use(async (session) => {
+      const closure = (await session.queryClosure([j.job.drvPath], true)).filter((p) => !own.has(p));
+      return { closure, infos: await session.queryPathInfos(closure) };
+    });
+    const paths = served.closure;
+    const byPath = new Map<string, DumpDbEntry>(
+      served.infos.map((i) => [i.path, { path: i.path, narHash: parseHash(i.narHash), narSize: i.narSize, deriver: i.deriver, references: i.references }]),
+    );
+    const missing = paths.filter((p) => !byPath.has(p));
+    if (missing.length > 0) throw new PathNotInStoreError(missing);
     j.allowed = new Set(paths);
     j.infos = byPath;
     const ordered = exportOrder(paths, (p) => byPath.get(p)?.references ?? []);

@@ -1,0 +1,223 @@
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
+import type { NixStoreHandle } from '../builder/private-store.ts';
+import { NixCommandError } from '../errors/index.ts';
+
+/**
+ * Store queries over one long-lived `nix-store --serve` process (Nix's
+ * serve protocol, the one Hydra's queue runner speaks to its machines):
+ * a query costs a round trip instead of a Nix process start-up (30–45 ms of
+ * CPU each, which dominated the per-step cost). Only queries: builds and
+ * imports still run their own processes.
+ */
+
+const MAGIC_CLIENT = 0x390c9deb;
+const MAGIC_SERVER = 0x5452eecb;
+const PROTOCOL = (2 << 8) | 6;
+const CMD_QUERY_VALID_PATHS = 1;
+const CMD_QUERY_PATH_INFOS = 2;
+const CMD_QUERY_CLOSURE = 7;
+
+/** Little-endian u64 words and padded strings, as the serve protocol frames them. */
+class Frame {
+  private parts: Buffer[] = [];
+
+  num(n: number): this {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt(n));
+    this.parts.push(b);
+    return this;
+  }
+
+  str(s: string): this {
+    const b = Buffer.from(s, 'utf8');
+    this.num(b.length).parts.push(b);
+    if (b.length % 8) this.parts.push(Buffer.alloc(8 - (b.length % 8)));
+    return this;
+  }
+
+  strs(xs: readonly string[]): this {
+    this.num(xs.length);
+    for (const x of xs) this.str(x);
+    return this;
+  }
+
+  bytes(): Buffer {
+    return Buffer.concat(this.parts);
+  }
+}
+
+/** Reads frames from the process's stdout as they arrive. */
+class FrameReader {
+  private buf: Buffer = Buffer.alloc(0);
+  private wake: (() => void) | null = null;
+  closed = false;
+
+  constructor(stream: NodeJS.ReadableStream) {
+    stream.on('data', (b: Buffer) => {
+      this.buf = this.buf.length === 0 ? b : Buffer.concat([this.buf, b]);
+      this.wake?.();
+    });
+    stream.on('close', () => {
+      this.closed = true;
+      this.wake?.();
+    });
+  }
+
+  private async take(n: number): Promise<Buffer> {
+    while (this.buf.length < n) {
+      if (this.closed) throw new Error('the serve process ended');
+      await new Promise<void>((r) => (this.wake = r));
+      this.wake = null;
+    }
+    const out = this.buf.subarray(0, n);
+    this.buf = this.buf.subarray(n);
+    return out;
+  }
+
+  async num(): Promise<number> {
+    return Number((await this.take(8)).readBigUInt64LE(0));
+  }
+
+  async str(): Promise<string> {
+    const n = await this.num();
+    const b = await this.take(n + (n % 8 ? 8 - (n % 8) : 0));
+    return b.subarray(0, n).toString('utf8');
+  }
+
+  async strs(): Promise<string[]> {
+    const n = await this.num();
+    const out: string[] = [];
+    for (let i = 0; i < n; i++) out.push(await this.str());
+    return out;
+  }
+}
+
+/** What the serve protocol reports about a valid path. */
+export interface ServedPathInfo {
+  path: string;
+  deriver: string | null;
+  references: string[];
+  narSize: number;
+  /** `sha256:<base32>` */
+  narHash: string;
+  ca: string | null;
+  sigs: string[];
+}
+
+export class ServeSession {
+  private readonly child: ChildProcessWithoutNullStreams;
+  private readonly reader: FrameReader;
+  private readonly ready: Promise<void>;
+  private stderr = '';
+
+  constructor(store: NixStoreHandle) {
+    this.child = store.spawn('nix-store', ['--serve']);
+    this.reader = new FrameReader(this.child.stdout);
+    this.child.stdin.on('error', () => {});
+    this.child.on('error', () => {});
+    this.child.stderr.on('data', (b: Buffer) => {
+      this.stderr = (this.stderr + b.toString('utf8')).slice(-2000);
+    });
+    // An idle session must not keep the process alive; it ends when our stdin closes.
+    this.child.unref();
+    for (const s of [this.child.stdin, this.child.stdout, this.child.stderr]) (s as unknown as { _handle?: { unref?(): void } })._handle?.unref?.();
+    this.ready = this.handshake();
+    this.ready.catch(() => {});
+  }
+
+  get dead(): boolean {
+    return this.reader.closed;
+  }
+
+  private async handshake(): Promise<void> {
+    this.child.stdin.write(new Frame().num(MAGIC_CLIENT).bytes());
+    if ((await this.reader.num()) !== MAGIC_SERVER) throw new Error('not a Nix serve process');
+    await this.reader.num(); // the server's protocol version
+    this.child.stdin.write(new Frame().num(PROTOCOL).bytes());
+  }
+
+  private async call<T>(request: Frame, read: () => Promise<T>): Promise<T> {
+    try {
+      await this.ready;
+      this.child.stdin.write(request.bytes());
+      return await read();
+    } catch (err) {
+      this.close();
+      throw new NixCommandError(['nix-store', '--serve'], null, `${(err as Error).message}: ${this.stderr.trim()}`);
+    }
+  }
+
+  /** The subset of `paths` that are valid. */
+  queryValid(paths: readonly string[]): Promise<string[]> {
+    return this.call(new Frame().num(CMD_QUERY_VALID_PATHS).num(0).num(0).strs(paths), () => this.reader.strs());
+  }
+
+  /** Infos of the valid ones among `paths` (invalid ones are left out). */
+  queryPathInfos(paths: readonly string[]): Promise<ServedPathInfo[]> {
+    return this.call(new Frame().num(CMD_QUERY_PATH_INFOS).strs(paths), async () => {
+      const out: ServedPathInfo[] = [];
+      for (;;) {
+        const path = await this.reader.str();
+        if (path === '') return out;
+        const deriver = await this.reader.str();
+        const references = await this.reader.strs();
+        await this.reader.num(); // download size
+        const narSize = await this.reader.num();
+        const narHash = await this.reader.str();
+        const ca = await this.reader.str();
+        const sigs = await this.reader.strs();
+        out.push({ path, deriver: deriver || null, references, narSize, narHash, ca: ca || null, sigs });
+      }
+    });
+  }
+
+  /** The closure of valid `paths` (with the valid outputs of derivations in it when `includeOutputs`). */
+  queryClosure(paths: readonly string[], includeOutputs: boolean): Promise<string[]> {
+    return this.call(new Frame().num(CMD_QUERY_CLOSURE).num(includeOutputs ? 1 : 0).strs(paths), () => this.reader.strs());
+  }
+
+  close(): void {
+    this.child.stdin.end();
+  }
+}
+
+/** Up to `size` sessions on one store; a caller has a session to itself for its queries. */
+export class ServePool {
+  private readonly idle: ServeSession[] = [];
+  private open = 0;
+  private readonly waiting: (() => void)[] = [];
+
+  constructor(
+    private readonly store: NixStoreHandle,
+    private readonly size = 4,
+  ) {}
+
+  async use<T>(fn: (s: ServeSession) => Promise<T>): Promise<T> {
+    while (this.idle.length === 0 && this.open >= this.size) await new Promise<void>((r) => this.waiting.push(r));
+    let s = this.idle.pop();
+    while (s?.dead) {
+      this.open--; // ended while idle
+      s = this.idle.pop();
+    }
+    if (!s) {
+      this.open++;
+      s = new ServeSession(this.store);
+    }
+    try {
+      return await fn(s);
+    } finally {
+      if (s.dead) this.open--;
+      else this.idle.push(s);
+      this.waiting.shift()?.();
+    }
+  }
+}
+
+const pools = new WeakMap<NixStoreHandle, ServePool>();
+
+/** The query sessions of a store. */
+export function servePool(store: NixStoreHandle): ServePool {
+  let p = pools.get(store);
+  if (!p) pools.set(store, (p = new ServePool(store)));
+  return p;
+}
