@@ -25,7 +25,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { status as grpcStatus, type ClientDuplexStream, type ClientWritableStream, type ServiceError } from '@grpc/grpc-js';
 import type { BuilderConfig } from '../config/builder-config.ts';
-import { BuilderJobError, NarHashMismatchError, NixFormatError, UnexpectedStorePathError } from '../errors/index.ts';
+import { BuilderJobError, NarHashMismatchError, NixFormatError, PathNotInStoreError, UnexpectedStorePathError } from '../errors/index.ts';
 import { parseDerivation } from '../nix/derivation.ts';
 import { derivationStorePath } from '../nix/derivation-paths.ts';
 import { derivationReferences } from '../nix/derivation.ts';
@@ -33,6 +33,7 @@ import { writeExport, type ExportWriteEntry } from '../nix/export.ts';
 import { parseHash } from '../nix/hash.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { readBuildNixSupport } from '../nix/nix-support.ts';
+import { servePool } from '../nix/serve-session.ts';
 import { chooseCompression, compressChunks, decompressChunks, readableCompressions } from '../protocol/wire-compression.ts';
 import { storePathName } from '../nix/store-path.ts';
 import {
@@ -563,10 +564,9 @@ export class BuilderAgent {
     if (requisites.length === 0) return;
     const store = this.#o.store;
     const paths = requisites.map((r) => r.storePath);
-    const r = await store.runChecked('nix-store', ['--check-validity', '--print-invalid', ...paths]);
-    const invalid = new Set(r.stdout.toString('utf8').split('\n').filter(Boolean));
+    const valid = new Set(await servePool(store).use((session) => session.queryValid(paths)));
     // Dependencies first, as FetchRequisites promises: keep its order.
-    const missing = requisites.filter((p) => invalid.has(p.storePath));
+    const missing = requisites.filter((p) => !valid.has(p.storePath));
     if (missing.length === 0) return;
     const expected = new Map(missing.map((p) => [p.storePath, { narHash: p.narHash, narSize: Number(p.narSize) }]));
     const self = this;
@@ -713,15 +713,25 @@ export class BuilderAgent {
 
   async #outputInfos(paths: readonly string[]): Promise<Map<string, { narHash: string; narSize: number; references: string[]; deriver: string | null; closureSize: number }>> {
     const store = this.#o.store;
-    // Outputs are never .drv files, so path-info's metadata is all they need (one Nix process, not two).
-    const { stdout } = await store.runChecked('nix', ['path-info', '--json', '--closure-size', ...paths]);
-    const list = JSON.parse(stdout.toString('utf8')) as { path: string; narHash: string; narSize: number; references: string[]; deriver?: string; closureSize: number }[];
-    return new Map(
-      list.map((i) => [
-        i.path,
-        { narHash: parseHash(i.narHash, 'sha256').format('base32'), narSize: i.narSize, references: i.references, deriver: i.deriver ?? null, closureSize: i.closureSize },
-      ]),
-    );
+    // Over the store's serve session: no Nix process per step for metadata.
+    return servePool(store).use(async (session) => {
+      const infos = await session.queryPathInfos(paths);
+      const result = new Map<string, { narHash: string; narSize: number; references: string[]; deriver: string | null; closureSize: number }>();
+      for (const i of infos) {
+        const closure = await session.queryClosure([i.path], false);
+        const sizes = await session.queryPathInfos(closure);
+        result.set(i.path, {
+          narHash: parseHash(i.narHash, 'sha256').format('base32'),
+          narSize: i.narSize,
+          references: i.references,
+          deriver: i.deriver,
+          closureSize: sizes.reduce((n, x) => n + x.narSize, 0),
+        });
+      }
+      const missing = paths.filter((p) => !result.has(p));
+      if (missing.length > 0) throw new PathNotInStoreError(missing);
+      return result;
+    });
   }
 
   async #nixSupport(outputs: readonly { name: string; path: string }[]): Promise<ProtoNixSupport> {
