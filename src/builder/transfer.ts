@@ -20,6 +20,7 @@ import { exportFromFilesystem, exportOrder, parseExport } from '../nix/export.ts
 import type { ExportEntry } from '../nix/export.ts';
 import { Hash, parseHash } from '../nix/hash.ts';
 import type { ByteSource } from '../nix/nar-reader.ts';
+import { servePool } from '../nix/serve-session.ts';
 import type { NixStoreHandle } from './private-store.ts';
 
 export interface ExpectedNar {
@@ -91,7 +92,7 @@ export async function importVerified(
     } finally {
       await fh.close();
     }
-    if (entries.length > 0) await store.runChecked('nix-store', ['--import'], { input: createReadStream(spool) });
+    if (entries.length > 0) await servePool(store).use((session) => session.importExport(createReadStream(spool)));
     return entries;
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -6,8 +6,8 @@ import { NixCommandError } from '../errors/index.ts';
  * Store queries over one long-lived `nix-store --serve` process (Nix's
  * serve protocol, the one Hydra's queue runner speaks to its machines):
  * a query costs a round trip instead of a Nix process start-up (30–45 ms of
- * CPU each, which dominated the per-step cost). Only queries: builds and
- * imports still run their own processes.
+ * CPU each, which dominated the per-step cost). Queries and imports of
+ * already verified export streams; builds still run their own processes.
  */
 
 const MAGIC_CLIENT = 0x390c9deb;
@@ -15,6 +15,7 @@ const MAGIC_SERVER = 0x5452eecb;
 const PROTOCOL = (2 << 8) | 6;
 const CMD_QUERY_VALID_PATHS = 1;
 const CMD_QUERY_PATH_INFOS = 2;
+const CMD_IMPORT_PATHS = 4;
 const CMD_QUERY_CLOSURE = 7;
 
 /** Little-endian u64 words and padded strings, as the serve protocol frames them. */
@@ -111,7 +112,7 @@ export class ServeSession {
   private stderr = '';
 
   constructor(store: NixStoreHandle) {
-    this.child = store.spawn('nix-store', ['--serve']);
+    this.child = store.spawn('nix-store', ['--serve', '--write']);
     this.reader = new FrameReader(this.child.stdout);
     this.child.stdin.on('error', () => {});
     this.child.on('error', () => {});
@@ -174,6 +175,26 @@ export class ServeSession {
   /** The closure of valid `paths` (with the valid outputs of derivations in it when `includeOutputs`). */
   queryClosure(paths: readonly string[], includeOutputs: boolean): Promise<string[]> {
     return this.call(new Frame().num(CMD_QUERY_CLOSURE).num(includeOutputs ? 1 : 0).strs(paths), () => this.reader.strs());
+  }
+
+  /**
+   * Imports a `nix-store --export` stream (paths the caller has verified:
+   * no signature is checked), as `nix-store --import` would.
+   */
+  async importExport(source: AsyncIterable<Uint8Array>): Promise<void> {
+    try {
+      await this.ready;
+      const stdin = this.child.stdin;
+      stdin.write(new Frame().num(CMD_IMPORT_PATHS).bytes());
+      for await (const chunk of source) {
+        if (this.dead) break;
+        if (!stdin.write(chunk)) await new Promise<void>((r) => stdin.once('drain', () => r()));
+      }
+      if ((await this.reader.num()) !== 1) throw new Error('the import was not acknowledged');
+    } catch (err) {
+      this.close();
+      throw new NixCommandError(['nix-store', '--serve', '--write'], null, `import failed: ${(err as Error).message}: ${this.stderr.trim()}`);
+    }
   }
 
   close(): void {
