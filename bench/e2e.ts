@@ -18,6 +18,7 @@ import { submitJobs, type SubmitJob } from '../src/db/submit.ts';
 import { JOB_DEFAULTS } from '../src/eval/job-defaults.ts';
 import { LocalNixStore } from '../src/nix/local-store.ts';
 import { runNix, runNixLines } from '../src/nix/tools.ts';
+import { prng } from '../src/sim/synthetic-dag.ts';
 import { log, round } from './common.ts';
 
 export const describe = 'build one DAG of trivial derivations with plain nix-store --realise and with Hydrant (runner + 2 builders + cache)';
@@ -25,18 +26,6 @@ export const describe = 'build one DAG of trivial derivations with plain nix-sto
 const HYDRANT_BIN = fileURLToPath(new URL('../bin/hydrant.js', import.meta.url));
 
 // ---- the DAG ----------------------------------------------------------------
-
-/** Deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export interface Dag {
   /** deps[i]: indices (all < i, in earlier layers) derivation i depends on. */

@@ -1,4 +1,4 @@
-import type { DumpDbEntry } from '../nix/dump-db.ts';
+import type { StorePathInfo } from '../builder/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
 import type { RunnerMessage } from '../protocol/gen/runner.ts';
 import type { ControlSession } from '../protocol/server.ts';
@@ -11,10 +11,8 @@ export interface RemoteJob {
   readonly job: StepJob;
   readonly report: (o: StepOutcome) => void;
   readonly progress: (busy: StepBusyCode) => void;
-  /** Store paths the builder may fetch for this job (its requisites), once computed. */
-  allowed: Set<string> | null;
-  /** Path infos read for FetchRequisites, reused by FetchNar (one Nix process less per NAR). */
-  infos?: ReadonlyMap<string, DumpDbEntry>;
+  /** The job's requisites with their metadata, once asked for: the only paths it may fetch or refer to. */
+  requisites: ReadonlyMap<string, StorePathInfo> | null;
   /** Outputs received and imported: name → store path. */
   readonly uploaded: Map<string, string>;
 }
@@ -39,7 +37,7 @@ export class BuilderSession implements BuilderPort {
 
   start(job: StepJob, report: (o: StepOutcome) => void, progress: (busy: StepBusyCode) => void): void {
     this.ownership.assign(job.jobId, this.machine.id);
-    this.jobs.set(job.jobId, { job, report, progress, allowed: null, uploaded: new Map() });
+    this.jobs.set(job.jobId, { job, report, progress, requisites: null, uploaded: new Map() });
     this.send({
       kind: {
         $case: 'build',

@@ -58,7 +58,7 @@ import { createBuilderClient, PROTOCOL_VERSION, type BuilderClient } from '../pr
 import { hostFacts, hostMetrics } from './host-metrics.ts';
 import { runNixBuild, type NixBuildHandle } from './nix-build.ts';
 import type { NixStoreHandle } from './private-store.ts';
-import { importVerified, queryPathInfos } from './transfer.ts';
+import { importVerified } from './transfer.ts';
 
 export const UPLOAD_CHUNK_SIZE = 64 * 1024;
 

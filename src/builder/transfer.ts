@@ -4,7 +4,7 @@
  *
  * importVerified parses the incoming stream (each NAR strictly validated and
  * hashed as it streams), checks every entry against what the receiver asked
- * for, and only then runs `nix-store --import`. To honour "nothing is imported
+ * for, and only then imports it (over the store's serve session). To honour "nothing is imported
  * unless everything checks out" without holding NARs in memory, the stream is
  * spooled to a temporary file while it is verified; Nix's own importer would
  * commit earlier entries before seeing a bad later one.
@@ -13,9 +13,7 @@ import { createReadStream } from 'node:fs';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NarHashMismatchError, UnexpectedStorePathError } from '../errors/index.ts';
-import { parseDumpDb } from '../nix/dump-db.ts';
-import type { DumpDbEntry } from '../nix/dump-db.ts';
+import { NarHashMismatchError, PathNotInStoreError, UnexpectedStorePathError } from '../errors/index.ts';
 import { exportFromFilesystem, exportOrder, parseExport } from '../nix/export.ts';
 import type { ExportEntry } from '../nix/export.ts';
 import { Hash, parseHash } from '../nix/hash.ts';
@@ -99,11 +97,29 @@ export async function importVerified(
   }
 }
 
-/** Exact per-path metadata of valid paths in `store` (throws NixCommandError if one is not valid). */
-export async function queryPathInfos(store: NixStoreHandle, paths: readonly string[]): Promise<DumpDbEntry[]> {
+/** What a store records about a valid path, as transfers need it. */
+export interface StorePathInfo {
+  path: string;
+  narHash: Hash;
+  narSize: number;
+  deriver: string | null;
+  references: string[];
+}
+
+/**
+ * Exact per-path metadata of valid paths in `store`, in the order asked (a
+ * .drv is the .drv itself), over the store's serve session. Throws
+ * PathNotInStoreError naming the paths that are not valid.
+ */
+export async function queryPathInfos(store: NixStoreHandle, paths: readonly string[]): Promise<StorePathInfo[]> {
   if (paths.length === 0) return [];
-  const { stdout } = await store.runChecked('nix-store', ['--dump-db', ...paths]);
-  return parseDumpDb(stdout.toString('utf8'));
+  const served = new Map((await servePool(store).use((session) => session.queryPathInfos(paths))).map((i) => [i.path, i]));
+  const missing = paths.filter((p) => !served.has(p));
+  if (missing.length > 0) throw new PathNotInStoreError(missing);
+  return paths.map((p) => {
+    const i = served.get(p)!;
+    return { path: i.path, narHash: parseHash(i.narHash), narSize: i.narSize, deriver: i.deriver, references: i.references };
+  });
 }
 
 export interface ExportOptions {

@@ -8,12 +8,10 @@ import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../actors/mac
 import type { Scheduler } from '../actors/scheduler.ts';
 import { buildLogPath } from '../builder/build-logs.ts';
 import type { NixStoreHandle } from '../builder/private-store.ts';
-import { importVerified, queryPathInfos } from '../builder/transfer.ts';
+import { importVerified, queryPathInfos, type StorePathInfo } from '../builder/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
-import { NarHashMismatchError, NixFormatError, PathNotInStoreError, ProtocolError, UnexpectedStorePathError } from '../errors/index.ts';
+import { NarHashMismatchError, NixFormatError, ProtocolError, UnexpectedStorePathError } from '../errors/index.ts';
 import { exportOrder, writeExport } from '../nix/export.ts';
-import type { DumpDbEntry } from '../nix/dump-db.ts';
-import { parseHash } from '../nix/hash.ts';
 import { servePool } from '../nix/serve-session.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { isStorePath } from '../nix/store-path.ts';
@@ -189,40 +187,30 @@ export class BuilderService implements RunnerHandlers {
     const j = this.job(ctx, req.jobId);
     // The .drv closure plus the outputs of the derivations in it: what
     // `nix-store --realise` on the builder needs to build only this step.
-    // One round trip each on a serve session, not two Nix processes per step.
     const own = new Set(j.job.outputs.flatMap((o) => (o.path ? [o.path] : [])));
-    const served = await servePool(this.o.store).use(async (session) => {
-      const closure = (await session.queryClosure([j.job.drvPath], true)).filter((p) => !own.has(p));
-      return { closure, infos: await session.queryPathInfos(closure) };
-    });
-    const paths = served.closure;
-    const byPath = new Map<string, DumpDbEntry>(
-      served.infos.map((i) => [i.path, { path: i.path, narHash: parseHash(i.narHash), narSize: i.narSize, deriver: i.deriver, references: i.references }]),
-    );
-    const missing = paths.filter((p) => !byPath.has(p));
-    if (missing.length > 0) throw new PathNotInStoreError(missing);
-    j.allowed = new Set(paths);
-    j.infos = byPath;
-    const ordered = exportOrder(paths, (p) => byPath.get(p)?.references ?? []);
+    const closure = await servePool(this.o.store).use((session) => session.queryClosure([j.job.drvPath], true));
+    const paths = closure.filter((p) => !own.has(p));
+    const byPath = new Map((await queryPathInfos(this.o.store, paths)).map((i) => [i.path, i]));
+    j.requisites = byPath;
+    const ordered = exportOrder(paths, (p) => byPath.get(p)!.references);
     return {
       requisites: ordered.map((p) => {
         const i = byPath.get(p)!;
-        return { storePath: p, narHash: i.narHash.toString(), narSize: i.narSize, references: i.references, deriver: i.deriver ?? undefined };
+        return wireInfo(i);
       }),
     };
   }
 
   async *fetchNar(ctx: CallContext, req: { jobId: string; storePath: string; accept?: Compression[] }): AsyncIterable<NarChunk> {
     const j = this.job(ctx, req.jobId);
-    if (!j.allowed?.has(req.storePath)) throw new ProtocolError(status.PERMISSION_DENIED, `${req.storePath} is not a requisite of job ${req.jobId}`);
-    const info = j.infos?.get(req.storePath) ?? (await queryPathInfos(this.o.store, [req.storePath]))[0];
-    if (!info) throw new ProtocolError(status.NOT_FOUND, `${req.storePath} is not valid on the runner`);
+    const info = j.requisites?.get(req.storePath);
+    if (!info) throw new ProtocolError(status.PERMISSION_DENIED, `${req.storePath} is not a requisite of job ${req.jobId}`);
     const compression = chooseCompression(info.narSize, req.accept ?? []);
     yield {
       part: {
         $case: 'header',
         value: {
-          info: { storePath: info.path, narHash: info.narHash.toString(), narSize: info.narSize, references: info.references, deriver: info.deriver ?? undefined },
+          info: wireInfo(info),
           compression,
         },
       },
@@ -277,7 +265,7 @@ export class BuilderService implements RunnerHandlers {
     const siblings = new Set(j.job.outputs.flatMap((o) => (o.path ? [o.path] : [])));
     siblings.add(h.storePath);
     for (const r of h.references) {
-      if (!siblings.has(r) && !j.allowed?.has(r)) throw new ProtocolError(status.INVALID_ARGUMENT, `output ${h.outputName} refers to ${r}, which the build could not see`);
+      if (!siblings.has(r) && !j.requisites?.has(r)) throw new ProtocolError(status.INVALID_ARGUMENT, `output ${h.outputName} refers to ${r}, which the build could not see`);
     }
     if (!readableCompressions().includes(h.compression)) throw new ProtocolError(status.INVALID_ARGUMENT, `output ${h.outputName}: compression ${h.compression} is not one the runner reads`);
     const counted = async function* (this: void, t: BuilderService['transfers']): AsyncGenerator<Uint8Array> {
@@ -312,6 +300,11 @@ export class BuilderService implements RunnerHandlers {
     s!.finish(req.jobId, outcome);
     return {};
   }
+}
+
+/** A path's metadata as the protocol carries it. */
+function wireInfo(i: StorePathInfo) {
+  return { storePath: i.path, narHash: i.narHash.toString(), narSize: i.narSize, references: i.references, deriver: i.deriver ?? undefined };
 }
 
 function toOutcome(req: CompleteRequest, uploaded: ReadonlyMap<string, string>, logFile: string, outputCount: number): StepOutcome {

@@ -1,4 +1,5 @@
-import { readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { exists } from '../cache/publish-file.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { withRoom } from '../workers/with-room.ts';
 
@@ -9,12 +10,7 @@ import { withRoom } from '../workers/with-room.ts';
  * on the worker pool. Returns the log's final name; a missing log is left alone.
  */
 export async function compressBuildLog(pool: WorkerPool, logFile: string): Promise<string> {
-  if (logFile === '' || logFile.endsWith('.bz2')) return logFile;
-  try {
-    await stat(logFile);
-  } catch {
-    return logFile;
-  }
+  if (logFile === '' || logFile.endsWith('.bz2') || !(await exists(logFile))) return logFile;
   const data = await readFile(logFile);
   const compressed = await withRoom(pool, () => pool.compress(data, 'bzip2'));
   const target = `${logFile}.bz2`;

@@ -1,6 +1,6 @@
-import { access } from 'node:fs/promises';
 import type { StepFinisher, StepJob, StepOutcome } from '../actors/builder-port.ts';
 import type { FileBinaryCache } from '../cache/file-cache.ts';
+import { exists } from '../cache/publish-file.ts';
 import { uploadClosure } from '../cache/upload.ts';
 import type { Logger } from '../util/logger.ts';
 import type { WorkerPool } from '../workers/pool.ts';
@@ -25,11 +25,6 @@ export interface OutputPublisherOptions {
  * that cannot be compressed or published is only logged: the build's
  * result does not depend on it.
  */
-const exists = (p: string): Promise<boolean> => access(p).then(
-  () => true,
-  () => false,
-);
-
 export class OutputPublisher implements StepFinisher {
   /** Totals for metrics: paths and logs published, compressed and NAR bytes, failed uploads. */
   readonly stats = { paths: 0, bytes: 0, narBytes: 0, logs: 0, failures: 0 };

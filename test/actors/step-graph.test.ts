@@ -2,9 +2,19 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { JobsetRecord, StepRecord } from '../../src/actors/model.ts';
 import { StepGraph, type QueuedBuild } from '../../src/actors/step-graph.ts';
+import { MemoryStore } from '../../src/sim/memory-store.ts';
 import { dagArbitrary } from './arbitraries.ts';
 
 const jobset: JobsetRecord = { id: 1, project: 'p', name: 'j', shares: 100, seconds: 0, charges: [] };
+
+/** Adds a one-output derivation needing `deps` to `store`; returns its .drv path. */
+function adder(store: MemoryStore): (name: string, deps: string[]) => string {
+  return (name, deps) => {
+    const d = { drvPath: `/nix/store/${name.padStart(32, 'a')}-${name}.drv`, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false, outputs: [{ name: 'out', path: `/nix/store/${name.padStart(32, 'b')}-${name}` }], inputDrvs: new Map(deps.map((x) => [x, ['out']])), isCA: false };
+    store.add(d);
+    return d.drvPath;
+  };
+}
 
 function queued(id: number, drvPath: string, globalPriority = 0): QueuedBuild {
   return { id, jobset, job: `job${id}`, drvPath, timestamp: 0, maxSilent: 3600, timeout: 36000, localPriority: 0, globalPriority };
@@ -88,13 +98,8 @@ describe('StepGraph', () => {
   });
 
   it('shares one step between builds and propagates the highest priority down the closure', async () => {
-    const { MemoryStore } = await import('../../src/sim/memory-store.ts');
     const store = new MemoryStore();
-    const mk = (name: string, deps: string[]) => {
-      const d = { drvPath: `/nix/store/${name.padStart(32, 'a')}-${name}.drv`, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false, outputs: [{ name: 'out', path: `/nix/store/${name.padStart(32, 'b')}-${name}` }], inputDrvs: new Map(deps.map((x) => [x, ['out']])), isCA: false };
-      store.add(d);
-      return d.drvPath;
-    };
+    const mk = adder(store);
     const base = mk('base', []);
     const a = mk('a', [base]);
     const b = mk('b', [base]);
@@ -115,13 +120,8 @@ describe('StepGraph', () => {
 
   describe('a failure while builds load', () => {
     async function chain() {
-      const { MemoryStore } = await import('../../src/sim/memory-store.ts');
       const store = new MemoryStore();
-      const mk = (name: string, deps: string[]) => {
-        const d = { drvPath: `/nix/store/${name.padStart(32, 'a')}-${name}.drv`, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false, outputs: [{ name: 'out', path: `/nix/store/${name.padStart(32, 'b')}-${name}` }], inputDrvs: new Map(deps.map((x) => [x, ['out']])), isCA: false };
-        store.add(d);
-        return d.drvPath;
-      };
+      const mk = adder(store);
       const n0 = mk('n0', []);
       const n1 = mk('n1', [n0]);
       const n2 = mk('n2', [n1, n0]);

@@ -3,55 +3,43 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RunnerDaemon } from '../../src/daemon/serve.ts';
 import { createRunnerMetrics } from '../../src/metrics/runner-metrics.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { generateKey } from '../cache/fixtures.ts';
-import { runCli, startCli } from '../helpers/cli.ts';
+import { runCli } from '../helpers/cli.ts';
+import { InProcessRunner } from '../helpers/in-process-runner.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { MK_DRV } from '../helpers/nix.ts';
-import { quietLog, waitFor } from '../helpers/runtime.ts';
+import { waitFor } from '../helpers/runtime.ts';
 import { movedFamilies, parseMetrics } from './prometheus.ts';
 
 describe('Prometheus metrics', () => {
   let db: TestDatabase;
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-metrics-'));
-  const procs: ReturnType<typeof startCli>[] = [];
-  let daemon: RunnerDaemon | undefined;
+  let runner: InProcessRunner | undefined;
   beforeAll(async () => {
     db = await createTestDatabase();
   });
   afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    await daemon?.stop();
+    await runner?.stop();
     await db.drop();
   });
 
   it('every hydrant_ metric moves while a runner with real builders builds, fails, retries and uploads', async () => {
-    const token = join(dir, 'token');
-    writeFileSync(token, randomBytes(16).toString('hex'));
     const key = await generateKey(dir, 'metrics-1');
     const cacheDir = join(dir, 'cache');
-    daemon = new RunnerDaemon({
-      overrides: {
-        dbUrl: db.url, hydraDataDir: dir, rootsDir: join(dir, 'roots'), tokenPaths: [token], grpcListen: '127.0.0.1:0', httpListen: '127.0.0.1:0',
-        remoteStoreAddr: [`file://${cacheDir}?compression=zstd&secret-key=${key.secretFile}`],
-        retryInterval: 0.5, retryBackoff: 1, maxUnsupportedTimeInS: 1, builderGraceInS: 0, builderPingTimeoutInS: 1, workerThreads: 1,
-      },
-      log: quietLog,
+    runner = await InProcessRunner.start(db.url, dir, {
+      remoteStoreAddr: [`file://${cacheDir}?compression=zstd&secret-key=${key.secretFile}`],
+      retryInterval: 0.5, retryBackoff: 1, maxUnsupportedTimeInS: 1, builderGraceInS: 0, builderPingTimeoutInS: 1, workerThreads: 1,
     });
-    await daemon.start();
-    const base = `http://127.0.0.1:${daemon.http!.port}`;
+    const daemon = runner.daemon;
+    const base = runner.url;
     const scrape = async () => {
       const r = await fetch(`${base}/metrics`);
       expect(r.headers.get('content-type')).toMatch(/^text\/plain/);
       return parseMetrics(await r.text());
     };
-    const builder = (id: string) => {
-      const b = startCli(['builder', '--server', `127.0.0.1:${daemon!.grpcPort}`, '--token-file', token, '--store-dir', join(dir, id), '--machine-id', id]);
-      procs.push(b);
-      return b;
-    };
+    const builder = (id: string) => runner!.builder(id);
     const first = scrape();
     const scrapes = [await first];
     const b1 = builder('b1');

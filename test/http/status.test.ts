@@ -3,47 +3,38 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RunnerDaemon } from '../../src/daemon/serve.ts';
-import { startCli, runCli } from '../helpers/cli.ts';
+import { runCli } from '../helpers/cli.ts';
+import { InProcessRunner } from '../helpers/in-process-runner.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { MK_DRV } from '../helpers/nix.ts';
-import { quietLog, waitFor } from '../helpers/runtime.ts';
+import { waitFor } from '../helpers/runtime.ts';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 describe('status API of a runner with a real builder', () => {
   let db: TestDatabase;
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-status-'));
-  let daemon: RunnerDaemon;
-  const procs: ReturnType<typeof startCli>[] = [];
+  let runner: InProcessRunner | undefined;
   beforeAll(async () => {
     db = await createTestDatabase();
   });
   afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    await daemon?.stop();
+    await runner?.stop();
     await db.drop();
   });
 
   it('reports machines, builds, running and runnable steps, queues and build trees, with why steps wait', async () => {
-    const token = join(dir, 'token');
-    writeFileSync(token, randomBytes(16).toString('hex'));
-    daemon = new RunnerDaemon({
-      overrides: {
-        dbUrl: db.url, hydraDataDir: dir, rootsDir: join(dir, 'roots'), tokenPaths: [token], grpcListen: '127.0.0.1:0', httpListen: '127.0.0.1:0',
-        // A lost builder's job waits 10 minutes before its retry; an unsupported step waits an hour before failing.
-        retryInterval: 600, maxUnsupportedTimeInS: 3600, builderGraceInS: 0, builderPingTimeoutInS: 2,
-      },
-      log: quietLog,
+    runner = await InProcessRunner.start(db.url, dir, {
+      // A lost builder's job waits 10 minutes before its retry; an unsupported step waits an hour before failing.
+      retryInterval: 600, maxUnsupportedTimeInS: 3600, builderGraceInS: 0, builderPingTimeoutInS: 2,
     });
-    await daemon.start();
+    const base = runner.url;
     const api = async (path: string): Promise<Json> => {
-      const r = await fetch(`http://127.0.0.1:${daemon.http!.port}${path}`);
+      const r = await fetch(`${base}${path}`);
       expect(r.status, path).toBe(200);
       return (await r.json()) as Json;
     };
-    const builder = startCli(['builder', '--server', `127.0.0.1:${daemon.grpcPort}`, '--token-file', token, '--store-dir', join(dir, 'b1'), '--machine-id', 'b1']);
-    procs.push(builder);
+    const builder = runner.builder('b1');
     await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the builder to join');
 
     const nonce = randomBytes(4).toString('hex');
@@ -113,7 +104,7 @@ describe('status API of a runner with a real builder', () => {
     expect((await api('/status/machines')).machinesCount).toBe(0);
 
     // Bad requests get one clear error.
-    expect((await fetch(`http://127.0.0.1:${daemon.http!.port}/status/build/999999`)).status).toBe(404);
-    expect((await fetch(`http://127.0.0.1:${daemon.http!.port}/status/builds?limit=-1`)).status).toBe(400);
+    expect((await fetch(`${base}/status/build/999999`)).status).toBe(404);
+    expect((await fetch(`${base}/status/builds?limit=-1`)).status).toBe(400);
   }, 180_000);
 });

@@ -1,5 +1,5 @@
 /** Real store paths for the export/import tests (built in the host store once; deterministic contents). */
-import { parseDumpDb } from '../../src/nix/dump-db.ts';
+import { parseDumpDb } from './dump-db.ts';
 import { MK_DRV, instantiate, realise, runNix } from '../helpers/nix.ts';
 
 export const EXPORT_EXPR = `

@@ -3,11 +3,12 @@
  * per path, lines: path, NAR hash (base16 SHA-256, no prefix), NAR size,
  * deriver (empty when unknown), reference count, references. Unlike
  * `nix path-info`, it treats a .drv argument as the .drv itself (path-info
- * takes it to mean its outputs), so it is the exact per-path metadata source.
+ * takes it to mean its outputs), so tests use it as an oracle independent of
+ * the serve sessions Hydrant queries.
  */
-import { NixFormatError } from '../errors/index.ts';
-import { Hash } from './hash.ts';
-import { parseStorePath } from './store-path.ts';
+import { NixFormatError } from '../../src/errors/index.ts';
+import { Hash } from '../../src/nix/hash.ts';
+import { parseStorePath } from '../../src/nix/store-path.ts';
 
 export interface DumpDbEntry {
   path: string;
