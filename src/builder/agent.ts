@@ -20,13 +20,13 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { status as grpcStatus, type ClientDuplexStream, type ClientWritableStream, type ServiceError } from '@grpc/grpc-js';
 import type { BuilderConfig } from '../config/builder-config.ts';
 import { BuilderJobError, NarHashMismatchError, NixFormatError, PathNotInStoreError, UnexpectedStorePathError } from '../errors/index.ts';
-import { parseDerivation } from '../nix/derivation.ts';
+import { parseDerivation, type Derivation } from '../nix/derivation.ts';
 import { derivationStorePath } from '../nix/derivation-paths.ts';
 import { derivationReferences } from '../nix/derivation.ts';
 import { writeExport, type ExportWriteEntry } from '../nix/export.ts';
@@ -56,8 +56,9 @@ import {
 } from '../protocol/gen/runner.ts';
 import { createBuilderClient, PROTOCOL_VERSION, type BuilderClient } from '../protocol/server.ts';
 import { hostFacts, hostMetrics } from './host-metrics.ts';
-import { runNixBuild, type NixBuildHandle } from './nix-build.ts';
+import { runNixBuild, type NixBuildHandle, type NixBuildLimits } from './nix-build.ts';
 import type { NixStoreHandle } from './private-store.ts';
+import { basicDerivation, ServeBuilds } from './serve-build.ts';
 import { importVerified } from './transfer.ts';
 
 export const UPLOAD_CHUNK_SIZE = 64 * 1024;
@@ -651,22 +652,35 @@ export class BuilderAgent {
     }
   }
 
-  /** Runs the build with the order's limits, streaming its log; resolves on success with output paths. */
+  /** Build sessions, one per slot in use (the slots bound how many run). */
+  #serveBuilds: ServeBuilds | undefined;
+
+  /**
+   * Runs the build with the order's limits, streaming its log; resolves on
+   * success with output paths. Over a serve session when the derivation's
+   * inputs are known from the .drv files, else with `nix-store --realise`.
+   */
   async #build(job: Job): Promise<Map<string, string>> {
     const { order } = job;
-    const limits = order.limits;
+    const limits: NixBuildLimits = {
+      maxSilentTime: order.limits?.maxSilentTimeS ?? 0,
+      buildTimeout: order.limits?.buildTimeoutS ?? 0,
+      maxLogSize: Number(order.limits?.maxLogSize ?? 0) || Number.POSITIVE_INFINITY,
+    };
     const logs = new LogSender(this, job);
-    const handle = runNixBuild(
-      order.drvPath,
-      {
-        maxSilentTime: limits?.maxSilentTimeS ?? 0,
-        buildTimeout: limits?.buildTimeoutS ?? 0,
-        maxLogSize: Number(limits?.maxLogSize ?? 0) || Number.POSITIVE_INFINITY,
-      },
-      (chunk) => logs.write(chunk),
-      process.env,
-      (cmd, args) => this.#o.store.spawn(cmd, args) as ChildProcess,
-    );
+    // Nix stops the build at the log limit; nothing past it is forwarded either way.
+    let logBytes = 0;
+    const onLog = (chunk: Buffer): void => {
+      const room = limits.maxLogSize - logBytes;
+      if (room <= 0) return;
+      logBytes += chunk.length;
+      logs.write(chunk.length > room ? chunk.subarray(0, room) : chunk);
+    };
+    const store = this.#o.store;
+    const basic = await this.#basicDerivation(order);
+    const handle: NixBuildHandle = basic
+      ? (this.#serveBuilds ??= new ServeBuilds(store, 1024)).run(order.drvPath, basic, limits, onLog)
+      : runNixBuild(order.drvPath, limits, onLog, process.env, (cmd, args) => store.spawn(cmd, args) as ChildProcess);
     job.build = handle;
     if (job.aborted) handle.kill();
     const result = await handle.done;
@@ -684,6 +698,16 @@ export class BuilderAgent {
             ? ResultState.RESULT_STATE_NOT_DETERMINISTIC
             : ResultState.RESULT_STATE_BUILD_FAILURE;
     throw new BuilderJobError(state, result.errorMsg || 'build failed');
+  }
+
+  /** The order's derivation as BuildDerivation takes it, or null when it must be realised. */
+  async #basicDerivation(order: BuildOrder): Promise<Derivation | null> {
+    try {
+      const text = order.drv.length > 0 ? Buffer.from(order.drv).toString('utf8') : await readFile(this.#o.store.realPath(order.drvPath), 'utf8');
+      return await basicDerivation(this.#o.store, parseDerivation(text));
+    } catch {
+      return null; // nix-store --realise reports what is wrong
+    }
   }
 
   /** @internal used by LogSender: a new StreamLog call in the current session, if one is joined. */

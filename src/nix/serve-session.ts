@@ -1,13 +1,15 @@
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import type { NixStoreHandle } from '../builder/private-store.ts';
 import { NixCommandError } from '../errors/index.ts';
+import type { Derivation } from './derivation.ts';
 
 /**
  * Store queries over one long-lived `nix-store --serve` process (Nix's
  * serve protocol, the one Hydra's queue runner speaks to its machines):
  * a query costs a round trip instead of a Nix process start-up (30–45 ms of
- * CPU each, which dominated the per-step cost). Queries and imports of
- * already verified export streams; builds still run their own processes.
+ * CPU each, which dominated the per-step cost). Queries, imports of
+ * already verified export streams, and builds of basic derivations
+ * (BuildDerivation, as Hydra's runner builds on its machines).
  */
 
 const MAGIC_CLIENT = 0x390c9deb;
@@ -17,6 +19,24 @@ const CMD_QUERY_VALID_PATHS = 1;
 const CMD_QUERY_PATH_INFOS = 2;
 const CMD_IMPORT_PATHS = 4;
 const CMD_QUERY_CLOSURE = 7;
+const CMD_BUILD_DERIVATION = 8;
+
+/** Per-build settings BuildDerivation carries (0 = no limit for each). */
+export interface ServeBuildOptions {
+  maxSilentTime: number;
+  buildTimeout: number;
+  maxLogSize: number;
+}
+
+/** Nix's BuildResult as the serve protocol (2.6) reports it. */
+export interface ServeBuildResult {
+  /** BuildResult::Status: 0 built, 1 substituted, 2 already valid, 3 permanent failure, 4 input rejected, 5 output rejected, 6 transient failure, 7 cached failure, 8 timed out, 9 misc failure, 10 dependency failed, 11 log limit exceeded, 12 not deterministic. */
+  status: number;
+  errorMsg: string;
+  timesBuilt: number;
+  startTime: number;
+  stopTime: number;
+}
 
 /** Little-endian u64 words and padded strings, as the serve protocol frames them. */
 class Frame {
@@ -110,6 +130,9 @@ export class ServeSession {
   private readonly reader: FrameReader;
   private readonly ready: Promise<void>;
   private stderr = '';
+  /** Where stderr goes while a build runs on this session (its log). */
+  private onStderr: ((chunk: Buffer) => void) | null = null;
+  private ending = false;
 
   constructor(store: NixStoreHandle) {
     this.child = store.spawn('nix-store', ['--serve', '--write']);
@@ -117,7 +140,8 @@ export class ServeSession {
     this.child.stdin.on('error', () => {});
     this.child.on('error', () => {});
     this.child.stderr.on('data', (b: Buffer) => {
-      this.stderr = (this.stderr + b.toString('utf8')).slice(-2000);
+      if (this.onStderr) this.onStderr(b);
+      else this.stderr = (this.stderr + b.toString('utf8')).slice(-2000);
     });
     // An idle session must not keep the process alive; it ends when our stdin closes.
     this.child.unref();
@@ -126,9 +150,11 @@ export class ServeSession {
     this.ready.catch(() => {});
   }
 
+  /** Whether the session can take no more calls (its process ended, or is ending). */
   get dead(): boolean {
-    return this.reader.closed;
+    return this.ending || this.reader.closed;
   }
+
 
   private async handshake(): Promise<void> {
     this.child.stdin.write(new Frame().num(MAGIC_CLIENT).bytes());
@@ -197,7 +223,59 @@ export class ServeSession {
     }
   }
 
+  /**
+   * Builds a basic derivation whose inputs (`drv.inputSrcs`: sources and
+   * input derivations' outputs) are valid in the store; the build's log is
+   * the session's stderr meanwhile. Rejects if the session dies (see stop).
+   */
+  async buildDerivation(drvPath: string, drv: Derivation, options: ServeBuildOptions, onLog: (chunk: Buffer) => void): Promise<ServeBuildResult> {
+    const byKey = <T>(m: Map<string, T>): [string, T][] => [...m].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    const f = new Frame().num(CMD_BUILD_DERIVATION).str(drvPath).num(drv.outputs.size);
+    for (const [name, o] of byKey(drv.outputs)) f.str(name).str(o.path).str(o.hashAlgo).str(o.hash);
+    f.strs([...new Set(drv.inputSrcs)].sort()).str(drv.system).str(drv.builder).strs(drv.args).num(drv.env.size);
+    for (const [k, v] of byKey(drv.env)) f.str(k).str(v);
+    // maxSilentTime, buildTimeout, maxLogSize, buildRepeat, enforceDeterminism.
+    f.num(options.maxSilentTime).num(options.buildTimeout).num(options.maxLogSize).num(0).num(0);
+    this.onStderr = onLog;
+    try {
+      return await this.call(f, async () => {
+        const status = await this.reader.num();
+        const errorMsg = await this.reader.str();
+        const timesBuilt = await this.reader.num();
+        await this.reader.num(); // isNonDeterministic
+        const startTime = await this.reader.num();
+        const stopTime = await this.reader.num();
+        const realisations = await this.reader.num();
+        for (let i = 0; i < realisations; i++) {
+          await this.reader.str();
+          await this.reader.str();
+        }
+        // The process wrote the log to stderr before the result to stdout: its last
+        // chunk is read in the same poll of the event loop, before an immediate runs.
+        await new Promise<void>((r) => setImmediate(r));
+        return { status, errorMsg, timesBuilt, startTime, stopTime };
+      });
+    } finally {
+      this.onStderr = null;
+    }
+  }
+
+  /**
+   * Stops what the session runs: SIGINT first, on which Nix kills the
+   * build's process group itself (a SIGKILLed nix-store would leave the
+   * builder running), then SIGKILL if it lingers. The session is dead after.
+   */
+  stop(graceMs: number): void {
+    this.ending = true;
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    this.child.kill('SIGINT');
+    const t = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
+    t.unref();
+    this.child.once('close', () => clearTimeout(t));
+  }
+
   close(): void {
+    this.ending = true;
     this.child.stdin.end();
   }
 }
@@ -210,7 +288,7 @@ export class ServePool {
 
   constructor(
     private readonly store: NixStoreHandle,
-    private readonly size = 4,
+    readonly size = 4,
   ) {}
 
   async use<T>(fn: (s: ServeSession) => Promise<T>): Promise<T> {

@@ -1,0 +1,97 @@
+import { readFile } from 'node:fs/promises';
+import { parseDerivation, type Derivation } from '../nix/derivation.ts';
+import { ServePool, type ServeBuildResult } from '../nix/serve-session.ts';
+import { NIX_STOP_GRACE_MS, type NixBuildHandle, type NixBuildLimits, type NixBuildResult } from './nix-build.ts';
+import type { NixStoreHandle } from './private-store.ts';
+
+/**
+ * Builds over long-lived `nix-store --serve --write` sessions, one per build
+ * slot (BuildDerivation, as Hydra's runner builds on its machines): no Nix
+ * process start-up per step. Nix enforces the timeout, silence and log
+ * limits itself; the build's log is the session's stderr.
+ *
+ * Only derivations whose every input path is known from the .drv files
+ * qualify (input-addressed and fixed-output inputs): a floating
+ * content-addressed input's path is only known once Nix resolved it, which
+ * `nix-store --realise` (runNixBuild) does.
+ */
+
+/**
+ * The basic derivation BuildDerivation takes: the .drv with its input
+ * derivations replaced by the outputs it uses, read from their .drv files in
+ * `store`. Null when an input's output path is not fixed by its .drv.
+ */
+export async function basicDerivation(store: NixStoreHandle, drv: Derivation): Promise<Derivation | null> {
+  if ([...drv.outputs.values()].some((o) => o.path === '')) return null;
+  const inputs = new Set(drv.inputSrcs);
+  for (const [inputDrv, names] of drv.inputDrvs) {
+    const dep = parseDerivation(await readFile(store.realPath(inputDrv), 'utf8'));
+    for (const name of names) {
+      const path = dep.outputs.get(name)?.path;
+      if (!path) return null;
+      inputs.add(path);
+    }
+  }
+  return { ...drv, inputDrvs: new Map(), inputSrcs: [...inputs] };
+}
+
+// Nix's BuildResult::Status values that are outcomes of the build itself.
+const BUILT = new Set([0, 1, 2, 13]);
+const TIMED_OUT = 8;
+const LOG_LIMIT_EXCEEDED = 11;
+const NOT_DETERMINISTIC = 12;
+// Permanent failure, output rejected (e.g. a fixed-output hash mismatch), cached failure.
+const BUILD_FAILURE = new Set([3, 5, 7]);
+
+// Nix colours the names in its messages; BuildSteps.errorMsg is plain text.
+// eslint-disable-next-line no-control-regex
+const ANSI_ESCAPE = /\x1b\[[0-9;]*[A-Za-z]/g;
+
+function toBuildResult(served: ServeBuildResult, limits: NixBuildLimits, outputs: Map<string, string>): NixBuildResult {
+  const r = { ...served, errorMsg: served.errorMsg.replace(ANSI_ESCAPE, '') };
+  if (BUILT.has(r.status)) return { kind: 'built', outputs };
+  if (r.status === TIMED_OUT) return { kind: 'failed', status: 7, errorMsg: r.errorMsg };
+  if (r.status === LOG_LIMIT_EXCEEDED) return { kind: 'failed', status: 10, errorMsg: `log limit of ${limits.maxLogSize} bytes exceeded` };
+  if (r.status === NOT_DETERMINISTIC) return { kind: 'failed', status: 12, errorMsg: r.errorMsg };
+  if (BUILD_FAILURE.has(r.status)) return { kind: 'failed', status: 1, errorMsg: r.errorMsg };
+  // Inputs rejected or missing, transient and miscellaneous failures: not the derivation's fault.
+  return { kind: 'error', errorMsg: `nix-store --serve: build status ${r.status}: ${r.errorMsg}` };
+}
+
+/** Build sessions of one store, as many as it has build slots. */
+export class ServeBuilds {
+  private readonly pool: ServePool;
+
+  constructor(store: NixStoreHandle, slots: number) {
+    this.pool = new ServePool(store, slots);
+  }
+
+  /** Builds `drv` (a basic derivation, see basicDerivation) with `limits`, passing its log to `onLog`. */
+  run(drvPath: string, drv: Derivation, limits: NixBuildLimits, onLog: (chunk: Buffer) => void): NixBuildHandle {
+    let stop: (() => void) | null = null;
+    let stopped = false;
+    const outputs = new Map([...drv.outputs.values()].map((o) => [o.path, o.path]));
+    const options = {
+      maxSilentTime: limits.maxSilentTime,
+      buildTimeout: limits.buildTimeout,
+      maxLogSize: Number.isFinite(limits.maxLogSize) ? limits.maxLogSize : 0,
+    };
+    const done = this.pool
+      .use((session) => {
+        if (stopped) throw new Error('stopped before it started');
+        stop = () => session.stop(NIX_STOP_GRACE_MS);
+        return session.buildDerivation(drvPath, drv, options, onLog);
+      })
+      .then(
+        (r) => toBuildResult(r, limits, outputs),
+        (e: Error): NixBuildResult => ({ kind: 'error', errorMsg: stopped ? 'the build was stopped' : e.message }),
+      );
+    return {
+      done,
+      kill: () => {
+        stopped = true;
+        stop?.();
+      },
+    };
+  }
+}
