@@ -50,7 +50,17 @@ interface ActiveJob {
   readonly startedAt: number;
   /** Latest progress report (BuildSteps.busy). */
   busy: StepBusyCode;
+  /** The busy value last written to the row, and whether a write is scheduled. */
+  busyWritten: StepBusyCode;
+  busyWriteScheduled: boolean;
 }
+
+/**
+ * How long a phase must last before BuildSteps.busy records it: a short
+ * step's phases pass in milliseconds, and writing each would cost more
+ * database round trips than the step itself.
+ */
+export const BUSY_WRITE_DELAY_MS = 500;
 
 /** Per-machine totals, as the status API reports them (Hydra's machine stats). */
 export interface MachineStats {
@@ -278,7 +288,7 @@ export class Scheduler {
       outputs: step.outputs,
       firstStepOfBuild: first,
     });
-    const aj: ActiveJob = { job, step, machine: m, port, buildId, row, startedAt: this.clock.now(), busy: StepBusy.Preparing };
+    const aj: ActiveJob = { job, step, machine: m, port, buildId, row, startedAt: this.clock.now(), busy: StepBusy.Preparing, busyWritten: StepBusy.Preparing, busyWriteScheduled: false };
     this.active.set(step, aj);
     this.counters.stepsStarted++;
     if (this.debug) this.o.log.debug({ build: buildId, drv: step.drvPath, machine: m.id, job: job.jobId }, 'step dispatched');
@@ -318,7 +328,16 @@ export class Scheduler {
     if (this.active.get(aj.step) !== aj) return;
     aj.busy = busy;
     if (busy === StepBusy.Building && aj.step.state === 'dispatched') this.graph.transition(aj.step, 'START');
-    void aj.row.then((nr) => (nr === null ? undefined : this.o.db.stepBusy(aj.buildId, nr, busy))).catch(() => {});
+    if (aj.busyWriteScheduled) return; // the scheduled write takes the latest phase
+    aj.busyWriteScheduled = true;
+    setTimeout(() => {
+      aj.busyWriteScheduled = false;
+      // Once the result is in, its write sets busy itself.
+      if (this.active.get(aj.step) !== aj || aj.busy === aj.busyWritten) return;
+      const value = aj.busy;
+      aj.busyWritten = value;
+      void aj.row.then((nr) => (nr === null ? undefined : this.o.db.stepBusy(aj.buildId, nr, value))).catch(() => {});
+    }, BUSY_WRITE_DELAY_MS).unref();
   }
 
   /**

@@ -471,13 +471,10 @@ export class BuilderAgent {
     }
   }
 
+  /** Reports the job's phase on the control stream: no round trip; lost with a broken stream, as a phase is only informative. */
   async #stepStatus(job: Job, busy: StepBusy): Promise<void> {
-    try {
-      await this.#withSession(job, (c) => unary((cb) => c.client.stepStatus({ jobId: job.order.jobId, busy }, cb)));
-    } catch (err) {
-      if (err instanceof JobAbortedError) throw err;
-      this.#log(`job ${job.order.jobId}: step status: ${(err as Error).message}`);
-    }
+    if (job.aborted) throw new JobAbortedError();
+    this.#sendControl({ kind: { $case: 'stepStatus', value: { jobId: job.order.jobId, busy } } });
   }
 
   async #buildJob(job: Job, timings: { importMs: number; buildMs: number; uploadMs: number }): Promise<{ outputs: OutputResult[]; nixSupport: ProtoNixSupport }> {
