@@ -13,7 +13,7 @@ import { CACHE_DIRS, CACHE_INFO_FILE, cacheInfoStoreDir, cacheInfoText, listingF
 import { listingOfPath } from './listing.ts';
 import { type LocalPathInfo, queryPathInfos } from './local-path-info.ts';
 import { realisationClosure, realisationJson } from './realisations.ts';
-import { exists, publishTemp, syncFile, tempPathFor, writeOnce } from './publish-file.ts';
+import { exists, publishTemp, tempPathFor, writeOnce } from './publish-file.ts';
 import { type FileStoreUri, parseStoreUri, type StoreUri } from './store-uri.ts';
 
 export interface FileBinaryCacheOptions {
@@ -173,7 +173,7 @@ export class FileBinaryCache {
     // 1. The NAR, under a temporary name until its file hash (its real name) is known and its NAR hash checked.
     const { compression } = this.store;
     const tmp = tempPathFor(this.file(`nar/${hashPart}.nar`));
-    const w = await withRoom(this.pool, () => this.pool.writeNar(path, tmp, compression, this.compressOptions()));
+    const w = await withRoom(this.pool, () => this.pool.writeNar(path, tmp, compression, { ...this.compressOptions(), narSize: info.narSize, fsync: this.fsync }));
     const narHash = Hash.fromBytes('sha256', w.narHash);
     if (!narHash.equals(info.narHash) || w.narSize !== info.narSize) {
       await unlink(tmp).catch(() => {});
@@ -185,12 +185,6 @@ export class FileBinaryCache {
     }
     const fileHash = Hash.fromBytes('sha256', w.fileHash);
     const url = narFile(fileHash, compression);
-    try {
-      if (this.fsync) await syncFile(tmp);
-    } catch (e) {
-      await unlink(tmp).catch(() => {});
-      throw e;
-    }
     // An existing file of that name has the same bytes (it is named by their hash): keep it.
     await publishTemp(tmp, this.file(url));
 

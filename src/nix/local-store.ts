@@ -3,7 +3,8 @@ import { NixFormatError } from '../errors/index.ts';
 import { Batcher } from '../util/batcher.ts';
 import { parseDerivation } from './derivation.ts';
 import { summarizeDerivation, type DerivationSummary } from './derivation-summary.ts';
-import { runNixLines } from './tools.ts';
+import { hostStore } from '../builder/private-store.ts';
+import { servePool } from './serve-session.ts';
 
 /** Parses .drv bytes; the default parses in-thread, the runner passes its worker pool. */
 export type DerivationParser = (drvPath: string, bytes: Uint8Array) => Promise<DerivationSummary>;
@@ -11,14 +12,14 @@ export type DerivationParser = (drvPath: string, bytes: Uint8Array) => Promise<D
 export const parseInThread: DerivationParser = async (drvPath, bytes) => summarizeDerivation(drvPath, parseDerivation(bytes));
 
 /**
- * The runner's local Nix store, read through the `nix` tools and the
+ * The runner's local Nix store, read through its serve sessions and the
  * filesystem. Validity look-ups from concurrent loads are batched into one
- * `nix-store --check-validity` call per batch.
+ * query per batch.
  */
 export class LocalNixStore {
   private readonly validity = new Batcher<string, boolean>(async (paths) => {
-    const invalid = new Set(await runNixLines('nix-store', ['--check-validity', '--print-invalid', ...paths]));
-    return new Map(paths.map((p) => [p, !invalid.has(p)]));
+    const valid = new Set(await servePool(hostStore).use((s) => s.queryValid(paths)));
+    return new Map(paths.map((p) => [p, valid.has(p)]));
   }, false, 500);
 
   constructor(private readonly parse: DerivationParser = parseInThread) {}

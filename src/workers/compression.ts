@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { isMainThread } from 'node:worker_threads';
 import zlib from 'node:zlib';
 import { CompressionError } from '../errors/index.ts';
+import { bzip2Compress, IN_MEMORY_LIMIT, zstdCompress } from './wasm-codecs.ts';
 
 /**
  * Binary-cache compression methods, named as in a narinfo's `Compression:`
@@ -15,8 +16,8 @@ import { CompressionError } from '../errors/index.ts';
  * | method | backend                                        | default level        |
  * |--------|------------------------------------------------|----------------------|
  * | xz     | `lzma-native` (liblzma in-process); `xz` CLI if it cannot load | 6 (xz's default)     |
- * | bzip2  | `bzip2` CLI                                    | 9 (bzip2's default)  |
- * | zstd   | `zstd` CLI (zstd-napi would need a 40 s native build) | 3 (zstd's default) |
+ * | bzip2  | `bzip2` CLI; whole buffers up to 8 MiB in-process (WebAssembly) | 9 (bzip2's default)  |
+ * | zstd   | `zstd` CLI (zstd-napi would need a 40 s native build); whole buffers up to 8 MiB in-process (WebAssembly) | 3 (zstd's default) |
  * | br     | node:zlib brotli                               | 11 (brotli's and Nix's default; slow) |
  * | gzip   | node:zlib                                      | 6                    |
  * | none   | pass-through                                   |                      |
@@ -231,7 +232,7 @@ async function throughStream(input: Uint8Array, s: Duplex): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-/** Compresses a whole buffer (brotli and gzip synchronously: callers are expected to be worker threads). */
+/** Compresses a whole buffer (in-process backends synchronously: callers are expected to be worker threads). */
 export async function compressBuffer(data: Uint8Array, method: CompressionMethod, options: CompressOptions = {}): Promise<Buffer> {
   try {
     switch (method) {
@@ -241,6 +242,12 @@ export async function compressBuffer(data: Uint8Array, method: CompressionMethod
         return zlib.brotliCompressSync(data, { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: levelFor('br', options.level) } });
       case 'gzip':
         return zlib.gzipSync(data, { level: levelFor('gzip', options.level) });
+      case 'zstd':
+        if (data.length <= IN_MEMORY_LIMIT) return await zstdCompress(data, levelFor('zstd', options.level));
+        return await throughStream(data, createCompressor(method, options));
+      case 'bzip2':
+        if (data.length <= IN_MEMORY_LIMIT) return await bzip2Compress(data, levelFor('bzip2', options.level));
+        return await throughStream(data, createCompressor(method, options));
       default:
         return await throughStream(data, createCompressor(method, options));
     }

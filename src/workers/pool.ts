@@ -161,7 +161,12 @@ export class WorkerPool {
    * Writes the compressed NAR of `path` to `outFile` (which must not exist) in
    * one streaming pass, returning NarHash/NarSize/FileHash/FileSize.
    */
-  async writeNar(path: string, outFile: string, method: CompressionMethod, options: CompressOptions = {}): Promise<{
+  async writeNar(
+    path: string,
+    outFile: string,
+    method: CompressionMethod,
+    options: CompressOptions & { narSize?: number; fsync?: boolean } = {},
+  ): Promise<{
     narHash: Buffer;
     narSize: number;
     fileHash: Buffer;

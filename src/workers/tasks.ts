@@ -7,8 +7,8 @@
  * task-errors.ts), and result buffers are transferred, not copied.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
-import { unlink } from 'node:fs/promises';
+import { closeSync, createReadStream, createWriteStream, fdatasyncSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { open, unlink } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { threadId } from 'node:worker_threads';
@@ -19,6 +19,7 @@ import type { HashAlgo } from '../nix/hash.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { narHash } from '../nix/nar-hash.ts';
 import { asCompressionError, compressBuffer, createCompressor, decompressBuffer } from './compression.ts';
+import { IN_MEMORY_LIMIT } from './wasm-codecs.ts';
 import type { CompressOptions, CompressionMethod } from './compression.ts';
 import { serializeError } from './task-errors.ts';
 import type { TaskReply } from './task-errors.ts';
@@ -110,6 +111,10 @@ export interface WriteNarTask extends CompressOptions {
   /** Where to write the compressed NAR; must not exist (NAR files are write-once). */
   outFile: string;
   method: CompressionMethod;
+  /** The NAR's expected size, when known: a small NAR is compressed in memory (no compressor process). */
+  narSize?: number;
+  /** Flush the file to disk before returning. */
+  fsync?: boolean;
 }
 
 export interface WriteNarResult {
@@ -126,6 +131,7 @@ export interface WriteNarResult {
  * A partial file is removed on failure.
  */
 export function writeNar(t: WriteNarTask): Promise<TaskReply<WriteNarResult>> {
+  if (t.narSize !== undefined && t.narSize <= IN_MEMORY_LIMIT && t.method !== 'xz') return guard(() => writeSmallNar(t));
   return guard(async () => {
     const narH = createHash('sha256');
     const fileH = createHash('sha256');
@@ -166,8 +172,41 @@ export function writeNar(t: WriteNarTask): Promise<TaskReply<WriteNarResult>> {
       if (e instanceof HydrantError || (e instanceof Error && 'syscall' in e)) throw e;
       throw asCompressionError(t.method, e);
     }
+    if (t.fsync) {
+      const fh = await open(t.outFile, 'r');
+      await fh.datasync().finally(() => fh.close());
+    }
     return { narHash: narH.digest(), narSize, fileHash: fileH.digest(), fileSize };
   });
+}
+
+/**
+ * writeNar for a NAR known to be small: serialised and compressed in
+ * memory, written with blocking calls (this is a worker thread: a blocking
+ * call costs less than a round trip through libuv's pool).
+ */
+async function writeSmallNar(t: WriteNarTask): Promise<WriteNarResult> {
+  const parts: Uint8Array[] = [];
+  for await (const c of narChunks(t.path)) parts.push(c);
+  const nar = Buffer.concat(parts);
+  let file: Buffer;
+  try {
+    file = await compressBuffer(nar, t.method, t);
+  } catch (e) {
+    throw asCompressionError(t.method, e);
+  }
+  const fd = openSync(t.outFile, 'wx', 0o644);
+  try {
+    for (let off = 0; off < file.length; ) off += writeSync(fd, file, off);
+    if (t.fsync) fdatasyncSync(fd);
+  } catch (e) {
+    closeSync(fd);
+    unlinkSync(t.outFile);
+    throw e;
+  }
+  closeSync(fd);
+  const sha = (b: Uint8Array): Uint8Array => createHash('sha256').update(b).digest();
+  return { narHash: sha(nar), narSize: nar.length, fileHash: sha(file), fileSize: file.length };
 }
 
 // -------------------------------------------------------------- derivations

@@ -54,6 +54,21 @@ describe('compression', () => {
     expect(() => createCompressor('bzip2', { level: 0 })).toThrow(/level must be an integer in 1\.\.9/);
   });
 
+  it('compresses whole buffers of zstd and bzip2 in-process into what the zstd and bzip2 tools read', async () => {
+    const g = globalThis as { require?: unknown; __dirname?: unknown };
+    const log = Buffer.from(Array.from({ length: 2000 }, (_, i) => `line ${i} of a build log\n`).join(''));
+    for (const method of ['zstd', 'bzip2'] as const) {
+      for (const data of [Buffer.alloc(0), Buffer.from('x'), log, randomBytes(2_000_000)]) {
+        const packed = await compressBuffer(data, method);
+        // decompressBuffer runs `zstd -d` / `bzip2 -d`.
+        expect((await decompressBuffer(packed, method)).equals(data), `${method} ${data.length}`).toBe(true);
+        if (data === log) expect(packed.length).toBeLessThan(log.length / 5);
+      }
+    }
+    // bzip2-wasm's loader needs these globals; they do not outlive it.
+    expect([g.require, g.__dirname]).toEqual([undefined, undefined]);
+  });
+
   it('fails a CLI stream whose tool exits non-zero, with its stderr', async () => {
     const bad = await decompressBuffer(Buffer.from('BZh9 not really'), 'bzip2').catch((e: unknown) => e);
     expect(bad).toBeInstanceOf(CompressionError);

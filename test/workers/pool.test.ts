@@ -123,11 +123,18 @@ describe('WorkerPool tasks agree with the in-thread implementations', () => {
     await expect(pool.compress(Buffer.from('x'), 'xz', { level: 42 })).rejects.toMatchObject({ code: 'COMPRESSION_FAILED' });
   });
 
-  it('writes a compressed NAR with its hashes in one pass', async () => {
+  it('writes a compressed NAR with its hashes in one pass, streaming or (size known, small) in memory', async () => {
     const dir = join(tmp, 'tree');
-    for (const method of ['xz', 'zstd'] as const) {
-      const out = join(tmp, `tree.nar.${method}`);
-      const r = await pool.writeNar(dir, out, method);
+    const narSize = (await collect(narChunks(dir))).length;
+    const ways = [
+      ['xz', {}],
+      ['zstd', {}],
+      ['zstd', { narSize, fsync: true }],
+      ['bzip2', { narSize }],
+    ] as const;
+    for (const [method, options] of ways) {
+      const out = join(tmp, `tree.nar.${method}.${'narSize' in options ? 'memory' : 'stream'}`);
+      const r = await pool.writeNar(dir, out, method, options);
       const file = readFileSync(out);
       const nar = await collect(narChunks(dir));
       expect((await cliDecompress(file, method)).equals(nar)).toBe(true);
@@ -136,10 +143,11 @@ describe('WorkerPool tasks agree with the in-thread implementations', () => {
       expect(r.fileSize).toBe(file.length);
       expect(r.fileHash.equals(createHash('sha256').update(file).digest())).toBe(true);
       // NAR files are write-once.
-      await expect(pool.writeNar(dir, out, method)).rejects.toMatchObject({ code: 'EEXIST' });
+      await expect(pool.writeNar(dir, out, method, options)).rejects.toMatchObject({ code: 'EEXIST' });
       expect(readFileSync(out).equals(file)).toBe(true);
     }
     await expect(pool.writeNar(join(tmp, 'missing'), join(tmp, 'missing.nar'), 'none')).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(pool.writeNar(join(tmp, 'missing'), join(tmp, 'missing.nar'), 'zstd', { narSize: 10 })).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
   it('parses .drv files like parseDerivation, singly and in batches', async () => {
