@@ -77,7 +77,19 @@ interface Job {
   build?: NixBuildHandle;
   readonly cancels: Set<() => void>;
   done?: Promise<void>;
+  /** The current phase, and the last one reported; a timer reports the current one once it lasted. */
+  phase: StepBusy;
+  reportedPhase: StepBusy | null;
+  phaseTimer: NodeJS.Timeout | null;
 }
+
+/**
+ * How long a phase other than building must last before it is reported: a
+ * short step's phases pass in milliseconds, and a message each would cost
+ * more than the step. Building is reported at once (the runner counts the
+ * step as started then).
+ */
+const PHASE_REPORT_DELAY_MS = 250;
 
 /** A call failed because the session went away: wait for the next one and retry. */
 function retriable(err: unknown): boolean {
@@ -397,10 +409,11 @@ export class BuilderAgent {
       this.#sendControl({ kind: { $case: 'jobAccepted', value: { jobId: order.jobId } } });
       return;
     }
-    const job: Job = { order, aborted: false, cancels: new Set() };
+    const job: Job = { order, aborted: false, cancels: new Set(), phase: StepBusy.STEP_BUSY_PREPARING, reportedPhase: null, phaseTimer: null };
     this.#jobs.set(order.jobId, job);
     this.#sendControl({ kind: { $case: 'jobAccepted', value: { jobId: order.jobId } } });
     job.done = this.#runJob(job).finally(() => {
+      if (job.phaseTimer) clearTimeout(job.phaseTimer);
       this.#jobs.delete(order.jobId);
     });
   }
@@ -474,7 +487,17 @@ export class BuilderAgent {
   /** Reports the job's phase on the control stream: no round trip; lost with a broken stream, as a phase is only informative. */
   async #stepStatus(job: Job, busy: StepBusy): Promise<void> {
     if (job.aborted) throw new JobAbortedError();
-    this.#sendControl({ kind: { $case: 'stepStatus', value: { jobId: job.order.jobId, busy } } });
+    job.phase = busy;
+    if (busy === StepBusy.STEP_BUSY_BUILDING) this.#reportPhase(job);
+    else job.phaseTimer ??= setTimeout(() => this.#reportPhase(job), PHASE_REPORT_DELAY_MS);
+  }
+
+  #reportPhase(job: Job): void {
+    if (job.phaseTimer) clearTimeout(job.phaseTimer);
+    job.phaseTimer = null;
+    if (job.aborted || !this.#jobs.has(job.order.jobId) || job.phase === job.reportedPhase) return;
+    job.reportedPhase = job.phase;
+    this.#sendControl({ kind: { $case: 'stepStatus', value: { jobId: job.order.jobId, busy: job.phase } } });
   }
 
   async #buildJob(job: Job, timings: { importMs: number; buildMs: number; uploadMs: number }): Promise<{ outputs: OutputResult[]; nixSupport: ProtoNixSupport }> {

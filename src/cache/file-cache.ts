@@ -125,9 +125,27 @@ export class FileBinaryCache {
     return leader ? promise : promise.then(() => false);
   }
 
+  /**
+   * Paths known to be in the cache, most recently seen last. Narinfos are
+   * write-once, so a path once seen stays (as in Nix's own path-info cache of
+   * a binary cache, of the same size): a step's closure upload then checks
+   * the disk only for paths this runner has not seen.
+   */
+  private readonly known = new Set<string>();
+  private static readonly KNOWN_MAX = 65536;
+
+  private remember(storePath: string): void {
+    this.known.delete(storePath);
+    this.known.add(storePath);
+    if (this.known.size > FileBinaryCache.KNOWN_MAX) this.known.delete(this.known.values().next().value!);
+  }
+
   /** Whether the cache holds the path (its narinfo exists). */
-  has(storePath: string): Promise<boolean> {
-    return exists(this.file(narInfoFile(storePath)));
+  async has(storePath: string): Promise<boolean> {
+    if (this.known.has(storePath)) return true;
+    const present = await exists(this.file(narInfoFile(storePath)));
+    if (present) this.remember(storePath);
+    return present;
   }
 
   /** The path's narinfo, or null when the cache lacks it. */
@@ -208,6 +226,7 @@ export class FileBinaryCache {
     const key = this.store.secretKey;
     if (key) narInfo.sigs.push(signPath(key, { storePath: path, narHash: info.narHash, narSize: info.narSize, references: info.references }));
     const wrote = await writeOnce(this.file(narInfoFile(path)), serializeNarInfo(narInfo), { fsync: this.fsync });
+    this.remember(path);
     // !wrote: another runner published the path meanwhile; its narinfo stands.
     if (!wrote) return skipped(path, started);
     return { storePath: path, uploaded: true, narInfo, narSize: w.narSize, fileSize: w.fileSize, durationMs: performance.now() - started };
