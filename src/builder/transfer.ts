@@ -5,12 +5,14 @@
  * importVerified parses the incoming stream (each NAR strictly validated and
  * hashed as it streams), checks every entry against what the receiver asked
  * for, and only then imports it (over the store's serve session). To honour "nothing is imported
- * unless everything checks out" without holding NARs in memory, the stream is
- * spooled to a temporary file while it is verified; Nix's own importer would
- * commit earlier entries before seeing a bad later one.
+ * unless everything checks out" without holding large NARs in memory, the
+ * stream is spooled while it is verified: in memory up to SPOOL_MEMORY_LIMIT
+ * bytes, in a temporary file beyond (files are costly to create and delete
+ * by the thousand). Nix's own importer would commit earlier entries before
+ * seeing a bad later one.
  */
 import { createReadStream } from 'node:fs';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NarHashMismatchError, PathNotInStoreError, UnexpectedStorePathError } from '../errors/index.ts';
@@ -30,8 +32,57 @@ export interface ExpectedNar {
 export interface ImportOptions {
   /** Fail when an expected path is not in the stream (default true). */
   requireAll?: boolean;
-  /** Where to spool the verified stream (default: the OS temp dir). */
+  /** Where to spool a verified stream too large for memory (default: the OS temp dir). */
   spoolDir?: string;
+  /** Bytes spooled in memory before a file is used (default SPOOL_MEMORY_LIMIT). */
+  spoolMemoryLimit?: number;
+}
+
+/** Bytes of an export stream held in memory while it is verified; more go to a file. */
+export const SPOOL_MEMORY_LIMIT = 4 * 1024 * 1024;
+
+/** Holds a stream's bytes while it is verified: in memory, spilling to a temporary file past the limit. */
+class Spool {
+  private chunks: Uint8Array[] | null = [];
+  private bytes = 0;
+  private dir: string | null = null;
+  private fh: FileHandle | null = null;
+
+  constructor(
+    private readonly spoolDir: string,
+    private readonly memoryLimit: number,
+  ) {}
+
+  async write(chunk: Uint8Array): Promise<void> {
+    this.bytes += chunk.length;
+    if (this.chunks && this.bytes <= this.memoryLimit) {
+      this.chunks.push(chunk);
+      return;
+    }
+    if (!this.fh) {
+      this.dir = await mkdtemp(join(this.spoolDir, 'hydrant-import-'));
+      this.fh = await open(join(this.dir, 'export'), 'wx', 0o600);
+      for (const c of this.chunks ?? []) await this.fh.write(c);
+      this.chunks = null;
+    }
+    await this.fh.write(chunk);
+  }
+
+  /** Ends writing; the bytes can be read once after. */
+  async finish(): Promise<void> {
+    await this.fh?.close();
+    this.fh = null;
+  }
+
+  async *read(): AsyncGenerator<Uint8Array> {
+    if (this.chunks) yield* this.chunks;
+    else yield* createReadStream(join(this.dir!, 'export'));
+  }
+
+  async dispose(): Promise<void> {
+    await this.fh?.close().catch(() => {});
+    if (this.dir) await rm(this.dir, { recursive: true, force: true });
+  }
 }
 
 function toHash(h: Hash | string): Hash {
@@ -57,15 +108,13 @@ export async function importVerified(
   options: ImportOptions = {},
 ): Promise<ExportEntry[]> {
   const wanted = new Map([...expected].map(([p, e]) => [p, { narHash: toHash(e.narHash), narSize: e.narSize }]));
-  const dir = await mkdtemp(join(options.spoolDir ?? tmpdir(), 'hydrant-import-'));
-  const spool = join(dir, 'export');
+  const spool = new Spool(options.spoolDir ?? tmpdir(), options.spoolMemoryLimit ?? SPOOL_MEMORY_LIMIT);
   try {
-    const fh = await open(spool, 'wx', 0o600);
     const entries: ExportEntry[] = [];
     try {
       const tee = (async function* () {
         for await (const chunk of stream) {
-          await fh.write(chunk);
+          await spool.write(chunk);
           yield chunk;
         }
       })();
@@ -88,12 +137,12 @@ export async function importVerified(
         for (const p of wanted.keys()) if (!seen.has(p)) throw new UnexpectedStorePathError(p, 'missing');
       }
     } finally {
-      await fh.close();
+      await spool.finish();
     }
-    if (entries.length > 0) await servePool(store).use((session) => session.importExport(createReadStream(spool)));
+    if (entries.length > 0) await servePool(store).use((session) => session.importExport(spool.read()));
     return entries;
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await spool.dispose();
   }
 }
 

@@ -60,9 +60,12 @@ const handlers: RunnerHandlers = {
     for await (const m of session.messages) {
       if (m.kind?.$case === 'ping') pings.push(m.kind.value);
       if (m.kind?.$case === 'jobAccepted') accepted.push(m.kind.value.jobId);
+      if (m.kind?.$case === 'stepStatus') statuses.push({ jobId: m.kind.value.jobId, busy: m.kind.value.busy });
     }
   },
   async fetchRequisites(_ctx, req) {
+    // Slow for the main job: its preparing phase lasts long enough to be reported.
+    if (req.jobId === 'job-main') await new Promise((r) => setTimeout(r, 400));
     return { requisites: requisitesOf.get(req.jobId) ?? [] };
   },
   async *fetchNar(_ctx, req) {
@@ -89,9 +92,8 @@ const handlers: RunnerHandlers = {
   async hasPath() {
     return { present: false };
   },
-  async stepStatus(_ctx, req) {
-    statuses.push({ jobId: req.jobId, busy: req.busy });
-    return {};
+  async stepStatus() {
+    throw new Error('builders report phases on the control stream');
   },
   async streamLog(_ctx, jobId, chunks) {
     let n = 0;
@@ -241,14 +243,19 @@ describe('BuilderAgent against a real grpc-js runner server', () => {
     expect(done.errorMsg).toBe('');
     expect(done.state).toBe(ResultState.RESULT_STATE_SUCCESS);
     expect(accepted).toContain('job-main');
+    // Phases in order, each once: building always, the others when they lasted
+    // (preparing did: the requisites took 400 ms).
     const busy = statuses.filter((s) => s.jobId === 'job-main').map((s) => s.busy);
-    expect(busy).toEqual([
+    const phases = [
       StepBusy.STEP_BUSY_PREPARING,
       StepBusy.STEP_BUSY_SENDING_INPUTS,
       StepBusy.STEP_BUSY_BUILDING,
       StepBusy.STEP_BUSY_POST_PROCESSING,
       StepBusy.STEP_BUSY_RECEIVING_OUTPUTS,
-    ]);
+    ];
+    expect(busy[0]).toBe(StepBusy.STEP_BUSY_PREPARING);
+    expect(busy).toContain(StepBusy.STEP_BUSY_BUILDING);
+    expect(busy.map((b) => phases.indexOf(b))).toEqual([...new Set(busy.map((b) => phases.indexOf(b)))].sort((a, b) => a - b));
     // Only missing inputs were fetched, the ordered .drv came from the order.
     expect(narsServed).not.toContain(mainDrv);
     expect(narsServed.length).toBe(requisitesOf.get('job-main')!.length);

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -66,6 +66,14 @@ describe('store path transfer', () => {
     // Nix re-hashes the imported files and agrees.
     await priv.runChecked('nix-store', ['--verify-path', fx.app]);
     await priv.runChecked('nix-store', ['--verify-path', fx.dep]);
+
+    // A stream past the memory limit is spooled to a file, which is gone afterwards.
+    const spoolDir = mkdtempSync(join(tmpdir(), 'hydrant-spool-test-'));
+    const other = await freshStore();
+    const spilled = await importVerified(other, exportPaths(hostStore, [fx.app], { closure: true }), expected, { spoolDir, spoolMemoryLimit: 64 });
+    expect(spilled.map((e) => e.path).sort()).toEqual([...closure].sort());
+    await other.runChecked('nix-store', ['--verify-path', fx.app]);
+    expect(readdirSync(spoolDir)).toEqual([]);
   });
 
   it('refuses a tampered NAR with NarHashMismatchError and imports nothing', async () => {
