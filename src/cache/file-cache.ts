@@ -259,16 +259,22 @@ export class FileBinaryCache {
    * ends in `.bz2` (Nix's own log files). Logs are capped by maxLogSize, so
    * one is held in memory. Returns false when the cache already had it.
    */
-  uploadLog(drvPath: string, localLogFile: string): Promise<boolean> {
+  async uploadLog(drvPath: string, localLogFile: string): Promise<boolean> {
+    if (await exists(this.file(logFile(drvPath)))) return false;
+    let data: Buffer = await readFile(localLogFile);
+    if (localLogFile.endsWith('.bz2')) {
+      const compressed = data;
+      data = await withRoom(this.pool, () => this.pool.decompress(compressed, 'bzip2'));
+    }
+    return this.uploadLogText(drvPath, data);
+  }
+
+  /** uploadLog for a log already in memory (plain text). */
+  uploadLogText(drvPath: string, text: Buffer): Promise<boolean> {
     const rel = logFile(drvPath);
     return this.fileFlight(rel, async () => {
       if (await exists(this.file(rel))) return false;
-      let data: Buffer = await readFile(localLogFile);
-      if (localLogFile.endsWith('.bz2')) {
-        const compressed = data;
-        data = await withRoom(this.pool, () => this.pool.decompress(compressed, 'bzip2'));
-      }
-      return writeOnce(this.file(rel), await this.compressSmall(data, this.store.logCompression), { fsync: this.fsync });
+      return writeOnce(this.file(rel), await this.compressSmall(text, this.store.logCompression), { fsync: this.fsync });
     });
   }
 

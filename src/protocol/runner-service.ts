@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { status } from '@grpc/grpc-js';
-import { BuilderSession } from '../actors/builder-session.ts';
+import { BuilderSession, type RemoteJob } from '../actors/builder-session.ts';
 import type { BuilderPort, StepOutcome } from '../actors/builder-port.ts';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../actors/machine-record.ts';
 import type { Scheduler } from '../actors/scheduler.ts';
@@ -43,6 +43,7 @@ export interface BuilderServiceOptions {
 export class BuilderService implements RunnerHandlers {
   readonly sessions = new Map<string, BuilderSession>();
   /** Jobs whose log file has been started. */
+  private readonly logsStarted = new WeakSet<RemoteJob>();
   /**
    * Prefix of job ids on the wire. The scheduler's ids start over with each
    * runner process, but a builder can outlive its runner: a job of the old
@@ -144,21 +145,6 @@ export class BuilderService implements RunnerHandlers {
     log.info({ machine: cs.machineId, jobs: s.jobs.size, lostJobs: lost.length, replacedConnection: old !== null }, 'builder reconnected');
   }
 
-  /**
-   * Starts the attempt's log file afresh, as Hydra does before a build: a
-   * step that prints nothing still has its (empty) log. Synchronous: two
-   * quick local calls, cheaper than a round trip through libuv's pool.
-   */
-  private startLog(drvPath: string): void {
-    const file = buildLogPath(this.o.hydraDataDir, drvPath);
-    try {
-      mkdirSync(dirname(file), { recursive: true });
-      writeFileSync(file, '');
-    } catch (err) {
-      this.o.log.error({ drv: drvPath, file, err: String(err) }, 'cannot start the build log');
-    }
-  }
-
   /** Tells a builder to stop a job the runner no longer has for it. */
   private abortOrphan(cs: ControlSession, jobId: string): void {
     this.o.log.info({ machine: cs.machineId, job: jobId }, 'builder runs a job the runner does not know; aborting it');
@@ -172,7 +158,6 @@ export class BuilderService implements RunnerHandlers {
       start: (job, report, progress) => {
         const jobId = wire(job.jobId);
         if (this.o.log.isLevelEnabled('debug')) this.o.log.debug({ machine: s.machine.id, job: jobId, drv: job.drvPath }, 'build order sent');
-        this.startLog(job.drvPath);
         s.start({ ...job, jobId }, report, progress);
       },
       abort: (jobId) => s.abort(wire(jobId)),
@@ -249,9 +234,13 @@ export class BuilderService implements RunnerHandlers {
 
   async streamLog(ctx: CallContext, jobId: string, chunks: AsyncIterable<{ data: Buffer; compression: Compression }>) {
     const j = this.job(ctx, jobId);
-    // The attempt's file was started when the job went out; a later stream
-    // (the builder reconnected mid-build) continues it.
-    const out = createWriteStream(buildLogPath(this.o.hydraDataDir, j.job.drvPath), { flags: 'a' });
+    const file = buildLogPath(this.o.hydraDataDir, j.job.drvPath);
+    mkdirSync(dirname(file), { recursive: true });
+    // A job's first log stream starts the file afresh (a new attempt); a later
+    // one (the builder reconnected mid-build) continues it. A build that
+    // prints nothing has no file until it ends (see writeCompressedBuildLog).
+    const out = createWriteStream(file, { flags: this.logsStarted.has(j) ? 'a' : 'w' });
+    this.logsStarted.add(j);
     let bytes = 0;
     try {
       for await (const c of chunks) {

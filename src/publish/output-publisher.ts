@@ -1,11 +1,12 @@
 import type { StepFinisher, StepJob, StepOutcome } from '../actors/builder-port.ts';
 import type { FileBinaryCache } from '../cache/file-cache.ts';
-import { exists } from '../cache/publish-file.ts';
+import { mkdir, readFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { uploadClosure } from '../cache/upload.ts';
 import type { Logger } from '../util/logger.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { addGcRoots } from './gc-roots.ts';
-import { compressBuildLog } from './log-compression.ts';
+import { writeCompressedBuildLog } from './log-compression.ts';
 
 export interface OutputPublisherOptions {
   pool: WorkerPool;
@@ -35,12 +36,13 @@ export class OutputPublisher implements StepFinisher {
     const { log } = this.o;
     let logFile = outcome.logFile;
     try {
-      // The caches take the plain log (no bzip2 round trip); then Hydra's own copy is compressed.
-      if (logFile !== '' && (await exists(logFile))) {
-        const plain = logFile;
-        for (const wrote of await Promise.all(this.o.caches.map((c) => c.uploadLog(job.drvPath, plain)))) if (wrote) this.stats.logs++;
+      if (logFile !== '' && !logFile.endsWith('.bz2')) {
+        // Read once: the caches take the plain text, then Hydra's own copy is compressed.
+        const text = await readLog(logFile);
+        for (const wrote of await Promise.all(this.o.caches.map((c) => c.uploadLogText(job.drvPath, text ?? Buffer.alloc(0))))) if (wrote) this.stats.logs++;
+        if (text === null) await mkdir(dirname(logFile), { recursive: true });
+        logFile = await writeCompressedBuildLog(this.o.pool, logFile, text ?? Buffer.alloc(0), text !== null);
       }
-      logFile = await compressBuildLog(this.o.pool, logFile);
     } catch (err) {
       log.warn({ drv: job.drvPath, err: String((err as Error)?.message ?? err) }, 'could not compress or publish the build log');
     }
@@ -64,5 +66,15 @@ export class OutputPublisher implements StepFinisher {
       }
     }
     return { ...outcome, logFile };
+  }
+}
+
+/** The log's text, or null when the build printed nothing (no file was started). */
+async function readLog(file: string): Promise<Buffer | null> {
+  try {
+    return await readFile(file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
   }
 }

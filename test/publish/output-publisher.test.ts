@@ -74,4 +74,20 @@ describe('a step counts as done only after its upload', () => {
     expect(existsSync(join(dir, 'build-logs', base.slice(0, 2), `${base.slice(2)}.bz2`))).toBe(true);
     expect(readFileSync(join(cacheDir, 'log', base), 'utf8')).toContain(`hello-${nonce}`);
   }, 120_000);
+
+  it('gives a step that printed nothing an empty compressed log, in the caches too', async () => {
+    const cacheDir = join(dir, 'cache-silent');
+    const cache = await FileBinaryCache.open(`file://${cacheDir}?compression=zstd`, pool);
+    const publisher = new OutputPublisher({ pool, caches: [cache], rootsDir: join(dir, 'roots-silent'), log: quietLog });
+    const drvPath = `/nix/store/${'a'.repeat(32)}-silent-${randomBytes(4).toString('hex')}.drv`;
+    const base = drvPath.slice(11);
+    const logFile = join(dir, 'build-logs', base.slice(0, 2), base.slice(2));
+    const job = { jobId: 'j1', drvPath, outputs: [], maxSilentTime: 0, buildTimeout: 0, maxLogSize: 0, maxOutputSize: 0 };
+    const out = await publisher.finish(job, { kind: 'failure', status: 1, errorMsg: 'failed', startTime: 1, stopTime: 2, logFile });
+    expect(out.kind === 'failure' && out.logFile).toBe(`${logFile}.bz2`);
+    expect(existsSync(logFile)).toBe(false);
+    expect((await pool.decompress(readFileSync(`${logFile}.bz2`), 'bzip2')).length).toBe(0);
+    expect(readFileSync(join(cacheDir, 'log', base)).length).toBe(0);
+    expect(publisher.stats.logs).toBe(1);
+  });
 });
