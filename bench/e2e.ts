@@ -135,6 +135,47 @@ function cpuOf(pid: number | undefined): { self: number; children: number } {
   return { self: root.self, children };
 }
 
+/**
+ * CPU seconds of a process's threads by thread name (user, system), from
+ * /proc/PID/task/TID/stat: Node's main thread is `node`, libuv's file-system
+ * pool `libuv-worker`, V8's helpers (GC, compiler) `V8 DefaultWorke`,
+ * piscina's workers `node` too, and so on; same-named threads are summed.
+ */
+function threadCpu(pid: number | undefined): Record<string, { user: number; sys: number }> {
+  const out: Record<string, { user: number; sys: number }> = {};
+  if (pid === undefined) return out;
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const name = tid === String(pid) ? 'main' : stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+      const t = (out[name] ??= { user: 0, sys: 0 });
+      t.user += f[11]! / CLK_TCK;
+      t.sys += f[12]! / CLK_TCK;
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
+}
+
+function threadCpuDelta(
+  before: Record<string, { user: number; sys: number }>,
+  after: Record<string, { user: number; sys: number }>,
+): Record<string, { user: number; sys: number }> {
+  return Object.fromEntries(
+    Object.entries(after)
+      .map(([k, a]) => [k, { user: round(a.user - (before[k]?.user ?? 0), 2), sys: round(a.sys - (before[k]?.sys ?? 0), 2) }] as const)
+      .filter(([, d]) => d.user + d.sys > 0),
+  );
+}
+
 interface Proc {
   name: string;
   child: ChildProcess;
@@ -405,6 +446,8 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       all: cpuOf(process.pid),
     });
     const cpuBefore = cpuAt();
+    const threadsAt = (): Record<string, Record<string, { user: number; sys: number }>> => Object.fromEntries(procs.map((p) => [p.name, threadCpu(p.child.pid)]));
+    const threadsBefore = threadsAt();
     rmSync(traceLog, { force: true }); // only what happens from the queueing on
     const t0 = performance.now();
     const submitted = await submitJobs(pool, { project: 'bench', jobset: 'e2e', create: true, jobs, now: Math.floor(Date.now() / 1000), evalSeconds: 0, source: 'bench e2e' });
@@ -427,6 +470,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     }
     const hydrantSeconds = (performance.now() - t0) / 1000;
     const cpuAfter = cpuAt();
+    const threadsAfter = threadsAt();
     log(`hydrant: ${round(hydrantSeconds, 2)} s (${round(n / hydrantSeconds, 1)} drvs/s)`);
 
     // ---- checks -------------------------------------------------------------------
@@ -468,6 +512,8 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       cacheUploadMsPerStep: stats(uploads),
       cacheNarinfos: narinfos,
       cpuSeconds: cpu,
+      // Each Hydrant process's own CPU by thread (main thread, worker pool, libuv, V8), user and system.
+      threadCpuSeconds: Object.fromEntries(procs.map((p) => [p.name, threadCpuDelta(threadsBefore[p.name]!, threadsAfter[p.name]!)])),
       cpuSecondsPostgres: round(cpuPostgres, 1),
       cpuSecondsTotal: round(cpuTotal, 1),
       cpuMsPerStep: round((cpuTotal * 1000) / n, 1),
