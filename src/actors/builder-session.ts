@@ -1,6 +1,6 @@
 import type { StorePathInfo } from '../builder/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
-import type { RunnerMessage } from '../protocol/gen/runner.ts';
+import type { PathInfo, RunnerMessage } from '../protocol/gen/runner.ts';
 import type { ControlSession } from '../protocol/server.ts';
 import type { JobOwnership } from '../protocol/job-ownership.ts';
 import type { BuilderPort, StepJob, StepOutcome } from './builder-port.ts';
@@ -18,6 +18,12 @@ export interface RemoteJob {
 }
 
 /**
+ * A job's requisites in the order the builder imports them, with their
+ * metadata by path, or null when they are too many to go in the order.
+ */
+export type RequisitesOf = (job: StepJob) => Promise<{ ordered: PathInfo[]; byPath: ReadonlyMap<string, StorePathInfo> } | null>;
+
+/**
  * One remote builder (a Hydra "machine") as the scheduler sees it: the
  * BuilderPort that sends build orders and aborts over the builder's control
  * stream. It outlives a connection: when the builder reconnects within the
@@ -33,28 +39,49 @@ export class BuilderSession implements BuilderPort {
     readonly machine: MachineRecord,
     private readonly ownership: JobOwnership,
     private readonly onSendError: (err: unknown) => void,
+    private readonly requisitesOf: RequisitesOf,
   ) {}
 
+  /**
+   * Sends the order with the job's requisites in it (saving the builder a
+   * round trip); a job aborted meanwhile is not sent, and one whose
+   * requisites cannot be read fails transiently, as a builder's
+   * FetchRequisites would.
+   */
   start(job: StepJob, report: (o: StepOutcome) => void, progress: (busy: StepBusyCode) => void): void {
     this.ownership.assign(job.jobId, this.machine.id);
-    this.jobs.set(job.jobId, { job, report, progress, requisites: null, uploaded: new Map() });
-    this.send({
-      kind: {
-        $case: 'build',
-        value: {
-          jobId: job.jobId,
-          drvPath: job.drvPath,
-          drv: Buffer.alloc(0), // the builder fetches the .drv with the other requisites
-          outputs: job.outputs.map((o) => ({ name: o.name, path: o.path ?? undefined })),
-          limits: {
-            maxSilentTimeS: job.maxSilentTime,
-            buildTimeoutS: job.buildTimeout,
-            maxLogSize: job.maxLogSize,
-            maxOutputSize: job.maxOutputSize,
+    const remote: RemoteJob = { job, report, progress, requisites: null, uploaded: new Map() };
+    this.jobs.set(job.jobId, remote);
+    this.requisitesOf(job).then(
+      (r) => {
+        if (this.jobs.get(job.jobId) !== remote) return;
+        if (r) remote.requisites = r.byPath;
+        this.send({
+          kind: {
+            $case: 'build',
+            value: {
+              jobId: job.jobId,
+              drvPath: job.drvPath,
+              drv: Buffer.alloc(0), // the builder fetches the .drv with the other requisites
+              outputs: job.outputs.map((o) => ({ name: o.name, path: o.path ?? undefined })),
+              limits: {
+                maxSilentTimeS: job.maxSilentTime,
+                buildTimeoutS: job.buildTimeout,
+                maxLogSize: job.maxLogSize,
+                maxOutputSize: job.maxOutputSize,
+              },
+              requisites: r?.ordered ?? [],
+              requisitesIncluded: r !== null,
+            },
           },
-        },
+        });
       },
-    });
+      (err: unknown) => {
+        if (this.jobs.get(job.jobId) !== remote) return;
+        this.ownership.release(job.jobId);
+        this.finish(job.jobId, { kind: 'transient', errorMsg: `cannot read the requisites of ${job.drvPath}: ${(err as Error)?.message ?? err}`, machineFault: false });
+      },
+    );
   }
 
   abort(jobId: string): void {

@@ -23,7 +23,7 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { status as grpcStatus, type ClientDuplexStream, type ClientWritableStream, type ServiceError } from '@grpc/grpc-js';
+import { status as grpcStatus, type ClientDuplexStream, type ClientReadableStream, type ClientWritableStream, type ServiceError } from '@grpc/grpc-js';
 import type { BuilderConfig } from '../config/builder-config.ts';
 import { BuilderJobError, NarHashMismatchError, NixFormatError, PathNotInStoreError, UnexpectedStorePathError } from '../errors/index.ts';
 import { parseDerivation, type Derivation } from '../nix/derivation.ts';
@@ -47,6 +47,7 @@ import {
   type LogChunk,
   type LogReceipt,
   type NarChunk,
+  type NarHeader,
   type NixSupport as ProtoNixSupport,
   type OutputResult,
   type PathInfo,
@@ -90,6 +91,25 @@ interface Job {
  * step as started then).
  */
 const PHASE_REPORT_DELAY_MS = 250;
+
+/** Refuses a NAR header that is not the one asked for (path, compression, hash and size). */
+function checkNarHeader(want: PathInfo, h: NarHeader): void {
+  if (!readableCompressions().includes(h.compression)) {
+    throw new NixFormatError('FetchNar', `${want.storePath}: compression ${h.compression} was not asked for`);
+  }
+  if (h.info && h.info.storePath !== want.storePath) throw new UnexpectedStorePathError(h.info.storePath, 'unexpected');
+  if (h.info && (h.info.narHash !== '' || Number(h.info.narSize) !== 0)) {
+    const a = parseHash(h.info.narHash, 'sha256');
+    const b = parseHash(want.narHash, 'sha256');
+    if (!a.equals(b) || Number(h.info.narSize) !== Number(want.narSize)) {
+      throw new NarHashMismatchError(
+        want.storePath,
+        { narHash: b.format('base32'), narSize: Number(want.narSize) },
+        { narHash: a.format('base32'), narSize: Number(h.info.narSize) },
+      );
+    }
+  }
+}
 
 /** A call failed because the session went away: wait for the next one and retry. */
 function retriable(err: unknown): boolean {
@@ -509,7 +529,9 @@ export class BuilderAgent {
     const t0 = performance.now();
     let requisites: PathInfo[];
     try {
-      requisites = (await this.#withSession(job, (c) => unary<FetchRequisitesResponse>((cb) => c.client.fetchRequisites({ jobId: order.jobId }, cb)))).requisites;
+      requisites = order.requisitesIncluded
+        ? order.requisites
+        : (await this.#withSession(job, (c) => unary<FetchRequisitesResponse>((cb) => c.client.fetchRequisites({ jobId: order.jobId }, cb)))).requisites;
     } catch (err) {
       if (err instanceof JobAbortedError) throw err;
       throw new BuilderJobError(ResultState.RESULT_STATE_PREPARING_FAILURE, `cannot fetch requisites: ${(err as Error).message}`, { cause: err });
@@ -590,56 +612,69 @@ export class BuilderAgent {
     const missing = requisites.filter((p) => !valid.has(p.storePath));
     if (missing.length === 0) return;
     const expected = new Map(missing.map((p) => [p.storePath, { narHash: p.narHash, narSize: Number(p.narSize) }]));
-    const self = this;
+    // One FetchNar call streams them all, in order; each entry reads its part.
+    const nars = this.#fetchNars(job, missing);
     const entries = (async function* (): AsyncGenerator<ExportWriteEntry> {
       for (const p of missing) {
-        yield { path: p.storePath, references: p.references, deriver: p.deriver ?? null, nar: self.#fetchNar(job, p) };
+        yield { path: p.storePath, references: p.references, deriver: p.deriver ?? null, nar: nars.next(p) };
       }
     })();
-    await importVerified(store, writeExport(entries), expected, { spoolDir: this.#o.config.buildDir });
+    try {
+      await importVerified(store, writeExport(entries), expected, { spoolDir: this.#o.config.buildDir });
+    } finally {
+      nars.close();
+    }
   }
 
-  /** The plain NAR bytes of one path, from FetchNar (zstd on the wire when the runner chose it). */
-  async *#fetchNar(job: Job, want: PathInfo): AsyncGenerator<Uint8Array> {
-    if (job.aborted) throw new JobAbortedError();
-    await this.#joined;
-    const call = this.#client!.client.fetchNar({ jobId: job.order.jobId, storePath: want.storePath, accept: readableCompressions() });
-    const cancel = (): void => call.cancel();
-    job.cancels.add(cancel);
-    this.#transfers.downloading++;
-    try {
-      const it = (call as AsyncIterable<NarChunk>)[Symbol.asyncIterator]();
-      const first = await it.next();
-      if (first.done || first.value.part?.$case !== 'header') throw new NixFormatError('FetchNar', `${want.storePath}: no header`);
-      const h = first.value.part.value;
-      if (!readableCompressions().includes(h.compression)) {
-        throw new NixFormatError('FetchNar', `${want.storePath}: compression ${h.compression} was not asked for`);
-      }
-      if (h.info && h.info.storePath !== want.storePath) throw new UnexpectedStorePathError(h.info.storePath, 'unexpected');
-      if (h.info && (h.info.narHash !== '' || Number(h.info.narSize) !== 0)) {
-        const a = parseHash(h.info.narHash, 'sha256');
-        const b = parseHash(want.narHash, 'sha256');
-        if (!a.equals(b) || Number(h.info.narSize) !== Number(want.narSize)) {
-          throw new NarHashMismatchError(
-            want.storePath,
-            { narHash: b.format('base32'), narSize: Number(want.narSize) },
-            { narHash: a.format('base32'), narSize: Number(h.info.narSize) },
-          );
+  /**
+   * The plain NARs of `wanted`, in order, from one FetchNar call (zstd on the
+   * wire where the runner chose it): `next(p)` yields p's bytes, which must
+   * be read to the end before the next path's.
+   */
+  #fetchNars(job: Job, wanted: readonly PathInfo[]): { next(want: PathInfo): AsyncGenerator<Uint8Array>; close(): void } {
+    const [first, ...more] = wanted;
+    let call: ClientReadableStream<NarChunk> | undefined;
+    let it: AsyncIterator<NarChunk> | undefined;
+    let pending: NarChunk | undefined;
+    const cancel = (): void => call?.cancel();
+    const self = this;
+    return {
+      async *next(want: PathInfo): AsyncGenerator<Uint8Array> {
+        if (job.aborted) throw new JobAbortedError();
+        if (!it) {
+          await self.#joined;
+          call = self.#client!.client.fetchNar({ jobId: job.order.jobId, storePath: first!.storePath, moreStorePaths: more.map((p) => p.storePath), accept: readableCompressions() });
+          job.cancels.add(cancel);
+          it = (call as AsyncIterable<NarChunk>)[Symbol.asyncIterator]();
         }
-      }
-      const wire = async function* (): AsyncGenerator<Uint8Array> {
-        for (let r = await it.next(); !r.done; r = await it.next()) {
-          if (r.value.part?.$case === 'header') throw new NixFormatError('FetchNar', `${want.storePath}: a second header`);
-          if (r.value.part?.$case === 'data') yield r.value.part.value;
+        const head = pending ?? (await it.next()).value;
+        pending = undefined;
+        if (head?.part?.$case !== 'header') throw new NixFormatError('FetchNar', `${want.storePath}: no header`);
+        checkNarHeader(want, head.part.value);
+        const compression = head.part.value.compression;
+        self.#transfers.downloading++;
+        try {
+          const source = it;
+          const wire = async function* (): AsyncGenerator<Uint8Array> {
+            for (let r = await source.next(); !r.done; r = await source.next()) {
+              if (r.value.part?.$case === 'header') {
+                pending = r.value; // the next path's
+                return;
+              }
+              if (r.value.part?.$case === 'data') yield r.value.part.value;
+            }
+          };
+          yield* decompressChunks(wire(), compression);
+        } finally {
+          self.#transfers.downloading--;
         }
-      };
-      yield* decompressChunks(wire(), h.compression);
-    } finally {
-      this.#transfers.downloading--;
-      job.cancels.delete(cancel);
-      call.cancel();
-    }
-    if (job.aborted) throw new JobAbortedError();
+        if (job.aborted) throw new JobAbortedError();
+      },
+      close(): void {
+        job.cancels.delete(cancel);
+        call?.cancel();
+      },
+    };
   }
 
   /** Adds the ordered .drv to the store from the order's bytes when the requisites did not bring it. */

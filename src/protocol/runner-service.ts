@@ -3,7 +3,7 @@ import { createWriteStream, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { BuilderSession, type RemoteJob } from '../actors/builder-session.ts';
-import type { BuilderPort, StepOutcome } from '../actors/builder-port.ts';
+import type { BuilderPort, StepJob, StepOutcome } from '../actors/builder-port.ts';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../actors/machine-record.ts';
 import type { Scheduler } from '../actors/scheduler.ts';
 import { buildLogPath } from '../builder/build-logs.ts';
@@ -16,7 +16,7 @@ import { servePool } from '../nix/serve-session.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { isStorePath } from '../nix/store-path.ts';
 import type { Logger } from '../util/logger.ts';
-import { Compression, ResultState, type CompleteRequest, type Join, type NarChunk, type OutputHeader } from './gen/runner.ts';
+import { Compression, ResultState, type CompleteRequest, type Join, type NarChunk, type OutputHeader, type PathInfo } from './gen/runner.ts';
 import type { JobOwnership } from './job-ownership.ts';
 import { chooseCompression, compressChunks, decompressChunks, readableCompressions } from './wire-compression.ts';
 import type { CallContext, ControlSession, RunnerHandlers } from './server.ts';
@@ -73,7 +73,12 @@ export class BuilderService implements RunnerHandlers {
     if (s) {
       this.rejoin(s, cs);
     } else {
-      s = new BuilderSession(machineFromJoin(cs.machineId, cs.join), this.o.ownership, (err) => log.warn({ machine: cs.machineId, err: errorText(err) }, 'send to builder failed'));
+      s = new BuilderSession(
+        machineFromJoin(cs.machineId, cs.join),
+        this.o.ownership,
+        (err) => log.warn({ machine: cs.machineId, err: errorText(err) }, 'send to builder failed'),
+        (job) => this.requisites(job, MAX_REQUISITES_IN_ORDER),
+      );
       s.control = cs;
       this.sessions.set(cs.machineId, s);
       scheduler.addMachine(s.machine, this.port(s));
@@ -183,42 +188,45 @@ export class BuilderService implements RunnerHandlers {
     return j;
   }
 
-  async fetchRequisites(ctx: CallContext, req: { jobId: string }) {
-    const j = this.job(ctx, req.jobId);
-    // The .drv closure plus the outputs of the derivations in it: what
-    // `nix-store --realise` on the builder needs to build only this step.
-    const own = new Set(j.job.outputs.flatMap((o) => (o.path ? [o.path] : [])));
-    const closure = await servePool(this.o.store).use((session) => session.queryClosure([j.job.drvPath], true));
+  /**
+   * A job's requisites: the .drv closure plus the outputs of the derivations
+   * in it (what `nix-store --realise` on the builder needs to build only this
+   * step), dependencies first. Null when there are more than `limit`.
+   */
+  private async requisites(job: StepJob, limit = Number.POSITIVE_INFINITY): Promise<{ ordered: PathInfo[]; byPath: Map<string, StorePathInfo> } | null> {
+    const own = new Set(job.outputs.flatMap((o) => (o.path ? [o.path] : [])));
+    const closure = await servePool(this.o.store).use((session) => session.queryClosure([job.drvPath], true));
     const paths = closure.filter((p) => !own.has(p));
+    if (paths.length > limit) return null;
     const byPath = new Map((await queryPathInfos(this.o.store, paths)).map((i) => [i.path, i]));
-    j.requisites = byPath;
-    const ordered = exportOrder(paths, (p) => byPath.get(p)!.references);
-    return {
-      requisites: ordered.map((p) => {
-        const i = byPath.get(p)!;
-        return wireInfo(i);
-      }),
-    };
+    const ordered = exportOrder(paths, (p) => byPath.get(p)!.references).map((p) => wireInfo(byPath.get(p)!));
+    return { ordered, byPath };
   }
 
-  async *fetchNar(ctx: CallContext, req: { jobId: string; storePath: string; accept?: Compression[] }): AsyncIterable<NarChunk> {
+  async fetchRequisites(ctx: CallContext, req: { jobId: string }) {
     const j = this.job(ctx, req.jobId);
-    const info = j.requisites?.get(req.storePath);
-    if (!info) throw new ProtocolError(status.PERMISSION_DENIED, `${req.storePath} is not a requisite of job ${req.jobId}`);
-    const compression = chooseCompression(info.narSize, req.accept ?? []);
-    yield {
-      part: {
-        $case: 'header',
-        value: {
-          info: wireInfo(info),
-          compression,
-        },
-      },
-    };
-    this.transfers.sentNarBytes += info.narSize;
-    for await (const chunk of compressChunks(narChunks(this.o.store.realPath(req.storePath)), compression)) {
-      this.transfers.sentWireBytes += chunk.length;
-      yield { part: { $case: 'data', value: Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength) } };
+    const r = (await this.requisites(j.job))!;
+    j.requisites = r.byPath;
+    return { requisites: r.ordered };
+  }
+
+  async *fetchNar(ctx: CallContext, req: { jobId: string; storePath: string; accept?: Compression[]; moreStorePaths?: string[] }): AsyncIterable<NarChunk> {
+    const j = this.job(ctx, req.jobId);
+    const paths = [req.storePath, ...(req.moreStorePaths ?? [])];
+    // Every path is checked before anything is sent.
+    const infos = paths.map((p) => {
+      const info = j.requisites?.get(p);
+      if (!info) throw new ProtocolError(status.PERMISSION_DENIED, `${p} is not a requisite of job ${req.jobId}`);
+      return info;
+    });
+    for (const info of infos) {
+      const compression = chooseCompression(info.narSize, req.accept ?? []);
+      yield { part: { $case: 'header', value: { info: wireInfo(info), compression } } };
+      this.transfers.sentNarBytes += info.narSize;
+      for await (const chunk of compressChunks(narChunks(this.o.store.realPath(info.path)), compression)) {
+        this.transfers.sentWireBytes += chunk.length;
+        yield { part: { $case: 'data', value: Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength) } };
+      }
     }
   }
 
@@ -302,6 +310,9 @@ export class BuilderService implements RunnerHandlers {
     return {};
   }
 }
+
+/** Requisites beyond this many are left to FetchRequisites: an order stays well under gRPC's message size limit. */
+const MAX_REQUISITES_IN_ORDER = 2000;
 
 /** A path's metadata as the protocol carries it. */
 function wireInfo(i: StorePathInfo) {

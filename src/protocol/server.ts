@@ -42,7 +42,7 @@ import {
 import type { JobOwnership } from './job-ownership.ts';
 
 /** Bumped when a change would be misread by an older peer. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const SESSION_METADATA_KEY = 'x-hydrant-session';
 
 /** The authenticated caller of a call other than Control. */

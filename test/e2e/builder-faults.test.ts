@@ -480,7 +480,7 @@ describe('builders that are not who they claim to be', () => {
     await expectCode(unary((cb) => c.fetchRequisites({ jobId: jobA }, cb)), ...denied);
     await expectCode(unary((cb) => c.hasPath({ jobId: jobA, storePath: slowDrv }, cb)), ...denied);
     await expectCode(unary((cb) => c.stepStatus({ jobId: jobA, busy: 50 }, cb)), ...denied);
-    await expectCode(drain(c.fetchNar({ jobId: jobA, storePath: slowDrv, accept: [] })), ...denied);
+    await expectCode(drain(c.fetchNar({ jobId: jobA, storePath: slowDrv, accept: [], moreStorePaths: [] })), ...denied);
     await expectCode(clientStream((cb) => c.streamLog(cb), [{ jobId: jobA, compression: 0, data: Buffer.from('forged log line\n') }]), ...denied);
     const forgedNar = await narOf(dir, 'forged!');
     await expectCode(

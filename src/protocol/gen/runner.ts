@@ -359,7 +359,15 @@ export interface BuildOrder {
    * Set when the runner resolved the derivation's inputs itself: the builder
    * builds this instead of realising the .drv's input derivations.
    */
-  resolved?: ResolvedDerivation | undefined;
+  resolved?:
+    | ResolvedDerivation
+    | undefined;
+  /**
+   * What FetchRequisites would answer, when requisites_included (a very
+   * large closure is left to FetchRequisites, to keep orders small).
+   */
+  requisites: PathInfo[];
+  requisitesIncluded: boolean;
 }
 
 export interface OrderedOutput {
@@ -434,6 +442,8 @@ export interface FetchNarRequest {
   storePath: string;
   /** Compressions the builder can read, best first; empty = none only. */
   accept: Compression[];
+  /** Further paths, streamed after store_path in this order. */
+  moreStorePaths: string[];
 }
 
 export interface NarChunk {
@@ -2079,7 +2089,16 @@ export const Joined: MessageFns<Joined> = {
 };
 
 function createBaseBuildOrder(): BuildOrder {
-  return { jobId: "", drvPath: "", drv: Buffer.alloc(0), outputs: [], limits: undefined, resolved: undefined };
+  return {
+    jobId: "",
+    drvPath: "",
+    drv: Buffer.alloc(0),
+    outputs: [],
+    limits: undefined,
+    resolved: undefined,
+    requisites: [],
+    requisitesIncluded: false,
+  };
 }
 
 export const BuildOrder: MessageFns<BuildOrder> = {
@@ -2101,6 +2120,12 @@ export const BuildOrder: MessageFns<BuildOrder> = {
     }
     if (message.resolved !== undefined) {
       ResolvedDerivation.encode(message.resolved, writer.uint32(50).fork()).join();
+    }
+    for (const v of message.requisites) {
+      PathInfo.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.requisitesIncluded !== false) {
+      writer.uint32(64).bool(message.requisitesIncluded);
     }
     return writer;
   },
@@ -2166,6 +2191,22 @@ export const BuildOrder: MessageFns<BuildOrder> = {
             message.resolved = ResolvedDerivation.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.requisites.push(PathInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.requisitesIncluded = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2196,6 +2237,14 @@ export const BuildOrder: MessageFns<BuildOrder> = {
         : [],
       limits: isSet(object.limits) ? Limits.fromJSON(object.limits) : undefined,
       resolved: isSet(object.resolved) ? ResolvedDerivation.fromJSON(object.resolved) : undefined,
+      requisites: globalThis.Array.isArray(object?.requisites)
+        ? object.requisites.map((e: any) => PathInfo.fromJSON(e))
+        : [],
+      requisitesIncluded: isSet(object.requisitesIncluded)
+        ? globalThis.Boolean(object.requisitesIncluded)
+        : isSet(object.requisites_included)
+        ? globalThis.Boolean(object.requisites_included)
+        : false,
     };
   },
 
@@ -2219,6 +2268,12 @@ export const BuildOrder: MessageFns<BuildOrder> = {
     if (message.resolved !== undefined) {
       obj.resolved = ResolvedDerivation.toJSON(message.resolved);
     }
+    if (message.requisites?.length) {
+      obj.requisites = message.requisites.map((e) => PathInfo.toJSON(e));
+    }
+    if (message.requisitesIncluded !== false) {
+      obj.requisitesIncluded = message.requisitesIncluded;
+    }
     return obj;
   },
 
@@ -2237,6 +2292,8 @@ export const BuildOrder: MessageFns<BuildOrder> = {
     message.resolved = (object.resolved !== undefined && object.resolved !== null)
       ? ResolvedDerivation.fromPartial(object.resolved)
       : undefined;
+    message.requisites = object.requisites?.map((e) => PathInfo.fromPartial(e)) || [];
+    message.requisitesIncluded = object.requisitesIncluded ?? false;
     return message;
   },
 };
@@ -3340,7 +3397,7 @@ export const PathInfo: MessageFns<PathInfo> = {
 };
 
 function createBaseFetchNarRequest(): FetchNarRequest {
-  return { jobId: "", storePath: "", accept: [] };
+  return { jobId: "", storePath: "", accept: [], moreStorePaths: [] };
 }
 
 export const FetchNarRequest: MessageFns<FetchNarRequest> = {
@@ -3357,6 +3414,9 @@ export const FetchNarRequest: MessageFns<FetchNarRequest> = {
         writer.int32(v);
       }
       writer.join();
+    }
+    for (const v of message.moreStorePaths) {
+      writer.uint32(34).string(v!);
     }
     return writer;
   },
@@ -3408,6 +3468,14 @@ export const FetchNarRequest: MessageFns<FetchNarRequest> = {
 
             break;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.moreStorePaths.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3433,6 +3501,11 @@ export const FetchNarRequest: MessageFns<FetchNarRequest> = {
         ? globalThis.String(object.store_path)
         : "",
       accept: globalThis.Array.isArray(object?.accept) ? object.accept.map((e: any) => compressionFromJSON(e)) : [],
+      moreStorePaths: globalThis.Array.isArray(object?.moreStorePaths)
+        ? object.moreStorePaths.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.more_store_paths)
+        ? object.more_store_paths.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -3447,6 +3520,9 @@ export const FetchNarRequest: MessageFns<FetchNarRequest> = {
     if (message.accept?.length) {
       obj.accept = message.accept.map((e) => compressionToJSON(e));
     }
+    if (message.moreStorePaths?.length) {
+      obj.moreStorePaths = message.moreStorePaths;
+    }
     return obj;
   },
 
@@ -3458,6 +3534,7 @@ export const FetchNarRequest: MessageFns<FetchNarRequest> = {
     message.jobId = object.jobId ?? "";
     message.storePath = object.storePath ?? "";
     message.accept = object.accept?.map((e) => e) || [];
+    message.moreStorePaths = object.moreStorePaths?.map((e) => e) || [];
     return message;
   },
 };
@@ -5439,7 +5516,10 @@ export const RunnerService = {
     responseSerialize: (value: RunnerMessage): Buffer => Buffer.from(RunnerMessage.encode(value).finish()),
     responseDeserialize: (value: Buffer): RunnerMessage => RunnerMessage.decode(value),
   },
-  /** The closure of a job's inputs, dependencies before dependents. */
+  /**
+   * The closure of a job's inputs, dependencies before dependents (for an
+   * order that did not carry them).
+   */
   fetchRequisites: {
     path: "/hydrant.runner.v1.Runner/FetchRequisites" as const,
     requestStream: false as const,
@@ -5451,7 +5531,7 @@ export const RunnerService = {
       Buffer.from(FetchRequisitesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): FetchRequisitesResponse => FetchRequisitesResponse.decode(value),
   },
-  /** One store path's NAR: a header, then data chunks. */
+  /** Store paths' NARs, in the order asked: for each, a header, then data chunks. */
   fetchNar: {
     path: "/hydrant.runner.v1.Runner/FetchNar" as const,
     requestStream: false as const,
@@ -5519,9 +5599,12 @@ export interface RunnerServer extends UntypedServiceImplementation {
    * Joined and then sends orders. Closing it ends the builder's session.
    */
   control: handleBidiStreamingCall<BuilderMessage, RunnerMessage>;
-  /** The closure of a job's inputs, dependencies before dependents. */
+  /**
+   * The closure of a job's inputs, dependencies before dependents (for an
+   * order that did not carry them).
+   */
   fetchRequisites: handleUnaryCall<FetchRequisitesRequest, FetchRequisitesResponse>;
-  /** One store path's NAR: a header, then data chunks. */
+  /** Store paths' NARs, in the order asked: for each, a header, then data chunks. */
   fetchNar: handleServerStreamingCall<FetchNarRequest, NarChunk>;
   /** Whether the runner's store (or cache) holds a path. */
   hasPath: handleUnaryCall<HasPathRequest, HasPathResponse>;
@@ -5543,7 +5626,10 @@ export interface RunnerClient extends Client {
   control(): ClientDuplexStream<BuilderMessage, RunnerMessage>;
   control(options: Partial<CallOptions>): ClientDuplexStream<BuilderMessage, RunnerMessage>;
   control(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<BuilderMessage, RunnerMessage>;
-  /** The closure of a job's inputs, dependencies before dependents. */
+  /**
+   * The closure of a job's inputs, dependencies before dependents (for an
+   * order that did not carry them).
+   */
   fetchRequisites(
     request: FetchRequisitesRequest,
     callback: (error: ServiceError | null, response: FetchRequisitesResponse) => void,
@@ -5559,7 +5645,7 @@ export interface RunnerClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: FetchRequisitesResponse) => void,
   ): ClientUnaryCall;
-  /** One store path's NAR: a header, then data chunks. */
+  /** Store paths' NARs, in the order asked: for each, a header, then data chunks. */
   fetchNar(request: FetchNarRequest, options?: Partial<CallOptions>): ClientReadableStream<NarChunk>;
   fetchNar(
     request: FetchNarRequest,
