@@ -60,6 +60,11 @@ async function setOutputPaths(
 /** Replaces the build's BuildProducts with `products`, numbered 1..n. */
 export async function replaceBuildProducts(client: pg.ClientBase, buildId: number, products: readonly BuildProduct[]): Promise<void> {
   await client.query(sql('results/delete-build-products'), [buildId]);
+  await insertBuildProducts(client, buildId, products);
+}
+
+/** Adds `products` (numbered 1..n) to a build that has none. */
+async function insertBuildProducts(client: pg.ClientBase, buildId: number, products: readonly BuildProduct[]): Promise<void> {
   if (products.length === 0) return;
   await client.query(sql('results/insert-build-products'), [
     buildId,
@@ -76,6 +81,11 @@ export async function replaceBuildProducts(client: pg.ClientBase, buildId: numbe
 /** Replaces the build's BuildMetrics; project, jobset, job and timestamp come from the build. */
 export async function replaceBuildMetrics(client: pg.ClientBase, buildId: number, metrics: readonly BuildMetric[]): Promise<void> {
   await client.query(sql('results/delete-build-metrics'), [buildId]);
+  await insertBuildMetrics(client, buildId, metrics);
+}
+
+/** Adds `metrics` to a build that has none. */
+async function insertBuildMetrics(client: pg.ClientBase, buildId: number, metrics: readonly BuildMetric[]): Promise<void> {
   if (metrics.length === 0) return;
   await client.query(sql('results/insert-build-metrics'), [
     buildId,
@@ -95,6 +105,7 @@ export async function finishBuildSucceeded(client: pg.ClientBase, a: FinishBuild
   if (a.status !== BuildStatus.Success && a.status !== BuildStatus.FailedWithOutput) {
     throw new RangeError(`a succeeded build has status 0 or 6, not ${a.status}`);
   }
+  // Ends the build, fills its outputs and clears old products and metrics, in one statement.
   const res = await client.query(sql('results/finish-build-succeeded'), [
     a.buildId,
     a.status,
@@ -104,11 +115,12 @@ export async function finishBuildSucceeded(client: pg.ClientBase, a: FinishBuild
     a.closureSize,
     a.releaseName,
     a.isCachedBuild ? 1 : 0,
+    a.outputs.map((o) => o.name),
+    a.outputs.map((o) => o.path),
   ]);
   if (res.rowCount !== 1) return false;
-  await setOutputPaths(client, a.buildId, a.outputs);
-  await replaceBuildProducts(client, a.buildId, a.products);
-  await replaceBuildMetrics(client, a.buildId, a.metrics);
+  await insertBuildProducts(client, a.buildId, a.products);
+  await insertBuildMetrics(client, a.buildId, a.metrics);
   return true;
 }
 

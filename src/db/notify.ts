@@ -10,9 +10,37 @@ import { sql } from './sql.ts';
 /** PostgreSQL rejects a NOTIFY payload of 8000 bytes or more. */
 export const MAX_NOTIFY_PAYLOAD_BYTES = 7999;
 
+/** NOTIFYs held back per transaction (see withTransaction), to be sent in one statement before it commits. */
+const held = new WeakMap<pg.ClientBase, { channels: string[]; payloads: string[] }>();
+
+/** From now on `client`'s NOTIFYs wait for flushNotifications. */
+export function holdNotifications(client: pg.ClientBase): void {
+  held.set(client, { channels: [], payloads: [] });
+}
+
+/** Sends the NOTIFYs held for `client`, in order, in one round trip; then stops holding. */
+export async function flushNotifications(client: pg.ClientBase): Promise<void> {
+  const h = held.get(client);
+  held.delete(client);
+  if (h && h.payloads.length > 0) await client.query(sql('results/notify'), [h.channels, h.payloads]);
+}
+
+/** Forgets the NOTIFYs held for `client` (its transaction rolled back). */
+export function dropNotifications(client: pg.ClientBase): void {
+  held.delete(client);
+}
+
 async function notifyAll(client: pg.ClientBase, channel: string, payloads: readonly string[]): Promise<void> {
   if (payloads.length === 0) return;
-  await client.query(sql('results/notify'), [channel, payloads]);
+  const h = held.get(client);
+  if (h) {
+    for (const p of payloads) {
+      h.channels.push(channel);
+      h.payloads.push(p);
+    }
+    return;
+  }
+  await client.query(sql('results/notify'), [payloads.map(() => channel), payloads]);
 }
 
 export function notifyBuildStarted(client: pg.ClientBase, buildId: number): Promise<void> {

@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { dropNotifications, flushNotifications, holdNotifications } from './notify.ts';
 
 // Hydra stores Unix seconds in `integer` and sizes in `bigint`: return int8
 // as a JS number (sizes stay far below 2^53) instead of a string.
@@ -38,10 +39,14 @@ export async function withTransaction<T>(
     const client = await pool.connect();
     try {
       await client.query('begin');
+      // The transaction's NOTIFYs go in one statement before it commits.
+      holdNotifications(client);
       const result = await fn(client);
+      await flushNotifications(client);
       await client.query('commit');
       return result;
     } catch (err) {
+      dropNotifications(client);
       await client.query('rollback').catch(() => {});
       const code = (err as { code?: string }).code;
       if ((code === '40001' || code === '40P01') && attempt < retries) continue;

@@ -186,6 +186,7 @@ export async function setStepBusy(client: Queryable, buildId: number, stepnr: nu
  * NOTIFY) when there is no such row.
  */
 export async function finishStep(client: pg.ClientBase, a: FinishStep): Promise<boolean> {
+  const outputs = a.outputs ?? [];
   const res = await client.query(sql('results/finish-step'), [
     a.buildId,
     a.stepnr,
@@ -198,17 +199,10 @@ export async function finishStep(client: pg.ClientBase, a: FinishStep): Promise<
     a.timesBuilt,
     a.isNonDeterministic,
     a.resolvedDrvPath == null ? null : baseName(a.resolvedDrvPath),
+    outputs.map((o) => o.name),
+    outputs.map((o) => o.path),
   ]);
   if (res.rowCount !== 1) return false;
-  const outputs = a.outputs ?? [];
-  if (outputs.length > 0) {
-    await client.query(sql('results/set-step-output-paths'), [
-      a.buildId,
-      a.stepnr,
-      outputs.map((o) => o.name),
-      outputs.map((o) => o.path),
-    ]);
-  }
   await notifyStepFinished(client, a.buildId, a.stepnr, a.logFile ?? '');
   return true;
 }
