@@ -1,6 +1,6 @@
 import type { StorePathInfo } from '../builder/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
-import type { PathInfo, RunnerMessage } from '../protocol/gen/runner.ts';
+import type { PathInfo, ResolvedDerivation, RunnerMessage } from '../protocol/gen/runner.ts';
 import type { ControlSession } from '../protocol/server.ts';
 import type { JobOwnership } from '../protocol/job-ownership.ts';
 import type { BuilderPort, StepJob, StepOutcome } from './builder-port.ts';
@@ -18,10 +18,17 @@ export interface RemoteJob {
 }
 
 /**
- * A job's requisites in the order the builder imports them, with their
- * metadata by path, or null when they are too many to go in the order.
+ * What an order carries besides the job: the derivation resolved to a
+ * basic one when its inputs' paths are known (the builder then needs only
+ * the inputs' closure, not the .drv files), and the requisites in the order
+ * the builder imports them, with their metadata by path (`ordered` null when
+ * too many to go in the order).
  */
-export type RequisitesOf = (job: StepJob) => Promise<{ ordered: PathInfo[]; byPath: ReadonlyMap<string, StorePathInfo> } | null>;
+export type RequisitesOf = (job: StepJob) => Promise<{
+  resolved: ResolvedDerivation | null;
+  ordered: PathInfo[] | null;
+  byPath: ReadonlyMap<string, StorePathInfo>;
+}>;
 
 /**
  * One remote builder (a Hydra "machine") as the scheduler sees it: the
@@ -55,7 +62,7 @@ export class BuilderSession implements BuilderPort {
     this.requisitesOf(job).then(
       (r) => {
         if (this.jobs.get(job.jobId) !== remote) return;
-        if (r) remote.requisites = r.byPath;
+        remote.requisites = r.byPath;
         this.send({
           kind: {
             $case: 'build',
@@ -70,8 +77,9 @@ export class BuilderSession implements BuilderPort {
                 maxLogSize: job.maxLogSize,
                 maxOutputSize: job.maxOutputSize,
               },
-              requisites: r?.ordered ?? [],
-              requisitesIncluded: r !== null,
+              resolved: r.resolved ?? undefined,
+              requisites: r.ordered ?? [],
+              requisitesIncluded: r.ordered !== null,
             },
           },
         });

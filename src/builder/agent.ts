@@ -59,7 +59,9 @@ import { createBuilderClient, PROTOCOL_VERSION, type BuilderClient } from '../pr
 import { hostFacts, hostMetrics } from './host-metrics.ts';
 import { runNixBuild, type NixBuildHandle, type NixBuildLimits } from './nix-build.ts';
 import type { NixStoreHandle } from './private-store.ts';
-import { basicDerivation, ServeBuilds } from './serve-build.ts';
+import { ServeBuilds } from './serve-build.ts';
+import { basicDerivation } from '../nix/basic-derivation.ts';
+import { fromResolved } from '../protocol/resolved-derivation.ts';
 import { importVerified } from './transfer.ts';
 
 export const UPLOAD_CHUNK_SIZE = 64 * 1024;
@@ -539,8 +541,9 @@ export class BuilderAgent {
     await this.#stepStatus(job, StepBusy.STEP_BUSY_SENDING_INPUTS);
     try {
       await this.#importMissing(job, requisites);
-      // The requisites are the .drv's closure: once they are imported, the .drv is valid.
-      if (!requisites.some((r) => r.storePath === order.drvPath)) await this.#ensureDerivation(job);
+      // Unresolved, the requisites are the .drv's closure: once they are imported, the .drv is valid.
+      // A resolved order is built as it is, without its .drv.
+      if (!order.resolved && !requisites.some((r) => r.storePath === order.drvPath)) await this.#ensureDerivation(job);
     } catch (err) {
       if (err instanceof JobAbortedError || job.aborted) throw new JobAbortedError();
       if (err instanceof BuilderJobError) throw err;
@@ -757,6 +760,7 @@ export class BuilderAgent {
 
   /** The order's derivation as BuildDerivation takes it, or null when it must be realised. */
   async #basicDerivation(order: BuildOrder): Promise<Derivation | null> {
+    if (order.resolved) return fromResolved(order.resolved);
     try {
       const text = order.drv.length > 0 ? Buffer.from(order.drv).toString('utf8') : await readFile(this.#o.store.realPath(order.drvPath), 'utf8');
       return await basicDerivation(this.#o.store, parseDerivation(text));

@@ -1,5 +1,4 @@
-import { readFile } from 'node:fs/promises';
-import { parseDerivation, type Derivation } from '../nix/derivation.ts';
+import type { Derivation } from '../nix/derivation.ts';
 import { ServePool, type ServeBuildResult } from '../nix/serve-session.ts';
 import { NIX_STOP_GRACE_MS, type NixBuildHandle, type NixBuildLimits, type NixBuildResult } from './nix-build.ts';
 import type { NixStoreHandle } from './private-store.ts';
@@ -11,29 +10,10 @@ import type { NixStoreHandle } from './private-store.ts';
  * limits itself; the build's log is the session's stderr.
  *
  * Only derivations whose every input path is known from the .drv files
- * qualify (input-addressed and fixed-output inputs): a floating
- * content-addressed input's path is only known once Nix resolved it, which
- * `nix-store --realise` (runNixBuild) does.
+ * qualify (see basicDerivation): a floating content-addressed input's path
+ * is only known once Nix resolved it, which `nix-store --realise`
+ * (runNixBuild) does.
  */
-
-/**
- * The basic derivation BuildDerivation takes: the .drv with its input
- * derivations replaced by the outputs it uses, read from their .drv files in
- * `store`. Null when an input's output path is not fixed by its .drv.
- */
-export async function basicDerivation(store: NixStoreHandle, drv: Derivation): Promise<Derivation | null> {
-  if ([...drv.outputs.values()].some((o) => o.path === '')) return null;
-  const inputs = new Set(drv.inputSrcs);
-  for (const [inputDrv, names] of drv.inputDrvs) {
-    const dep = parseDerivation(await readFile(store.realPath(inputDrv), 'utf8'));
-    for (const name of names) {
-      const path = dep.outputs.get(name)?.path;
-      if (!path) return null;
-      inputs.add(path);
-    }
-  }
-  return { ...drv, inputDrvs: new Map(), inputSrcs: [...inputs] };
-}
 
 // Nix's BuildResult::Status values that are outcomes of the build itself.
 const BUILT = new Set([0, 1, 2, 13]);

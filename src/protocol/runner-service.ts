@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, mkdirSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { BuilderSession, type RemoteJob } from '../actors/builder-session.ts';
@@ -11,6 +12,8 @@ import type { NixStoreHandle } from '../builder/private-store.ts';
 import { importVerified, queryPathInfos, type StorePathInfo } from '../builder/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
 import { NarHashMismatchError, NixFormatError, ProtocolError, UnexpectedStorePathError } from '../errors/index.ts';
+import { basicDerivation } from '../nix/basic-derivation.ts';
+import { parseDerivation } from '../nix/derivation.ts';
 import { exportOrder, writeExport } from '../nix/export.ts';
 import { servePool } from '../nix/serve-session.ts';
 import { narChunks } from '../nix/nar-writer.ts';
@@ -18,6 +21,7 @@ import { isStorePath } from '../nix/store-path.ts';
 import type { Logger } from '../util/logger.ts';
 import { Compression, ResultState, type CompleteRequest, type Join, type NarChunk, type OutputHeader, type PathInfo } from './gen/runner.ts';
 import type { JobOwnership } from './job-ownership.ts';
+import { toResolved } from './resolved-derivation.ts';
 import { chooseCompression, compressChunks, decompressChunks, readableCompressions } from './wire-compression.ts';
 import type { CallContext, ControlSession, RunnerHandlers } from './server.ts';
 
@@ -189,25 +193,32 @@ export class BuilderService implements RunnerHandlers {
   }
 
   /**
-   * A job's requisites: the .drv closure plus the outputs of the derivations
-   * in it (what `nix-store --realise` on the builder needs to build only this
-   * step), dependencies first. Null when there are more than `limit`.
+   * What a job's builder needs. A derivation whose inputs' paths are known
+   * from the .drv files is resolved to a basic one (as Hydra's runner sends
+   * it), and its requisites are the closure of its inputs; otherwise they
+   * are the .drv's closure plus the outputs of the derivations in it, what
+   * `nix-store --realise` on the builder needs to build only this step.
+   * Dependencies first. `ordered` is null when there are more than `limit`.
    */
-  private async requisites(job: StepJob, limit = Number.POSITIVE_INFINITY): Promise<{ ordered: PathInfo[]; byPath: Map<string, StorePathInfo> } | null> {
+  private async requisites(job: StepJob, limit = Number.POSITIVE_INFINITY) {
+    const { store } = this.o;
+    const basic = await basicDerivation(store, parseDerivation(await readFile(store.realPath(job.drvPath), 'utf8'))).catch(() => null);
     const own = new Set(job.outputs.flatMap((o) => (o.path ? [o.path] : [])));
-    const closure = await servePool(this.o.store).use((session) => session.queryClosure([job.drvPath], true));
-    const paths = closure.filter((p) => !own.has(p));
-    if (paths.length > limit) return null;
-    const byPath = new Map((await queryPathInfos(this.o.store, paths)).map((i) => [i.path, i]));
-    const ordered = exportOrder(paths, (p) => byPath.get(p)!.references).map((p) => wireInfo(byPath.get(p)!));
-    return { ordered, byPath };
+    const closure = basic
+      ? basic.inputSrcs.length === 0
+        ? []
+        : await servePool(store).use((session) => session.queryClosure(basic.inputSrcs, false))
+      : (await servePool(store).use((session) => session.queryClosure([job.drvPath], true))).filter((p) => !own.has(p));
+    const byPath = new Map((await queryPathInfos(store, closure)).map((i) => [i.path, i]));
+    const ordered = closure.length > limit ? null : exportOrder(closure, (p) => byPath.get(p)!.references).map((p) => wireInfo(byPath.get(p)!));
+    return { resolved: basic ? toResolved(basic) : null, ordered, byPath };
   }
 
   async fetchRequisites(ctx: CallContext, req: { jobId: string }) {
     const j = this.job(ctx, req.jobId);
-    const r = (await this.requisites(j.job))!;
+    const r = await this.requisites(j.job);
     j.requisites = r.byPath;
-    return { requisites: r.ordered };
+    return { requisites: r.ordered! };
   }
 
   async *fetchNar(ctx: CallContext, req: { jobId: string; storePath: string; accept?: Compression[]; moreStorePaths?: string[] }): AsyncIterable<NarChunk> {

@@ -2,7 +2,9 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { hostStore } from '../../src/builder/private-store.ts';
-import { basicDerivation, ServeBuilds } from '../../src/builder/serve-build.ts';
+import { ServeBuilds } from '../../src/builder/serve-build.ts';
+import { basicDerivation } from '../../src/nix/basic-derivation.ts';
+import { fromResolved, toResolved } from '../../src/protocol/resolved-derivation.ts';
 import { parseDerivation } from '../../src/nix/derivation.ts';
 import { processesWithArg } from '../helpers/fleet.ts';
 import { instantiate, MK_DRV, realise, runNix } from '../helpers/nix.ts';
@@ -33,6 +35,8 @@ describe('builds over serve sessions', () => {
     const topBasic = await basic(top!);
     expect(topBasic.inputDrvs.size).toBe(0);
     expect(topBasic.inputSrcs).toContain(depOut);
+    // As a build order carries it.
+    expect(fromResolved(toResolved(topBasic))).toEqual(topBasic);
 
     const builds = new ServeBuilds(hostStore, 2);
     const log: Buffer[] = [];

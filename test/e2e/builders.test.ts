@@ -111,6 +111,10 @@ describe('runner and two builder processes over gRPC, each with its own store', 
     const store = await PrivateStore.create(join(dir, topMachine));
     const leftOut = (await db.pool.query("select path from buildoutputs o join builds b on b.id = o.build where b.job = 'left'")).rows[0].path as string;
     expect((await store.run('nix-store', ['--check-validity', leftOut])).exitCode).toBe(0);
+    // Orders come resolved, as Hydra sends them: the builder needs no .drv file.
+    expect((await store.run('nix-store', ['--check-validity', topDrv])).exitCode).not.toBe(0);
+    const deriver = (await runNix('nix-store', ['--query', '--deriver', (await db.pool.query("select path from buildoutputs o join builds b on b.id = o.build where b.job = 'top'")).rows[0].path])).stdout;
+    expect(deriver.toString().trim()).toBe(topDrv);
     // The log of the failure streamed back, and was compressed where Hydra's web interface reads it.
     const brokenDrv = (await db.pool.query("select drvpath from builds where job = 'broken'")).rows[0].drvpath as string;
     const base = brokenDrv.split('/').pop()!;

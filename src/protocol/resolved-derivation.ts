@@ -1,0 +1,26 @@
+import type { Derivation } from '../nix/derivation.ts';
+import type { ResolvedDerivation } from './gen/runner.ts';
+
+/** A basic derivation (no input derivations: see basicDerivation) as a build order carries it. */
+export function toResolved(drv: Derivation): ResolvedDerivation {
+  return {
+    outputs: [...drv.outputs].map(([name, o]) => ({ name, path: o.path, hashAlgo: o.hashAlgo, hash: o.hash })),
+    inputSrcs: [...drv.inputSrcs],
+    system: drv.system,
+    builder: drv.builder,
+    args: [...drv.args],
+    env: Object.fromEntries(drv.env),
+  };
+}
+
+export function fromResolved(r: ResolvedDerivation): Derivation {
+  return {
+    outputs: new Map(r.outputs.map((o) => [o.name, { path: o.path, hashAlgo: o.hashAlgo, hash: o.hash }])),
+    inputDrvs: new Map(),
+    inputSrcs: [...r.inputSrcs],
+    system: r.system,
+    builder: r.builder,
+    args: [...r.args],
+    env: new Map(Object.entries(r.env)),
+  };
+}
