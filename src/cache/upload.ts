@@ -10,7 +10,11 @@ export interface UploadClosureOptions {
 export interface ClosureUpload {
   /** Paths this call published, in the order their narinfos appeared (references first). */
   uploaded: PathUpload[];
-  /** Paths the cache already had (or that another upload published meanwhile). */
+  /**
+   * Paths found in the cache already (or published by another upload
+   * meanwhile). A path the cache has brings its closure (narinfos are
+   * written references first), which is not walked.
+   */
   skipped: string[];
 }
 
@@ -32,7 +36,7 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (x: T) => 
 
 /**
  * Publishes the closure of `paths` (output paths in the local store): what
- * the cache already has is skipped, the rest is uploaded references first,
+ * the cache already has is skipped (with its closure), the rest is uploaded references first,
  * so that no narinfo ever names a path the cache lacks. On a failure no new
  * upload starts, those running finish, and the first error is thrown (paths
  * depending on the failed one are never published).
@@ -42,10 +46,25 @@ export async function uploadClosure(cache: FileBinaryCache, paths: readonly stri
   if (!Number.isInteger(concurrency) || concurrency < 1) throw new RangeError(`concurrency must be a positive integer, got ${concurrency}`);
   if (paths.length === 0) return { uploaded: [], skipped: [] };
 
-  const closure = await queryPathInfos(paths, { recursive: true });
-  const present = await mapLimit(closure, PROBE_CONCURRENCY, (i) => cache.has(i.path));
-  const skipped = closure.filter((_, i) => present[i]).map((i) => i.path);
-  const todo = new Map<string, LocalPathInfo>(closure.filter((_, i) => !present[i]).map((i) => [i.path, i]));
+  // Walk the closure only through paths the cache lacks, a level at a time.
+  const todo = new Map<string, LocalPathInfo>();
+  const skipped: string[] = [];
+  const seen = new Set<string>(paths);
+  let frontier = [...seen];
+  while (frontier.length > 0) {
+    const present = await mapLimit(frontier, PROBE_CONCURRENCY, (p) => cache.has(p));
+    skipped.push(...frontier.filter((_, i) => present[i]));
+    const next: string[] = [];
+    for (const info of await queryPathInfos(frontier.filter((_, i) => !present[i]))) {
+      todo.set(info.path, info);
+      for (const r of info.references) {
+        if (seen.has(r)) continue;
+        seen.add(r);
+        next.push(r);
+      }
+    }
+    frontier = next;
+  }
 
   // The dependency graph among the paths to upload (references the cache has are already satisfied).
   const waitingOn = new Map<string, number>();
