@@ -288,7 +288,7 @@ export class ServePool {
 
   constructor(
     private readonly store: NixStoreHandle,
-    readonly size = 4,
+    private readonly size = 4,
   ) {}
 
   async use<T>(fn: (s: ServeSession) => Promise<T>): Promise<T> {
