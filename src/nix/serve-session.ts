@@ -67,7 +67,44 @@ class Frame {
   }
 }
 
-/** Reads frames from the process's stdout as they arrive. */
+/** Thrown by a Cursor that ran out of bytes: the reply is not all there yet. */
+class NeedMore extends Error {}
+
+/** Reads one reply's words and strings synchronously from what has arrived. */
+class Cursor {
+  pos = 0;
+  constructor(private readonly buf: Buffer) {}
+
+  private take(n: number): Buffer {
+    if (this.buf.length - this.pos < n) throw new NeedMore();
+    const out = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return out;
+  }
+
+  num(): number {
+    return Number(this.take(8).readBigUInt64LE(0));
+  }
+
+  str(): string {
+    const n = this.num();
+    return this.take(n + (n % 8 ? 8 - (n % 8) : 0)).toString('utf8', 0, n);
+  }
+
+  strs(): string[] {
+    const n = this.num();
+    const out: string[] = [];
+    for (let i = 0; i < n; i++) out.push(this.str());
+    return out;
+  }
+}
+
+/**
+ * Collects the process's stdout and parses each reply once all of it has
+ * arrived: a reply is read in one synchronous pass (a path-info reply for a
+ * large closure has thousands of fields; awaiting each cost more than Nix
+ * took to answer).
+ */
 class FrameReader {
   private buf: Buffer = Buffer.alloc(0);
   private wake: (() => void) | null = null;
@@ -84,32 +121,21 @@ class FrameReader {
     });
   }
 
-  private async take(n: number): Promise<Buffer> {
-    while (this.buf.length < n) {
+  /** Runs `parse` over the buffered bytes, again as more arrive, until it has the whole reply. */
+  async read<T>(parse: (c: Cursor) => T): Promise<T> {
+    for (;;) {
+      const c = new Cursor(this.buf);
+      try {
+        const value = parse(c);
+        this.buf = this.buf.subarray(c.pos);
+        return value;
+      } catch (e) {
+        if (!(e instanceof NeedMore)) throw e;
+      }
       if (this.closed) throw new Error('the serve process ended');
       await new Promise<void>((r) => (this.wake = r));
       this.wake = null;
     }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
-  }
-
-  async num(): Promise<number> {
-    return Number((await this.take(8)).readBigUInt64LE(0));
-  }
-
-  async str(): Promise<string> {
-    const n = await this.num();
-    const b = await this.take(n + (n % 8 ? 8 - (n % 8) : 0));
-    return b.subarray(0, n).toString('utf8');
-  }
-
-  async strs(): Promise<string[]> {
-    const n = await this.num();
-    const out: string[] = [];
-    for (let i = 0; i < n; i++) out.push(await this.str());
-    return out;
   }
 }
 
@@ -158,8 +184,9 @@ export class ServeSession {
 
   private async handshake(): Promise<void> {
     this.child.stdin.write(new Frame().num(MAGIC_CLIENT).bytes());
-    if ((await this.reader.num()) !== MAGIC_SERVER) throw new Error('not a Nix serve process');
-    await this.reader.num(); // the server's protocol version
+    // The magic, then the server's protocol version.
+    const [magic] = await this.reader.read((c) => [c.num(), c.num()]);
+    if (magic !== MAGIC_SERVER) throw new Error('not a Nix serve process');
     this.child.stdin.write(new Frame().num(PROTOCOL).bytes());
   }
 
@@ -176,31 +203,33 @@ export class ServeSession {
 
   /** The subset of `paths` that are valid. */
   queryValid(paths: readonly string[]): Promise<string[]> {
-    return this.call(new Frame().num(CMD_QUERY_VALID_PATHS).num(0).num(0).strs(paths), () => this.reader.strs());
+    return this.call(new Frame().num(CMD_QUERY_VALID_PATHS).num(0).num(0).strs(paths), () => this.reader.read((c) => c.strs()));
   }
 
   /** Infos of the valid ones among `paths` (invalid ones are left out). */
   queryPathInfos(paths: readonly string[]): Promise<ServedPathInfo[]> {
-    return this.call(new Frame().num(CMD_QUERY_PATH_INFOS).strs(paths), async () => {
-      const out: ServedPathInfo[] = [];
-      for (;;) {
-        const path = await this.reader.str();
-        if (path === '') return out;
-        const deriver = await this.reader.str();
-        const references = await this.reader.strs();
-        await this.reader.num(); // download size
-        const narSize = await this.reader.num();
-        const narHash = await this.reader.str();
-        const ca = await this.reader.str();
-        const sigs = await this.reader.strs();
-        out.push({ path, deriver: deriver || null, references, narSize, narHash, ca: ca || null, sigs });
-      }
-    });
+    return this.call(new Frame().num(CMD_QUERY_PATH_INFOS).strs(paths), () =>
+      this.reader.read((c) => {
+        const out: ServedPathInfo[] = [];
+        for (;;) {
+          const path = c.str();
+          if (path === '') return out;
+          const deriver = c.str();
+          const references = c.strs();
+          c.num(); // download size
+          const narSize = c.num();
+          const narHash = c.str();
+          const ca = c.str();
+          const sigs = c.strs();
+          out.push({ path, deriver: deriver || null, references, narSize, narHash, ca: ca || null, sigs });
+        }
+      }),
+    );
   }
 
   /** The closure of valid `paths` (with the valid outputs of derivations in it when `includeOutputs`). */
   queryClosure(paths: readonly string[], includeOutputs: boolean): Promise<string[]> {
-    return this.call(new Frame().num(CMD_QUERY_CLOSURE).num(includeOutputs ? 1 : 0).strs(paths), () => this.reader.strs());
+    return this.call(new Frame().num(CMD_QUERY_CLOSURE).num(includeOutputs ? 1 : 0).strs(paths), () => this.reader.read((c) => c.strs()));
   }
 
   /**
@@ -216,7 +245,7 @@ export class ServeSession {
         if (this.dead) break;
         if (!stdin.write(chunk)) await new Promise<void>((r) => stdin.once('drain', () => r()));
       }
-      if ((await this.reader.num()) !== 1) throw new Error('the import was not acknowledged');
+      if ((await this.reader.read((c) => c.num())) !== 1) throw new Error('the import was not acknowledged');
     } catch (err) {
       this.close();
       throw new NixCommandError(['nix-store', '--serve', '--write'], null, `import failed: ${(err as Error).message}: ${this.stderr.trim()}`);
@@ -239,21 +268,22 @@ export class ServeSession {
     this.onStderr = onLog;
     try {
       return await this.call(f, async () => {
-        const status = await this.reader.num();
-        const errorMsg = await this.reader.str();
-        const timesBuilt = await this.reader.num();
-        await this.reader.num(); // isNonDeterministic
-        const startTime = await this.reader.num();
-        const stopTime = await this.reader.num();
-        const realisations = await this.reader.num();
-        for (let i = 0; i < realisations; i++) {
-          await this.reader.str();
-          await this.reader.str();
-        }
+        const result = await this.reader.read((c): ServeBuildResult => {
+          const status = c.num();
+          const errorMsg = c.str();
+          const timesBuilt = c.num();
+          c.num(); // isNonDeterministic
+          const startTime = c.num();
+          const stopTime = c.num();
+          // Realisations of the outputs (id, JSON), which input-addressed builds do not need.
+          const realisations = c.num();
+          for (let i = 0; i < 2 * realisations; i++) c.str();
+          return { status, errorMsg, timesBuilt, startTime, stopTime };
+        });
         // The process wrote the log to stderr before the result to stdout: its last
         // chunk is read in the same poll of the event loop, before an immediate runs.
         await new Promise<void>((r) => setImmediate(r));
-        return { status, errorMsg, timesBuilt, startTime, stopTime };
+        return result;
       });
     } finally {
       this.onStderr = null;
