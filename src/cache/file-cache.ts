@@ -242,7 +242,7 @@ export class FileBinaryCache {
   /** `<hash>.ls`, from the path's metadata (listing.ts); only the listing is held in memory. */
   private async writeListing(path: string): Promise<void> {
     const rel = listingFile(path);
-    if (await exists(this.file(rel))) return;
+    // Only called for a path the cache lacks: its listing is new too (writeOnce keeps an existing one).
     const json = await listingOfPath(path);
     const data = await this.compressSmall(json, this.store.lsCompression);
     await writeOnce(this.file(rel), data, { fsync: this.fsync });
@@ -272,10 +272,8 @@ export class FileBinaryCache {
   /** uploadLog for a log already in memory (plain text). */
   uploadLogText(drvPath: string, text: Buffer): Promise<boolean> {
     const rel = logFile(drvPath);
-    return this.fileFlight(rel, async () => {
-      if (await exists(this.file(rel))) return false;
-      return writeOnce(this.file(rel), await this.compressSmall(text, this.store.logCompression), { fsync: this.fsync });
-    });
+    // writeOnce keeps a log the cache has (from an earlier attempt).
+    return this.fileFlight(rel, async () => writeOnce(this.file(rel), await this.compressSmall(text, this.store.logCompression), { fsync: this.fsync }));
   }
 
   /**

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { link, open, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { link, open, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /**
@@ -52,8 +52,14 @@ export async function publishTemp(tmp: string, final: string): Promise<boolean> 
 export async function writeOnce(final: string, data: Uint8Array | string, options: { fsync?: boolean } = {}): Promise<boolean> {
   const tmp = tempPathFor(final);
   try {
-    await writeFile(tmp, data, { flag: 'wx', mode: 0o644 });
-    if (options.fsync ?? true) await syncFile(tmp);
+    // One handle for writing and flushing.
+    const fh = await open(tmp, 'wx', 0o644);
+    try {
+      await fh.writeFile(data);
+      if (options.fsync ?? true) await fh.datasync();
+    } finally {
+      await fh.close();
+    }
   } catch (e) {
     await unlink(tmp).catch(() => {});
     throw e;

@@ -11,13 +11,19 @@ export function defaultRootsDir(): string {
  * Registers store paths as GC roots the way Hydra does: an empty file named
  * after the path's basename in `rootsDir`. Nix's collector treats a regular
  * file in its roots tree whose name is a valid store path as a root, so the
- * files cost no symlink target and survive the path being replaced.
+ * files cost no symlink target and survive the path being replaced. The
+ * directory is made when a root cannot be created for its lack, not checked
+ * once per step.
  */
 export async function addGcRoots(rootsDir: string, paths: readonly string[]): Promise<void> {
-  if (paths.length === 0) return;
-  await mkdir(rootsDir, { recursive: true });
   for (const p of paths) {
+    const file = join(rootsDir, basename(p));
     // 'a' creates the file if missing and never truncates or fails on an existing root.
-    await (await open(join(rootsDir, basename(p)), 'a')).close();
+    const fh = await open(file, 'a').catch(async (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e;
+      await mkdir(rootsDir, { recursive: true });
+      return open(file, 'a');
+    });
+    await fh.close();
   }
 }

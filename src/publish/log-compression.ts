@@ -1,4 +1,5 @@
-import { rename, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, rename, unlink, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import type { WorkerPool } from '../workers/pool.ts';
 import { withRoom } from '../workers/with-room.ts';
 
@@ -14,7 +15,12 @@ export async function writeCompressedBuildLog(pool: WorkerPool, logFile: string,
   const compressed = await withRoom(pool, () => pool.compress(text, 'bzip2'));
   const target = `${logFile}.bz2`;
   const temp = `${target}.tmp-${process.pid}`;
-  await writeFile(temp, compressed);
+  await writeFile(temp, compressed).catch(async (e: NodeJS.ErrnoException) => {
+    // A step that printed nothing may be the first with a log in its directory.
+    if (e.code !== 'ENOENT') throw e;
+    await mkdir(dirname(target), { recursive: true });
+    await writeFile(temp, compressed);
+  });
   await rename(temp, target);
   if (plainExists) await unlink(logFile);
   return target;

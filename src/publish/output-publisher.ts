@@ -1,7 +1,6 @@
 import type { StepFinisher, StepJob, StepOutcome } from '../actors/builder-port.ts';
 import type { FileBinaryCache } from '../cache/file-cache.ts';
-import { mkdir, readFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { uploadClosure } from '../cache/upload.ts';
 import type { Logger } from '../util/logger.ts';
 import type { WorkerPool } from '../workers/pool.ts';
@@ -40,7 +39,6 @@ export class OutputPublisher implements StepFinisher {
         // Read once: the caches take the plain text, then Hydra's own copy is compressed.
         const text = await readLog(logFile);
         for (const wrote of await Promise.all(this.o.caches.map((c) => c.uploadLogText(job.drvPath, text ?? Buffer.alloc(0))))) if (wrote) this.stats.logs++;
-        if (text === null) await mkdir(dirname(logFile), { recursive: true });
         logFile = await writeCompressedBuildLog(this.o.pool, logFile, text ?? Buffer.alloc(0), text !== null);
       }
     } catch (err) {
