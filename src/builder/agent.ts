@@ -469,10 +469,22 @@ export class BuilderAgent {
     const release = await this.#slot();
     const startTime = Math.floor(Date.now() / 1000);
     const timings = { importMs: 0, buildMs: 0, uploadMs: 0 };
+    const timingsNow = (): NonNullable<CompleteRequest['timings']> => ({
+      startTime,
+      stopTime: Math.floor(Date.now() / 1000),
+      importMs: Math.round(timings.importMs),
+      buildMs: Math.round(timings.buildMs),
+      uploadMs: Math.round(timings.uploadMs),
+    });
     let result: CompleteRequest;
+    // A success is reported at the end of the last output's upload (one call fewer).
+    let completedWithUpload = false;
     try {
       if (this.#draining) throw new BuilderJobError(ResultState.RESULT_STATE_PREPARING_FAILURE, 'builder is shutting down');
-      const outcome = await this.#buildJob(job, timings);
+      const outcome = await this.#buildJob(job, timings, (o) => {
+        completedWithUpload = true;
+        return { jobId: order.jobId, state: ResultState.RESULT_STATE_SUCCESS, errorMsg: '', outputs: o.outputs, nixSupport: o.nixSupport, timings: timingsNow() };
+      });
       result = {
         jobId: order.jobId,
         state: ResultState.RESULT_STATE_SUCCESS,
@@ -482,6 +494,7 @@ export class BuilderAgent {
         timings: undefined,
       };
     } catch (err) {
+      completedWithUpload = false;
       if (err instanceof JobAbortedError || job.aborted) {
         release();
         return;
@@ -492,13 +505,8 @@ export class BuilderAgent {
     } finally {
       release();
     }
-    result.timings = {
-      startTime,
-      stopTime: Math.floor(Date.now() / 1000),
-      importMs: Math.round(timings.importMs),
-      buildMs: Math.round(timings.buildMs),
-      uploadMs: Math.round(timings.uploadMs),
-    };
+    if (completedWithUpload) return;
+    result.timings = timingsNow();
     try {
       await this.#withSession(job, (c) => unary((cb) => c.client.complete(result, cb)));
     } catch (err) {
@@ -522,7 +530,16 @@ export class BuilderAgent {
     this.#sendControl({ kind: { $case: 'stepStatus', value: { jobId: job.order.jobId, busy: job.phase } } });
   }
 
-  async #buildJob(job: Job, timings: { importMs: number; buildMs: number; uploadMs: number }): Promise<{ outputs: OutputResult[]; nixSupport: ProtoNixSupport }> {
+  /**
+   * Builds the job and uploads its outputs. `completion` makes the success
+   * report that ends the last output's upload (the runner completes the job
+   * with it once that output is in).
+   */
+  async #buildJob(
+    job: Job,
+    timings: { importMs: number; buildMs: number; uploadMs: number },
+    completion: (o: { outputs: OutputResult[]; nixSupport: ProtoNixSupport }) => CompleteRequest,
+  ): Promise<{ outputs: OutputResult[]; nixSupport: ProtoNixSupport }> {
     const { order } = job;
     const store = this.#o.store;
     await this.#stepStatus(job, StepBusy.STEP_BUSY_PREPARING);
@@ -583,12 +600,23 @@ export class BuilderAgent {
       }
     }
 
+    const results = outputs.map((o): OutputResult => {
+      const i = infos.get(o.path)!;
+      return { name: o.name, storePath: o.path, narHash: i.narHash, narSize: i.narSize, closureSize: i.closureSize };
+    });
     await this.#stepStatus(job, StepBusy.STEP_BUSY_RECEIVING_OUTPUTS);
     const t2 = performance.now();
-    for (const o of outputs) {
+    for (const [k, o] of outputs.entries()) {
       const info = infos.get(o.path)!;
+      const last = k === outputs.length - 1;
+      const final = last
+        ? (): CompleteRequest => {
+            timings.uploadMs = performance.now() - t2;
+            return completion({ outputs: results, nixSupport });
+          }
+        : undefined;
       try {
-        await this.#withSession(job, () => this.#upload(job, o.name, o.path, info));
+        await this.#withSession(job, () => this.#upload(job, o.name, o.path, info, final));
       } catch (err) {
         if (err instanceof JobAbortedError || job.aborted) throw new JobAbortedError();
         throw new BuilderJobError(ResultState.RESULT_STATE_UPLOAD_FAILURE, `uploading ${o.path}: ${(err as Error).message}`, { cause: err });
@@ -596,13 +624,7 @@ export class BuilderAgent {
     }
     timings.uploadMs = performance.now() - t2;
 
-    return {
-      outputs: outputs.map((o) => {
-        const i = infos.get(o.path)!;
-        return { name: o.name, storePath: o.path, narHash: i.narHash, narSize: i.narSize, closureSize: i.closureSize };
-      }),
-      nixSupport,
-    };
+    return { outputs: results, nixSupport };
   }
 
   /** The requisites not valid in the store, fetched as plain NARs and imported in one verified export stream. */
@@ -844,6 +866,7 @@ export class BuilderAgent {
     name: string,
     path: string,
     info: { narHash: string; narSize: number; references: string[]; deriver: string | null },
+    final?: () => CompleteRequest,
   ): Promise<UploadReceipt> {
     let finish!: (err: ServiceError | null, res?: UploadReceipt) => void;
     const receipt = new Promise<UploadReceipt>((resolve, reject) => {
@@ -909,6 +932,7 @@ export class BuilderAgent {
           call.cancel();
           throw new NarHashMismatchError(path, { narHash: info.narHash, narSize: info.narSize }, { narHash: parseHash(actual).format('base32'), narSize: size });
         }
+        if (final) await write({ part: { $case: 'complete', value: final() } });
         call.end();
       }
       const r = await receipt;

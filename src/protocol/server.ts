@@ -319,13 +319,22 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
           }
           const header = head.part.value;
           ownership.check(ctx.machineId, header.jobId);
+          let completion: CompleteRequest | undefined;
           async function* data(): AsyncGenerator<Uint8Array> {
             for await (const m of rest(it)) {
-              if (m.part?.$case !== 'data') throw new ProtocolError(status.INVALID_ARGUMENT, 'one header per upload');
-              yield m.part.value;
+              if (completion) throw new ProtocolError(status.INVALID_ARGUMENT, 'the completion ends an upload');
+              if (m.part?.$case === 'complete') completion = m.part.value;
+              else if (m.part?.$case !== 'data') throw new ProtocolError(status.INVALID_ARGUMENT, 'one header per upload');
+              else yield m.part.value;
             }
           }
-          callback(null, await handlers.uploadOutput(ctx, header, data()));
+          const receipt = await handlers.uploadOutput(ctx, header, data());
+          if (completion) {
+            if (completion.jobId !== header.jobId) throw new ProtocolError(status.INVALID_ARGUMENT, 'an upload completes its own job only');
+            await handlers.complete(ctx, completion);
+            ownership.release(completion.jobId);
+          }
+          callback(null, receipt);
         } catch (err) {
           callback(toStatus(err, 'UploadOutput', onError));
         }

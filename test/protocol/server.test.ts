@@ -342,4 +342,50 @@ describe('builder protocol over a real grpc-js server', () => {
     expect(upload.maxInFlight).toBeGreaterThan(0);
     expect(upload.maxInFlight * CHUNK).toBeLessThan(8 * 1024 * 1024);
   }, 60_000);
+
+  it('completes a job with its last upload, and only that job, only at the end', async () => {
+    const b = builder();
+    await join(b, 'machine-fold');
+    const send = (msgs: UploadOutputMessage[]): Promise<unknown> =>
+      new Promise((resolve, reject) => {
+        const s = b.client.uploadOutput((err, res) => (err ? reject(err) : resolve(res)));
+        for (const m of msgs) s.write(m);
+        s.end();
+      });
+    const data = Buffer.from('nar bytes');
+    const header = (jobId: string): UploadOutputMessage => ({
+      part: {
+        $case: 'header',
+        value: {
+          jobId,
+          outputName: 'out',
+          storePath: '/nix/store/0000000000000000000000000000000b-out',
+          narHash: `sha256:${createHash('sha256').update(data).digest('hex')}`,
+          narSize: data.length,
+          references: [],
+          deriver: undefined,
+          ca: undefined,
+          compression: 0,
+        },
+      },
+    });
+    const complete = (jobId: string): UploadOutputMessage => ({
+      part: { $case: 'complete', value: { jobId, state: 1, errorMsg: '', outputs: [], nixSupport: undefined, timings: undefined } },
+    });
+    const chunk: UploadOutputMessage = { part: { $case: 'data', value: data } };
+    ownership.assign('job-fold', 'machine-fold');
+    ownership.assign('job-other', 'machine-fold');
+    calls.clear();
+
+    // Another job's completion, or data after the completion: refused, nothing completed.
+    await expectCode(send([header('job-fold'), chunk, complete('job-other')]), status.INVALID_ARGUMENT);
+    await expectCode(send([header('job-fold'), complete('job-fold'), chunk]), status.INVALID_ARGUMENT);
+    expect(calls.get('complete')).toBeUndefined();
+    expect(ownership.ownerOf('job-fold')).toBe('machine-fold');
+
+    // The completion after the data completes the job once the output is in, and releases it.
+    expect(await send([header('job-fold'), chunk, complete('job-fold')])).toEqual({ bytesReceived: data.length, verified: true });
+    expect(calls.get('complete')).toBe(1);
+    expect(ownership.ownerOf('job-fold')).toBeUndefined();
+  });
 });

@@ -485,7 +485,9 @@ export interface LogReceipt {
 }
 
 export interface UploadOutputMessage {
-  part: { $case: "header"; value: OutputHeader } | { $case: "data"; value: Buffer } | undefined;
+  part: { $case: "header"; value: OutputHeader } | { $case: "data"; value: Buffer } | //
+  /** Last, if at all: the job's result, as Complete takes it (same job). */
+  { $case: "complete"; value: CompleteRequest } | undefined;
 }
 
 export interface OutputHeader {
@@ -4217,6 +4219,9 @@ export const UploadOutputMessage: MessageFns<UploadOutputMessage> = {
       case "data":
         writer.uint32(18).bytes(message.part.value);
         break;
+      case "complete":
+        CompleteRequest.encode(message.part.value, writer.uint32(26).fork()).join();
+        break;
     }
     return writer;
   },
@@ -4250,6 +4255,14 @@ export const UploadOutputMessage: MessageFns<UploadOutputMessage> = {
             message.part = { $case: "data", value: Buffer.from(reader.bytes()) };
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.part = { $case: "complete", value: CompleteRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4268,6 +4281,8 @@ export const UploadOutputMessage: MessageFns<UploadOutputMessage> = {
         ? { $case: "header", value: OutputHeader.fromJSON(object.header) }
         : isSet(object.data)
         ? { $case: "data", value: Buffer.from(bytesFromBase64(object.data)) }
+        : isSet(object.complete)
+        ? { $case: "complete", value: CompleteRequest.fromJSON(object.complete) }
         : undefined,
     };
   },
@@ -4278,6 +4293,8 @@ export const UploadOutputMessage: MessageFns<UploadOutputMessage> = {
       obj.header = OutputHeader.toJSON(message.part.value);
     } else if (message.part?.$case === "data") {
       obj.data = base64FromBytes(message.part.value);
+    } else if (message.part?.$case === "complete") {
+      obj.complete = CompleteRequest.toJSON(message.part.value);
     }
     return obj;
   },
@@ -4297,6 +4314,12 @@ export const UploadOutputMessage: MessageFns<UploadOutputMessage> = {
       case "data": {
         if (object.part?.value !== undefined && object.part?.value !== null) {
           message.part = { $case: "data", value: object.part.value };
+        }
+        break;
+      }
+      case "complete": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "complete", value: CompleteRequest.fromPartial(object.part.value) };
         }
         break;
       }
@@ -5571,7 +5594,11 @@ export const RunnerService = {
     responseSerialize: (value: LogReceipt): Buffer => Buffer.from(LogReceipt.encode(value).finish()),
     responseDeserialize: (value: Buffer): LogReceipt => LogReceipt.decode(value),
   },
-  /** One output's NAR: an OutputHeader, then data chunks. */
+  /**
+   * One output's NAR: an OutputHeader, then data chunks; the job's last
+   * output may end with its CompleteRequest, which completes the job once
+   * the output is in (one call fewer per step).
+   */
   uploadOutput: {
     path: "/hydrant.runner.v1.Runner/UploadOutput" as const,
     requestStream: true as const,
@@ -5612,7 +5639,11 @@ export interface RunnerServer extends UntypedServiceImplementation {
   stepStatus: handleUnaryCall<StepStatusUpdate, Ack>;
   /** The build log of one job, in order. The first chunk names the job. */
   streamLog: handleClientStreamingCall<LogChunk, LogReceipt>;
-  /** One output's NAR: an OutputHeader, then data chunks. */
+  /**
+   * One output's NAR: an OutputHeader, then data chunks; the job's last
+   * output may end with its CompleteRequest, which completes the job once
+   * the output is in (one call fewer per step).
+   */
   uploadOutput: handleClientStreamingCall<UploadOutputMessage, UploadReceipt>;
   /** A job's final result; after it the job no longer belongs to the builder. */
   complete: handleUnaryCall<CompleteRequest, Ack>;
@@ -5696,7 +5727,11 @@ export interface RunnerClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: LogReceipt) => void,
   ): ClientWritableStream<LogChunk>;
-  /** One output's NAR: an OutputHeader, then data chunks. */
+  /**
+   * One output's NAR: an OutputHeader, then data chunks; the job's last
+   * output may end with its CompleteRequest, which completes the job once
+   * the output is in (one call fewer per step).
+   */
   uploadOutput(
     callback: (error: ServiceError | null, response: UploadReceipt) => void,
   ): ClientWritableStream<UploadOutputMessage>;
