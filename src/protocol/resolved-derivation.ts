@@ -1,6 +1,15 @@
 import type { Derivation } from '../nix/derivation.ts';
 import type { ResolvedDerivation } from './gen/runner.ts';
 
+/**
+ * Whether a build order can carry the derivation resolved: its environment
+ * travels as a protobuf map, decoded into a plain object, where a variable
+ * named `__proto__` would be lost. Such a derivation is realised instead.
+ */
+export function resolvable(drv: Derivation): boolean {
+  return !drv.env.has('__proto__');
+}
+
 /** A basic derivation (no input derivations: see basicDerivation) as a build order carries it. */
 export function toResolved(drv: Derivation): ResolvedDerivation {
   return {

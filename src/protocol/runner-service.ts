@@ -21,7 +21,7 @@ import { isStorePath } from '../nix/store-path.ts';
 import type { Logger } from '../util/logger.ts';
 import { Compression, ResultState, type CompleteRequest, type Join, type NarChunk, type OutputHeader, type PathInfo } from './gen/runner.ts';
 import type { JobOwnership } from './job-ownership.ts';
-import { toResolved } from './resolved-derivation.ts';
+import { resolvable, toResolved } from './resolved-derivation.ts';
 import { chooseCompression, compressChunks, decompressChunks, readableCompressions } from './wire-compression.ts';
 import type { CallContext, ControlSession, RunnerHandlers } from './server.ts';
 
@@ -202,7 +202,9 @@ export class BuilderService implements RunnerHandlers {
    */
   private async requisites(job: StepJob, limit = Number.POSITIVE_INFINITY) {
     const { store } = this.o;
-    const basic = await basicDerivation(store, parseDerivation(await readFile(store.realPath(job.drvPath), 'utf8'))).catch(() => null);
+    const basic = await basicDerivation(store, parseDerivation(await readFile(store.realPath(job.drvPath), 'utf8')))
+      .then((d) => (d && resolvable(d) ? d : null))
+      .catch(() => null);
     const own = new Set(job.outputs.flatMap((o) => (o.path ? [o.path] : [])));
     const closure = basic
       ? basic.inputSrcs.length === 0
