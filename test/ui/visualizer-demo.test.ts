@@ -65,15 +65,17 @@ describe('visualizer on hydrant demo', () => {
     await release.waitFor({ state: 'attached', timeout: 60_000 });
     await page.getByTestId('build-select').selectOption((await release.getAttribute('value'))!);
     await page.waitForFunction(() => Number(document.querySelector('[data-testid="dag"]')!.getAttribute('data-steps')) > 1, null, { timeout: 30_000 });
+    // A queue per system, while the demo still has steps waiting.
+    await expect.poll(() => page.getByTestId('queue').count(), { timeout: 10_000 }).toBeGreaterThan(0);
 
-    // The step of that build that will change first (unfinished, in the lowest layer): found by
-    // name, then clicked on the canvas where the graph draws it.
+    // The step of that build that finishes last (unfinished, in the highest layer), so that it is
+    // still unfinished once found: found by name, then clicked on the canvas where the graph draws it.
     const pick = await page.evaluate(() => {
       const v = window.__hydrantViz;
       let best: number | null = null;
       for (const id of v.dag.ids as number[]) {
         if (!['queued', 'runnable', 'dispatched', 'building'].includes(v.stateOf(id))) continue;
-        if (best === null || v.dag.layerOfId(id) < v.dag.layerOfId(best)) best = id;
+        if (best === null || v.dag.layerOfId(id) > v.dag.layerOfId(best)) best = id;
       }
       return { id: best!, name: v.dag.nameOf(best) as string };
     });
@@ -105,7 +107,6 @@ describe('visualizer on hydrant demo', () => {
     expect(await page.getByTestId('machine-health').first().textContent()).toBeTruthy();
     const counted = await page.$$eval('[data-testid^="builder-diagram-state-"]', (els) => els.reduce((n, e) => n + Number(e.getAttribute('data-count') ?? 0), 0));
     expect(counted).toBe(2);
-    await expect.poll(() => page.getByTestId('queue').count(), { timeout: 10_000 }).toBeGreaterThan(0);
     expect(await page.getByTestId('feed-status').getAttribute('data-state')).toBe('live');
 
     const shot = resultPath('visualizer.png');
