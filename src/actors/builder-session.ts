@@ -69,7 +69,8 @@ export class BuilderSession implements BuilderPort {
             value: {
               jobId: job.jobId,
               drvPath: job.drvPath,
-              drv: Buffer.alloc(0), // the builder fetches the .drv with the other requisites
+              // Not the .drv itself: a resolved order needs none, an unresolved one brings it with its requisites.
+              drv: Buffer.alloc(0),
               outputs: job.outputs.map((o) => ({ name: o.name, path: o.path ?? undefined })),
               limits: {
                 maxSilentTimeS: job.maxSilentTime,

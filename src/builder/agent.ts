@@ -476,23 +476,25 @@ export class BuilderAgent {
       buildMs: Math.round(timings.buildMs),
       uploadMs: Math.round(timings.uploadMs),
     });
+    const success = (o: { outputs: OutputResult[]; nixSupport: ProtoNixSupport }): CompleteRequest => ({
+      jobId: order.jobId,
+      state: ResultState.RESULT_STATE_SUCCESS,
+      errorMsg: '',
+      outputs: o.outputs,
+      nixSupport: o.nixSupport,
+      timings: timingsNow(),
+    });
     let result: CompleteRequest;
     // A success is reported at the end of the last output's upload (one call fewer).
     let completedWithUpload = false;
     try {
       if (this.#draining) throw new BuilderJobError(ResultState.RESULT_STATE_PREPARING_FAILURE, 'builder is shutting down');
-      const outcome = await this.#buildJob(job, timings, (o) => {
-        completedWithUpload = true;
-        return { jobId: order.jobId, state: ResultState.RESULT_STATE_SUCCESS, errorMsg: '', outputs: o.outputs, nixSupport: o.nixSupport, timings: timingsNow() };
-      });
-      result = {
-        jobId: order.jobId,
-        state: ResultState.RESULT_STATE_SUCCESS,
-        errorMsg: '',
-        outputs: outcome.outputs,
-        nixSupport: outcome.nixSupport,
-        timings: undefined,
-      };
+      result = success(
+        await this.#buildJob(job, timings, (o) => {
+          completedWithUpload = true;
+          return success(o);
+        }),
+      );
     } catch (err) {
       completedWithUpload = false;
       if (err instanceof JobAbortedError || job.aborted) {
@@ -759,7 +761,7 @@ export class BuilderAgent {
     const store = this.#o.store;
     const basic = await this.#basicDerivation(order);
     const handle: NixBuildHandle = basic
-      ? (this.#serveBuilds ??= new ServeBuilds(store, 1024)).run(order.drvPath, basic, limits, onLog)
+      ? (this.#serveBuilds ??= new ServeBuilds(store)).run(order.drvPath, basic, limits, onLog)
       : runNixBuild(order.drvPath, limits, onLog, process.env, (cmd, args) => store.spawn(cmd, args) as ChildProcess);
     job.build = handle;
     if (job.aborted) handle.kill();

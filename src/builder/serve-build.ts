@@ -38,11 +38,11 @@ function toBuildResult(served: ServeBuildResult, limits: NixBuildLimits, outputs
   return { kind: 'error', errorMsg: `nix-store --serve: build status ${r.status}: ${r.errorMsg}` };
 }
 
-/** Build sessions of one store, as many as it has build slots. */
+/** Build sessions of one store: one per build running (the caller's slots bound how many), kept for the next. */
 export class ServeBuilds {
   private readonly pool: ServePool;
 
-  constructor(store: NixStoreHandle, slots: number) {
+  constructor(store: NixStoreHandle, slots = Number.POSITIVE_INFINITY) {
     this.pool = new ServePool(store, slots);
   }
 

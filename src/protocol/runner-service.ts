@@ -205,12 +205,13 @@ export class BuilderService implements RunnerHandlers {
     const basic = await basicDerivation(store, parseDerivation(await readFile(store.realPath(job.drvPath), 'utf8')))
       .then((d) => (d && resolvable(d) ? d : null))
       .catch(() => null);
-    const own = new Set(job.outputs.flatMap((o) => (o.path ? [o.path] : [])));
-    const closure = basic
-      ? basic.inputSrcs.length === 0
-        ? []
-        : await servePool(store).use((session) => session.queryClosure(basic.inputSrcs, false))
-      : (await servePool(store).use((session) => session.queryClosure([job.drvPath], true))).filter((p) => !own.has(p));
+    let closure: string[];
+    if (basic) {
+      closure = await servePool(store).use((session) => session.queryClosure(basic.inputSrcs, false));
+    } else {
+      const own = new Set(job.outputs.flatMap((o) => (o.path ? [o.path] : [])));
+      closure = (await servePool(store).use((session) => session.queryClosure([job.drvPath], true))).filter((p) => !own.has(p));
+    }
     const byPath = new Map((await queryPathInfos(store, closure)).map((i) => [i.path, i]));
     const ordered = closure.length > limit ? null : exportOrder(closure, (p) => byPath.get(p)!.references).map((p) => wireInfo(byPath.get(p)!));
     return { resolved: basic ? toResolved(basic) : null, ordered, byPath };

@@ -177,6 +177,13 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
     return { machineId, sessionId, metadata };
   }
 
+  /** Ends a job with its result (Complete, or the last upload's completion); the builder no longer owns it after. */
+  async function completeJob(ctx: CallContext, req: CompleteRequest): Promise<Ack> {
+    const ack = await handlers.complete(ctx, req);
+    ownership.release(req.jobId);
+    return ack;
+  }
+
   function unary<Req extends { jobId: string }, Res>(
     method: string,
     handler: (ctx: CallContext, req: Req) => Promise<Res>,
@@ -259,11 +266,7 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
     fetchRequisites: unary('FetchRequisites', (ctx, req) => handlers.fetchRequisites(ctx, req)),
     hasPath: unary('HasPath', (ctx, req) => handlers.hasPath(ctx, req)),
     stepStatus: unary('StepStatus', (ctx, req) => handlers.stepStatus(ctx, req)),
-    complete: unary(
-      'Complete',
-      (ctx, req) => handlers.complete(ctx, req),
-      (_ctx, req) => ownership.release(req.jobId),
-    ),
+    complete: unary('Complete', completeJob),
 
     fetchNar(call: ServerWritableStream<FetchNarRequest, NarChunk>): void {
       const abort = new AbortController();
@@ -322,18 +325,17 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
           let completion: CompleteRequest | undefined;
           async function* data(): AsyncGenerator<Uint8Array> {
             for await (const m of rest(it)) {
+              // Refused as it arrives, so that nothing of a wrong upload is imported.
               if (completion) throw new ProtocolError(status.INVALID_ARGUMENT, 'the completion ends an upload');
-              if (m.part?.$case === 'complete') completion = m.part.value;
-              else if (m.part?.$case !== 'data') throw new ProtocolError(status.INVALID_ARGUMENT, 'one header per upload');
+              if (m.part?.$case === 'complete') {
+                if (m.part.value.jobId !== header.jobId) throw new ProtocolError(status.INVALID_ARGUMENT, 'an upload completes its own job only');
+                completion = m.part.value;
+              } else if (m.part?.$case !== 'data') throw new ProtocolError(status.INVALID_ARGUMENT, 'one header per upload');
               else yield m.part.value;
             }
           }
           const receipt = await handlers.uploadOutput(ctx, header, data());
-          if (completion) {
-            if (completion.jobId !== header.jobId) throw new ProtocolError(status.INVALID_ARGUMENT, 'an upload completes its own job only');
-            await handlers.complete(ctx, completion);
-            ownership.release(completion.jobId);
-          }
+          if (completion) await completeJob(ctx, completion);
           callback(null, receipt);
         } catch (err) {
           callback(toStatus(err, 'UploadOutput', onError));

@@ -38,8 +38,9 @@ export class OutputPublisher implements StepFinisher {
       if (logFile !== '' && !logFile.endsWith('.bz2')) {
         // Read once: the caches take the plain text, then Hydra's own copy is compressed.
         const text = await readLog(logFile);
-        for (const wrote of await Promise.all(this.o.caches.map((c) => c.uploadLogText(job.drvPath, text ?? Buffer.alloc(0))))) if (wrote) this.stats.logs++;
-        logFile = await writeCompressedBuildLog(this.o.pool, logFile, text ?? Buffer.alloc(0), text !== null);
+        const body = text ?? Buffer.alloc(0);
+        for (const wrote of await Promise.all(this.o.caches.map((c) => c.uploadLogText(job.drvPath, body)))) if (wrote) this.stats.logs++;
+        logFile = await writeCompressedBuildLog(this.o.pool, logFile, body, text !== null);
       }
     } catch (err) {
       log.warn({ drv: job.drvPath, err: String((err as Error)?.message ?? err) }, 'could not compress or publish the build log');
