@@ -31,6 +31,7 @@ function release(nonce: string): string {
       echo "file source-dist $out/dist/app.tar" > $out/nix-support/hydra-build-products
       echo "app-1.0" > $out/nix-support/hydra-release-name
     ''; };
+    withFailed = mk { name = "with-failed-${nonce}"; script = "/bin/mkdir -p $out/nix-support; /bin/touch $out/nix-support/failed"; };
   }`;
 }
 
@@ -89,7 +90,10 @@ describe('runner and two builder processes over gRPC, each with its own store', 
     await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 120_000, 'builds to finish');
 
     const builds = Object.fromEntries((await db.pool.query('select job, buildstatus from builds')).rows.map((r) => [r.job, r.buildstatus]));
-    expect(builds).toEqual({ top: 0, left: 0, right: 0, broken: 1, needsBroken: 2, products: 0 });
+    // nix-support/failed read in the builder's store: failed with output (6), its output still kept.
+    expect(builds).toEqual({ top: 0, left: 0, right: 0, broken: 1, needsBroken: 2, products: 0, withFailed: 6 });
+    const withFailedOut = (await db.pool.query("select o.path from buildoutputs o join builds b on b.id = o.build where b.job = 'withFailed'")).rows[0].path as string;
+    expect((await runNix('nix-store', ['--check-validity', withFailedOut])).stdout.toString()).toBe('');
     const steps = (await db.pool.query('select drvpath, status, machine, busy from buildsteps where status = 0')).rows;
     expect(new Set(steps.map((s) => s.machine)).size).toBeGreaterThanOrEqual(1);
     for (const s of steps) expect(['b1', 'b2']).toContain(s.machine);
