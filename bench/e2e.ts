@@ -9,11 +9,11 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded.ts';
 import { createPool } from '../src/db/pool.ts';
 import { ensureSchema } from '../src/db/schema.ts';
+import { hydrantArgv } from '../src/cli/hydrant-bin.ts';
 import { submitJobs, type SubmitJob } from '../src/db/submit.ts';
 import { JOB_DEFAULTS } from '../src/eval/job-defaults.ts';
 import { LocalNixStore } from '../src/nix/local-store.ts';
@@ -23,7 +23,6 @@ import { log, round } from './common.ts';
 
 export const describe = 'build one DAG of trivial derivations with plain nix-store --realise and with Hydrant (runner + 2 builders + cache)';
 
-const HYDRANT_BIN = fileURLToPath(new URL('../bin/hydrant.js', import.meta.url));
 
 // ---- the DAG ----------------------------------------------------------------
 
@@ -186,7 +185,7 @@ interface Proc {
 
 /** Starts `hydrant ...args`; stdout and stderr go to `<dir>/<name>.log` and are kept for waitFor. */
 function startHydrant(dir: string, name: string, args: string[], nodeArgs: string[], env: NodeJS.ProcessEnv): Proc {
-  const child = spawn(process.execPath, [...nodeArgs, HYDRANT_BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, hydrantArgv(args, nodeArgs), { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const file = createWriteStream(join(dir, `${name}.log`));
   let out = '';
   const listeners = new Set<() => void>();
@@ -323,6 +322,8 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       'cpu-prof': { type: 'string' },
       /** Count the Nix and compression commands the runner and builders run (see writeToolTracer). */
       'trace-tools': { type: 'boolean', default: false },
+      /** Extra Node flags for the runner and the builders, space-separated (e.g. V8 tuning to compare). */
+      'node-args': { type: 'string', default: '' },
     },
   });
   const n = Number(values.drvs);
@@ -330,7 +331,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const maxJobs = Number(values['max-jobs']);
   const slots = builders * maxJobs;
   const timeoutMs = Number(values['timeout-s']) * 1000;
-  const nodeArgs = values['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof']}`] : [];
+  const nodeArgs = [...(values['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof']}`] : []), ...values['node-args'].split(' ').filter(Boolean)];
   const dag = layeredDag(n, Number(values.layers), Number(values['max-deps']), Number(values.seed));
   log(`DAG: ${n} derivations, ${dag.layers} layers, ${dag.edges} edges; ${builders} builders × ${maxJobs} jobs = ${slots} slots`);
 

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --heap-growing-percent=200
 // Entry point: runs the TypeScript CLI through tsx so no build step is needed.
 import { register } from 'tsx/esm/api';
 register();

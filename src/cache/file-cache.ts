@@ -171,10 +171,16 @@ export class FileBinaryCache {
   /**
    * Publishes a path given what the store records for it (uploadClosure has
    * it already). The NAR read from disk must hash to `info.narHash`, or
-   * nothing is published (NarHashMismatchError).
+   * nothing is published (NarHashMismatchError). `probed`: the caller has
+   * just found the cache lacking it, so only what this process published
+   * since is checked, not the disk again (should another runner publish it
+   * meanwhile, its narinfo still stands).
    */
-  publish(info: LocalPathInfo): Promise<PathUpload> {
-    return this.pathFlight(info.path, async () => ((await this.has(info.path)) ? skipped(info.path) : this.publishNew(info)));
+  publish(info: LocalPathInfo, { probed = false }: { probed?: boolean } = {}): Promise<PathUpload> {
+    return this.pathFlight(info.path, async () => {
+      const present = probed ? this.known.has(info.path) : await this.has(info.path);
+      return present ? skipped(info.path) : this.publishNew(info);
+    });
   }
 
   private async publishNew(info: LocalPathInfo): Promise<PathUpload> {

@@ -92,7 +92,7 @@ export async function uploadClosure(cache: FileBinaryCache, paths: readonly stri
       while (!failure && running < concurrency && ready.length > 0) {
         const path = ready.shift()!;
         running++;
-        cache.publish(todo.get(path)!).then(
+        cache.publish(todo.get(path)!, { probed: true }).then(
           (r) => {
             running--;
             done++;

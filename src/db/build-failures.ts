@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { chunks, CHUNK_SIZE } from './chunks.ts';
 import type { StepOutput } from './step-rows.ts';
-import { sql } from './sql.ts';
+import { prepared, sql } from './sql.ts';
 import { BuildStatus, buildStatusForFailedStep } from './status.ts';
 
 export interface FinishBuildsFailed {
@@ -64,8 +64,8 @@ export async function finishBuildsFailed(client: pg.ClientBase, a: FinishBuildsF
     if (!parked && i > 0 && ended.length > 0) {
       parked = (await client.query(sql('results/park-finished-count'))).rowCount === 1;
     }
-    await client.query(sql('results/lock-builds'), [chunk]);
-    const { rows } = await client.query<{ id: number }>(sql('results/finish-builds-failed'), [
+    await client.query(prepared('results/lock-builds'), [chunk]);
+    const { rows } = await client.query<{ id: number }>(prepared('results/finish-builds-failed'), [
       chunk,
       chunk.map((id) => statusOf.get(id)!),
       startTime,
@@ -77,7 +77,7 @@ export async function finishBuildsFailed(client: pg.ClientBase, a: FinishBuildsF
     if (parked) endedWhileParked += endedHere.length;
     const propagated = endedHere.filter((id) => id !== a.failedBuildId);
     if (propagated.length === 0) continue;
-    await client.query(sql('results/insert-propagated-steps'), [
+    await client.query(prepared('results/insert-propagated-steps'), [
       propagated,
       a.failedStepDrvPath,
       a.stepStatus,
@@ -89,6 +89,6 @@ export async function finishBuildsFailed(client: pg.ClientBase, a: FinishBuildsF
       outputs.map((o) => o.path),
     ]);
   }
-  if (parked) await client.query(sql('results/restore-finished-count'), [endedWhileParked]);
+  if (parked) await client.query(prepared('results/restore-finished-count'), [endedWhileParked]);
   return ended;
 }

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { BuildProductRow, NixSupportInfo } from '../actors/builder-port.ts';
-import { sql } from './sql.ts';
+import { prepared } from './sql.ts';
 import { BuildStatus } from './status.ts';
 
 /**
@@ -54,19 +54,19 @@ async function setOutputPaths(
 ): Promise<void> {
   const known = outputs.filter((o): o is BuildOutputPath => o.path !== null);
   if (known.length === 0) return;
-  await client.query(sql('results/set-build-output-paths'), [buildId, known.map((o) => o.name), known.map((o) => o.path)]);
+  await client.query(prepared('results/set-build-output-paths'), [buildId, known.map((o) => o.name), known.map((o) => o.path)]);
 }
 
 /** Replaces the build's BuildProducts with `products`, numbered 1..n. */
 export async function replaceBuildProducts(client: pg.ClientBase, buildId: number, products: readonly BuildProduct[]): Promise<void> {
-  await client.query(sql('results/delete-build-products'), [buildId]);
+  await client.query(prepared('results/delete-build-products'), [buildId]);
   await insertBuildProducts(client, buildId, products);
 }
 
 /** Adds `products` (numbered 1..n) to a build that has none. */
 async function insertBuildProducts(client: pg.ClientBase, buildId: number, products: readonly BuildProduct[]): Promise<void> {
   if (products.length === 0) return;
-  await client.query(sql('results/insert-build-products'), [
+  await client.query(prepared('results/insert-build-products'), [
     buildId,
     products.map((p) => p.type),
     products.map((p) => p.subtype),
@@ -80,14 +80,14 @@ async function insertBuildProducts(client: pg.ClientBase, buildId: number, produ
 
 /** Replaces the build's BuildMetrics; project, jobset, job and timestamp come from the build. */
 export async function replaceBuildMetrics(client: pg.ClientBase, buildId: number, metrics: readonly BuildMetric[]): Promise<void> {
-  await client.query(sql('results/delete-build-metrics'), [buildId]);
+  await client.query(prepared('results/delete-build-metrics'), [buildId]);
   await insertBuildMetrics(client, buildId, metrics);
 }
 
 /** Adds `metrics` to a build that has none. */
 async function insertBuildMetrics(client: pg.ClientBase, buildId: number, metrics: readonly BuildMetric[]): Promise<void> {
   if (metrics.length === 0) return;
-  await client.query(sql('results/insert-build-metrics'), [
+  await client.query(prepared('results/insert-build-metrics'), [
     buildId,
     metrics.map((m) => m.name),
     metrics.map((m) => m.unit),
@@ -106,7 +106,7 @@ export async function finishBuildSucceeded(client: pg.ClientBase, a: FinishBuild
     throw new RangeError(`a succeeded build has status 0 or 6, not ${a.status}`);
   }
   // Ends the build, fills its outputs and clears old products and metrics, in one statement.
-  const res = await client.query(sql('results/finish-build-succeeded'), [
+  const res = await client.query(prepared('results/finish-build-succeeded'), [
     a.buildId,
     a.status,
     a.startTime,
@@ -129,7 +129,7 @@ export async function finishBuildSucceeded(client: pg.ClientBase, a: FinishBuild
  * build. Returns false, having written nothing, when it was already finished.
  */
 export async function finishBuildCached(client: pg.ClientBase, a: FinishBuildCached): Promise<boolean> {
-  const res = await client.query(sql('results/finish-build-cached'), [
+  const res = await client.query(prepared('results/finish-build-cached'), [
     a.buildId,
     a.now,
     a.size ?? null,

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { chunks, type Queryable } from './chunks.ts';
-import { sql } from './sql.ts';
+import { prepared } from './sql.ts';
 
 /**
  * FailedPaths: output paths known to fail, so builds needing them fail at
@@ -39,7 +39,7 @@ async function insertChunk(client: pg.ClientBase, chunk: string[]): Promise<void
   }
   for (let attempt = 0; ; attempt++) {
     try {
-      await client.query(sql('results/insert-failed-paths'), [chunk]);
+      await client.query(prepared('results/insert-failed-paths'), [chunk]);
       if (inTransaction) await client.query('release savepoint hydrant_failed_paths');
       return;
     } catch (err) {
@@ -53,7 +53,7 @@ async function insertChunk(client: pg.ClientBase, chunk: string[]): Promise<void
 export async function isFailedPath(db: Queryable, paths: readonly string[]): Promise<Set<string>> {
   const found = new Set<string>();
   for (const chunk of chunks([...new Set(paths)])) {
-    const { rows } = await db.query<{ path: string }>(sql('results/select-failed-paths'), [chunk]);
+    const { rows } = await db.query<{ path: string }>(prepared('results/select-failed-paths'), [chunk]);
     for (const r of rows) found.add(r.path);
   }
   return found;

@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { sql } from './sql.ts';
+import { prepared } from './sql.ts';
 
 /**
  * NOTIFYs the runner sends for hydra-notify and the web UI. They are
@@ -22,7 +22,7 @@ export function holdNotifications(client: pg.ClientBase): void {
 export async function flushNotifications(client: pg.ClientBase): Promise<void> {
   const h = held.get(client);
   held.delete(client);
-  if (h && h.payloads.length > 0) await client.query(sql('results/notify'), [h.channels, h.payloads]);
+  if (h && h.payloads.length > 0) await client.query(prepared('results/notify'), [h.channels, h.payloads]);
 }
 
 /** Forgets the NOTIFYs held for `client` (its transaction rolled back). */
@@ -40,7 +40,7 @@ async function notifyAll(client: pg.ClientBase, channel: string, payloads: reado
     }
     return;
   }
-  await client.query(sql('results/notify'), [payloads.map(() => channel), payloads]);
+  await client.query(prepared('results/notify'), [payloads.map(() => channel), payloads]);
 }
 
 export function notifyBuildStarted(client: pg.ClientBase, buildId: number): Promise<void> {

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { JobsetNotFoundError } from '../errors/index.ts';
 import { JOB_DEFAULTS } from '../eval/job-defaults.ts';
 import { withTransaction } from './pool.ts';
-import { sql } from './sql.ts';
+import { prepared, sql } from './sql.ts';
 
 export interface QueueBuildRequest {
   jobsetId: number;
@@ -22,13 +22,13 @@ export interface QueueBuildRequest {
  */
 export async function queueBuild(pool: pg.Pool, r: QueueBuildRequest): Promise<number> {
   return withTransaction(pool, async (c) => {
-    const jobset = (await c.query(sql('api/jobset-by-id'), [r.jobsetId])).rows[0];
+    const jobset = (await c.query(prepared('api/jobset-by-id'), [r.jobsetId])).rows[0];
     if (!jobset) throw new JobsetNotFoundError(`no jobset with id ${r.jobsetId}`);
-    const { rows } = await c.query<{ id: number }>(sql('submit/insert-build'), [
+    const { rows } = await c.query<{ id: number }>(prepared('submit/insert-build'), [
       r.now, r.jobsetId, r.job, r.nixName, null, r.drvPath, r.system, null, null, null, JOB_DEFAULTS.maxSilent, JOB_DEFAULTS.timeout, 0, JOB_DEFAULTS.priority,
     ]);
     const id = rows[0]!.id;
-    await c.query(sql('submit/insert-build-outputs'), [id, r.outputs.map((o) => o.name), r.outputs.map((o) => o.path)]);
+    await c.query(prepared('submit/insert-build-outputs'), [id, r.outputs.map((o) => o.name), r.outputs.map((o) => o.path)]);
     await c.query(sql('submit/notify-added'));
     return id;
   });

@@ -14,3 +14,26 @@ export function sql(name: string): string {
   }
   return text;
 }
+
+/** A statement PostgreSQL prepares under its own name. */
+export interface PreparedStatement {
+  readonly name: string;
+  readonly text: string;
+}
+
+const preparedCache = new Map<string, PreparedStatement>();
+
+/**
+ * sql(name) as a named statement: each connection parses it once, and after
+ * a few runs plans it once, instead of on every call. For the single,
+ * parameterised statements run per step (a multi-statement file cannot be
+ * prepared).
+ */
+export function prepared(name: string): PreparedStatement {
+  let s = preparedCache.get(name);
+  if (s === undefined) {
+    s = Object.freeze({ name: `hydrant/${name}`, text: sql(name) });
+    preparedCache.set(name, s);
+  }
+  return s;
+}

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { Queryable } from './chunks.ts';
 import { notifyStepFinished, notifyStepStarted } from './notify.ts';
-import { sql } from './sql.ts';
+import { prepared } from './sql.ts';
 import { StepBusy, StepType, type StepTypeCode } from './status.ts';
 
 /**
@@ -111,19 +111,19 @@ function baseName(path: string): string {
 
 /** Startup: every step a crashed run left busy becomes aborted (3). Returns how many. */
 export async function abortLeftoverSteps(client: Queryable, now: number): Promise<number> {
-  const res = await client.query(sql('results/abort-leftover-steps'), [now]);
+  const res = await client.query(prepared('results/abort-leftover-steps'), [now]);
   return res.rowCount ?? 0;
 }
 
 /** Takes the lock that serializes stepnr allocation for `buildId` (see above). */
 async function lockBuild(client: pg.ClientBase, buildId: number): Promise<void> {
-  const res = await client.query(sql('results/lock-build'), [buildId]);
+  const res = await client.query(prepared('results/lock-build'), [buildId]);
   if (res.rowCount !== 1) throw new Error(`build ${buildId} does not exist`);
 }
 
 async function insertStep(client: pg.ClientBase, row: StepRow): Promise<number> {
   await lockBuild(client, row.buildId);
-  const { rows } = await client.query<{ stepnr: number }>(sql('results/insert-step'), [
+  const { rows } = await client.query<{ stepnr: number }>(prepared('results/insert-step'), [
     row.buildId,
     row.type,
     row.drvPath,
@@ -176,7 +176,7 @@ export async function startStep(client: pg.ClientBase, a: StartStep): Promise<nu
 /** Progress of a running step. False when the row is not running (any more). */
 export async function setStepBusy(client: Queryable, buildId: number, stepnr: number, busy: number): Promise<boolean> {
   if (busy === StepBusy.Idle) throw new RangeError('use finishStep to end a step');
-  const res = await client.query(sql('results/set-step-busy'), [buildId, stepnr, busy]);
+  const res = await client.query(prepared('results/set-step-busy'), [buildId, stepnr, busy]);
   return res.rowCount === 1;
 }
 
@@ -187,7 +187,7 @@ export async function setStepBusy(client: Queryable, buildId: number, stepnr: nu
  */
 export async function finishStep(client: pg.ClientBase, a: FinishStep): Promise<boolean> {
   const outputs = a.outputs ?? [];
-  const res = await client.query(sql('results/finish-step'), [
+  const res = await client.query(prepared('results/finish-step'), [
     a.buildId,
     a.stepnr,
     a.status,

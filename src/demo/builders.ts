@@ -1,10 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { hydrantArgv } from '../cli/hydrant-bin.ts';
 
-/** The CLI entry the builder agents run from (registers tsx, like `hydrant` itself). */
-export const HYDRANT_BIN = fileURLToPath(new URL('../../bin/hydrant.js', import.meta.url));
 
 export interface BuilderProcessOptions {
   machineId: string;
@@ -36,10 +34,10 @@ export class BuilderProcess {
   };
 
   constructor(readonly o: BuilderProcessOptions) {
-    const args = [HYDRANT_BIN, 'builder', '--server', o.server, '--token-file', o.tokenFile, '--machine-id', o.machineId];
+    const args = ['builder', '--server', o.server, '--token-file', o.tokenFile, '--machine-id', o.machineId];
     if (o.storeDir) args.push('--store-dir', o.storeDir);
     this.log = createWriteStream(o.logFile, { flags: 'a' });
-    this.child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
+    this.child = spawn(process.execPath, hydrantArgv(args), { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
     const onData = (b: Buffer): void => {
       this.log.write(b);
       const text = this.partial + b.toString('utf8');

@@ -11,8 +11,11 @@ import { withRoom } from '../workers/with-room.ts';
  * as in Hydra, which creates the file before the build. Returns the log's
  * final name.
  */
+/** What `bzip2` makes of no input (a header and an end-of-stream marker): a silent step's log needs no pool task. */
+export const EMPTY_BZIP2: Buffer = Buffer.from('425a683917724538509000000000', 'hex');
+
 export async function writeCompressedBuildLog(pool: WorkerPool, logFile: string, text: Buffer, plainExists: boolean): Promise<string> {
-  const compressed = await withRoom(pool, () => pool.compress(text, 'bzip2'));
+  const compressed = text.length === 0 ? EMPTY_BZIP2 : await withRoom(pool, () => pool.compress(text, 'bzip2'));
   const target = `${logFile}.bz2`;
   const temp = `${target}.tmp-${process.pid}`;
   await writeFile(temp, compressed).catch(async (e: NodeJS.ErrnoException) => {

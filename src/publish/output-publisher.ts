@@ -18,7 +18,7 @@ export interface OutputPublisherOptions {
 
 /**
  * What happens to a step's result before it counts as done: its log is
- * compressed (and published to each cache as `log/<drv>`), and on success
+ * compressed (and, unless empty, published to each cache as `log/<drv>`), and on success
  * its outputs become GC roots and their closure is uploaded to every cache.
  * An upload failure throws, which fails the attempt transiently: the step
  * is retried instead of being recorded with outputs the caches lack. A log
@@ -39,7 +39,8 @@ export class OutputPublisher implements StepFinisher {
         // Read once: the caches take the plain text, then Hydra's own copy is compressed.
         const text = await readLog(logFile);
         const body = text ?? Buffer.alloc(0);
-        for (const wrote of await Promise.all(this.o.caches.map((c) => c.uploadLogText(job.drvPath, body)))) if (wrote) this.stats.logs++;
+        // A build that printed nothing has nothing for `nix log` to show: the caches get no file for it.
+        if (body.length > 0) for (const wrote of await Promise.all(this.o.caches.map((c) => c.uploadLogText(job.drvPath, body)))) if (wrote) this.stats.logs++;
         logFile = await writeCompressedBuildLog(this.o.pool, logFile, body, text !== null);
       }
     } catch (err) {

@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { hydrantArgv } from '../../src/cli/hydrant-bin.ts';
 
-export const HYDRANT_BIN = fileURLToPath(new URL('../../bin/hydrant.js', import.meta.url));
 
 export interface CliResult {
   code: number | null;
@@ -12,7 +11,7 @@ export interface CliResult {
 /** Runs `hydrant ...args` to completion as a real child process. */
 export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [HYDRANT_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, hydrantArgv(args), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
@@ -24,7 +23,7 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Cli
 
 /** Starts `hydrant ...args` and returns the process with helpers to await log lines. */
 export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): { child: ChildProcess; output: () => string; waitFor(re: RegExp, ms?: number): Promise<string>; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, [HYDRANT_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, hydrantArgv(args), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const listeners = new Set<() => void>();
   const onData = (b: Buffer) => {

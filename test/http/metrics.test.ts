@@ -51,7 +51,7 @@ describe('Prometheus metrics', () => {
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, 'release.nix');
     writeFileSync(file, `{ }: let ${MK_DRV} in {
-      ok = mk { name = "ok-${nonce}"; script = "echo ok > $out"; };
+      ok = mk { name = "ok-${nonce}"; script = "echo building ok; echo ok > $out"; };
       broken = mk { name = "broken-${nonce}"; script = "exit 1"; };
       elsewhere = mk { name = "elsewhere-${nonce}"; script = "echo > $out"; extra = { system = "riscv64-linux"; }; };
     }`);
@@ -66,7 +66,7 @@ describe('Prometheus metrics', () => {
     // okAgain is ok's derivation under another job name: a cached build.
     writeFileSync(file, `{ }: let ${MK_DRV} in {
       slow = mk { name = "slow-${nonce}"; script = "/bin/sleep 4; echo > $out"; };
-      okAgain = mk { name = "ok-${nonce}"; script = "echo ok > $out"; };
+      okAgain = mk { name = "ok-${nonce}"; script = "echo building ok; echo ok > $out"; };
     }`);
     expect((await runCli(['submit', '--db-url', db.url, '--project', 'm', '--jobset', 'main', '--file', file])).code).toBe(0);
     await waitFor(async () => ((await scrape()).samples.get('hydrant_machine_jobs{machine="b1"}') ?? 0) === 1, 30_000, 'slow to run on b1');
