@@ -1,4 +1,4 @@
-import { writeFileSync, mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { NixFormatError } from '../errors/index.ts';
@@ -62,9 +62,14 @@ const META_EXPR = `file:
 export async function evaluateJobs(file: string, only: readonly string[] = []): Promise<EvaluatedJob[]> {
   const path = resolve(file);
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-eval-'));
-  const metaFile = join(dir, 'meta.nix');
-  writeFileSync(metaFile, META_EXPR);
-  const { stdout } = await runNix('nix-instantiate', ['--eval', '--json', '--strict', '--expr', `(import ${metaFile}) ${path}`]);
+  let stdout: Buffer;
+  try {
+    const metaFile = join(dir, 'meta.nix');
+    writeFileSync(metaFile, META_EXPR);
+    ({ stdout } = await runNix('nix-instantiate', ['--eval', '--json', '--strict', '--expr', `(import ${metaFile}) ${path}`]));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
   const meta = JSON.parse(stdout.toString('utf8')) as Record<string, MetaJson>;
   const names = only.length > 0 ? [...only] : Object.keys(meta).sort();
   for (const n of names) if (!meta[n]) throw new NixFormatError('evaluation', `${file} has no derivation attribute '${n}'`);

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -28,9 +28,12 @@ describe('hydrant submit', () => {
     expect(missing.code).toBe(1);
     expect(missing.stderr).toBe('hydrant: JOBSET_NOT_FOUND: no jobset p:j (pass --create to create it)\n');
 
-    const first = await runCli(['submit', '--db-url', db.url, '--project', 'p', '--jobset', 'j', '--create', '--file', file]);
+    // Its temporary files go under TMPDIR, and none is left behind.
+    const tmp = mkdtempSync(join(tmpdir(), 'hydrant-submit-tmp-'));
+    const first = await runCli(['submit', '--db-url', db.url, '--project', 'p', '--jobset', 'j', '--create', '--file', file], { TMPDIR: tmp });
     expect(first.stderr).toBe('');
     expect(first.code).toBe(0);
+    expect(readdirSync(tmp).filter((n) => n.startsWith('hydrant-'))).toEqual([]);
     expect(first.stdout).toMatch(/: 2 queued, 0 already there/);
     const builds = (await db.pool.query(
       'select id, finished, job, nixname, description, system, priority, timeout, maxsilent, license, iscurrent from builds order by job',

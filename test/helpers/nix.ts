@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runNix, runNixLines } from '../../src/nix/tools.ts';
@@ -8,10 +8,13 @@ export { runNix, runNixLines };
 /** Writes a Nix expression to a temp file and instantiates it; returns the .drv paths (one per attribute). */
 export async function instantiate(expr: string, attrs: string[] = []): Promise<string[]> {
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-nix-'));
-  const file = join(dir, 'default.nix');
-  writeFileSync(file, expr);
-  const args = [file, ...attrs.flatMap((a) => ['-A', a])];
-  return runNixLines('nix-instantiate', args);
+  try {
+    const file = join(dir, 'default.nix');
+    writeFileSync(file, expr);
+    return await runNixLines('nix-instantiate', [file, ...attrs.flatMap((a) => ['-A', a])]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** Realises .drv paths with the local store; returns the output paths. */
