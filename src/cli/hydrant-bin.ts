@@ -6,7 +6,7 @@ export const HYDRANT_BIN = fileURLToPath(new URL('../../bin/hydrant.js', import.
 
 /**
  * The Node flags on the entry's `#!/usr/bin/env -S node …` line. The
- * daemons run with them (see docs/OPERATIONS.md, "Node flags"); a process
+ * daemons run with them (docs/ARCHITECTURE.md, "Node flags"); a process
  * started as `node bin/hydrant.js` would miss them, so children are started
  * through hydrantArgv instead.
  */

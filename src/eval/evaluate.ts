@@ -1,6 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { NixFormatError } from '../errors/index.ts';
 import { JOB_DEFAULTS } from './job-defaults.ts';
 import { runNix, runNixLines } from '../nix/tools.ts';
@@ -40,7 +38,8 @@ interface MetaJson {
 }
 
 // Reads only plain meta fields, so that functions in meta cannot break --strict --json.
-const META_EXPR = `file:
+// Given inline, with the file as --argstr (no temporary file, and any path works).
+const META_EXPR = `{ file }:
   let
     v0 = import file;
     v = if builtins.isFunction v0 then v0 {} else v0;
@@ -61,15 +60,7 @@ const META_EXPR = `file:
 
 export async function evaluateJobs(file: string, only: readonly string[] = []): Promise<EvaluatedJob[]> {
   const path = resolve(file);
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-eval-'));
-  let stdout: Buffer;
-  try {
-    const metaFile = join(dir, 'meta.nix');
-    writeFileSync(metaFile, META_EXPR);
-    ({ stdout } = await runNix('nix-instantiate', ['--eval', '--json', '--strict', '--expr', `(import ${metaFile}) ${path}`]));
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  const { stdout } = await runNix('nix-instantiate', ['--eval', '--json', '--strict', '--expr', META_EXPR, '--argstr', 'file', path]);
   const meta = JSON.parse(stdout.toString('utf8')) as Record<string, MetaJson>;
   const names = only.length > 0 ? [...only] : Object.keys(meta).sort();
   for (const n of names) if (!meta[n]) throw new NixFormatError('evaluation', `${file} has no derivation attribute '${n}'`);

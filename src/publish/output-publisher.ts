@@ -40,7 +40,10 @@ export class OutputPublisher implements StepFinisher {
         const text = await readLog(logFile);
         const body = text ?? Buffer.alloc(0);
         // A build that printed nothing has nothing for `nix log` to show: the caches get no file for it.
-        if (body.length > 0) for (const wrote of await Promise.all(this.o.caches.map((c) => c.uploadLogText(job.drvPath, body)))) if (wrote) this.stats.logs++;
+        if (body.length > 0) {
+          const wrote = await Promise.all(this.o.caches.map((c) => c.uploadLogText(job.drvPath, body)));
+          this.stats.logs += wrote.filter(Boolean).length;
+        }
         logFile = await writeCompressedBuildLog(this.o.pool, logFile, body, text !== null);
       }
     } catch (err) {
