@@ -53,6 +53,8 @@ describe('status API of a runner with a real builder', () => {
     );
     const ids = Object.fromEntries((await db.pool.query('select job, id from builds')).rows.map((r) => [r.job, r.id as number]));
     await waitFor(async () => (await api('/status/steps')).steps.some((s: Json) => s.busyName === 'building'), 30_000, 'slow to build');
+    // Both builds come from one evaluation but load one after the other: read the status once both are held.
+    await waitFor(async () => (await api('/status')).buildsQueued === 2, 30_000, 'both builds to load');
 
     const status = await api('/status');
     expect(status).toMatchObject({ status: 'running', machines: 1, buildsQueued: 2, running: 1, runnable: 1 });
