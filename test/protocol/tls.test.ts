@@ -206,21 +206,23 @@ describe('TLS files', () => {
 });
 
 describe('RejectionLog', () => {
-  it('logs the first refusal from a host at once and later ones once per window, with the count skipped', () => {
+  it('logs the first refusals from a host at once, then only counts them until its window passes', () => {
     let now = 0;
     const lines: Rejection[] = [];
-    const log = new RejectionLog((r) => lines.push(r), 10_000, () => now);
+    const log = new RejectionLog((r) => lines.push(r), 2, 10_000, () => now);
     log.record('10.0.0.1:4000', 'unknown bearer token', 'Control');
     log.record('10.0.0.1:4001', 'unknown bearer token', 'Control');
+    log.record('10.0.0.1:4002', 'unknown bearer token', 'Control');
     log.record('10.0.0.2:5000', 'no bearer token', 'HasPath');
     now = 5_000;
-    log.record('10.0.0.1:4002', 'unknown bearer token', 'Control');
-    now = 10_000;
     log.record('10.0.0.1:4003', 'unknown bearer token', 'Control');
+    now = 10_000;
+    log.record('10.0.0.1:4004', 'unknown bearer token', 'Control');
     expect(lines).toEqual([
       { peer: '10.0.0.1:4000', reason: 'unknown bearer token', method: 'Control', suppressed: 0 },
+      { peer: '10.0.0.1:4001', reason: 'unknown bearer token', method: 'Control', suppressed: 0 },
       { peer: '10.0.0.2:5000', reason: 'no bearer token', method: 'HasPath', suppressed: 0 },
-      { peer: '10.0.0.1:4003', reason: 'unknown bearer token', method: 'Control', suppressed: 2 },
+      { peer: '10.0.0.1:4004', reason: 'unknown bearer token', method: 'Control', suppressed: 2 },
     ]);
   });
 });
