@@ -186,6 +186,27 @@ describe('hydrant serve refuses unsafe builder-protocol settings at start', () =
     );
   });
 
+  it('with grpcInsecure = true it serves plain gRPC off loopback, warning that tokens travel in clear', async () => {
+    const db = await createTestDatabase();
+    const sub = mkdtempSync(join(dir, 'insecure-'));
+    const token = join(sub, 'token');
+    writeFileSync(token, 'insecure-test-token');
+    const config = join(sub, 'insecure.toml');
+    writeFileSync(
+      config,
+      `dbUrl = "${db.url}"\nhydraDataDir = "${sub}"\ntokenPaths = ["${token}"]\ngrpcListen = "0.0.0.0:0"\ngrpcInsecure = true\nhttpListen = ""\nrootsDir = "${join(sub, 'roots')}"\n`,
+    );
+    const r = startCli(['serve', '--config', config]);
+    try {
+      await r.waitFor(/"tls":"off","port":\d+,"msg":"builder protocol listening"/, 60_000);
+      expect(r.output()).toMatch(/"level":40,[^\n]*"listen":"0\.0\.0\.0:0","msg":"builder protocol without TLS off loopback \(grpcInsecure = true\): tokens and NARs cross the network in clear"/);
+    } finally {
+      r.child.kill('SIGTERM');
+      await r.exited;
+      await db.drop();
+    }
+  }, 90_000);
+
   it('a grpcTls key file readable by others', async () => {
     const db = await createTestDatabase();
     try {
