@@ -1,7 +1,7 @@
 import { chmodSync, copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { status, type Server, type ServerCredentials, type ServiceError } from '@grpc/grpc-js';
+import { ServerCredentials, status, type Server, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/errors/index.ts';
 import { CLIENT_CERTIFICATE_MESSAGE, TokenAuth, UNAUTHENTICATED_MESSAGE } from '../../src/protocol/auth.ts';
@@ -128,6 +128,15 @@ describe('TLS', () => {
     expect(r.details).toBe(UNAUTHENTICATED_MESSAGE);
     expect(rejected).toEqual([{ peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/), reason: 'unknown bearer token', method: 'Control' }]);
     expect(JSON.stringify(rejected)).not.toContain(wrong);
+  });
+});
+
+describe('a TLS builder and a plain runner', () => {
+  it('the builder finds that the runner speaks no TLS', async () => {
+    const address = await startServer(ServerCredentials.createInsecure());
+    const r = (await dial(address, { ca: ca() })) as ServiceError;
+    expect(r.code).toBe(status.UNAVAILABLE);
+    expect(certificateFailure(r.details)).toBe('the runner does not speak TLS (is grpcTls set on the runner?)');
   });
 });
 
