@@ -177,8 +177,6 @@ export class BuilderAgent {
   readonly #transfers = { downloading: 0, uploading: 0 };
   /** Joins counted, for tests and logs. */
   joins = 0;
-  /** Set when the agent stopped for good (see `onFatal`). */
-  fatalError: HydrantError | undefined;
 
   constructor(options: BuilderAgentOptions) {
     this.#o = options;
@@ -253,7 +251,6 @@ export class BuilderAgent {
         const fatal = this.#stop.signal.aborted ? undefined : this.#refusal(err);
         if (fatal) {
           this.#teardown();
-          this.fatalError = fatal;
           this.#o.onFatal?.(fatal);
           return;
         }
