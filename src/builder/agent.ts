@@ -23,9 +23,18 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { status as grpcStatus, type ClientDuplexStream, type ClientReadableStream, type ClientWritableStream, type ServiceError } from '@grpc/grpc-js';
+import { status as grpcStatus, type ChannelCredentials, type ClientDuplexStream, type ClientReadableStream, type ClientWritableStream, type ServiceError } from '@grpc/grpc-js';
 import type { BuilderConfig } from '../config/builder-config.ts';
-import { BuilderJobError, NarHashMismatchError, NixFormatError, PathNotInStoreError, UnexpectedStorePathError } from '../errors/index.ts';
+import {
+  BuilderJobError,
+  BuilderUnauthenticatedError,
+  NarHashMismatchError,
+  NixFormatError,
+  PathNotInStoreError,
+  RunnerCertificateError,
+  UnexpectedStorePathError,
+  type HydrantError,
+} from '../errors/index.ts';
 import { parseDerivation, type Derivation } from '../nix/derivation.ts';
 import { derivationStorePath } from '../nix/derivation-paths.ts';
 import { derivationReferences } from '../nix/derivation.ts';
@@ -55,7 +64,9 @@ import {
   type UploadOutputMessage,
   type UploadReceipt,
 } from '../protocol/gen/runner.ts';
+import { CLIENT_CERTIFICATE_MESSAGE } from '../protocol/auth.ts';
 import { createBuilderClient, PROTOCOL_VERSION, type BuilderClient } from '../protocol/server.ts';
+import { certificateFailure } from '../protocol/tls.ts';
 import { hostFacts, hostMetrics } from './host-metrics.ts';
 import { runNixBuild, type NixBuildHandle, type NixBuildLimits } from './nix-build.ts';
 import type { NixStoreHandle } from './private-store.ts';
@@ -72,6 +83,14 @@ export interface BuilderAgentOptions {
   /** The store jobs are built in (PrivateStore, or hostStore). */
   readonly store: NixStoreHandle;
   readonly log?: (message: string) => void;
+  /** TLS to the runner (see protocol/tls.ts); plain without. */
+  readonly credentials?: ChannelCredentials;
+  /**
+   * The runner refused this builder's credentials, or the builder refused
+   * the runner's certificate: the agent has stopped connecting, since its
+   * token and TLS files are read once and a retry cannot succeed.
+   */
+  readonly onFatal?: (err: HydrantError) => void;
 }
 
 interface Job {
@@ -178,7 +197,7 @@ export class BuilderAgent {
 
   /** Starts connecting; returns at once. */
   start(): void {
-    this.#client ??= createBuilderClient(this.#o.config.server, this.#o.token);
+    this.#client ??= createBuilderClient(this.#o.config.server, this.#o.token, undefined, this.#o.credentials);
     this.#loop ??= this.#connectLoop();
   }
 
@@ -229,6 +248,12 @@ export class BuilderAgent {
           joined = true;
         });
       } catch (err) {
+        const fatal = this.#stop.signal.aborted ? undefined : this.#refusal(err);
+        if (fatal) {
+          this.#teardown();
+          this.#o.onFatal?.(fatal);
+          return;
+        }
         if (!this.#stop.signal.aborted) this.#log(`control stream: ${(err as Error).message}`);
       }
       this.#teardown();
@@ -239,6 +264,25 @@ export class BuilderAgent {
       // Full jitter over the upper half: never a thundering herd, never zero.
       await sleep(cap / 2 + Math.random() * (cap / 2), this.#stop.signal);
     }
+  }
+
+  /** A control stream's failure that no retry can fix, as the error to stop with. */
+  #refusal(err: unknown): HydrantError | undefined {
+    const c = this.#o.config;
+    const { code, details = '' } = err as Partial<ServiceError>;
+    if (code === grpcStatus.UNAUTHENTICATED) {
+      if (details === CLIENT_CERTIFICATE_MESSAGE) {
+        return new BuilderUnauthenticatedError(
+          c.certFile
+            ? `the runner at ${c.server} refused the client certificate ${c.certFile} (--cert): ${details}`
+            : `the runner at ${c.server} requires a client certificate: set --cert and --key (certFile, keyFile)`,
+        );
+      }
+      return new BuilderUnauthenticatedError(`the runner at ${c.server} refused the token in ${c.tokenFile} (--token-file): ${details || 'unauthenticated'}`);
+    }
+    const cert = code === grpcStatus.UNAVAILABLE && c.tlsCaFile ? certificateFailure(details) : undefined;
+    if (cert) return new RunnerCertificateError(`the runner at ${c.server} failed TLS verification against ${c.tlsCaFile} (--tls-ca): ${cert}`);
+    return undefined;
   }
 
   #teardown(): void {

@@ -30,6 +30,11 @@ const BuilderConfigSchema = z
     server: z.string().regex(/^.+:\d+$/, 'must be HOST:PORT'),
     /** File holding the bearer token (surrounding whitespace ignored). */
     tokenFile: z.string().min(1),
+    /** TLS: the CA that signed the runner's certificate (only it is trusted); without it the channel is plain. */
+    tlsCaFile: z.string().min(1).optional(),
+    /** Mutual TLS: this builder's certificate and key (both or neither; need tlsCaFile). */
+    certFile: z.string().min(1).optional(),
+    keyFile: z.string().min(1).optional(),
     /** Stable across restarts; the runner keeps a reconnecting machine's jobs. */
     machineId: z.string().min(1).optional(),
     systems: z.array(z.string().min(1)).min(1).optional(),
@@ -48,7 +53,15 @@ const BuilderConfigSchema = z
     shutdownGraceInS: z.number().nonnegative().default(300),
   })
   .strict()
-  .refine((c) => c.reconnectMinMs <= c.reconnectMaxMs, { message: 'reconnectMinMs must not exceed reconnectMaxMs', path: ['reconnectMinMs'] });
+  .refine((c) => c.reconnectMinMs <= c.reconnectMaxMs, { message: 'reconnectMinMs must not exceed reconnectMaxMs', path: ['reconnectMinMs'] })
+  .refine((c) => (c.certFile === undefined) === (c.keyFile === undefined), {
+    message: 'certFile (--cert) and keyFile (--key) go together: set both or neither',
+    path: ['certFile'],
+  })
+  .refine((c) => c.certFile === undefined || c.tlsCaFile !== undefined, {
+    message: "a client certificate needs TLS: set tlsCaFile (--tls-ca) to the CA that signed the runner's certificate",
+    path: ['tlsCaFile'],
+  });
 
 type Parsed = z.infer<typeof BuilderConfigSchema>;
 export type BuilderConfig = Readonly<

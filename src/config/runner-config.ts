@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { ConfigError } from '../errors/index.ts';
 import { formatIssues, readTomlWithOverrides } from './toml-file.ts';
@@ -36,6 +37,13 @@ const RunnerConfigSchema = z
     buildTimeout: z.number().int().positive().default(36000),
     maxLogSize: z.number().int().positive().default(64 * 1024 * 1024),
     grpcListen: z.string().default('127.0.0.1:50051'),
+    /** TLS for the builder protocol; with clientCaFile, builders must present a certificate it signed. */
+    grpcTls: z
+      .object({ certFile: z.string().min(1), keyFile: z.string().min(1), clientCaFile: z.string().min(1).optional() })
+      .strict()
+      .optional(),
+    /** Serve the builder protocol without TLS on a non-loopback grpcListen (tokens and NARs in clear). */
+    grpcInsecure: z.boolean().default(false),
     /** The status API, /metrics and the visualizer; "" turns them off. */
     httpListen: z.string().default('127.0.0.1:8080'),
     workerThreads: z.number().int().positive().default(2),
@@ -50,7 +58,28 @@ const RunnerConfigSchema = z
     localBuilderSystems: z.array(z.string().min(1)).optional(),
     localBuilderFeatures: z.array(z.string().min(1)).default(['local', 'ca-derivations']),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    if (c.grpcTls && c.grpcInsecure) {
+      ctx.addIssue({ code: 'custom', path: ['grpcInsecure'], message: 'grpcInsecure = true contradicts grpcTls; set one of them' });
+    }
+    // Off loopback, tokens and NARs would cross the network in clear: refused unless asked for.
+    if (c.tokenPaths.length > 0 && !c.grpcTls && !c.grpcInsecure && !isLoopbackListen(c.grpcListen)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['grpcListen'],
+        message: `${c.grpcListen} is not a loopback address: set grpcTls (certFile, keyFile) or, on a trusted network, grpcInsecure = true`,
+      });
+    }
+  });
+
+/** Whether `HOST:PORT` binds only loopback (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackListen(listen: string): boolean {
+  const host = listen.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  return host === '::1';
+}
 
 export type RunnerConfig = Readonly<z.infer<typeof RunnerConfigSchema>> & { readonly stateDir: string };
 
@@ -69,6 +98,7 @@ export function validateRunnerConfig(input: unknown, source = 'config', env: Nod
     remoteStoreAddr: Object.freeze([...c.remoteStoreAddr]) as string[],
     tokenPaths: Object.freeze([...c.tokenPaths]) as string[],
     apiTokenPaths: Object.freeze([...c.apiTokenPaths]) as string[],
+    grpcTls: c.grpcTls ? Object.freeze({ ...c.grpcTls }) : undefined,
   });
 }
 

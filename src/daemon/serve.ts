@@ -6,7 +6,9 @@ import { hostStore } from '../builder/private-store.ts';
 import { TokenAuth } from '../protocol/auth.ts';
 import { JobOwnership } from '../protocol/job-ownership.ts';
 import { BuilderService } from '../protocol/runner-service.ts';
-import { createRunnerServer, listenInsecure } from '../protocol/server.ts';
+import { createRunnerServer, listen } from '../protocol/server.ts';
+import { RejectionLog } from '../protocol/rejection-log.ts';
+import { runnerGrpcCredentials } from './grpc-credentials.ts';
 import { loadRunnerConfig, redactUrl, type RunnerConfig } from '../config/runner-config.ts';
 import { HYDRA_CHANNELS } from '../db/channels.ts';
 import { openDatabase, type Database } from '../db/connect.ts';
@@ -124,6 +126,7 @@ export class RunnerDaemon {
   private async startGrpc(): Promise<void> {
     const c = this.config;
     const auth = await TokenAuth.fromFiles(c.tokenPaths);
+    const { creds, tls } = runnerGrpcCredentials(c, this.options.log);
     const ownership = new JobOwnership();
     const service = new BuilderService({
       scheduler: this.runtime!.scheduler,
@@ -135,6 +138,7 @@ export class RunnerDaemon {
       pingTimeoutMs: c.builderPingTimeoutInS * 1000,
     });
     this.builderService = service;
+    const rejections = new RejectionLog((r) => this.options.log.warn(r, 'builder authentication rejected'));
     this.grpc = createRunnerServer({
       auth,
       ownership,
@@ -143,10 +147,12 @@ export class RunnerDaemon {
       // A few pings fit in the timeout, so one lost ping never drops a builder.
       pingIntervalMs: Math.min(10_000, Math.max(100, Math.floor((c.builderPingTimeoutInS * 1000) / 3))),
       onError: (err, method) => this.options.log.error({ method, err: String((err as Error)?.message ?? err) }, 'builder call failed'),
+      requireClientCertificate: tls === 'mutual',
+      onRejected: (peer, reason, method) => rejections.record(peer, reason, method),
     });
-    const port = await listenInsecure(this.grpc, c.grpcListen);
+    const port = await listen(this.grpc, c.grpcListen, creds);
     this.grpcPort = port;
-    this.options.log.info({ listen: c.grpcListen, port }, 'builder protocol listening');
+    this.options.log.info({ listen: c.grpcListen, tls, port }, 'builder protocol listening');
   }
 
   private async startHttp(store: SchedulerStore): Promise<void> {

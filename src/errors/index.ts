@@ -20,3 +20,5 @@ export { UnexpectedStorePathError } from './unexpected-store-path-error.ts';
 export { BuilderJobError } from './builder-job-error.ts';
 export { HttpError } from './http-error.ts';
 export { DemoError } from './demo-error.ts';
+export { BuilderUnauthenticatedError } from './builder-unauthenticated-error.ts';
+export { RunnerCertificateError } from './runner-certificate-error.ts';

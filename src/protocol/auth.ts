@@ -5,6 +5,8 @@ import { ConfigError, ProtocolError } from '../errors/index.ts';
 
 /** The one message every refused call gets; it never says which part was wrong. */
 export const UNAUTHENTICATED_MESSAGE = 'missing or invalid bearer token';
+/** Under mutual TLS, for a connection without a client certificate the client CA signed. */
+export const CLIENT_CERTIFICATE_MESSAGE = "no client certificate signed by the runner's client CA";
 
 const BEARER = /^bearer\s+(\S+)\s*$/i;
 
@@ -65,6 +67,12 @@ export class TokenAuth {
   verifyMetadata(metadata: Metadata): boolean {
     const values = metadata.get('authorization');
     return values.length === 1 && this.verifyHeader(values[0]);
+  }
+
+  /** Why the call's token is refused (for the runner's log only), or undefined when it is known. */
+  refusal(metadata: Metadata): string | undefined {
+    if (this.verifyMetadata(metadata)) return undefined;
+    return metadata.get('authorization').length === 0 ? 'no bearer token' : 'unknown bearer token';
   }
 
   /** Throws UNAUTHENTICATED unless the call carries a known token. */

@@ -6,6 +6,7 @@ import {
   Server,
   ServerCredentials,
   status,
+  type ChannelCredentials,
   type ChannelOptions,
   type Interceptor,
   type ServerDuplexStream,
@@ -16,7 +17,7 @@ import {
   type sendUnaryData,
 } from '@grpc/grpc-js';
 import { ProtocolError } from '../errors/index.ts';
-import type { TokenAuth } from './auth.ts';
+import { CLIENT_CERTIFICATE_MESSAGE, UNAUTHENTICATED_MESSAGE, type TokenAuth } from './auth.ts';
 import {
   RunnerClient,
   RunnerService,
@@ -94,6 +95,13 @@ export interface RunnerServerOptions {
   readonly pingTimeoutMs?: number;
   /** Called with unexpected handler errors (never with tokens or metadata). */
   readonly onError?: (err: unknown, method: string) => void;
+  /**
+   * Mutual TLS: refuse every call whose connection did not present a client
+   * certificate the server's client CA signed (see `serverCredentials`).
+   */
+  readonly requireClientCertificate?: boolean;
+  /** Called for each refused authentication (bad certificate or token); never given the token. */
+  readonly onRejected?: (peer: string, reason: string, method: string) => void;
   readonly channelOptions?: ChannelOptions;
 }
 
@@ -157,17 +165,34 @@ function writeAsync<T>(call: ServerWritableStream<unknown, T> | ServerDuplexStre
   });
 }
 
+/** What authentication needs of a server call of any kind. */
+type AuthenticatedCall = Pick<ServerUnaryCall<unknown, unknown>, 'metadata' | 'getPeer' | 'getAuthContext'>;
+
 /** The grpc-js implementation: every handler checks the token first, then the session, then job ownership. */
 export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
-  const { auth, ownership, handlers, onError } = opts;
+  const { auth, ownership, handlers, onError, onRejected } = opts;
   const pingTimeoutMs = opts.pingTimeoutMs ?? 60_000;
   // Unless told, builders ping often enough that a healthy one never hits the
   // ping timeout (three pings per timeout, at most every 10 s).
   const pingIntervalMs = opts.pingIntervalMs ?? Math.max(100, Math.min(10_000, Math.floor(pingTimeoutMs / 3)));
 
-  /** Token and session; throws UNAUTHENTICATED. */
-  function context(metadata: Metadata): CallContext {
-    auth.check(metadata);
+  /** Client certificate (under mutual TLS), then token; throws UNAUTHENTICATED and reports why. */
+  function authenticate(call: AuthenticatedCall, method: string): void {
+    if (opts.requireClientCertificate && call.getAuthContext().transportSecurityType !== 'ssl') {
+      onRejected?.(call.getPeer(), CLIENT_CERTIFICATE_MESSAGE, method);
+      throw new ProtocolError(status.UNAUTHENTICATED, CLIENT_CERTIFICATE_MESSAGE);
+    }
+    const refusal = auth.refusal(call.metadata);
+    if (refusal !== undefined) {
+      onRejected?.(call.getPeer(), refusal, method);
+      throw new ProtocolError(status.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE);
+    }
+  }
+
+  /** Authentication and session; throws UNAUTHENTICATED. */
+  function context(call: AuthenticatedCall, method: string): CallContext {
+    authenticate(call, method);
+    const metadata = call.metadata;
     const values = metadata.get(SESSION_METADATA_KEY);
     const sessionId = values.length === 1 && typeof values[0] === 'string' ? values[0] : '';
     const machineId = sessionId === '' ? undefined : ownership.machineOfSession(sessionId);
@@ -192,7 +217,7 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
     return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
       void (async () => {
         try {
-          const ctx = context(call.metadata);
+          const ctx = context(call, method);
           ownership.check(ctx.machineId, call.request.jobId);
           const res = await handler(ctx, call.request);
           after?.(ctx, call.request);
@@ -212,7 +237,7 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
       let sessionId: string | undefined;
       void (async () => {
         try {
-          auth.check(call.metadata);
+          authenticate(call, 'Control');
           const it = readAll<BuilderMessage>(call);
           const msg = await first(it);
           if (msg?.kind?.$case !== 'join') {
@@ -273,7 +298,7 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
       call.on('cancelled', () => abort.abort());
       void (async () => {
         try {
-          const ctx = context(call.metadata);
+          const ctx = context(call, 'FetchNar');
           ownership.check(ctx.machineId, call.request.jobId);
           for await (const chunk of handlers.fetchNar(ctx, call.request, abort.signal)) {
             if (abort.signal.aborted) return;
@@ -289,7 +314,7 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
     streamLog(call: ServerReadableStream<LogChunk, LogReceipt>, callback: sendUnaryData<LogReceipt>): void {
       void (async () => {
         try {
-          const ctx = context(call.metadata);
+          const ctx = context(call, 'StreamLog');
           const it = readAll<LogChunk>(call);
           const head = await first(it);
           if (head === undefined) throw new ProtocolError(status.INVALID_ARGUMENT, 'empty log stream');
@@ -314,7 +339,7 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
     uploadOutput(call: ServerReadableStream<UploadOutputMessage, UploadReceipt>, callback: sendUnaryData<UploadReceipt>): void {
       void (async () => {
         try {
-          const ctx = context(call.metadata);
+          const ctx = context(call, 'UploadOutput');
           const it = readAll<UploadOutputMessage>(call);
           const head = await first(it);
           if (head?.part?.$case !== 'header') {
@@ -352,11 +377,16 @@ export function createRunnerServer(opts: RunnerServerOptions): Server {
   return server;
 }
 
-/** Binds `server` without TLS (put it behind a trusted network or a TLS proxy); resolves to the port. */
-export function listenInsecure(server: Server, address: string): Promise<number> {
+/** Binds `server` with `creds` (see ./tls.ts); resolves to the port. */
+export function listen(server: Server, address: string, creds: ServerCredentials): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(address, ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port)));
+    server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
   });
+}
+
+/** Binds `server` without TLS (loopback, or a trusted network with `grpcInsecure`); resolves to the port. */
+export function listenInsecure(server: Server, address: string): Promise<number> {
+  return listen(server, address, ServerCredentials.createInsecure());
 }
 
 export interface BuilderClient {
@@ -369,9 +399,10 @@ export interface BuilderClient {
 /**
  * A builder's client. The token travels as `authorization` metadata on every
  * call (an interceptor, since grpc-js refuses call credentials on an insecure
- * channel), together with the session id once set.
+ * channel), together with the session id once set. Without `creds` the
+ * channel is plain (see ./tls.ts for TLS).
  */
-export function createBuilderClient(address: string, token: string, channelOptions?: ChannelOptions): BuilderClient {
+export function createBuilderClient(address: string, token: string, channelOptions?: ChannelOptions, creds?: ChannelCredentials): BuilderClient {
   let session: string | undefined;
   const interceptor: Interceptor = (options, nextCall) =>
     new InterceptingCall(nextCall(options), {
@@ -381,7 +412,7 @@ export function createBuilderClient(address: string, token: string, channelOptio
         next(metadata, listener);
       },
     });
-  const client = new RunnerClient(address, credentials.createInsecure(), {
+  const client = new RunnerClient(address, creds ?? credentials.createInsecure(), {
     ...CLIENT_CHANNEL_OPTIONS,
     ...channelOptions,
     interceptors: [interceptor],
