@@ -16,6 +16,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   e2e: () => import('./e2e.ts'),
   viz: () => import('./viz.ts'),
   demo: () => import('./demo.ts'),
+  abort: () => import('./abort.ts'),
 };
 
 async function main(): Promise<void> {
