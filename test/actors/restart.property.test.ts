@@ -96,9 +96,9 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
     await fc.assert(
       fc.asyncProperty(
         dagArbitrary({ maxNodes: 15 }),
-        fc.array(// Not yet 'withOutput': a build whose output exists is recorded succeeded (0) even when
-        // that output failed (6, as Hydra copies), so after a crash the oracle rightly disagrees.
-        fc.constantFrom<Behaviour>('ok', 'ok', 'ok', 'fail', 'flaky', 'broken'), { minLength: 15, maxLength: 15 }),
+        // Not yet 'withOutput': a build whose output exists is recorded succeeded (0) even when that
+        // output failed (Hydra copies the 6), so after a crash the oracle rightly disagrees.
+        fc.array(fc.constantFrom<Behaviour>('ok', 'ok', 'ok', 'fail', 'flaky', 'broken'), { minLength: 15, maxLength: 15 }),
         // The n-th query of each runner in turn kills it; a second point crashes the recovering runner too.
         fc.array(fc.integer({ min: 1, max: 120 }), { minLength: 1, maxLength: 2 }),
         async (dag, behaviours, crashPoints) => {
@@ -132,7 +132,7 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
             const a = await within(run(p.pool), 10_000, 'crashing runner start').catch(() => null); // it may die while starting
             await waitFor(async () => p.crashed() || (await unfinished()) === 0, 15_000, 'crashing runner');
             // One that finished first writes what it still has before the next one starts.
-            if (!p.crashed()) await within(a!.scheduler.settle(), 10_000, 'writes to settle').catch(() => {});
+            if (!p.crashed() && a) await within(a.scheduler.settle(), 10_000, 'writes to settle').catch(() => {});
             a?.scheduler.dispatcher.close();
             void a?.monitor.stop();
             void p.pool.end().catch(() => {}); // a dead process does not clean up
