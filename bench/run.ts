@@ -14,6 +14,9 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   'drv-parse': () => import('./drv-parse.ts'),
   dispatch: () => import('./dispatch.ts'),
   e2e: () => import('./e2e.ts'),
+  viz: () => import('./viz.ts'),
+  demo: () => import('./demo.ts'),
+  abort: () => import('./abort.ts'),
 };
 
 async function main(): Promise<void> {

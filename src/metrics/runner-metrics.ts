@@ -77,6 +77,9 @@ const one = (v: number): [Labels, number][] => [[{}, v]];
 export function createRunnerMetrics(src: MetricsSources): RunnerMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'hydrant_' }); // process, heap, event-loop lag
+  // prom-client names three gauges `*_total`, which Prometheus reserves for counters (promtool
+  // flags them); each is the sum over the `type` label of the gauge of the same name without it.
+  for (const n of ['active_handles_total', 'active_requests_total', 'active_resources_total']) registry.removeSingleMetric(`hydrant_nodejs_${n}`);
   const s = () => src.scheduler();
   const counters = () => s()?.counters;
   const uptimeS = () => (Date.now() - src.startedAt) / 1000;

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Dispatcher, type DispatcherOptions } from '../../src/actors/dispatcher.ts';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD, supportsPlatform, type MachineRecord } from '../../src/actors/machine-record.ts';
 import type { JobsetRecord, PlatformRecord, StepRecord } from '../../src/actors/model.ts';
@@ -34,6 +34,7 @@ function setup(over: Partial<DispatcherOptions> = {}) {
   const assigned: [string, string][] = [];
   const unsupported: StepRecord[] = [];
   const d = new Dispatcher({
+    // Date.now is faked (below): the dispatcher's clock and its timers move only when a test says so.
     clock: { now: () => Date.now() }, stepSortFn: 'Legacy', machineSortFn: 'SpeedFactorOnly', machineFreeFn: 'Static',
     maxRetries: 2, retryInterval: 0.01, retryBackoff: 2, maxUnsupportedTimeInS: 0.05,
     stepEvent: (s, e) => (s.state = stepLifecycle.next(s.state, e)!),
@@ -60,6 +61,10 @@ describe('machine compatibility (Hydra rules)', () => {
 });
 
 describe('Dispatcher', () => {
+  // A controllable clock: Date.now and the timers advance only by vi.advanceTimersByTime, so no test races real sleeps.
+  beforeEach(() => vi.useFakeTimers({ now: 1_700_000_000_000 }));
+  afterEach(() => vi.useRealTimers());
+
   it('orders by global priority, then fair share, then local priority, then build id', () => {
     const { d, assigned, round } = setup();
     const heavy: JobsetRecord = { id: 1, project: 'p', name: 'heavy', shares: 100, seconds: 5000, charges: [] };
@@ -114,17 +119,27 @@ describe('Dispatcher', () => {
     d.addMachine(m);
     const s = step();
     d.enqueue(s);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(assigned).toHaveLength(1);
     const results: string[] = [];
-    for (let i = 0; i < 3; i++) {
-      await new Promise((r) => setTimeout(r, 80));
-      expect(assigned).toHaveLength(i + 1);
+    for (let i = 1; i <= 3; i++) {
       s.state = 'building';
       results.push(d.jobEnded(s, m, 'transient'));
+      if (i === 3) break;
+      // Retry i waits retryInterval · retryBackoff^(i-1) = 10, 20 ms, ±10 % jitter: not before, and then at once.
+      const base = 10 * 2 ** (i - 1);
+      await vi.advanceTimersByTimeAsync(base * 0.9 - 1);
+      expect(assigned).toHaveLength(i);
+      expect(s.state).toBe('retryWait');
+      await vi.advanceTimersByTimeAsync(base * 0.2 + 2);
+      expect(assigned).toHaveLength(i + 1);
     }
     expect(results).toEqual(['retrying', 'retrying', 'abandoned']);
     expect(s.state).toBe('failed');
     expect(s.tries).toBe(3);
     expect(d.pendingTimers).toBe(0);
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(assigned).toHaveLength(3); // abandoned for good
     d.close();
   });
 
@@ -134,9 +149,13 @@ describe('Dispatcher', () => {
     const x86 = step();
     d.enqueue(arm);
     d.enqueue(x86);
-    await new Promise((r) => setTimeout(r, 20));
+    await vi.advanceTimersByTimeAsync(20);
     d.addMachine(machine('m')); // x86 only
-    await new Promise((r) => setTimeout(r, 100));
+    await vi.advanceTimersByTimeAsync(29); // 49 ms of the 50 without a capable machine
+    expect(unsupported).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(unsupported).toEqual([arm]);
+    await vi.advanceTimersByTimeAsync(60_000);
     expect(unsupported).toEqual([arm]);
     d.close();
   });
@@ -148,8 +167,9 @@ describe('Dispatcher', () => {
     d.machineUnreachable(m);
     const s = step();
     d.enqueue(s);
-    await new Promise((r) => setTimeout(r, 100));
+    await vi.advanceTimersByTimeAsync(60_000); // far past maxUnsupportedTimeInS
     expect(unsupported).toEqual([]);
+    expect(assigned).toEqual([]); // not dispatched to an unreachable machine
     d.machineReconnected(m);
     round();
     expect(assigned).toEqual([[s.drvPath, 'm']]);
@@ -165,7 +185,11 @@ describe('Dispatcher', () => {
     d.enqueue(step());
     round();
     expect(assigned).toEqual([]);
-    await new Promise((r) => setTimeout(r, 40));
+    // The first backoff is retryInterval (10 ms).
+    await vi.advanceTimersByTimeAsync(9);
+    expect(m.state).toBe('disabled');
+    expect(assigned).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
     // Re-enabled: the queued step went to it at once, which filled it.
     expect(assigned).toHaveLength(1);
     expect(m.state).toBe('busy');

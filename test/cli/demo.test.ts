@@ -107,7 +107,10 @@ describe('hydrant demo', () => {
     const summary = (r: CliResult) => r.stdout.slice(r.stdout.indexOf('  builds by status:'), r.stdout.indexOf('  outcome:'));
     expect(summary(second)).toBe(summary(first));
     expect(second.stdout).toContain(`Binary cache: ${dir}/cache (12 store paths, zstd, signed by hydrant-demo-1)`);
-    // Well under the first run: nothing is built again.
-    expect(seconds[1]).toBeLessThan(seconds[0]!);
+    // Nothing is built again: each build is reported as the first run recorded it (same builder), and
+    // the steps per machine in the summary above are the first run's. (Run times: `npm run -s bench -- demo`.)
+    const ended = (r: CliResult) => r.stdout.split('\n').flatMap((l) => /^\[\d+\/12\] (.*)$/.exec(l)?.[1] ?? []).sort();
+    expect(ended(second)).toHaveLength(12);
+    expect(ended(second)).toEqual(ended(first));
   });
 });

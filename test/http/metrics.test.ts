@@ -11,7 +11,7 @@ import { InProcessRunner } from '../helpers/in-process-runner.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
-import { movedFamilies, parseMetrics } from './prometheus.ts';
+import { movedFamilies, parseMetrics, promtoolCheck } from './prometheus.ts';
 
 describe('Prometheus metrics', () => {
   let db: TestDatabase;
@@ -34,10 +34,12 @@ describe('Prometheus metrics', () => {
     });
     const daemon = runner.daemon;
     const base = runner.url;
+    let lastText = '';
     const scrape = async () => {
       const r = await fetch(`${base}/metrics`);
       expect(r.headers.get('content-type')).toMatch(/^text\/plain/);
-      return parseMetrics(await r.text());
+      lastText = await r.text();
+      return parseMetrics(lastText);
     };
     const builder = (id: string) => runner!.builder(id);
     const first = scrape();
@@ -80,6 +82,8 @@ describe('Prometheus metrics', () => {
     scrapes.push(await scrape());
 
     const last = scrapes[scrapes.length - 1]!;
+    // Prometheus's own linter finds nothing in the exposition (every family and label set present).
+    expect(await promtoolCheck(lastText)).toEqual({ code: 0, report: '' });
     const ours = [...last.types.keys()].filter((n) => n.startsWith('hydrant_') && !n.startsWith('hydrant_process_') && !n.startsWith('hydrant_nodejs_'));
     // Gauges of the worker pool's queue and the database pool's waiters move only under load: checked below.
     const underLoad = new Set(['hydrant_worker_pool_queue_length', 'hydrant_worker_pool_in_flight', 'hydrant_db_pool_connections']);
@@ -98,6 +102,12 @@ describe('Prometheus metrics', () => {
     expect(last.samples.get('hydrant_dispatch_latency_seconds_count')).toBe(last.samples.get('hydrant_steps_started_total'));
     expect(last.samples.get('hydrant_machine_pings_total{machine="b2"}')).toBeGreaterThan(0);
   }, 240_000);
+
+  it('promtool reports what it finds: a gauge named like a counter fails the check', async () => {
+    const bad = await promtoolCheck('# HELP x_total A gauge.\n# TYPE x_total gauge\nx_total 1\n');
+    expect(bad.code).not.toBe(0);
+    expect(bad.report).toContain('x_total non-counter metrics should not have "_total" suffix');
+  });
 
   it('worker-pool and database-pool gauges follow load', async () => {
     const pool = new WorkerPool({ threads: 1 });

@@ -1,3 +1,5 @@
+import { spawn } from 'node:child_process';
+
 /** Prometheus text exposition → sample key (`name{labels}`) → value, and family name → type. */
 export function parseMetrics(text: string): { samples: Map<string, number>; types: Map<string, string> } {
   const samples = new Map<string, number>();
@@ -31,4 +33,22 @@ export function movedFamilies(scrapes: ReturnType<typeof parseMetrics>[]): Set<s
     if (values.some((v) => v !== values[0])) moved.add(familyOf(k, types));
   }
   return moved;
+}
+
+/**
+ * Runs the real `promtool check metrics` on an exposition text: its report
+ * (one problem a line; empty when it finds none) and exit code.
+ */
+export async function promtoolCheck(text: string): Promise<{ code: number | null; report: string }> {
+  const child = spawn('promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let report = '';
+  child.stdout.on('data', (d: Buffer) => (report += d));
+  child.stderr.on('data', (d: Buffer) => (report += d));
+  const done = new Promise<number | null>((resolve, reject) => {
+    child.on('error', reject); // promtool missing: the caller's test fails, it is not skipped
+    child.on('close', resolve);
+  });
+  child.stdin.on('error', () => {}); // it may exit before reading everything; the code says why
+  child.stdin.end(text);
+  return { code: await done, report: report.trim() };
 }

@@ -8,20 +8,10 @@ declare const window: any; // eslint-disable-line @typescript-eslint/no-explicit
 declare const document: any; // eslint-disable-line @typescript-eslint/no-explicit-any
 declare function requestAnimationFrame(cb: (t: number) => void): number;
 
-/**
- * Time from navigation start to the first frame of the 10k-step graph drawn
- * (the page loaded, the build's 10,000 steps read, laid out and painted).
- * Measured 0.6–2.0 s on 2 shared cores; bound 5 s (docs/ARCHITECTURE.md, "The visualizer").
+/*
+ * Behaviour only: how fast the page draws, clicks and redraws is measured by
+ * `npm run -s bench -- viz` (bench/README.md), not asserted here.
  */
-const FIRST_RENDER_BOUND_MS = 5000;
-/** Longest main-thread stall (gap between animation frames) while events stream in: measured ≤ 0.2 s. */
-const FRAME_GAP_BOUND_MS = 1000;
-/** A click on a step to its details drawn (measured < 50 ms), and to its history read from the runner (< 0.2 s). */
-const CLICK_BOUND_MS = 1000;
-const HISTORY_BOUND_MS = 3000;
-/** One frame after scrolling and zooming (measured < 0.1 s: only the rows in view are drawn). */
-const DRAW_BOUND_MS = 250;
-
 const STEPS = 10_000;
 
 describe('visualizer with a 10k-step build', () => {
@@ -38,35 +28,41 @@ describe('visualizer with a 10k-step build', () => {
     await db?.drop();
   });
 
-  it('draws the whole graph fast and stays responsive while its steps change', async () => {
+  it('draws the whole graph, follows its steps as they change, and answers clicks, scrolls and zooms', async () => {
     expect(runner.runtime.scheduler.graph.steps.size).toBe(STEPS);
+    const stepIds = new Set([...runner.runtime.scheduler.graph.steps.values()].map((s) => s.id));
     const errors: string[] = [];
     const page = await newPage(browser, errors);
     await page.goto(`${runner.base}/?build=${runner.buildId}`);
     await page.waitForFunction((n) => document.querySelector('[data-testid="dag"]')?.getAttribute('data-steps') === String(n) && window.__hydrantViz.firstRenderMs !== null, STEPS, { timeout: 30_000 });
-    const firstRenderMs = await page.evaluate(() => window.__hydrantViz.firstRenderMs as number);
-    const timings = await page.evaluate(() => window.__hydrantViz.app.timings);
-    console.log(`first render of ${STEPS} steps: ${Math.round(firstRenderMs)} ms after navigation start`, timings);
-    expect(firstRenderMs).toBeLessThan(FIRST_RENDER_BOUND_MS);
+    // Every step is in the page's graph, once, and the legend counts them all.
+    const pageIds = await page.evaluate(() => window.__hydrantViz.dag.ids as number[]);
+    expect(new Set(pageIds)).toEqual(stepIds);
+    expect(pageIds).toHaveLength(STEPS);
+    const legendTotal = async () => (await page.locator('[data-testid^="count-"]').allTextContents()).reduce((a, t) => a + Number(t), 0);
+    expect(await legendTotal()).toBe(STEPS);
     expect(await page.getByTestId('count-queued').textContent()).not.toBe('0');
 
-    // Watch the main thread while machines work through the queue and events stream in.
+    // Frames keep coming while machines work through the queue and events stream in.
     await page.evaluate(() => {
       const w = window as any;
-      w.__gaps = { max: 0, frames: 0 };
-      let last = performance.now();
-      const tick = (t: number) => {
-        w.__gaps.max = Math.max(w.__gaps.max, t - last);
-        w.__gaps.frames++;
-        last = t;
-        if (!w.__gaps.stop) requestAnimationFrame(tick);
+      w.__frames = 0;
+      const tick = () => {
+        w.__frames++;
+        if (!w.__stop) requestAnimationFrame(tick);
       };
       requestAnimationFrame(tick);
     });
     runner.addMachines(2, 2, 50);
     await page.waitForFunction(() => Number(document.querySelector('[data-testid="count-succeeded"]')!.textContent) >= 200, null, { timeout: 30_000 });
+    // The page shows a step succeeded only once the runner has built it (it never runs ahead of the runner).
+    const shownSucceeded = await page.evaluate(() => (window.__hydrantViz.dag.ids as number[]).filter((x) => window.__hydrantViz.stateOf(x) === 'succeeded'));
+    const unbuilt = new Set([...runner.runtime.scheduler.graph.steps.values()].filter((s) => s.state !== 'succeeded').map((s) => s.id));
+    expect(shownSucceeded.length).toBeGreaterThanOrEqual(200);
+    expect(shownSucceeded.filter((x) => unbuilt.has(x))).toEqual([]);
+    expect(await legendTotal()).toBe(STEPS);
 
-    // Click a step built while the page watched: its details and history open at once.
+    // Click a step built while the page watched: its details and its history (read from the runner) open.
     const target = await page.evaluate(() => {
       const v = window.__hydrantViz;
       // The worst case: the built step the most others need (the end of the bootstrap chain).
@@ -76,29 +72,30 @@ describe('visualizer with a 10k-step build', () => {
     });
     await page.mouse.click(target.point.x, target.point.y);
     await page.getByTestId('step-id').filter({ hasText: String(target.id) }).waitFor({ timeout: 15_000 });
-    await page.waitForFunction(() => window.__hydrantViz.app.timings.selectToHistoryMs !== undefined, null, { timeout: 15_000 });
     await page.getByTestId('history-entry').first().waitFor({ timeout: 15_000 });
-    // Measured in the page: from the click event to the details, and to the history read from the runner.
-    const clickMs = await page.evaluate(() => window.__hydrantViz.app.timings as { selectToShownMs: number; selectToHistoryMs: number });
-    expect(clickMs.selectToShownMs).toBeLessThan(CLICK_BOUND_MS);
-    expect(clickMs.selectToHistoryMs).toBeLessThan(HISTORY_BOUND_MS);
+    const history = await page.getByTestId('history-entry').allTextContents();
+    expect(history.some((h) => h.includes('DISPATCH'))).toBe(true);
+    expect(history.at(-1)).toContain('succeeded');
 
-    // Scrolling and zooming redraw within a frame or two.
+    // Scrolling and zooming move the view and draw a new frame.
+    const view = () => page.evaluate(() => ({ scrollY: window.__hydrantViz.dag.scrollY as number, zoom: window.__hydrantViz.dag.zoom as number, frames: window.__hydrantViz.dag.frames as number }));
+    const before = await view();
     await page.mouse.move(target.point.x, target.point.y);
     await page.mouse.wheel(0, 2000);
     await page.getByRole('button', { name: '+' }).click();
-    const drawMs = await page.evaluate(() => new Promise<number>((r) => requestAnimationFrame(() => requestAnimationFrame(() => r(window.__hydrantViz.dag.lastDrawMs)))));
+    await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+    const after = await view();
+    expect(after.zoom).toBeCloseTo(before.zoom * 1.25);
+    expect(after.scrollY).not.toBe(before.scrollY);
+    expect(after.frames).toBeGreaterThan(before.frames);
 
-    const gaps = await page.evaluate(() => {
+    const frames = await page.evaluate(() => {
       const w = window as any;
-      w.__gaps.stop = true;
-      return w.__gaps as { max: number; frames: number };
+      w.__stop = true;
+      return w.__frames as number;
     });
-    const events = await page.evaluate(() => window.__hydrantViz.app.events as number);
-    console.log(`10k: click→details ${clickMs.selectToShownMs} ms, →history ${clickMs.selectToHistoryMs} ms, draw ${drawMs.toFixed(1)} ms, longest frame gap ${Math.round(gaps.max)} ms over ${gaps.frames} frames, ${events} step events`);
-    expect(gaps.max).toBeLessThan(FRAME_GAP_BOUND_MS);
-    expect(drawMs).toBeLessThan(DRAW_BOUND_MS);
-    expect(events).toBeGreaterThan(200);
+    expect(frames).toBeGreaterThan(0);
+    expect(await page.evaluate(() => window.__hydrantViz.app.events as number)).toBeGreaterThan(200);
     await page.screenshot({ path: resultPath('visualizer-10k.png') });
     expect(errors).toEqual([]);
   }, 90_000);
