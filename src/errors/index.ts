@@ -20,3 +20,6 @@ export { UnexpectedStorePathError } from './unexpected-store-path-error.ts';
 export { BuilderJobError } from './builder-job-error.ts';
 export { HttpError } from './http-error.ts';
 export { DemoError } from './demo-error.ts';
+export { EmbeddedCredentialsError } from './embedded-credentials-error.ts';
+export { EmbeddedConflictError } from './embedded-conflict-error.ts';
+export { EmbeddedPlacementError } from './embedded-placement-error.ts';
