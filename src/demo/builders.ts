@@ -66,6 +66,11 @@ export class BuilderProcess {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
+  /** How the agent ended: `exit code N` or `killed by SIGNAL`. */
+  exitDescription(): string {
+    return this.child.signalCode ? `killed by ${this.child.signalCode}` : `exit code ${this.child.exitCode ?? '?'}`;
+  }
+
   /** The agent's last output lines. */
   lastLines(): string {
     return [...this.tail, this.partial].filter(Boolean).join('\n');
