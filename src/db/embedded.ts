@@ -1,9 +1,10 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { DatabaseUnavailableError } from '../errors/index.ts';
+import { dieWithParent } from '../util/die-with-parent.ts';
 import { packageBinaries, reachableBinaries } from './embedded/binaries.ts';
 import { ADMIN_ROLE, loadCredentials } from './embedded/credentials.ts';
 import { placeDataDir } from './embedded/data-dir.ts';
@@ -98,9 +99,6 @@ function waitReady(child: ChildProcess, log: string[], onLog?: (l: string) => vo
   });
 }
 
-let setprivOk: boolean | undefined;
-const hasSetpriv = (): boolean => (setprivOk ??= spawnSync('setpriv', ['--version'], { stdio: 'ignore' }).status === 0);
-
 /** initdb with the admin password handed over in a private temporary file (mode 600 in a mode-700 directory). */
 async function initialise(initdb: string, dataDir: string, password: string, owner: ServerUser | undefined): Promise<void> {
   for (const e of readdirSync(dataDir)) rmSync(join(dataDir, e), { recursive: true, force: true });
@@ -141,9 +139,8 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     '-c', `max_connections=${options.maxConnections ?? 200}`,
   ];
   if (options.ephemeral) flags.push('-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off');
-  // setpriv sets the parent-death signal, then execs postgres (same pid): a
-  // SIGKILLed Hydrant leaves no server behind holding the data directory.
-  const [cmd, args] = options.dieWithParent !== false && hasSetpriv() ? ['setpriv', ['--pdeathsig', 'INT', '--', postgres, ...flags]] : [postgres, flags];
+  // A SIGKILLed Hydrant leaves no server behind holding the data directory.
+  const [cmd, args] = options.dieWithParent !== false ? dieWithParent('INT', postgres, flags) : [postgres, flags];
   // A process group of its own: Ctrl-C in a terminal signals the whole foreground
   // group, and the server must outlive Hydrant's drain (which still writes rows).
   const child = spawn(cmd, args, { ...owner, detached: true, env: { ...process.env, LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });

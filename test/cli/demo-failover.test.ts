@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort } from '../../src/db/embedded.ts';
-import { startCli } from '../helpers/cli.ts';
+import { alive } from '../../src/db/embedded/orphan.ts';
+import { runCli, startCli } from '../helpers/cli.ts';
 
 /** Children of `parent` whose command line contains every one of `words`. */
 function childPids(parent: number, words: string[]): number[] {
@@ -56,5 +57,25 @@ describe('hydrant demo when a builder dies', () => {
     expect(out).toMatch(new RegExp(`^ {4}${victim} +\\d+ +\\(.*\\b[1-9]\\d* aborted\\)$`, 'm'));
     // The restarted builder joined again.
     expect(readFileSync(join(dir, 'builders', `${victim}.log`), 'utf8').match(/connecting to/g)).toHaveLength(2);
+  }, 240_000);
+
+  it('a SIGKILLed demo leaves no builder or database server behind, and the next run on its state directory ends as expected', async () => {
+    const demo = startCli(['demo', '--state-dir', dir]);
+    await demo.waitFor(/evaluation \d+ of demo:main/, 120_000);
+    const builders = childPids(demo.child.pid!, ['builder']);
+    expect(builders).toHaveLength(2);
+    const server = Number(readFileSync(join(dir, 'postgres', 'postmaster.pid'), 'utf8').split('\n')[0]);
+    demo.child.kill('SIGKILL');
+    await demo.exited;
+    try {
+      // They go by themselves (a bounded wait, not a timing assertion).
+      for (let i = 0; i < 600 && [...builders, server].some(alive); i++) await new Promise((r) => setTimeout(r, 50));
+      expect([...builders, server].filter(alive)).toEqual([]);
+      const again = await runCli(['demo', '--exit-when-done', '--state-dir', dir]);
+      expect(again.code, again.stdout + again.stderr).toBe(0);
+      expect(again.stdout).toContain('outcome: as expected');
+    } finally {
+      for (const pid of [...builders, server].filter(alive)) process.kill(pid, 'SIGKILL');
+    }
   }, 240_000);
 });
