@@ -1,8 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { DatabaseUnavailableError } from '../errors/index.ts';
 import { dieWithParent } from '../util/die-with-parent.ts';
 import { packageBinaries, reachableBinaries } from './embedded/binaries.ts';
@@ -99,10 +98,14 @@ function waitReady(child: ChildProcess, log: string[], onLog?: (l: string) => vo
   });
 }
 
-/** initdb with the admin password handed over in a private temporary file (mode 600 in a mode-700 directory). */
+/**
+ * initdb with the admin password handed over in a private temporary file
+ * (mode 600 in a mode-700 directory), beside the data directory: a place the
+ * server's user reaches, whatever $TMPDIR is.
+ */
 async function initialise(initdb: string, dataDir: string, password: string, owner: ServerUser | undefined): Promise<void> {
   for (const e of readdirSync(dataDir)) rmSync(join(dataDir, e), { recursive: true, force: true });
-  const tmp = mkdtempSync(join(tmpdir(), 'hydrant-initdb-'));
+  const tmp = mkdtempSync(join(dirname(dataDir), '.hydrant-initdb-'));
   const pwfile = join(tmp, 'pw');
   try {
     writeFileSync(pwfile, `${password}\n`, { mode: 0o600 });

@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, lstatSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, watch, lstatSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { arch, platform, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -189,6 +189,24 @@ describe('embedded PostgreSQL', () => {
     } finally {
       await Promise.all([dbA.stop(), dbB.stop()]);
     }
+  });
+
+  it('leaves no temporary file in $TMPDIR (the password file went there, mode 644)', async () => {
+    const dir = tmp('hydrant-tmpfiles-');
+    const fakeTmp = tmp('hydrant-tmpdir-');
+    const seen: string[] = [];
+    const watcher = watch(fakeTmp, (_event, name) => seen.push(String(name)));
+    const saved = process.env.TMPDIR;
+    process.env.TMPDIR = fakeTmp;
+    try {
+      const db = await startEmbeddedPostgres({ stateDir: dir });
+      await db.stop();
+    } finally {
+      process.env.TMPDIR = saved;
+      if (saved === undefined) delete process.env.TMPDIR;
+      watcher.close();
+    }
+    expect(seen).toEqual([]);
   });
 
   it("upgrades an older version's state directory (fixed superuser password, tables owned by it)", async () => {

@@ -67,14 +67,12 @@ function readMark(stateDir: string): ServerMark | null {
 function isOurs(mark: ServerMark | null, pid: number, dataDir: string): boolean {
   if (!mark || mark.pid !== pid || mark.dataDir !== dataDir || mark.startTime === '' || startTime(pid) !== mark.startTime) return false;
   const argv = cmdline(pid);
-  let binary = '';
-  try {
-    binary = realpathSync(argv[0] ?? '');
-  } catch {
-    return false;
-  }
   const d = argv.indexOf('-D');
-  return binary === realpathSync(mark.binary) && d >= 0 && argv[d + 1] === dataDir;
+  try {
+    return realpathSync(argv[0] ?? '') === realpathSync(mark.binary) && d >= 0 && argv[d + 1] === dataDir;
+  } catch {
+    return false; // a binary that is gone is not ours to judge
+  }
 }
 
 /**
