@@ -124,6 +124,20 @@ describe('embedded PostgreSQL', () => {
     }
   });
 
+  it('leaves alone the server of a Hydrant still running on the same state directory: the second start is refused', async () => {
+    const dir = tmp('hydrant-inuse-');
+    const { child, pgPid } = await startChild(dir);
+    try {
+      const err = await startEmbeddedPostgres({ stateDir: dir }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'EMBEDDED_DB_CONFLICT' });
+      expect((err as Error).message).toContain(`in use by Hydrant process ${child.pid}`);
+      expect(alive(pgPid)).toBe(true);
+    } finally {
+      await sigkill(child);
+      for (let i = 0; i < 600 && alive(pgPid); i++) await new Promise((r) => setTimeout(r, 50));
+    }
+  });
+
   it('the server does not outlive a SIGKILLed Hydrant, and the next start takes the directory', async () => {
     const dir = tmp('hydrant-pdeath-');
     const { child, pgPid } = await startChild(dir);

@@ -14,6 +14,9 @@ interface ServerMark {
   startTime: string;
   binary: string;
   dataDir: string;
+  /** The Hydrant process that started it, and that process's start time. */
+  owner: number;
+  ownerStartTime: string;
 }
 
 const markFile = (stateDir: string): string => join(privateDir(stateDir), 'server.json');
@@ -47,7 +50,7 @@ export function alive(pid: number): boolean {
 }
 
 export function writeMark(stateDir: string, pid: number, binary: string, dataDir: string): void {
-  const mark: ServerMark = { pid, startTime: startTime(pid) ?? '', binary, dataDir };
+  const mark: ServerMark = { pid, startTime: startTime(pid) ?? '', binary, dataDir, owner: process.pid, ownerStartTime: startTime(process.pid) ?? '' };
   writeFileSync(markFile(stateDir), `${JSON.stringify(mark)}\n`, { mode: 0o600 });
 }
 
@@ -64,8 +67,8 @@ function readMark(stateDir: string): ServerMark | null {
 }
 
 /** Whether `pid` is the server Hydrant started on `dataDir`: mark, start time, binary and -D all agree. */
-function isOurs(mark: ServerMark | null, pid: number, dataDir: string): boolean {
-  if (!mark || mark.pid !== pid || mark.dataDir !== dataDir || mark.startTime === '' || startTime(pid) !== mark.startTime) return false;
+function isOurs(mark: ServerMark, pid: number, dataDir: string): boolean {
+  if (mark.pid !== pid || mark.dataDir !== dataDir || mark.startTime === '' || startTime(pid) !== mark.startTime) return false;
   const argv = cmdline(pid);
   const d = argv.indexOf('-D');
   try {
@@ -79,7 +82,8 @@ function isOurs(mark: ServerMark | null, pid: number, dataDir: string): boolean 
  * Before a start: a server left running on `dataDir` by a Hydrant that was
  * killed (SIGKILL, the OOM killer) is stopped — fast shutdown, immediate
  * after 20 s — so this start can take the directory. A live process that is
- * not provably that server is never signalled: the start is refused. A
+ * not provably that server is never signalled, nor is the server of a
+ * Hydrant still running on the same state directory: the start is refused. A
  * postmaster.pid naming a dead process is left for PostgreSQL, which
  * recognises it as stale itself.
  */
@@ -91,10 +95,15 @@ export async function stopOrphan(stateDir: string, dataDir: string, onLog?: (lin
     return false;
   }
   if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) return false;
-  if (!isOurs(readMark(stateDir), pid, dataDir)) {
+  const mark = readMark(stateDir);
+  if (!mark || !isOurs(mark, pid, dataDir)) {
     throw new EmbeddedConflictError(
       `process ${pid}, which Hydrant did not start, holds ${dataDir} (its postmaster.pid); stop that server, or remove the postmaster.pid if no PostgreSQL runs there`,
     );
+  }
+  // Not an orphan while the Hydrant that started it runs: a second Hydrant on the same state directory.
+  if (mark.owner !== process.pid && alive(mark.owner) && startTime(mark.owner) === mark.ownerStartTime) {
+    throw new EmbeddedConflictError(`the embedded database in ${dataDir} is in use by Hydrant process ${mark.owner}; stop it first, or use another state directory`);
   }
   onLog?.(`stopping PostgreSQL (pid ${pid}) left running on ${dataDir} by an earlier Hydrant`);
   process.kill(pid, 'SIGINT');
