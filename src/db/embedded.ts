@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
-import { DatabaseUnavailableError } from '../errors/index.ts';
+import { DatabaseUnavailableError, HydrantError } from '../errors/index.ts';
 import { dieWithParent } from '../util/die-with-parent.ts';
 import { packageBinaries, reachableBinaries } from './embedded/binaries.ts';
 import { ADMIN_ROLE, loadCredentials } from './embedded/credentials.ts';
@@ -171,7 +171,8 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     await ensureRoles(credentials, port, dataDir, stateDir);
   } catch (err) {
     await stop();
-    throw err;
+    if (err instanceof HydrantError) throw err;
+    throw new DatabaseUnavailableError(`embedded PostgreSQL in ${dataDir}: setting up its roles failed: ${(err as Error).message}`, { cause: err });
   }
   return { url: runnerUrl(credentials, port), adminUrl: adminUrl(credentials, port), port, pid: child.pid!, stop };
 }
