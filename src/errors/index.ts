@@ -22,3 +22,6 @@ export { HttpError } from './http-error.ts';
 export { DemoError } from './demo-error.ts';
 export { BuilderUnauthenticatedError } from './builder-unauthenticated-error.ts';
 export { RunnerCertificateError } from './runner-certificate-error.ts';
+export { EmbeddedCredentialsError } from './embedded-credentials-error.ts';
+export { EmbeddedConflictError } from './embedded-conflict-error.ts';
+export { EmbeddedPlacementError } from './embedded-placement-error.ts';

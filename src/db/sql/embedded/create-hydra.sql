@@ -1,0 +1,1 @@
+create database hydra owner hydrant_runner

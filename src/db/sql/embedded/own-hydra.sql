@@ -1,0 +1,1 @@
+alter database hydra owner to hydrant_runner
