@@ -128,6 +128,36 @@ describe('queue monitor', () => {
     // A loadable build beside them is loaded as usual.
     expect((await db.pool.query('select finished from builds where id = $1', [goodId])).rows[0].finished).toBe(0);
     expect((await db.pool.query('select count(*)::int n from buildsteps where build = $1', [goodId])).rows[0].n).toBe(0);
+    await db.pool.query('update builds set finished = 1, buildstatus = 4, starttime = 1, stoptime = 1 where id = $1', [goodId]);
+  });
+
+  it('aborts a build one of whose input derivations is missing, and keeps no step for it', async () => {
+    // A .drv Nix would not register (an input is missing), planted beside a real input.
+    const [input] = await instantiate(`let ${MK_DRV} in { i = mk { name = "input-${nonce}"; script = "echo > $out"; }; }`, ['i']);
+    const missing = `/nix/store/${'0'.repeat(31)}4-gone-${nonce}.drv`;
+    const out = `/nix/store/${'0'.repeat(31)}5-top-${nonce}`;
+    const top = `/nix/store/${'0'.repeat(31)}6-top-${nonce}.drv`;
+    writeFileSync(top, `Derive([("out","${out}","","")],[("${input}",["out"]),("${missing}",["out"])],[],"x86_64-linux","/bin/sh",[],[("out","${out}")])`);
+    planted.push(top);
+    const id = await queueBuild(db.pool, jobset, top, 'top');
+    const runtime = start(new LocalNixStore());
+    try {
+      await runtime.initialLoad;
+      const b = (await db.pool.query('select finished, buildstatus from builds where id = $1', [id])).rows[0];
+      expect(b).toEqual({ finished: 1, buildstatus: 3 });
+      const steps = (await db.pool.query('select errormsg from buildsteps where build = $1', [id])).rows;
+      expect(steps).toEqual([{ errormsg: expect.stringContaining(missing) }]);
+      // The input's step, created for this build alone, is not left held: once a
+      // build of the input itself has been loaded and cancelled, the graph is empty.
+      const inputBuild = await queueBuild(db.pool, jobset, input!, 'input');
+      await runtime.monitor.request('added');
+      expect(runtime.scheduler.graph.builds.has(inputBuild)).toBe(true);
+      await db.pool.query('update builds set finished = 1, buildstatus = 4, starttime = 1, stoptime = 1 where id = $1', [inputBuild]);
+      await runtime.monitor.request('scan');
+      expect(runtime.scheduler.graph.steps.has(input!)).toBe(false);
+    } finally {
+      await runtime.stop();
+    }
   });
 
   it('keeps a build queued while its derivation cannot be parsed for a transient reason (worker pool closed), and loads it after', async () => {
