@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { NixFormatError, PathNotInStoreError } from '../errors/index.ts';
 import { Batcher } from '../util/batcher.ts';
 import { parseDerivation } from './derivation.ts';
@@ -27,26 +27,30 @@ export class LocalNixStore {
   constructor(private readonly parse: DerivationParser = parseInThread) {}
 
   /**
-   * Reads and parses a .drv. Only a store path ending in .drv is opened, and
-   * never through a symlink (a .drv Nix wrote is a regular file; a symlink
-   * could point anywhere, and the runner may run as root). A missing file is
-   * PathNotInStoreError; other read errors (EIO, EMFILE, …) pass through.
+   * Reads and parses a .drv. Only a store path ending in .drv is opened, never
+   * through a symlink, and only a regular file is read (what Nix writes; a
+   * symlink could point anywhere, the runner may run as root, and a FIFO
+   * would block). A missing file is PathNotInStoreError; other read errors
+   * (EIO, EMFILE, …) pass through.
    */
   async readDerivation(drvPath: string): Promise<DerivationSummary> {
     parseDerivationPath(drvPath);
-    let bytes: Uint8Array;
+    let file: FileHandle;
     try {
-      const file = await open(drvPath, constants.O_RDONLY | constants.O_NOFOLLOW);
-      try {
-        bytes = await file.readFile();
-      } finally {
-        await file.close();
-      }
+      // O_NONBLOCK: opening a FIFO must not wait for a writer.
+      file = await open(drvPath, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') throw new PathNotInStoreError([drvPath]);
-      if (code === 'ELOOP' || code === 'EISDIR') throw new NixFormatError('derivation', `'${drvPath}' is not a regular file`, { cause: err });
+      if (code === 'ELOOP') throw new NixFormatError('derivation', `'${drvPath}' is not a regular file`, { cause: err });
       throw err;
+    }
+    let bytes: Uint8Array;
+    try {
+      if (!(await file.stat()).isFile()) throw new NixFormatError('derivation', `'${drvPath}' is not a regular file`);
+      bytes = await file.readFile();
+    } finally {
+      await file.close();
     }
     return this.parse(drvPath, bytes);
   }

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -76,7 +77,9 @@ describe('queue monitor', () => {
     writeFileSync(garbage, 'garbage');
     const link = `/nix/store/${'0'.repeat(31)}2-link-${nonce}.drv`;
     symlinkSync('/etc/shadow', link);
-    planted.push(garbage, link);
+    const fifo = `/nix/store/${'0'.repeat(31)}7-fifo-${nonce}.drv`;
+    execFileSync('mkfifo', [fifo]);
+    planted.push(garbage, link, fifo);
     const notDrv = JSON.parse((await runNixLines('nix-instantiate', ['--eval', '--read-write-mode', '-E', `builtins.toFile "notes-${nonce}.txt" "hello"`]))[0]!) as string;
     const [good] = await instantiate(`let ${MK_DRV} in { g = mk { name = "good-${nonce}"; script = "echo > $out"; }; }`, ['g']);
     const hostile: Record<string, [string, RegExp]> = {
@@ -86,6 +89,7 @@ describe('queue monitor', () => {
       passwd: ['/etc/passwd', /'\/etc\/passwd' is not in \/nix\/store/],
       traversal: ['/nix/store/../../etc/shadow.drv', /is not a top-level store path/],
       symlink: [link, /is not a regular file/],
+      fifo: [fifo, /is not a regular file/],
     };
     const ids: Record<string, number> = {};
     for (const [name, [drv]] of Object.entries(hostile)) ids[name] = await queueBuild(db.pool, jobset, drv, name);
