@@ -210,7 +210,7 @@ export class QueueMonitor {
         localPriority: row.priority,
         globalPriority: row.globalPriority,
       });
-      if (this.dropAfterLoad.delete(row.id)) s.dropBuild(row.id);
+      if (this.dropAfterLoad.has(row.id)) s.dropBuild(row.id);
     } catch (err) {
       const cause = permanentLoadFailure(err);
       if (cause !== null) await this.abortUnloadable(row, cause);
@@ -220,6 +220,8 @@ export class QueueMonitor {
       }
     } finally {
       this.loading.delete(row.id);
+      // Also after a failed load: a later load of the same id (restarted) must not be dropped.
+      this.dropAfterLoad.delete(row.id);
     }
   }
 
