@@ -72,7 +72,8 @@ describe('queue monitor', () => {
 
   it('aborts each build whose derivation cannot be loaded, once, with its cause, and reads nothing outside the store', async () => {
     // Files Nix never makes (it refuses to register a .drv it cannot parse
-    // and derivation names ending in .drv), planted as a local root could.
+    // and derivation names ending in .drv), planted as a local root could
+    // (so this test needs write access to /nix/store, as root has).
     const garbage = `/nix/store/${'0'.repeat(31)}1-garbage-${nonce}.drv`;
     writeFileSync(garbage, 'garbage');
     const link = `/nix/store/${'0'.repeat(31)}2-link-${nonce}.drv`;
@@ -105,6 +106,8 @@ describe('queue monitor', () => {
 
     const runtime = start(new LocalNixStore());
     await runtime.initialLoad;
+    // A loadable build beside them is loaded as usual.
+    expect(runtime.scheduler.graph.builds.has(goodId)).toBe(true);
     // Rescans, a hint and a restart find nothing more to do.
     await runtime.monitor.request('scan');
     await hint(runtime.monitor);
@@ -129,9 +132,8 @@ describe('queue monitor', () => {
     expect(runtime.monitor.unloadableBuilds).toBe(Object.keys(hostile).length);
     expect(again.monitor.unloadableBuilds).toBe(0);
     await waitFor(() => Object.values(ids).every((id) => finished.has(String(id))), 10_000, 'build_finished for each aborted build');
-    // A loadable build beside them is loaded as usual.
     expect((await db.pool.query('select finished from builds where id = $1', [goodId])).rows[0].finished).toBe(0);
-    expect((await db.pool.query('select count(*)::int n from buildsteps where build = $1', [goodId])).rows[0].n).toBe(0);
+    // Out of the way of the next tests (no machine here builds it).
     await db.pool.query('update builds set finished = 1, buildstatus = 4, starttime = 1, stoptime = 1 where id = $1', [goodId]);
   });
 
