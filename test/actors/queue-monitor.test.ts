@@ -77,14 +77,12 @@ describe('queue monitor', () => {
   it('aborts each build whose derivation cannot be loaded, once, with its cause, and reads nothing outside the store', async () => {
     // Files Nix never makes (it refuses to register a .drv it cannot parse
     // and derivation names ending in .drv), planted as a local root could
-    // (so this test needs write access to /nix/store, as root has).
+    // (so this test needs write access to /nix/store, as root has). They
+    // exist only while the queue is first loaded: other checkouts' tests that
+    // read every *.drv file in the store would trip over them.
     const garbage = `/nix/store/${'0'.repeat(31)}1-garbage-${nonce}.drv`;
-    writeFileSync(garbage, 'garbage');
     const link = `/nix/store/${'0'.repeat(31)}2-link-${nonce}.drv`;
-    symlinkSync('/etc/shadow', link);
     const fifo = `/nix/store/${'0'.repeat(31)}7-fifo-${nonce}.drv`;
-    execFileSync('mkfifo', [fifo]);
-    planted.push(garbage, link, fifo);
     const notDrv = JSON.parse((await runNixLines('nix-instantiate', ['--eval', '--read-write-mode', '-E', `builtins.toFile "notes-${nonce}.txt" "hello"`]))[0]!) as string;
     const [good] = await instantiate(`let ${MK_DRV} in { g = mk { name = "good-${nonce}"; script = "echo > $out"; }; }`, ['g']);
     const hostile: Record<string, [string, RegExp]> = {
@@ -108,9 +106,13 @@ describe('queue monitor', () => {
     watch.on('notification', (n) => n.channel === 'build_finished' && finished.add(n.payload ?? ''));
     await watch.query('listen build_finished');
 
+    planted.push(garbage, link, fifo);
+    writeFileSync(garbage, 'garbage');
+    symlinkSync('/etc/shadow', link);
+    execFileSync('mkfifo', [fifo]);
     const runtime = start(new LocalNixStore());
     try {
-      await runtime.initialLoad;
+      await runtime.initialLoad.finally(() => planted.splice(0).forEach((p) => rmSync(p, { force: true })));
       // A loadable build beside them is loaded as usual (after a retry if the store hiccuped).
       await waitFor(() => runtime.scheduler.graph.builds.has(goodId), 10_000, 'the loadable build to be held');
       // Rescans, a hint and a restart find nothing more to do.
@@ -149,12 +151,12 @@ describe('queue monitor', () => {
     const missing = `/nix/store/${'0'.repeat(31)}4-gone-${nonce}.drv`;
     const out = `/nix/store/${'0'.repeat(31)}5-top-${nonce}`;
     const top = `/nix/store/${'0'.repeat(31)}6-top-${nonce}.drv`;
-    writeFileSync(top, `Derive([("out","${out}","","")],[("${input}",["out"]),("${missing}",["out"])],[],"x86_64-linux","/bin/sh",[],[("out","${out}")])`);
-    planted.push(top);
     const id = await queueBuild(db.pool, jobset, top, 'top');
+    planted.push(top);
+    writeFileSync(top, `Derive([("out","${out}","","")],[("${input}",["out"]),("${missing}",["out"])],[],"x86_64-linux","/bin/sh",[],[("out","${out}")])`);
     const runtime = start(new LocalNixStore());
     try {
-      await runtime.initialLoad;
+      await runtime.initialLoad.finally(() => planted.splice(0).forEach((p) => rmSync(p, { force: true })));
       const b = (await db.pool.query('select finished, buildstatus from builds where id = $1', [id])).rows[0];
       expect(b).toEqual({ finished: 1, buildstatus: 3 });
       const steps = (await db.pool.query('select errormsg from buildsteps where build = $1', [id])).rows;
