@@ -119,6 +119,13 @@ export interface SchedulerDb {
   /** The build needs a path in FailedPaths (its own when `own`). */
   buildCachedFailure(a: { buildId: number; failedDrvPath: string; system: string; own: boolean; now: number }): Promise<boolean>;
 
+  /**
+   * A queued build whose derivation cannot be loaded, for a permanent cause:
+   * it ends aborted (3) with a step row carrying `errorMsg`. False when it
+   * had already ended.
+   */
+  buildUnloadable(a: { buildId: number; drvPath: string; system: string; errorMsg: string; now: number }): Promise<boolean>;
+
   jobsets(windowSeconds: number): Promise<JobsetRow[]>;
   /** Unfinished builds with id > afterId, by id, in batches. */
   queuedBuilds(afterId: number): AsyncIterable<QueuedBuildRow[]>;

@@ -282,7 +282,15 @@ export class StepGraph {
       this.steps.set(drvPath, step);
       return step;
     }
-    const deps = await Promise.all([...drv.inputDrvs.keys()].map((d) => this.acquire(d)));
+    // Every input is awaited before giving up: one that cannot be loaded must
+    // not leave the holds taken on the others behind.
+    const settled = await Promise.allSettled([...drv.inputDrvs.keys()].map((d) => this.acquire(d)));
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      for (const r of settled) if (r.status === 'fulfilled' && r.value) this.releaseHold(r.value);
+      throw failed.reason;
+    }
+    const deps = settled.map((r) => (r as PromiseFulfilledResult<StepRecord | null>).value);
     let failedDep: StepRecord | null = null;
     const linked: StepRecord[] = [];
     for (const dep of deps) {

@@ -7,6 +7,7 @@ import { notifyBuildsFinished, notifyBuildStarted } from './notify.ts';
 import { withTransaction } from './pool.ts';
 import { queuedBuildIds, readBuildsByIds, readJobsetShares, streamQueuedBuilds } from './queue-reads.ts';
 import { BuildStatus, StepBusy, StepType } from './status.ts';
+import { abortUnloadableBuild } from './unloadable-builds.ts';
 import { abortLeftoverSteps, finishStep, recordStep, setStepBusy, startStep } from './step-rows.ts';
 
 /**
@@ -204,6 +205,10 @@ export class PgSchedulerDb implements SchedulerDb {
       await notifyBuildsFinished(c, ended);
       return ended.length > 0;
     });
+  }
+
+  buildUnloadable(a: Parameters<SchedulerDb['buildUnloadable']>[0]): Promise<boolean> {
+    return abortUnloadableBuild(this.pool, a);
   }
 
   jobsets(windowSeconds: number): Promise<JobsetRow[]> {

@@ -1,10 +1,12 @@
-import { readFile } from 'node:fs/promises';
-import { NixFormatError } from '../errors/index.ts';
+import { constants } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { NixFormatError, PathNotInStoreError } from '../errors/index.ts';
 import { Batcher } from '../util/batcher.ts';
 import { parseDerivation } from './derivation.ts';
 import { summarizeDerivation, type DerivationSummary } from './derivation-summary.ts';
 import { hostStore } from '../builder/private-store.ts';
 import { servePool } from './serve-session.ts';
+import { parseDerivationPath } from './store-path.ts';
 
 /** Parses .drv bytes; the default parses in-thread, the runner passes its worker pool. */
 export type DerivationParser = (drvPath: string, bytes: Uint8Array) => Promise<DerivationSummary>;
@@ -24,12 +26,31 @@ export class LocalNixStore {
 
   constructor(private readonly parse: DerivationParser = parseInThread) {}
 
+  /**
+   * Reads and parses a .drv. Only a store path ending in .drv is opened, never
+   * through a symlink, and only a regular file is read (what Nix writes; a
+   * symlink could point anywhere, the runner may run as root, and a FIFO
+   * would block). A missing file is PathNotInStoreError; other read errors
+   * (EIO, EMFILE, …) pass through.
+   */
   async readDerivation(drvPath: string): Promise<DerivationSummary> {
+    parseDerivationPath(drvPath);
+    let file: FileHandle;
+    try {
+      // O_NONBLOCK: opening a FIFO must not wait for a writer.
+      file = await open(drvPath, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new PathNotInStoreError([drvPath]);
+      if (code === 'ELOOP') throw new NixFormatError('derivation', `'${drvPath}' is not a regular file`, { cause: err });
+      throw err;
+    }
     let bytes: Uint8Array;
     try {
-      bytes = await readFile(drvPath);
-    } catch (err) {
-      throw new NixFormatError('derivation', `cannot read ${drvPath}: ${(err as NodeJS.ErrnoException).code ?? err}`, { cause: err });
+      if (!(await file.stat()).isFile()) throw new NixFormatError('derivation', `'${drvPath}' is not a regular file`);
+      bytes = await file.readFile();
+    } finally {
+      await file.close();
     }
     return this.parse(drvPath, bytes);
   }

@@ -64,6 +64,18 @@ export function parseStorePath(path: string, storeDir: string = STORE_DIR): Stor
   return parseStorePathBaseName(baseName, storeDir);
 }
 
+/**
+ * Parses the path of a derivation as it may be read from disk: a top-level
+ * store path in `storeDir` (so no `..`, no sub-path, no other directory)
+ * whose name ends in `.drv`. A Builds row's drvPath is untrusted input, and
+ * the runner reads it as root.
+ */
+export function parseDerivationPath(path: string, storeDir: string = STORE_DIR): StorePath {
+  const p = parseStorePath(path, storeDir);
+  if (!p.name.endsWith('.drv')) throw new NixFormatError('store path', `'${path}' is not a derivation (its name does not end in .drv)`);
+  return p;
+}
+
 export function isStorePath(path: string, storeDir: string = STORE_DIR): boolean {
   try {
     parseStorePath(path, storeDir);

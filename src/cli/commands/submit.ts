@@ -6,6 +6,7 @@ import { evaluateJobs, type EvaluatedJob } from '../../eval/evaluate.ts';
 import { ConfigError } from '../../errors/index.ts';
 import { LocalNixStore } from '../../nix/local-store.ts';
 import { storePathName } from '../../nix/store-path.ts';
+import { writeReport } from './submit-report.ts';
 import { DB_OPTIONS, DB_OPTIONS_HELP, dbOverrides, type Command } from '../command.ts';
 
 export const submit: Command = {
@@ -15,7 +16,9 @@ export const submit: Command = {
   help: `Queues builds in a project/jobset as Hydra's evaluator does: Builds and
 BuildOutputs rows, an evaluation (JobsetEvals) with its members, and a
 NOTIFY builds_added for the runner. A job whose derivation is already queued
-or built in the jobset is not queued again.
+or built in the jobset is not queued again. The report (one line per queued
+build) is printed after the commit; if stdout is closed early (\`| head\`)
+the rest is dropped quietly and the exit code stays 0.
 
       --project P      project name
       --jobset J       jobset name
@@ -60,8 +63,9 @@ ${DB_OPTIONS_HELP}`,
         evalSeconds: Math.round((Date.now() - t0) / 1000),
         source: file ?? 'drv paths',
       });
-      process.stdout.write(`evaluation ${r.evalId} of ${project}:${jobset}: ${r.added.length} queued, ${r.existing.length} already there\n`);
-      for (const b of r.added) process.stdout.write(`  queued build ${b.id} ${b.job}\n`);
+      const lines = [`evaluation ${r.evalId} of ${project}:${jobset}: ${r.added.length} queued, ${r.existing.length} already there`];
+      for (const b of r.added) lines.push(`  queued build ${b.id} ${b.job}`);
+      await writeReport(process.stdout, `${lines.join('\n')}\n`);
       return 0;
     } finally {
       await db.close();
