@@ -20,3 +20,4 @@ export { UnexpectedStorePathError } from './unexpected-store-path-error.ts';
 export { BuilderJobError } from './builder-job-error.ts';
 export { HttpError } from './http-error.ts';
 export { DemoError } from './demo-error.ts';
+export { DiskWriteError } from './disk-write-error.ts';
