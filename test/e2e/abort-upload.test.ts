@@ -33,12 +33,14 @@ class HoldingProxy {
   private constructor(
     private readonly server: Server,
     readonly port: number,
+    /** Where new connections go (change it to follow a restarted runner). */
+    public target: number,
   ) {}
 
   static async start(target: number): Promise<HoldingProxy> {
     let self!: HoldingProxy;
     const server = createServer((client) => {
-      const upstream = connect(target, '127.0.0.1');
+      const upstream = connect(self.target, '127.0.0.1');
       for (const s of [client, upstream]) {
         self.#sockets.add(s);
         s.on('error', () => {});
@@ -59,7 +61,7 @@ class HoldingProxy {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const address = server.address();
     if (address === null || typeof address === 'string') throw new Error('proxy has no port');
-    self = new HoldingProxy(server, address.port);
+    self = new HoldingProxy(server, address.port, target);
     return self;
   }
 
@@ -68,11 +70,11 @@ class HoldingProxy {
     this.heldBytes = 0;
   }
 
-  /** Sends on what was held, and forwards from now on. */
+  /** Sends on what was held (to connections still open), and forwards from now on. */
   release(): void {
     const held = this.#held ?? [];
     this.#held = null;
-    for (const [upstream, b] of held) upstream.write(b);
+    for (const [upstream, b] of held) if (!upstream.destroyed) upstream.write(b);
   }
 
   close(): Promise<void> {
@@ -143,6 +145,73 @@ describe('a job aborted while its builder uploads the output', () => {
     expect((await stepRows(db.pool, next!)).map((r) => [r.machine, r.status, r.busy])).toEqual([['b1', 0, 0]]);
     // The aborted attempt ended as cancelled; nothing is left busy.
     expect((await stepRows(db.pool, big!)).map((r) => [r.machine, r.status, r.busy])).toEqual([['b1', 4, 0]]);
+    expect(await busySteps(db.pool)).toBe(0);
+  }, 180_000);
+});
+
+describe('a runner restarted while its builder uploads an output', () => {
+  let db: TestDatabase;
+  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-restart-upload-'));
+  const nonce = randomBytes(4).toString('hex');
+  const started = join(dir, 'started');
+  const go = join(dir, 'go');
+  const procs: CliProcess[] = [];
+  let proxy: HoldingProxy;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+
+  afterAll(async () => {
+    for (const p of procs) p.child.kill('SIGKILL');
+    await proxy?.close();
+    await db?.drop();
+  });
+
+  it('survives: the new runner has the step built again, on the same builder', async () => {
+    const config = 'builderPingTimeoutInS = 600\nretryInterval = 1\nretryBackoff = 1';
+    const first = await startRunner(dir, db.url, config);
+    procs.push(first.proc);
+    proxy = await HoldingProxy.start(first.port);
+    const builder = startBuilder(dir, `127.0.0.1:${proxy.port}`, first.tokenFile, 'b1', 'reconnectMinMs = 200\nreconnectMaxMs = 1000');
+    procs.push(builder);
+    await joined(first.proc, ['b1']);
+    const file = join(dir, 'release.nix');
+    writeFileSync(
+      file,
+      `{ }: let ${MK_DRV} in { big = mk { name = "restart-big-${nonce}"; script = "/bin/touch ${started}; while [ ! -e ${go} ]; do /bin/sleep 0.1; done; /bin/head -c 2000000 /dev/urandom > $out"; }; }`,
+    );
+    const { big } = await submit(db.url, file, 'restart-upload');
+    await waitFor(() => existsSync(started), 60_000, 'the build to start');
+    proxy.hold();
+    writeFileSync(go, '');
+    await waitFor(() => proxy.heldBytes > 60_000, 60_000, 'the upload to be in flight');
+
+    // The runner dies mid-upload; a new one takes over the database (and the builder's token).
+    first.proc.child.kill('SIGKILL');
+    await first.proc.exited;
+    const second = await startRunner(dir, db.url, config, { token: first.token });
+    procs.push(second.proc);
+    proxy.target = second.port;
+    proxy.release();
+    // The builder joins the new runner (it used to die of its upload's failure instead).
+    let rejoined = false;
+    await Promise.race([
+      joined(second.proc, ['b1']).then(() => void (rejoined = true)),
+      builder.exited.then((code) => {
+        if (!rejoined) throw new Error(`the builder exited (${code}):\n${builder.output()}`);
+      }),
+    ]);
+
+    await waitFor(async () => builder.child.exitCode !== null || (await buildRow(db.pool, big!)).finished === 1, 90_000, 'the build to finish');
+    expect(builder.child.exitCode, builder.output()).toBeNull();
+    expect(builder.output()).not.toMatch(/CANCELLED|Unhandled|at BuilderAgent/);
+    expect((await buildRow(db.pool, big!)).buildstatus).toBe(0);
+    // The attempt of the dead runner was aborted when the new one started; the new one's succeeded.
+    expect((await stepRows(db.pool, big!)).map((r) => [r.machine, r.status, r.busy])).toEqual([
+      ['b1', 3, 0],
+      ['b1', 0, 0],
+    ]);
     expect(await busySteps(db.pool)).toBe(0);
   }, 180_000);
 });
