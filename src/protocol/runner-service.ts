@@ -48,6 +48,12 @@ export class BuilderService implements RunnerHandlers {
   /** Jobs whose log file has been started. */
   private readonly logsStarted = new WeakSet<RemoteJob>();
   /**
+   * Log streams of a job still being written. A builder sends Complete once
+   * it has ended its log stream, which can be before the runner has written
+   * the last chunk: the job completes (and its log is published) only after.
+   */
+  private readonly logWrites = new WeakMap<RemoteJob, Promise<unknown>>();
+  /**
    * Prefix of job ids on the wire. The scheduler's ids start over with each
    * runner process, but a builder can outlive its runner: a job of the old
    * runner must never be taken for a job of the new one.
@@ -262,6 +268,8 @@ export class BuilderService implements RunnerHandlers {
     // prints nothing has no file until it ends (see writeCompressedBuildLog).
     const out = new BuildLogWriter(file, this.logsStarted.has(j) ? 'a' : 'w');
     this.logsStarted.add(j);
+    let written!: () => void;
+    this.logWrites.set(j, Promise.all([this.logWrites.get(j), new Promise<void>((r) => (written = r))]));
     let bytes = 0;
     try {
       for await (const c of chunks) {
@@ -272,12 +280,22 @@ export class BuilderService implements RunnerHandlers {
       }
     } finally {
       await out.close();
+      written();
     }
     if (out.error) {
       this.logLost(s!, jobId, out.error);
       throw new ProtocolError(status.ABORTED, `job ${jobId} is aborted: ${out.error.message}`);
     }
     return { bytesReceived: bytes };
+  }
+
+  /** Waits for the job's log streams to be written, at most LOG_WAIT_MS. */
+  private async logWritten(j: RemoteJob): Promise<void> {
+    const pending = this.logWrites.get(j);
+    if (!pending) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([pending, new Promise<void>((r) => (timer = setTimeout(r, LOG_WAIT_MS)))]);
+    clearTimeout(timer);
   }
 
   /**
@@ -337,11 +355,17 @@ export class BuilderService implements RunnerHandlers {
   async complete(ctx: CallContext, req: CompleteRequest) {
     const s = this.sessions.get(ctx.machineId);
     const j = this.job(ctx, req.jobId);
+    await this.logWritten(j);
+    // The log's write may have failed meanwhile, which ended the job already.
+    if (s?.jobs.get(req.jobId) !== j) return {};
     const outcome = toOutcome(req, j.uploaded, buildLogPath(this.o.hydraDataDir, j.job.drvPath), j.job.outputs.length);
     s!.finish(req.jobId, outcome);
     return {};
   }
 }
+
+/** How long Complete waits for a log stream the builder has not ended (it ends it before completing). */
+const LOG_WAIT_MS = 10_000;
 
 /** Requisites beyond this many are left to FetchRequisites: an order stays well under gRPC's message size limit. */
 const MAX_REQUISITES_IN_ORDER = 2000;
