@@ -478,10 +478,13 @@ export class BuilderAgent {
     const job: Job = { order, aborted: false, cancels: new Set(), phase: StepBusy.STEP_BUSY_PREPARING, reportedPhase: null, phaseTimer: null };
     this.#jobs.set(order.jobId, job);
     this.#sendControl({ kind: { $case: 'jobAccepted', value: { jobId: order.jobId } } });
-    job.done = this.#runJob(job).finally(() => {
-      if (job.phaseTimer) clearTimeout(job.phaseTimer);
-      this.#jobs.delete(order.jobId);
-    });
+    job.done = this.#runJob(job)
+      // Whatever went wrong stays with this job: the builder serves on.
+      .catch((err: unknown) => this.#log(`job ${order.jobId}: ${(err as Error)?.message ?? String(err)}`))
+      .finally(() => {
+        if (job.phaseTimer) clearTimeout(job.phaseTimer);
+        this.#jobs.delete(order.jobId);
+      });
   }
 
   #abortJob(job: Job, reason: string): void {
@@ -918,7 +921,11 @@ export class BuilderAgent {
     const receipt = new Promise<UploadReceipt>((resolve, reject) => {
       finish = (err, res) => (err ? reject(err) : resolve(res!));
     });
-    const call = this.#client!.client.uploadOutput((err, res) => finish(err, res));
+    let ended = false;
+    const call = this.#client!.client.uploadOutput((err, res) => {
+      ended = true;
+      finish(err, res);
+    });
     const compression = chooseCompression(info.narSize, this.#uploadCompressions);
     const cancel = (): void => call.cancel();
     job.cancels.add(cancel);
@@ -927,20 +934,26 @@ export class BuilderAgent {
     call.on('error', (e) => {
       failed ??= e;
     });
-    const write = (m: UploadOutputMessage): Promise<void> =>
-      call.write(m)
-        ? Promise.resolve()
-        : new Promise((resolve) => {
-            const done = (): void => {
-              call.off('drain', done);
-              call.off('close', done);
-              call.off('error', done);
-              resolve();
-            };
-            call.once('drain', done);
-            call.once('close', done);
-            call.once('error', done);
-          });
+    // The call ends with a status however the upload ends (CANCELLED once
+    // aborted): taken here, it never becomes an unhandled rejection that kills
+    // the builder. And it ends a wait for room: grpc-js ends a client stream
+    // through its callback, without 'close' or 'error', so a wait on 'drain'
+    // alone would never end.
+    const callEnded = receipt.then(
+      () => {},
+      (e: unknown) => {
+        failed ??= e;
+      },
+    );
+    const write = (m: UploadOutputMessage): Promise<void> => {
+      if (call.write(m)) return Promise.resolve();
+      let done!: () => void;
+      const drained = new Promise<void>((resolve) => {
+        done = resolve;
+        call.once('drain', done);
+      });
+      return Promise.race([drained, callEnded]).finally(() => call.off('drain', done));
+    };
     try {
       await write({
         part: {
@@ -987,6 +1000,8 @@ export class BuilderAgent {
     } finally {
       this.#transfers.uploading--;
       job.cancels.delete(cancel);
+      // Left early (aborted, or reading the output failed): the runner must not wait for the rest.
+      if (!ended) call.cancel();
     }
   }
 }

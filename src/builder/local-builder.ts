@@ -1,9 +1,8 @@
-import { createWriteStream, mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
 import type { BuilderPort, StepJob, StepOutcome } from '../actors/builder-port.ts';
 import { unixNow } from '../actors/builder-port.ts';
 import { StepBusy, type StepBusyCode } from '../db/status.ts';
 import { readBuildNixSupport } from '../nix/nix-support.ts';
+import { BuildLogWriter } from './build-log-writer.ts';
 import { buildLogPath } from './build-logs.ts';
 import { builtOutputs, pathSizes, runNixBuild, type NixBuildHandle } from './nix-build.ts';
 
@@ -19,15 +18,16 @@ export class LocalNixBuilder implements BuilderPort {
 
   start(job: StepJob, report: (o: StepOutcome) => void, progress: (busy: StepBusyCode) => void): void {
     const logFile = buildLogPath(this.o.hydraDataDir, job.drvPath);
-    mkdirSync(dirname(logFile), { recursive: true });
-    const log = createWriteStream(logFile);
+    // A log that cannot be written (a full disk) stops the build: the attempt is aborted and retried, as in Hydra.
+    const log = new BuildLogWriter(logFile, 'w', () => handle.kill());
     const startTime = unixNow();
     progress(StepBusy.Building);
-    const handle = runNixBuild(job.drvPath, job, (chunk) => log.write(chunk), this.o.env);
+    const handle = runNixBuild(job.drvPath, job, (chunk) => void log.write(chunk), this.o.env);
     this.running.set(job.jobId, handle);
     void handle.done
       .then(async (r): Promise<StepOutcome> => {
-        await new Promise<void>((res) => log.end(() => res()));
+        const logError = await log.close();
+        if (logError) return { kind: 'transient', errorMsg: logError.message, machineFault: false };
         const stopTime = unixNow();
         if (r.kind === 'error') return { kind: 'transient', errorMsg: r.errorMsg, machineFault: false };
         if (r.kind === 'failed') return { kind: 'failure', status: r.status, errorMsg: r.errorMsg, startTime, stopTime, logFile };

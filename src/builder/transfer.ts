@@ -15,6 +15,7 @@ import { createReadStream } from 'node:fs';
 import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { asDiskWriteError } from '../errors/disk-write-error.ts';
 import { NarHashMismatchError, PathNotInStoreError, UnexpectedStorePathError } from '../errors/index.ts';
 import { exportFromFilesystem, exportOrder, parseExport } from '../nix/export.ts';
 import type { ExportEntry } from '../nix/export.ts';
@@ -59,13 +60,19 @@ class Spool {
       this.chunks.push(chunk);
       return;
     }
-    if (!this.fh) {
-      this.dir = await mkdtemp(join(this.spoolDir, 'hydrant-import-'));
-      this.fh = await open(join(this.dir, 'export'), 'wx', 0o600);
-      for (const c of this.chunks ?? []) await this.fh.write(c);
-      this.chunks = null;
+    const file = join(this.dir ?? this.spoolDir, 'export');
+    try {
+      if (!this.fh) {
+        this.dir = await mkdtemp(join(this.spoolDir, 'hydrant-import-'));
+        this.fh = await open(join(this.dir, 'export'), 'wx', 0o600);
+        for (const c of this.chunks ?? []) await this.fh.write(c);
+        this.chunks = null;
+      }
+      await this.fh.write(chunk);
+    } catch (e) {
+      // A full disk: say which file (a write's own error names none).
+      throw asDiskWriteError(e, 'the import spool file', this.dir ? join(this.dir, 'export') : file);
     }
-    await this.fh.write(chunk);
   }
 
   /** Ends writing; the bytes can be read once after. */

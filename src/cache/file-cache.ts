@@ -1,6 +1,7 @@
 import { mkdir, readFile, unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
+import { asDiskWriteError } from '../errors/disk-write-error.ts';
 import { CacheReferenceMissingError, ConfigError, NarHashMismatchError } from '../errors/index.ts';
 import { Hash } from '../nix/hash.ts';
 import { type NarInfo, parseNarInfo, serializeNarInfo } from '../nix/narinfo.ts';
@@ -197,7 +198,12 @@ export class FileBinaryCache {
     // 1. The NAR, under a temporary name until its file hash (its real name) is known and its NAR hash checked.
     const { compression } = this.store;
     const tmp = tempPathFor(this.file(`nar/${hashPart}.nar`));
-    const w = await withRoom(this.pool, () => this.pool.writeNar(path, tmp, compression, { ...this.compressOptions(), narSize: info.narSize, fsync: this.fsync }));
+    const w = await withRoom(this.pool, () => this.pool.writeNar(path, tmp, compression, { ...this.compressOptions(), narSize: info.narSize, fsync: this.fsync })).catch(
+      (e: unknown) => {
+        // The worker reports a failed write without the file's name (a NAR that cannot be read is a NarDumpError).
+        throw asDiskWriteError(e, 'a binary cache file', tmp);
+      },
+    );
     const narHash = Hash.fromBytes('sha256', w.narHash);
     if (!narHash.equals(info.narHash) || w.narSize !== info.narSize) {
       await unlink(tmp).catch(() => {});

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { link, open, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { asDiskWriteError } from '../errors/disk-write-error.ts';
 
 /**
  * Write-once, all-or-nothing files. Everything is first written to a hidden
@@ -38,7 +39,7 @@ export async function publishTemp(tmp: string, final: string): Promise<boolean> 
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'EEXIST') return false;
-    if (!code || !NO_HARD_LINKS.has(code)) throw e;
+    if (!code || !NO_HARD_LINKS.has(code)) throw asDiskWriteError(e, 'a binary cache file', final);
     // Filesystems without hard links: rename, after checking (a tiny race, but still atomic for readers).
     if (await exists(final)) return false;
     await rename(tmp, final);
@@ -62,7 +63,7 @@ export async function writeOnce(final: string, data: Uint8Array | string, option
     }
   } catch (e) {
     await unlink(tmp).catch(() => {});
-    throw e;
+    throw asDiskWriteError(e, 'a binary cache file', final);
   }
   return publishTemp(tmp, final);
 }

@@ -25,3 +25,4 @@ export { RunnerCertificateError } from './runner-certificate-error.ts';
 export { EmbeddedCredentialsError } from './embedded-credentials-error.ts';
 export { EmbeddedConflictError } from './embedded-conflict-error.ts';
 export { EmbeddedPlacementError } from './embedded-placement-error.ts';
+export { DiskWriteError } from './disk-write-error.ts';

@@ -1,17 +1,16 @@
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, mkdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { BuilderSession, type RemoteJob } from '../actors/builder-session.ts';
 import type { BuilderPort, StepJob, StepOutcome } from '../actors/builder-port.ts';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../actors/machine-record.ts';
 import type { Scheduler } from '../actors/scheduler.ts';
+import { BuildLogWriter } from '../builder/build-log-writer.ts';
 import { buildLogPath } from '../builder/build-logs.ts';
 import type { NixStoreHandle } from '../builder/private-store.ts';
 import { importVerified, queryPathInfos, type StorePathInfo } from '../builder/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
-import { NarHashMismatchError, NixFormatError, ProtocolError, UnexpectedStorePathError } from '../errors/index.ts';
+import { NarHashMismatchError, NixFormatError, ProtocolError, UnexpectedStorePathError, type DiskWriteError } from '../errors/index.ts';
 import { basicDerivation } from '../nix/basic-derivation.ts';
 import { parseDerivation } from '../nix/derivation.ts';
 import { exportOrder, writeExport } from '../nix/export.ts';
@@ -48,6 +47,12 @@ export class BuilderService implements RunnerHandlers {
   readonly sessions = new Map<string, BuilderSession>();
   /** Jobs whose log file has been started. */
   private readonly logsStarted = new WeakSet<RemoteJob>();
+  /**
+   * Log streams of a job still being written. A builder sends Complete once
+   * it has ended its log stream, which can be before the runner has written
+   * the last chunk: the job completes (and its log is published) only after.
+   */
+  private readonly logWrites = new WeakMap<RemoteJob, Promise<unknown>>();
   /**
    * Prefix of job ids on the wire. The scheduler's ids start over with each
    * runner process, but a builder can outlive its runner: a job of the old
@@ -255,25 +260,56 @@ export class BuilderService implements RunnerHandlers {
   }
 
   async streamLog(ctx: CallContext, jobId: string, chunks: AsyncIterable<{ data: Buffer; compression: Compression }>) {
+    const s = this.sessions.get(ctx.machineId);
     const j = this.job(ctx, jobId);
     const file = buildLogPath(this.o.hydraDataDir, j.job.drvPath);
-    mkdirSync(dirname(file), { recursive: true });
     // A job's first log stream starts the file afresh (a new attempt); a later
     // one (the builder reconnected mid-build) continues it. A build that
     // prints nothing has no file until it ends (see writeCompressedBuildLog).
-    const out = createWriteStream(file, { flags: this.logsStarted.has(j) ? 'a' : 'w' });
+    const out = new BuildLogWriter(file, this.logsStarted.has(j) ? 'a' : 'w');
     this.logsStarted.add(j);
+    let written!: () => void;
+    this.logWrites.set(j, Promise.all([this.logWrites.get(j), new Promise<void>((r) => (written = r))]));
     let bytes = 0;
     try {
       for await (const c of chunks) {
         if (c.compression !== Compression.COMPRESSION_NONE) throw new ProtocolError(status.INVALID_ARGUMENT, 'compressed logs are not accepted yet');
         bytes += c.data.length;
-        if (!out.write(c.data)) await new Promise<void>((r) => out.once('drain', () => r()));
+        await out.write(c.data);
+        if (out.error) break;
       }
     } finally {
-      await new Promise<void>((r) => out.end(() => r()));
+      await out.close();
+      written();
+    }
+    if (out.error) {
+      this.logLost(s!, jobId, out.error);
+      throw new ProtocolError(status.ABORTED, `job ${jobId} is aborted: ${out.error.message}`);
     }
     return { bytesReceived: bytes };
+  }
+
+  /** Waits for the job's log streams to be written, at most LOG_WAIT_MS. */
+  private async logWritten(j: RemoteJob): Promise<void> {
+    const pending = this.logWrites.get(j);
+    if (!pending) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([pending, new Promise<void>((r) => (timer = setTimeout(r, LOG_WAIT_MS)))]);
+    clearTimeout(timer);
+  }
+
+  /**
+   * The runner cannot keep a job's log (a full disk): the attempt is aborted
+   * on its builder and retried, as Hydra aborts a step whose log it cannot
+   * write, rather than recorded without its log.
+   */
+  private logLost(s: BuilderSession, jobId: string, err: DiskWriteError): void {
+    const j = s.jobs.get(jobId);
+    this.o.log.error({ machine: s.machine.id, job: jobId, drv: j?.job.drvPath, path: err.path, errno: err.errno, err: err.message }, 'cannot write the build log; aborting the step');
+    if (!j) return; // ended meanwhile
+    this.o.ownership.release(jobId);
+    s.finish(jobId, { kind: 'transient', errorMsg: err.message, machineFault: false });
+    s.control?.send({ kind: { $case: 'abort', value: { jobId, reason: `the runner cannot keep its log (${err.errno})` } } }).catch(() => {});
   }
 
   async uploadOutput(ctx: CallContext, h: OutputHeader, data: AsyncIterable<Uint8Array>) {
@@ -319,11 +355,17 @@ export class BuilderService implements RunnerHandlers {
   async complete(ctx: CallContext, req: CompleteRequest) {
     const s = this.sessions.get(ctx.machineId);
     const j = this.job(ctx, req.jobId);
+    await this.logWritten(j);
+    // The log's write may have failed meanwhile, which ended the job already.
+    if (s?.jobs.get(req.jobId) !== j) return {};
     const outcome = toOutcome(req, j.uploaded, buildLogPath(this.o.hydraDataDir, j.job.drvPath), j.job.outputs.length);
     s!.finish(req.jobId, outcome);
     return {};
   }
 }
+
+/** How long Complete waits for a log stream the builder has not ended (it ends it before completing). */
+const LOG_WAIT_MS = 10_000;
 
 /** Requisites beyond this many are left to FetchRequisites: an order stays well under gRPC's message size limit. */
 const MAX_REQUISITES_IN_ORDER = 2000;

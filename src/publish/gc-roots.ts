@@ -1,6 +1,8 @@
-import { mkdir, open } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { userInfo } from 'node:os';
+import { asDiskWriteError } from '../errors/disk-write-error.ts';
+import { makeDir } from '../util/make-dir.ts';
 
 /** Hydra's default: a per-user directory inside Nix's GC roots. */
 export function defaultRootsDir(): string {
@@ -19,11 +21,15 @@ export async function addGcRoots(rootsDir: string, paths: readonly string[]): Pr
   for (const p of paths) {
     const file = join(rootsDir, basename(p));
     // 'a' creates the file if missing and never truncates or fails on an existing root.
-    const fh = await open(file, 'a').catch(async (e: NodeJS.ErrnoException) => {
-      if (e.code !== 'ENOENT') throw e;
-      await mkdir(rootsDir, { recursive: true });
-      return open(file, 'a');
-    });
-    await fh.close();
+    try {
+      const fh = await open(file, 'a').catch(async (e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') throw e;
+        await makeDir(rootsDir);
+        return open(file, 'a');
+      });
+      await fh.close();
+    } catch (e) {
+      throw asDiskWriteError(e, 'a GC root', file);
+    }
   }
 }

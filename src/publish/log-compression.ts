@@ -1,5 +1,7 @@
-import { mkdir, rename, unlink, writeFile } from 'node:fs/promises';
+import { rename, unlink, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { asDiskWriteError } from '../errors/disk-write-error.ts';
+import { makeDir } from '../util/make-dir.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { withRoom } from '../workers/with-room.ts';
 
@@ -18,13 +20,19 @@ export async function writeCompressedBuildLog(pool: WorkerPool, logFile: string,
   const compressed = text.length === 0 ? EMPTY_BZIP2 : await withRoom(pool, () => pool.compress(text, 'bzip2'));
   const target = `${logFile}.bz2`;
   const temp = `${target}.tmp-${process.pid}`;
-  await writeFile(temp, compressed).catch(async (e: NodeJS.ErrnoException) => {
-    // A step that printed nothing may be the first with a log in its directory.
-    if (e.code !== 'ENOENT') throw e;
-    await mkdir(dirname(target), { recursive: true });
-    await writeFile(temp, compressed);
-  });
-  await rename(temp, target);
+  try {
+    await writeFile(temp, compressed).catch(async (e: NodeJS.ErrnoException) => {
+      // A step that printed nothing may be the first with a log in its directory.
+      if (e.code !== 'ENOENT') throw e;
+      await makeDir(dirname(target));
+      await writeFile(temp, compressed);
+    });
+    await rename(temp, target);
+  } catch (e) {
+    // A full disk leaves no partial file behind.
+    await unlink(temp).catch(() => {});
+    throw asDiskWriteError(e, 'the compressed build log', target);
+  }
   if (plainExists) await unlink(logFile);
   return target;
 }

@@ -2,6 +2,7 @@ import type { StepFinisher, StepJob, StepOutcome } from '../actors/builder-port.
 import type { FileBinaryCache } from '../cache/file-cache.ts';
 import { readFile } from 'node:fs/promises';
 import { uploadClosure } from '../cache/upload.ts';
+import { DiskWriteError } from '../errors/index.ts';
 import type { Logger } from '../util/logger.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { addGcRoots } from './gc-roots.ts';
@@ -20,10 +21,11 @@ export interface OutputPublisherOptions {
  * What happens to a step's result before it counts as done: its log is
  * compressed (and, unless empty, published to each cache as `log/<drv>`), and on success
  * its outputs become GC roots and their closure is uploaded to every cache.
- * An upload failure throws, which fails the attempt transiently: the step
- * is retried instead of being recorded with outputs the caches lack. A log
- * that cannot be compressed or published is only logged: the build's
- * result does not depend on it.
+ * A GC root or upload that fails (a full disk) is logged with the file and
+ * thrown, which fails the attempt transiently: the step is retried instead
+ * of being recorded with outputs the caches lack. A log that cannot be
+ * compressed or published is only logged: the build's result does not
+ * depend on it.
  */
 export class OutputPublisher implements StepFinisher {
   /** Totals for metrics: paths and logs published, compressed and NAR bytes, failed uploads. */
@@ -32,44 +34,82 @@ export class OutputPublisher implements StepFinisher {
   constructor(private readonly o: OutputPublisherOptions) {}
 
   async finish(job: StepJob, outcome: Exclude<StepOutcome, { kind: 'transient' }>): Promise<StepOutcome> {
-    const { log } = this.o;
-    let logFile = outcome.logFile;
-    try {
-      if (logFile !== '' && !logFile.endsWith('.bz2')) {
-        // Read once: the caches take the plain text, then Hydra's own copy is compressed.
-        const text = await readLog(logFile);
-        const body = text ?? Buffer.alloc(0);
-        // A build that printed nothing has nothing for `nix log` to show: the caches get no file for it.
-        if (body.length > 0) {
-          const wrote = await Promise.all(this.o.caches.map((c) => c.uploadLogText(job.drvPath, body)));
-          this.stats.logs += wrote.filter(Boolean).length;
-        }
-        logFile = await writeCompressedBuildLog(this.o.pool, logFile, body, text !== null);
-      }
-    } catch (err) {
-      log.warn({ drv: job.drvPath, err: String((err as Error)?.message ?? err) }, 'could not compress or publish the build log');
-    }
+    const logFile = await this.publishLog(job, outcome.logFile);
     if (outcome.kind === 'success') {
       const paths = outcome.outputs.map((o) => o.path);
-      await addGcRoots(this.o.rootsDir, paths);
-      for (const cache of this.o.caches) {
-        const started = performance.now();
-        const r = await uploadClosure(cache, paths).catch((err: unknown) => {
-          this.stats.failures++;
-          throw err;
-        });
-        for (const u of r.uploaded) {
-          this.stats.paths++;
-          this.stats.bytes += u.fileSize;
-          this.stats.narBytes += u.narSize;
-        }
-        if (r.uploaded.length > 0) {
-          log.info({ drv: job.drvPath, cache: cache.root, uploaded: r.uploaded.length, bytes: r.uploaded.reduce((n, u) => n + u.fileSize, 0), ms: Math.round(performance.now() - started) }, 'outputs uploaded');
-        }
+      try {
+        await addGcRoots(this.o.rootsDir, paths);
+      } catch (err) {
+        this.o.log.error({ job: job.jobId, drv: job.drvPath, ...errorFields(err) }, 'cannot register the outputs as GC roots');
+        throw err;
       }
+      for (const cache of this.o.caches) await this.upload(job, cache, paths);
     }
     return { ...outcome, logFile };
   }
+
+  /**
+   * The caches get the log's text, Hydra gets it compressed; returns the
+   * log's final name. A part that fails (a full disk) is only logged, as in
+   * Hydra: the plain log stays where it is, and the result stands.
+   */
+  private async publishLog(job: StepJob, logFile: string): Promise<string> {
+    if (logFile === '' || logFile.endsWith('.bz2')) return logFile;
+    const { log } = this.o;
+    let text: Buffer | null;
+    try {
+      // Read once: the caches take the plain text, then Hydra's own copy is compressed.
+      text = await readLog(logFile);
+    } catch (err) {
+      log.warn({ job: job.jobId, drv: job.drvPath, path: logFile, err: String((err as Error)?.message ?? err) }, 'could not read the build log');
+      return logFile;
+    }
+    const body = text ?? Buffer.alloc(0);
+    // A build that printed nothing has nothing for `nix log` to show: the caches get no file for it.
+    if (body.length > 0) {
+      await Promise.all(
+        this.o.caches.map((cache) =>
+          cache.uploadLogText(job.drvPath, body).then(
+            (wrote) => void (wrote && this.stats.logs++),
+            (err: unknown) => log.warn({ job: job.jobId, drv: job.drvPath, cache: cache.root, ...errorFields(err) }, 'could not publish the build log to the cache'),
+          ),
+        ),
+      );
+    }
+    try {
+      return await writeCompressedBuildLog(this.o.pool, logFile, body, text !== null);
+    } catch (err) {
+      log.warn({ job: job.jobId, drv: job.drvPath, ...errorFields(err) }, 'could not compress the build log; it stays plain');
+      return logFile;
+    }
+  }
+
+  /** Uploads the closure of `paths` to `cache`; a failure is logged and thrown (the attempt is retried). */
+  private async upload(job: StepJob, cache: FileBinaryCache, paths: string[]): Promise<void> {
+    const started = performance.now();
+    let r: Awaited<ReturnType<typeof uploadClosure>>;
+    try {
+      r = await uploadClosure(cache, paths);
+    } catch (err) {
+      this.stats.failures++;
+      this.o.log.error({ job: job.jobId, drv: job.drvPath, cache: cache.root, ...errorFields(err) }, 'cannot upload the outputs to the cache');
+      throw err;
+    }
+    for (const u of r.uploaded) {
+      this.stats.paths++;
+      this.stats.bytes += u.fileSize;
+      this.stats.narBytes += u.narSize;
+    }
+    if (r.uploaded.length > 0) {
+      this.o.log.info({ drv: job.drvPath, cache: cache.root, uploaded: r.uploaded.length, bytes: r.uploaded.reduce((n, u) => n + u.fileSize, 0), ms: Math.round(performance.now() - started) }, 'outputs uploaded');
+    }
+  }
+}
+
+/** Log fields of an error: the file a failed write names, and the message. */
+function errorFields(err: unknown): { path?: string; errno?: string; err: string } {
+  const message = String((err as Error)?.message ?? err);
+  return err instanceof DiskWriteError ? { path: err.path, errno: err.errno, err: message } : { err: message };
 }
 
 /** The log's text, or null when the build printed nothing (no file was started). */

@@ -1,0 +1,38 @@
+import { dirname } from 'node:path';
+import { HydrantError } from './hydrant-error.ts';
+
+/**
+ * Writing a file failed (a full disk, a quota, a read-only or failing
+ * filesystem). `path` names the file, `errno` the system's code (ENOSPC, …):
+ * Node's own message for a failed write names neither the file nor its use.
+ */
+export class DiskWriteError extends HydrantError {
+  readonly code = 'DISK_WRITE';
+  readonly errno: string;
+
+  constructor(
+    /** What the file is for: "the build log", "a binary cache file", "a GC root", … */
+    readonly what: string,
+    readonly path: string,
+    cause: unknown,
+  ) {
+    super(`cannot write ${what} ${path}: ${(cause as Error)?.message ?? String(cause)}`, { cause });
+    this.errno = (cause as NodeJS.ErrnoException)?.code ?? 'UNKNOWN';
+  }
+}
+
+/** System calls that only read: their failure is not a failed write. */
+const READS = new Set(['read', 'lstat', 'stat', 'fstat', 'readlink', 'scandir', 'opendir', 'access']);
+
+/**
+ * `err` as a DiskWriteError about `path` when it is a system error (an errno
+ * code) of writing that file or its temporary sibling; any other error as
+ * it is (a failed read of some other file names that file itself).
+ */
+export function asDiskWriteError(err: unknown, what: string, path: string): unknown {
+  if (err instanceof HydrantError) return err;
+  const e = err as NodeJS.ErrnoException | null | undefined;
+  if (typeof e?.code !== 'string' || !/^E[A-Z0-9]+$/.test(e.code)) return err;
+  if ((e.syscall !== undefined && READS.has(e.syscall)) || (e.path !== undefined && dirname(e.path) !== dirname(path))) return err;
+  return new DiskWriteError(what, path, err);
+}
