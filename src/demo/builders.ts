@@ -38,6 +38,8 @@ export class BuilderProcess {
     const args = ['builder', '--server', o.server, '--token-file', o.tokenFile, '--machine-id', o.machineId];
     if (o.storeDir) args.push('--store-dir', o.storeDir);
     this.log = createWriteStream(o.logFile, { flags: 'a' });
+    // A failing log file loses the log, not the demo: the tail below still names what went wrong.
+    this.log.on('error', () => {}).once('error', (err) => this.tail.push(`cannot write ${o.logFile}: ${err.message}`));
     // SIGTERM (drain) when the demo dies, even by SIGKILL: no agent is left dialling a runner that is gone.
     const [cmd, argv] = dieWithParent('TERM', process.execPath, hydrantArgv(args));
     this.child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });

@@ -49,6 +49,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   const paths = await prepareStateDir(o.stateDir);
   const compression = demoCompression();
   const logFile: WriteStream | null = o.verbose ? null : createWriteStream(paths.logFile, { flags: 'a' });
+  // A full or failing disk under the state directory loses the log, not the demo.
+  logFile?.on('error', () => {}).once('error', (err) => say(`hydrant demo: cannot write ${paths.logFile} (${err.message}); the runner's log is lost from here on`));
   const log = createLogger({ format: o.logFormat, destination: logFile ?? undefined });
 
   // Signals (SIGHUP too: a closed terminal): the first one stops the demo cleanly, a second one at once.
