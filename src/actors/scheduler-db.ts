@@ -35,6 +35,12 @@ export interface SchedulerDb {
   abortLeftovers(now: number): Promise<number>;
 
   /**
+   * After an outage: busy rows other than `live` (this runner's running
+   * attempts) become aborted (3). Returns how many.
+   */
+  abortOrphans(now: number, live: readonly { buildId: number; stepnr: number }[]): Promise<number>;
+
+  /**
    * Step attempts begin (one row each, under their build); returns their
    * stepnrs in order. Starts dispatched together are written in one
    * transaction.

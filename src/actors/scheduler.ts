@@ -35,6 +35,20 @@ export interface SchedulerOptions {
   finisher?: StepFinisher;
   /** Per assignment: the runner's own delay and the step's whole wait (see DispatcherOptions). */
   onDispatch?: (latencyMs: number, waitMs: number) => void;
+  /** Result writes wait for it to open (the runner holds its lock); without it they go at once. */
+  gate?: WriteGate;
+  /** Result writes waiting or in flight beyond which dispatch pauses (backpressure). */
+  maxPendingWrites?: number;
+}
+
+/**
+ * Open while this runner may write to the database: it holds the runner lock
+ * (src/db/runner-lock.ts). While the database is away the lock is being
+ * re-taken and writes wait.
+ */
+export interface WriteGate {
+  /** Resolves while (or once) writes may go ahead; rejects once they never will (lock taken, given up). */
+  whenOpen(): Promise<void>;
 }
 
 /** One attempt of a step on a machine. */
@@ -123,6 +137,15 @@ export class Scheduler {
   /** Per-step debug lines cost allocations on the dispatch path; build them only when wanted. */
   private readonly debug: boolean;
   private stopping = false;
+  private stopped!: () => void;
+  /** Resolves when draining begins: writes waiting for the gate then give up. */
+  private readonly stopWait = new Promise<void>((r) => (this.stopped = r));
+  /** Why dispatch is paused besides draining (database outage, write backpressure). */
+  private readonly holds = new Set<string>();
+  /** Result writes waiting for the database or in flight (bounded: see maxPendingWrites). */
+  private writes = 0;
+  /** BuildSteps rows of this runner's attempts whose closing write has not landed: busy on purpose. */
+  private readonly liveRows = new Map<string, { buildId: number; stepnr: number }>();
   readonly counters: SchedulerCounters = {
     buildsLoaded: 0, buildsFinished: 0, buildsSucceeded: 0, buildsFailed: 0, buildsCached: 0,
     stepsStarted: 0, stepsFinished: 0, stepsRetried: 0, stepsUnsupported: 0, stepsSucceeded: 0, stepsFailed: 0, stepsTransient: 0,
@@ -288,6 +311,9 @@ export class Scheduler {
       outputs: step.outputs,
       firstStepOfBuild: first,
     });
+    void row.then((nr) => {
+      if (nr !== null) this.liveRows.set(`${buildId}:${nr}`, { buildId, stepnr: nr });
+    });
     const aj: ActiveJob = { job, step, machine: m, port, buildId, row, startedAt: this.clock.now(), busy: StepBusy.Preparing, busyWritten: StepBusy.Preparing, busyWriteScheduled: false };
     this.active.set(step, aj);
     this.counters.stepsStarted++;
@@ -391,7 +417,7 @@ export class Scheduler {
   private async persistSuccess(aj: ActiveJob, outcome: Extract<StepOutcome, { kind: 'success' }>, builds: BuildRecord[]): Promise<void> {
     const { step } = aj;
     const stepnr = await aj.row;
-    const ended = await this.persist(() =>
+    const ended = await this.closing(aj.buildId, stepnr, () =>
       this.o.db.stepSucceeded({
         buildId: aj.buildId,
         stepnr,
@@ -428,7 +454,7 @@ export class Scheduler {
         cacheable: false,
       });
     } else if (stepnr !== null) {
-      await this.persist(() =>
+      await this.closing(aj.buildId, stepnr, () =>
         this.o.db.stepAborted({ buildId: aj.buildId, stepnr, status: 3, errorMsg, stopTime: unixNow(this.clock.now()), machine: aj.machine.id }),
       );
     }
@@ -467,7 +493,7 @@ export class Scheduler {
   ): Promise<void> {
     const handled = new Set(this.graph.dependentBuilds(step));
     const stepnr = await at.row;
-    const ended = await this.persist(() =>
+    const ended = await this.closing(at.buildId, stepnr, () =>
       this.o.db.stepFailed({
         buildId: at.buildId,
         stepnr,
@@ -510,17 +536,77 @@ export class Scheduler {
    * retried a few times, then given up (a restart recomputes from the store).
    */
   private async persist<T>(write: () => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await write();
-      } catch (err) {
-        const lost = isConnectionError(err);
-        if (this.stopping || (!lost && attempt >= 3)) throw err;
-        const delay = Math.min(30_000, 100 * 2 ** attempt);
-        this.o.log.warn({ err: String((err as Error)?.message ?? err), attempt, delayMs: delay }, 'result write failed; retrying');
-        await new Promise((r) => setTimeout(r, delay));
+    const max = this.o.maxPendingWrites ?? Infinity;
+    if (++this.writes >= max) this.holdDispatch('backpressure');
+    try {
+      for (let attempt = 1; ; attempt++) {
+        await this.gateOpen();
+        try {
+          return await write();
+        } catch (err) {
+          const lost = isConnectionError(err);
+          if (this.stopping || (!lost && attempt >= 3)) throw err;
+          // Short: while the database is away the gate holds writes back, not this delay.
+          const delay = Math.min(5_000, 100 * 2 ** attempt);
+          this.o.log.warn({ err: String((err as Error)?.message ?? err), attempt, delayMs: delay }, 'result write failed; retrying');
+          await new Promise((r) => setTimeout(r, delay));
+        }
       }
+    } finally {
+      if (--this.writes < max) this.releaseDispatch('backpressure');
     }
+  }
+
+  /** A write that ends an attempt's row: the row stops being live once it is done (or given up). */
+  private async closing<T>(buildId: number, stepnr: number | null, write: () => Promise<T>): Promise<T> {
+    try {
+      return await this.persist(write);
+    } finally {
+      if (stepnr !== null) this.liveRows.delete(`${buildId}:${stepnr}`);
+    }
+  }
+
+  /** Waits for the write gate; a drain that begins meanwhile gives the write up. */
+  private async gateOpen(): Promise<void> {
+    const gate = this.o.gate;
+    if (!gate) return;
+    let open = false;
+    const opened = gate.whenOpen().then(() => {
+      open = true;
+    });
+    opened.catch(() => {});
+    await Promise.race([opened, this.stopWait]);
+    if (!open) throw new Error('runner stopping while the database is unreachable; write dropped');
+  }
+
+  /** Result writes waiting for the database or in flight. */
+  get pendingWrites(): number {
+    return this.writes;
+  }
+
+  /** Pauses dispatch for `reason` (several may hold it) until releaseDispatch(reason). */
+  holdDispatch(reason: string): void {
+    if (this.holds.has(reason)) return;
+    this.holds.add(reason);
+    this.dispatcher.pause();
+    this.o.log.info({ reason }, 'dispatch paused');
+  }
+
+  releaseDispatch(reason: string): void {
+    if (!this.holds.delete(reason)) return;
+    this.o.log.info({ reason, stillHeld: [...this.holds] }, 'dispatch hold released');
+    if (this.holds.size === 0 && !this.stopping) this.dispatcher.resume();
+  }
+
+  /**
+   * After the database came back (lock re-taken): once the start rows being
+   * written have landed, busy rows that are none of this runner's live
+   * attempts are aborted — e.g. a start whose commit went through but whose
+   * reply was lost, then written again. Returns how many.
+   */
+  async reconcile(): Promise<number> {
+    await Promise.all([...this.active.values()].map((aj) => aj.row));
+    return this.persist(() => this.o.db.abortOrphans(unixNow(this.clock.now()), [...this.liveRows.values()]));
   }
 
   private track(p: Promise<unknown>): void {
@@ -541,7 +627,9 @@ export class Scheduler {
           aj.row.then((nr) =>
             nr === null
               ? undefined
-              : this.o.db.stepAborted({ buildId: aj.buildId, stepnr: nr, status: 4, errorMsg: 'no build needs this step any more', stopTime: unixNow(this.clock.now()), machine: aj.machine.id }),
+              : this.closing(aj.buildId, nr, () =>
+                  this.o.db.stepAborted({ buildId: aj.buildId, stepnr: nr, status: 4, errorMsg: 'no build needs this step any more', stopTime: unixNow(this.clock.now()), machine: aj.machine.id }),
+                ),
           ),
         );
       }
@@ -609,6 +697,7 @@ export class Scheduler {
   async drain(graceMs: number): Promise<void> {
     this.dispatcher.pause();
     this.stopping = true;
+    this.stopped();
     const deadline = this.clock.now() + graceMs;
     while (this.active.size > 0 && this.clock.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const aj of [...this.active.values()]) {

@@ -5,6 +5,7 @@ import { finishBuildCached, finishBuildSucceeded } from './build-results.ts';
 import { addFailedPaths, isFailedPath } from './failed-paths.ts';
 import { notifyBuildsFinished, notifyBuildStarted } from './notify.ts';
 import { withTransaction } from './pool.ts';
+import { sql } from './sql.ts';
 import { queuedBuildIds, readBuildsByIds, readJobsetShares, streamQueuedBuilds } from './queue-reads.ts';
 import { BuildStatus, StepBusy, StepType } from './status.ts';
 import { abortLeftoverSteps, finishStep, recordStep, setStepBusy, startStep } from './step-rows.ts';
@@ -19,6 +20,11 @@ export class PgSchedulerDb implements SchedulerDb {
 
   abortLeftovers(now: number): Promise<number> {
     return abortLeftoverSteps(this.pool, now);
+  }
+
+  async abortOrphans(now: number, live: readonly { buildId: number; stepnr: number }[]): Promise<number> {
+    const r = await this.pool.query(sql('results/abort-orphan-steps'), [now, live.map((l) => l.buildId), live.map((l) => l.stepnr)]);
+    return r.rowCount ?? 0;
   }
 
   stepsStarted(starts: Parameters<SchedulerDb['stepsStarted']>[0]): Promise<number[]> {

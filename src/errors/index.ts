@@ -20,3 +20,5 @@ export { UnexpectedStorePathError } from './unexpected-store-path-error.ts';
 export { BuilderJobError } from './builder-job-error.ts';
 export { HttpError } from './http-error.ts';
 export { DemoError } from './demo-error.ts';
+export { RunnerLockLostError } from './runner-lock-lost-error.ts';
+export { DatabaseGaveUpError } from './database-gave-up-error.ts';

@@ -1,0 +1,167 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, startEmbeddedPostgres, type EmbeddedDatabase } from '../../src/db/embedded.ts';
+import { createPool } from '../../src/db/pool.ts';
+import { ensureSchema } from '../../src/db/schema.ts';
+import { LocalNixStore } from '../../src/nix/local-store.ts';
+import { startCli } from '../helpers/cli.ts';
+import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
+import { InProcessRunner } from '../helpers/in-process-runner.ts';
+import { instantiate, MK_DRV } from '../helpers/nix.ts';
+import { waitFor } from '../helpers/runtime.ts';
+
+/**
+ * Database outages with a real PostgreSQL of the test's own, stopped (fast
+ * shutdown, as `pg_ctl restart -m fast` does) and started again on the same
+ * port, while real builds run on the runner's local builder.
+ */
+describe('a database outage', () => {
+  let stateDir: string;
+  let port: number;
+  let server: EmbeddedDatabase | null = null;
+  let url: string;
+
+  const startServer = async () => {
+    server = await startEmbeddedPostgres({ stateDir, port, ephemeral: true });
+    url = server.url;
+  };
+  const stopServer = async () => {
+    await server?.stop();
+    server = null;
+  };
+
+  beforeAll(async () => {
+    stateDir = mkdtempSync(join(tmpdir(), 'hydrant-outage-'));
+    port = await freePort();
+    await startServer();
+    const pool = createPool(url, { max: 1 });
+    await ensureSchema(pool);
+    await pool.end();
+  });
+  afterAll(async () => {
+    await stopServer();
+    rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  /** A query on a fresh pool (the server may have restarted since the last one). */
+  async function query<T extends pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<T[]> {
+    const pool = createPool(url, { max: 1 });
+    try {
+      return (await pool.query<T>(text, values)).rows;
+    } finally {
+      await pool.end();
+    }
+  }
+
+  /** Builds that finish while the database is away: two succeed, one fails (and one depends on it), one follows a success. */
+  async function queueSet(jobset: number, tag: string): Promise<Record<string, number>> {
+    const nonce = `${tag}-${randomBytes(4).toString('hex')}`;
+    const names = ['ok1', 'ok2', 'bad', 'needsBad', 'afterOk1'];
+    const drvs = await instantiate(
+      `let ${MK_DRV} in rec {
+        ok1 = mk { name = "ok1-${nonce}"; script = "/bin/sleep 2; echo ok1 > $out"; };
+        ok2 = mk { name = "ok2-${nonce}"; script = "/bin/sleep 2; echo ok2 > $out"; };
+        bad = mk { name = "bad-${nonce}"; script = "/bin/sleep 2; exit 1"; };
+        needsBad = mk { name = "needs-bad-${nonce}"; script = "/bin/cat \${bad} > $out"; };
+        afterOk1 = mk { name = "after-ok1-${nonce}"; script = "/bin/cat \${ok1} > $out"; };
+      }`,
+      names,
+    );
+    const store = new LocalNixStore();
+    const pool = createPool(url, { max: 1 });
+    try {
+      const ids: Record<string, number> = {};
+      for (const [i, name] of names.entries()) {
+        ids[name] = await queueBuild(pool, jobset, drvs[i]!, name, 'x86_64-linux', (await store.readDerivation(drvs[i]!)).outputs);
+      }
+      await pool.query("notify builds_added, ''");
+      return ids;
+    } finally {
+      await pool.end();
+    }
+  }
+
+  const expected = { ok1: 0, ok2: 0, bad: 1, needsBad: 2, afterOk1: 0 };
+
+  async function expectEnded(ids: Record<string, number>): Promise<void> {
+    const all = Object.values(ids);
+    await waitFor(async () => (await query<{ n: number }>('select count(*)::int n from builds where id = any($1) and finished = 1', [all]))[0]!.n === all.length, 60_000, 'every build to end');
+    const rows = await query<{ id: number; buildstatus: number }>('select id, buildstatus from builds where id = any($1)', [all]);
+    const status = Object.fromEntries(Object.entries(ids).map(([name, id]) => [name, rows.find((r) => r.id === id)!.buildstatus]));
+    expect(status).toEqual(expected);
+    // Each build's own derivation succeeded at most once.
+    const dup = await query('select build, drvpath from buildsteps where build = any($1) and status = 0 group by build, drvpath having count(*) > 1', [all]);
+    expect(dup).toEqual([]);
+  }
+
+  async function busySteps(ids: Record<string, number>): Promise<number> {
+    return (await query<{ n: number }>('select count(*)::int n from buildsteps where build = any($1) and busy != 0', [Object.values(ids)]))[0]!.n;
+  }
+
+  it('rides out a quick restart and a long stop: results kept and written, every build ends right, no busy row, the runner still running', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hydrant-outage-runner-'));
+    const jobset = await (async () => {
+      const pool = createPool(url, { max: 1 });
+      try {
+        return await createJobset(pool, 'outage', `main-${randomBytes(3).toString('hex')}`);
+      } finally {
+        await pool.end();
+      }
+    })();
+    const runner = await InProcessRunner.start(url, dir, { localBuilderJobs: 4, dbGiveUpAfterInS: 120, tokenPaths: [] });
+    const d = runner.daemon;
+    try {
+      // 1. A quick restart (fast shutdown and start) while three steps build.
+      const quick = await queueSet(jobset, 'quick');
+      await waitFor(async () => (await busySteps(quick)) === 3, 60_000, 'three steps building');
+      await stopServer();
+      await startServer();
+      await expectEnded(quick);
+      expect(await busySteps(quick)).toBe(0);
+      expect(d.lifecycle.state).toBe('running');
+
+      // 2. A long stop: the three steps end while the database is away.
+      const long = await queueSet(jobset, 'long');
+      await waitFor(async () => (await busySteps(long)) === 3, 60_000, 'three steps building');
+      await stopServer();
+      const s = d.runtime!.scheduler;
+      await waitFor(() => s.pendingWrites === 3, 60_000, 'three results waiting for the database');
+      expect(d.lifecycle.state).toBe('reconnecting');
+      const metrics = await (await fetch(`${runner.url}/metrics`)).text();
+      expect(metrics).toMatch(/^hydrant_db_pending_writes 3$/m);
+      expect(metrics).toMatch(/^hydrant_runner_state\{state="reconnecting"\} 1$/m);
+      // Longer than the reconnect backoff: several attempts fail meanwhile.
+      await new Promise((r) => setTimeout(r, 5000));
+      await startServer();
+      await expectEnded(long);
+      expect(await busySteps(long)).toBe(0);
+      expect(d.lifecycle.state).toBe('running');
+      expect(s.pendingWrites).toBe(0);
+    } finally {
+      await runner.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(d.exitCode).toBe(0);
+  }, 240_000);
+
+  it('exits non-zero (DB_GAVE_UP) once the database stays away past dbGiveUpAfterInS', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hydrant-outage-giveup-'));
+    const config = join(dir, 'runner.toml');
+    writeFileSync(config, `dbUrl = "${url}"\nhydraDataDir = "${dir}"\nhttpListen = ""\ndbGiveUpAfterInS = 3\nshutdownGraceInS = 1\n`);
+    const p = startCli(['serve', '--config', config]);
+    try {
+      await p.waitFor(/"msg":"runner running"/, 60_000);
+      await stopServer();
+      expect(await p.exited).toBe(1);
+      expect(p.output()).toMatch(/"code":"DB_GAVE_UP"[^\n]*"msg":"giving up on the database; stopping"/);
+    } finally {
+      p.child.kill('SIGKILL');
+      if (!server) await startServer();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+});
