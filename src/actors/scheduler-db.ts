@@ -125,6 +125,12 @@ export interface SchedulerDb {
   /** The build needs a path in FailedPaths (its own when `own`). */
   buildCachedFailure(a: { buildId: number; failedDrvPath: string; system: string; own: boolean; now: number }): Promise<boolean>;
 
+  /**
+   * buildCachedFailure for many builds in one transaction (loaders meeting a
+   * failed step together). Returns the ids that ended.
+   */
+  buildsCachedFailure(list: readonly { buildId: number; failedDrvPath: string; system: string; own: boolean; now: number }[]): Promise<number[]>;
+
   jobsets(windowSeconds: number): Promise<JobsetRow[]>;
   /** Unfinished builds with id > afterId, by id, in batches. */
   queuedBuilds(afterId: number): AsyncIterable<QueuedBuildRow[]>;

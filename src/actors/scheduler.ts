@@ -10,7 +10,7 @@ import { systemClock } from './model.ts';
 import type { SchedulerDb } from './scheduler-db.ts';
 import { StepGraph, type AddBuildResult, type QueuedBuild } from './step-graph.ts';
 import type { StepState } from '../machines/index.ts';
-import { Batcher } from '../util/batcher.ts';
+import { Coalescer } from './coalescer.ts';
 import { isConnectionError } from '../db/errors.ts';
 
 export type SchedulerConfig = Pick<
@@ -153,14 +153,30 @@ export class Scheduler {
   readonly machineStats = new Map<string, MachineStats>();
   /** Listeners for finished builds (tests, status, visualizer). */
   onBuildFinished: ((buildId: number) => void) | null = null;
+  /**
+   * Builds that meet a failed step as they load end in shared transactions,
+   * one at a time: thousands of dependents of one failure cost a few
+   * transactions on one connection, not one each.
+   */
+  private readonly cachedFailures = new Coalescer<Parameters<SchedulerDb['buildsCachedFailure']>[0][number], boolean>(
+    async (list) => {
+      const ended = new Set(await this.persist(() => this.o.db.buildsCachedFailure(list)));
+      return list.map((a) => ended.has(a.buildId));
+    },
+    { maxBatch: 1000, maxInFlight: 1, lingerMs: 20, maxWaitMs: 1000 },
+  );
 
   constructor(private readonly o: SchedulerOptions) {
     this.clock = o.clock ?? systemClock;
     this.debug = o.log.isLevelEnabled('debug');
-    const failed = new Batcher<string, boolean>(async (paths) => {
-      const set = await o.db.failedPaths(paths);
-      return new Map(paths.map((p) => [p, set.has(p)]));
-    }, false);
+    // Loaders' FailedPaths look-ups share queries and hold at most two connections.
+    const failed = new Coalescer<string, boolean>(
+      async (paths) => {
+        const set = await o.db.failedPaths([...new Set(paths)]);
+        return paths.map((p) => set.has(p));
+      },
+      { maxBatch: 1000, maxInFlight: 2, lingerMs: 1 },
+    );
     this.graph = new StepGraph({
       store: o.store,
       failures: { isFailed: async (paths) => (await Promise.all(paths.map((p) => failed.load(p)))).some(Boolean) },
@@ -251,7 +267,7 @@ export class Scheduler {
     if (r.kind === 'cached') {
       if (await this.o.db.buildCached({ buildId: q.id, now, outputs: r.outputs })) this.buildEnded(q.id, true, true);
     } else if (r.kind === 'cachedFailure') {
-      if (await this.o.db.buildCachedFailure({ buildId: q.id, failedDrvPath: r.failedDrvPath, system: r.failedSystem, own: r.own, now })) {
+      if (await this.cachedFailures.load({ buildId: q.id, failedDrvPath: r.failedDrvPath, system: r.failedSystem, own: r.own, now })) {
         this.buildEnded(q.id, false, true);
       }
     }

@@ -212,6 +212,42 @@ export class PgSchedulerDb implements SchedulerDb {
     });
   }
 
+  buildsCachedFailure(list: Parameters<SchedulerDb['buildsCachedFailure']>[0]): Promise<number[]> {
+    // One finishBuildsFailed per failed derivation: array statements per
+    // chunk of builds, each build with a cached-failure step row (8, as
+    // Hydra's, without times: no time was spent).
+    const groups = new Map<string, (typeof list)[number][]>();
+    for (const a of list) {
+      const key = `${a.failedDrvPath}\0${a.system}`;
+      const g = groups.get(key);
+      if (g) g.push(a);
+      else groups.set(key, [a]);
+    }
+    return withTransaction(this.pool, async (c) => {
+      const ended: number[] = [];
+      for (const g of groups.values()) {
+        const { failedDrvPath, system, now } = g[0]!;
+        ended.push(
+          ...(await finishBuildsFailed(c, {
+            failedBuildId: null,
+            failedStepDrvPath: failedDrvPath,
+            stepStatus: BuildStatus.CachedFailure,
+            builds: g.map((a) => ({ id: a.buildId, own: a.own })),
+            startTime: now,
+            stopTime: now,
+            errorMsg: null,
+            machine: '',
+            isCachedBuild: true,
+            system,
+          })),
+        );
+      }
+      // One notification per build, as one at a time would send (they are unrelated builds).
+      for (const id of ended) await notifyBuildsFinished(c, [id]);
+      return ended;
+    });
+  }
+
   jobsets(windowSeconds: number): Promise<JobsetRow[]> {
     return readJobsetShares(this.pool, windowSeconds);
   }
