@@ -14,14 +14,26 @@ export async function* streamRows<R extends Record<string, unknown>>(
 ): AsyncGenerator<R[], void, undefined> {
   const client = await pool.connect();
   const cursor = client.query(new Cursor<R>(text, values));
+  let failed = false;
+  // The connection may also die while the consumer holds a batch.
+  const dead = () => (failed = true);
+  client.on('error', dead);
+  client.on('end', dead);
   try {
     for (;;) {
       const rows = await cursor.read(batchSize);
       if (rows.length === 0) return;
       yield rows;
     }
+  } catch (err) {
+    failed = true;
+    throw err;
   } finally {
-    await cursor.close().catch(() => {});
-    client.release();
+    // After a failed read (e.g. the server went away) close() would wait
+    // forever for a reply: the client is discarded instead.
+    if (!failed) await cursor.close().catch(() => {});
+    client.off('error', dead);
+    client.off('end', dead);
+    client.release(failed);
   }
 }

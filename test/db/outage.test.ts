@@ -5,11 +5,14 @@ import { join } from 'node:path';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startEmbeddedPostgres, type EmbeddedDatabase } from '../../src/db/embedded.ts';
-import { createPool } from '../../src/db/pool.ts';
+import { createPool, withTransaction } from '../../src/db/pool.ts';
+import { PgSchedulerDb } from '../../src/db/scheduler-db.ts';
 import { ensureSchema } from '../../src/db/schema.ts';
 import { LocalNixStore } from '../../src/nix/local-store.ts';
 import { startCli } from '../helpers/cli.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
+import { startStep } from '../../src/db/step-rows.ts';
+import { streamRows } from '../../src/db/cursor.ts';
 import { InProcessRunner } from '../helpers/in-process-runner.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
@@ -148,6 +151,21 @@ describe('a database outage', () => {
     expect(d.exitCode).toBe(0);
   }, 240_000);
 
+  it('a cursor read whose server went away fails instead of hanging the queue monitor', async () => {
+    const pool = createPool(url, { max: 1 });
+    try {
+      const rows = streamRows<{ g: number }>(pool, 'select g from generate_series(1, 5000) g', [], 1000);
+      expect((await rows.next()).value).toHaveLength(1000);
+      await stopServer();
+      await expect(rows.next()).rejects.toThrow();
+      await startServer();
+      expect((await pool.query('select 1 as x')).rows).toEqual([{ x: 1 }]);
+    } finally {
+      if (!server) await startServer();
+      await pool.end();
+    }
+  });
+
   it('exits non-zero (DB_GAVE_UP) once the database stays away past dbGiveUpAfterInS', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'hydrant-outage-giveup-'));
     const config = join(dir, 'runner.toml');
@@ -164,4 +182,46 @@ describe('a database outage', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 120_000);
+
+  it('exits non-zero (RUNNER_LOCK_LOST) when another runner took the lock while its connection was away', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hydrant-outage-taken-'));
+    const config = join(dir, 'runner.toml');
+    writeFileSync(config, `dbUrl = "${url}"\nhydraDataDir = "${dir}"\nhttpListen = ""\nshutdownGraceInS = 1\n`);
+    const p = startCli(['serve', '--config', config]);
+    const pool = createPool(url, { max: 2 });
+    const other = await pool.connect();
+    try {
+      await p.waitFor(/"msg":"runner running"/, 60_000);
+      // Its lock connection dies; another session waits for the lock and gets it first.
+      const taken = other.query("select pg_advisory_lock(hashtext('hydrant:queue-runner'))");
+      await pool.query("select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'hydrant-lock' and datname = current_database()");
+      await taken;
+      expect(await p.exited).toBe(1);
+      expect(p.output()).toMatch(/"code":"RUNNER_LOCK_LOST"[^\n]*"msg":"another runner took the runner lock; stopping"/);
+    } finally {
+      p.child.kill('SIGKILL');
+      other.release(true);
+      await pool.end();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+
+  it('after an outage, aborts busy rows that are none of the live attempts and keeps those that are', async () => {
+    const pool = createPool(url, { max: 2 });
+    try {
+      const jobset = await createJobset(pool, 'orphans', `j-${randomBytes(3).toString('hex')}`);
+      const build = await queueBuild(pool, jobset, '/nix/store/00000000000000000000000000000000-x.drv');
+      const start = (n: string) => withTransaction(pool, (c) => startStep(c, { buildId: build, drvPath: `/nix/store/${n}-x.drv`, system: 'x86_64-linux', machine: 'm', startTime: 1, busy: 30, type: 0, outputs: [] }));
+      const live = await start('11111111111111111111111111111111');
+      const orphan = await start('22222222222222222222222222222222');
+      expect(await new PgSchedulerDb(pool).abortOrphans(5, [{ buildId: build, stepnr: live }])).toBeGreaterThanOrEqual(1);
+      const rows = (await pool.query('select stepnr, busy, status, stoptime from buildsteps where build = $1 order by stepnr', [build])).rows;
+      expect(rows).toEqual([
+        { stepnr: live, busy: 30, status: null, stoptime: null },
+        { stepnr: orphan, busy: 0, status: 3, stoptime: 5 },
+      ]);
+    } finally {
+      await pool.end();
+    }
+  });
 });
