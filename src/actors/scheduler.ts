@@ -265,7 +265,7 @@ export class Scheduler {
     const r = await this.graph.addBuild(q);
     const now = unixNow(this.clock.now());
     if (r.kind === 'cached') {
-      if (await this.o.db.buildCached({ buildId: q.id, now, outputs: r.outputs })) this.buildEnded(q.id, true, true);
+      if (await this.persist(() => this.o.db.buildCached({ buildId: q.id, now, outputs: r.outputs }))) this.buildEnded(q.id, true, true);
     } else if (r.kind === 'cachedFailure') {
       if (await this.cachedFailures.load({ buildId: q.id, failedDrvPath: r.failedDrvPath, system: r.failedSystem, own: r.own, now })) {
         this.buildEnded(q.id, false, true);
