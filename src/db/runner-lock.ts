@@ -62,6 +62,8 @@ export class RunnerLock extends EventEmitter {
   private attempt = 0;
   private lostAt = 0;
   private freeSince = 0;
+  /** The backend pid of the session that held the lock last: after a loss it may hold it a while longer. */
+  private lastPid: number | null = null;
   /** Why the lock ended for good (taken or gaveUp). */
   failure: Error | null = null;
 
@@ -163,8 +165,15 @@ export class RunnerLock extends EventEmitter {
     return this.o.heartbeatMs ?? 5000;
   }
 
+  /** The pid of the backend holding the lock, or null when it is free. */
+  private async holder(client: pg.Client): Promise<number | null> {
+    const { rows } = await client.query<{ pid: number }>(sql('runner/lock-holder'));
+    return rows[0]?.pid ?? null;
+  }
+
   private hold(client: pg.Client): void {
     this.client = client;
+    this.lastPid = (client as unknown as { processID: number | null }).processID ?? null;
     client.removeAllListeners('error');
     client.removeAllListeners('end');
     client.on('error', (err) => this.lost(client, err));
@@ -223,18 +232,29 @@ export class RunnerLock extends EventEmitter {
       const locked = await this.tryLock(client);
       if (this.current !== 'reconnecting') return drop(client);
       if (locked) return this.hold(client);
+      // Our own previous session may still hold it: its backend has not yet
+      // noticed the connection we gave up for dead (a hung server). End it and retry.
+      const pid = await this.holder(client);
+      if (pid !== null && pid === this.lastPid) {
+        await client.query(sql('runner/terminate-session'), [pid]).catch(() => {});
+        drop(client);
+        if ((this.current as LockState) === 'reconnecting') this.retryOrGiveUp(new Error(`the lock is still held by this runner's previous session (pid ${pid})`));
+        return;
+      }
       drop(client);
+      if ((this.current as LockState) !== 'reconnecting') return;
       this.to('taken', new RunnerLockLostError('another queue runner took the runner lock while this one was disconnected'));
     } catch (err) {
       if (client) drop(client);
       if (this.current !== 'reconnecting') return;
-      if (Date.now() - this.lostAt >= this.o.giveUpAfterMs) {
-        const s = Math.round(this.o.giveUpAfterMs / 1000);
-        this.to('gaveUp', new DatabaseGaveUpError(`the database stayed unreachable for ${s} s (dbGiveUpAfterInS): ${(err as Error).message}`, { cause: err }));
-        return;
-      }
-      this.retryLater();
+      this.retryOrGiveUp(err as Error);
     }
+  }
+
+  private retryOrGiveUp(err: Error): void {
+    if (Date.now() - this.lostAt < this.o.giveUpAfterMs) return this.retryLater();
+    const s = Math.round(this.o.giveUpAfterMs / 1000);
+    this.to('gaveUp', new DatabaseGaveUpError(`the database stayed unreachable for ${s} s (dbGiveUpAfterInS): ${err.message}`, { cause: err }));
   }
 
   private async poll(): Promise<void> {
@@ -251,9 +271,9 @@ export class RunnerLock extends EventEmitter {
         this.freeSince = 0;
       }
       const client = this.client;
-      const { rows } = await client.query<{ free: boolean }>(sql('runner/lock-free'));
+      const free = (await this.holder(client)) === null;
       const now = Date.now();
-      if (!rows[0]?.free) this.freeSince = 0;
+      if (!free) this.freeSince = 0;
       else if (this.freeSince === 0) this.freeSince = now;
       else if (now - this.freeSince >= (this.o.takeoverAfterMs ?? 3000)) {
         if ((this.current as LockState) !== 'standby') return;

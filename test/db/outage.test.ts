@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type pg from 'pg';
@@ -150,6 +151,69 @@ describe('a database outage', () => {
     }
     expect(d.exitCode).toBe(0);
   }, 240_000);
+
+  /** SIGSTOP/SIGCONT to the test's own server: the postmaster (postmaster.pid) and its children. */
+  function signalServer(sig: 'SIGSTOP' | 'SIGCONT'): void {
+    const postmaster = Number(readFileSync(join(stateDir, 'postgres', 'postmaster.pid'), 'utf8').split('\n')[0]);
+    let children: number[] = [];
+    try {
+      children = execFileSync('pgrep', ['-P', String(postmaster)]).toString().trim().split('\n').filter(Boolean).map(Number);
+    } catch {
+      // no children
+    }
+    for (const pid of [postmaster, ...children]) process.kill(pid, sig);
+  }
+
+  it('rides out a hung server: the heartbeat notices, the lock is re-taken, every build ends right', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hydrant-outage-hung-'));
+    const pool = createPool(url, { max: 1 });
+    const jobset = await createJobset(pool, 'hung', `main-${randomBytes(3).toString('hex')}`);
+    await pool.end();
+    const runner = await InProcessRunner.start(url, dir, { localBuilderJobs: 4, dbGiveUpAfterInS: 120, tokenPaths: [] });
+    const d = runner.daemon;
+    let stopped = false;
+    try {
+      const ids = await queueSet(jobset, 'hung');
+      await waitFor(async () => (await busySteps(ids)) === 3, 60_000, 'three steps building');
+      signalServer('SIGSTOP');
+      stopped = true;
+      await waitFor(() => d.lifecycle.state === 'reconnecting', 60_000, 'the heartbeat to notice');
+      signalServer('SIGCONT');
+      stopped = false;
+      await expectEnded(ids);
+      expect(await busySteps(ids)).toBe(0);
+      expect(d.lifecycle.state).toBe('running');
+    } finally {
+      if (stopped) signalServer('SIGCONT');
+      await runner.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(d.exitCode).toBe(0);
+  }, 180_000);
+
+  it("takes its lock back from its own hung session instead of mistaking it for another runner's", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hydrant-outage-stale-'));
+    const runner = await InProcessRunner.start(url, dir, { dbGiveUpAfterInS: 120, tokenPaths: [] });
+    const d = runner.daemon;
+    let pid = 0;
+    try {
+      pid = (await query<{ pid: number }>("select pid from pg_stat_activity where application_name = 'hydrant-lock'"))[0]!.pid;
+      // Only the lock's backend hangs: it keeps holding the lock while the runner reconnects.
+      process.kill(pid, 'SIGSTOP');
+      await waitFor(() => d.lifecycle.state === 'reconnecting', 60_000, 'the heartbeat to notice');
+      // Several reconnects meet the lock held by the hung session (longer than the backoff).
+      await new Promise((r) => setTimeout(r, 3000));
+      expect(d.lifecycle.state).toBe('reconnecting');
+      process.kill(pid, 'SIGCONT');
+      pid = 0;
+      await waitFor(() => d.lifecycle.state === 'running', 60_000, 'the lock re-taken');
+    } finally {
+      if (pid) process.kill(pid, 'SIGCONT');
+      await runner.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(d.exitCode).toBe(0);
+  }, 120_000);
 
   it('a cursor read whose server went away fails instead of hanging the queue monitor', async () => {
     const pool = createPool(url, { max: 1 });
