@@ -595,6 +595,14 @@ export class Scheduler {
     if (!open) throw new Error('runner stopping while the database is unreachable; write dropped');
   }
 
+  /**
+   * Stopping begins: writes waiting for the gate give up now. Before the
+   * queue monitor is stopped, whose pass may be waiting on such a write.
+   */
+  abandonWaitingWrites(): void {
+    this.stopped();
+  }
+
   /** Result writes waiting for the database or in flight. */
   get pendingWrites(): number {
     return this.writes;

@@ -64,6 +64,8 @@ export async function startRunnerRuntime(o: RunnerRuntimeOptions): Promise<Runne
       await monitor.request('added', 'scan', 'shares');
     },
     async stop(graceMs) {
+      // A load may be waiting for the database to come back: it gives up first.
+      scheduler.abandonWaitingWrites();
       await monitor.stop();
       await scheduler.drain(graceMs);
     },

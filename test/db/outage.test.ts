@@ -15,7 +15,7 @@ import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { startStep } from '../../src/db/step-rows.ts';
 import { streamRows } from '../../src/db/cursor.ts';
 import { InProcessRunner } from '../helpers/in-process-runner.ts';
-import { instantiate, MK_DRV } from '../helpers/nix.ts';
+import { instantiate, MK_DRV, realise } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
 /**
@@ -213,6 +213,36 @@ describe('a database outage', () => {
       rmSync(dir, { recursive: true, force: true });
     }
     expect(d.exitCode).toBe(0);
+  }, 120_000);
+
+  it('stops when asked (SIGTERM) while a load waits for the database', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hydrant-outage-load-'));
+    const runner = await InProcessRunner.start(url, dir, { dbGiveUpAfterInS: 600, tokenPaths: [], shutdownGraceInS: 1 });
+    const d = runner.daemon;
+    let pid = 0;
+    try {
+      pid = (await query<{ pid: number }>("select pid from pg_stat_activity where application_name = 'hydrant-lock'"))[0]!.pid;
+      process.kill(pid, 'SIGSTOP');
+      await waitFor(() => d.lifecycle.state === 'reconnecting', 60_000, 'the heartbeat to notice');
+      // A build whose output exists: its load ends it as cached, a write that waits for the lock.
+      const nonce = randomBytes(4).toString('hex');
+      const [drv] = await instantiate(`let ${MK_DRV} in { x = mk { name = "cached-${nonce}"; script = "echo > $out"; }; }`, ['x']);
+      await realise([drv!]);
+      const pool = createPool(url, { max: 1 });
+      const jobset = await createJobset(pool, 'load', `j-${nonce}`);
+      const id = await queueBuild(pool, jobset, drv!, 'x', 'x86_64-linux', (await new LocalNixStore().readDerivation(drv!)).outputs);
+      await pool.query("notify builds_added, ''");
+      await pool.end();
+      await waitFor(() => d.runtime!.scheduler.pendingWrites === 1, 60_000, 'the cached build waiting for the database');
+      await d.stop();
+      expect(d.lifecycle.state).toBe('stopped');
+      expect(d.exitCode).toBe(0);
+      expect((await query<{ finished: number }>('select finished from builds where id = $1', [id]))[0]!.finished).toBe(0);
+    } finally {
+      if (pid) process.kill(pid, 'SIGCONT');
+      await runner.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   }, 120_000);
 
   it('a cursor read whose server went away fails instead of hanging the queue monitor', async () => {
