@@ -4,6 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalNixStore } from '../../src/nix/local-store.ts';
+import { freePort, startEmbeddedPostgres } from '../../src/db/embedded.ts';
+import { createPool } from '../../src/db/pool.ts';
+import { ensureSchema } from '../../src/db/schema.ts';
 import { startCli } from '../helpers/cli.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
@@ -28,11 +31,11 @@ describe('hydrant serve --standby', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const runner = (name: string, standby: boolean) => {
+  const runner = (name: string, standby: boolean, url = db.url) => {
     const d = join(dir, name);
     mkdirSync(d);
     const config = join(d, 'runner.toml');
-    writeFileSync(config, `dbUrl = "${db.url}"\nhydraDataDir = "${d}"\nlocalBuilderJobs = 3\nhttpListen = "127.0.0.1:0"\nshutdownGraceInS = 2\n`);
+    writeFileSync(config, `dbUrl = "${url}"\nhydraDataDir = "${d}"\nlocalBuilderJobs = 3\nhttpListen = "127.0.0.1:0"\nshutdownGraceInS = 2\n`);
     return startCli(['serve', '--config', config, ...(standby ? ['--standby'] : [])]);
   };
   const httpPort = async (p: ReturnType<typeof startCli>) => Number(/"port":(\d+)/.exec(await p.waitFor(/"port":\d+,"writes":\w+,"msg":"HTTP API listening"/, 60_000))![1]);
@@ -53,9 +56,11 @@ describe('hydrant serve --standby', () => {
       names,
     );
     const active = runner('active', true);
-    const standby = runner('standby', true);
+    let standby: ReturnType<typeof startCli> | null = null;
     try {
+      // Whichever takes the lock first is the active one: the standby starts after.
       await active.waitFor(/"msg":"runner running"/, 60_000);
+      standby = runner('standby', true);
       const standbyPort = await httpPort(standby);
       await standby.waitFor(/"msg":"another runner holds the database; waiting as a hot standby"/, 60_000);
       expect(await status(standbyPort)).toBe('standby');
@@ -98,7 +103,42 @@ describe('hydrant serve --standby', () => {
       expect(await standby.exited).toBe(0);
     } finally {
       active.child.kill('SIGKILL');
-      standby.child.kill('SIGKILL');
+      standby?.child.kill('SIGKILL');
     }
   }, 240_000);
+
+  it('keeps the active runner active across a database restart (the standby does not steal the lock)', async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), 'hydrant-standby-pg-'));
+    const port = await freePort();
+    let server = await startEmbeddedPostgres({ stateDir, port, ephemeral: true });
+    const pool = createPool(server.url, { max: 1 });
+    await ensureSchema(pool);
+    await pool.end();
+    const active = runner('active-r', true, server.url);
+    let standby: ReturnType<typeof startCli> | null = null;
+    try {
+      const activePort = await httpPort(active);
+      await active.waitFor(/"msg":"runner running"/, 60_000);
+      standby = runner('standby-r', true, server.url);
+      const standbyPort = await httpPort(standby);
+      await standby.waitFor(/"msg":"another runner holds the database; waiting as a hot standby"/, 60_000);
+      await server.stop();
+      server = await startEmbeddedPostgres({ stateDir, port, ephemeral: true });
+      await active.waitFor(/"msg":"runner lock re-taken; resuming and re-scanning the queue"/, 60_000);
+      // Longer than the standby's takeover window: it saw the lock held all along.
+      await new Promise((r) => setTimeout(r, 5000));
+      expect(await status(activePort)).toBe('running');
+      expect(await status(standbyPort)).toBe('standby');
+      active.child.kill('SIGTERM');
+      expect(await active.exited).toBe(0);
+      await standby.waitFor(/"msg":"the active runner is gone; taking over"/, 60_000);
+      standby.child.kill('SIGTERM');
+      expect(await standby.exited).toBe(0);
+    } finally {
+      active.child.kill('SIGKILL');
+      standby?.child.kill('SIGKILL');
+      await server.stop();
+      rmSync(stateDir, { recursive: true, force: true });
+    }
+  }, 180_000);
 });
