@@ -138,8 +138,8 @@ describe('a database outage', () => {
       const metrics = await (await fetch(`${runner.url}/metrics`)).text();
       expect(metrics).toMatch(/^hydrant_db_pending_writes 3$/m);
       expect(metrics).toMatch(/^hydrant_runner_state\{state="reconnecting"\} 1$/m);
-      // Longer than the reconnect backoff: several attempts fail meanwhile.
-      await new Promise((r) => setTimeout(r, 5000));
+      // Longer than the reconnect backoff: several attempts fail meanwhile (OUTAGE_MS=65000 for a minute's outage).
+      await new Promise((r) => setTimeout(r, Number(process.env.OUTAGE_MS ?? 5000)));
       await startServer();
       await expectEnded(long);
       expect(await busySteps(long)).toBe(0);
