@@ -35,6 +35,12 @@ export interface SchedulerDb {
   abortLeftovers(now: number): Promise<number>;
 
   /**
+   * After an outage: busy rows other than `live` (this runner's running
+   * attempts) become aborted (3). Returns how many.
+   */
+  abortOrphans(now: number, live: readonly { buildId: number; stepnr: number }[]): Promise<number>;
+
+  /**
    * Step attempts begin (one row each, under their build); returns their
    * stepnrs in order. Starts dispatched together are written in one
    * transaction.
@@ -125,6 +131,12 @@ export interface SchedulerDb {
    * had already ended.
    */
   buildUnloadable(a: { buildId: number; drvPath: string; system: string; errorMsg: string; now: number }): Promise<boolean>;
+
+  /**
+   * buildCachedFailure for many builds in one transaction (loaders meeting a
+   * failed step together). Returns the ids that ended.
+   */
+  buildsCachedFailure(list: readonly { buildId: number; failedDrvPath: string; system: string; own: boolean; now: number }[]): Promise<number[]>;
 
   jobsets(windowSeconds: number): Promise<JobsetRow[]>;
   /** Unfinished builds with id > afterId, by id, in batches. */

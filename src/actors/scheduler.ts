@@ -10,7 +10,7 @@ import { systemClock } from './model.ts';
 import type { SchedulerDb } from './scheduler-db.ts';
 import { StepGraph, type AddBuildResult, type QueuedBuild } from './step-graph.ts';
 import type { StepState } from '../machines/index.ts';
-import { Batcher } from '../util/batcher.ts';
+import { Coalescer } from './coalescer.ts';
 import { isConnectionError } from '../db/errors.ts';
 
 export type SchedulerConfig = Pick<
@@ -35,6 +35,20 @@ export interface SchedulerOptions {
   finisher?: StepFinisher;
   /** Per assignment: the runner's own delay and the step's whole wait (see DispatcherOptions). */
   onDispatch?: (latencyMs: number, waitMs: number) => void;
+  /** Result writes wait for it to open (the runner holds its lock); without it they go at once. */
+  gate?: WriteGate;
+  /** Result writes waiting or in flight beyond which dispatch pauses (backpressure). */
+  maxPendingWrites?: number;
+}
+
+/**
+ * Open while this runner may write to the database: it holds the runner lock
+ * (src/db/runner-lock.ts). While the database is away the lock is being
+ * re-taken and writes wait.
+ */
+export interface WriteGate {
+  /** Resolves while (or once) writes may go ahead; rejects once they never will (lock taken, given up). */
+  whenOpen(): Promise<void>;
 }
 
 /** One attempt of a step on a machine. */
@@ -123,6 +137,15 @@ export class Scheduler {
   /** Per-step debug lines cost allocations on the dispatch path; build them only when wanted. */
   private readonly debug: boolean;
   private stopping = false;
+  private stopped!: () => void;
+  /** Resolves when draining begins: writes waiting for the gate then give up. */
+  private readonly stopWait = new Promise<void>((r) => (this.stopped = r));
+  /** Why dispatch is paused besides draining (database outage, write backpressure). */
+  private readonly holds = new Set<string>();
+  /** Result writes waiting for the database or in flight (bounded: see maxPendingWrites). */
+  private writes = 0;
+  /** BuildSteps rows of this runner's attempts whose closing write has not landed: busy on purpose. */
+  private readonly liveRows = new Map<string, { buildId: number; stepnr: number }>();
   readonly counters: SchedulerCounters = {
     buildsLoaded: 0, buildsFinished: 0, buildsSucceeded: 0, buildsFailed: 0, buildsCached: 0,
     stepsStarted: 0, stepsFinished: 0, stepsRetried: 0, stepsUnsupported: 0, stepsSucceeded: 0, stepsFailed: 0, stepsTransient: 0,
@@ -130,14 +153,30 @@ export class Scheduler {
   readonly machineStats = new Map<string, MachineStats>();
   /** Listeners for finished builds (tests, status, visualizer). */
   onBuildFinished: ((buildId: number) => void) | null = null;
+  /**
+   * Builds that meet a failed step as they load end in shared transactions,
+   * one at a time: thousands of dependents of one failure cost a few
+   * transactions on one connection, not one each.
+   */
+  private readonly cachedFailures = new Coalescer<Parameters<SchedulerDb['buildsCachedFailure']>[0][number], boolean>(
+    async (list) => {
+      const ended = new Set(await this.persist(() => this.o.db.buildsCachedFailure(list)));
+      return list.map((a) => ended.has(a.buildId));
+    },
+    { maxBatch: 1000, maxInFlight: 1, lingerMs: 20, maxWaitMs: 1000 },
+  );
 
   constructor(private readonly o: SchedulerOptions) {
     this.clock = o.clock ?? systemClock;
     this.debug = o.log.isLevelEnabled('debug');
-    const failed = new Batcher<string, boolean>(async (paths) => {
-      const set = await o.db.failedPaths(paths);
-      return new Map(paths.map((p) => [p, set.has(p)]));
-    }, false);
+    // Loaders' FailedPaths look-ups share queries and hold at most two connections.
+    const failed = new Coalescer<string, boolean>(
+      async (paths) => {
+        const set = await o.db.failedPaths([...new Set(paths)]);
+        return paths.map((p) => set.has(p));
+      },
+      { maxBatch: 1000, maxInFlight: 2, lingerMs: 1 },
+    );
     this.graph = new StepGraph({
       store: o.store,
       failures: { isFailed: async (paths) => (await Promise.all(paths.map((p) => failed.load(p)))).some(Boolean) },
@@ -226,9 +265,9 @@ export class Scheduler {
     const r = await this.graph.addBuild(q);
     const now = unixNow(this.clock.now());
     if (r.kind === 'cached') {
-      if (await this.o.db.buildCached({ buildId: q.id, now, outputs: r.outputs })) this.buildEnded(q.id, true, true);
+      if (await this.persist(() => this.o.db.buildCached({ buildId: q.id, now, outputs: r.outputs }))) this.buildEnded(q.id, true, true);
     } else if (r.kind === 'cachedFailure') {
-      if (await this.o.db.buildCachedFailure({ buildId: q.id, failedDrvPath: r.failedDrvPath, system: r.failedSystem, own: r.own, now })) {
+      if (await this.cachedFailures.load({ buildId: q.id, failedDrvPath: r.failedDrvPath, system: r.failedSystem, own: r.own, now })) {
         this.buildEnded(q.id, false, true);
       }
     }
@@ -287,6 +326,9 @@ export class Scheduler {
       startTime: unixNow(this.clock.now()),
       outputs: step.outputs,
       firstStepOfBuild: first,
+    });
+    void row.then((nr) => {
+      if (nr !== null) this.liveRows.set(`${buildId}:${nr}`, { buildId, stepnr: nr });
     });
     const aj: ActiveJob = { job, step, machine: m, port, buildId, row, startedAt: this.clock.now(), busy: StepBusy.Preparing, busyWritten: StepBusy.Preparing, busyWriteScheduled: false };
     this.active.set(step, aj);
@@ -391,7 +433,7 @@ export class Scheduler {
   private async persistSuccess(aj: ActiveJob, outcome: Extract<StepOutcome, { kind: 'success' }>, builds: BuildRecord[]): Promise<void> {
     const { step } = aj;
     const stepnr = await aj.row;
-    const ended = await this.persist(() =>
+    const ended = await this.closing(aj.buildId, stepnr, () =>
       this.o.db.stepSucceeded({
         buildId: aj.buildId,
         stepnr,
@@ -428,7 +470,7 @@ export class Scheduler {
         cacheable: false,
       });
     } else if (stepnr !== null) {
-      await this.persist(() =>
+      await this.closing(aj.buildId, stepnr, () =>
         this.o.db.stepAborted({ buildId: aj.buildId, stepnr, status: 3, errorMsg, stopTime: unixNow(this.clock.now()), machine: aj.machine.id }),
       );
     }
@@ -467,7 +509,7 @@ export class Scheduler {
   ): Promise<void> {
     const handled = new Set(this.graph.dependentBuilds(step));
     const stepnr = await at.row;
-    const ended = await this.persist(() =>
+    const ended = await this.closing(at.buildId, stepnr, () =>
       this.o.db.stepFailed({
         buildId: at.buildId,
         stepnr,
@@ -510,17 +552,85 @@ export class Scheduler {
    * retried a few times, then given up (a restart recomputes from the store).
    */
   private async persist<T>(write: () => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await write();
-      } catch (err) {
-        const lost = isConnectionError(err);
-        if (this.stopping || (!lost && attempt >= 3)) throw err;
-        const delay = Math.min(30_000, 100 * 2 ** attempt);
-        this.o.log.warn({ err: String((err as Error)?.message ?? err), attempt, delayMs: delay }, 'result write failed; retrying');
-        await new Promise((r) => setTimeout(r, delay));
+    const max = this.o.maxPendingWrites ?? Infinity;
+    if (++this.writes >= max) this.holdDispatch('backpressure');
+    try {
+      for (let attempt = 1; ; attempt++) {
+        await this.gateOpen();
+        try {
+          return await write();
+        } catch (err) {
+          const lost = isConnectionError(err);
+          if (this.stopping || (!lost && attempt >= 3)) throw err;
+          // Short: while the database is away the gate holds writes back, not this delay.
+          const delay = Math.min(5_000, 100 * 2 ** attempt);
+          this.o.log.warn({ err: String((err as Error)?.message ?? err), attempt, delayMs: delay }, 'result write failed; retrying');
+          await new Promise((r) => setTimeout(r, delay));
+        }
       }
+    } finally {
+      if (--this.writes < max) this.releaseDispatch('backpressure');
     }
+  }
+
+  /** A write that ends an attempt's row: the row stops being live once it is done (or given up). */
+  private async closing<T>(buildId: number, stepnr: number | null, write: () => Promise<T>): Promise<T> {
+    try {
+      return await this.persist(write);
+    } finally {
+      if (stepnr !== null) this.liveRows.delete(`${buildId}:${stepnr}`);
+    }
+  }
+
+  /** Waits for the write gate; a drain that begins meanwhile gives the write up. */
+  private async gateOpen(): Promise<void> {
+    const gate = this.o.gate;
+    if (!gate) return;
+    let open = false;
+    const opened = gate.whenOpen().then(() => {
+      open = true;
+    });
+    opened.catch(() => {});
+    await Promise.race([opened, this.stopWait]);
+    if (!open) throw new Error('runner stopping while the database is unreachable; write dropped');
+  }
+
+  /**
+   * Stopping begins: writes waiting for the gate give up now. Before the
+   * queue monitor is stopped, whose pass may be waiting on such a write.
+   */
+  abandonWaitingWrites(): void {
+    this.stopped();
+  }
+
+  /** Result writes waiting for the database or in flight. */
+  get pendingWrites(): number {
+    return this.writes;
+  }
+
+  /** Pauses dispatch for `reason` (several may hold it) until releaseDispatch(reason). */
+  holdDispatch(reason: string): void {
+    if (this.holds.has(reason)) return;
+    this.holds.add(reason);
+    this.dispatcher.pause();
+    this.o.log.info({ reason }, 'dispatch paused');
+  }
+
+  releaseDispatch(reason: string): void {
+    if (!this.holds.delete(reason)) return;
+    this.o.log.info({ reason, stillHeld: [...this.holds] }, 'dispatch hold released');
+    if (this.holds.size === 0 && !this.stopping) this.dispatcher.resume();
+  }
+
+  /**
+   * After the database came back (lock re-taken): once the start rows being
+   * written have landed, busy rows that are none of this runner's live
+   * attempts are aborted — e.g. a start whose commit went through but whose
+   * reply was lost, then written again. Returns how many.
+   */
+  async reconcile(): Promise<number> {
+    await Promise.all([...this.active.values()].map((aj) => aj.row));
+    return this.persist(() => this.o.db.abortOrphans(unixNow(this.clock.now()), [...this.liveRows.values()]));
   }
 
   private track(p: Promise<unknown>): void {
@@ -541,7 +651,9 @@ export class Scheduler {
           aj.row.then((nr) =>
             nr === null
               ? undefined
-              : this.o.db.stepAborted({ buildId: aj.buildId, stepnr: nr, status: 4, errorMsg: 'no build needs this step any more', stopTime: unixNow(this.clock.now()), machine: aj.machine.id }),
+              : this.closing(aj.buildId, nr, () =>
+                  this.o.db.stepAborted({ buildId: aj.buildId, stepnr: nr, status: 4, errorMsg: 'no build needs this step any more', stopTime: unixNow(this.clock.now()), machine: aj.machine.id }),
+                ),
           ),
         );
       }
@@ -609,6 +721,7 @@ export class Scheduler {
   async drain(graceMs: number): Promise<void> {
     this.dispatcher.pause();
     this.stopping = true;
+    this.stopped();
     const deadline = this.clock.now() + graceMs;
     while (this.active.size > 0 && this.clock.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const aj of [...this.active.values()]) {

@@ -49,6 +49,12 @@ const RunnerConfigSchema = z
     workerThreads: z.number().int().positive().default(2),
     /** On SIGTERM, how long running steps may take to finish before they are aborted. */
     shutdownGraceInS: z.number().nonnegative().default(30),
+    /** How long the runner rides out an unreachable database before it exits non-zero. */
+    dbGiveUpAfterInS: z.number().positive().default(600),
+    /** Result writes waiting for the database beyond which dispatch pauses. */
+    maxPendingDbWrites: z.number().int().positive().default(10_000),
+    /** When another runner holds the database's lock, wait as a hot standby instead of exiting. */
+    standby: z.boolean().default(false),
     /** How long a disconnected builder keeps its jobs before they are retried elsewhere. */
     builderGraceInS: z.number().nonnegative().default(60),
     /** A builder that sends nothing for this long is treated as disconnected. */

@@ -1,15 +1,19 @@
 import { EventEmitter } from 'node:events';
 
 /**
- * The daemon's lifecycle: starting → running → draining → stopped. Any state
- * may go to stopped on a fatal error. Transitions outside this table are
- * programming errors and throw.
+ * The daemon's lifecycle: starting → running → draining → stopped. A hot
+ * standby waits in `standby` (another runner holds the lock) before running;
+ * a running daemon whose database went away is `reconnecting` until it has
+ * its lock back. Any state may go to stopped on a fatal error. Transitions
+ * outside this table are programming errors and throw.
  */
-export type LifecycleState = 'starting' | 'running' | 'draining' | 'stopped';
+export type LifecycleState = 'starting' | 'standby' | 'running' | 'reconnecting' | 'draining' | 'stopped';
 
 const ALLOWED: Record<LifecycleState, readonly LifecycleState[]> = {
-  starting: ['running', 'stopped'],
-  running: ['draining', 'stopped'],
+  starting: ['standby', 'running', 'stopped'],
+  standby: ['running', 'draining', 'stopped'],
+  running: ['reconnecting', 'draining', 'stopped'],
+  reconnecting: ['running', 'draining', 'stopped'],
   draining: ['stopped'],
   stopped: [],
 };

@@ -2,7 +2,7 @@ import type { EventEmitter } from 'node:events';
 import type { SchedulerStore } from '../actors/model.ts';
 import { QueueMonitor } from '../actors/queue-monitor.ts';
 import type { SchedulerDb } from '../actors/scheduler-db.ts';
-import { Scheduler, type SchedulerConfig } from '../actors/scheduler.ts';
+import { Scheduler, type SchedulerConfig, type WriteGate } from '../actors/scheduler.ts';
 import { unixNow, type StepFinisher } from '../actors/builder-port.ts';
 import type { Logger } from '../util/logger.ts';
 
@@ -15,6 +15,9 @@ export interface RunnerRuntimeOptions {
   log: Logger;
   finisher?: StepFinisher;
   onDispatch?: (latencyMs: number, waitMs: number) => void;
+  /** Result writes wait for it (the runner lock held); see Scheduler. */
+  gate?: WriteGate;
+  maxPendingWrites?: number;
 }
 
 export interface RunnerRuntime {
@@ -22,6 +25,14 @@ export interface RunnerRuntime {
   readonly monitor: QueueMonitor;
   /** Resolves when the queue present at start has been loaded (dispatch starts before that). */
   readonly initialLoad: Promise<void>;
+  /** The database went away (lock lost): no new dispatch; results wait for the database. */
+  interrupted(): void;
+  /**
+   * The database is back and the lock re-taken: busy rows that are none of
+   * this runner's attempts are aborted, dispatch resumes and the queue is
+   * re-scanned (notifications and loads were lost meanwhile).
+   */
+  recover(): Promise<void>;
   /** Drains: stop loading, stop dispatching, let running steps end or abort them after graceMs. */
   stop(graceMs: number): Promise<void>;
 }
@@ -34,14 +45,27 @@ export interface RunnerRuntime {
 export async function startRunnerRuntime(o: RunnerRuntimeOptions): Promise<RunnerRuntime> {
   const aborted = await o.db.abortLeftovers(unixNow());
   if (aborted > 0) o.log.warn({ steps: aborted }, 'aborted steps left busy by a previous run');
-  const scheduler = new Scheduler({ config: o.config, db: o.db, store: o.store, log: o.log, finisher: o.finisher, onDispatch: o.onDispatch });
+  const scheduler = new Scheduler({
+    config: o.config, db: o.db, store: o.store, log: o.log, finisher: o.finisher, onDispatch: o.onDispatch, gate: o.gate, maxPendingWrites: o.maxPendingWrites,
+  });
   const monitor = new QueueMonitor({ db: o.db, scheduler, listener: o.listener, log: o.log, pollIntervalS: o.config.queueTriggerTimerInS });
   const initialLoad = monitor.start();
   return {
     scheduler,
     monitor,
     initialLoad,
+    interrupted() {
+      scheduler.holdDispatch('database');
+    },
+    async recover() {
+      const orphans = await scheduler.reconcile();
+      if (orphans > 0) o.log.warn({ steps: orphans }, 'aborted busy steps that no running attempt owns');
+      scheduler.releaseDispatch('database');
+      await monitor.request('added', 'scan', 'shares');
+    },
     async stop(graceMs) {
+      // A load may be waiting for the database to come back: it gives up first.
+      scheduler.abandonWaitingWrites();
       await monitor.stop();
       await scheduler.drain(graceMs);
     },

@@ -13,7 +13,8 @@ import { loadRunnerConfig, redactUrl, type RunnerConfig } from '../config/runner
 import { HYDRA_CHANNELS } from '../db/channels.ts';
 import { openDatabase, type Database } from '../db/connect.ts';
 import { NotificationListener } from '../db/listener.ts';
-import { RunnerLock } from '../db/runner-lock.ts';
+import { RunnerLock, type LockState } from '../db/runner-lock.ts';
+import { RunnerLockedError, type HydrantError } from '../errors/index.ts';
 import { PgSchedulerDb } from '../db/scheduler-db.ts';
 import { ensureSchema } from '../db/schema.ts';
 import { summarizeDerivation } from '../nix/derivation-summary.ts';
@@ -69,6 +70,8 @@ export class RunnerDaemon {
   private metrics: RunnerMetrics | null = null;
   private readonly startedAt = Date.now();
   config: RunnerConfig;
+  /** The process's exit code once stopped: non-zero when it stopped because it had to (lock taken, database gone). */
+  exitCode = 0;
 
   constructor(private readonly options: ServeOptions) {
     this.config = loadRunnerConfig(options.configPath, options.overrides);
@@ -87,15 +90,14 @@ export class RunnerDaemon {
     log.info({ db: redactUrl(this.db.url), embedded: this.db.embedded }, 'database connected');
     const schema = await ensureSchema(this.db.pool);
     log.info({ created: schema.created, version: schema.version }, schema.created ? 'created Hydra schema' : 'Hydra schema accepted');
-    this.lock = await RunnerLock.acquire(this.db.url);
-    this.lock.on('lost', (err: Error) => {
-      log.fatal({ err: err.message }, 'lost the runner lock; stopping');
-      void this.stop();
-    });
-    this.listener = new NotificationListener({ url: this.db.url, channels: HYDRA_CHANNELS });
-    this.listener.on('disconnected', (e: Error) => log.warn({ err: e.message }, 'LISTEN connection lost; reconnecting'));
-    this.listener.on('reconnected', () => log.info('LISTEN connection back; re-polling the queue'));
-    await this.listener.start();
+    const lock = (this.lock = new RunnerLock({ url: this.db.url, giveUpAfterMs: c.dbGiveUpAfterInS * 1000 }));
+    let standby = false;
+    try {
+      await lock.acquire();
+    } catch (err) {
+      if (!(c.standby && err instanceof RunnerLockedError)) throw err;
+      standby = true;
+    }
     const pool = (this.pool = new WorkerPool({ threads: c.workerThreads }));
     const store = new LocalNixStore(async (drvPath, bytes) => summarizeDerivation(drvPath, await withRoom(pool, () => pool.parseDerivation(bytes))));
     const caches = await openCaches(c.remoteStoreAddr, pool);
@@ -110,17 +112,59 @@ export class RunnerDaemon {
       pings: () => this.builderService?.pings ?? new Map(),
       transfers: () => this.builderService?.transfers ?? { sentNarBytes: 0, sentWireBytes: 0, receivedNarBytes: 0, receivedWireBytes: 0 },
       startedAt: this.startedAt,
+      state: () => this.lifecycle.state,
     }));
+    // Up before a standby waits, so that its status shows it waiting.
+    await this.startHttp(store);
+    if (this.options.handleSignals) this.installSignals();
+    if (standby) {
+      this.lifecycle.to('standby');
+      log.info({ state: 'standby' }, 'another runner holds the database; waiting as a hot standby');
+      if (!(await lock.standby())) return; // stopped while waiting
+      log.warn('the active runner is gone; taking over');
+    }
+    lock.on('state', (next: LockState, prev: LockState, err?: Error) => this.lockChanged(next, prev, err));
+    // Its reconnects re-scan the queue; an outage of a minute must not leave it 30 s behind.
+    this.listener = new NotificationListener({ url: this.db.url, channels: HYDRA_CHANNELS, maxBackoffMs: 2000 });
+    this.listener.on('disconnected', (e: Error) => log.warn({ err: e.message }, 'LISTEN connection lost; reconnecting'));
+    this.listener.on('reconnected', () => log.info('LISTEN connection back; re-polling the queue'));
+    await this.listener.start();
     this.runtime = await startRunnerRuntime({
       config: c, db: new PgSchedulerDb(this.db.pool), store, listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,
+      gate: { whenOpen: () => lock.whenHeld() }, maxPendingWrites: c.maxPendingDbWrites,
     });
     if (c.localBuilderJobs > 0) this.addLocalBuilder();
-    await this.startHttp(store);
     if (c.tokenPaths.length > 0) await this.startGrpc();
     else log.warn('no tokenPaths configured: the builder protocol (gRPC) is not started');
-    if (this.options.handleSignals) this.installSignals();
+    if ((this.lifecycle.state as string) !== 'starting' && this.lifecycle.state !== 'standby') return; // stopped meanwhile
     this.lifecycle.to('running');
     log.info({ state: 'running' }, 'runner running');
+    // The lock may have been lost while starting.
+    if (lock.state !== 'held') this.lockChanged(lock.state, 'held');
+  }
+
+  /**
+   * The runner lock's connection came and went: pause while the database is
+   * away (results wait for it), resume and re-scan once the lock is re-taken,
+   * stop with a non-zero exit code if another runner took it or the database
+   * stayed away past dbGiveUpAfterInS.
+   */
+  private lockChanged(next: LockState, prev: LockState, err?: Error): void {
+    const { log } = this.options;
+    const rt = this.runtime;
+    if (next === 'reconnecting') {
+      log.warn({ err: err?.message }, 'lost the database connection holding the runner lock; pausing dispatch and reconnecting');
+      rt?.interrupted();
+      if (this.lifecycle.state === 'running') this.lifecycle.to('reconnecting');
+    } else if (next === 'held' && prev === 'reconnecting') {
+      log.info('runner lock re-taken; resuming and re-scanning the queue');
+      if (this.lifecycle.state === 'reconnecting') this.lifecycle.to('running');
+      rt?.recover().catch((e: unknown) => log.error({ err: String((e as Error)?.message ?? e) }, 'recovery after the outage failed'));
+    } else if (next === 'taken' || next === 'gaveUp') {
+      log.fatal({ code: (err as HydrantError | undefined)?.code, err: err?.message }, next === 'taken' ? 'another runner took the runner lock; stopping' : 'giving up on the database; stopping');
+      this.exitCode = 1;
+      void this.stop();
+    }
   }
 
   private async startGrpc(): Promise<void> {
@@ -190,7 +234,7 @@ export class RunnerDaemon {
     try {
       const next = loadRunnerConfig(this.options.configPath, this.options.overrides);
       const restart = this.runtime?.scheduler.reconfigure(next) ?? [];
-      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 'rootsDir', 'tokenPaths', 'apiTokenPaths'] as const) {
+      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 'rootsDir', 'tokenPaths', 'apiTokenPaths', 'dbGiveUpAfterInS', 'maxPendingDbWrites', 'standby'] as const) {
         if (JSON.stringify(next[k]) !== JSON.stringify(this.config[k])) restart.push(k);
       }
       this.config = next;
@@ -203,7 +247,7 @@ export class RunnerDaemon {
   async stop(): Promise<void> {
     if (this.lifecycle.state === 'stopped' || this.lifecycle.state === 'draining') return this.lifecycle.when('stopped');
     const { log } = this.options;
-    if (this.lifecycle.state === 'running') this.lifecycle.to('draining');
+    if (this.lifecycle.state !== 'starting') this.lifecycle.to('draining');
     log.info({ state: this.lifecycle.state, graceSeconds: this.config.shutdownGraceInS }, 'runner draining');
     for (const [sig, fn] of this.signalHandlers) process.off(sig, fn);
     await this.runtime?.stop(this.config.shutdownGraceInS * 1000).catch((e: unknown) => log.error({ err: String(e) }, 'drain failed'));
@@ -211,8 +255,8 @@ export class RunnerDaemon {
     await this.http?.close();
     this.grpc?.forceShutdown();
     await this.listener?.stop();
-    await this.pool?.close();
     await this.lock?.release();
+    await this.pool?.close();
     await this.db?.close();
     this.lifecycle.to('stopped');
     log.info({ state: 'stopped' }, 'runner stopped');

@@ -5,6 +5,7 @@ import { finishBuildCached, finishBuildSucceeded } from './build-results.ts';
 import { addFailedPaths, isFailedPath } from './failed-paths.ts';
 import { notifyBuildsFinished, notifyBuildStarted } from './notify.ts';
 import { withTransaction } from './pool.ts';
+import { sql } from './sql.ts';
 import { queuedBuildIds, readBuildsByIds, readJobsetShares, streamQueuedBuilds } from './queue-reads.ts';
 import { BuildStatus, StepBusy, StepType } from './status.ts';
 import { abortUnloadableBuild } from './unloadable-builds.ts';
@@ -20,6 +21,11 @@ export class PgSchedulerDb implements SchedulerDb {
 
   abortLeftovers(now: number): Promise<number> {
     return abortLeftoverSteps(this.pool, now);
+  }
+
+  async abortOrphans(now: number, live: readonly { buildId: number; stepnr: number }[]): Promise<number> {
+    const r = await this.pool.query(sql('results/abort-orphan-steps'), [now, live.map((l) => l.buildId), live.map((l) => l.stepnr)]);
+    return r.rowCount ?? 0;
   }
 
   stepsStarted(starts: Parameters<SchedulerDb['stepsStarted']>[0]): Promise<number[]> {
@@ -209,6 +215,42 @@ export class PgSchedulerDb implements SchedulerDb {
 
   buildUnloadable(a: Parameters<SchedulerDb['buildUnloadable']>[0]): Promise<boolean> {
     return abortUnloadableBuild(this.pool, a);
+  }
+
+  buildsCachedFailure(list: Parameters<SchedulerDb['buildsCachedFailure']>[0]): Promise<number[]> {
+    // One finishBuildsFailed per failed derivation: array statements per
+    // chunk of builds, each build with a cached-failure step row (8, as
+    // Hydra's, without times: no time was spent).
+    const groups = new Map<string, (typeof list)[number][]>();
+    for (const a of list) {
+      const key = `${a.failedDrvPath}\0${a.system}`;
+      const g = groups.get(key);
+      if (g) g.push(a);
+      else groups.set(key, [a]);
+    }
+    return withTransaction(this.pool, async (c) => {
+      const ended: number[] = [];
+      for (const g of groups.values()) {
+        const { failedDrvPath, system, now } = g[0]!;
+        ended.push(
+          ...(await finishBuildsFailed(c, {
+            failedBuildId: null,
+            failedStepDrvPath: failedDrvPath,
+            stepStatus: BuildStatus.CachedFailure,
+            builds: g.map((a) => ({ id: a.buildId, own: a.own })),
+            startTime: now,
+            stopTime: now,
+            errorMsg: null,
+            machine: '',
+            isCachedBuild: true,
+            system,
+          })),
+        );
+      }
+      // One notification per build, as one at a time would send (they are unrelated builds).
+      for (const id of ended) await notifyBuildsFinished(c, [id]);
+      return ended;
+    });
   }
 
   jobsets(windowSeconds: number): Promise<JobsetRow[]> {

@@ -26,3 +26,5 @@ export { EmbeddedCredentialsError } from './embedded-credentials-error.ts';
 export { EmbeddedConflictError } from './embedded-conflict-error.ts';
 export { EmbeddedPlacementError } from './embedded-placement-error.ts';
 export { DiskWriteError } from './disk-write-error.ts';
+export { RunnerLockLostError } from './runner-lock-lost-error.ts';
+export { DatabaseGaveUpError } from './database-gave-up-error.ts';

@@ -15,6 +15,8 @@ export interface MetricsSources {
   /** NAR bytes sent to and received from builders, and their size on the wire. */
   transfers(): { readonly sentNarBytes: number; readonly sentWireBytes: number; readonly receivedNarBytes: number; readonly receivedWireBytes: number };
   readonly startedAt: number;
+  /** The daemon's lifecycle state (standby, running, reconnecting, ...). */
+  state?(): string;
 }
 
 export interface RunnerMetrics {
@@ -178,6 +180,11 @@ export function createRunnerMetrics(src: MetricsSources): RunnerMetrics {
     [{ state: 'idle' }, src.db.idleCount],
     [{ state: 'waiting' }, src.db.waitingCount],
   ]);
+
+  computedGauge(registry, 'hydrant_db_pending_writes', 'Result writes waiting for the database or in flight (dispatch pauses at maxPendingDbWrites).', [], () => one(s()?.pendingWrites ?? 0));
+  computedGauge(registry, 'hydrant_runner_state', "The runner's lifecycle state: 1 for the current one (standby: waiting for the active runner's lock).", ['state'], () =>
+    ['starting', 'standby', 'running', 'reconnecting', 'draining', 'stopped'].map((st): [Labels, number] => [{ state: st }, src.state?.() === st ? 1 : 0]),
+  );
 
   const latency = new Histogram({
     name: 'hydrant_dispatch_latency_seconds',
