@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type pg from 'pg';
@@ -61,6 +61,8 @@ function oracle(): Record<string, number> {
 
 describe('fault campaign', () => {
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-campaign-'));
+  // Traversable, so that the database's data stays in it (removed with it) rather than under /var/lib/hydrant.
+  chmodSync(dir, 0o711);
   const logDisk = join(dir, 'data');
   const procs: CliProcess[] = [];
   let server: EmbeddedDatabase;
