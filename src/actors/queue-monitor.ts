@@ -112,8 +112,8 @@ export class QueueMonitor {
    * concurrent evaluations may commit in the opposite order of their build
    * ids: ids at or below the high-water mark can appear late. Hydra's
    * evaluator names its lowest new id in the payload, so the next pass reads
-   * from there; any other hint (hydrant submit, PUT /build, Hydra's own
-   * runner) makes the pass compare the unfinished ids with the held ones.
+   * from there (hydrant submit and PUT /build do the same); any other hint (Hydra's
+   * trigger, its own runner) makes the pass compare the unfinished ids with the held ones.
    */
   private addedHint(payload: string): void {
     const lowest = /^[1-9][0-9]{0,14}$/.test(payload) ? Number(payload) : null;

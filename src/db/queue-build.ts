@@ -29,7 +29,7 @@ export async function queueBuild(pool: pg.Pool, r: QueueBuildRequest): Promise<n
     ]);
     const id = rows[0]!.id;
     await c.query(prepared('submit/insert-build-outputs'), [id, r.outputs.map((o) => o.name), r.outputs.map((o) => o.path)]);
-    await c.query(sql('submit/notify-added'));
+    await c.query(sql('submit/notify-added'), [String(id)]);
     return id;
   });
 }

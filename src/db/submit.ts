@@ -58,7 +58,7 @@ export async function submitJobs(
     const evalId = rows[0]!.id;
     await c.query(prepared('submit/insert-eval-members'), [evalId, members.map((m) => m[0]), members.map((m) => m[1])]);
     await c.query(prepared('submit/mark-current'), [jobsetId, members.map((m) => m[0])]);
-    if (added.length > 0) await c.query(sql('submit/notify-added'));
+    if (added.length > 0) await c.query(sql('submit/notify-added'), [String(Math.min(...added.map((b) => b.id)))]);
     return { evalId, jobsetId, added, existing };
   });
 }

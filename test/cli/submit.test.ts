@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { runCli } from '../helpers/cli.ts';
@@ -30,7 +31,15 @@ describe('hydrant submit', () => {
 
     // Its temporary files go under TMPDIR, and none is left behind.
     const tmp = mkdtempSync(join(tmpdir(), 'hydrant-submit-tmp-'));
+    // Like Hydra's evaluator, the hint names the lowest new build id (a runner reads from there).
+    const listener = new pg.Client({ connectionString: db.url });
+    await listener.connect();
+    const hints: (string | undefined)[] = [];
+    listener.on('notification', (n) => n.channel === 'builds_added' && hints.push(n.payload));
+    await listener.query('listen builds_added');
     const first = await runCli(['submit', '--db-url', db.url, '--project', 'p', '--jobset', 'j', '--create', '--file', file], { TMPDIR: tmp });
+    await listener.query('select 1'); // a round trip: notifications sent before it have arrived
+    await listener.end();
     expect(first.stderr).toBe('');
     expect(first.code).toBe(0);
     expect(readdirSync(tmp).filter((n) => n.startsWith('hydrant-'))).toEqual([]);
@@ -39,6 +48,7 @@ describe('hydrant submit', () => {
       'select id, finished, job, nixname, description, system, priority, timeout, maxsilent, license, iscurrent from builds order by job',
     )).rows;
     expect(builds.map((b) => b.job)).toEqual(['hello', 'multi']);
+    expect(hints).toEqual([String(Math.min(...builds.map((b) => b.id as number)))]);
     expect(builds[0]).toMatchObject({ finished: 0, nixname: `hello-${nonce}`, description: 'says hi', system: 'x86_64-linux', priority: 50, timeout: 60, maxsilent: 30, license: 'mit', iscurrent: 1 });
     expect(builds[1]).toMatchObject({ priority: 100, timeout: 36000, maxsilent: 7200, description: null });
     const [helloDrv, multiDrv] = await instantiate(`import ${file} {}`, ['hello', 'multi']);
