@@ -5,12 +5,9 @@ import { setup } from 'xstate';
  * `src/daemon/lifecycle.ts` runs it as a live actor and does the work around
  * it (src/daemon/serve.ts).
  *
- *   starting ─STARTED─► running ─DRAIN─► draining ─STOPPED─► stopped
- *     │                  │  ▲
- *     │ STANDBY LOCK_LOST│  │LOCK_RETAKEN
- *     ▼                  ▼  │
- *   standby ─STARTED─►  reconnecting ─DRAIN─► draining
- *   standby ─DRAIN─► draining
+ *   starting ─STANDBY─► standby ─STARTED─► running ─DRAIN─► draining ─STOPPED─► stopped
+ *   starting ─STARTED─► running ─LOCK_LOST─► reconnecting ─LOCK_RETAKEN─► running
+ *   standby|reconnecting ─DRAIN─► draining;  any but stopped ─STOPPED─► stopped
  *
  * A hot standby waits in `standby` (another runner holds the lock) before
  * running; a running daemon whose lock connection went away is
