@@ -1,42 +1,48 @@
 import { EventEmitter } from 'node:events';
+import { createActor, transition, type Actor } from 'xstate';
+import { DAEMON_EVENTS, daemonMachine, type DaemonEventType, type DaemonState } from '../machines/index.ts';
 
 /**
- * The daemon's lifecycle: starting → running → draining → stopped. A hot
- * standby waits in `standby` (another runner holds the lock) before running;
- * a running daemon whose database went away is `reconnecting` until it has
- * its lock back. Any state may go to stopped on a fatal error. Transitions
- * outside this table are programming errors and throw.
+ * The daemon's lifecycle: starting → running → draining → stopped, with
+ * `standby` (a hot standby waiting for the lock) and `reconnecting` (the
+ * lock's connection went away); see src/machines/daemon-machine.ts, the only
+ * place that decides transitions. This is a live actor of that definition:
+ * an event the definition does not accept in the current state is a
+ * programming error and throws. Every change is announced as `change`
+ * (next, previous).
  */
-export type LifecycleState = 'starting' | 'standby' | 'running' | 'reconnecting' | 'draining' | 'stopped';
-
-const ALLOWED: Record<LifecycleState, readonly LifecycleState[]> = {
-  starting: ['standby', 'running', 'stopped'],
-  standby: ['running', 'draining', 'stopped'],
-  running: ['reconnecting', 'draining', 'stopped'],
-  reconnecting: ['running', 'draining', 'stopped'],
-  draining: ['stopped'],
-  stopped: [],
-};
+export type LifecycleState = DaemonState;
 
 export class Lifecycle extends EventEmitter {
-  private current: LifecycleState = 'starting';
+  private readonly actor: Actor<typeof daemonMachine> = createActor(daemonMachine).start();
 
   get state(): LifecycleState {
-    return this.current;
+    return this.actor.getSnapshot().value;
   }
 
+  /** Sends `event`; throws if the definition does not accept it in the current state. */
+  send(event: DaemonEventType): void {
+    const before = this.actor.getSnapshot();
+    if (!before.can({ type: event })) throw new Error(`invalid lifecycle event ${event} in ${before.value}`);
+    this.actor.send({ type: event });
+    const next = this.actor.getSnapshot().value;
+    if (next !== before.value) this.emit('change', next, before.value);
+  }
+
+  /**
+   * Goes to `next` by the one event the definition accepts here that leads
+   * there; throws if there is none.
+   */
   to(next: LifecycleState): void {
-    if (!ALLOWED[this.current].includes(next)) {
-      throw new Error(`invalid lifecycle transition ${this.current} → ${next}`);
-    }
-    const prev = this.current;
-    this.current = next;
-    this.emit('change', next, prev);
+    const snapshot = this.actor.getSnapshot();
+    const event = DAEMON_EVENTS.find((type) => snapshot.can({ type }) && transition(daemonMachine, snapshot, { type })[0].value === next);
+    if (!event) throw new Error(`invalid lifecycle transition ${snapshot.value} → ${next}`);
+    this.send(event);
   }
 
   /** Resolves when the lifecycle reaches `state` (at once if it already has). */
   when(state: LifecycleState): Promise<void> {
-    if (this.current === state) return Promise.resolve();
+    if (this.state === state) return Promise.resolve();
     return new Promise((resolve) => {
       const on = (s: LifecycleState) => {
         if (s === state) {

@@ -118,7 +118,7 @@ export class RunnerDaemon {
     await this.startHttp(store);
     if (this.options.handleSignals) this.installSignals();
     if (standby) {
-      this.lifecycle.to('standby');
+      this.lifecycle.send('STANDBY');
       log.info({ state: 'standby' }, 'another runner holds the database; waiting as a hot standby');
       if (!(await lock.standby())) return; // stopped while waiting
       log.warn('the active runner is gone; taking over');
@@ -137,7 +137,7 @@ export class RunnerDaemon {
     if (c.tokenPaths.length > 0) await this.startGrpc();
     else log.warn('no tokenPaths configured: the builder protocol (gRPC) is not started');
     if ((this.lifecycle.state as string) !== 'starting' && this.lifecycle.state !== 'standby') return; // stopped meanwhile
-    this.lifecycle.to('running');
+    this.lifecycle.send('STARTED');
     log.info({ state: 'running' }, 'runner running');
     // The lock may have been lost while starting.
     if (lock.state !== 'held') this.lockChanged(lock.state, 'held');
@@ -155,10 +155,10 @@ export class RunnerDaemon {
     if (next === 'reconnecting') {
       log.warn({ err: err?.message }, 'lost the database connection holding the runner lock; pausing dispatch and reconnecting');
       rt?.interrupted();
-      if (this.lifecycle.state === 'running') this.lifecycle.to('reconnecting');
+      if (this.lifecycle.state === 'running') this.lifecycle.send('LOCK_LOST');
     } else if (next === 'held' && prev === 'reconnecting') {
       log.info('runner lock re-taken; resuming and re-scanning the queue');
-      if (this.lifecycle.state === 'reconnecting') this.lifecycle.to('running');
+      if (this.lifecycle.state === 'reconnecting') this.lifecycle.send('LOCK_RETAKEN');
       rt?.recover().catch((e: unknown) => log.error({ err: String((e as Error)?.message ?? e) }, 'recovery after the outage failed'));
     } else if (next === 'taken' || next === 'gaveUp') {
       log.fatal({ code: (err as HydrantError | undefined)?.code, err: err?.message }, next === 'taken' ? 'another runner took the runner lock; stopping' : 'giving up on the database; stopping');
@@ -247,7 +247,7 @@ export class RunnerDaemon {
   async stop(): Promise<void> {
     if (this.lifecycle.state === 'stopped' || this.lifecycle.state === 'draining') return this.lifecycle.when('stopped');
     const { log } = this.options;
-    if (this.lifecycle.state !== 'starting') this.lifecycle.to('draining');
+    if (this.lifecycle.state !== 'starting') this.lifecycle.send('DRAIN');
     log.info({ state: this.lifecycle.state, graceSeconds: this.config.shutdownGraceInS }, 'runner draining');
     for (const [sig, fn] of this.signalHandlers) process.off(sig, fn);
     await this.runtime?.stop(this.config.shutdownGraceInS * 1000).catch((e: unknown) => log.error({ err: String(e) }, 'drain failed'));
@@ -258,7 +258,7 @@ export class RunnerDaemon {
     await this.lock?.release();
     await this.pool?.close();
     await this.db?.close();
-    this.lifecycle.to('stopped');
+    this.lifecycle.send('STOPPED');
     log.info({ state: 'stopped' }, 'runner stopped');
   }
 

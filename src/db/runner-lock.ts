@@ -2,27 +2,13 @@ import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import { DatabaseGaveUpError, RunnerLockedError, RunnerLockLostError } from '../errors/index.ts';
 import { sql } from './sql.ts';
+import { createActor, type Actor } from 'xstate';
+import { runnerLockMachine, type RunnerLockEvent, type RunnerLockState } from '../machines/index.ts';
 
 /**
- *   idle ──acquire──► held ◄──────────── standby (waiting for the lock to be free)
- *                     │  ▲
- *     connection lost │  │ re-taken
- *                     ▼  │
- *                  reconnecting ──► taken (another runner has it: stop, exit non-zero)
- *                               └─► gaveUp (unreachable past giveUpAfterMs: exit non-zero)
- * Any state may go to released (the owner stops).
+ * The lock's states; the transitions between them are src/machines/runner-lock-machine.ts.
  */
-export type LockState = 'idle' | 'standby' | 'held' | 'reconnecting' | 'taken' | 'gaveUp' | 'released';
-
-const ALLOWED: Record<LockState, readonly LockState[]> = {
-  idle: ['held', 'standby', 'released'],
-  standby: ['held', 'released'],
-  held: ['reconnecting', 'released'],
-  reconnecting: ['held', 'taken', 'gaveUp', 'released'],
-  taken: ['released'],
-  gaveUp: ['released'],
-  released: [],
-};
+export type LockState = RunnerLockState;
 
 export interface RunnerLockOptions {
   url: string;
@@ -46,8 +32,12 @@ export interface RunnerLockOptions {
 /**
  * The database's queue-runner lock (a session-level advisory lock) as one
  * actor that owns its connection, heartbeat, reconnect backoff and the
- * standby's polling, in the style of a connection manager: every change is a
- * state transition, announced as `state` (next, previous, error?).
+ * standby's polling, in the style of a connection manager. Its state is a
+ * live actor of src/machines/runner-lock-machine.ts, the only place that
+ * decides transitions and which effect (heartbeat, reconnect, poll, stop the
+ * timer) runs on entering or leaving a state; this class does the I/O of
+ * those effects and sends the events their outcomes mean. Every change is
+ * announced as `state` (next, previous, error?).
  *
  * The lock lives as long as its connection. When the connection is lost the
  * runner no longer knows whether it may write, so the owner must pause (the
@@ -57,22 +47,36 @@ export interface RunnerLockOptions {
  */
 export class RunnerLock extends EventEmitter {
   private client: pg.Client | null = null;
-  private current: LockState = 'idle';
+  /** Effects the last event's transition asked for, run once its state is current. */
+  private effects: (() => void)[] = [];
+  private readonly actor: Actor<typeof runnerLockMachine> = createActor(
+    runnerLockMachine.provide({
+      actions: {
+        startHeartbeat: () => void this.effects.push(() => this.beat()),
+        scheduleReconnect: () => void this.effects.push(() => this.retryLater()),
+        pollLock: () => void this.effects.push(() => void this.poll()),
+        stopTimer: () => void this.effects.push(() => this.clearTimer()),
+      },
+    }),
+  ).start();
   private timer: NodeJS.Timeout | null = null;
   private attempt = 0;
   private lostAt = 0;
   private freeSince = 0;
   /** The backend pid of the session that held the lock last: after a loss it may hold it a while longer. */
   private lastPid: number | null = null;
-  /** Why the lock ended for good (taken or gaveUp). */
-  failure: Error | null = null;
 
   constructor(private readonly o: RunnerLockOptions) {
     super();
   }
 
   get state(): LockState {
-    return this.current;
+    return this.actor.getSnapshot().value;
+  }
+
+  /** Why the lock ended for good (taken or gaveUp). */
+  get failure(): Error | null {
+    return this.actor.getSnapshot().context.failure;
   }
 
   /** Takes the lock now; throws RunnerLockedError if another runner holds it (or the connection error). */
@@ -85,8 +89,8 @@ export class RunnerLock extends EventEmitter {
       if (!locked) await client.end().catch(() => {});
     }
     if (!locked) throw new RunnerLockedError('another queue runner is already working on this database');
-    if (this.current === 'released') return void client.end().catch(() => {});
-    this.hold(client);
+    if (this.state === 'released') return void client.end().catch(() => {});
+    this.hold(client, 'ACQUIRED');
   }
 
   /**
@@ -95,7 +99,7 @@ export class RunnerLock extends EventEmitter {
    * released first. An unreachable database is waited out.
    */
   standby(): Promise<boolean> {
-    this.to('standby');
+    this.send({ type: 'STANDBY' }); // starts polling
     return new Promise((resolve) => {
       const on = (s: LockState) => {
         if (s !== 'held' && s !== 'released') return;
@@ -103,14 +107,13 @@ export class RunnerLock extends EventEmitter {
         resolve(s === 'held');
       };
       this.on('state', on);
-      void this.poll();
     });
   }
 
   /** Resolves while (or as soon as) the lock is held; rejects once it never will be again. */
   whenHeld(): Promise<void> {
-    if (this.current === 'held') return Promise.resolve();
-    if (this.terminal()) return Promise.reject(this.failure ?? new Error(`runner lock ${this.current}`));
+    if (this.state === 'held') return Promise.resolve();
+    if (this.terminal()) return Promise.reject(this.failure ?? new Error(`runner lock ${this.state}`));
     return new Promise((resolve, reject) => {
       const on = (s: LockState) => {
         if (s === 'held') resolve();
@@ -123,24 +126,34 @@ export class RunnerLock extends EventEmitter {
   }
 
   async release(): Promise<void> {
-    if (this.current === 'released') return;
-    this.clearTimer();
+    if (this.state === 'released') return;
     const c = this.client;
     this.client = null;
-    this.to('released');
+    this.send({ type: 'RELEASE' }); // stops the timer
     if (c) await c.end().catch(() => {});
   }
 
   private terminal(): boolean {
-    return this.current === 'taken' || this.current === 'gaveUp' || this.current === 'released';
+    const s = this.state;
+    return s === 'taken' || s === 'gaveUp' || s === 'released';
   }
 
-  private to(next: LockState, err?: Error): void {
-    if (!ALLOWED[this.current].includes(next)) throw new Error(`invalid runner lock transition ${this.current} → ${next}`);
-    const prev = this.current;
-    this.current = next;
-    if (next === 'taken' || next === 'gaveUp') this.failure = err ?? null;
-    this.emit('state', next, prev, err);
+  /**
+   * Sends `event` to the state actor (throws if the definition refuses it
+   * here), announces a change of state, then runs the effects the
+   * transition asked for (stopping the old state's timer before starting the
+   * new state's work).
+   */
+  private send(event: RunnerLockEvent): void {
+    const before = this.actor.getSnapshot();
+    if (!before.can(event)) throw new Error(`invalid runner lock event ${event.type} in ${before.value}`);
+    this.effects = [];
+    this.actor.send(event);
+    const effects = this.effects;
+    this.effects = [];
+    const next = this.actor.getSnapshot().value;
+    if (next !== before.value) this.emit('state', next, before.value, event.error);
+    for (const effect of effects) effect();
   }
 
   private async connect(): Promise<pg.Client> {
@@ -171,7 +184,7 @@ export class RunnerLock extends EventEmitter {
     return rows[0]?.pid ?? null;
   }
 
-  private hold(client: pg.Client): void {
+  private hold(client: pg.Client, event: 'ACQUIRED' | 'RETAKEN' | 'TOOK_OVER'): void {
     this.client = client;
     this.lastPid = (client as unknown as { processID: number | null }).processID ?? null;
     client.removeAllListeners('error');
@@ -179,15 +192,14 @@ export class RunnerLock extends EventEmitter {
     client.on('error', (err) => this.lost(client, err));
     client.on('end', () => this.lost(client, new Error('lock connection ended')));
     this.attempt = 0;
-    this.to('held');
-    this.beat();
+    this.send({ type: event }); // starts the heartbeat
   }
 
   private beat(): void {
     this.timer = setTimeout(() => {
       this.timer = null;
       const client = this.client;
-      if (this.current !== 'held' || !client) return;
+      if (this.state !== 'held' || !client) return;
       let timeout: NodeJS.Timeout | undefined;
       const dead = new Promise<never>((_, reject) => {
         timeout = setTimeout(() => reject(new Error('lock connection heartbeat timed out')), this.heartbeatMs);
@@ -195,7 +207,7 @@ export class RunnerLock extends EventEmitter {
       Promise.race([client.query(sql('runner/heartbeat')), dead]).then(
         () => {
           clearTimeout(timeout);
-          if (this.current === 'held' && this.client === client) this.beat();
+          if (this.state === 'held' && this.client === client) this.beat();
         },
         (err: Error) => {
           clearTimeout(timeout);
@@ -207,13 +219,11 @@ export class RunnerLock extends EventEmitter {
   }
 
   private lost(client: pg.Client, err: Error): void {
-    if (this.client !== client || this.current !== 'held') return;
-    this.clearTimer();
+    if (this.client !== client || this.state !== 'held') return;
     this.client = null;
     drop(client);
     this.lostAt = Date.now();
-    this.to('reconnecting', err);
-    this.retryLater();
+    this.send({ type: 'LOST', error: err }); // stops the heartbeat, schedules the first attempt
   }
 
   private retryLater(): void {
@@ -225,45 +235,45 @@ export class RunnerLock extends EventEmitter {
 
   private async reconnect(): Promise<void> {
     this.timer = null;
-    if (this.current !== 'reconnecting') return;
+    if (this.state !== 'reconnecting') return;
     let client: pg.Client | null = null;
     try {
       client = await this.connect();
       const locked = await this.tryLock(client);
-      if (this.current !== 'reconnecting') return drop(client);
-      if (locked) return this.hold(client);
+      if (this.state !== 'reconnecting') return drop(client);
+      if (locked) return this.hold(client, 'RETAKEN');
       // Our own previous session may still hold it: its backend has not yet
       // noticed the connection we gave up for dead (a hung server). End it and retry.
       const pid = await this.holder(client);
       if (pid !== null && pid === this.lastPid) {
         await client.query(sql('runner/terminate-session'), [pid]).catch(() => {});
         drop(client);
-        if ((this.current as LockState) === 'reconnecting') this.retryOrGiveUp(new Error(`the lock is still held by this runner's previous session (pid ${pid})`));
+        if (this.state === 'reconnecting') this.retryOrGiveUp(new Error(`the lock is still held by this runner's previous session (pid ${pid})`));
         return;
       }
       drop(client);
-      if ((this.current as LockState) !== 'reconnecting') return;
-      this.to('taken', new RunnerLockLostError('another queue runner took the runner lock while this one was disconnected'));
+      if (this.state !== 'reconnecting') return;
+      this.send({ type: 'TAKEN', error: new RunnerLockLostError('another queue runner took the runner lock while this one was disconnected') });
     } catch (err) {
       if (client) drop(client);
-      if (this.current !== 'reconnecting') return;
+      if (this.state !== 'reconnecting') return;
       this.retryOrGiveUp(err as Error);
     }
   }
 
   private retryOrGiveUp(err: Error): void {
-    if (Date.now() - this.lostAt < this.o.giveUpAfterMs) return this.retryLater();
+    if (Date.now() - this.lostAt < this.o.giveUpAfterMs) return this.send({ type: 'RETRY', error: err }); // schedules the next attempt
     const s = Math.round(this.o.giveUpAfterMs / 1000);
-    this.to('gaveUp', new DatabaseGaveUpError(`the database stayed unreachable for ${s} s (dbGiveUpAfterInS): ${err.message}`, { cause: err }));
+    this.send({ type: 'GAVE_UP', error: new DatabaseGaveUpError(`the database stayed unreachable for ${s} s (dbGiveUpAfterInS): ${err.message}`, { cause: err }) });
   }
 
   private async poll(): Promise<void> {
     this.timer = null;
-    if (this.current !== 'standby') return;
+    if (this.state !== 'standby') return;
     try {
       if (!this.client) {
         const c = await this.connect();
-        if ((this.current as LockState) !== 'standby') return drop(c);
+        if (this.state !== 'standby') return drop(c);
         c.on('end', () => {
           if (this.client === c) this.client = null;
         });
@@ -276,10 +286,10 @@ export class RunnerLock extends EventEmitter {
       if (!free) this.freeSince = 0;
       else if (this.freeSince === 0) this.freeSince = now;
       else if (now - this.freeSince >= (this.o.takeoverAfterMs ?? 3000)) {
-        if ((this.current as LockState) !== 'standby') return;
+        if (this.state !== 'standby') return;
         if (await this.tryLock(client)) {
-          if ((this.current as LockState) !== 'standby') return;
-          return this.hold(client);
+          if (this.state !== 'standby') return;
+          return this.hold(client, 'TOOK_OVER');
         }
         this.freeSince = 0;
       }
@@ -289,7 +299,7 @@ export class RunnerLock extends EventEmitter {
       this.client = null;
       this.freeSince = 0;
     }
-    if (this.current === 'standby') this.timer = setTimeout(() => void this.poll(), this.o.standbyPollMs ?? 1000);
+    if (this.state === 'standby') this.timer = setTimeout(() => void this.poll(), this.o.standbyPollMs ?? 1000);
   }
 
   private clearTimer(): void {

@@ -7,3 +7,5 @@ export * from './step-machine.ts';
 
 export const stepLifecycle = compileMachine<StepState, StepEventType>(stepMachine, STEP_STATES, STEP_EVENTS);
 export const builderLifecycle = compileMachine<BuilderState, BuilderEventType>(builderMachine, BUILDER_STATES, BUILDER_EVENTS);
+export * from './daemon-machine.ts';
+export * from './runner-lock-machine.ts';
