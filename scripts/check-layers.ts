@@ -48,24 +48,15 @@ export const LAYERS: readonly string[] = Object.freeze([
  * import fails too, so the list only shrinks.
  */
 export const ALLOWED_UPWARD: ReadonlyMap<string, string> = new Map<string, string>([
-  ['src/actors/builder-session.ts -> src/builder/transfer.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
   ['src/actors/builder-session.ts -> src/protocol/gen/runner.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
   ['src/actors/builder-session.ts -> src/protocol/server.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
   ['src/actors/builder-session.ts -> src/protocol/job-ownership.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
-  ['src/cache/local-path-info.ts -> src/builder/private-store.ts', 'NixStoreHandle belongs in src/nix'],
   ['src/db/build-results.ts -> src/actors/builder-port.ts', 'result types belong below both'],
   ['src/db/queue-reads.ts -> src/actors/scheduler-db.ts', 'row types belong below both'],
   ['src/db/scheduler-db.ts -> src/actors/scheduler-db.ts', 'row types belong below both'],
   ['src/demo/builders.ts -> src/cli/hydrant-bin.ts', 'the path of the hydrant entry belongs lower'],
   ['src/http/routes/status.ts -> src/daemon/lifecycle.ts', 'the lifecycle moves into src/machines (issue 11 item 1, another part)'],
   ['src/http/viewer-routes.ts -> src/daemon/lifecycle.ts', 'the lifecycle moves into src/machines (issue 11 item 1, another part)'],
-  ['src/nix/basic-derivation.ts -> src/builder/private-store.ts', 'NixStoreHandle belongs in src/nix'],
-  ['src/nix/local-store.ts -> src/builder/private-store.ts', 'NixStoreHandle belongs in src/nix'],
-  ['src/nix/serve-session.ts -> src/builder/private-store.ts', 'NixStoreHandle belongs in src/nix'],
-  ['src/protocol/runner-service.ts -> src/builder/build-log-writer.ts', 'shared with the builder; belongs lower'],
-  ['src/protocol/runner-service.ts -> src/builder/build-logs.ts', 'shared with the builder; belongs lower'],
-  ['src/protocol/runner-service.ts -> src/builder/private-store.ts', 'NixStoreHandle belongs in src/nix'],
-  ['src/protocol/runner-service.ts -> src/builder/transfer.ts', 'verified import belongs in src/nix'],
   ['src/publish/output-publisher.ts -> src/actors/builder-port.ts', 'result types belong lower'],
 ]);
 

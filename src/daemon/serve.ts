@@ -2,7 +2,7 @@ import { arch } from 'node:os';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD } from '../actors/machine-record.ts';
 import type { Server } from '@grpc/grpc-js';
 import { LocalNixBuilder } from '../builder/local-builder.ts';
-import { hostStore } from '../builder/private-store.ts';
+import { hostStore } from '../nix/private-store.ts';
 import { TokenAuth } from '../protocol/auth.ts';
 import { JobOwnership } from '../protocol/job-ownership.ts';
 import { BuilderService } from '../protocol/runner-service.ts';
