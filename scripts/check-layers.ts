@@ -28,8 +28,8 @@ export const LAYERS: readonly string[] = Object.freeze([
   'db', //        PostgreSQL: pool, schema, queries
   'machines', //  the XState definitions (pure)
   'cache', //     binary caches
-  'publish', //   publishing outputs and logs to the caches
-  'actors', //    the scheduler: step graph, dispatcher, queue monitor
+  'actors', //    the scheduler: step graph, dispatcher, queue monitor; its ports (builder-port.ts)
+  'publish', //   publishing outputs and logs to the caches (a StepFinisher)
   'sim', //       simulated builder and store (tests and bench)
   'protocol', //  the gRPC protocol, runner side
   'builder', //   the builder agent, the local builder
@@ -51,13 +51,9 @@ export const ALLOWED_UPWARD: ReadonlyMap<string, string> = new Map<string, strin
   ['src/actors/builder-session.ts -> src/protocol/gen/runner.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
   ['src/actors/builder-session.ts -> src/protocol/server.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
   ['src/actors/builder-session.ts -> src/protocol/job-ownership.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
-  ['src/db/build-results.ts -> src/actors/builder-port.ts', 'result types belong below both'],
-  ['src/db/queue-reads.ts -> src/actors/scheduler-db.ts', 'row types belong below both'],
-  ['src/db/scheduler-db.ts -> src/actors/scheduler-db.ts', 'row types belong below both'],
   ['src/demo/builders.ts -> src/cli/hydrant-bin.ts', 'the path of the hydrant entry belongs lower'],
   ['src/http/routes/status.ts -> src/daemon/lifecycle.ts', 'the lifecycle moves into src/machines (issue 11 item 1, another part)'],
   ['src/http/viewer-routes.ts -> src/daemon/lifecycle.ts', 'the lifecycle moves into src/machines (issue 11 item 1, another part)'],
-  ['src/publish/output-publisher.ts -> src/actors/builder-port.ts', 'result types belong lower'],
 ]);
 
 export interface Import {
