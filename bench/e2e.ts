@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded.ts';
 import { createPool } from '../src/db/pool.ts';
 import { ensureSchema } from '../src/db/schema.ts';
-import { hydrantArgv } from '../src/cli/hydrant-bin.ts';
+import { hydrantArgv } from '../src/util/hydrant-bin.ts';
 import { submitJobs, type SubmitJob } from '../src/db/submit.ts';
 import { JOB_DEFAULTS } from '../src/eval/job-defaults.ts';
 import { LocalNixStore } from '../src/nix/local-store.ts';

@@ -51,7 +51,6 @@ export const ALLOWED_UPWARD: ReadonlyMap<string, string> = new Map<string, strin
   ['src/actors/builder-session.ts -> src/protocol/gen/runner.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
   ['src/actors/builder-session.ts -> src/protocol/server.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
   ['src/actors/builder-session.ts -> src/protocol/job-ownership.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
-  ['src/demo/builders.ts -> src/cli/hydrant-bin.ts', 'the path of the hydrant entry belongs lower'],
   ['src/http/routes/status.ts -> src/daemon/lifecycle.ts', 'the lifecycle moves into src/machines (issue 11 item 1, another part)'],
   ['src/http/viewer-routes.ts -> src/daemon/lifecycle.ts', 'the lifecycle moves into src/machines (issue 11 item 1, another part)'],
 ]);
