@@ -30,7 +30,6 @@ export const LAYERS: readonly string[] = Object.freeze([
   'cache', //     binary caches
   'actors', //    the scheduler: step graph, dispatcher, queue monitor; its ports (builder-port.ts)
   'publish', //   publishing outputs and logs to the caches (a StepFinisher)
-  'sim', //       simulated builder and store (tests and bench)
   'protocol', //  the gRPC protocol, runner side
   'builder', //   the builder agent, the local builder
   'status', //    status views
