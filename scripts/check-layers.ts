@@ -62,7 +62,7 @@ export interface Import {
 }
 
 export interface Violation {
-  readonly kind: 'upward' | 'cycle' | 'unknown-room' | 'stale-allowance';
+  readonly kind: 'upward' | 'cycle' | 'unknown-room' | 'outside-src' | 'stale-allowance';
   readonly message: string;
 }
 
@@ -105,6 +105,11 @@ export function checkImports(
   for (const i of imports) {
     const a = roomOf(i.from);
     const b = roomOf(i.to);
+    if (a !== undefined && b === undefined) {
+      // src/ is shipped on its own: it never reaches into test/, bench/ or scripts/.
+      violations.push({ kind: 'outside-src', message: `${where(i)}: import '${i.specifier}' (${i.to}) leaves src/` });
+      continue;
+    }
     if (a === undefined || b === undefined || a === b) continue;
     const ra = rank.get(a);
     const rb = rank.get(b);

@@ -79,6 +79,8 @@ describe('layer check', () => {
         imp('src/low/d.ts', 'src/low/e.ts'),
         imp('src/low/e.ts', 'src/low/c.ts'),
         imp('src/other/f.ts', 'src/low/a.ts'),
+        imp('src/low/g.ts', 'test/sim/memory-store.ts'),
+        imp('test/sim/memory-store.ts', 'src/high/x.ts'), // outside src/: not checked
       ],
       layers,
       allowed,
@@ -86,6 +88,7 @@ describe('layer check', () => {
     expect(v.map((x) => x.message)).toEqual([
       "src/low/a.ts:1: upward import 'src/high/x.ts' (src/high/x.ts): low may not import high, which is above it in the layer order",
       'src/other/f.ts:1: room src/other is not in the layer order (scripts/check-layers.ts LAYERS)',
+      "src/low/g.ts:1: import 'test/sim/memory-store.ts' (test/sim/memory-store.ts) leaves src/",
       "allow-list entry 'src/low/gone.ts -> src/high/x.ts' matches no upward import: remove it",
       'import cycle: src/high/x.ts -> src/low/a.ts -> src/high/x.ts',
       'import cycle: src/low/c.ts -> src/low/d.ts -> src/low/e.ts -> src/low/c.ts',
