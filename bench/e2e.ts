@@ -13,12 +13,12 @@ import { parseArgs } from 'node:util';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded.ts';
 import { createPool } from '../src/db/pool.ts';
 import { ensureSchema } from '../src/db/schema.ts';
-import { hydrantArgv } from '../src/cli/hydrant-bin.ts';
+import { hydrantArgv } from '../src/util/hydrant-bin.ts';
 import { submitJobs, type SubmitJob } from '../src/db/submit.ts';
 import { JOB_DEFAULTS } from '../src/eval/job-defaults.ts';
 import { LocalNixStore } from '../src/nix/local-store.ts';
 import { runNix, runNixLines } from '../src/nix/tools.ts';
-import { prng } from '../src/sim/synthetic-dag.ts';
+import { prng } from '../test/sim/synthetic-dag.ts';
 import { log, round } from './common.ts';
 
 export const describe = 'build one DAG of trivial derivations with plain nix-store --realise and with Hydrant (runner + 2 builders + cache)';

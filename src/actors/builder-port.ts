@@ -1,4 +1,8 @@
+import type { BuiltOutput, NixSupportInfo } from '../db/result-rows.ts';
 import type { StepBusyCode } from '../db/status.ts';
+
+// The rows a result writes live in src/db, below both the scheduler and the database code.
+export type { BuildProductRow, BuiltOutput, NixSupportInfo } from '../db/result-rows.ts';
 
 /**
  * How the scheduler reaches a machine. The gRPC BuilderSession implements it
@@ -15,31 +19,6 @@ export interface StepJob {
   readonly buildTimeout: number;
   readonly maxLogSize: number;
   readonly maxOutputSize: number;
-}
-
-export interface BuiltOutput {
-  readonly name: string;
-  readonly path: string;
-  readonly narSize: number;
-  readonly closureSize: number;
-}
-
-export interface BuildProductRow {
-  readonly type: string;
-  readonly subtype: string;
-  readonly fileSize: number | null;
-  readonly sha256hash: string | null;
-  readonly path: string;
-  readonly name: string;
-  readonly defaultPath: string | null;
-}
-
-export interface NixSupportInfo {
-  readonly products: readonly BuildProductRow[];
-  readonly releaseName: string | null;
-  readonly metrics: readonly { readonly name: string; readonly value: number; readonly unit: string | null }[];
-  /** `nix-support/failed` exists: the build counts as failed with output (status 6). */
-  readonly failed: boolean;
 }
 
 export type StepOutcome =

@@ -1,4 +1,4 @@
-import type { StorePathInfo } from '../builder/transfer.ts';
+import type { StorePathInfo } from '../nix/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
 import type { PathInfo, ResolvedDerivation, RunnerMessage } from '../protocol/gen/runner.ts';
 import type { ControlSession } from '../protocol/server.ts';

@@ -4,7 +4,7 @@ import type { Notification } from '../db/listener.ts';
 import { parseDerivationPath } from '../nix/store-path.ts';
 import { unixNow } from './builder-port.ts';
 import { permanentLoadFailure } from './load-failure.ts';
-import type { QueuedBuildRow, SchedulerDb } from './scheduler-db.ts';
+import type { QueuedBuildRow, SchedulerDb } from '../db/scheduler-db-interface.ts';
 import type { Scheduler } from './scheduler.ts';
 
 export interface QueueMonitorOptions {

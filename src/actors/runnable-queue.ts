@@ -1,8 +1,9 @@
+import type { StepSortFn } from '../config/scheduling-fns.ts';
 import { Heap } from '../util/heap.ts';
 import type { MachineRecord } from './machine-record.ts';
 import type { JobsetRecord, PlatformRecord, StepRecord } from './model.ts';
 
-export type StepSortFn = 'Legacy' | 'WithRdeps' | 'WithCriticalPath';
+export type { StepSortFn } from '../config/scheduling-fns.ts';
 
 /** A queue entry: the step with the key it was queued under (entries go stale when the step moves). */
 interface Entry {

@@ -7,7 +7,7 @@ import { Dispatcher, type DispatcherOptions } from './dispatcher.ts';
 import type { MachineRecord } from './machine-record.ts';
 import type { BuildRecord, Clock, JobsetRecord, SchedulerStore, StepRecord } from './model.ts';
 import { systemClock } from './model.ts';
-import type { SchedulerDb } from './scheduler-db.ts';
+import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
 import { StepGraph, type AddBuildResult, type QueuedBuild } from './step-graph.ts';
 import type { StepState } from '../machines/index.ts';
 import { Coalescer } from './coalescer.ts';

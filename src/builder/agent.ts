@@ -69,11 +69,11 @@ import { createBuilderClient, PROTOCOL_VERSION, type BuilderClient } from '../pr
 import { certificateFailure } from '../protocol/tls.ts';
 import { hostFacts, hostMetrics } from './host-metrics.ts';
 import { runNixBuild, type NixBuildHandle, type NixBuildLimits } from './nix-build.ts';
-import type { NixStoreHandle } from './private-store.ts';
+import type { NixStoreHandle } from '../nix/private-store.ts';
 import { ServeBuilds } from './serve-build.ts';
 import { basicDerivation } from '../nix/basic-derivation.ts';
 import { fromResolved } from '../protocol/resolved-derivation.ts';
-import { importVerified } from './transfer.ts';
+import { importVerified } from '../nix/transfer.ts';
 
 export const UPLOAD_CHUNK_SIZE = 64 * 1024;
 

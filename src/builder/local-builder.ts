@@ -2,8 +2,8 @@ import type { BuilderPort, StepJob, StepOutcome } from '../actors/builder-port.t
 import { unixNow } from '../actors/builder-port.ts';
 import { StepBusy, type StepBusyCode } from '../db/status.ts';
 import { readBuildNixSupport } from '../nix/nix-support.ts';
-import { BuildLogWriter } from './build-log-writer.ts';
-import { buildLogPath } from './build-logs.ts';
+import { BuildLogWriter } from '../nix/build-log-writer.ts';
+import { buildLogPath } from '../nix/build-logs.ts';
 import { builtOutputs, pathSizes, runNixBuild, type NixBuildHandle } from './nix-build.ts';
 
 /**

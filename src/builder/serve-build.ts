@@ -1,7 +1,7 @@
 import type { Derivation } from '../nix/derivation.ts';
 import { ServePool, type ServeBuildResult } from '../nix/serve-session.ts';
 import { NIX_STOP_GRACE_MS, type NixBuildHandle, type NixBuildLimits, type NixBuildResult } from './nix-build.ts';
-import type { NixStoreHandle } from './private-store.ts';
+import type { NixStoreHandle } from '../nix/private-store.ts';
 
 /**
  * Builds over long-lived `nix-store --serve --write` sessions, one per build

@@ -3,7 +3,7 @@ import { type Hash, parseHash } from '../nix/hash.ts';
 import { parseStorePath } from '../nix/store-path.ts';
 import { runNix } from '../nix/tools.ts';
 import { servePool } from '../nix/serve-session.ts';
-import { hostStore } from '../builder/private-store.ts';
+import { hostStore } from '../nix/private-store.ts';
 
 /** What the local store records about a path: everything a narinfo repeats from it. */
 export interface LocalPathInfo {

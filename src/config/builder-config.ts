@@ -1,18 +1,13 @@
 import { hostname, tmpdir } from 'node:os';
 import { z } from 'zod';
 import { ConfigError } from '../errors/index.ts';
+import { hostSystem } from '../nix/host-system.ts';
 import { formatIssues, readTomlWithOverrides } from './toml-file.ts';
 
 /**
  * A builder agent's configuration (`hydrant builder`): TOML with camelCase
  * keys, validated once into a frozen object. Unknown keys are errors.
  */
-
-/** This host's Nix system type, e.g. x86_64-linux. */
-export function hostSystem(arch: string = process.arch, platform: string = process.platform): string {
-  const cpu: Record<string, string> = { x64: 'x86_64', arm64: 'aarch64', ia32: 'i686', arm: 'armv7l', riscv64: 'riscv64', ppc64: 'powerpc64le' };
-  return `${cpu[arch] ?? arch}-${platform === 'darwin' ? 'darwin' : platform}`;
-}
 
 const ThresholdsSchema = z
   .object({

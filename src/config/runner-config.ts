@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { ConfigError } from '../errors/index.ts';
+import { MACHINE_FREE_FNS, MACHINE_SORT_FNS, STEP_SORT_FNS } from './scheduling-fns.ts';
 import { formatIssues, readTomlWithOverrides } from './toml-file.ts';
 
 /**
@@ -15,9 +16,9 @@ const RunnerConfigSchema = z
     stateDir: z.string().min(1).optional(),
     dbUrl: z.string().min(1).optional(),
     maxDbConnections: z.number().int().positive().default(128),
-    machineSortFn: z.enum(['SpeedFactorOnly', 'CpuCoreCountWithSpeedFactor', 'BogomipsWithSpeedFactor']).default('SpeedFactorOnly'),
-    machineFreeFn: z.enum(['Static', 'Dynamic', 'DynamicWithMaxJobLimit']).default('Static'),
-    stepSortFn: z.enum(['Legacy', 'WithRdeps', 'WithCriticalPath']).default('Legacy'),
+    machineSortFn: z.enum(MACHINE_SORT_FNS).default('SpeedFactorOnly'),
+    machineFreeFn: z.enum(MACHINE_FREE_FNS).default('Static'),
+    stepSortFn: z.enum(STEP_SORT_FNS).default('Legacy'),
     dispatchTriggerTimerInS: z.number().int().default(120),
     queueTriggerTimerInS: z.number().int().default(-1),
     remoteStoreAddr: z.array(z.string().min(1)).default([]),

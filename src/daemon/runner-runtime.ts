@@ -1,7 +1,7 @@
 import type { EventEmitter } from 'node:events';
 import type { SchedulerStore } from '../actors/model.ts';
 import { QueueMonitor } from '../actors/queue-monitor.ts';
-import type { SchedulerDb } from '../actors/scheduler-db.ts';
+import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
 import { Scheduler, type SchedulerConfig, type WriteGate } from '../actors/scheduler.ts';
 import { unixNow, type StepFinisher } from '../actors/builder-port.ts';
 import type { Logger } from '../util/logger.ts';

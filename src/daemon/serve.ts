@@ -1,8 +1,8 @@
-import { arch } from 'node:os';
+import { hostSystem } from '../nix/host-system.ts';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD } from '../actors/machine-record.ts';
 import type { Server } from '@grpc/grpc-js';
 import { LocalNixBuilder } from '../builder/local-builder.ts';
-import { hostStore } from '../builder/private-store.ts';
+import { hostStore } from '../nix/private-store.ts';
 import { TokenAuth } from '../protocol/auth.ts';
 import { JobOwnership } from '../protocol/job-ownership.ts';
 import { BuilderService } from '../protocol/runner-service.ts';
@@ -41,11 +41,6 @@ export interface ServeOptions {
   log: Logger;
   /** Install SIGTERM/SIGINT/SIGHUP handlers (off in tests). */
   handleSignals?: boolean;
-}
-
-/** The Nix system of this host, as Nix names it. */
-export function hostSystem(): string {
-  return `${arch() === 'arm64' ? 'aarch64' : arch() === 'x64' ? 'x86_64' : arch()}-linux`;
 }
 
 /**

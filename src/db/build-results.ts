@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { BuildProductRow, NixSupportInfo } from '../actors/builder-port.ts';
+import type { BuildProductRow, NixSupportInfo } from './result-rows.ts';
 import { prepared } from './sql.ts';
 import { BuildStatus } from './status.ts';
 

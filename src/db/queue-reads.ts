@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { JobsetRow, QueuedBuildRow } from '../actors/scheduler-db.ts';
+import type { JobsetRow, QueuedBuildRow } from './scheduler-db-interface.ts';
 import { chunks, type Queryable } from './chunks.ts';
 import { streamRows } from './cursor.ts';
 import { sql } from './sql.ts';

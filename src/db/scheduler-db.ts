@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { JobsetRow, QueuedBuildRow, SchedulerDb } from '../actors/scheduler-db.ts';
+import type { JobsetRow, QueuedBuildRow, SchedulerDb } from './scheduler-db-interface.ts';
 import { finishBuildsFailed } from './build-failures.ts';
 import { finishBuildCached, finishBuildSucceeded } from './build-results.ts';
 import { addFailedPaths, isFailedPath } from './failed-paths.ts';

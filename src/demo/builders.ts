@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
-import { hydrantArgv } from '../cli/hydrant-bin.ts';
+import { hydrantArgv } from '../util/hydrant-bin.ts';
 import { dieWithParent } from '../util/die-with-parent.ts';
 
 

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import type { NixStoreHandle } from '../builder/private-store.ts';
+import type { NixStoreHandle } from './private-store.ts';
 import { parseDerivation, type Derivation } from './derivation.ts';
 
 /**

@@ -1,5 +1,5 @@
 import { NixFormatError } from '../errors/index.ts';
-import type { Derivation, DerivationOutput } from './derivation.ts';
+import type { Derivation, DerivationOutput } from './derivation-type.ts';
 import { type HashAlgo, isHashAlgo, parseHash } from './hash.ts';
 import { isStorePath, STORE_DIR } from './store-path.ts';
 

@@ -1,5 +1,6 @@
 import { NixFormatError } from '../errors/index.ts';
 import { compareUtf8, sortedSet } from './derivation-aterm.ts';
+import type { Derivation, DerivationOutput } from './derivation-type.ts';
 import { type Hash, type HashAlgo, isHashAlgo, parseHash } from './hash.ts';
 import { type FileIngestionMethod, storePathName } from './store-path.ts';
 
@@ -11,32 +12,7 @@ export {
   type SerializeDerivationOptions,
 } from './derivation-aterm.ts';
 
-/**
- * One output as the .drv stores it. The raw triple is kept so that a parse
- * and serialize round trip is byte-identical; the helpers below interpret it.
- *   input-addressed: path set,  hashAlgo '',            hash ''
- *   fixed (FOD):     path set,  hashAlgo '[r:]sha256',  hash base16
- *   floating CA:     path '',   hashAlgo 'r:sha256',    hash ''
- *   deferred:        path '',   hashAlgo '',            hash ''  (depends on a floating CA output)
- *   impure:          path '',   hashAlgo '[r:]algo',    hash 'impure'
- */
-export interface DerivationOutput {
-  readonly path: string;
-  readonly hashAlgo: string;
-  readonly hash: string;
-}
-
-export interface Derivation {
-  outputs: Map<string, DerivationOutput>;
-  /** .drv path → names of the outputs used. */
-  inputDrvs: Map<string, string[]>;
-  inputSrcs: string[];
-  /** `platform` in Nix's sources. */
-  system: string;
-  builder: string;
-  args: string[];
-  env: Map<string, string>;
-}
+export type { Derivation, DerivationOutput } from './derivation-type.ts';
 
 export type OutputKind = 'inputAddressed' | 'fixed' | 'floating' | 'deferred' | 'impure';
 

@@ -220,7 +220,7 @@ export interface ParseExportOptions {
  * Every NAR is validated by the strict NAR parser; framing, store paths and
  * trailing data are checked. Errors are NixFormatError('nix-store --export').
  * Whether the entries are the wanted ones is the caller's business (see
- * builder/transfer.ts).
+ * transfer.ts).
  */
 export async function* parseExport(source: ByteSource, options: ParseExportOptions = {}): AsyncGenerator<ExportEntry, void, undefined> {
   const tap = new HashingTap(source);

@@ -4,7 +4,7 @@ import { NixFormatError, PathNotInStoreError } from '../errors/index.ts';
 import { Batcher } from '../util/batcher.ts';
 import { parseDerivation } from './derivation.ts';
 import { summarizeDerivation, type DerivationSummary } from './derivation-summary.ts';
-import { hostStore } from '../builder/private-store.ts';
+import { hostStore } from './private-store.ts';
 import { servePool } from './serve-session.ts';
 import { parseDerivationPath } from './store-path.ts';
 

@@ -1,5 +1,5 @@
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import type { NixStoreHandle } from '../builder/private-store.ts';
+import type { NixStoreHandle } from './private-store.ts';
 import { NixCommandError } from '../errors/index.ts';
 import type { Derivation } from './derivation.ts';
 

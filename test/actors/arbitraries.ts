@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import type { DerivationSummary } from '../../src/actors/model.ts';
-import { MemoryStore } from '../../src/sim/memory-store.ts';
+import { MemoryStore } from '../sim/memory-store.ts';
 
 /** A random DAG of derivations: node i may depend on any j < i. Some outputs may already be valid. */
 export interface RandomDag {

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StepFinisher, StepOutcome } from '../../src/actors/builder-port.ts';
-import { MemoryStore } from '../../src/sim/memory-store.ts';
-import { SimulatedBuilder } from '../../src/sim/simulated-builder.ts';
+import { MemoryStore } from '../sim/memory-store.ts';
+import { SimulatedBuilder } from '../sim/simulated-builder.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { machineRecord, startRuntime, waitFor } from '../helpers/runtime.ts';

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPool } from '../../src/db/pool.ts';
-import { SimulatedBuilder, type SimBehaviour } from '../../src/sim/simulated-builder.ts';
+import { SimulatedBuilder, type SimBehaviour } from '../sim/simulated-builder.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { machineRecord, startRuntime, waitFor, within } from '../helpers/runtime.ts';

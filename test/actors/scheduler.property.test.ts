@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SimulatedBuilder, type SimBehaviour } from '../../src/sim/simulated-builder.ts';
+import { SimulatedBuilder, type SimBehaviour } from '../sim/simulated-builder.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { ExclusiveCheck, machineRecord, shadowTransitions, startRuntime, waitFor, within } from '../helpers/runtime.ts';

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { JobsetRecord, StepRecord } from '../../src/actors/model.ts';
 import { StepGraph, type QueuedBuild } from '../../src/actors/step-graph.ts';
-import { MemoryStore } from '../../src/sim/memory-store.ts';
+import { MemoryStore } from '../sim/memory-store.ts';
 import { dagArbitrary } from './arbitraries.ts';
 
 const jobset: JobsetRecord = { id: 1, project: 'p', name: 'j', shares: 100, seconds: 0, charges: [] };

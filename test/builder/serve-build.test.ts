@@ -1,7 +1,7 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { hostStore } from '../../src/builder/private-store.ts';
+import { hostStore } from '../../src/nix/private-store.ts';
 import { ServeBuilds } from '../../src/builder/serve-build.ts';
 import { basicDerivation } from '../../src/nix/basic-derivation.ts';
 import { fromResolved, toResolved } from '../../src/protocol/resolved-derivation.ts';

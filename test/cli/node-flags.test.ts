@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { HYDRANT_BIN, HYDRANT_NODE_FLAGS, hydrantArgv, shebangFlags } from '../../src/cli/hydrant-bin.ts';
+import { HYDRANT_BIN, HYDRANT_NODE_FLAGS, hydrantArgv, shebangFlags } from '../../src/util/hydrant-bin.ts';
 
 describe('the Node flags hydrant runs with', () => {
   it('are read from the entry line, and a line of another form is refused', () => {

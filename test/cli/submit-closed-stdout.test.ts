@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hydrantArgv } from '../../src/cli/hydrant-bin.ts';
+import { hydrantArgv } from '../../src/util/hydrant-bin.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
 

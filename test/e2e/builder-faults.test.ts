@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { credentials, Metadata, status, type ClientDuplexStream, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hostSystem } from '../../src/config/builder-config.ts';
+import { hostSystem } from '../../src/nix/host-system.ts';
 import { narChunks } from '../../src/nix/nar-writer.ts';
 import { Join, OutputHeader, Ping, ResultState, RunnerClient, type BuilderMessage, type NarChunk, type BuildOrder, type RunnerMessage, type UploadOutputMessage, type UploadReceipt } from '../../src/protocol/gen/runner.ts';
 import { createBuilderClient, PROTOCOL_VERSION, type BuilderClient } from '../../src/protocol/server.ts';

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PrivateStore } from '../../src/builder/private-store.ts';
+import { PrivateStore } from '../../src/nix/private-store.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { runCli, startCli } from '../helpers/cli.ts';
 import { MK_DRV, runNix } from '../helpers/nix.ts';

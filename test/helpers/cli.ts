@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { hydrantArgv } from '../../src/cli/hydrant-bin.ts';
+import { hydrantArgv } from '../../src/util/hydrant-bin.ts';
 
 
 export interface CliResult {

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { hostStore } from '../../src/builder/private-store.ts';
+import { hostStore } from '../../src/nix/private-store.ts';
 import { NixCommandError } from '../../src/errors/index.ts';
 import { parseHash } from '../../src/nix/hash.ts';
 import { ServePool } from '../../src/nix/serve-session.ts';

@@ -11,9 +11,9 @@ import { Router } from '../../src/http/router.ts';
 import { startHttpApi, type HttpApi } from '../../src/http/server.ts';
 import { registerViewerRoutes } from '../../src/http/viewer-routes.ts';
 import type { LiveFeed } from '../../src/status/live-feed.ts';
-import { MemoryStore } from '../../src/sim/memory-store.ts';
-import { SimulatedBuilder } from '../../src/sim/simulated-builder.ts';
-import { syntheticDag } from '../../src/sim/synthetic-dag.ts';
+import { MemoryStore } from '../sim/memory-store.ts';
+import { SimulatedBuilder } from '../sim/simulated-builder.ts';
+import { syntheticDag } from '../sim/synthetic-dag.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { machineRecord, quietLog, startRuntime } from '../helpers/runtime.ts';
 

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { BuilderAgent } from '../../builder/agent.ts';
-import { hostStore, PrivateStore } from '../../builder/private-store.ts';
+import { hostStore, PrivateStore } from '../../nix/private-store.ts';
 import { loadBuilderConfig } from '../../config/builder-config.ts';
 import { ConfigError, type HydrantError } from '../../errors/index.ts';
 import { isLoopbackListen } from '../../config/runner-config.ts';

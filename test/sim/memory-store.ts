@@ -1,5 +1,5 @@
-import type { DerivationSummary, SchedulerStore } from '../actors/model.ts';
-import { NixFormatError } from '../errors/index.ts';
+import type { DerivationSummary, SchedulerStore } from '../../src/actors/model.ts';
+import { NixFormatError } from '../../src/errors/index.ts';
 
 /**
  * An in-memory store of derivation summaries and valid paths, for scheduler

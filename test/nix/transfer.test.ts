@@ -3,14 +3,14 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PrivateStore, hostStore } from '../../src/builder/private-store.ts';
-import type { NixStoreHandle } from '../../src/builder/private-store.ts';
-import { exportPaths, importVerified, queryPathInfos } from '../../src/builder/transfer.ts';
-import type { ExpectedNar } from '../../src/builder/transfer.ts';
+import { PrivateStore, hostStore } from '../../src/nix/private-store.ts';
+import type { NixStoreHandle } from '../../src/nix/private-store.ts';
+import { exportPaths, importVerified, queryPathInfos } from '../../src/nix/transfer.ts';
+import type { ExpectedNar } from '../../src/nix/transfer.ts';
 import { NarHashMismatchError, NixFormatError, UnexpectedStorePathError } from '../../src/errors/index.ts';
 import { runNix } from '../helpers/nix.ts';
-import { exportFixtures } from '../nix/export-fixtures.ts';
-import type { ExportFixtures } from '../nix/export-fixtures.ts';
+import { exportFixtures } from './export-fixtures.ts';
+import type { ExportFixtures } from './export-fixtures.ts';
 
 const dirs: string[] = [];
 function tempDir(): string {

@@ -3,8 +3,8 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PrivateStore, hostStore } from '../../src/builder/private-store.ts';
-import type { NixStoreHandle } from '../../src/builder/private-store.ts';
+import { PrivateStore, hostStore } from '../../src/nix/private-store.ts';
+import type { NixStoreHandle } from '../../src/nix/private-store.ts';
 import { NixCommandError } from '../../src/errors/index.ts';
 
 const dirs: string[] = [];

@@ -3,10 +3,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hostStore, PrivateStore } from '../../src/builder/private-store.ts';
-import { exportPaths, importVerified, queryPathInfos } from '../../src/builder/transfer.ts';
+import { hostStore, PrivateStore } from '../../src/nix/private-store.ts';
+import { exportPaths, importVerified, queryPathInfos } from '../../src/nix/transfer.ts';
 import { DiskWriteError } from '../../src/errors/index.ts';
-import { exportFixtures } from '../nix/export-fixtures.ts';
+import { exportFixtures } from './export-fixtures.ts';
 
 /**
  * A builder's import spool on a full disk (a real tmpfs, filled): the

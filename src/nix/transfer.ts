@@ -17,11 +17,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { asDiskWriteError } from '../errors/disk-write-error.ts';
 import { NarHashMismatchError, PathNotInStoreError, UnexpectedStorePathError } from '../errors/index.ts';
-import { exportFromFilesystem, exportOrder, parseExport } from '../nix/export.ts';
-import type { ExportEntry } from '../nix/export.ts';
-import { Hash, parseHash } from '../nix/hash.ts';
-import type { ByteSource } from '../nix/nar-reader.ts';
-import { servePool } from '../nix/serve-session.ts';
+import { exportFromFilesystem, exportOrder, parseExport } from './export.ts';
+import type { ExportEntry } from './export.ts';
+import { Hash, parseHash } from './hash.ts';
+import type { ByteSource } from './nar-reader.ts';
+import { servePool } from './serve-session.ts';
 import type { NixStoreHandle } from './private-store.ts';
 
 export interface ExpectedNar {

@@ -1,10 +1,11 @@
-import type { BuildProductRow, BuiltOutput } from './builder-port.ts';
+import type { BuildProductRow, BuiltOutput } from './result-rows.ts';
 
 /**
  * Everything the scheduler reads from and writes to Hydra's database, as
  * whole operations: each write method is one transaction, so a step's
  * result lands entirely or not at all. Implemented over PostgreSQL by
- * src/db/scheduler-db.ts.
+ * ./scheduler-db.ts. It lives in src/db so that the scheduler (src/actors)
+ * and its implementation both import it downward.
  */
 export interface QueuedBuildRow {
   id: number;

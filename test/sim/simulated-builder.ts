@@ -1,6 +1,6 @@
-import type { BuilderPort, StepJob, StepOutcome } from '../actors/builder-port.ts';
-import { unixNow } from '../actors/builder-port.ts';
-import { StepBusy, type StepBusyCode } from '../db/status.ts';
+import type { BuilderPort, StepJob, StepOutcome } from '../../src/actors/builder-port.ts';
+import { unixNow } from '../../src/actors/builder-port.ts';
+import { StepBusy, type StepBusyCode } from '../../src/db/status.ts';
 import type { MemoryStore } from './memory-store.ts';
 
 /** What a simulated build of a derivation does. */

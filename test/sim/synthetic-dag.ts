@@ -1,4 +1,4 @@
-import type { DerivationSummary } from '../actors/model.ts';
+import type { DerivationSummary } from '../../src/actors/model.ts';
 
 /**
  * A nixpkgs-shaped graph of derivations for scale tests and benchmarks:

@@ -41,9 +41,9 @@ import { mkdir, realpath } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { NixCommandError, PrivateStoreError } from '../errors/index.ts';
-import type { ByteSource } from '../nix/nar-reader.ts';
-import { nixEnv } from '../nix/tools.ts';
-import type { RunNixResult } from '../nix/tools.ts';
+import type { ByteSource } from './nar-reader.ts';
+import { nixEnv } from './tools.ts';
+import type { RunNixResult } from './tools.ts';
 
 export interface StoreCommandOptions {
   /** stdin: bytes, text or a byte stream (piped, never buffered whole). Default: empty. */
