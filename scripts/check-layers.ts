@@ -21,12 +21,12 @@ import ts from 'typescript';
 export const LAYERS: readonly string[] = Object.freeze([
   'errors', //    error classes with stable codes
   'util', //      logger, heap, batcher, directories
+  'machines', //  the XState definitions (pure: only xstate; the runner lock in db runs one)
   'nix', //       Nix formats, the store, the nix tools
   'workers', //   the CPU worker pool (runs nix code: hashing, NARs, .drv parsing)
   'config', //    TOML configuration
   'eval', //      nix-eval-jobs and job defaults (used by db/submit)
   'db', //        PostgreSQL: pool, schema, queries
-  'machines', //  the XState definitions (pure)
   'cache', //     binary caches
   'actors', //    the scheduler: step graph, dispatcher, queue monitor; its ports (builder-port.ts)
   'publish', //   publishing outputs and logs to the caches (a StepFinisher)
