@@ -7,6 +7,7 @@
  * - connection.ts: the connection machine as a live actor (dial, join,
  *   ping, reconnect with backoff, a refusal is fatal) and the control stream;
  * - inputs.ts: requisites, the missing NARs (FetchNar) and verified imports;
+ * - build.ts: the build under the order's limits (serve session or realise);
  * - log-sender.ts: the build log, streamed live and kept while disconnected;
  * - outputs.ts: output metadata, nix-support, and the uploads with their
  *   receipts and abort handling.
@@ -14,13 +15,9 @@
  * A lost connection does not stop running jobs: their calls wait for the
  * next session and are retried in it.
  */
-import type { ChildProcess } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
 import type { ChannelCredentials } from '@grpc/grpc-js';
 import type { BuilderConfig } from '../config/builder-config.ts';
 import { BuilderJobError, type HydrantError } from '../errors/index.ts';
-import { basicDerivation } from '../nix/basic-derivation.ts';
-import { parseDerivation, type Derivation } from '../nix/derivation.ts';
 import {
   ResultState,
   StepBusy,
@@ -29,15 +26,12 @@ import {
   type NixSupport as ProtoNixSupport,
   type OutputResult,
 } from '../protocol/gen/runner.ts';
-import { fromResolved } from '../protocol/resolved-derivation.ts';
+import { Builds } from './build.ts';
 import { AgentConnection } from './connection.ts';
 import { ensureDerivation, fetchRequisites, importMissing } from './inputs.ts';
 import { JobAbortedError, sleep, unary, type Job, type JobContext, type Transfers } from './job.ts';
-import { LogSender } from './log-sender.ts';
-import { runNixBuild, type NixBuildHandle, type NixBuildLimits } from './nix-build.ts';
 import { nixSupport as nixSupportOf, outputInfos, outputPaths, uploadOutput, type OutputInfo } from './outputs.ts';
 import type { NixStoreHandle } from './private-store.ts';
-import { ServeBuilds } from './serve-build.ts';
 
 export { UPLOAD_CHUNK_SIZE } from './outputs.ts';
 export { LOG_BACKLOG_BYTES } from './log-sender.ts';
@@ -72,6 +66,7 @@ export class BuilderAgent {
   readonly #jobs = new Map<string, Job>();
   readonly #connection: AgentConnection;
   readonly #ctx: JobContext;
+  readonly #builds: Builds;
   #draining = false;
   #freeSlots: number;
   readonly #slotWaiters: (() => void)[] = [];
@@ -94,6 +89,7 @@ export class BuilderAgent {
       },
     );
     this.#ctx = { config: options.config, store: options.store, log: this.#log, connection: this.#connection, transfers: this.#transfers };
+    this.#builds = new Builds(this.#ctx);
   }
 
   get machineId(): string {
@@ -292,7 +288,7 @@ export class BuilderAgent {
     // Build.
     await this.#stepStatus(job, StepBusy.STEP_BUSY_BUILDING);
     const t1 = performance.now();
-    const built = await this.#build(job);
+    const built = await this.#builds.run(job);
     timings.buildMs = performance.now() - t1;
 
     // Outputs (outputs.ts).
@@ -346,64 +342,5 @@ export class BuilderAgent {
     timings.uploadMs = performance.now() - t2;
 
     return { outputs: results, nixSupport };
-  }
-
-  /** Build sessions, one per slot in use (the slots bound how many run). */
-  #serveBuilds: ServeBuilds | undefined;
-
-  /**
-   * Runs the build with the order's limits, streaming its log; resolves on
-   * success with output paths. Over a serve session when the derivation's
-   * inputs are known from the .drv files, else with `nix-store --realise`.
-   */
-  async #build(job: Job): Promise<Map<string, string>> {
-    const { order } = job;
-    const limits: NixBuildLimits = {
-      maxSilentTime: order.limits?.maxSilentTimeS ?? 0,
-      buildTimeout: order.limits?.buildTimeoutS ?? 0,
-      maxLogSize: Number(order.limits?.maxLogSize ?? 0) || Number.POSITIVE_INFINITY,
-    };
-    const logs = new LogSender(this.#connection, job);
-    // Nix stops the build at the log limit; nothing past it is forwarded either way.
-    let logBytes = 0;
-    const onLog = (chunk: Buffer): void => {
-      const room = limits.maxLogSize - logBytes;
-      if (room <= 0) return;
-      logBytes += chunk.length;
-      logs.write(chunk.length > room ? chunk.subarray(0, room) : chunk);
-    };
-    const store = this.#o.store;
-    const basic = await this.#basicDerivation(order);
-    const handle: NixBuildHandle = basic
-      ? (this.#serveBuilds ??= new ServeBuilds(store)).run(order.drvPath, basic, limits, onLog)
-      : runNixBuild(order.drvPath, limits, onLog, process.env, (cmd, args) => store.spawn(cmd, args) as ChildProcess);
-    job.build = handle;
-    if (job.aborted) handle.kill();
-    const result = await handle.done;
-    job.build = undefined;
-    await logs.finish();
-    if (job.aborted) throw new JobAbortedError();
-    if (result.kind === 'built') return result.outputs;
-    if (result.kind === 'error') throw new BuilderJobError(ResultState.RESULT_STATE_PREPARING_FAILURE, result.errorMsg);
-    const state =
-      result.status === 7
-        ? ResultState.RESULT_STATE_TIMED_OUT
-        : result.status === 10
-          ? ResultState.RESULT_STATE_LOG_LIMIT_EXCEEDED
-          : result.status === 12
-            ? ResultState.RESULT_STATE_NOT_DETERMINISTIC
-            : ResultState.RESULT_STATE_BUILD_FAILURE;
-    throw new BuilderJobError(state, result.errorMsg || 'build failed');
-  }
-
-  /** The order's derivation as BuildDerivation takes it, or null when it must be realised. */
-  async #basicDerivation(order: BuildOrder): Promise<Derivation | null> {
-    if (order.resolved) return fromResolved(order.resolved);
-    try {
-      const text = order.drv.length > 0 ? Buffer.from(order.drv).toString('utf8') : await readFile(this.#o.store.realPath(order.drvPath), 'utf8');
-      return await basicDerivation(this.#o.store, parseDerivation(text));
-    } catch {
-      return null; // nix-store --realise reports what is wrong
-    }
   }
 }
