@@ -2,6 +2,7 @@ import { BUILDER_EVENTS, BUILDER_STATES, builderMachine, type BuilderEventType, 
 import { compileMachine } from './compile.ts';
 import { STEP_EVENTS, STEP_STATES, stepMachine, type StepEventType, type StepState } from './step-machine.ts';
 
+export * from './agent-connection-machine.ts';
 export * from './builder-machine.ts';
 export * from './step-machine.ts';
 

@@ -9,6 +9,7 @@ import { hostStore, PrivateStore } from '../../src/nix/private-store.ts';
 import { queryPathInfos } from '../../src/nix/transfer.ts';
 import { validateBuilderConfig } from '../../src/config/builder-config.ts';
 import { hostSystem } from '../../src/nix/host-system.ts';
+import { BuilderUnauthenticatedError, type HydrantError } from '../../src/errors/index.ts';
 import { parseDerivation } from '../../src/nix/derivation.ts';
 import { exportOrder } from '../../src/nix/export.ts';
 import { parseHash } from '../../src/nix/hash.ts';
@@ -128,6 +129,7 @@ const handlers: RunnerHandlers = {
 
 let dir: string;
 let server: Server;
+let port: number;
 let agent: BuilderAgent;
 const ownership = new JobOwnership();
 
@@ -190,7 +192,7 @@ beforeAll(async () => {
   await writeFile(tokenFile, `${TOKEN}\n`);
   const auth = await TokenAuth.fromFiles([tokenFile]);
   server = createRunnerServer({ auth, ownership, handlers, pingIntervalMs: 200 });
-  const port = await listenInsecure(server, '127.0.0.1:0');
+  port = await listenInsecure(server, '127.0.0.1:0');
 
   [mainDrv, failDrv, sleepDrv, slowDrv] = (await instantiate(EXPR, ['main', 'fail', 'sleepy', 'slow'])) as [string, string, string, string];
   // The runner's store holds the input already built.
@@ -239,6 +241,9 @@ describe('BuilderAgent against a real grpc-js runner server', () => {
     expect(Number(j.totalMemoryBytes)).toBeGreaterThan(0);
     expect(j.nixVersion).toMatch(/^2\.\d+/);
     expect(j.storeDir).toBe('/nix/store');
+    // The connection actor is joined and pinging.
+    expect(agent.connectionState).toBe('connected');
+    expect(agent.joins).toBe(1);
     await waitFor('two pings', () => pings.length >= 2, 5000);
     expect(pings[0]!.storeFreePercent).toBeGreaterThan(0);
   });
@@ -333,8 +338,11 @@ describe('BuilderAgent against a real grpc-js runner server', () => {
     const n = joins.length;
     const old = current!;
     old.fail(status.UNAVAILABLE, 'runner restarting');
+    const joined = agent.joins;
     await waitFor('re-join', () => joins.length > n, 10_000);
     expect(joins.at(-1)!.machineId).toBe(MACHINE);
+    // The connection actor went connected → backoff → connecting → joining → connected.
+    await waitFor('connected again', () => agent.connectionState === 'connected' && agent.joins > joined, 10_000);
     expect(current!.sessionId).not.toBe(old.sessionId);
     // Calls work in the new session: a job ordered now completes.
     const failAgain = 'job-fail-2';
@@ -356,4 +364,33 @@ describe('BuilderAgent against a real grpc-js runner server', () => {
     expect(uploads.some((u) => u.header.jobId === 'job-slow')).toBe(true);
     expect(current!.sessionId).not.toBe(old.sessionId);
   }, 90_000);
+
+  it('stops for good when the runner refuses its token: onFatal once, the connection actor ends in fatal, no re-dial', async () => {
+    const n = joins.length;
+    const fatal: HydrantError[] = [];
+    const config = validateBuilderConfig({
+      server: `127.0.0.1:${port}`,
+      tokenFile: path.join(dir, 'wrong-token'),
+      machineId: 'agent-test-refused',
+      storeDir: dir,
+      buildDir: dir,
+      reconnectMinMs: 50,
+      reconnectMaxMs: 50,
+    });
+    const refused = new BuilderAgent({ config, token: 'not-the-token-0123456789abcdef', store: hostStore, onFatal: (e) => fatal.push(e) });
+    try {
+      refused.start();
+      await waitFor('fatal', () => fatal.length > 0, 10_000);
+      expect(fatal[0]).toBeInstanceOf(BuilderUnauthenticatedError);
+      expect(fatal[0]!.message).toContain('wrong-token');
+      expect(refused.connectionState).toBe('fatal');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(fatal).toHaveLength(1);
+      expect(refused.joins).toBe(0);
+      expect(joins.length).toBe(n);
+    } finally {
+      await refused.shutdown(0);
+    }
+    expect(refused.connectionState).toBe('fatal');
+  });
 });
