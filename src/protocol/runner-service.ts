@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { status } from '@grpc/grpc-js';
-import { BuilderSession, type RemoteJob } from '../actors/builder-session.ts';
+import { BuilderSession, type RemoteJob } from './builder-session.ts';
 import type { BuilderPort, StepJob, StepOutcome } from '../actors/builder-port.ts';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../actors/machine-record.ts';
 import type { Scheduler } from '../actors/scheduler.ts';

@@ -1,10 +1,10 @@
 import type { StorePathInfo } from '../nix/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
-import type { PathInfo, ResolvedDerivation, RunnerMessage } from '../protocol/gen/runner.ts';
-import type { ControlSession } from '../protocol/server.ts';
-import type { JobOwnership } from '../protocol/job-ownership.ts';
-import type { BuilderPort, StepJob, StepOutcome } from './builder-port.ts';
-import type { MachineRecord } from './machine-record.ts';
+import type { BuilderPort, StepJob, StepOutcome } from '../actors/builder-port.ts';
+import type { MachineRecord } from '../actors/machine-record.ts';
+import type { PathInfo, ResolvedDerivation, RunnerMessage } from './gen/runner.ts';
+import type { ControlSession } from './server.ts';
+import type { JobOwnership } from './job-ownership.ts';
 
 /** A job handed to a remote builder, as the runner tracks it until Complete. */
 export interface RemoteJob {
