@@ -47,11 +47,6 @@ export const LAYERS: readonly string[] = Object.freeze([
  * import fails too, so the list only shrinks.
  */
 export const ALLOWED_UPWARD: ReadonlyMap<string, string> = new Map<string, string>([
-  ['src/actors/builder-session.ts -> src/protocol/gen/runner.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
-  ['src/actors/builder-session.ts -> src/protocol/server.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
-  ['src/actors/builder-session.ts -> src/protocol/job-ownership.ts', 'builder-session is protocol code; it moves to src/protocol with the machine actors (issue 11 item 1, another part)'],
-  ['src/http/routes/status.ts -> src/daemon/lifecycle.ts', 'the lifecycle moves into src/machines (issue 11 item 1, another part)'],
-  ['src/http/viewer-routes.ts -> src/daemon/lifecycle.ts', 'the lifecycle moves into src/machines (issue 11 item 1, another part)'],
 ]);
 
 export interface Import {

@@ -1,5 +1,5 @@
 import type { Scheduler } from '../actors/scheduler.ts';
-import type { Lifecycle } from '../daemon/lifecycle.ts';
+import type { DaemonState } from '../machines/index.ts';
 import { LiveFeed } from '../status/live-feed.ts';
 import { machineDiagrams } from '../status/machine-diagrams.ts';
 import type { Router } from './router.ts';
@@ -8,7 +8,7 @@ import { staticUi } from './routes/static-ui.ts';
 import { registerStatusRoutes } from './routes/status.ts';
 
 export interface ViewerContext {
-  readonly lifecycle: Lifecycle;
+  readonly lifecycle: { readonly state: DaemonState };
   /** null until the scheduler runs. */
   scheduler(): Scheduler | null;
   readonly startedAt: number;

@@ -1,6 +1,6 @@
 import type { Scheduler } from '../../actors/scheduler.ts';
 import type { StepRecord } from '../../actors/model.ts';
-import type { Lifecycle } from '../../daemon/lifecycle.ts';
+import type { DaemonState } from '../../machines/index.ts';
 import { HttpError } from '../../errors/index.ts';
 import { pageOf, takePage } from '../../status/paging.ts';
 import { buildTree } from '../../status/build-tree.ts';
@@ -10,7 +10,8 @@ import type { LiveFeed } from '../../status/live-feed.ts';
 import { stepLifecycle } from '../../machines/index.ts';
 
 export interface StatusContext {
-  readonly lifecycle: Lifecycle;
+  /** The daemon's lifecycle (an actor of the daemon machine): only its state is read. */
+  readonly lifecycle: { readonly state: DaemonState };
   /** Step transition histories (recorded while a viewer watches). */
   readonly feed?: LiveFeed;
   /** null until the scheduler runs. */
