@@ -125,8 +125,9 @@ describe('step limits and cancellation through runner and builder processes', ()
     const id = ids.sleeper!;
     await waitFor(() => existsSync(started), 60_000, 'the sleeper to start building');
     const startedAt = Date.now();
-    // The build really runs on a builder, in a step row marked busy.
-    expect(processesWithArg(sleeps.sleeper).length).toBeGreaterThan(0);
+    // The build really runs on a builder, in a step row marked busy (the script writes its file
+    // just before it starts the sleep, so the sleep may not be there yet).
+    await waitFor(() => processesWithArg(sleeps.sleeper).length > 0, 10_000, 'the sleep to run on a builder');
     await waitFor(async () => (await stepRows(db.pool, id)).some((r) => r.busy !== 0), 10_000, 'a busy step row');
     const [row] = await stepRows(db.pool, id);
     expect(['b1', 'b2']).toContain(row!.machine);
