@@ -56,3 +56,41 @@ export function replay(): { seed?: number; path?: string } {
   const seed = process.env.FC_SEED;
   return seed === undefined ? {} : { seed: Number(seed), path: process.env.FC_PATH };
 }
+
+/** What a derivation does when built, in the property tests' simulated builders. */
+export type Behaviour = 'ok' | 'fail' | 'flaky' | 'broken' | 'withOutput';
+
+/**
+ * The oracle of the property tests: the status Hydra gives a build, from the
+ * DAG, the outputs valid before anything ran, each derivation's behaviour,
+ * and the derivations no machine supports. Written independently of the
+ * runner: a build is succeeded (0) if its output was valid,
+ * dependency-failed (2) if any derivation it still had to build below it
+ * fails (fails, is broken or unsupported), unsupported (9) if its own
+ * derivation is, and otherwise as its own derivation behaves: failed (1),
+ * aborted (3) when broken (transient failures until the retries run out),
+ * failed with output (6), or succeeded (flaky ones fail once, then build).
+ */
+export function expectedStatus(
+  dag: RandomDag,
+  behaviours: readonly Behaviour[],
+  validAtStart: ReadonlySet<string>,
+  top: number,
+  unsupported: ReadonlySet<number> = new Set(),
+): number {
+  const valid = (i: number) => validAtStart.has(dag.drvs[i]!.outputs[0]!.path!);
+  const index = new Map(dag.drvs.map((d, i) => [d.drvPath, i]));
+  const fails = (i: number) => unsupported.has(i) || behaviours[i] === 'fail' || behaviours[i] === 'broken';
+  if (valid(top)) return 0;
+  const seen = new Set<number>();
+  const stack = [...dag.drvs[top]!.inputDrvs.keys()].map((p) => index.get(p)!);
+  while (stack.length) {
+    const i = stack.pop()!;
+    if (seen.has(i) || valid(i)) continue;
+    seen.add(i);
+    if (fails(i)) return 2;
+    for (const p of dag.drvs[i]!.inputDrvs.keys()) stack.push(index.get(p)!);
+  }
+  if (unsupported.has(top)) return 9;
+  return { ok: 0, flaky: 0, withOutput: 6, fail: 1, broken: 3 }[behaviours[top]!];
+}

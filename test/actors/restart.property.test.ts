@@ -6,41 +6,15 @@ import { SimulatedBuilder, type SimBehaviour } from '../sim/simulated-builder.ts
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { machineRecord, startRuntime, waitFor, within } from '../helpers/runtime.ts';
-import { dagArbitrary, replay, type RandomDag } from './arbitraries.ts';
+import { dagArbitrary, expectedStatus, replay, type Behaviour } from './arbitraries.ts';
 
 /*
  * Recorded run (2 shared cores, 2026-12-02): `RUNS=1000 npx vitest run test/actors/restart.property.test.ts`
  * passed in 169 s: 1000 runs, 1142 crash points hit (309 with builds both ended and pending at the crash).
  */
 
-type Behaviour = 'ok' | 'fail' | 'flaky' | 'broken' | 'withOutput';
 
 const RUNS = Number(process.env.RUNS ?? 30);
-
-/**
- * The oracle: the status Hydra gives a build without any crash, from the DAG,
- * the outputs valid before anything ran, and which derivations fail. Written
- * independently of the runner: a build is succeeded (0) if its output was
- * valid, dependency-failed (2) if any derivation it still had to build below
- * it fails (or is broken), failed (1) if its own derivation fails, aborted (3)
- * if it is broken (transient failures until the retries run out), and
- * succeeded otherwise (flaky derivations fail once transiently, then build).
- */
-function expectedStatus(dag: RandomDag, behaviours: readonly Behaviour[], validAtStart: ReadonlySet<string>, top: number): number {
-  const valid = (i: number) => validAtStart.has(dag.drvs[i]!.outputs[0]!.path!);
-  const index = new Map(dag.drvs.map((d, i) => [d.drvPath, i]));
-  if (valid(top)) return 0;
-  const seen = new Set<number>();
-  const stack = [...dag.drvs[top]!.inputDrvs.keys()].map((p) => index.get(p)!);
-  while (stack.length) {
-    const i = stack.pop()!;
-    if (seen.has(i) || valid(i)) continue;
-    seen.add(i);
-    if (behaviours[i] === 'fail' || behaviours[i] === 'broken') return 2;
-    for (const p of dag.drvs[i]!.inputDrvs.keys()) stack.push(index.get(p)!);
-  }
-  return { ok: 0, flaky: 0, withOutput: 6, fail: 1, broken: 3 }[behaviours[top]!];
-}
 
 /**
  * A pool whose process "dies" after its n-th query: the backends are

@@ -4,31 +4,9 @@ import { SimulatedBuilder, type SimBehaviour } from '../sim/simulated-builder.ts
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { ExclusiveCheck, machineRecord, shadowTransitions, startRuntime, waitFor, within } from '../helpers/runtime.ts';
-import { dagArbitrary, replay, type RandomDag } from './arbitraries.ts';
-
-type Behaviour = 'ok' | 'fail' | 'flaky' | 'broken' | 'withOutput';
+import { dagArbitrary, expectedStatus, replay, type Behaviour } from './arbitraries.ts';
 
 const behaviourArb = fc.constantFrom<Behaviour>('ok', 'ok', 'ok', 'ok', 'ok', 'fail', 'flaky', 'broken', 'withOutput');
-
-/** What Hydra's status for a build must be, from the behaviours of the derivations it needs. */
-function expectedStatus(dag: RandomDag, behaviours: Behaviour[], top: number, unsupported: Set<number>): number {
-  const valid = (i: number) => dag.store.valid.has(dag.drvs[i]!.outputs[0]!.path!);
-  const index = new Map(dag.drvs.map((d, i) => [d.drvPath, i]));
-  const fails = (i: number) => unsupported.has(i) || ['fail', 'broken'].includes(behaviours[i]!);
-  if (valid(top)) return 0;
-  // Any failure below the top (among paths still to build) makes it 2.
-  const seen = new Set<number>();
-  const stack = [...dag.drvs[top]!.inputDrvs.keys()].map((p) => index.get(p)!);
-  while (stack.length) {
-    const i = stack.pop()!;
-    if (seen.has(i) || valid(i)) continue;
-    seen.add(i);
-    if (fails(i)) return 2;
-    for (const p of dag.drvs[i]!.inputDrvs.keys()) stack.push(index.get(p)!);
-  }
-  if (unsupported.has(top)) return 9;
-  return { ok: 0, flaky: 0, withOutput: 6, fail: 1, broken: 3 }[behaviours[top]!];
-}
 
 describe('scheduler on random DAGs (real PostgreSQL, simulated builders)', () => {
   let db: TestDatabase;
@@ -103,7 +81,7 @@ describe('scheduler on random DAGs (real PostgreSQL, simulated builders)', () =>
               const restoreValid = new Set(dag.store.valid);
               dag.store.valid.clear();
               for (const p of validAtStart) dag.store.valid.add(p);
-              const want = expectedStatus(dag, behaviours, topOf.get(r.id)!, unsupported);
+              const want = expectedStatus(dag, behaviours, dag.store.valid, topOf.get(r.id)!, unsupported);
               dag.store.valid.clear();
               for (const p of restoreValid) dag.store.valid.add(p);
               expect({ id: r.id, status: r.buildstatus }).toEqual({ id: r.id, status: want });
