@@ -57,7 +57,7 @@ export interface SimRunner {
 /**
  * A runner on `pool` with one build of `steps` steps (a synthetic
  * nixpkgs-shaped DAG under one top derivation), no Nix: the in-memory store
- * and simulated builders of src/sim, and the viewer routes the daemon serves.
+ * and simulated builders of test/sim, and the viewer routes the daemon serves.
  */
 export async function startSimRunner(pool: pg.Pool, steps: number, seed = 1): Promise<SimRunner> {
   const dag = syntheticDag({ steps: steps - 1, seed });
