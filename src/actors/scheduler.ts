@@ -175,7 +175,7 @@ export class Scheduler {
         const set = await o.db.failedPaths([...new Set(paths)]);
         return paths.map((p) => set.has(p));
       },
-      { maxBatch: 1000, maxInFlight: 2, lingerMs: 1 },
+      { maxBatch: 1000, maxInFlight: 2, lingerMs: 0 },
     );
     this.graph = new StepGraph({
       store: o.store,
