@@ -1,7 +1,7 @@
 import { mkdir, readFile, unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { asDiskWriteError } from '../errors/disk-write-error.ts';
+import { asDiskWriteError } from '../errors/files.ts';
 import { CacheReferenceMissingError, ConfigError, NarHashMismatchError } from '../errors/index.ts';
 import { Hash } from '../nix/hash.ts';
 import { type NarInfo, parseNarInfo, serializeNarInfo } from '../nix/narinfo.ts';

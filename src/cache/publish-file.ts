@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { link, open, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { asDiskWriteError } from '../errors/disk-write-error.ts';
+import { asDiskWriteError } from '../errors/files.ts';
 
 /**
  * Write-once, all-or-nothing files. Everything is first written to a hidden

@@ -15,7 +15,7 @@ import { createReadStream } from 'node:fs';
 import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { asDiskWriteError } from '../errors/disk-write-error.ts';
+import { asDiskWriteError } from '../errors/files.ts';
 import { NarHashMismatchError, PathNotInStoreError, UnexpectedStorePathError } from '../errors/index.ts';
 import { exportFromFilesystem, exportOrder, parseExport } from './export.ts';
 import type { ExportEntry } from './export.ts';

@@ -1,7 +1,7 @@
 import { open } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { userInfo } from 'node:os';
-import { asDiskWriteError } from '../errors/disk-write-error.ts';
+import { asDiskWriteError } from '../errors/files.ts';
 import { makeDir } from '../util/make-dir.ts';
 
 /** Hydra's default: a per-user directory inside Nix's GC roots. */

@@ -1,6 +1,6 @@
 import { rename, unlink, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { asDiskWriteError } from '../errors/disk-write-error.ts';
+import { asDiskWriteError } from '../errors/files.ts';
 import { makeDir } from '../util/make-dir.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { withRoom } from '../workers/with-room.ts';

@@ -1,3 +1,4 @@
+/** Errors of writing files: the disk, and the binary caches' files. */
 import { dirname } from 'node:path';
 import { HydrantError } from './hydrant-error.ts';
 
@@ -35,4 +36,19 @@ export function asDiskWriteError(err: unknown, what: string, path: string): unkn
   if (typeof e?.code !== 'string' || !/^E[A-Z0-9]+$/.test(e.code)) return err;
   if ((e.syscall !== undefined && READS.has(e.syscall)) || (e.path !== undefined && dirname(e.path) !== dirname(path))) return err;
   return new DiskWriteError(what, path, err);
+}
+
+/**
+ * A binary cache entry (narinfo or realisation) would refer to store paths
+ * the cache does not hold: a client substituting it would fail halfway, so
+ * the entry is not written. Upload the references first.
+ */
+export class CacheReferenceMissingError extends HydrantError {
+  readonly code = 'CACHE_REFERENCE_MISSING';
+  constructor(
+    readonly entry: string,
+    readonly missing: readonly string[],
+  ) {
+    super(`refusing to publish ${entry}: the cache lacks ${missing.length === 1 ? 'its reference' : `${missing.length} references`} ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', …' : ''}`);
+  }
 }
