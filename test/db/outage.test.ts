@@ -20,7 +20,7 @@ import { waitFor } from '../helpers/runtime.ts';
 
 /**
  * Database outages with a real PostgreSQL of the test's own, stopped (fast
- * shutdown, as `pg_ctl restart -m fast` does) and started again on the same
+ * shutdown, as a fast-mode restart of the server does) and started again on the same
  * port, while real builds run on the runner's local builder.
  */
 describe('a database outage', () => {
@@ -106,19 +106,60 @@ describe('a database outage', () => {
     return (await query<{ n: number }>('select count(*)::int n from buildsteps where build = any($1) and busy != 0', [Object.values(ids)]))[0]!.n;
   }
 
-  it('rides out a quick restart and a long stop: results kept and written, every build ends right, no busy row, the runner still running', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'hydrant-outage-runner-'));
-    const jobset = await (async () => {
-      const pool = createPool(url, { max: 1 });
-      try {
-        return await createJobset(pool, 'outage', `main-${randomBytes(3).toString('hex')}`);
-      } finally {
-        await pool.end();
-      }
-    })();
-    const runner = await InProcessRunner.start(url, dir, { localBuilderJobs: 4, dbGiveUpAfterInS: 120, tokenPaths: [] });
-    const d = runner.daemon;
+  /** A jobset of its own for a test, made on a short-lived connection. */
+  async function newJobset(project: string): Promise<number> {
+    const pool = createPool(url, { max: 1 });
     try {
+      return await createJobset(pool, project, `main-${randomBytes(3).toString('hex')}`);
+    } finally {
+      await pool.end();
+    }
+  }
+
+  /**
+   * Runs `body` with an in-process runner in a directory of its own, then
+   * stops the runner and removes the directory; returns the runner's daemon
+   * (its exit code is read after the stop).
+   */
+  async function withRunner(
+    tag: string,
+    options: Parameters<typeof InProcessRunner.start>[2],
+    body: (runner: InProcessRunner, d: InProcessRunner['daemon']) => Promise<void>,
+  ): Promise<InProcessRunner['daemon']> {
+    const dir = mkdtempSync(join(tmpdir(), `hydrant-outage-${tag}-`));
+    const runner = await InProcessRunner.start(url, dir, { tokenPaths: [], ...options });
+    try {
+      await body(runner, runner.daemon);
+    } finally {
+      await runner.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+    return runner.daemon;
+  }
+
+  /**
+   * Freezes the backend of the runner's lock session (SIGSTOP) until `thaw()`
+   * or the end of `body`: the lock stays held by a session the runner can no
+   * longer reach.
+   */
+  async function withHungLockBackend(body: (thaw: () => void) => Promise<void>): Promise<void> {
+    const pid = (await query<{ pid: number }>("select pid from pg_stat_activity where application_name = 'hydrant-lock'"))[0]!.pid;
+    process.kill(pid, 'SIGSTOP');
+    let frozen = true;
+    const thaw = () => {
+      if (frozen) process.kill(pid, 'SIGCONT');
+      frozen = false;
+    };
+    try {
+      await body(thaw);
+    } finally {
+      thaw();
+    }
+  }
+
+  it('rides out a quick restart and a long stop: results kept and written, every build ends right, no busy row, the runner still running', async () => {
+    const jobset = await newJobset('outage');
+    const d = await withRunner('runner', { localBuilderJobs: 4, dbGiveUpAfterInS: 120 }, async (runner, d) => {
       // 1. A quick restart (fast shutdown and start) while three steps build.
       const quick = await queueSet(jobset, 'quick');
       await waitFor(async () => (await busySteps(quick)) === 3, 60_000, 'three steps building');
@@ -145,10 +186,7 @@ describe('a database outage', () => {
       expect(await busySteps(long)).toBe(0);
       expect(d.lifecycle.state).toBe('running');
       expect(s.pendingWrites).toBe(0);
-    } finally {
-      await runner.stop();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
     expect(d.exitCode).toBe(0);
   }, 240_000);
 
@@ -165,84 +203,58 @@ describe('a database outage', () => {
   }
 
   it('rides out a hung server: the heartbeat notices, the lock is re-taken, every build ends right', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'hydrant-outage-hung-'));
-    const pool = createPool(url, { max: 1 });
-    const jobset = await createJobset(pool, 'hung', `main-${randomBytes(3).toString('hex')}`);
-    await pool.end();
-    const runner = await InProcessRunner.start(url, dir, { localBuilderJobs: 4, dbGiveUpAfterInS: 120, tokenPaths: [] });
-    const d = runner.daemon;
-    let stopped = false;
-    try {
+    const jobset = await newJobset('hung');
+    const d = await withRunner('hung', { localBuilderJobs: 4, dbGiveUpAfterInS: 120 }, async (_runner, d) => {
       const ids = await queueSet(jobset, 'hung');
       await waitFor(async () => (await busySteps(ids)) === 3, 60_000, 'three steps building');
       signalServer('SIGSTOP');
-      stopped = true;
-      await waitFor(() => d.lifecycle.state === 'reconnecting', 60_000, 'the heartbeat to notice');
-      signalServer('SIGCONT');
-      stopped = false;
+      try {
+        await waitFor(() => d.lifecycle.state === 'reconnecting', 60_000, 'the heartbeat to notice');
+      } finally {
+        signalServer('SIGCONT');
+      }
       await expectEnded(ids);
       expect(await busySteps(ids)).toBe(0);
       expect(d.lifecycle.state).toBe('running');
-    } finally {
-      if (stopped) signalServer('SIGCONT');
-      await runner.stop();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
     expect(d.exitCode).toBe(0);
   }, 180_000);
 
   it("takes its lock back from its own hung session instead of mistaking it for another runner's", async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'hydrant-outage-stale-'));
-    const runner = await InProcessRunner.start(url, dir, { dbGiveUpAfterInS: 120, tokenPaths: [] });
-    const d = runner.daemon;
-    let pid = 0;
-    try {
-      pid = (await query<{ pid: number }>("select pid from pg_stat_activity where application_name = 'hydrant-lock'"))[0]!.pid;
+    const d = await withRunner('stale', { dbGiveUpAfterInS: 120 }, async (_runner, d) =>
       // Only the lock's backend hangs: it keeps holding the lock while the runner reconnects.
-      process.kill(pid, 'SIGSTOP');
-      await waitFor(() => d.lifecycle.state === 'reconnecting', 60_000, 'the heartbeat to notice');
-      // Several reconnects meet the lock held by the hung session (longer than the backoff).
-      await new Promise((r) => setTimeout(r, 3000));
-      expect(d.lifecycle.state).toBe('reconnecting');
-      process.kill(pid, 'SIGCONT');
-      pid = 0;
-      await waitFor(() => d.lifecycle.state === 'running', 60_000, 'the lock re-taken');
-    } finally {
-      if (pid) process.kill(pid, 'SIGCONT');
-      await runner.stop();
-      rmSync(dir, { recursive: true, force: true });
-    }
+      withHungLockBackend(async (thaw) => {
+        await waitFor(() => d.lifecycle.state === 'reconnecting', 60_000, 'the heartbeat to notice');
+        // Several reconnects meet the lock held by the hung session (longer than the backoff).
+        await new Promise((r) => setTimeout(r, 3000));
+        expect(d.lifecycle.state).toBe('reconnecting');
+        thaw();
+        await waitFor(() => d.lifecycle.state === 'running', 60_000, 'the lock re-taken');
+      }),
+    );
     expect(d.exitCode).toBe(0);
   }, 120_000);
 
   it('stops when asked (SIGTERM) while a load waits for the database', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'hydrant-outage-load-'));
-    const runner = await InProcessRunner.start(url, dir, { dbGiveUpAfterInS: 600, tokenPaths: [], shutdownGraceInS: 1 });
-    const d = runner.daemon;
-    let pid = 0;
-    try {
-      pid = (await query<{ pid: number }>("select pid from pg_stat_activity where application_name = 'hydrant-lock'"))[0]!.pid;
-      process.kill(pid, 'SIGSTOP');
-      await waitFor(() => d.lifecycle.state === 'reconnecting', 60_000, 'the heartbeat to notice');
-      // A build whose output exists: its load ends it as cached, a write that waits for the lock.
-      const nonce = randomBytes(4).toString('hex');
-      const [drv] = await instantiate(`let ${MK_DRV} in { x = mk { name = "cached-${nonce}"; script = "echo > $out"; }; }`, ['x']);
-      await realise([drv!]);
-      const pool = createPool(url, { max: 1 });
-      const jobset = await createJobset(pool, 'load', `j-${nonce}`);
-      const id = await queueBuild(pool, jobset, drv!, 'x', 'x86_64-linux', (await new LocalNixStore().readDerivation(drv!)).outputs);
-      await pool.query("notify builds_added, ''");
-      await pool.end();
-      await waitFor(() => d.runtime!.scheduler.pendingWrites === 1, 60_000, 'the cached build waiting for the database');
-      await d.stop();
-      expect(d.lifecycle.state).toBe('stopped');
-      expect(d.exitCode).toBe(0);
-      expect((await query<{ finished: number }>('select finished from builds where id = $1', [id]))[0]!.finished).toBe(0);
-    } finally {
-      if (pid) process.kill(pid, 'SIGCONT');
-      await runner.stop();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    await withRunner('load', { dbGiveUpAfterInS: 600, shutdownGraceInS: 1 }, async (_runner, d) =>
+      withHungLockBackend(async () => {
+        await waitFor(() => d.lifecycle.state === 'reconnecting', 60_000, 'the heartbeat to notice');
+        // A build whose output exists: its load ends it as cached, a write that waits for the lock.
+        const nonce = randomBytes(4).toString('hex');
+        const [drv] = await instantiate(`let ${MK_DRV} in { x = mk { name = "cached-${nonce}"; script = "echo > $out"; }; }`, ['x']);
+        await realise([drv!]);
+        const pool = createPool(url, { max: 1 });
+        const jobset = await createJobset(pool, 'load', `j-${nonce}`);
+        const id = await queueBuild(pool, jobset, drv!, 'x', 'x86_64-linux', (await new LocalNixStore().readDerivation(drv!)).outputs);
+        await pool.query("notify builds_added, ''");
+        await pool.end();
+        await waitFor(() => d.runtime!.scheduler.pendingWrites === 1, 60_000, 'the cached build waiting for the database');
+        await d.stop();
+        expect(d.lifecycle.state).toBe('stopped');
+        expect(d.exitCode).toBe(0);
+        expect((await query<{ finished: number }>('select finished from builds where id = $1', [id]))[0]!.finished).toBe(0);
+      }),
+    );
   }, 120_000);
 
   it('a cursor read whose server went away fails instead of hanging the queue monitor', async () => {
