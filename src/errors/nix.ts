@@ -106,3 +106,24 @@ export class UnsafePathError extends HydrantError {
     super(`unsafe path '${path}': ${reason}`);
   }
 }
+
+/**
+ * A derivation cannot be resolved: an output of one of its input
+ * derivations has no realised path (Nix's tryResolve gives up the same way),
+ * or the realised path given for it is not a store path.
+ */
+export class DerivationResolveError extends HydrantError {
+  readonly code = 'DERIVATION_RESOLVE';
+  constructor(
+    readonly drvPath: string,
+    readonly inputDrv: string,
+    readonly outputName: string,
+    readonly reason: 'unrealised' | 'bad-path',
+  ) {
+    super(
+      reason === 'unrealised'
+        ? `cannot resolve ${drvPath}: output '${outputName}' of input ${inputDrv} is not realised`
+        : `cannot resolve ${drvPath}: the realised path of output '${outputName}' of input ${inputDrv} is not a store path`,
+    );
+  }
+}
