@@ -110,3 +110,18 @@ export function realisationSignedBy(keys: Iterable<PublicKey>, r: Realisation): 
   const list = [...keys];
   return r.signatures.some((s) => verifyFingerprint(list, fp, s));
 }
+
+/**
+ * The dependentRealisations Nix 2.8 records for an output of a derivation
+ * that was resolved (drvOutputReferences): among the realisations of the
+ * derivation's input outputs and, transitively, those they depend on, the
+ * ones whose output path the built output references directly.
+ * `inputClosure` is that closure; `references` are the output's references
+ * (base names or full paths).
+ */
+export function dependentRealisations(inputClosure: Iterable<Realisation>, references: Iterable<string>): Record<string, string> {
+  const refs = new Set([...references].map((r) => (r.startsWith('/') ? r.slice(r.lastIndexOf('/') + 1) : r)));
+  const out: Record<string, string> = {};
+  for (const r of inputClosure) if (refs.has(r.outPath)) out[r.id] = r.outPath;
+  return sortedRecord(out);
+}

@@ -18,6 +18,7 @@ import type { Derivation } from '../nix/derivation.ts';
 import type { HashAlgo } from '../nix/hash.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { narHash } from '../nix/nar-hash.ts';
+import type { Resolution } from '../nix/resolve-derivation.ts';
 import { asCompressionError, compressBuffer, createCompressor, decompressBuffer } from './compression.ts';
 import { IN_MEMORY_LIMIT } from './wasm-codecs.ts';
 import type { CompressOptions, CompressionMethod } from './compression.ts';
@@ -242,6 +243,40 @@ export function parseDerivationFiles(t: ParseDerivationFilesTask): Promise<TaskR
     // ~0.5 ms per small file in Node 20 (several thread-pool round trips), 20× the parse.
     for (const p of t.paths) out.push(parse(readFileSync(p)));
     return out;
+  });
+}
+
+// --------------------------------------------------------------- resolution
+
+type ResolveModule = typeof import('../nix/resolve-derivation.ts');
+let resolveModule: Promise<ResolveModule> | undefined;
+
+function loadResolver(): Promise<ResolveModule> {
+  resolveModule ??= import('../nix/resolve-derivation.ts');
+  return resolveModule;
+}
+
+export interface ResolveDerivationTask {
+  drvPath: string;
+  drv: Derivation;
+  /** `<input drvPath>!<output>` → realised path (see resolve-derivation.ts). */
+  realised: Map<string, string>;
+}
+
+/** src/nix/resolve-derivation.ts's resolveDerivation in a worker (Maps survive the structured clone). */
+export function resolveDerivation(t: ResolveDerivationTask): Promise<TaskReply<Resolution>> {
+  return guard(async () => (await loadResolver()).resolveDerivation(t.drvPath, t.drv, t.realised));
+}
+
+export interface ResolveDerivationsTask {
+  items: ResolveDerivationTask[];
+}
+
+/** Several resolutions in one task (amortises the per-task cost); the first failure fails the task. */
+export function resolveDerivations(t: ResolveDerivationsTask): Promise<TaskReply<Resolution[]>> {
+  return guard(async () => {
+    const { resolveDerivation: resolve } = await loadResolver();
+    return t.items.map((i) => resolve(i.drvPath, i.drv, i.realised));
   });
 }
 
