@@ -24,7 +24,7 @@ import {
 } from '../../src/nix/realisation.ts';
 import { addResolvedDrvRoot, listResolvedDrvRoots, removeResolvedDrvRoot, resolvedRootsDir } from '../../src/nix/resolved-roots.ts';
 import { mustResolve, realisedKey, resolveDerivation } from '../../src/nix/resolve-derivation.ts';
-import { generateSecretKey } from '../../src/nix/signing.ts';
+import { formatSecretKey, generateSecretKey } from '../../src/nix/signing.ts';
 import { STORE_DIR } from '../../src/nix/store-path.ts';
 import { writeDerivationToStore } from '../../src/nix/write-derivation.ts';
 import { runNix, runNixLines } from '../helpers/nix.ts';
@@ -220,6 +220,24 @@ describe('resolving content-addressed derivations against Nix 2.8', () => {
     expect(await listResolvedDrvRoots(dir)).toEqual([]);
     await store.runChecked('nix-store', ['--gc']);
     expect(await validIn(path)).toBe(false);
+  });
+
+  it('signs a realisation exactly as Nix 2.8 does with secret-key-files', async () => {
+    const store = await PrivateStore.create(tmp());
+    await copyClosure(store, [chain.c]);
+    const sk = generateSecretKey('resolve-test-2');
+    const keyFile = join(tmp(), 'sk');
+    writeFileSync(keyFile, formatSecretKey(sk));
+    await store.runChecked('nix-store', ['--realise', chain.c], { extraConfig: `secret-key-files = ${keyFile}` });
+    let checked = 0;
+    for (const drvPath of [chain.a, chain.b, chain.c, ...chain.nixResolved.values()]) {
+      for (const r of await realisationsOf(store, drvPath)) {
+        expect(r.signatures).toHaveLength(1);
+        expect(signRealisation(sk, { ...r, signatures: [] })).toEqual(r);
+        checked++;
+      }
+    }
+    expect(checked).toBeGreaterThanOrEqual(6);
   });
 
   it(".doi files: ours are byte-identical to Nix's, and Nix 2.8 substitutes a CA chain through ours (signed)", async () => {
