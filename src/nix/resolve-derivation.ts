@@ -42,6 +42,17 @@ export function realisedKey(drvPath: string, outputName: string): string {
 /** Realised paths of input derivations' outputs, keyed by realisedKey. */
 export type RealisedOutputs = ReadonlyMap<string, string>;
 
+/**
+ * The map resolveDerivation takes, from the outputs of input derivations
+ * as the runner knows them (e.g. BuildStepOutputs rows of their steps);
+ * outputs without a path yet are left out, so resolving fails on them.
+ */
+export function realisedOutputs(inputs: Iterable<readonly [drvPath: string, outputs: Iterable<readonly [name: string, path: string | null]>]>): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const [drvPath, outputs] of inputs) for (const [name, path] of outputs) if (path !== null) m.set(realisedKey(drvPath, name), path);
+  return m;
+}
+
 export interface Resolution {
   /** The basic derivation: no input derivations, placeholders of inputs replaced. */
   drv: Derivation;

@@ -10,7 +10,7 @@ import { DerivationResolveError, HydrantError, NixFormatError } from '../../src/
 import { downstreamPlaceholder, hashPlaceholder } from '../../src/nix/derivation-paths.ts';
 import { type Derivation, derivationType, serializeDerivation } from '../../src/nix/derivation.ts';
 import { formatRealisation, parseRealisation, type Realisation } from '../../src/nix/realisation.ts';
-import { mustResolve, realisedKey, resolveDerivation, type Resolution } from '../../src/nix/resolve-derivation.ts';
+import { mustResolve, realisedKey, realisedOutputs, resolveDerivation, type Resolution } from '../../src/nix/resolve-derivation.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { atermTextArb, derivationArb, drvPathArb, hashPartArb, storePathArb } from './arbitraries.ts';
 
@@ -172,6 +172,12 @@ describe('resolveDerivation', () => {
       [realisedKey('/nix/store/33333333333333333333333333333333-other.drv', 'out'), '/nix/store/44444444444444444444444444444444-other'],
     ]);
     expect(resolveDerivation(me, drv, ok).drv.inputSrcs).toEqual(['/nix/store/11111111111111111111111111111111-in']);
+  });
+
+  it('takes its map from the outputs the runner knows, leaving out those without a path', () => {
+    const a = '/nix/store/00000000000000000000000000000000-a.drv';
+    const m = realisedOutputs([[a, [['out', '/nix/store/11111111111111111111111111111111-a'], ['dev', null]]]]);
+    expect(m).toEqual(new Map([[`${a}!out`, '/nix/store/11111111111111111111111111111111-a']]));
   });
 
   it('is required for floating, deferred and impure derivations with inputs only', () => {
