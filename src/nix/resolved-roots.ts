@@ -13,6 +13,7 @@
  */
 import { open, readdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { asDiskWriteError } from '../errors/index.ts';
 import { makeDir } from '../util/make-dir.ts';
 import { parseDerivationPath, STORE_DIR } from './store-path.ts';
 
@@ -27,12 +28,16 @@ export function resolvedRootsDir(rootsDir: string): string {
  */
 export async function addResolvedDrvRoot(dir: string, drvPath: string): Promise<void> {
   const file = join(dir, parseDerivationPath(drvPath).baseName);
-  const fh = await open(file, 'a').catch(async (e: NodeJS.ErrnoException) => {
-    if (e.code !== 'ENOENT') throw e;
-    await makeDir(dir);
-    return open(file, 'a');
-  });
-  await fh.close();
+  try {
+    const fh = await open(file, 'a').catch(async (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e;
+      await makeDir(dir);
+      return open(file, 'a');
+    });
+    await fh.close();
+  } catch (e) {
+    throw asDiskWriteError(e, 'a GC root', file);
+  }
 }
 
 /** Drops the root of `drvPath` once no step needs it (idempotent). */

@@ -4,12 +4,16 @@
  * and the .doi parser on hostile input. Agreement with real Nix is in
  * resolve-derivation-nix.test.ts.
  */
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DerivationResolveError, HydrantError, NixFormatError } from '../../src/errors/index.ts';
 import { downstreamPlaceholder, hashPlaceholder } from '../../src/nix/derivation-paths.ts';
 import { type Derivation, derivationType, serializeDerivation } from '../../src/nix/derivation.ts';
 import { formatRealisation, parseRealisation, type Realisation } from '../../src/nix/realisation.ts';
+import { addResolvedDrvRoot, listResolvedDrvRoots, removeResolvedDrvRoot, resolvedRootsDir } from '../../src/nix/resolved-roots.ts';
 import { mustResolve, realisedKey, realisedOutputs, resolveDerivation, type Resolution } from '../../src/nix/resolve-derivation.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { atermTextArb, derivationArb, drvPathArb, hashPartArb, storePathArb } from './arbitraries.ts';
@@ -266,5 +270,29 @@ describe('realisation .doi bodies', () => {
       expect(() => parseRealisation(bad), bad).toThrow(NixFormatError);
     }
     expect(parseRealisation(JSON.stringify(ok))).toEqual({ ...ok, signatures: [], dependentRealisations: {} });
+  });
+});
+
+describe('resolved .drv roots', () => {
+  it('are files named after the .drv, refused for anything but a top-level .drv path, listed without strangers', async () => {
+    const base = mkdtempSync(join(tmpdir(), 'hydrant-resolved-roots-'));
+    try {
+      const dir = resolvedRootsDir(join(base, 'hydra-roots'));
+      expect(dir).toBe(join(base, 'hydrant-resolved-roots'));
+      expect(await listResolvedDrvRoots(dir)).toEqual([]);
+      const drv = '/nix/store/00000000000000000000000000000000-x.drv';
+      await addResolvedDrvRoot(dir, drv);
+      await addResolvedDrvRoot(dir, drv);
+      expect(readdirSync(dir)).toEqual(['00000000000000000000000000000000-x.drv']);
+      for (const bad of ['/nix/store/../etc/passwd.drv', '/nix/store/00000000000000000000000000000000-x', '/tmp/x.drv', '/nix/store/00000000000000000000000000000000-x.drv/y']) {
+        await expect(addResolvedDrvRoot(dir, bad), bad).rejects.toBeInstanceOf(NixFormatError);
+      }
+      writeFileSync(join(dir, 'not-a-root'), '');
+      expect(await listResolvedDrvRoots(dir)).toEqual([drv]);
+      await removeResolvedDrvRoot(dir, drv);
+      expect(await listResolvedDrvRoots(dir)).toEqual([]);
+    } finally {
+      rmSync(base, { recursive: true, force: true });
+    }
   });
 });
