@@ -48,7 +48,17 @@ let
   };
   # Input-addressed but deferred: its output path depends on b's.
   c = mk { name = "resolve-ia-c"; script = "read x < \${b}; echo \${b} $x > $out"; };
-in { inherit a b c; }
+  # Structured attributes: the placeholder sits inside __json.
+  d = derivation (ca // {
+    name = "resolve-ca-d";
+    system = builtins.currentSystem;
+    builder = "/bin/bash";
+    args = [ "-c" "source .attrs.sh; echo \\"$dep\\" > \\\${outputs[out]}" ];
+    __structuredAttrs = true;
+    dep = "\${b}";
+    attrs = { list = [ "\${a.dev}" ]; };
+  });
+in { inherit a b c d; }
 `;
 
 const dirs: string[] = [];
@@ -62,6 +72,8 @@ interface Chain {
   a: string;
   b: string;
   c: string;
+  /** CA with structured attributes, depending on b and a.dev. */
+  d: string;
   cOut: string;
   /** Original .drv → the resolved .drv Nix reported. */
   nixResolved: Map<string, string>;
@@ -96,18 +108,18 @@ describe('resolving content-addressed derivations against Nix 2.8', () => {
     const dir = tmp();
     const file = join(dir, 'chain.nix');
     writeFileSync(file, CHAIN);
-    const [a, b, c] = await runNixLines('nix-instantiate', [file, '--argstr', 'nonce', randomUUID(), '-A', 'a', '-A', 'b', '-A', 'c']);
-    const { stdout, stderr } = await runNix('nix-store', ['--realise', c!]);
+    const [a, b, c, d] = await runNixLines('nix-instantiate', [file, '--argstr', 'nonce', randomUUID(), '-A', 'a', '-A', 'b', '-A', 'c', '-A', 'd']);
+    const { stdout, stderr } = await runNix('nix-store', ['--realise', c!, d!]);
     const nixResolved = new Map<string, string>();
     for (const m of stderr.matchAll(/resolved derivation: '([^']+)' -> '([^']+)'/g)) nixResolved.set(m[1]!, m[2]!);
-    chain = { a: a!, b: b!, c: c!, cOut: stdout.toString('utf8').trim(), nixResolved };
+    chain = { a: a!, b: b!, c: c!, d: d!, cOut: stdout.toString('utf8').trim().split('\n')[0]!, nixResolved };
   });
   afterAll(() => {
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
 
   it('resolves to the very .drv Nix resolved to, byte for byte', async () => {
-    expect([...chain.nixResolved.keys()].sort()).toEqual([chain.b, chain.c].sort());
+    expect([...chain.nixResolved.keys()].sort()).toEqual([chain.b, chain.c, chain.d].sort());
     expect(mustResolve(readDrv(chain.a))).toBe(false);
     for (const [orig, nixPath] of chain.nixResolved) {
       const drv = readDrv(orig);
@@ -135,6 +147,12 @@ describe('resolving content-addressed derivations against Nix 2.8', () => {
     const resC = resolveDerivation(chain.c, c, await realisedInputs(c));
     expect(resC.drv.outputs.get('out')!.path).toBe(chain.cOut);
     expect(resC.drv.env.get('out')).toBe(chain.cOut);
+
+    const d = readDrv(chain.d);
+    const realisedD = await realisedInputs(d);
+    const json = JSON.parse(resolveDerivation(chain.d, d, realisedD).drv.env.get('__json')!) as { dep: string; attrs: { list: string[] } };
+    expect(json.dep).toBe(realisedD.get(realisedKey(chain.b, 'out')));
+    expect(json.attrs).toEqual({ list: [realisedD.get(realisedKey(chain.a, 'dev'))] });
   });
 
   it("computes the realisation ids and dependencies Nix recorded, of the original and the resolved .drv", async () => {
@@ -224,13 +242,13 @@ describe('resolving content-addressed derivations against Nix 2.8', () => {
 
   it('signs a realisation exactly as Nix 2.8 does with secret-key-files', async () => {
     const store = await PrivateStore.create(tmp());
-    await copyClosure(store, [chain.c]);
+    await copyClosure(store, [chain.c, chain.d]);
     const sk = generateSecretKey('resolve-test-2');
     const keyFile = join(tmp(), 'sk');
     writeFileSync(keyFile, formatSecretKey(sk));
-    await store.runChecked('nix-store', ['--realise', chain.c], { extraConfig: `secret-key-files = ${keyFile}` });
+    await store.runChecked('nix-store', ['--realise', chain.c, chain.d], { extraConfig: `secret-key-files = ${keyFile}` });
     let checked = 0;
-    for (const drvPath of [chain.a, chain.b, chain.c, ...chain.nixResolved.values()]) {
+    for (const drvPath of [chain.a, chain.b, chain.c, chain.d, ...chain.nixResolved.values()]) {
       for (const r of await realisationsOf(store, drvPath)) {
         expect(r.signatures).toHaveLength(1);
         expect(signRealisation(sk, { ...r, signatures: [] })).toEqual(r);
