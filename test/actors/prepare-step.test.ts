@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import type { StepRecord } from '../../src/actors/model.ts';
 import type { Prepared, StepPreparer } from '../../src/actors/prepare-step.ts';
 import { QueueMonitor } from '../../src/actors/queue-monitor.ts';
@@ -25,13 +25,13 @@ class HeldPreparer implements StepPreparer {
 }
 
 describe('the prepare-step point', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
+  let db: TestDatabase | undefined;
+  afterAll(() => db?.drop());
 
   it('queues a step only once its preparation ends; a failed preparation builds it as it is; a step released meanwhile is never queued', async () => {
+    db = await createTestDatabase();
+    const jobset = await createJobset(db.pool, 'prep', 'main');
+    const pool = db.pool;
     const store = new MemoryStore();
     const drv = (n: string, deps: string[] = []) => {
       const d = {
@@ -46,13 +46,12 @@ describe('the prepare-step point', () => {
     const c = drv('c');
     const d = drv('d');
     const preparer = new HeldPreparer((p) => p === a || p === c || p === d);
-    const sdb = new PgSchedulerDb(db.pool);
+    const sdb = new PgSchedulerDb(pool);
     const scheduler = new Scheduler({ config: TEST_CONFIG, db: sdb, store, log: quietLog, preparer });
     const monitor = new QueueMonitor({ db: sdb, scheduler, listener: new EventEmitter(), log: quietLog, pollIntervalS: -1 });
     const started: string[] = [];
     scheduler.addMachine(machineRecord('m1', { maxJobs: 4 }), new SimulatedBuilder({ store, onStart: (j) => started.push(j.drvPath) }));
-    const jobset = await createJobset(db.pool);
-    const ids = { b: await queueBuild(db.pool, jobset, b, 'b'), c: await queueBuild(db.pool, jobset, c, 'c'), d: await queueBuild(db.pool, jobset, d, 'd') };
+    const ids = { b: await queueBuild(pool, jobset, b, 'b'), c: await queueBuild(pool, jobset, c, 'c'), d: await queueBuild(pool, jobset, d, 'd') };
     await monitor.start();
     await waitFor(() => preparer.held.size === 3, 5000, 'a, c and d to be held in preparation');
 
@@ -61,14 +60,14 @@ describe('the prepare-step point', () => {
     expect(scheduler.dispatcher.stats.runnable).toBe(0);
 
     // d's build goes away while d is being prepared: d is never queued, even once its preparation ends.
-    await db.pool.query('delete from builds where id = $1', [ids.d]);
+    await pool.query('delete from builds where id = $1', [ids.d]);
     await monitor.request('scan');
     expect(scheduler.hasBuild(ids.d)).toBe(false);
     preparer.held.get(d)!.resolve('dispatch');
     preparer.held.get(c)!.reject(new Error('substituter unreachable'));
     preparer.held.get(a)!.resolve('dispatch');
 
-    const finished = async () => (await db.pool.query('select id, buildstatus from builds where finished = 1 order by id')).rows;
+    const finished = async () => (await pool.query('select id, buildstatus from builds where finished = 1 order by id')).rows;
     await waitFor(async () => (await finished()).length === 2, 5000, 'b and c to finish');
     expect(await finished()).toEqual([{ id: ids.b, buildstatus: 0 }, { id: ids.c, buildstatus: 0 }]);
     expect(started.sort()).toEqual([a, b, c].sort());
