@@ -68,7 +68,7 @@ export class ActiveJobs {
   }
 
   isRunning(aj: ActiveJob): boolean {
-    return this.byJobs.get(aj.job.jobId) === aj;
+    return this.bySteps.get(aj.step) === aj;
   }
 
   ofStep(step: StepRecord): ActiveJob | undefined {
