@@ -5,11 +5,12 @@ import { parseDerivationPath } from '../nix/store-path.ts';
 import { unixNow } from './builder-port.ts';
 import { permanentLoadFailure } from './load-failure.ts';
 import type { QueuedBuildRow, SchedulerDb } from '../db/scheduler-db-interface.ts';
-import type { Scheduler } from './scheduler.ts';
+import type { SchedulerIntake } from './scheduler-intake.ts';
 
 export interface QueueMonitorOptions {
   db: SchedulerDb;
-  scheduler: Scheduler;
+  /** The scheduler, seen only through its intake: never its graph or dispatcher. */
+  scheduler: SchedulerIntake;
   /** Emits `notification` and `reconnected` (src/db/listener.ts). */
   listener: EventEmitter;
   log: Logger;
@@ -156,11 +157,7 @@ export class QueueMonitor {
   }
 
   private async loadShares(): Promise<void> {
-    for (const row of await this.o.db.jobsets(24 * 3600)) {
-      const j = this.o.scheduler.jobsetRecord({ jobsetId: row.id, project: row.project, jobset: row.name });
-      j.shares = row.schedulingShares;
-      if (j.charges.length === 0) j.seconds = row.recentSeconds;
-    }
+    for (const row of await this.o.db.jobsets(24 * 3600)) this.o.scheduler.jobsetShares(row);
   }
 
   private async loadNew(hints: AddedHints): Promise<void> {
@@ -177,7 +174,7 @@ export class QueueMonitor {
     for await (const batch of this.o.db.queuedBuilds(Math.min(mark, hints.readFrom))) {
       for (const row of batch) {
         this.lastId = Math.max(this.lastId, row.id);
-        if (held.has(row.id) || this.o.scheduler.graph.builds.has(row.id) || this.loading.has(row.id)) continue;
+        if (held.has(row.id) || this.o.scheduler.hasBuild(row.id) || this.loading.has(row.id)) continue;
         const p = this.load(row).finally(() => inflight.delete(p));
         inflight.add(p);
         if (inflight.size >= limit) await Promise.race(inflight);
@@ -188,7 +185,7 @@ export class QueueMonitor {
 
   /** Ids of the builds the scheduler holds or that are being loaded. */
   private heldIds(): Set<number> {
-    const ids = new Set(this.o.scheduler.graph.builds.keys());
+    const ids = new Set(this.o.scheduler.buildIds());
     for (const id of this.loading) ids.add(id);
     return ids;
   }
@@ -253,11 +250,11 @@ export class QueueMonitor {
     const held = this.heldIds();
     const queued = await this.o.db.queuedIds();
     const s = this.o.scheduler;
-    for (const id of [...s.graph.builds.keys()]) if (!queued.has(id)) s.dropBuild(id);
+    for (const id of s.buildIds()) if (!queued.has(id)) s.dropBuild(id);
     for (const id of this.loading) if (!queued.has(id)) this.dropAfterLoad.add(id);
     const missing: number[] = [];
     for (const [id, prio] of queued) {
-      if (s.graph.builds.has(id)) s.bump(id, prio);
+      if (s.hasBuild(id)) s.bump(id, prio);
       else if (!held.has(id)) missing.push(id);
     }
     // Builds restarted (finished → queued again) or otherwise not yet held.
@@ -268,7 +265,7 @@ export class QueueMonitor {
   private async loadMissing(ids: readonly number[]): Promise<void> {
     for (let i = 0; i < ids.length; i += 1000) {
       const rows = await this.o.db.buildsByIds(ids.slice(i, i + 1000));
-      await Promise.all(rows.filter((r) => !this.o.scheduler.graph.builds.has(r.id) && !this.loading.has(r.id)).map((r) => this.load(r)));
+      await Promise.all(rows.filter((r) => !this.o.scheduler.hasBuild(r.id) && !this.loading.has(r.id)).map((r) => this.load(r)));
     }
   }
 

@@ -1,0 +1,268 @@
+import type { Logger } from '../util/logger.ts';
+import { BuildStatus } from '../db/status.ts';
+import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
+import { unixNow, type StepOutcome } from './builder-port.ts';
+import { Coalescer } from './coalescer.ts';
+import type { ActiveJob } from './active-jobs.ts';
+import type { BuildRecord, Clock, FailureCache, StepRecord } from './model.ts';
+import type { ResultWriter } from './result-writer.ts';
+import type { SchedulerStats } from './scheduler-stats.ts';
+import type { AddBuildResult, QueuedBuild, StepGraph } from './step-graph.ts';
+
+export interface StepResultsOptions {
+  db: SchedulerDb;
+  graph: StepGraph;
+  writer: ResultWriter<ActiveJob>;
+  stats: SchedulerStats;
+  log: Logger;
+  clock: Clock;
+  /** A build's final row committed. */
+  buildFinished(id: number): void;
+}
+
+/** A permanent failure as its rows record it. */
+interface Failure {
+  status: number;
+  errorMsg: string;
+  machine: string;
+  startTime: number;
+  stopTime: number;
+  logFile: string;
+  cacheable: boolean;
+}
+
+type Finished = Exclude<StepOutcome, { kind: 'transient' }>;
+type Transient = Extract<StepOutcome, { kind: 'transient' }>;
+
+/**
+ * Turns step results into database writes and graph events. The step's new
+ * state is applied at once, so that a build loaded while the result is being
+ * written sees it (a finished step makes it cached, a failed one a cached
+ * failure); the write follows, and only after it commits are dependents
+ * released and builds removed from the graph. Every write goes through the
+ * result writer, so it waits out a database outage.
+ */
+export class StepResults {
+  /**
+   * Builds that meet a failed step as they load end in shared transactions,
+   * one at a time: thousands of dependents of one failure cost a few
+   * transactions on one connection, not one each.
+   */
+  /** Builds that have had an attempt's row: the first one's start also starts the build. */
+  private readonly startedBuilds = new Set<number>();
+  private readonly cachedFailures: Coalescer<Parameters<SchedulerDb['buildsCachedFailure']>[0][number], boolean>;
+
+  constructor(private readonly o: StepResultsOptions) {
+    this.cachedFailures = new Coalescer(
+      async (list) => {
+        const ended = new Set(await o.writer.persist(() => o.db.buildsCachedFailure(list)));
+        return list.map((a) => ended.has(a.buildId));
+      },
+      { maxBatch: 1000, maxInFlight: 1, lingerMs: 20, maxWaitMs: 1000 },
+    );
+  }
+
+  /** A build just loaded that needs no building ends as cached, or as a cached failure. */
+  async loaded(q: QueuedBuild, r: AddBuildResult): Promise<void> {
+    const { db, writer } = this.o;
+    const now = unixNow(this.o.clock.now());
+    if (r.kind === 'cached') {
+      if (await writer.persist(() => db.buildCached({ buildId: q.id, now, outputs: r.outputs }))) this.buildEnded(q.id, true, true);
+    } else if (r.kind === 'cachedFailure') {
+      if (await this.cachedFailures.load({ buildId: q.id, failedDrvPath: r.failedDrvPath, system: r.failedSystem, own: r.own, now })) {
+        this.buildEnded(q.id, false, true);
+      }
+    }
+  }
+
+  /**
+   * An attempt of `step` on `machine` begins (`now`, ms): its row goes under
+   * the lowest-id build that needs the step, written with the other starts
+   * of the dispatch round (ResultWriter.started).
+   */
+  started(step: StepRecord, machine: string, now: number): { buildId: number; row: Promise<number | null> } {
+    const buildId = this.rowBuild(step)?.id ?? step.lowestBuildId;
+    const firstStepOfBuild = !this.startedBuilds.has(buildId);
+    this.startedBuilds.add(buildId);
+    const row = this.o.writer.started({ buildId, drvPath: step.drvPath, system: step.platform.system, machine, startTime: unixNow(now), outputs: step.outputs, firstStepOfBuild });
+    return { buildId, row };
+  }
+
+  /** The builder built the step (or it failed for good): counted, charged to its jobsets, applied, written. */
+  finished(aj: ActiveJob, outcome: Finished): void {
+    const { graph, writer } = this.o;
+    this.o.stats.stepDone(aj.step, aj.machine.id, aj.startedAt, outcome, this.o.clock.now());
+    if (outcome.kind === 'success') {
+      graph.transition(aj.step, outcome.nixSupport.failed ? 'FAIL_WITH_OUTPUT' : 'SUCCEED');
+      writer.track(this.succeeded(aj, outcome, aj.step.builds.filter((b) => !b.done)));
+    } else {
+      graph.transition(aj.step, 'FAIL');
+      writer.track(
+        this.failed(aj.step, aj, {
+          status: outcome.status,
+          errorMsg: outcome.errorMsg,
+          machine: aj.machine.id,
+          startTime: outcome.startTime,
+          stopTime: outcome.stopTime,
+          logFile: outcome.logFile,
+          cacheable: outcome.status === BuildStatus.Failed,
+        }),
+      );
+    }
+  }
+
+  /**
+   * The attempt ended transiently and the dispatcher decided what `next`:
+   * its row is aborted; once retries are used up (`abandoned`) the step
+   * fails for good.
+   */
+  transient(aj: ActiveJob, outcome: Transient, next: 'done' | 'retrying' | 'abandoned'): void {
+    const { counters } = this.o.stats;
+    this.o.log.warn({ build: aj.buildId, drv: aj.step.drvPath, machine: aj.machine.id, err: outcome.errorMsg }, 'step failed transiently');
+    counters.stepsTransient++;
+    if (outcome.machineFault) this.o.stats.machine(aj.machine.id).machineFailures++;
+    if (next === 'retrying') counters.stepsRetried++;
+    this.o.writer.track(this.aborted(aj, outcome.errorMsg, next === 'abandoned'));
+  }
+
+  /** A step that will never build (no machine for its platform) fails every build that needs it. */
+  unsupported(step: StepRecord): void {
+    this.o.graph.transition(step, 'UNSUPPORTED');
+    this.o.stats.counters.stepsUnsupported++;
+    const buildId = this.rowBuild(step)?.id;
+    if (buildId === undefined) return;
+    this.o.writer.track(this.failedUnbuilt(step, { buildId, row: Promise.resolve(null) }, BuildStatus.Unsupported, 'unsupported system type', '', this.o.clock.now()));
+  }
+
+  /** No build needs the running step any more: its row ends as cancelled (4). */
+  noLongerNeeded(aj: ActiveJob): void {
+    const { db, writer } = this.o;
+    this.o.log.info({ build: aj.buildId, drv: aj.step.drvPath, machine: aj.machine.id }, 'step no longer needed; aborted');
+    writer.track(
+      aj.row.then((nr) =>
+        nr === null
+          ? undefined
+          : writer.closing(aj.buildId, nr, () =>
+              db.stepAborted({ buildId: aj.buildId, stepnr: nr, status: 4, errorMsg: 'no build needs this step any more', stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
+            ),
+      ),
+    );
+  }
+
+  /** The build a step's row is recorded under: the lowest-id build that needs it. */
+  private rowBuild(step: StepRecord): BuildRecord | undefined {
+    return this.o.graph.builds.get(step.lowestBuildId) ?? this.o.graph.dependentBuilds(step)[0];
+  }
+
+  private buildEnded(id: number, succeeded: boolean, cached: boolean): void {
+    this.o.stats.buildEnded(succeeded, cached);
+    this.o.buildFinished(id);
+  }
+
+  private async succeeded(aj: ActiveJob, outcome: Extract<StepOutcome, { kind: 'success' }>, builds: BuildRecord[]): Promise<void> {
+    const { step } = aj;
+    const { db, graph } = this.o;
+    const stepnr = await aj.row;
+    const ended = await this.o.writer.closing(aj.buildId, stepnr, () =>
+      db.stepSucceeded({
+        buildId: aj.buildId,
+        stepnr,
+        drvPath: step.drvPath,
+        system: step.platform.system,
+        machine: aj.machine.id,
+        startTime: outcome.startTime,
+        stopTime: outcome.stopTime,
+        overheadMs: outcome.overheadMs,
+        logFile: outcome.logFile,
+        outputs: outcome.outputs,
+        failedWithOutput: outcome.nixSupport.failed,
+        releaseName: outcome.nixSupport.releaseName,
+        products: outcome.nixSupport.products,
+        metrics: outcome.nixSupport.metrics,
+        builds: builds.map((b) => ({ id: b.id, isCachedBuild: b.id !== aj.buildId })),
+      }),
+    );
+    for (const id of ended) this.buildEnded(id, !outcome.nixSupport.failed, false);
+    for (const b of graph.completeSuccess(step)) graph.removeBuild(b);
+  }
+
+  private async aborted(aj: ActiveJob, errorMsg: string, abandoned: boolean): Promise<void> {
+    const stepnr = await aj.row;
+    if (abandoned) {
+      // Retries used up: this attempt's row carries the final status 3.
+      await this.failedUnbuilt(aj.step, { buildId: aj.buildId, row: Promise.resolve(stepnr) }, BuildStatus.Aborted, errorMsg, aj.machine.id, aj.startedAt);
+    } else if (stepnr !== null) {
+      await this.o.writer.closing(aj.buildId, stepnr, () =>
+        this.o.db.stepAborted({ buildId: aj.buildId, stepnr, status: 3, errorMsg, stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
+      );
+    }
+  }
+
+  /** A permanent failure with no build result behind it (no log, nothing cacheable), from `startedAt` (ms) to now. */
+  private failedUnbuilt(step: StepRecord, at: { buildId: number; row: Promise<number | null> }, status: number, errorMsg: string, machine: string, startedAt: number): Promise<void> {
+    const f = { status, errorMsg, machine, startTime: unixNow(startedAt), stopTime: unixNow(this.o.clock.now()), logFile: '', cacheable: false };
+    return this.failed(step, at, f);
+  }
+
+  /**
+   * Writes a permanent failure: the step's row (updated, or inserted when it
+   * never got one) and every build that needs the step. Builds that attached
+   * to a dependent of the step while that write was in flight are failed in
+   * a follow-up write, so none is left waiting on a failed step.
+   */
+  private async failed(step: StepRecord, at: { buildId: number; row: Promise<number | null> }, f: Failure): Promise<void> {
+    const { db, graph, writer } = this.o;
+    const handled = new Set(graph.dependentBuilds(step));
+    const stepnr = await at.row;
+    const ended = await writer.closing(at.buildId, stepnr, () =>
+      db.stepFailed({
+        buildId: at.buildId,
+        stepnr,
+        drvPath: step.drvPath,
+        system: step.platform.system,
+        machine: f.machine,
+        status: f.status,
+        errorMsg: f.errorMsg,
+        startTime: f.startTime,
+        stopTime: f.stopTime,
+        logFile: f.logFile,
+        builds: [...handled].map((b) => ({ id: b.id, own: b.toplevel === step })),
+        cacheablePaths: f.cacheable ? step.outputs.flatMap((o) => (o.path ? [o.path] : [])) : [],
+      }),
+    );
+    for (;;) {
+      const late = graph.dependentBuilds(step).filter((b) => !handled.has(b));
+      if (late.length === 0) break;
+      for (const b of late) handled.add(b);
+      ended.push(
+        ...(await writer.persist(() =>
+          db.dependentsFailed({
+            failedBuildId: at.buildId,
+            drvPath: step.drvPath,
+            system: step.platform.system,
+            status: f.status,
+            stopTime: f.stopTime,
+            builds: late.map((b) => ({ id: b.id, own: b.toplevel === step })),
+          }),
+        )),
+      );
+    }
+    for (const id of ended) this.buildEnded(id, false, false);
+    for (const b of handled) this.o.graph.removeBuild(b);
+  }
+}
+
+/**
+ * FailedPaths look-ups for loaders: concurrent look-ups share queries and
+ * hold at most two connections.
+ */
+export function failedPathsCache(db: SchedulerDb): FailureCache {
+  const failed = new Coalescer<string, boolean>(
+    async (paths) => {
+      const set = await db.failedPaths([...new Set(paths)]);
+      return paths.map((p) => set.has(p));
+    },
+    { maxBatch: 1000, maxInFlight: 2, lingerMs: 0 },
+  );
+  return { isFailed: async (paths) => (await Promise.all(paths.map((p) => failed.load(p)))).some(Boolean) };
+}
