@@ -8,7 +8,9 @@ import { createPool } from '../../db/pool.ts';
 import { checkSchema, ensureSchema } from '../../db/schema.ts';
 import { HYDRA_SCHEMA_VERSION } from '../../db/required-schema.ts';
 import { withDatabase } from '../../db/url.ts';
-import { DB_OPTIONS, DB_OPTIONS_HELP, dbOverrides, type Command } from '../command.ts';
+import {
+  databaseLine, DB_OPTIONS, DB_OPTIONS_HELP, dbOverrides, EMBEDDED_OPTION, EMBEDDED_OPTION_HELP, requireNamedDatabase, type Command,
+} from '../command.ts';
 
 export const db: Command = {
   name: 'db',
@@ -23,12 +25,20 @@ export const db: Command = {
             migration into another on the same server, and print every
             difference in tables, columns, constraints, indexes, triggers,
             functions and rules. Exit 1 when they differ.
-${DB_OPTIONS_HELP}`,
-  options: { ...DB_OPTIONS, 'hydra-sql': { type: 'string' } },
+
+The first line of output names the database used.
+${DB_OPTIONS_HELP}${EMBEDDED_OPTION_HELP}`,
+  options: { ...DB_OPTIONS, ...EMBEDDED_OPTION, 'hydra-sql': { type: 'string' } },
   async run({ values, positionals }) {
     const action = positionals[0];
+    if (action !== 'check' && action !== 'init' && action !== 'compare') {
+      process.stderr.write(`hydrant db: unknown action '${action ?? ''}' (check, init or compare)\n`);
+      return 2;
+    }
     const config = loadRunnerConfig(values.config as string | undefined, dbOverrides(values));
+    requireNamedDatabase('db', values, config);
     const database = await openDatabase(config);
+    process.stdout.write(databaseLine(database, config));
     try {
       switch (action) {
         case 'check': {
