@@ -40,19 +40,21 @@ export function readTomlWithOverrides(path: string | undefined, overrides: Recor
  * so and names both places it can be set.
  */
 export function formatIssues(err: z.ZodError, source: string, flags: Readonly<Record<string, string>> = {}): string {
+  // Flags alone: the key and its flag say it all.
+  const at = source === NO_FILE ? '' : `${source}: `;
   return err.issues
     .map((i) => {
       const key = i.path.length ? i.path.join('.') : '(top level)';
       const flag = flags[key];
       const named = flag && !i.message.includes(flag) ? `${key} (${flag})` : key;
       if (i.code === 'invalid_type' && /received undefined/.test(i.message)) {
-        const file = source === NO_FILE ? 'a configuration file (--config)' : source;
-        return `${named} is required: ${flag ? `pass ${flag}, or ` : ''}set ${key} in ${file}`;
+        const file = source === NO_FILE ? 'a configuration file (--config)' : 'the file';
+        return `${at}${named} is required: ${flag ? `pass ${flag}, or ` : ''}set ${key} in ${file}`;
       }
       if (i.code === 'unrecognized_keys') {
-        return `${source}: unknown key${i.keys.length > 1 ? 's' : ''} ${i.keys.join(', ')}${i.path.length ? ` in ${key}` : ''} (a typo? see docs/OPERATIONS.md)`;
+        return `${at}unknown key${i.keys.length > 1 ? 's' : ''} ${i.keys.join(', ')}${i.path.length ? ` in ${key}` : ''} (a typo? the keys are listed in docs/OPERATIONS.md)`;
       }
-      return `${source}: ${named}: ${i.message}`;
+      return `${at}${named}: ${i.message}`;
     })
     .join('; ');
 }

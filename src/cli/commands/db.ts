@@ -43,12 +43,12 @@ ${DB_OPTIONS_HELP}${EMBEDDED_OPTION_HELP}`,
       switch (action) {
         case 'check': {
           const version = await checkSchema(database.pool);
-          process.stdout.write(`schema ok (SchemaVersion ${version})\n`);
+          process.stdout.write(`schema ok (${versionText(version)})\n`);
           return 0;
         }
         case 'init': {
           const s = await ensureSchema(database.pool);
-          process.stdout.write(`${s.created ? 'created' : 'accepted existing'} Hydra schema (SchemaVersion ${s.version})\n`);
+          process.stdout.write(`${s.created ? 'created' : 'accepted existing'} Hydra schema (${versionText(s.version)})\n`);
           return 0;
         }
         case 'compare':
@@ -62,6 +62,16 @@ ${DB_OPTIONS_HELP}${EMBEDDED_OPTION_HELP}`,
     }
   },
 };
+
+/**
+ * Hydra's hydra.sql creates the SchemaVersion table empty; hydra-init loads
+ * it and then inserts the newest migration's number, and refuses to run
+ * without that row. No row (read as 0) means hydra.sql was loaded by hand.
+ */
+function versionText(version: number): string {
+  if (version > 0) return `SchemaVersion ${version}`;
+  return `SchemaVersion has no row: hydra.sql was loaded without hydra-init, which needs one; the columns Hydrant uses are present. If it is Hydra's current hydra.sql: insert into SchemaVersion (version) values (${HYDRA_SCHEMA_VERSION})`;
+}
 
 async function compare(url: string, hydraSqlPath: string | undefined): Promise<number> {
   if (!hydraSqlPath) {
