@@ -120,7 +120,7 @@ export function validateRunnerConfig(input: unknown, source = NO_FILE, env: Node
   const dbUrl = env.HYDRA_DATABASE_URL || c.dbUrl;
   if (dbUrl) {
     const wrong = checkDbUrl(dbUrl);
-    const from = env.HYDRA_DATABASE_URL ? 'HYDRA_DATABASE_URL' : `${source}: dbUrl (--db-url)`;
+    const from = env.HYDRA_DATABASE_URL ? 'HYDRA_DATABASE_URL' : `${source === NO_FILE ? '' : `${source}: `}dbUrl (--db-url)`;
     if (wrong) throw new ConfigError(`${from}: not a PostgreSQL URL (${wrong}); expected ${DB_URL_FORM}`);
   }
   return Object.freeze({
