@@ -1,7 +1,7 @@
 import type { ParseArgsConfig } from 'node:util';
 import { redactUrl, type RunnerConfig } from '../config/runner-config.ts';
-import type { Database } from '../db/connect.ts';
-import { ConfigError } from '../errors/index.ts';
+import { openDatabase, type Database } from '../db/connect.ts';
+import { ConfigError, DatabaseUnavailableError } from '../errors/index.ts';
 
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 
@@ -68,4 +68,19 @@ export function requireNamedDatabase(command: string, values: Record<string, unk
 /** One line naming the database a command used (never its password). */
 export function databaseLine(db: Database, config: RunnerConfig): string {
   return db.embedded ? `database: embedded PostgreSQL in ${config.stateDir}/postgres\n` : `database: ${redactUrl(db.url)}\n`;
+}
+
+/** Opens the configured database; a refused connection names the URL (no password) and where it was set. */
+export async function openCommandDatabase(config: RunnerConfig): Promise<Database> {
+  try {
+    return await openDatabase(config);
+  } catch (err) {
+    throw databaseError(err, config) ?? err;
+  }
+}
+
+export function databaseError(err: unknown, config: RunnerConfig): DatabaseUnavailableError | null {
+  if (!(err instanceof DatabaseUnavailableError) || !config.dbUrl) return null;
+  const where = process.env.HYDRA_DATABASE_URL ? 'HYDRA_DATABASE_URL' : '--db-url or dbUrl';
+  return new DatabaseUnavailableError(`${redactUrl(config.dbUrl)}: ${err.message} (set in ${where})`, { cause: err });
 }

@@ -52,7 +52,7 @@ export function formatIssues(err: z.ZodError, source: string, flags: Readonly<Re
         return `${at}${named} is required: ${flag ? `pass ${flag}, or ` : ''}set ${key} in ${file}`;
       }
       if (i.code === 'unrecognized_keys') {
-        return `${at}unknown key${i.keys.length > 1 ? 's' : ''} ${i.keys.join(', ')}${i.path.length ? ` in ${key}` : ''} (a typo? the keys are listed in docs/OPERATIONS.md)`;
+        return `${at}unknown key${i.keys.length > 1 ? 's' : ''} ${i.keys.join(', ')}${i.path.length ? ` in ${key}` : ''} (a typo? docs/OPERATIONS.md lists the keys)`;
       }
       return `${at}${named}: ${i.message}`;
     })

@@ -59,6 +59,13 @@ describe('mistakes an operator can make get one line naming what to change', () 
     );
   });
 
+  it('a database that refuses the connection is named (without its password) with where it was set', async () => {
+    const held = await holdPort(); // a free port: bound, then released, so nothing listens there
+    held.server.close();
+    const r = await runCli(['db', 'check', '--db-url', `postgres://u:secret@127.0.0.1:${held.port}/hydra`], { HYDRA_DATABASE_URL: '' });
+    expect(r.stderr).toBe(`hydrant: DB_UNAVAILABLE: postgres://u:***@127.0.0.1:${held.port}/hydra: cannot connect to the database: connect ECONNREFUSED 127.0.0.1:${held.port} (set in --db-url or dbUrl)\n`);
+  });
+
   it('a builder without a token file names the flag and the key', async () => {
     const r = await runCli(['builder', '--server', '127.0.0.1:1']);
     expect(r.stderr).toBe('hydrant: CONFIG_INVALID: tokenFile (--token-file) is required: pass --token-file, or set tokenFile in a configuration file (--config)\n');

@@ -55,7 +55,7 @@ describe('configuration mistakes, one line each', () => {
 
   it('an unknown key is named with the file', () => {
     const p = file('runner.toml', 'maxRetrys = 3\n');
-    expect(() => loadRunnerConfig(p, {}, {})).toThrow(`${p}: unknown key maxRetrys (a typo? the keys are listed in docs/OPERATIONS.md)`);
+    expect(() => loadRunnerConfig(p, {}, {})).toThrow(`${p}: unknown key maxRetrys (a typo? docs/OPERATIONS.md lists the keys)`);
   });
 
   it('a listen address that is not HOST:PORT names the key and flag', () => {

@@ -3,13 +3,12 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { loadRunnerConfig } from '../../config/runner-config.ts';
 import { describeCatalog, diffCatalogs } from '../../db/catalog.ts';
-import { openDatabase } from '../../db/connect.ts';
 import { createPool } from '../../db/pool.ts';
 import { checkSchema, ensureSchema } from '../../db/schema.ts';
 import { HYDRA_SCHEMA_VERSION } from '../../db/required-schema.ts';
 import { withDatabase } from '../../db/url.ts';
 import {
-  databaseLine, DB_OPTIONS, DB_OPTIONS_HELP, dbOverrides, EMBEDDED_OPTION, EMBEDDED_OPTION_HELP, requireNamedDatabase, type Command,
+  databaseLine, DB_OPTIONS, openCommandDatabase, DB_OPTIONS_HELP, dbOverrides, EMBEDDED_OPTION, EMBEDDED_OPTION_HELP, requireNamedDatabase, type Command,
 } from '../command.ts';
 
 export const db: Command = {
@@ -37,7 +36,7 @@ ${DB_OPTIONS_HELP}${EMBEDDED_OPTION_HELP}`,
     }
     const config = loadRunnerConfig(values.config as string | undefined, dbOverrides(values));
     requireNamedDatabase('db', values, config);
-    const database = await openDatabase(config);
+    const database = await openCommandDatabase(config);
     process.stdout.write(databaseLine(database, config));
     try {
       switch (action) {

@@ -3,7 +3,7 @@ import type { RunnerConfig } from '../../config/runner-config.ts';
 import { RunnerDaemon } from '../../daemon/serve.ts';
 import { ConfigError } from '../../errors/index.ts';
 import { createLogger } from '../../util/logger.ts';
-import { DB_OPTIONS, DB_OPTIONS_HELP, dbOverrides, type Command } from '../command.ts';
+import { databaseError, DB_OPTIONS, DB_OPTIONS_HELP, dbOverrides, type Command } from '../command.ts';
 
 export const serve: Command = {
   name: 'serve',
@@ -46,7 +46,7 @@ ${DB_OPTIONS_HELP}
       await daemon.start();
     } catch (err) {
       await daemon.stop().catch(() => {});
-      throw listenError(err, daemon.config) ?? err;
+      throw listenError(err, daemon.config) ?? databaseError(err, daemon.config) ?? err;
     }
     await daemon.lifecycle.when('stopped');
     return daemon.exitCode;

@@ -1,5 +1,4 @@
 import { loadRunnerConfig } from '../../config/runner-config.ts';
-import { openDatabase } from '../../db/connect.ts';
 import { ensureSchema } from '../../db/schema.ts';
 import { submitJobs, type SubmitJob } from '../../db/submit.ts';
 import { evaluateJobs, type EvaluatedJob } from '../../eval/evaluate.ts';
@@ -8,7 +7,7 @@ import { LocalNixStore } from '../../nix/local-store.ts';
 import { storePathName } from '../../nix/store-path.ts';
 import { writeReport } from './submit-report.ts';
 import {
-  databaseLine, DB_OPTIONS, DB_OPTIONS_HELP, dbOverrides, EMBEDDED_OPTION, EMBEDDED_OPTION_HELP, requireNamedDatabase, type Command,
+  databaseLine, DB_OPTIONS, openCommandDatabase, DB_OPTIONS_HELP, dbOverrides, EMBEDDED_OPTION, EMBEDDED_OPTION_HELP, requireNamedDatabase, type Command,
 } from '../command.ts';
 
 export const submit: Command = {
@@ -61,7 +60,7 @@ ${DB_OPTIONS_HELP}${EMBEDDED_OPTION_HELP}`,
       ? await evaluateJobs(file, (values.attr as string[] | undefined) ?? [])
       : await Promise.all(positionals.map(async (drvPath) => fromDrv(store, drvPath)));
     const jobs: SubmitJob[] = await Promise.all(evaluated.map(async (j) => ({ ...j, outputs: (await store.readDerivation(j.drvPath)).outputs })));
-    const db = await openDatabase(config);
+    const db = await openCommandDatabase(config);
     try {
       await ensureSchema(db.pool);
       const r = await submitJobs(db.pool, {
