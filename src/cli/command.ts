@@ -59,6 +59,10 @@ export function dbOverrides(values: Record<string, unknown>): Record<string, unk
  * started with a config file uses: refused unless --embedded says so.
  */
 export function requireNamedDatabase(command: string, values: Record<string, unknown>, config: RunnerConfig): void {
+  if (values.embedded === true && config.dbUrl) {
+    const where = process.env.HYDRA_DATABASE_URL ? 'HYDRA_DATABASE_URL' : values['db-url'] !== undefined ? '--db-url' : `dbUrl in ${String(values.config)}`;
+    throw new ConfigError(`hydrant ${command}: --embedded contradicts ${where}: drop one of them`);
+  }
   if (config.dbUrl || values.config !== undefined || values['state-dir'] !== undefined || values.embedded === true) return;
   throw new ConfigError(
     `hydrant ${command}: no database named: pass --config with the runner's configuration file, --db-url URL (or HYDRA_DATABASE_URL), or --embedded for the embedded PostgreSQL in ${config.stateDir}`,

@@ -50,6 +50,8 @@ describe('mistakes an operator can make get one line naming what to change', () 
       "hydrant: CONFIG_INVALID: hydrant submit: no database named: pass --config with the runner's configuration file, --db-url URL (or HYDRA_DATABASE_URL), or --embedded for the embedded PostgreSQL in /var/lib/hydra/hydrant\n",
     );
     expect(r.code).toBe(1);
+    const both = await runCli(['db', 'check', '--embedded', '--db-url', 'postgres://h/db'], { HYDRA_DATABASE_URL: '' });
+    expect(both.stderr).toBe('hydrant: CONFIG_INVALID: hydrant db: --embedded contradicts --db-url: drop one of them\n');
   });
 
   it('--db-url that is not a URL names the flag and the form of one', async () => {
