@@ -86,7 +86,10 @@ export async function main(argv: string[]): Promise<number> {
   try {
     parsed = parseArgs({ args: rest, options: { ...LOG_OPTIONS, ...command.options }, allowPositionals: true, strict: true });
   } catch (err) {
-    process.stderr.write(`hydrant ${name}: ${(err as Error).message} (see hydrant help ${name})\n`);
+    // Node's text for an unknown option is three sentences about positionals; one clause is enough.
+    const unknown = /^Unknown option '([^']+)'/.exec((err as Error).message)?.[1];
+    const what = unknown ? `unknown option ${unknown}` : (err as Error).message;
+    process.stderr.write(`hydrant ${name}: ${what} (see hydrant help ${name})\n`);
     return 2;
   }
   applyLogOptions(parsed.values);

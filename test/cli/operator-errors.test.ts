@@ -35,6 +35,12 @@ describe('mistakes an operator can make get one line naming what to change', () 
     expect(r.code).toBe(0);
   });
 
+  it('an unknown flag is one line naming it and the help to read, exit 2', async () => {
+    const r = await runCli(['serve', '--http-port', '8080']);
+    expect(r.stderr).toBe('hydrant serve: unknown option --http-port (see hydrant help serve)\n');
+    expect(r.code).toBe(2);
+  });
+
   it('--log-level and --log-format are checked on every command', async () => {
     for (const cmd of ['serve', 'submit', 'db', 'builder', 'demo']) {
       const r = await runCli([cmd, '--log-level', 'loud']);
