@@ -1,8 +1,8 @@
-import { hostname, tmpdir } from 'node:os';
+import { availableParallelism, hostname, tmpdir } from 'node:os';
 import { z } from 'zod';
 import { ConfigError } from '../errors/index.ts';
 import { hostSystem } from '../nix/host-system.ts';
-import { formatIssues, readTomlWithOverrides } from './toml-file.ts';
+import { applyAliases, formatIssues, NO_FILE, readTomlWithOverrides } from './toml-file.ts';
 
 /**
  * A builder agent's configuration (`hydrant builder`): TOML with camelCase
@@ -23,7 +23,7 @@ const BuilderConfigSchema = z
   .object({
     /** The runner's gRPC address, HOST:PORT. */
     server: z.string().regex(/^.+:\d+$/, 'must be HOST:PORT'),
-    /** File holding the bearer token (surrounding whitespace ignored). */
+    /** File holding the bearer token (surrounding whitespace ignored); `tokenPath` is accepted too. */
     tokenFile: z.string().min(1),
     /** TLS: the CA that signed the runner's certificate (only it is trusted); without it the channel is plain. */
     tlsCaFile: z.string().min(1).optional(),
@@ -35,7 +35,8 @@ const BuilderConfigSchema = z
     systems: z.array(z.string().min(1)).min(1).optional(),
     supportedFeatures: z.array(z.string().min(1)).default(['ca-derivations']),
     mandatoryFeatures: z.array(z.string().min(1)).default([]),
-    maxJobs: z.number().int().positive().default(1),
+    /** Jobs at once; default the machine's cores, as Nix's `max-jobs = auto`. */
+    maxJobs: z.number().int().positive().default(() => availableParallelism()),
     speedFactor: z.number().positive().default(1),
     thresholds: ThresholdsSchema.optional(),
     /** A private store directory (its own Nix store); without it the host store is used. */
@@ -70,10 +71,30 @@ export type BuilderConfig = Readonly<
 >;
 
 
+/** The flag that sets each key, so an error can name both. */
+export const BUILDER_FLAGS: Readonly<Record<string, string>> = Object.freeze({
+  server: '--server',
+  tokenFile: '--token-file',
+  tlsCaFile: '--tls-ca',
+  certFile: '--cert',
+  keyFile: '--key',
+  storeDir: '--store-dir',
+  machineId: '--machine-id',
+  maxJobs: '--max-jobs',
+  systems: '--systems',
+  supportedFeatures: '--features',
+});
+
+/**
+ * Other spellings accepted for a key: the runner lists its tokens as
+ * `tokenPaths`, so a builder may name its one as `tokenPath`.
+ */
+const BUILDER_ALIASES: Readonly<Record<string, string>> = Object.freeze({ tokenPath: 'tokenFile' });
+
 /** Validates a plain object (parsed TOML plus overrides) into a frozen config. */
-export function validateBuilderConfig(input: unknown, source = 'config'): BuilderConfig {
-  const parsed = BuilderConfigSchema.safeParse(input ?? {});
-  if (!parsed.success) throw new ConfigError(formatIssues(parsed.error, source));
+export function validateBuilderConfig(input: unknown, source = NO_FILE): BuilderConfig {
+  const parsed = BuilderConfigSchema.safeParse(applyAliases((input ?? {}) as Record<string, unknown>, BUILDER_ALIASES, source));
+  if (!parsed.success) throw new ConfigError(formatIssues(parsed.error, source, BUILDER_FLAGS));
   const c = parsed.data;
   // Mandatory features are supported features too.
   const supported = [...new Set([...c.supportedFeatures, ...c.mandatoryFeatures])];
@@ -90,5 +111,5 @@ export function validateBuilderConfig(input: unknown, source = 'config'): Builde
 
 /** Reads and validates a TOML file (optional); overrides (CLI flags) win over it. */
 export function loadBuilderConfig(path: string | undefined, overrides: Record<string, unknown> = {}): BuilderConfig {
-  return validateBuilderConfig(readTomlWithOverrides(path, overrides), path ?? 'config');
+  return validateBuilderConfig(readTomlWithOverrides(path, overrides), path ?? NO_FILE);
 }

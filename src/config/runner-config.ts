@@ -2,7 +2,11 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { ConfigError } from '../errors/index.ts';
 import { MACHINE_FREE_FNS, MACHINE_SORT_FNS, STEP_SORT_FNS } from './scheduling-fns.ts';
-import { formatIssues, readTomlWithOverrides } from './toml-file.ts';
+import { applyAliases, checkDbUrl, DB_URL_FORM, formatIssues, NO_FILE, readTomlWithOverrides } from './toml-file.ts';
+
+/** HOST:PORT, [IPv6]:PORT. */
+const LISTEN = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/;
+const LISTEN_MESSAGE = 'must be HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)';
 
 /**
  * The runner's configuration: TOML with the Rust queue runner's camelCase
@@ -37,7 +41,7 @@ const RunnerConfigSchema = z
     maxSilentTime: z.number().int().positive().default(3600),
     buildTimeout: z.number().int().positive().default(36000),
     maxLogSize: z.number().int().positive().default(64 * 1024 * 1024),
-    grpcListen: z.string().default('127.0.0.1:50051'),
+    grpcListen: z.string().regex(LISTEN, LISTEN_MESSAGE).default('127.0.0.1:50051'),
     /** TLS for the builder protocol; with clientCaFile, builders must present a certificate it signed. */
     grpcTls: z
       .object({ certFile: z.string().min(1), keyFile: z.string().min(1), clientCaFile: z.string().min(1).optional() })
@@ -46,7 +50,7 @@ const RunnerConfigSchema = z
     /** Serve the builder protocol without TLS on a non-loopback grpcListen (tokens and NARs in clear). */
     grpcInsecure: z.boolean().default(false),
     /** The status API, /metrics and the visualizer; "" turns them off. */
-    httpListen: z.string().default('127.0.0.1:8080'),
+    httpListen: z.union([z.literal(''), z.string().regex(LISTEN, `${LISTEN_MESSAGE}, or "" to turn it off`)]).default('127.0.0.1:8080'),
     workerThreads: z.number().int().positive().default(2),
     /** On SIGTERM, how long running steps may take to finish before they are aborted. */
     shutdownGraceInS: z.number().nonnegative().default(30),
@@ -91,13 +95,34 @@ export function isLoopbackListen(listen: string): boolean {
 export type RunnerConfig = Readonly<z.infer<typeof RunnerConfigSchema>> & { readonly stateDir: string };
 
 
+/** The flag that sets each key (on serve; the database ones on every command that opens the database). */
+export const RUNNER_FLAGS: Readonly<Record<string, string>> = Object.freeze({
+  dbUrl: '--db-url',
+  stateDir: '--state-dir',
+  httpListen: '--http-listen',
+  grpcListen: '--grpc-listen',
+  standby: '--standby',
+});
+
+/**
+ * Other spellings accepted for a key: `tokenPaths` is the upstream queue
+ * runner's name, `tokenFiles` agrees with the builder's `tokenFile` (and the
+ * TLS keys' certFile/keyFile).
+ */
+const RUNNER_ALIASES: Readonly<Record<string, string>> = Object.freeze({ tokenFiles: 'tokenPaths', apiTokenFiles: 'apiTokenPaths' });
+
 /** Validates a plain object (e.g. parsed TOML plus overrides) into a frozen config. */
-export function validateRunnerConfig(input: unknown, source = 'config', env: NodeJS.ProcessEnv = process.env): RunnerConfig {
-  const parsed = RunnerConfigSchema.safeParse(input ?? {});
-  if (!parsed.success) throw new ConfigError(formatIssues(parsed.error, source));
+export function validateRunnerConfig(input: unknown, source = NO_FILE, env: NodeJS.ProcessEnv = process.env): RunnerConfig {
+  const parsed = RunnerConfigSchema.safeParse(applyAliases((input ?? {}) as Record<string, unknown>, RUNNER_ALIASES, source));
+  if (!parsed.success) throw new ConfigError(formatIssues(parsed.error, source, RUNNER_FLAGS));
   const c = parsed.data;
   // The environment wins over the file, as upstream does for the database URL.
   const dbUrl = env.HYDRA_DATABASE_URL || c.dbUrl;
+  if (dbUrl) {
+    const wrong = checkDbUrl(dbUrl);
+    const from = env.HYDRA_DATABASE_URL ? 'HYDRA_DATABASE_URL' : `${source === NO_FILE ? '' : `${source}: `}dbUrl (--db-url)`;
+    if (wrong) throw new ConfigError(`${from}: not a PostgreSQL URL (${wrong}); expected ${DB_URL_FORM}`);
+  }
   return Object.freeze({
     ...c,
     dbUrl,
@@ -111,7 +136,7 @@ export function validateRunnerConfig(input: unknown, source = 'config', env: Nod
 
 /** Reads and validates a TOML file; one ConfigError names every problem. */
 export function loadRunnerConfig(path: string | undefined, overrides: Record<string, unknown> = {}, env = process.env): RunnerConfig {
-  return validateRunnerConfig(readTomlWithOverrides(path, overrides), path ?? 'config', env);
+  return validateRunnerConfig(readTomlWithOverrides(path, overrides), path ?? NO_FILE, env);
 }
 
 /** Renders a database URL for logs without its password. */

@@ -10,6 +10,7 @@ import { queuedBuildIds, readBuildsByIds, readJobsetShares, streamQueuedBuilds }
 import { BuildStatus, StepBusy, StepType } from './status.ts';
 import { abortUnloadableBuild } from './unloadable-builds.ts';
 import { abortLeftoverSteps, finishStep, recordStep, setStepBusy, startStep } from './step-rows.ts';
+import { buildSizes } from './output-sizes.ts';
 
 /**
  * The scheduler's database operations over PostgreSQL: each write is one
@@ -72,8 +73,7 @@ export class PgSchedulerDb implements SchedulerDb {
       };
       if (a.stepnr !== null) await finishStep(c, { ...row, stepnr: a.stepnr, logFile: a.logFile });
       else await recordStep(c, { ...row, drvPath: a.drvPath, system: a.system });
-      const size = a.outputs.reduce((n, o) => n + o.narSize, 0);
-      const closureSize = a.outputs.reduce((n, o) => Math.max(n, o.closureSize), 0);
+      const { size, closureSize } = buildSizes(a.outputs);
       const ended: number[] = [];
       for (const b of a.builds) {
         const done = await finishBuildSucceeded(c, {

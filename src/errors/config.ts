@@ -10,3 +10,8 @@ export class ConfigError extends HydrantError {
 export class DemoError extends HydrantError {
   readonly code = 'DEMO_FAILED';
 }
+
+/** A Nix file given to `hydrant submit --file` did not evaluate; the message is Nix's own error text. */
+export class NixEvaluationError extends HydrantError {
+  readonly code = 'NIX_EVAL';
+}

@@ -1,5 +1,5 @@
 import { resolve } from 'node:path';
-import { NixFormatError } from '../errors/index.ts';
+import { NixCommandError, NixEvaluationError, NixFormatError } from '../errors/index.ts';
 import { JOB_DEFAULTS } from './job-defaults.ts';
 import { runNix, runNixLines } from '../nix/tools.ts';
 
@@ -60,12 +60,12 @@ const META_EXPR = `{ file }:
 
 export async function evaluateJobs(file: string, only: readonly string[] = []): Promise<EvaluatedJob[]> {
   const path = resolve(file);
-  const { stdout } = await runNix('nix-instantiate', ['--eval', '--json', '--strict', '--expr', META_EXPR, '--argstr', 'file', path]);
+  const { stdout } = await nixEval(file, () => runNix('nix-instantiate', ['--eval', '--json', '--strict', '--expr', META_EXPR, '--argstr', 'file', path]));
   const meta = JSON.parse(stdout.toString('utf8')) as Record<string, MetaJson>;
   const names = only.length > 0 ? [...only] : Object.keys(meta).sort();
   for (const n of names) if (!meta[n]) throw new NixFormatError('evaluation', `${file} has no derivation attribute '${n}'`);
   if (names.length === 0) return [];
-  const drvs = await runNixLines('nix-instantiate', [path, ...names.flatMap((n) => ['-A', n])]);
+  const drvs = await nixEval(file, () => runNixLines('nix-instantiate', [path, ...names.flatMap((n) => ['-A', n])]));
   if (drvs.length !== names.length) throw new NixFormatError('evaluation', `expected ${names.length} derivations, nix-instantiate gave ${drvs.length}`);
   return names.map((job, i) => {
     const m = meta[job]!;
@@ -84,4 +84,20 @@ export async function evaluateJobs(file: string, only: readonly string[] = []): 
       isChannel: m.isChannel,
     };
   });
+}
+
+/**
+ * Nix's error about the operator's file, first and whole (its headline, then
+ * where), instead of the command line with Hydrant's wrapper expression.
+ */
+async function nixEval<T>(file: string, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (err) {
+    if (!(err instanceof NixCommandError) || err.exitCode === null) throw err;
+    const text = err.stderr.trim();
+    const from = text.search(/^error:/m);
+    const message = from >= 0 ? text.slice(from) : `error: nix-instantiate exited with ${err.exitCode} evaluating ${file}${text ? `:\n${text}` : ''}`;
+    throw new NixEvaluationError(message, { cause: err });
+  }
 }

@@ -4,7 +4,7 @@ export type Logger = pino.Logger;
 
 export interface LoggerOptions {
   level?: string;
-  /** 'json' (default) for machines, 'pretty' for terminals. */
+  /** 'json' (default) for machines, 'pretty' for terminals; default from HYDRANT_LOG_FORMAT. */
   format?: 'json' | 'pretty';
   destination?: NodeJS.WritableStream;
 }
@@ -15,14 +15,15 @@ export interface LoggerOptions {
  */
 export function createLogger(options: LoggerOptions = {}): Logger {
   const base: pino.LoggerOptions = {
-    level: options.level ?? process.env.HYDRANT_LOG_LEVEL ?? 'info',
+    level: options.level ?? (process.env.HYDRANT_LOG_LEVEL || 'info'),
     base: { app: 'hydrant' },
     redact: {
       paths: ['password', 'token', 'secretKey', 'dbUrl', '*.password', '*.token', '*.secretKey', '*.dbUrl', 'headers.authorization'],
       censor: '[redacted]',
     },
   };
-  if (options.format === 'pretty') {
+  const format = options.format ?? (process.env.HYDRANT_LOG_FORMAT === 'pretty' ? 'pretty' : 'json');
+  if (format === 'pretty') {
     return pino(base, prettyStream(options.destination ?? process.stderr));
   }
   return pino(base, (options.destination as pino.DestinationStream | undefined) ?? pino.destination(2));

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { runCli } from '../helpers/cli.ts';
+import { redactUrl } from '../../src/config/runner-config.ts';
 
 describe('hydrant db check', () => {
   let db: TestDatabase;
@@ -11,7 +12,7 @@ describe('hydrant db check', () => {
 
   it('accepts a Hydra schema and then fails with one clear line when a column is missing', async () => {
     const ok = await runCli(['db', 'check', '--db-url', db.url]);
-    expect(ok.stdout).toBe('schema ok (SchemaVersion 87)\n');
+    expect(ok.stdout).toBe(`database: ${redactUrl(db.url)}\nschema ok (SchemaVersion 87)\n`);
     expect(ok.code).toBe(0);
     await db.pool.query('alter table buildsteps drop column propagatedfrom');
     const bad = await runCli(['db', 'check', '--db-url', db.url]);

@@ -23,7 +23,7 @@ describe('runner grpcTls / grpcInsecure', () => {
     const p = file('tokenPaths = ["/t"]\ngrpcListen = "0.0.0.0:50051"\n');
     expect(() => loadRunnerConfig(p, {}, {})).toThrow(ConfigError);
     expect(() => loadRunnerConfig(p, {}, {})).toThrow(
-      `${p}: grpcListen: 0.0.0.0:50051 is not a loopback address: set grpcTls (certFile, keyFile) or, on a trusted network, grpcInsecure = true`,
+      `${p}: grpcListen (--grpc-listen): 0.0.0.0:50051 is not a loopback address: set grpcTls (certFile, keyFile) or, on a trusted network, grpcInsecure = true`,
     );
   });
 
@@ -39,9 +39,9 @@ describe('runner grpcTls / grpcInsecure', () => {
 
   it('refuses grpcTls without its key file, unknown grpcTls keys, and grpcTls with grpcInsecure', () => {
     const p1 = file('[grpcTls]\ncertFile = "/c.crt"\n');
-    expect(() => loadRunnerConfig(p1, {}, {})).toThrow(`${p1}: grpcTls.keyFile: `);
+    expect(() => loadRunnerConfig(p1, {}, {})).toThrow(`${p1}: grpcTls.keyFile is required: set grpcTls.keyFile in the file`);
     const p2 = file('[grpcTls]\ncertFile = "/c.crt"\nkeyFile = "/k"\ncaFile = "/ca"\n');
-    expect(() => loadRunnerConfig(p2, {}, {})).toThrow(/grpcTls: Unrecognized key.*caFile/);
+    expect(() => loadRunnerConfig(p2, {}, {})).toThrow(`${p2}: unknown key caFile in grpcTls`);
     const p3 = file('grpcInsecure = true\n[grpcTls]\ncertFile = "/c.crt"\nkeyFile = "/k"\n');
     expect(() => loadRunnerConfig(p3, {}, {})).toThrow(`${p3}: grpcInsecure: grpcInsecure = true contradicts grpcTls; set one of them`);
   });
@@ -60,10 +60,10 @@ describe('builder TLS keys', () => {
 
   it('refuses a certificate without its key, and a client certificate without TLS', () => {
     expect(() => loadBuilderConfig(undefined, { ...base, tlsCaFile: '/ca', certFile: '/c' })).toThrow(
-      'config: certFile: certFile (--cert) and keyFile (--key) go together: set both or neither',
+      'certFile: certFile (--cert) and keyFile (--key) go together: set both or neither',
     );
     expect(() => loadBuilderConfig(undefined, { ...base, certFile: '/c', keyFile: '/k' })).toThrow(
-      "config: tlsCaFile: a client certificate needs TLS: set tlsCaFile (--tls-ca) to the CA that signed the runner's certificate",
+      "tlsCaFile: a client certificate needs TLS: set tlsCaFile (--tls-ca) to the CA that signed the runner's certificate",
     );
   });
 });

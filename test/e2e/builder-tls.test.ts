@@ -182,7 +182,7 @@ describe('hydrant serve refuses unsafe builder-protocol settings at start', () =
     const r = await runCli(['serve', '--config', config]);
     expect(r.code).toBe(1);
     expect(r.stderr).toBe(
-      `hydrant: CONFIG_INVALID: ${config}: grpcListen: 0.0.0.0:0 is not a loopback address: set grpcTls (certFile, keyFile) or, on a trusted network, grpcInsecure = true\n`,
+      `hydrant: CONFIG_INVALID: ${config}: grpcListen (--grpc-listen): 0.0.0.0:0 is not a loopback address: set grpcTls (certFile, keyFile) or, on a trusted network, grpcInsecure = true\n`,
     );
   });
 

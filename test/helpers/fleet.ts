@@ -55,12 +55,16 @@ export async function startRunner(
   return { proc, port: Number(/"port":(\d+)/.exec(listening)![1]), tokenFile, token };
 }
 
-/** Starts `hydrant builder` with a private store under `dir/<id>` and `extra` TOML lines. */
+/**
+ * Starts `hydrant builder` with a private store under `dir/<id>` and `extra` TOML lines. One job at
+ * a time unless `extra` sets maxJobs (the default is the machine's cores): the tests' schedules
+ * count on it.
+ */
 export function startBuilder(dir: string, server: string, tokenFile: string, id: string, extra = ''): CliProcess {
   const config = join(dir, `${id}.toml`);
   writeFileSync(
     config,
-    [`server = "${server}"`, `tokenFile = "${tokenFile}"`, `machineId = "${id}"`, `storeDir = "${join(dir, id)}"`, extra, ''].join('\n'),
+    [`server = "${server}"`, `tokenFile = "${tokenFile}"`, `machineId = "${id}"`, `storeDir = "${join(dir, id)}"`, /^maxJobs\b/m.test(extra) ? '' : 'maxJobs = 1', extra, ''].join('\n'),
   );
   return startCli(['builder', '--config', config]);
 }

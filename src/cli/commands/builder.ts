@@ -11,7 +11,7 @@ import { createLogger } from '../../util/logger.ts';
 export const builder: Command = {
   name: 'builder',
   summary: 'run a build machine that dials in to a runner over gRPC',
-  usage: 'hydrant builder --server HOST:PORT --token-file F [--tls-ca FILE [--cert FILE --key FILE]] [--config builder.toml] [--store-dir DIR] [--machine-id ID] [--log-format json|pretty]',
+  usage: 'hydrant builder --server HOST:PORT --token-file F [--tls-ca FILE [--cert FILE --key FILE]] [--config builder.toml] [--max-jobs N] [--systems S,...] [--features F,...] [--store-dir DIR] [--machine-id ID]',
   help: `Connects to a Hydrant runner, joins as a build machine and builds the
 steps it is ordered: inputs are fetched from the runner (NARs checked against
 their hashes before import), the build runs with the step's limits and its
@@ -23,7 +23,8 @@ certificate, or a runner certificate that fails verification, is fatal: one
 error line naming the file to fix, exit 1.
 
       --server HOST:PORT   the runner's gRPC address (config key server)
-      --token-file F       file holding the bearer token (tokenFile)
+      --token-file F       file holding the bearer token, one of the runner's
+                           tokenPaths (tokenFile; tokenPath is accepted too)
       --tls-ca FILE        dial with TLS, trusting only this CA for the
                            runner's certificate (tlsCaFile)
       --cert FILE          client certificate for mutual TLS (certFile)
@@ -37,7 +38,15 @@ error line naming the file to fix, exit 1.
       --store-dir DIR      build in a private Nix store under DIR (its own
                            mount namespace) instead of the host store
       --machine-id ID      stable machine id (default: the hostname)
-      --log-format F       json (default) or pretty`,
+      --max-jobs N         jobs at once (maxJobs; default this machine's cores,
+                           as Nix's max-jobs = auto)
+      --systems S,...      systems it builds for (systems; default this host's
+                           system and builtin); repeatable or comma-separated
+      --features F,...     supported system features (supportedFeatures;
+                           default ca-derivations); repeatable or comma-separated
+      --mandatory-features F,...
+                           features a step must ask for to run here
+                           (mandatoryFeatures)`,
   options: {
     config: { type: 'string', short: 'c' },
     server: { type: 'string' },
@@ -47,7 +56,10 @@ error line naming the file to fix, exit 1.
     key: { type: 'string' },
     'store-dir': { type: 'string' },
     'machine-id': { type: 'string' },
-    'log-format': { type: 'string' },
+    'max-jobs': { type: 'string' },
+    systems: { type: 'string', multiple: true },
+    features: { type: 'string', multiple: true },
+    'mandatory-features': { type: 'string', multiple: true },
   },
   async run({ values }) {
     const config = loadBuilderConfig(values.config as string | undefined, {
@@ -58,14 +70,20 @@ error line naming the file to fix, exit 1.
       keyFile: values.key,
       storeDir: values['store-dir'],
       machineId: values['machine-id'],
+      maxJobs: positiveInt('--max-jobs', values['max-jobs'] as string | undefined),
+      systems: list(values.systems),
+      supportedFeatures: list(values.features),
+      mandatoryFeatures: list(values['mandatory-features']),
     });
     let token: string;
     try {
       token = (await readFile(config.tokenFile, 'utf8')).trim();
     } catch (err) {
-      throw new ConfigError(`${config.tokenFile}: cannot read the token: ${(err as Error).message}`, { cause: err });
+      const e = err as NodeJS.ErrnoException;
+      const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.message;
+      throw new ConfigError(`${config.tokenFile}: cannot read the token (--token-file, tokenFile): ${why}`, { cause: err });
     }
-    if (token === '') throw new ConfigError(`${config.tokenFile}: empty token`);
+    if (token === '') throw new ConfigError(`${config.tokenFile}: empty token (--token-file, tokenFile): put one of the runner's tokenPaths tokens in it`);
     const credentials = config.tlsCaFile
       ? channelCredentials({
           ca: { what: '--tls-ca (tlsCaFile)', path: config.tlsCaFile },
@@ -75,10 +93,12 @@ error line naming the file to fix, exit 1.
       : undefined;
     const store = config.storeDir ? await PrivateStore.create(config.storeDir) : hostStore;
     // Structured lines (pino) naming the machine, and the job when the line is about one.
-    const logger = createLogger({ format: values['log-format'] === 'pretty' ? 'pretty' : 'json' }).child({ role: 'builder', machine: config.machineId });
+    const logger = createLogger().child({ role: 'builder', machine: config.machineId });
     const log = (m: string): void => {
       const job = /^job (\S+)/.exec(m)?.[1];
       if (job) logger.info({ job }, m);
+      // A lost or unreachable runner is retried, but someone should see it.
+      else if (m.startsWith('control stream:')) logger.warn({ server: config.server }, m);
       else logger.info(m);
     };
     if (!credentials && !isLoopbackListen(config.server)) {
@@ -115,7 +135,22 @@ error line naming the file to fix, exit 1.
       log(`machine ${config.machineId} connecting to ${config.server} (${store.kind} store${credentials ? ', TLS' : ''})`);
     });
     // main prints it as the one line that says what to fix, and exits 1.
-    if (fatal) throw fatal;
+    if (fatal) {
+      logger.error({ code: fatal.code }, fatal.message);
+      throw fatal;
+    }
     return 0;
   },
 };
+
+/** A repeatable flag whose values may also be comma-separated; undefined when not given. */
+function list(v: unknown): string[] | undefined {
+  if (v === undefined) return undefined;
+  return (v as string[]).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
+}
+
+function positiveInt(flag: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d+$/.test(v) || Number(v) < 1) throw new ConfigError(`${flag}: '${v}' is not a positive whole number`);
+  return Number(v);
+}

@@ -3,12 +3,13 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { loadRunnerConfig } from '../../config/runner-config.ts';
 import { describeCatalog, diffCatalogs } from '../../db/catalog.ts';
-import { openDatabase } from '../../db/connect.ts';
 import { createPool } from '../../db/pool.ts';
 import { checkSchema, ensureSchema } from '../../db/schema.ts';
 import { HYDRA_SCHEMA_VERSION } from '../../db/required-schema.ts';
 import { withDatabase } from '../../db/url.ts';
-import { DB_OPTIONS, DB_OPTIONS_HELP, dbOverrides, type Command } from '../command.ts';
+import {
+  databaseLine, DB_OPTIONS, openCommandDatabase, DB_OPTIONS_HELP, dbOverrides, EMBEDDED_OPTION, EMBEDDED_OPTION_HELP, requireNamedDatabase, type Command,
+} from '../command.ts';
 
 export const db: Command = {
   name: 'db',
@@ -23,22 +24,30 @@ export const db: Command = {
             migration into another on the same server, and print every
             difference in tables, columns, constraints, indexes, triggers,
             functions and rules. Exit 1 when they differ.
-${DB_OPTIONS_HELP}`,
-  options: { ...DB_OPTIONS, 'hydra-sql': { type: 'string' } },
+
+The first line of output names the database used.
+${DB_OPTIONS_HELP}${EMBEDDED_OPTION_HELP}`,
+  options: { ...DB_OPTIONS, ...EMBEDDED_OPTION, 'hydra-sql': { type: 'string' } },
   async run({ values, positionals }) {
     const action = positionals[0];
+    if (action !== 'check' && action !== 'init' && action !== 'compare') {
+      process.stderr.write(`hydrant db: unknown action '${action ?? ''}' (check, init or compare)\n`);
+      return 2;
+    }
     const config = loadRunnerConfig(values.config as string | undefined, dbOverrides(values));
-    const database = await openDatabase(config);
+    requireNamedDatabase('db', values, config);
+    const database = await openCommandDatabase(config);
+    process.stdout.write(databaseLine(database, config));
     try {
       switch (action) {
         case 'check': {
           const version = await checkSchema(database.pool);
-          process.stdout.write(`schema ok (SchemaVersion ${version})\n`);
+          process.stdout.write(`schema ok (${versionText(version)})\n`);
           return 0;
         }
         case 'init': {
           const s = await ensureSchema(database.pool);
-          process.stdout.write(`${s.created ? 'created' : 'accepted existing'} Hydra schema (SchemaVersion ${s.version})\n`);
+          process.stdout.write(`${s.created ? 'created' : 'accepted existing'} Hydra schema (${versionText(s.version)})\n`);
           return 0;
         }
         case 'compare':
@@ -52,6 +61,16 @@ ${DB_OPTIONS_HELP}`,
     }
   },
 };
+
+/**
+ * Hydra's hydra.sql creates the SchemaVersion table empty; hydra-init loads
+ * it and then inserts the newest migration's number, and refuses to run
+ * without that row. No row (read as 0) means hydra.sql was loaded by hand.
+ */
+function versionText(version: number): string {
+  if (version > 0) return `SchemaVersion ${version}`;
+  return `SchemaVersion has no row: hydra.sql was loaded without hydra-init, which needs one; the columns Hydrant uses are present. If it is Hydra's current hydra.sql: insert into SchemaVersion (version) values (${HYDRA_SCHEMA_VERSION})`;
+}
 
 async function compare(url: string, hydraSqlPath: string | undefined): Promise<number> {
   if (!hydraSqlPath) {

@@ -5,7 +5,7 @@ import type { Command } from '../command.ts';
 export const demo: Command = {
   name: 'demo',
   summary: 'run a runner, two builders and a bundled jobset, and show how it goes',
-  usage: 'hydrant demo [--state-dir DIR] [--exit-when-done] [--http-port N] [--verbose] [--log-format json|pretty]',
+  usage: 'hydrant demo [--state-dir DIR] [--exit-when-done] [--http-listen 127.0.0.1:N] [--verbose]',
   help: `Starts the runner on an embedded PostgreSQL, two builder agents (each with
 its own Nix store when run as root: a private /nix in a mount namespace),
 queues a bundled jobset as project demo, jobset main (a dozen derivations
@@ -24,30 +24,40 @@ running until SIGINT/SIGTERM, unless --exit-when-done.
                           directory finds its builds already done.
       --exit-when-done    exit once every build has ended: 0 if each ended
                           as expected, 1 otherwise (naming what differed)
-      --http-port N       serve the visualizer (http://127.0.0.1:N/) and the
-                          status API (/status) on 127.0.0.1:N
-      --verbose           runner and builder logs on stderr instead of files
-      --log-format F      json (default) or pretty`,
+      --http-listen A     serve the visualizer (http://127.0.0.1:N/) and the
+                          status API (/status) on A = 127.0.0.1:N (as serve's
+                          --http-listen; the demo listens on loopback only)
+      --http-port N       the same as --http-listen 127.0.0.1:N
+      --verbose           runner and builder logs on stderr instead of files`,
   options: {
     'state-dir': { type: 'string' },
     'exit-when-done': { type: 'boolean' },
     'http-port': { type: 'string' },
+    'http-listen': { type: 'string' },
     verbose: { type: 'boolean', short: 'v' },
-    'log-format': { type: 'string' },
   },
   async run({ values }) {
-    const port = values['http-port'] as string | undefined;
-    if (port !== undefined && !(/^\d+$/.test(port) && Number(port) >= 1 && Number(port) <= 65535)) {
-      throw new ConfigError(`--http-port: '${port}' is not a port number (1-65535)`);
-    }
-    const format = (values['log-format'] as string | undefined) ?? 'json';
-    if (format !== 'json' && format !== 'pretty') throw new ConfigError(`--log-format: '${format}' is not json or pretty`);
+    const port = httpPort(values['http-listen'] as string | undefined, values['http-port'] as string | undefined);
+    // main.ts checked --log-format and handed it on in the environment.
+    const format = process.env.HYDRANT_LOG_FORMAT === 'pretty' ? 'pretty' : 'json';
     return runDemo({
       stateDir: (values['state-dir'] as string | undefined) ?? 'state',
       exitWhenDone: values['exit-when-done'] === true,
-      httpPort: port === undefined ? undefined : Number(port),
+      httpPort: port,
       logFormat: format,
       verbose: values.verbose === true,
     });
   },
 };
+
+function httpPort(listen: string | undefined, port: string | undefined): number | undefined {
+  if (listen !== undefined && port !== undefined) throw new ConfigError('--http-listen and --http-port are the same setting: pass one of them');
+  if (listen === undefined && port === undefined) return undefined;
+  const flag = listen !== undefined ? '--http-listen' : '--http-port';
+  const m = listen !== undefined ? /^(?:127\.0\.0\.1|localhost):(\d+)$/.exec(listen) : /^(\d+)$/.exec(port!);
+  const n = m ? Number(m[1]) : NaN;
+  if (!(n >= 1 && n <= 65535)) {
+    throw new ConfigError(`${flag}: '${listen ?? port}' is not ${listen !== undefined ? '127.0.0.1:PORT (the demo listens on loopback only)' : 'a port number (1-65535)'}`);
+  }
+  return n;
+}

@@ -1,5 +1,4 @@
 import { loadRunnerConfig } from '../../config/runner-config.ts';
-import { openDatabase } from '../../db/connect.ts';
 import { ensureSchema } from '../../db/schema.ts';
 import { submitJobs, type SubmitJob } from '../../db/submit.ts';
 import { evaluateJobs, type EvaluatedJob } from '../../eval/evaluate.ts';
@@ -7,7 +6,9 @@ import { ConfigError } from '../../errors/index.ts';
 import { LocalNixStore } from '../../nix/local-store.ts';
 import { storePathName } from '../../nix/store-path.ts';
 import { writeReport } from './submit-report.ts';
-import { DB_OPTIONS, DB_OPTIONS_HELP, dbOverrides, type Command } from '../command.ts';
+import {
+  databaseLine, DB_OPTIONS, openCommandDatabase, DB_OPTIONS_HELP, dbOverrides, EMBEDDED_OPTION, EMBEDDED_OPTION_HELP, requireNamedDatabase, type Command,
+} from '../command.ts';
 
 export const submit: Command = {
   name: 'submit',
@@ -17,8 +18,13 @@ export const submit: Command = {
 BuildOutputs rows, an evaluation (JobsetEvals) with its members, and a
 NOTIFY builds_added for the runner. A job whose derivation is already queued
 or built in the jobset is not queued again. The report (one line per queued
-build) is printed after the commit; if stdout is closed early (\`| head\`)
-the rest is dropped quietly and the exit code stays 0.
+build, after a first line naming the database) is printed after the commit;
+if stdout is closed early (\`| head\`) the rest is dropped quietly and the
+exit code stays 0.
+
+A jobset made by --create is one Hydra's evaluator leaves alone: disabled
+(enabled = 0), checkinterval 0, no inputs; its builds are still queued and
+built (docs/OPERATIONS.md).
 
       --project P      project name
       --jobset J       jobset name
@@ -29,9 +35,10 @@ the rest is dropped quietly and the exit code stays 0.
       --attr A         only these attributes of --file (repeatable)
       DRV...           .drv paths to queue instead; the job name is the
                        derivation's name
-${DB_OPTIONS_HELP}`,
+${DB_OPTIONS_HELP}${EMBEDDED_OPTION_HELP}`,
   options: {
     ...DB_OPTIONS,
+    ...EMBEDDED_OPTION,
     project: { type: 'string' },
     jobset: { type: 'string' },
     create: { type: 'boolean' },
@@ -44,14 +51,16 @@ ${DB_OPTIONS_HELP}`,
     const file = values.file as string | undefined;
     if (!project || !jobset) throw new ConfigError('hydrant submit needs --project and --jobset');
     if (!file && positionals.length === 0) throw new ConfigError('hydrant submit needs --file FILE or .drv paths');
+    // Checked before evaluating, so a wrong flag costs no evaluation.
+    const config = loadRunnerConfig(values.config as string | undefined, dbOverrides(values));
+    requireNamedDatabase('submit', values, config);
     const store = new LocalNixStore();
     const t0 = Date.now();
     const evaluated: EvaluatedJob[] = file
       ? await evaluateJobs(file, (values.attr as string[] | undefined) ?? [])
       : await Promise.all(positionals.map(async (drvPath) => fromDrv(store, drvPath)));
     const jobs: SubmitJob[] = await Promise.all(evaluated.map(async (j) => ({ ...j, outputs: (await store.readDerivation(j.drvPath)).outputs })));
-    const config = loadRunnerConfig(values.config as string | undefined, dbOverrides(values));
-    const db = await openDatabase(config);
+    const db = await openCommandDatabase(config);
     try {
       await ensureSchema(db.pool);
       const r = await submitJobs(db.pool, {
@@ -63,7 +72,7 @@ ${DB_OPTIONS_HELP}`,
         evalSeconds: Math.round((Date.now() - t0) / 1000),
         source: file ?? 'drv paths',
       });
-      const lines = [`evaluation ${r.evalId} of ${project}:${jobset}: ${r.added.length} queued, ${r.existing.length} already there`];
+      const lines = [databaseLine(db, config).trimEnd(), `evaluation ${r.evalId} of ${project}:${jobset}: ${r.added.length} queued, ${r.existing.length} already there`];
       for (const b of r.added) lines.push(`  queued build ${b.id} ${b.job}`);
       await writeReport(process.stdout, `${lines.join('\n')}\n`);
       return 0;
