@@ -95,8 +95,8 @@ export class RunnerDaemon {
     }
     const pool = (this.pool = new WorkerPool({ threads: c.workerThreads }));
     const store = new LocalNixStore(async (drvPath, bytes) => summarizeDerivation(drvPath, await withRoom(pool, () => pool.parseDerivation(bytes))));
-    const caches = await openCaches(c.remoteStoreAddr, pool);
-    for (const cache of caches) log.info({ cache: cache.root, compression: cache.store.compression, publicKey: cache.publicKey ?? null }, 'binary cache opened');
+    const caches = await openCaches(c.remoteStoreAddr, pool, { awsCredentialsFile: c.awsCredentialsFile });
+    for (const cache of caches) log.info({ cache: cache.location, compression: cache.store.compression, publicKey: cache.publicKey ?? null }, 'binary cache opened');
     const finisher = new OutputPublisher({ pool, caches, rootsDir: c.rootsDir ?? defaultRootsDir(), log });
     const metrics = (this.metrics = createRunnerMetrics({
       scheduler: () => this.runtime?.scheduler ?? null,

@@ -52,3 +52,26 @@ export class CacheReferenceMissingError extends HydrantError {
     super(`refusing to publish ${entry}: the cache lacks ${missing.length === 1 ? 'its reference' : `${missing.length} references`} ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', …' : ''}`);
   }
 }
+
+/**
+ * A request to an S3 binary cache failed after the SDK's retries (or at
+ * once, for a permanent error such as a wrong secret). Names the bucket, the
+ * key (empty for bucket-wide requests) and S3's error code
+ * (SignatureDoesNotMatch, NoSuchBucket, …; a network error's code otherwise).
+ */
+export class S3RequestError extends HydrantError {
+  readonly code = 'S3_REQUEST';
+  constructor(
+    readonly operation: string,
+    readonly bucket: string,
+    readonly key: string,
+    readonly s3Code: string,
+    readonly httpStatus: number | undefined,
+    detail: string,
+    cause?: unknown,
+  ) {
+    const status = httpStatus === undefined ? '' : ` (HTTP ${httpStatus})`;
+    const text = detail && detail !== s3Code ? `: ${detail.split('\n')[0]}` : '';
+    super(`S3 ${operation} of s3://${bucket}/${key} failed: ${s3Code}${status}${text}`, { cause });
+  }
+}

@@ -1,0 +1,271 @@
+import { open, mkdtemp, rm, stat, unlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  UploadPartCommand,
+} from '@aws-sdk/client-s3';
+import { defaultProvider } from '@aws-sdk/credential-provider-node';
+import { S3RequestError } from '../errors/index.ts';
+import type { CacheStorage, PutBody, PutOptions, StoredEntry, StoredObject } from './storage.ts';
+import type { S3StoreUri } from './store-uri.ts';
+
+/** Nix's default part size (`buffer-size`): S3's smallest allowed part. */
+export const DEFAULT_PART_SIZE = 5 * 1024 * 1024;
+/** Parts of one upload in flight at once (each held in memory). */
+const PARTS_IN_FLIGHT = 4;
+/** Attempts per request, with the SDK's exponential backoff and jitter between them (Nix: the SDK's default of 3). */
+const MAX_ATTEMPTS = 5;
+
+export interface S3StorageOptions {
+  /** A shared credentials file to read instead of ~/.aws/credentials (config key awsCredentialsFile). */
+  credentialsFile?: string | undefined;
+  /** Where NARs are compressed before they go up (default: the system's temporary directory). */
+  stagingDir?: string | undefined;
+}
+
+/** The S3 client's endpoint for a store URI: `endpoint=` as given, or host[:port] with `scheme=` (Nix's way). */
+function endpointUrl(s: S3StoreUri): string | undefined {
+  if (s.endpoint === undefined) return undefined;
+  return s.endpoint.includes('://') ? s.endpoint : `${s.endpointScheme ?? 'https'}://${s.endpoint}`;
+}
+
+/**
+ * Objects in an S3 bucket (`s3://` caches), through `@aws-sdk/client-s3`.
+ * Credentials are found as the SDK finds them (environment, then the shared
+ * credentials file with `profile=`, then instance metadata). A custom
+ * endpoint means path-style URLs (`http://host:port/bucket/key`), as in Nix.
+ * Transient failures (throttling, 5xx, timeouts, dropped connections) are
+ * retried by the SDK with backoff; what remains becomes an S3RequestError
+ * naming bucket, key and S3's error code. Bodies larger than the part size
+ * go up as a multipart upload, aborted when any part fails.
+ */
+export class S3Storage implements CacheStorage {
+  private readonly client: S3Client;
+  readonly bucket: string;
+  readonly partSize: number;
+
+  private constructor(
+    store: S3StoreUri,
+    private readonly staging: string,
+    options: S3StorageOptions,
+  ) {
+    this.bucket = store.bucket;
+    this.partSize = store.bufferSize ?? DEFAULT_PART_SIZE;
+    const endpoint = endpointUrl(store);
+    this.client = new S3Client({
+      region: store.region ?? 'us-east-1',
+      ...(endpoint ? { endpoint, forcePathStyle: true } : {}),
+      credentials: defaultProvider({
+        ...(store.profile ? { profile: store.profile } : {}),
+        ...(options.credentialsFile ? { filepath: options.credentialsFile } : {}),
+      }),
+      maxAttempts: MAX_ATTEMPTS,
+      retryMode: 'standard',
+      // Nix's timeouts (connect 5 s, request 600 s).
+      requestHandler: { connectionTimeout: 5_000, requestTimeout: 600_000 },
+      // S3-compatible servers (radosgw, MinIO, Garage) do not all know the SDK's newer checksum headers.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+    });
+  }
+
+  /** Makes the client; the bucket is first contacted by the cache's first request (BinaryCache reads nix-cache-info at open). */
+  static async open(store: S3StoreUri, options: S3StorageOptions = {}): Promise<S3Storage> {
+    const staging = await mkdtemp(join(options.stagingDir ?? tmpdir(), 'hydrant-s3-'));
+    return new S3Storage(store, staging, options);
+  }
+
+  get location(): string {
+    return `s3://${this.bucket}`;
+  }
+
+  private fail(operation: string, key: string, e: unknown): S3RequestError {
+    const err = e as { name?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+    // Network errors carry a system code (ECONNREFUSED); S3's own errors their name (SignatureDoesNotMatch).
+    const code = typeof err?.code === 'string' && /^E[A-Z]+$/.test(err.code) ? err.code : (err?.name ?? 'Unknown');
+    return new S3RequestError(operation, this.bucket, key, code, err?.$metadata?.httpStatusCode, err?.message ?? String(e), e);
+  }
+
+  async has(key: string): Promise<boolean> {
+    try {
+      await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+      return true;
+    } catch (e) {
+      if (status(e) === 404) return false;
+      throw this.fail('HeadObject', key, e);
+    }
+  }
+
+  async get(key: string): Promise<StoredObject | null> {
+    try {
+      const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+      const body = Buffer.from(await r.Body!.transformToByteArray());
+      return { body, contentEncoding: r.ContentEncoding || undefined };
+    } catch (e) {
+      if (status(e) === 404 && (e as Error).name === 'NoSuchKey') return null;
+      throw this.fail('GetObject', key, e);
+    }
+  }
+
+  async put(key: string, body: PutBody, options: PutOptions): Promise<boolean> {
+    if (typeof body === 'object' && 'file' in body) {
+      try {
+        return await this.putFile(key, body.file, options);
+      } finally {
+        await unlink(body.file).catch(() => {});
+      }
+    }
+    return this.putBytes(key, typeof body === 'string' ? Buffer.from(body) : body, options);
+  }
+
+  /** One PutObject; `If-None-Match: *` makes the server refuse to replace an existing object. */
+  private async putBytes(key: string, body: Uint8Array, options: PutOptions): Promise<boolean> {
+    try {
+      await this.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          Body: body,
+          ContentLength: body.length,
+          ContentType: options.contentType,
+          ...(options.contentEncoding ? { ContentEncoding: options.contentEncoding } : {}),
+          IfNoneMatch: '*',
+        }),
+      );
+      return true;
+    } catch (e) {
+      if (status(e) === 412) return false;
+      throw this.fail('PutObject', key, e);
+    }
+  }
+
+  private async putFile(key: string, file: string, options: PutOptions): Promise<boolean> {
+    // NARs are named by their hash: one already there has these bytes (and a second upload would waste the bandwidth).
+    if (await this.has(key)) return false;
+    const size = (await stat(file)).size;
+    const fh = await open(file, 'r');
+    try {
+      if (size <= this.partSize) {
+        const buf = Buffer.alloc(size);
+        await fh.read(buf, 0, size, 0);
+        return await this.putBytes(key, buf, options);
+      }
+      return await this.multipart(key, fh, size, options);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private async multipart(key: string, fh: import('node:fs/promises').FileHandle, size: number, options: PutOptions): Promise<boolean> {
+    let uploadId: string;
+    try {
+      const r = await this.client.send(
+        new CreateMultipartUploadCommand({
+          Bucket: this.bucket,
+          Key: key,
+          ContentType: options.contentType,
+          ...(options.contentEncoding ? { ContentEncoding: options.contentEncoding } : {}),
+        }),
+      );
+      uploadId = r.UploadId!;
+    } catch (e) {
+      throw this.fail('CreateMultipartUpload', key, e);
+    }
+    try {
+      const count = Math.ceil(size / this.partSize);
+      const etags = new Array<string>(count);
+      let next = 0;
+      let failed = false;
+      const worker = async (): Promise<void> => {
+        while (!failed && next < count) {
+          const i = next++;
+          const offset = i * this.partSize;
+          const len = Math.min(this.partSize, size - offset);
+          const buf = Buffer.alloc(len);
+          await fh.read(buf, 0, len, offset);
+          try {
+            const r = await this.client.send(
+              new UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumber: i + 1, Body: buf, ContentLength: len }),
+            );
+            etags[i] = r.ETag!;
+          } catch (e) {
+            failed = true;
+            throw this.fail('UploadPart', key, e);
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(PARTS_IN_FLIGHT, count) }, worker));
+      try {
+        await this.client.send(
+          new CompleteMultipartUploadCommand({
+            Bucket: this.bucket,
+            Key: key,
+            UploadId: uploadId,
+            MultipartUpload: { Parts: etags.map((ETag, i) => ({ ETag, PartNumber: i + 1 })) },
+            IfNoneMatch: '*',
+          }),
+        );
+      } catch (e) {
+        if (status(e) === 412) {
+          await this.abort(key, uploadId);
+          return false;
+        }
+        throw this.fail('CompleteMultipartUpload', key, e);
+      }
+      return true;
+    } catch (e) {
+      // No half-uploaded parts are left to be billed (or collected later).
+      await this.abort(key, uploadId);
+      throw e;
+    }
+  }
+
+  private async abort(key: string, uploadId: string): Promise<void> {
+    await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId })).catch(() => {});
+  }
+
+  tempFile(key: string): string {
+    return join(this.staging, `${basename(key)}.${randomBytes(6).toString('hex')}.tmp`);
+  }
+
+  async *list(prefix: string): AsyncIterable<StoredEntry> {
+    let token: string | undefined;
+    do {
+      let r;
+      try {
+        r = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token }));
+      } catch (e) {
+        throw this.fail('ListObjectsV2', prefix, e);
+      }
+      for (const o of r.Contents ?? []) yield { key: o.Key!, size: o.Size ?? 0, modified: o.LastModified ?? new Date(0) };
+      token = r.IsTruncated ? r.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
+    } catch (e) {
+      if (status(e) !== 404) throw this.fail('DeleteObject', key, e);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+    await rm(this.staging, { recursive: true, force: true });
+  }
+}
+
+function status(e: unknown): number | undefined {
+  return (e as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
+}
