@@ -62,6 +62,9 @@ export class S3Storage implements CacheStorage {
     this.bucket = store.bucket;
     this.partSize = store.bufferSize ?? DEFAULT_PART_SIZE;
     const endpoint = endpointUrl(store);
+    // The SDK warns (over eight lines of stderr) that its releases after January 2027 need Node 22;
+    // the version in package-lock.json runs on Node 20, which this project targets.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     this.client = new S3Client({
       region: store.region ?? 'us-east-1',
       ...(endpoint ? { endpoint, forcePathStyle: true } : {}),

@@ -1,0 +1,229 @@
+/**
+ * The cache format over S3, against a real radosgw: the same objects as a
+ * directory cache with Nix's headers, real Nix 2.8 substituting from the
+ * bucket over HTTP (it has no s3:// support) with the key trusted and
+ * refusing without, multipart uploads for a NAR above the part size, and a
+ * wrong secret failing at open.
+ */
+import { randomBytes } from 'node:crypto';
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { HeadObjectCommand, ListMultipartUploadsCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BinaryCache } from '../../src/cache/binary-cache.ts';
+import { uploadClosure } from '../../src/cache/upload.ts';
+import { S3RequestError } from '../../src/errors/index.ts';
+import { WorkerPool } from '../../src/workers/pool.ts';
+import { type CephS3, startCephS3 } from '../helpers/ceph-s3.ts';
+import { buildFixtures, failureOf, type Fixtures, generateKey, nixPathInfo, runNix, runNixLines, tempDir, trusting } from './fixtures.ts';
+
+let tmp: string;
+let pool: WorkerPool;
+let fx: Fixtures;
+let s3: CephS3;
+let key: { secretFile: string; publicKey: string };
+let otherKey: { secretFile: string; publicKey: string };
+let credentials: string;
+
+beforeAll(async () => {
+  tmp = tempDir('hydrant-s3-cache-');
+  pool = new WorkerPool({ threads: 2 });
+  [s3, fx, key, otherKey] = await Promise.all([startCephS3(), buildFixtures(tmp), generateKey(tmp, 'hydrant-s3-1'), generateKey(tmp, 'someone-else-1')]);
+  credentials = join(tmp, 'credentials');
+  writeFileSync(
+    credentials,
+    `[default]\naws_access_key_id = ${s3.accessKey}\naws_secret_access_key = ${s3.secretKey}\n` +
+      `[wrong]\naws_access_key_id = ${s3.accessKey}\naws_secret_access_key = not-the-secret\n`,
+  );
+}, 180_000);
+
+afterAll(async () => {
+  await s3?.stop();
+  await pool?.close();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+/** An s3:// store URI for a bucket of the test server. */
+const s3Uri = (bucket: string, params = '') => `s3://${bucket}?endpoint=${s3.hostPort}&scheme=http&region=us-east-1${params ? `&${params}` : ''}`;
+
+async function openS3(bucket: string, params: string): Promise<BinaryCache> {
+  return BinaryCache.open(s3Uri(bucket, params), pool, { awsCredentialsFile: credentials });
+}
+
+async function keysOf(cache: BinaryCache): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const e of cache.storage.list('')) keys.push(e.key);
+  return keys.sort();
+}
+
+const head = (bucket: string, key: string) => s3.client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+
+/** `nix copy` from the bucket through radosgw's path-style HTTP URL. */
+function copyFromBucket(bucket: string, root: string, paths: string[], publicKey: string): Promise<unknown> {
+  return runNix('nix', ['copy', '--from', `${s3.endpoint}/${bucket}`, '--to', root, ...paths], { extraConfig: trusting(publicKey) });
+}
+
+describe('the same format over a directory and a bucket', () => {
+  const params = () => `compression=xz&write-nar-listing=1&secret-key=${key.secretFile}`;
+  let dir: BinaryCache;
+  let bucket: BinaryCache;
+
+  beforeAll(async () => {
+    await s3.createBucket('same-format', { publicRead: true });
+    dir = await BinaryCache.open(`file://${join(tmp, 'same-format')}?${params()}`, pool);
+    bucket = await openS3('same-format', params());
+    for (const c of [dir, bucket]) {
+      await uploadClosure(c, fx.all);
+      await c.uploadLogText(fx.drvs.tree, Buffer.from('building tree\n'));
+      await c.uploadRealisations(fx.drvs.ca);
+    }
+  }, 120_000);
+
+  afterAll(async () => {
+    await dir?.close();
+    await bucket?.close();
+  });
+
+  it('writes the same keys with the same bytes', async () => {
+    const keys = await keysOf(dir);
+    expect(keys.filter((k) => k.endsWith('.narinfo'))).toHaveLength(fx.all.length);
+    expect(keys.filter((k) => k.endsWith('.ls'))).toHaveLength(fx.all.length);
+    expect(keys).toContain('nix-cache-info');
+    expect(keys.some((k) => k.startsWith('realisations/'))).toBe(true);
+    expect(await keysOf(bucket)).toEqual(keys);
+    for (const k of keys) {
+      const [a, b] = await Promise.all([dir.storage.get(k), bucket.storage.get(k)]);
+      expect(b!.body.equals(a!.body), k).toBe(true);
+    }
+  });
+
+  it("sets Nix's Content-Type on each kind of object and no Content-Encoding", async () => {
+    const want: [RegExp, string][] = [
+      [/^nix-cache-info$/, 'text/x-nix-cache-info'],
+      [/\.narinfo$/, 'text/x-nix-narinfo'],
+      [/^nar\/[0-9a-z]{52}\.nar\.xz$/, 'application/x-nix-nar'],
+      [/\.ls$/, 'application/json'],
+      [/^log\//, 'text/plain; charset=utf-8'],
+      [/^realisations\/.*\.doi$/, 'application/json'],
+    ];
+    const keys = await keysOf(bucket);
+    for (const k of keys) {
+      const rule = want.find(([re]) => re.test(k));
+      expect(rule, k).toBeDefined();
+      const h = await head('same-format', k);
+      expect(h.ContentType, k).toBe(rule![1]);
+      expect(h.ContentEncoding, k).toBeUndefined();
+    }
+  });
+
+  it('lets Nix 2.8 substitute every path over HTTP with the key trusted', async () => {
+    const root = join(tmp, 'root-trusted');
+    await copyFromBucket('same-format', root, fx.all, key.publicKey);
+    const [local, copied] = await Promise.all([nixPathInfo(fx.all), nixPathInfo(fx.all, root)]);
+    for (const p of fx.all) expect(copied.get(p)?.narHash, p).toBe(local.get(p)!.narHash);
+  });
+
+  it('makes Nix 2.8 refuse the paths when it trusts another key', async () => {
+    const err = await failureOf(copyFromBucket('same-format', join(tmp, 'root-untrusted'), [fx.paths.single], otherKey.publicKey));
+    expect(err.stderr).toMatch(/lacks a valid signature|no signature/);
+  });
+});
+
+describe('narinfo-, ls- and log-compression', () => {
+  let plain: BinaryCache;
+  let packed: BinaryCache;
+
+  beforeAll(async () => {
+    await s3.createBucket('plain-meta');
+    await s3.createBucket('packed-meta', { publicRead: true });
+    plain = await openS3('plain-meta', `compression=zstd&write-nar-listing=1&secret-key=${key.secretFile}`);
+    packed = await openS3('packed-meta', `compression=zstd&write-nar-listing=1&narinfo-compression=br&ls-compression=xz&log-compression=bzip2&secret-key=${key.secretFile}`);
+    for (const c of [plain, packed]) {
+      await uploadClosure(c, [fx.paths.user]);
+      await c.uploadLogText(fx.drvs.user, Buffer.from('a log line\n'.repeat(100)));
+    }
+  }, 60_000);
+
+  afterAll(async () => {
+    await plain?.close();
+    await packed?.close();
+  });
+
+  it('compresses each as configured and says so in Content-Encoding, never on NARs', async () => {
+    const keys = await keysOf(packed);
+    const encoding = async (k: string) => (await head('packed-meta', k)).ContentEncoding;
+    for (const k of keys) {
+      const want = k.endsWith('.narinfo') ? 'br' : k.endsWith('.ls') ? 'xz' : k.startsWith('log/') ? 'bzip2' : undefined;
+      expect(await encoding(k), k).toBe(want);
+    }
+    // The stored bytes differ from the plain bucket's; undone, they are the same.
+    const narinfo = keys.find((k) => k.endsWith('.narinfo'))!;
+    const [a, b] = await Promise.all([plain.storage.get(narinfo), packed.storage.get(narinfo)]);
+    expect(b!.body.equals(a!.body)).toBe(false);
+    expect((await pool.decompress(b!.body, 'br')).equals(a!.body)).toBe(true);
+    expect(await packed.readNarInfo(fx.paths.user)).toEqual(await plain.readNarInfo(fx.paths.user));
+  });
+
+  it('is read by Nix 2.8, which undoes the Content-Encoding', async () => {
+    const root = join(tmp, 'root-packed');
+    await copyFromBucket('packed-meta', root, [fx.paths.user], key.publicKey);
+    expect((await nixPathInfo([fx.paths.user], root)).get(fx.paths.user)?.narHash).toBe((await nixPathInfo([fx.paths.user])).get(fx.paths.user)!.narHash);
+  });
+});
+
+describe('a NAR above the part size', () => {
+  it('goes up in parts, leaves no unfinished upload, and Nix substitutes it', async () => {
+    const file = join(tmp, 'hydrant-s3-random');
+    // 13 MiB that no compressor shrinks: three parts of 5 MiB.
+    writeFileSync(file, randomBytes(13 * 1024 * 1024));
+    const [path] = await runNixLines('nix-store', ['--add', file]);
+    await s3.createBucket('multipart', { publicRead: true });
+    const cache = await openS3('multipart', `compression=none&buffer-size=${5 * 1024 * 1024}&secret-key=${key.secretFile}`);
+    try {
+      const r = await cache.uploadPath(path!);
+      expect(r.uploaded).toBe(true);
+      const info = (await cache.readNarInfo(path!))!;
+      const h = await head('multipart', info.url);
+      // S3's multipart ETag: the MD5 of the parts' MD5s, then the part count.
+      expect(h.ETag).toMatch(/-3"?$/);
+      expect(h.ContentLength).toBe(info.fileSize);
+      expect(h.ContentType).toBe('application/x-nix-nar');
+      const pending = await s3.client.send(new ListMultipartUploadsCommand({ Bucket: 'multipart' }));
+      expect(pending.Uploads ?? []).toEqual([]);
+      const root = join(tmp, 'root-multipart');
+      await copyFromBucket('multipart', root, [path!], key.publicKey);
+      expect((await nixPathInfo([path!], root)).get(path!)?.narHash).toBe((await nixPathInfo([path!])).get(path!)!.narHash);
+    } finally {
+      await cache.close();
+    }
+  }, 60_000);
+});
+
+describe('credentials', () => {
+  it('finds them in the awsCredentialsFile, by profile', async () => {
+    await s3.createBucket('creds');
+    const cache = await openS3('creds', 'profile=default');
+    await cache.close();
+    expect((await head('creds', 'nix-cache-info')).ContentType).toBe('text/x-nix-cache-info');
+  });
+
+  it('fails at open with one line naming the bucket, the key and S3 error code when the secret is wrong', async () => {
+    const err = await openS3('creds', 'profile=wrong').then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(S3RequestError);
+    const e = err as S3RequestError;
+    expect(e.code).toBe('S3_REQUEST');
+    expect(e.s3Code).toBe('SignatureDoesNotMatch');
+    expect(e.message).toContain('s3://creds/nix-cache-info');
+    expect(e.message).not.toContain('\n');
+  });
+
+  it('names a missing bucket', async () => {
+    const err = (await openS3('no-such-bucket', '').catch((e: unknown) => e)) as S3RequestError;
+    expect(err).toBeInstanceOf(S3RequestError);
+    expect(err.s3Code).toBe('NoSuchBucket');
+    expect(err.bucket).toBe('no-such-bucket');
+  });
+});
