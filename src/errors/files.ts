@@ -53,6 +53,14 @@ export class CacheReferenceMissingError extends HydrantError {
   }
 }
 
+/** What the codes a misconfiguration produces mean, for servers that send no message. */
+const S3_HINTS: Record<string, string> = {
+  SignatureDoesNotMatch: ': the secret access key does not match the access key id',
+  InvalidAccessKeyId: ': the server knows no such access key id',
+  NoSuchBucket: ': no such bucket',
+  AccessDenied: ': the credentials may not do this',
+};
+
 /**
  * A request to an S3 binary cache failed after the SDK's retries (or at
  * once, for a permanent error such as a wrong secret). Names the bucket, the
@@ -71,7 +79,8 @@ export class S3RequestError extends HydrantError {
     cause?: unknown,
   ) {
     const status = httpStatus === undefined ? '' : ` (HTTP ${httpStatus})`;
-    const text = detail && detail !== s3Code ? `: ${detail.split('\n')[0]}` : '';
+    // The SDK's message is S3's <Message>, or 'UnknownError' when the server sent none (radosgw).
+    const text = detail && detail !== s3Code && detail !== 'UnknownError' ? `: ${detail.split('\n')[0]}` : (S3_HINTS[s3Code] ?? '');
     super(`S3 ${operation} of s3://${bucket}/${key} failed: ${s3Code}${status}${text}`, { cause });
   }
 }

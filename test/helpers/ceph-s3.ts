@@ -25,6 +25,9 @@ export interface CephS3 {
   stop(): Promise<void>;
 }
 
+// The SDK's notice about its future Node requirement would clutter every test run's output.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
 const SCRIPT = join(import.meta.dirname, 'ceph-s3.sh');
 
 function freePort(): Promise<number> {
