@@ -217,7 +217,7 @@ export class BinaryCache {
 
     // 1. The NAR, under a temporary name until its file hash (its real name) is known and its NAR hash checked.
     const { compression } = this.store;
-    const tmp = this.storage.tempFile(`nar/${hashPart}.nar`);
+    const tmp = await this.storage.tempFile(`nar/${hashPart}.nar`);
     const fsync = this.storage instanceof DirectoryStorage && this.options.fsync !== false;
     const w = await withRoom(this.pool, () => this.pool.writeNar(path, tmp, compression, { ...this.compressOptions(), narSize: info.narSize, fsync })).catch(
       (e: unknown) => {

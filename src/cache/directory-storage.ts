@@ -1,6 +1,7 @@
 import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
-import { asDiskWriteError } from '../errors/files.ts';
+import { dirname, join } from 'node:path';
+import { asDiskWriteError, DiskWriteError } from '../errors/files.ts';
+import { makeDir } from '../util/make-dir.ts';
 import { exists, publishTemp, tempPathFor, writeOnce } from './publish-file.ts';
 import type { CacheStorage, PutBody, StoredEntry, StoredObject } from './storage.ts';
 
@@ -62,11 +63,20 @@ export class DirectoryStorage implements CacheStorage {
     const final = this.file(key);
     // A body prepared at tempFile(key) is a sibling of its name: linking it is the whole upload.
     if (typeof body === 'object' && 'file' in body) return publishTemp(body.file, final);
-    return writeOnce(final, body, { fsync: this.fsync });
+    try {
+      return await writeOnce(final, body, { fsync: this.fsync });
+    } catch (e) {
+      // The key's directory is new (the cache's own directories exist from open).
+      if (!(e instanceof DiskWriteError && e.errno === 'ENOENT')) throw e;
+      await makeDir(dirname(final));
+      return writeOnce(final, body, { fsync: this.fsync });
+    }
   }
 
-  tempFile(key: string): string {
-    return tempPathFor(this.file(key));
+  async tempFile(key: string): Promise<string> {
+    const final = this.file(key);
+    await makeDir(dirname(final));
+    return tempPathFor(final);
   }
 
   async *list(prefix: string): AsyncIterable<StoredEntry> {

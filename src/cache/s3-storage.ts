@@ -237,7 +237,7 @@ export class S3Storage implements CacheStorage {
     await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId })).catch(() => {});
   }
 
-  tempFile(key: string): string {
+  async tempFile(key: string): Promise<string> {
     return join(this.staging, `${basename(key)}.${randomBytes(6).toString('hex')}.tmp`);
   }
 

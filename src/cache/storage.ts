@@ -40,7 +40,7 @@ export interface CacheStorage {
   /** Stores the object unless one of that key exists; returns whether it wrote. Large files go up in parts. */
   put(key: string, body: PutBody, options: PutOptions): Promise<boolean>;
   /** A fresh local file name where a body for `key` may be prepared before `put(key, { file })`. */
-  tempFile(key: string): string;
+  tempFile(key: string): Promise<string>;
   /** Objects whose key starts with `prefix`. */
   list(prefix: string): AsyncIterable<StoredEntry>;
   /** Removes the object; a missing one is not an error. */

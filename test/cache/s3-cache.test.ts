@@ -6,11 +6,15 @@
  * wrong secret failing at open.
  */
 import { randomBytes } from 'node:crypto';
-import { rmSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { HeadObjectCommand, ListMultipartUploadsCommand } from '@aws-sdk/client-s3';
+import { AbortMultipartUploadCommand, CreateMultipartUploadCommand, HeadObjectCommand, ListMultipartUploadsCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BinaryCache } from '../../src/cache/binary-cache.ts';
+import { DirectoryStorage } from '../../src/cache/directory-storage.ts';
+import { S3Storage } from '../../src/cache/s3-storage.ts';
+import type { CacheStorage } from '../../src/cache/storage.ts';
+import { parseStoreUri, type S3StoreUri } from '../../src/cache/store-uri.ts';
 import { uploadClosure } from '../../src/cache/upload.ts';
 import { S3RequestError } from '../../src/errors/index.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
@@ -62,6 +66,46 @@ const head = (bucket: string, key: string) => s3.client.send(new HeadObjectComma
 function copyFromBucket(bucket: string, root: string, paths: string[], publicKey: string): Promise<unknown> {
   return runNix('nix', ['copy', '--from', `${s3.endpoint}/${bucket}`, '--to', root, ...paths], { extraConfig: trusting(publicKey) });
 }
+
+describe.each(['directory', 'bucket'] as const)('the storage contract, %s', (kind) => {
+  let storage: CacheStorage;
+
+  beforeAll(async () => {
+    if (kind === 'directory') storage = await DirectoryStorage.open(join(tmp, 'contract'));
+    else {
+      await s3.createBucket('contract');
+      storage = await S3Storage.open(parseStoreUri(s3Uri('contract')) as S3StoreUri, { credentialsFile: credentials });
+    }
+  });
+
+  afterAll(() => storage?.close());
+
+  it('writes each key once, reads it back, lists by prefix and deletes', async () => {
+    expect(await storage.get('a/one')).toBeNull();
+    expect(await storage.has('a/one')).toBe(false);
+    expect(await storage.put('a/one', 'first', { contentType: 'text/plain' })).toBe(true);
+    expect(await storage.put('a/one', 'second', { contentType: 'text/plain' })).toBe(false);
+    expect((await storage.get('a/one'))!.body.toString()).toBe('first');
+    const file = await storage.tempFile('a/two');
+    writeFileSync(file, 'from a file');
+    expect(await storage.put('a/two', { file }, { contentType: 'text/plain' })).toBe(true);
+    // The prepared file is taken over.
+    expect(existsSync(file)).toBe(false);
+    expect(await storage.put('b', new Uint8Array([1, 2, 3]), { contentType: 'application/octet-stream' })).toBe(true);
+    const listed = async (prefix: string) => {
+      const out: [string, number][] = [];
+      for await (const e of storage.list(prefix)) out.push([e.key, e.size]);
+      return out.sort();
+    };
+    expect(await listed('a/')).toEqual([['a/one', 5], ['a/two', 11]]);
+    expect(await listed('')).toEqual([['a/one', 5], ['a/two', 11], ['b', 3]]);
+    expect(await listed('a/t')).toEqual([['a/two', 11]]);
+    await storage.delete('a/one');
+    await storage.delete('a/one');
+    expect(await storage.has('a/one')).toBe(false);
+    expect(await listed('')).toEqual([['a/two', 11], ['b', 3]]);
+  });
+});
 
 describe('the same format over a directory and a bucket', () => {
   const params = () => `compression=xz&write-nar-listing=1&secret-key=${key.secretFile}`;
@@ -172,31 +216,67 @@ describe('narinfo-, ls- and log-compression', () => {
 });
 
 describe('a NAR above the part size', () => {
-  it('goes up in parts, leaves no unfinished upload, and Nix substitutes it', async () => {
+  let path: string;
+
+  beforeAll(async () => {
     const file = join(tmp, 'hydrant-s3-random');
     // 13 MiB that no compressor shrinks: three parts of 5 MiB.
     writeFileSync(file, randomBytes(13 * 1024 * 1024));
-    const [path] = await runNixLines('nix-store', ['--add', file]);
+    [path] = (await runNixLines('nix-store', ['--add', file])) as [string];
+  });
+
+  const pending = async (bucket: string) => (await s3.client.send(new ListMultipartUploadsCommand({ Bucket: bucket }))).Uploads ?? [];
+
+  it('goes up in parts, leaves no unfinished upload, and Nix substitutes it', async () => {
     await s3.createBucket('multipart', { publicRead: true });
     const cache = await openS3('multipart', `compression=none&buffer-size=${5 * 1024 * 1024}&secret-key=${key.secretFile}`);
     try {
-      const r = await cache.uploadPath(path!);
+      const r = await cache.uploadPath(path);
       expect(r.uploaded).toBe(true);
-      const info = (await cache.readNarInfo(path!))!;
+      const info = (await cache.readNarInfo(path))!;
       const h = await head('multipart', info.url);
       // S3's multipart ETag: the MD5 of the parts' MD5s, then the part count.
       expect(h.ETag).toMatch(/-3"?$/);
       expect(h.ContentLength).toBe(info.fileSize);
       expect(h.ContentType).toBe('application/x-nix-nar');
-      const pending = await s3.client.send(new ListMultipartUploadsCommand({ Bucket: 'multipart' }));
-      expect(pending.Uploads ?? []).toEqual([]);
+      expect(await pending('multipart')).toEqual([]);
       const root = join(tmp, 'root-multipart');
-      await copyFromBucket('multipart', root, [path!], key.publicKey);
-      expect((await nixPathInfo([path!], root)).get(path!)?.narHash).toBe((await nixPathInfo([path!])).get(path!)!.narHash);
+      await copyFromBucket('multipart', root, [path], key.publicKey);
+      expect((await nixPathInfo([path], root)).get(path)?.narHash).toBe((await nixPathInfo([path])).get(path)!.narHash);
     } finally {
       await cache.close();
     }
   }, 60_000);
+
+  it('is aborted when a part fails, leaving no parts and no narinfo; a later attempt succeeds', async () => {
+    await s3.createBucket('quota');
+    // A bucket quota of 7 MiB: the first 5 MiB part fits, the second is refused.
+    await s3.admin(['quota', 'set', '--quota-scope=bucket', '--bucket=quota', `--max-size=${7 * 1024 * 1024}`]);
+    await s3.admin(['quota', 'enable', '--quota-scope=bucket', '--bucket=quota']);
+    const cache = await openS3('quota', `compression=none&secret-key=${key.secretFile}`);
+    try {
+      const err = (await cache.uploadPath(path).catch((e: unknown) => e)) as S3RequestError;
+      expect(err).toBeInstanceOf(S3RequestError);
+      expect(err.s3Code).toBe('QuotaExceeded');
+      expect(err.key).toMatch(/^nar\/[0-9a-z]{52}\.nar$/);
+      expect(err.message).toContain(`s3://quota/${err.key}`);
+      expect(await pending('quota')).toEqual([]);
+      expect(await cache.has(path)).toBe(false);
+      expect(await keysOf(cache)).toEqual(['nix-cache-info']);
+
+      await s3.admin(['quota', 'disable', '--quota-scope=bucket', '--bucket=quota']);
+      expect((await cache.uploadPath(path)).uploaded).toBe(true);
+      expect(await cache.has(path)).toBe(true);
+    } finally {
+      await cache.close();
+    }
+  }, 60_000);
+
+  it('lists an unfinished upload (so that the checks above can fail)', async () => {
+    const { UploadId } = await s3.client.send(new CreateMultipartUploadCommand({ Bucket: 'multipart', Key: 'left-open' }));
+    expect((await pending('multipart')).map((u) => u.Key)).toEqual(['left-open']);
+    await s3.client.send(new AbortMultipartUploadCommand({ Bucket: 'multipart', Key: 'left-open', UploadId }));
+  });
 });
 
 describe('credentials', () => {

@@ -20,6 +20,8 @@ export interface CephS3 {
   secretKey: string;
   /** A client with the test user's credentials. */
   client: S3Client;
+  /** Runs `radosgw-admin` against this cluster (quotas, user changes). */
+  admin(args: string[]): Promise<string>;
   /** Creates a bucket; `publicRead` lets anonymous HTTP clients (Nix's http:// store) read its objects. */
   createBucket(name: string, options?: { publicRead?: boolean }): Promise<void>;
   stop(): Promise<void>;
@@ -90,6 +92,10 @@ export async function startCephS3(): Promise<CephS3> {
     accessKey,
     secretKey,
     client,
+    async admin(args) {
+      const { stdout } = await promisify(execFile)('radosgw-admin', ['-c', join(dir, 'ceph.conf'), '-n', 'client.rgw', ...args], { timeout: 60_000 });
+      return stdout;
+    },
     async createBucket(name, options = {}) {
       await client.send(new CreateBucketCommand({ Bucket: name }));
       if (options.publicRead) {
