@@ -232,6 +232,8 @@ function readKey(path: string, read: (path: string) => string, problems: Problem
 type WithoutKey<T> = T extends unknown ? Omit<T, 'secretKey'> : never;
 
 const BUCKET_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+/** Nix takes host[:port] with `scheme=`; the Rust runner also a URL. Either way, no path (URLs are path-style). */
+const ENDPOINT_RE = /^(?:https?:\/\/)?(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?\/?$/;
 
 /**
  * Parses one `remoteStoreAddr` entry. Reads the secret key file (if any) at
@@ -289,7 +291,7 @@ export function parseStoreUri(uri: string, options: ParseStoreUriOptions = {}): 
       scheme,
       bucket: location,
       region: r.text('region', /^[A-Za-z0-9-]+$/, 'a region name'),
-      endpoint: r.text('endpoint', /^\S+$/, 'an endpoint'),
+      endpoint: r.text('endpoint', ENDPOINT_RE, 'host[:port] or http(s)://host[:port]'),
       endpointScheme: r.text('scheme', /^https?$/, 'http or https') as 'http' | 'https' | undefined,
       profile: r.text('profile', /^\S+$/, 'a profile name'),
       narinfoCompression: r.compression('narinfo-compression', 'none'),
@@ -297,6 +299,10 @@ export function parseStoreUri(uri: string, options: ParseStoreUriOptions = {}): 
       bufferSize: r.int('buffer-size', 5 * 1024 * 1024),
       ...common,
     };
+  }
+  if (parsed.scheme === 's3' && parsed.endpoint && parsed.endpointScheme) {
+    const given = /^(https?):\/\//.exec(parsed.endpoint)?.[1];
+    if (given && given !== parsed.endpointScheme) problems.add('scheme', `'${parsed.endpointScheme}' contradicts the endpoint '${parsed.endpoint}'`);
   }
   if (problems.list.length > 0) fail();
   const result = { ...parsed } as StoreUri;

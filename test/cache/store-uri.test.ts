@@ -106,6 +106,11 @@ describe('parseStoreUri', () => {
     ['file:///c?nolabel', /'nolabel' is not name=value/],
     ['file:///c?compression=%zz', /not valid percent-encoding/],
     ['s3://b?scheme=ftp', /'scheme': 'ftp' is not http or https/],
+    ['s3://b?endpoint=http://host:9000/path', /'endpoint': 'http:\/\/host:9000\/path' is not host\[:port\]/],
+    ['s3://b?endpoint=ftp://host', /'endpoint'/],
+    ['s3://b?endpoint=http://host:9000&scheme=https', /'scheme': 'https' contradicts the endpoint/],
+    ['s3://b?buffer-size=1024', /'buffer-size': '1024' is not an integer in 5242880\.\./],
+    ['s3://b?multipart-upload=sometimes', /'multipart-upload': 'sometimes' is not a boolean/],
   ])('rejects %s', (uri, re) => {
     expect(configError(uri).message).toMatch(re);
   });
@@ -174,6 +179,8 @@ const fieldsArb: fc.Arbitrary<Fields> = fc.oneof(
         bufferSize: opt(fc.integer({ min: 5 * 1024 * 1024, max: 1 << 30 })),
       }),
     )
+    // An endpoint URL and a different scheme= contradict each other (a rejected URI).
+    .filter(([, s3]) => !(s3.endpoint?.includes('://') && s3.endpointScheme && !s3.endpoint.startsWith(`${s3.endpointScheme}://`)))
     .map(([c, s3]) => ({ scheme: 's3' as const, ...s3, ...c })),
 );
 
