@@ -6,6 +6,7 @@
  * wrong secret failing at open.
  */
 import { randomBytes } from 'node:crypto';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AbortMultipartUploadCommand, CreateMultipartUploadCommand, HeadObjectCommand, ListMultipartUploadsCommand } from '@aws-sdk/client-s3';
@@ -276,6 +277,71 @@ describe('a NAR above the part size', () => {
     const { UploadId } = await s3.client.send(new CreateMultipartUploadCommand({ Bucket: 'multipart', Key: 'left-open' }));
     expect((await pending('multipart')).map((u) => u.Key)).toEqual(['left-open']);
     await s3.client.send(new AbortMultipartUploadCommand({ Bucket: 'multipart', Key: 'left-open', UploadId }));
+  });
+});
+
+/**
+ * Answers the first `failures` PUTs with S3's 500 InternalError and passes
+ * everything else through to radosgw unchanged (SigV4 signs the Host header,
+ * which is forwarded as sent).
+ */
+async function faultyProxy(failures: number): Promise<{ port: number; puts: number; faults: number; close(): Promise<void> }> {
+  const upstream = Number(new URL(s3.endpoint).port);
+  const state = { port: 0, puts: 0, faults: 0, close: () => Promise.resolve() };
+  const server = createHttpServer((req, res) => {
+    if (req.method === 'PUT') {
+      state.puts++;
+      if (state.faults < failures) {
+        state.faults++;
+        req.resume();
+        res.writeHead(500, { 'content-type': 'application/xml' });
+        res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>injected</Message></Error>');
+        return;
+      }
+    }
+    const out = httpRequest({ host: '127.0.0.1', port: upstream, method: req.method, path: req.url, headers: req.headers }, (up) => {
+      res.writeHead(up.statusCode!, up.headers);
+      up.pipe(res);
+    });
+    out.on('error', () => res.destroy());
+    req.pipe(out);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  state.port = (server.address() as { port: number }).port;
+  state.close = () => new Promise<void>((resolve) => (server.closeAllConnections(), server.close(() => resolve())));
+  return state;
+}
+
+describe('transient errors', () => {
+  const viaProxy = (port: number, bucket: string) =>
+    BinaryCache.open(`s3://${bucket}?endpoint=127.0.0.1:${port}&scheme=http&compression=none&secret-key=${key.secretFile}`, pool, { awsCredentialsFile: credentials });
+
+  it('are retried: a PUT answered 500 three times still goes up', async () => {
+    await s3.createBucket('flaky');
+    const proxy = await faultyProxy(3);
+    try {
+      const cache = await viaProxy(proxy.port, 'flaky');
+      // Opening wrote nix-cache-info through the three failures.
+      expect(proxy.faults).toBe(3);
+      expect((await cache.uploadPath(fx.paths.single)).uploaded).toBe(true);
+      await cache.close();
+      expect((await head('flaky', 'nix-cache-info')).ContentType).toBe('text/x-nix-cache-info');
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('fail after five attempts with S3 error code, bucket and key', async () => {
+    await s3.createBucket('broken');
+    const proxy = await faultyProxy(Number.MAX_SAFE_INTEGER);
+    try {
+      const err = (await viaProxy(proxy.port, 'broken').catch((e: unknown) => e)) as S3RequestError;
+      expect(err).toBeInstanceOf(S3RequestError);
+      expect(err.message).toMatch(/^S3 PutObject of s3:\/\/broken\/nix-cache-info failed: InternalError \(HTTP 500\): injected$/);
+      expect(proxy.puts).toBe(5);
+    } finally {
+      await proxy.close();
+    }
   });
 });
 
