@@ -66,7 +66,7 @@ export class BinaryCache {
     readonly store: StoreUri,
     readonly storage: CacheStorage,
     private readonly pool: WorkerPool,
-    private readonly options: BinaryCacheOptions,
+    options: BinaryCacheOptions,
   ) {
     this.checkReferences = options.checkReferences ?? true;
   }
@@ -218,7 +218,7 @@ export class BinaryCache {
     // 1. The NAR, under a temporary name until its file hash (its real name) is known and its NAR hash checked.
     const { compression } = this.store;
     const tmp = await this.storage.tempFile(`nar/${hashPart}.nar`);
-    const fsync = this.storage instanceof DirectoryStorage && this.options.fsync !== false;
+    const fsync = this.storage.syncTempFiles;
     const w = await withRoom(this.pool, () => this.pool.writeNar(path, tmp, compression, { ...this.compressOptions(), narSize: info.narSize, fsync })).catch(
       (e: unknown) => {
         // The worker reports a failed write without the file's name (a NAR that cannot be read is a NarDumpError).

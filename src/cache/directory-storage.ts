@@ -38,6 +38,10 @@ export class DirectoryStorage implements CacheStorage {
     return new DirectoryStorage(root, options);
   }
 
+  get syncTempFiles(): boolean {
+    return this.fsync;
+  }
+
   get location(): string {
     return this.root;
   }

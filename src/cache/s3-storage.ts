@@ -1,4 +1,4 @@
-import { open, mkdtemp, rm, stat, unlink } from 'node:fs/promises';
+import { type FileHandle, mkdtemp, open, rm, stat, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -88,6 +88,9 @@ export class S3Storage implements CacheStorage {
     return new S3Storage(store, staging, options);
   }
 
+  /** Staged files are read back and uploaded, never kept: flushing them would only cost time. */
+  readonly syncTempFiles = false;
+
   get location(): string {
     return `s3://${this.bucket}`;
   }
@@ -158,18 +161,14 @@ export class S3Storage implements CacheStorage {
     const size = (await stat(file)).size;
     const fh = await open(file, 'r');
     try {
-      if (size <= this.partSize) {
-        const buf = Buffer.alloc(size);
-        await fh.read(buf, 0, size, 0);
-        return await this.putBytes(key, buf, options);
-      }
+      if (size <= this.partSize) return await this.putBytes(key, await readExactly(fh, 0, size), options);
       return await this.multipart(key, fh, size, options);
     } finally {
       await fh.close();
     }
   }
 
-  private async multipart(key: string, fh: import('node:fs/promises').FileHandle, size: number, options: PutOptions): Promise<boolean> {
+  private async multipart(key: string, fh: FileHandle, size: number, options: PutOptions): Promise<boolean> {
     let uploadId: string;
     try {
       const r = await this.client.send(
@@ -193,21 +192,27 @@ export class S3Storage implements CacheStorage {
         while (!failed && next < count) {
           const i = next++;
           const offset = i * this.partSize;
-          const len = Math.min(this.partSize, size - offset);
-          const buf = Buffer.alloc(len);
-          await fh.read(buf, 0, len, offset);
           try {
-            const r = await this.client.send(
-              new UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumber: i + 1, Body: buf, ContentLength: len }),
-            );
+            const buf = await readExactly(fh, offset, Math.min(this.partSize, size - offset));
+            let r;
+            try {
+              r = await this.client.send(
+                new UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumber: i + 1, Body: buf, ContentLength: buf.length }),
+              );
+            } catch (e) {
+              throw this.fail('UploadPart', key, e);
+            }
             etags[i] = r.ETag!;
           } catch (e) {
             failed = true;
-            throw this.fail('UploadPart', key, e);
+            throw e;
           }
         }
       };
-      await Promise.all(Array.from({ length: Math.min(PARTS_IN_FLIGHT, count) }, worker));
+      // Every part settles before the upload is completed or aborted (an abort racing a part may leave it stored).
+      const settled = await Promise.allSettled(Array.from({ length: Math.min(PARTS_IN_FLIGHT, count) }, worker));
+      const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failure) throw failure.reason;
       try {
         await this.client.send(
           new CompleteMultipartUploadCommand({
@@ -267,6 +272,18 @@ export class S3Storage implements CacheStorage {
     this.client.destroy();
     await rm(this.staging, { recursive: true, force: true });
   }
+}
+
+/** `len` bytes of the file from `offset`; a file that shrank meanwhile is an error, not a short object. */
+async function readExactly(fh: FileHandle, offset: number, len: number): Promise<Buffer> {
+  const buf = Buffer.alloc(len);
+  let got = 0;
+  while (got < len) {
+    const { bytesRead } = await fh.read(buf, got, len - got, offset + got);
+    if (bytesRead === 0) throw new Error(`unexpected end of the staged file at byte ${offset + got} of an upload`);
+    got += bytesRead;
+  }
+  return buf;
 }
 
 function status(e: unknown): number | undefined {

@@ -39,6 +39,11 @@ export interface CacheStorage {
   get(key: string): Promise<StoredObject | null>;
   /** Stores the object unless one of that key exists; returns whether it wrote. Large files go up in parts. */
   put(key: string, body: PutBody, options: PutOptions): Promise<boolean>;
+  /**
+   * Whether a file prepared at `tempFile` must be flushed to disk before `put`:
+   * true where it becomes the object itself (a directory that fsyncs).
+   */
+  readonly syncTempFiles: boolean;
   /** A fresh local file name where a body for `key` may be prepared before `put(key, { file })`. */
   tempFile(key: string): Promise<string>;
   /** Objects whose key starts with `prefix`. */
