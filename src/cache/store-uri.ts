@@ -96,7 +96,7 @@ const COMMON_PARAMS = [
   'want-mass-query',
   'priority',
 ] as const;
-const S3_PARAMS = ['region', 'endpoint', 'scheme', 'profile', 'narinfo-compression', 'multipart-upload', 'buffer-size'] as const;
+const S3_PARAMS = ['region', 'aws-region', 'endpoint', 'scheme', 'profile', 'narinfo-compression', 'multipart-upload', 'buffer-size'] as const;
 
 function knownParams(scheme: Scheme): readonly string[] {
   return scheme === 's3' ? [...COMMON_PARAMS, ...S3_PARAMS] : COMMON_PARAMS;
@@ -290,7 +290,8 @@ export function parseStoreUri(uri: string, options: ParseStoreUriOptions = {}): 
     parsed = {
       scheme,
       bucket: location,
-      region: r.text('region', /^[A-Za-z0-9-]+$/, 'a region name'),
+      // Nix also spells it aws-region.
+      region: r.text('region', /^[A-Za-z0-9-]+$/, 'a region name') ?? r.text('aws-region', /^[A-Za-z0-9-]+$/, 'a region name'),
       endpoint: r.text('endpoint', ENDPOINT_RE, 'host[:port] or http(s)://host[:port]'),
       endpointScheme: r.text('scheme', /^https?$/, 'http or https') as 'http' | 'https' | undefined,
       profile: r.text('profile', /^\S+$/, 'a profile name'),
@@ -300,6 +301,7 @@ export function parseStoreUri(uri: string, options: ParseStoreUriOptions = {}): 
       ...common,
     };
   }
+  if (params.has('region') && params.has('aws-region')) problems.add('aws-region', "is Nix's other name for 'region': give one of them");
   if (parsed.scheme === 's3' && parsed.endpoint && parsed.endpointScheme) {
     const given = /^(https?):\/\//.exec(parsed.endpoint)?.[1];
     if (given && given !== parsed.endpointScheme) problems.add('scheme', `'${parsed.endpointScheme}' contradicts the endpoint '${parsed.endpoint}'`);

@@ -111,6 +111,7 @@ describe('parseStoreUri', () => {
     ['s3://b?endpoint=http://host:9000&scheme=https', /'scheme': 'https' contradicts the endpoint/],
     ['s3://b?buffer-size=1024', /'buffer-size': '1024' is not an integer in 5242880\.\./],
     ['s3://b?multipart-upload=sometimes', /'multipart-upload': 'sometimes' is not a boolean/],
+    ['s3://b?region=eu-west-1&aws-region=us-east-1', /'aws-region': is Nix's other name for 'region'/],
   ])('rejects %s', (uri, re) => {
     expect(configError(uri).message).toMatch(re);
   });
@@ -125,6 +126,10 @@ describe('parseStoreUri', () => {
     // A public key where the secret one belongs.
     writeFileSync(bad, formatPublicKey(generateSecretKey('k').publicKey));
     expect(configError(`file:///c?secret-key=${bad}`).message).toMatch(/does not hold a Nix secret key/);
+  });
+
+  it("takes Nix's aws-region for region", () => {
+    expect(parseStoreUri('s3://bucket?aws-region=eu-central-1')).toMatchObject({ region: 'eu-central-1' });
   });
 
   it('accepts the empty compression as none, -1 as the default level, and Nix booleans', () => {
