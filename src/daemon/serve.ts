@@ -231,7 +231,7 @@ export class RunnerDaemon {
     try {
       const next = loadRunnerConfig(this.options.configPath, this.options.overrides);
       const restart = this.runtime?.scheduler.reconfigure(next) ?? [];
-      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 'rootsDir', 'tokenPaths', 'apiTokenPaths', 'dbGiveUpAfterInS', 'maxPendingDbWrites', 'standby', 'grpcTls', 'grpcInsecure'] as const) {
+      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 'awsCredentialsFile', 'rootsDir', 'tokenPaths', 'apiTokenPaths', 'dbGiveUpAfterInS', 'maxPendingDbWrites', 'standby', 'grpcTls', 'grpcInsecure'] as const) {
         if (JSON.stringify(next[k]) !== JSON.stringify(this.config[k])) restart.push(k);
       }
       this.config = next;
