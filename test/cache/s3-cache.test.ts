@@ -174,6 +174,31 @@ describe('the same format over a directory and a bucket', () => {
   });
 });
 
+describe('two runners publishing the same closure to one bucket', () => {
+  it('each path is published once, and no narinfo is replaced', async () => {
+    await s3.createBucket('two-runners');
+    const params = `compression=zstd&write-nar-listing=1`;
+    const [a, b] = await Promise.all([openS3('two-runners', `${params}&secret-key=${key.secretFile}`), openS3('two-runners', `${params}&secret-key=${otherKey.secretFile}`)]);
+    try {
+      const [ra, rb] = await Promise.all([uploadClosure(a, fx.all), uploadClosure(b, fx.all)]);
+      // Between them every path went up, none twice: a runner that found a narinfo (or lost the race to write it) skipped it.
+      const published = [...ra.uploaded, ...rb.uploaded].map((u) => u.storePath).sort();
+      expect(new Set(published).size).toBe(published.length);
+      expect((await keysOf(a)).filter((k) => k.endsWith('.narinfo'))).toHaveLength(fx.all.length);
+      // Each narinfo is the one its uploader wrote: signed by exactly that runner's key.
+      for (const u of ra.uploaded) expect((await a.readNarInfo(u.storePath))!.sigs.filter((s) => s.startsWith('hydrant-s3-1:'))).toHaveLength(1);
+      for (const u of rb.uploaded) expect((await a.readNarInfo(u.storePath))!.sigs.filter((s) => s.startsWith('someone-else-1:'))).toHaveLength(1);
+      // A second narinfo for a path the bucket has is refused by the server, not overwritten.
+      const first = (await a.storage.get(`${fx.paths.single.slice(11, 43)}.narinfo`))!.body;
+      expect(await b.storage.put(`${fx.paths.single.slice(11, 43)}.narinfo`, 'StorePath: replaced\n', { contentType: 'text/x-nix-narinfo' })).toBe(false);
+      expect((await a.storage.get(`${fx.paths.single.slice(11, 43)}.narinfo`))!.body.equals(first)).toBe(true);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  }, 60_000);
+});
+
 describe('narinfo-, ls- and log-compression', () => {
   let plain: BinaryCache;
   let packed: BinaryCache;
