@@ -21,6 +21,8 @@ import type { S3StoreUri } from './store-uri.ts';
 
 /** Nix's default part size (`buffer-size`): S3's smallest allowed part. */
 export const DEFAULT_PART_SIZE = 5 * 1024 * 1024;
+/** S3's limit on the parts of one upload. */
+const MAX_PARTS = 10_000;
 /** Parts of one upload in flight at once (each held in memory). */
 const PARTS_IN_FLIGHT = 4;
 /** Attempts per request, with the SDK's exponential backoff and jitter between them (Nix: the SDK's default of 3). */
@@ -184,16 +186,18 @@ export class S3Storage implements CacheStorage {
       throw this.fail('CreateMultipartUpload', key, e);
     }
     try {
-      const count = Math.ceil(size / this.partSize);
+      // S3 takes at most 10,000 parts: a NAR beyond 10,000 × buffer-size goes up in larger parts.
+      const partSize = Math.max(this.partSize, Math.ceil(size / MAX_PARTS));
+      const count = Math.ceil(size / partSize);
       const etags = new Array<string>(count);
       let next = 0;
       let failed = false;
       const worker = async (): Promise<void> => {
         while (!failed && next < count) {
           const i = next++;
-          const offset = i * this.partSize;
+          const offset = i * partSize;
           try {
-            const buf = await readExactly(fh, offset, Math.min(this.partSize, size - offset));
+            const buf = await readExactly(fh, offset, Math.min(partSize, size - offset));
             let r;
             try {
               r = await this.client.send(

@@ -297,7 +297,8 @@ export function parseStoreUri(uri: string, options: ParseStoreUriOptions = {}): 
       profile: r.text('profile', /^\S+$/, 'a profile name'),
       narinfoCompression: r.compression('narinfo-compression', 'none'),
       multipartUpload: r.bool('multipart-upload', false),
-      bufferSize: r.int('buffer-size', 5 * 1024 * 1024),
+      // S3's part size limits: at least 5 MiB, at most 5 GiB.
+      bufferSize: r.int('buffer-size', 5 * 1024 * 1024, 5 * 1024 ** 3),
       ...common,
     };
   }
