@@ -38,6 +38,7 @@ describe('serve with an s3:// remoteStoreAddr', () => {
   let s3: CephS3;
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-s3-'));
   const procs: CliProcess[] = [];
+  let runner: CliProcess | undefined;
   let credentials: string;
 
   beforeAll(async () => {
@@ -51,6 +52,11 @@ describe('serve with an s3:// remoteStoreAddr', () => {
   }, 180_000);
 
   afterAll(async () => {
+    // The runner first, gracefully: stopping closes its caches (an S3 cache's staging directory goes).
+    if (runner) {
+      runner.child.kill('SIGTERM');
+      await runner.exited;
+    }
     for (const p of procs) p.child.kill('SIGKILL');
     await db?.drop();
     await s3?.stop();
@@ -78,11 +84,11 @@ describe('serve with an s3:// remoteStoreAddr', () => {
   it('publishes every output of builds on two builders to the bucket, for Nix to substitute', async () => {
     const key = await generateKey(dir, 'e2e-s3-1');
     const other = await generateKey(dir, 'someone-else-1');
-    const runner = await startRunner(dir, db.url, `remoteStoreAddr = ["${storeUri(key.secretFile, 'default')}"]\nawsCredentialsFile = "${credentials}"`);
-    procs.push(runner.proc);
-    await runner.proc.waitFor(/"cache":"s3:\/\/e2e-cache"[^\n]*"msg":"binary cache opened"/);
-    for (const id of ['b1', 'b2']) procs.push(startBuilder(dir, `127.0.0.1:${runner.port}`, runner.tokenFile, id));
-    await joined(runner.proc, ['b1', 'b2']);
+    const started = await startRunner(dir, db.url, `remoteStoreAddr = ["${storeUri(key.secretFile, 'default')}"]\nawsCredentialsFile = "${credentials}"`);
+    runner = started.proc;
+    await runner.waitFor(/"cache":"s3:\/\/e2e-cache"[^\n]*"msg":"binary cache opened"/);
+    for (const id of ['b1', 'b2']) procs.push(startBuilder(dir, `127.0.0.1:${started.port}`, started.tokenFile, id));
+    await joined(runner, ['b1', 'b2']);
 
     const file = join(dir, 'release.nix');
     writeFileSync(file, release(randomBytes(4).toString('hex')));
