@@ -1,6 +1,9 @@
-export { FileBinaryCache } from './file-cache.ts';
+export { BinaryCache } from './binary-cache.ts';
+export { DirectoryStorage } from './directory-storage.ts';
+export { S3Storage } from './s3-storage.ts';
 export { realisationClosure, realisationJson } from './realisations.ts';
-export type { FileBinaryCacheOptions, PathUpload } from './file-cache.ts';
+export type { BinaryCacheOptions, PathUpload } from './binary-cache.ts';
+export type { CacheStorage, PutBody, PutOptions, StoredEntry, StoredObject } from './storage.ts';
 export { uploadClosure } from './upload.ts';
 export type { ClosureUpload, UploadClosureOptions } from './upload.ts';
 export { CACHE_COMPRESSIONS, formatStoreUri, parseStoreUri } from './store-uri.ts';

@@ -57,3 +57,13 @@ export function cacheInfoStoreDir(text: string): string | null {
   const m = /^StoreDir: (.*)$/m.exec(text);
   return m ? m[1]! : null;
 }
+
+/** Content-Type of each kind of object, as Nix's binary cache store sets them (binary-cache-store.cc). */
+export const CONTENT_TYPES = {
+  cacheInfo: 'text/x-nix-cache-info',
+  narInfo: 'text/x-nix-narinfo',
+  nar: 'application/x-nix-nar',
+  listing: 'application/json',
+  log: 'text/plain; charset=utf-8',
+  realisation: 'application/json',
+} as const;

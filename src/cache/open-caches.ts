@@ -1,15 +1,24 @@
-import { ConfigError } from '../errors/index.ts';
 import type { WorkerPool } from '../workers/pool.ts';
-import { FileBinaryCache } from './file-cache.ts';
+import { BinaryCache } from './binary-cache.ts';
 import { parseStoreUri } from './store-uri.ts';
 
-/** Opens the binary caches of `remoteStoreAddr`; one ConfigError names the first that cannot be used. */
-export async function openCaches(uris: readonly string[], pool: WorkerPool): Promise<FileBinaryCache[]> {
-  const caches: FileBinaryCache[] = [];
-  for (const uri of uris) {
-    const store = parseStoreUri(uri);
-    if (store.scheme !== 'file') throw new ConfigError(`remoteStoreAddr '${store.uri}': only file:// binary caches are supported by this version`);
-    caches.push(await FileBinaryCache.open(store, pool));
+export interface OpenCachesOptions {
+  /** A shared AWS credentials file for s3:// caches (config key awsCredentialsFile). */
+  awsCredentialsFile?: string | undefined;
+}
+
+/**
+ * Opens the binary caches of `remoteStoreAddr`, each probed at once (an S3
+ * bucket is read): the first that cannot be used fails the start with one
+ * error naming it. Caches opened before it are closed.
+ */
+export async function openCaches(uris: readonly string[], pool: WorkerPool, options: OpenCachesOptions = {}): Promise<BinaryCache[]> {
+  const caches: BinaryCache[] = [];
+  try {
+    for (const uri of uris) caches.push(await BinaryCache.open(parseStoreUri(uri), pool, { awsCredentialsFile: options.awsCredentialsFile }));
+  } catch (e) {
+    await Promise.all(caches.map((c) => c.close()));
+    throw e;
   }
   return caches;
 }

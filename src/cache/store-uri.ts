@@ -96,7 +96,7 @@ const COMMON_PARAMS = [
   'want-mass-query',
   'priority',
 ] as const;
-const S3_PARAMS = ['region', 'endpoint', 'scheme', 'profile', 'narinfo-compression', 'multipart-upload', 'buffer-size'] as const;
+const S3_PARAMS = ['region', 'aws-region', 'endpoint', 'scheme', 'profile', 'narinfo-compression', 'multipart-upload', 'buffer-size'] as const;
 
 function knownParams(scheme: Scheme): readonly string[] {
   return scheme === 's3' ? [...COMMON_PARAMS, ...S3_PARAMS] : COMMON_PARAMS;
@@ -232,6 +232,8 @@ function readKey(path: string, read: (path: string) => string, problems: Problem
 type WithoutKey<T> = T extends unknown ? Omit<T, 'secretKey'> : never;
 
 const BUCKET_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+/** Nix takes host[:port] with `scheme=`; the Rust runner also a URL. Either way, no path (URLs are path-style). */
+const ENDPOINT_RE = /^(?:https?:\/\/)?(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?\/?$/;
 
 /**
  * Parses one `remoteStoreAddr` entry. Reads the secret key file (if any) at
@@ -288,15 +290,22 @@ export function parseStoreUri(uri: string, options: ParseStoreUriOptions = {}): 
     parsed = {
       scheme,
       bucket: location,
-      region: r.text('region', /^[A-Za-z0-9-]+$/, 'a region name'),
-      endpoint: r.text('endpoint', /^\S+$/, 'an endpoint'),
+      // Nix also spells it aws-region.
+      region: r.text('region', /^[A-Za-z0-9-]+$/, 'a region name') ?? r.text('aws-region', /^[A-Za-z0-9-]+$/, 'a region name'),
+      endpoint: r.text('endpoint', ENDPOINT_RE, 'host[:port] or http(s)://host[:port]'),
       endpointScheme: r.text('scheme', /^https?$/, 'http or https') as 'http' | 'https' | undefined,
       profile: r.text('profile', /^\S+$/, 'a profile name'),
       narinfoCompression: r.compression('narinfo-compression', 'none'),
       multipartUpload: r.bool('multipart-upload', false),
-      bufferSize: r.int('buffer-size', 5 * 1024 * 1024),
+      // S3's part size limits: at least 5 MiB, at most 5 GiB.
+      bufferSize: r.int('buffer-size', 5 * 1024 * 1024, 5 * 1024 ** 3),
       ...common,
     };
+  }
+  if (params.has('region') && params.has('aws-region')) problems.add('aws-region', "is Nix's other name for 'region': give one of them");
+  if (parsed.scheme === 's3' && parsed.endpoint && parsed.endpointScheme) {
+    const given = /^(https?):\/\//.exec(parsed.endpoint)?.[1];
+    if (given && given !== parsed.endpointScheme) problems.add('scheme', `'${parsed.endpointScheme}' contradicts the endpoint '${parsed.endpoint}'`);
   }
   if (problems.list.length > 0) fail();
   const result = { ...parsed } as StoreUri;

@@ -1,5 +1,5 @@
 import { NixFormatError } from '../errors/index.ts';
-import type { FileBinaryCache, PathUpload } from './file-cache.ts';
+import type { BinaryCache, PathUpload } from './binary-cache.ts';
 import { type LocalPathInfo, queryPathInfos } from './local-path-info.ts';
 
 export interface UploadClosureOptions {
@@ -41,7 +41,7 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (x: T) => 
  * upload starts, those running finish, and the first error is thrown (paths
  * depending on the failed one are never published).
  */
-export async function uploadClosure(cache: FileBinaryCache, paths: readonly string[], options: UploadClosureOptions = {}): Promise<ClosureUpload> {
+export async function uploadClosure(cache: BinaryCache, paths: readonly string[], options: UploadClosureOptions = {}): Promise<ClosureUpload> {
   const concurrency = options.concurrency ?? 4;
   if (!Number.isInteger(concurrency) || concurrency < 1) throw new RangeError(`concurrency must be a positive integer, got ${concurrency}`);
   if (paths.length === 0) return { uploaded: [], skipped: [] };

@@ -26,6 +26,8 @@ const RunnerConfigSchema = z
     dispatchTriggerTimerInS: z.number().int().default(120),
     queueTriggerTimerInS: z.number().int().default(-1),
     remoteStoreAddr: z.array(z.string().min(1)).default([]),
+    /** A shared AWS credentials file for s3:// caches (else AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials). */
+    awsCredentialsFile: z.string().min(1).optional(),
     useSubstitutes: z.boolean().default(false),
     rootsDir: z.string().optional(),
     maxRetries: z.number().int().nonnegative().default(5),

@@ -22,6 +22,7 @@ import { LocalNixStore } from '../nix/local-store.ts';
 import type { Logger } from '../util/logger.ts';
 import { WorkerPool } from '../workers/pool.ts';
 import { withRoom } from '../workers/with-room.ts';
+import type { BinaryCache } from '../cache/binary-cache.ts';
 import { openCaches } from '../cache/open-caches.ts';
 import { defaultRootsDir } from '../publish/gc-roots.ts';
 import { OutputPublisher } from '../publish/output-publisher.ts';
@@ -56,6 +57,7 @@ export class RunnerDaemon {
   private lock: RunnerLock | null = null;
   private listener: NotificationListener | null = null;
   private pool: WorkerPool | null = null;
+  private caches: readonly BinaryCache[] = [];
   private signalHandlers: [NodeJS.Signals, () => void][] = [];
   runtime: RunnerRuntime | null = null;
   private grpc: Server | null = null;
@@ -95,8 +97,8 @@ export class RunnerDaemon {
     }
     const pool = (this.pool = new WorkerPool({ threads: c.workerThreads }));
     const store = new LocalNixStore(async (drvPath, bytes) => summarizeDerivation(drvPath, await withRoom(pool, () => pool.parseDerivation(bytes))));
-    const caches = await openCaches(c.remoteStoreAddr, pool);
-    for (const cache of caches) log.info({ cache: cache.root, compression: cache.store.compression, publicKey: cache.publicKey ?? null }, 'binary cache opened');
+    const caches = (this.caches = await openCaches(c.remoteStoreAddr, pool, { awsCredentialsFile: c.awsCredentialsFile }));
+    for (const cache of caches) log.info({ cache: cache.location, compression: cache.store.compression, publicKey: cache.publicKey ?? null }, 'binary cache opened');
     const finisher = new OutputPublisher({ pool, caches, rootsDir: c.rootsDir ?? defaultRootsDir(), log });
     const metrics = (this.metrics = createRunnerMetrics({
       scheduler: () => this.runtime?.scheduler ?? null,
@@ -229,7 +231,7 @@ export class RunnerDaemon {
     try {
       const next = loadRunnerConfig(this.options.configPath, this.options.overrides);
       const restart = this.runtime?.scheduler.reconfigure(next) ?? [];
-      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 'rootsDir', 'tokenPaths', 'apiTokenPaths', 'dbGiveUpAfterInS', 'maxPendingDbWrites', 'standby', 'grpcTls', 'grpcInsecure'] as const) {
+      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 'awsCredentialsFile', 'rootsDir', 'tokenPaths', 'apiTokenPaths', 'dbGiveUpAfterInS', 'maxPendingDbWrites', 'standby', 'grpcTls', 'grpcInsecure'] as const) {
         if (JSON.stringify(next[k]) !== JSON.stringify(this.config[k])) restart.push(k);
       }
       this.config = next;
@@ -252,6 +254,7 @@ export class RunnerDaemon {
     await this.listener?.stop();
     await this.lock?.release();
     await this.pool?.close();
+    await Promise.all(this.caches.map((cache) => cache.close()));
     await this.db?.close();
     this.lifecycle.send('STOPPED');
     log.info({ state: 'stopped' }, 'runner stopped');

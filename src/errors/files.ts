@@ -52,3 +52,35 @@ export class CacheReferenceMissingError extends HydrantError {
     super(`refusing to publish ${entry}: the cache lacks ${missing.length === 1 ? 'its reference' : `${missing.length} references`} ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', …' : ''}`);
   }
 }
+
+/** What the codes a misconfiguration produces mean, for servers that send no message. */
+const S3_HINTS: Record<string, string> = {
+  SignatureDoesNotMatch: ': the secret access key does not match the access key id',
+  InvalidAccessKeyId: ': the server knows no such access key id',
+  NoSuchBucket: ': no such bucket',
+  AccessDenied: ': the credentials may not do this',
+};
+
+/**
+ * A request to an S3 binary cache failed after the SDK's retries (or at
+ * once, for a permanent error such as a wrong secret). Names the bucket, the
+ * key (empty for bucket-wide requests) and S3's error code
+ * (SignatureDoesNotMatch, NoSuchBucket, …; a network error's code otherwise).
+ */
+export class S3RequestError extends HydrantError {
+  readonly code = 'S3_REQUEST';
+  constructor(
+    readonly operation: string,
+    readonly bucket: string,
+    readonly key: string,
+    readonly s3Code: string,
+    readonly httpStatus: number | undefined,
+    detail: string,
+    cause?: unknown,
+  ) {
+    const status = httpStatus === undefined ? '' : ` (HTTP ${httpStatus})`;
+    // The SDK's message is S3's <Message>, or 'UnknownError' when the server sent none (radosgw).
+    const text = detail && detail !== s3Code && detail !== 'UnknownError' ? `: ${detail.split('\n')[0]}` : (S3_HINTS[s3Code] ?? '');
+    super(`S3 ${operation} of s3://${bucket}/${key} failed: ${s3Code}${status}${text}`, { cause });
+  }
+}

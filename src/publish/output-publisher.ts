@@ -1,5 +1,5 @@
 import type { StepFinisher, StepJob, StepOutcome } from '../actors/builder-port.ts';
-import type { FileBinaryCache } from '../cache/file-cache.ts';
+import type { BinaryCache } from '../cache/binary-cache.ts';
 import { readFile } from 'node:fs/promises';
 import { uploadClosure } from '../cache/upload.ts';
 import { DiskWriteError } from '../errors/index.ts';
@@ -11,7 +11,7 @@ import { writeCompressedBuildLog } from './log-compression.ts';
 export interface OutputPublisherOptions {
   pool: WorkerPool;
   /** The binary caches of remoteStoreAddr. */
-  caches: readonly FileBinaryCache[];
+  caches: readonly BinaryCache[];
   /** Where outputs are registered as GC roots. */
   rootsDir: string;
   log: Logger;
@@ -71,7 +71,7 @@ export class OutputPublisher implements StepFinisher {
         this.o.caches.map((cache) =>
           cache.uploadLogText(job.drvPath, body).then(
             (wrote) => void (wrote && this.stats.logs++),
-            (err: unknown) => log.warn({ job: job.jobId, drv: job.drvPath, cache: cache.root, ...errorFields(err) }, 'could not publish the build log to the cache'),
+            (err: unknown) => log.warn({ job: job.jobId, drv: job.drvPath, cache: cache.location, ...errorFields(err) }, 'could not publish the build log to the cache'),
           ),
         ),
       );
@@ -85,14 +85,14 @@ export class OutputPublisher implements StepFinisher {
   }
 
   /** Uploads the closure of `paths` to `cache`; a failure is logged and thrown (the attempt is retried). */
-  private async upload(job: StepJob, cache: FileBinaryCache, paths: string[]): Promise<void> {
+  private async upload(job: StepJob, cache: BinaryCache, paths: string[]): Promise<void> {
     const started = performance.now();
     let r: Awaited<ReturnType<typeof uploadClosure>>;
     try {
       r = await uploadClosure(cache, paths);
     } catch (err) {
       this.stats.failures++;
-      this.o.log.error({ job: job.jobId, drv: job.drvPath, cache: cache.root, ...errorFields(err) }, 'cannot upload the outputs to the cache');
+      this.o.log.error({ job: job.jobId, drv: job.drvPath, cache: cache.location, ...errorFields(err) }, 'cannot upload the outputs to the cache');
       throw err;
     }
     for (const u of r.uploaded) {
@@ -101,7 +101,7 @@ export class OutputPublisher implements StepFinisher {
       this.stats.narBytes += u.narSize;
     }
     if (r.uploaded.length > 0) {
-      this.o.log.info({ drv: job.drvPath, cache: cache.root, uploaded: r.uploaded.length, bytes: r.uploaded.reduce((n, u) => n + u.fileSize, 0), ms: Math.round(performance.now() - started) }, 'outputs uploaded');
+      this.o.log.info({ drv: job.drvPath, cache: cache.location, uploaded: r.uploaded.length, bytes: r.uploaded.reduce((n, u) => n + u.fileSize, 0), ms: Math.round(performance.now() - started) }, 'outputs uploaded');
     }
   }
 }

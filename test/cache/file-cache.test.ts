@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileBinaryCache } from '../../src/cache/file-cache.ts';
+import { BinaryCache } from '../../src/cache/binary-cache.ts';
 import { CACHE_COMPRESSIONS, type CacheCompression } from '../../src/cache/store-uri.ts';
 import { uploadClosure } from '../../src/cache/upload.ts';
 import { parseHash } from '../../src/nix/hash.ts';
@@ -55,12 +55,12 @@ const sha256File = (file: string) => createHash('sha256').update(readFileSync(fi
 describe.each(CACHE_COMPRESSIONS.map((c) => [c]))('compression=%s', (compression) => {
   let ours: string;
   let theirs: string;
-  let cache: FileBinaryCache;
+  let cache: BinaryCache;
 
   beforeAll(async () => {
     ours = join(tmp, `ours-${compression}`);
     theirs = join(tmp, `nix-${compression}`);
-    cache = await FileBinaryCache.open(
+    cache = await BinaryCache.open(
       `file://${ours}?compression=${compression}&write-nar-listing=1&secret-key=${key.secretFile}`,
       pool,
     );
@@ -138,7 +138,7 @@ describe.each(CACHE_COMPRESSIONS.map((c) => [c]))('compression=%s', (compression
 describe('signatures', () => {
   it('Nix refuses the cache when it trusts a different key', async () => {
     const dir = join(tmp, 'signed');
-    const cache = await FileBinaryCache.open(`file://${dir}?compression=zstd&secret-key=${key.secretFile}`, pool);
+    const cache = await BinaryCache.open(`file://${dir}?compression=zstd&secret-key=${key.secretFile}`, pool);
     await uploadClosure(cache, [fx.paths.user]);
     const err = await failureOf(copyFromCache(dir, join(tmp, 'root-wrong-key'), [fx.paths.user], otherKey.publicKey));
     expect(err.stderr).toMatch(/lacks a valid signature/);
@@ -147,7 +147,7 @@ describe('signatures', () => {
 
   it('an unsigned cache is refused when signatures are required', async () => {
     const dir = join(tmp, 'unsigned');
-    const cache = await FileBinaryCache.open(`file://${dir}?compression=none`, pool);
+    const cache = await BinaryCache.open(`file://${dir}?compression=none`, pool);
     await uploadClosure(cache, [fx.paths.single]);
     expect(cache.publicKey).toBeUndefined();
     expect((await cache.readNarInfo(fx.paths.single))!.sigs).toEqual([]);
@@ -159,7 +159,7 @@ describe('signatures', () => {
 describe('listing compression', () => {
   it('compresses .ls files per ls-compression; they decompress to Nix\'s listing', async () => {
     const dir = join(tmp, 'ls-br');
-    const cache = await FileBinaryCache.open(`file://${dir}?compression=none&write-nar-listing=1&ls-compression=br`, pool);
+    const cache = await BinaryCache.open(`file://${dir}?compression=none&write-nar-listing=1&ls-compression=br`, pool);
     await uploadClosure(cache, [fx.paths.tree]);
     const name = `${fx.paths.tree.slice(11, 43)}.ls`;
     const nixDir = join(tmp, 'nix-ls');

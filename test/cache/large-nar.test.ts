@@ -6,7 +6,7 @@
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileBinaryCache } from '../../src/cache/file-cache.ts';
+import { BinaryCache } from '../../src/cache/binary-cache.ts';
 import type { CacheCompression } from '../../src/cache/store-uri.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { MK_DRV } from '../helpers/nix.ts';
@@ -42,7 +42,7 @@ afterAll(async () => {
 
 async function uploadAndSubstitute(compression: CacheCompression): Promise<void> {
   const dir = join(tmp, `cache-${compression}`);
-  const cache = await FileBinaryCache.open(`file://${dir}?compression=${compression}&secret-key=${key.secretFile}`, pool);
+  const cache = await BinaryCache.open(`file://${dir}?compression=${compression}&secret-key=${key.secretFile}`, pool);
   const r = await cache.uploadPath(large);
   expect(r.narSize).toBeGreaterThan(150_000);
   const root = join(tmp, `root-${compression}`);

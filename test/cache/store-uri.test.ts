@@ -106,6 +106,13 @@ describe('parseStoreUri', () => {
     ['file:///c?nolabel', /'nolabel' is not name=value/],
     ['file:///c?compression=%zz', /not valid percent-encoding/],
     ['s3://b?scheme=ftp', /'scheme': 'ftp' is not http or https/],
+    ['s3://b?endpoint=http://host:9000/path', /'endpoint': 'http:\/\/host:9000\/path' is not host\[:port\]/],
+    ['s3://b?endpoint=ftp://host', /'endpoint'/],
+    ['s3://b?endpoint=http://host:9000&scheme=https', /'scheme': 'https' contradicts the endpoint/],
+    ['s3://b?buffer-size=1024', /'buffer-size': '1024' is not an integer in 5242880\.\.5368709120/],
+    ['s3://b?buffer-size=5368709121', /'buffer-size': '5368709121' is not an integer/],
+    ['s3://b?multipart-upload=sometimes', /'multipart-upload': 'sometimes' is not a boolean/],
+    ['s3://b?region=eu-west-1&aws-region=us-east-1', /'aws-region': is Nix's other name for 'region'/],
   ])('rejects %s', (uri, re) => {
     expect(configError(uri).message).toMatch(re);
   });
@@ -120,6 +127,10 @@ describe('parseStoreUri', () => {
     // A public key where the secret one belongs.
     writeFileSync(bad, formatPublicKey(generateSecretKey('k').publicKey));
     expect(configError(`file:///c?secret-key=${bad}`).message).toMatch(/does not hold a Nix secret key/);
+  });
+
+  it("takes Nix's aws-region for region", () => {
+    expect(parseStoreUri('s3://bucket?aws-region=eu-central-1')).toMatchObject({ region: 'eu-central-1' });
   });
 
   it('accepts the empty compression as none, -1 as the default level, and Nix booleans', () => {
@@ -174,6 +185,8 @@ const fieldsArb: fc.Arbitrary<Fields> = fc.oneof(
         bufferSize: opt(fc.integer({ min: 5 * 1024 * 1024, max: 1 << 30 })),
       }),
     )
+    // An endpoint URL and a different scheme= contradict each other (a rejected URI).
+    .filter(([, s3]) => !(s3.endpoint?.includes('://') && s3.endpointScheme && !s3.endpoint.startsWith(`${s3.endpointScheme}://`)))
     .map(([c, s3]) => ({ scheme: 's3' as const, ...s3, ...c })),
 );
 
@@ -203,7 +216,7 @@ describe('store URI properties', () => {
   });
 
   it('rejects unknown parameters and bad values, naming the URI and the parameter', () => {
-    const unknownName = fc.stringMatching(/^[a-z][a-z-]{0,14}$/).filter((n) => !FIELD_NAMES.includes(n) && !['region', 'endpoint', 'scheme', 'profile', 'narinfo-compression', 'multipart-upload', 'buffer-size'].includes(n));
+    const unknownName = fc.stringMatching(/^[a-z][a-z-]{0,14}$/).filter((n) => !FIELD_NAMES.includes(n) && !['region', 'aws-region', 'endpoint', 'scheme', 'profile', 'narinfo-compression', 'multipart-upload', 'buffer-size'].includes(n));
     const badValue = fc.string({ unit: fc.constantFrom(...'abcxyz0123456789-'), minLength: 1, maxLength: 6 });
     const problem = fc.oneof(
       fc.tuple(unknownName, fc.constant('1')),

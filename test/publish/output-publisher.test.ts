@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalNixBuilder } from '../../src/builder/local-builder.ts';
-import { FileBinaryCache } from '../../src/cache/file-cache.ts';
+import { BinaryCache } from '../../src/cache/binary-cache.ts';
 import { LocalNixStore } from '../../src/nix/local-store.ts';
 import { OutputPublisher } from '../../src/publish/output-publisher.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
@@ -34,7 +34,7 @@ describe('a step counts as done only after its upload', () => {
     const outPath = (await store.readDerivation(drvPath!)).outputs[0]!.path!;
     const key = await generateKey(dir, 'pub-test-1');
     const cacheDir = join(dir, 'cache');
-    const cache = await FileBinaryCache.open(`file://${cacheDir}?compression=xz&secret-key=${key.secretFile}`, pool);
+    const cache = await BinaryCache.open(`file://${cacheDir}?compression=xz&secret-key=${key.secretFile}`, pool);
     // The cache cannot take NARs: its nar/ directory is a file.
     rmSync(join(cacheDir, 'nar'), { recursive: true });
     writeFileSync(join(cacheDir, 'nar'), 'not a directory');
@@ -78,7 +78,7 @@ describe('a step counts as done only after its upload', () => {
 
   it('gives a step that printed nothing an empty compressed log, and the caches no log', async () => {
     const cacheDir = join(dir, 'cache-silent');
-    const cache = await FileBinaryCache.open(`file://${cacheDir}?compression=zstd`, pool);
+    const cache = await BinaryCache.open(`file://${cacheDir}?compression=zstd`, pool);
     const publisher = new OutputPublisher({ pool, caches: [cache], rootsDir: join(dir, 'roots-silent'), log: quietLog });
     const drvPath = `/nix/store/${'a'.repeat(32)}-silent-${randomBytes(4).toString('hex')}.drv`;
     const base = drvPath.slice(11);

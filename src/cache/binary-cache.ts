@@ -1,6 +1,5 @@
-import { mkdir, readFile, unlink } from 'node:fs/promises';
+import { readFile, unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
 import { asDiskWriteError } from '../errors/files.ts';
 import { CacheReferenceMissingError, ConfigError, NarHashMismatchError } from '../errors/index.ts';
 import { Hash } from '../nix/hash.ts';
@@ -10,16 +9,20 @@ import { parseStorePath, STORE_DIR } from '../nix/store-path.ts';
 import type { CompressOptions } from '../workers/compression.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { withRoom } from '../workers/with-room.ts';
-import { CACHE_DIRS, CACHE_INFO_FILE, cacheInfoStoreDir, cacheInfoText, listingFile, logFile, narFile, narInfoFile, realisationFile } from './layout.ts';
+import { DirectoryStorage } from './directory-storage.ts';
+import { CACHE_DIRS, CACHE_INFO_FILE, CONTENT_TYPES, cacheInfoStoreDir, cacheInfoText, listingFile, logFile, narFile, narInfoFile, realisationFile } from './layout.ts';
 import { listingOfPath } from './listing.ts';
 import { type LocalPathInfo, queryPathInfos } from './local-path-info.ts';
 import { realisationClosure, realisationJson } from './realisations.ts';
-import { exists, publishTemp, tempPathFor, writeOnce } from './publish-file.ts';
-import { type FileStoreUri, parseStoreUri, type StoreUri } from './store-uri.ts';
+import { S3Storage } from './s3-storage.ts';
+import type { CacheStorage, PutOptions } from './storage.ts';
+import { type CacheCompression, parseStoreUri, type StoreUri } from './store-uri.ts';
 
-export interface FileBinaryCacheOptions {
-  /** fsync each file before giving it its name (default true): a crash never leaves a narinfo over a lost NAR. */
+export interface BinaryCacheOptions {
+  /** Directory caches: fsync each file before giving it its name (default true): a crash never leaves a narinfo over a lost NAR. */
   fsync?: boolean;
+  /** S3 caches: a shared credentials file instead of ~/.aws/credentials (config key awsCredentialsFile). */
+  awsCredentialsFile?: string | undefined;
   /** Refuse a narinfo whose references the cache lacks (default true). */
   checkReferences?: boolean;
 }
@@ -42,43 +45,56 @@ export interface PathUpload {
 }
 
 /**
- * A binary cache in a local directory, laid out and signed as `nix copy --to
- * file://…` does, so that Nix substitutes from it (directly, or served over HTTP).
+ * A binary cache laid out and signed as `nix copy --to file://…` / `s3://…`
+ * (Nix 2.8) does, so that Nix substitutes from it; written once over a
+ * CacheStorage (a directory or an S3 bucket).
  *
- * Publication order makes every visible state consistent: the NAR file
- * first (named by its own hash, never overwritten), then the listing, and
- * the narinfo last, atomically; a path counts as cached exactly when its
- * narinfo exists. A path is never uploaded twice: an existing narinfo means
- * done, and concurrent uploads of one path in this process share one upload.
- * NARs stream from the store through the worker pool to disk (serialise,
- * hash, compress in one pass), never whole in memory.
+ * Publication order makes every visible state consistent: the NAR first
+ * (named by its own hash, never overwritten), then the listing, and the
+ * narinfo last; a path counts as cached exactly when its narinfo exists. A
+ * path is never uploaded twice: an existing narinfo means done, and
+ * concurrent uploads of one path in this process share one upload. NARs
+ * stream from the store through the worker pool to a local file (serialise,
+ * hash, compress in one pass), never whole in memory, and go from there to
+ * the storage (renamed into a directory, or uploaded in parts).
  */
-export class FileBinaryCache {
+export class BinaryCache {
   private readonly inflight = new Map<string, Promise<unknown>>();
-  private readonly fsync: boolean;
   private readonly checkReferences: boolean;
 
   private constructor(
-    readonly store: FileStoreUri,
+    readonly store: StoreUri,
+    readonly storage: CacheStorage,
     private readonly pool: WorkerPool,
-    options: FileBinaryCacheOptions,
+    options: BinaryCacheOptions,
   ) {
-    this.fsync = options.fsync ?? true;
     this.checkReferences = options.checkReferences ?? true;
   }
 
-  /** Opens (creating if needed) the cache at a `file://` store URI. */
-  static async open(store: StoreUri | string, pool: WorkerPool, options: FileBinaryCacheOptions = {}): Promise<FileBinaryCache> {
+  /**
+   * Opens (creating if needed) the cache at a `file://` or `s3://` store URI.
+   * Reads (or writes) nix-cache-info at once, so an unreachable bucket or a
+   * wrong S3 secret fails here rather than at the first upload.
+   */
+  static async open(store: StoreUri | string, pool: WorkerPool, options: BinaryCacheOptions = {}): Promise<BinaryCache> {
     const s = typeof store === 'string' ? parseStoreUri(store) : store;
-    if (s.scheme !== 'file') throw new ConfigError(`remote store '${s.uri}': not a file:// store`);
-    const cache = new FileBinaryCache(s, pool, options);
-    await cache.init();
+    const storage =
+      s.scheme === 'file'
+        ? await DirectoryStorage.open(s.path, { fsync: options.fsync ?? true, dirs: CACHE_DIRS })
+        : await S3Storage.open(s, { credentialsFile: options.awsCredentialsFile });
+    const cache = new BinaryCache(s, storage, pool, options);
+    try {
+      await cache.init();
+    } catch (e) {
+      await storage.close();
+      throw e;
+    }
     return cache;
   }
 
-  /** The cache's directory. */
-  get root(): string {
-    return this.store.path;
+  /** Where the cache is, for logs: its directory or `s3://bucket`. */
+  get location(): string {
+    return this.storage.location;
   }
 
   /** `name:base64` of the signing key's public half (what clients put in trusted-public-keys), if the cache signs. */
@@ -86,16 +102,24 @@ export class FileBinaryCache {
     return this.store.secretKey ? formatPublicKey(this.store.secretKey.publicKey) : undefined;
   }
 
-  private file(rel: string): string {
-    return join(this.root, rel);
+  /** Releases the storage's local resources. */
+  close(): Promise<void> {
+    return this.storage.close();
+  }
+
+  /** The Content-Encoding (and compression) of narinfos, listings and logs: Nix's `*-compression` parameters. */
+  private encodingOf(method: CacheCompression): string | undefined {
+    return method === 'none' ? undefined : method;
   }
 
   private async init(): Promise<void> {
-    for (const d of CACHE_DIRS) await mkdir(this.file(d), { recursive: true });
-    const infoPath = this.file(CACHE_INFO_FILE);
     // Like Nix, an existing nix-cache-info is kept; but one for another store directory is a misconfiguration.
-    await writeOnce(infoPath, cacheInfoText({ wantMassQuery: this.store.wantMassQuery, priority: this.store.priority }), { fsync: this.fsync });
-    const storeDir = cacheInfoStoreDir(await readFile(infoPath, 'utf8'));
+    let info = await this.storage.get(CACHE_INFO_FILE);
+    if (!info) {
+      await this.storage.put(CACHE_INFO_FILE, cacheInfoText({ wantMassQuery: this.store.wantMassQuery, priority: this.store.priority }), { contentType: CONTENT_TYPES.cacheInfo });
+      info = await this.storage.get(CACHE_INFO_FILE);
+    }
+    const storeDir = info ? cacheInfoStoreDir(info.body.toString('utf8')) : null;
     if (storeDir !== null && storeDir !== STORE_DIR) {
       throw new ConfigError(`remote store '${this.store.uri}': the cache is for store ${storeDir}, not ${STORE_DIR}`);
     }
@@ -138,13 +162,13 @@ export class FileBinaryCache {
   private remember(storePath: string): void {
     this.known.delete(storePath);
     this.known.add(storePath);
-    if (this.known.size > FileBinaryCache.KNOWN_MAX) this.known.delete(this.known.values().next().value!);
+    if (this.known.size > BinaryCache.KNOWN_MAX) this.known.delete(this.known.values().next().value!);
   }
 
   /** Whether the cache holds the path (its narinfo exists). */
   async has(storePath: string): Promise<boolean> {
     if (this.known.has(storePath)) return true;
-    const present = await exists(this.file(narInfoFile(storePath)));
+    const present = await this.storage.has(narInfoFile(storePath));
     if (present) this.remember(storePath);
     return present;
   }
@@ -152,12 +176,8 @@ export class FileBinaryCache {
   /** The path's narinfo, or null when the cache lacks it. */
   async readNarInfo(storePath: string): Promise<NarInfo | null> {
     const rel = narInfoFile(storePath);
-    try {
-      return parseNarInfo(await readFile(this.file(rel), 'utf8'), rel);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw e;
-    }
+    const got = await this.storage.get(rel);
+    return got ? parseNarInfo((await this.decode(got.body, got.contentEncoding)).toString('utf8'), rel) : null;
   }
 
   /** Publishes a path of the local store, with the metadata the store records for it. */
@@ -197,8 +217,9 @@ export class FileBinaryCache {
 
     // 1. The NAR, under a temporary name until its file hash (its real name) is known and its NAR hash checked.
     const { compression } = this.store;
-    const tmp = tempPathFor(this.file(`nar/${hashPart}.nar`));
-    const w = await withRoom(this.pool, () => this.pool.writeNar(path, tmp, compression, { ...this.compressOptions(), narSize: info.narSize, fsync: this.fsync })).catch(
+    const tmp = await this.storage.tempFile(`nar/${hashPart}.nar`);
+    const fsync = this.storage.syncTempFiles;
+    const w = await withRoom(this.pool, () => this.pool.writeNar(path, tmp, compression, { ...this.compressOptions(), narSize: info.narSize, fsync })).catch(
       (e: unknown) => {
         // The worker reports a failed write without the file's name (a NAR that cannot be read is a NarDumpError).
         throw asDiskWriteError(e, 'a binary cache file', tmp);
@@ -216,7 +237,7 @@ export class FileBinaryCache {
     const fileHash = Hash.fromBytes('sha256', w.fileHash);
     const url = narFile(fileHash, compression);
     // An existing file of that name has the same bytes (it is named by their hash): keep it.
-    await publishTemp(tmp, this.file(url));
+    await this.storage.put(url, { file: tmp }, { contentType: CONTENT_TYPES.nar });
 
     // 2. The listing, before the narinfo that makes the path visible.
     if (this.store.writeNarListing) await this.writeListing(path);
@@ -237,7 +258,7 @@ export class FileBinaryCache {
     if (info.ca) narInfo.ca = info.ca;
     const key = this.store.secretKey;
     if (key) narInfo.sigs.push(signPath(key, { storePath: path, narHash: info.narHash, narSize: info.narSize, references: info.references }));
-    const wrote = await writeOnce(this.file(narInfoFile(path)), serializeNarInfo(narInfo), { fsync: this.fsync });
+    const wrote = await this.putSmall(narInfoFile(path), Buffer.from(serializeNarInfo(narInfo)), { contentType: CONTENT_TYPES.narInfo }, this.narInfoCompression);
     this.remember(path);
     // !wrote: another runner published the path meanwhile; its narinfo stands.
     if (!wrote) return skipped(path, started);
@@ -256,13 +277,28 @@ export class FileBinaryCache {
     const rel = listingFile(path);
     // Only called for a path the cache lacks: its listing is new too (writeOnce keeps an existing one).
     const json = await listingOfPath(path);
-    const data = await this.compressSmall(json, this.store.lsCompression);
-    await writeOnce(this.file(rel), data, { fsync: this.fsync });
+    await this.putSmall(rel, json, { contentType: CONTENT_TYPES.listing }, this.store.lsCompression);
   }
 
-  private compressSmall(data: Buffer, method: StoreUri['lsCompression']): Promise<Buffer> {
-    if (method === 'none') return Promise.resolve(data);
-    return withRoom(this.pool, () => this.pool.compress(data, method));
+  /** narinfo-compression exists for S3 caches only (as in Nix). */
+  private get narInfoCompression(): CacheCompression {
+    return this.store.scheme === 's3' ? this.store.narinfoCompression : 'none';
+  }
+
+  /**
+   * Writes a narinfo, listing or log compressed by `method`, announcing it as
+   * the Content-Encoding (S3 serves it so; Nix undoes it when reading).
+   */
+  private async putSmall(key: string, data: Buffer, options: PutOptions, method: CacheCompression): Promise<boolean> {
+    const body = method === 'none' ? data : await withRoom(this.pool, () => this.pool.compress(data, method));
+    return this.storage.put(key, body, { ...options, contentEncoding: this.encodingOf(method) });
+  }
+
+  /** Undoes a Content-Encoding the cache's own methods produce. */
+  private async decode(body: Buffer, encoding: string | undefined): Promise<Buffer> {
+    if (encoding === undefined || encoding === 'identity') return body;
+    if (encoding !== 'xz' && encoding !== 'bzip2' && encoding !== 'br' && encoding !== 'zstd') throw new ConfigError(`remote store '${this.store.uri}': an object has Content-Encoding '${encoding}', which Hydrant cannot read`);
+    return withRoom(this.pool, () => this.pool.decompress(body, encoding));
   }
 
   /**
@@ -272,7 +308,7 @@ export class FileBinaryCache {
    * one is held in memory. Returns false when the cache already had it.
    */
   async uploadLog(drvPath: string, localLogFile: string): Promise<boolean> {
-    if (await exists(this.file(logFile(drvPath)))) return false;
+    if (await this.storage.has(logFile(drvPath))) return false;
     let data: Buffer = await readFile(localLogFile);
     if (localLogFile.endsWith('.bz2')) {
       const compressed = data;
@@ -284,8 +320,8 @@ export class FileBinaryCache {
   /** uploadLog for a log already in memory (plain text). */
   uploadLogText(drvPath: string, text: Buffer): Promise<boolean> {
     const rel = logFile(drvPath);
-    // writeOnce keeps a log the cache has (from an earlier attempt).
-    return this.fileFlight(rel, async () => writeOnce(this.file(rel), await this.compressSmall(text, this.store.logCompression), { fsync: this.fsync }));
+    // Storage writes are write-once: a log the cache has (from an earlier attempt) is kept.
+    return this.fileFlight(rel, () => this.putSmall(rel, text, { contentType: CONTENT_TYPES.log }, this.store.logCompression));
   }
 
   /**
@@ -305,7 +341,7 @@ export class FileBinaryCache {
     for (const r of closure) {
       const rel = realisationFile(r.id);
       const wrote = await this.fileFlight(rel, async () =>
-        (await exists(this.file(rel))) ? false : writeOnce(this.file(rel), realisationJson(r), { fsync: this.fsync }),
+        (await this.storage.has(rel)) ? false : this.storage.put(rel, realisationJson(r), { contentType: CONTENT_TYPES.realisation }),
       );
       if (wrote) written.push(r.id);
     }

@@ -1,0 +1,55 @@
+/**
+ * Where a binary cache's objects live. The cache format (src/cache/binary-cache.ts)
+ * is written once over this interface; a backend only stores named byte
+ * strings. Every object of a binary cache is written once (narinfos make a
+ * path visible, NARs are named by their hash), so `put` never replaces an
+ * existing object: it reports whether it wrote.
+ */
+
+/** HTTP metadata an object carries (a directory cannot record it; S3 serves it back to clients). */
+export interface PutOptions {
+  contentType: string;
+  /** The compression of the stored bytes when clients must undo it (Nix's narinfo-/ls-/log-compression). */
+  contentEncoding?: string | undefined;
+}
+
+/**
+ * A body: bytes, or a finished local file made at `storage.tempFile(...)`.
+ * `put` takes ownership of such a file and removes it, whatever the outcome.
+ */
+export type PutBody = Uint8Array | string | { file: string };
+
+export interface StoredObject {
+  body: Buffer;
+  /** The Content-Encoding the object was stored with, if any. */
+  contentEncoding: string | undefined;
+}
+
+export interface StoredEntry {
+  key: string;
+  size: number;
+  modified: Date;
+}
+
+export interface CacheStorage {
+  /** Where the objects are, for logs and errors: a directory or `s3://bucket`. */
+  readonly location: string;
+  has(key: string): Promise<boolean>;
+  /** The object, or null when there is none. */
+  get(key: string): Promise<StoredObject | null>;
+  /** Stores the object unless one of that key exists; returns whether it wrote. Large files go up in parts. */
+  put(key: string, body: PutBody, options: PutOptions): Promise<boolean>;
+  /**
+   * Whether a file prepared at `tempFile` must be flushed to disk before `put`:
+   * true where it becomes the object itself (a directory that fsyncs).
+   */
+  readonly syncTempFiles: boolean;
+  /** A fresh local file name where a body for `key` may be prepared before `put(key, { file })`. */
+  tempFile(key: string): Promise<string>;
+  /** Objects whose key starts with `prefix`. */
+  list(prefix: string): AsyncIterable<StoredEntry>;
+  /** Removes the object; a missing one is not an error. */
+  delete(key: string): Promise<void>;
+  /** Releases local resources (temporary directories, connections). */
+  close(): Promise<void>;
+}
