@@ -1,13 +1,15 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StepJob, StepOutcome } from '../../src/actors/builder-port.ts';
 import { sshArgs, SshMachine } from '../../src/builder/ssh-machine.ts';
+import { parseMachines } from '../../src/config/machines-file.ts';
 import type { StepBusyCode } from '../../src/db/status.ts';
 import { parseDerivation } from '../../src/nix/derivation.ts';
+import { hostSystem } from '../../src/nix/host-system.ts';
 import { hostStore } from '../../src/nix/private-store.ts';
 import { queryPathInfos } from '../../src/nix/transfer.ts';
 import { processesWithArg } from '../helpers/fleet.ts';
@@ -100,6 +102,30 @@ describe('an SSH build machine', () => {
     const [d] = await instantiate(`let ${MK_DRV} in mk { name = "ssh-hk-${nonce}"; script = "echo x > $out"; }`);
     const r = await runJob(machine(sshd.spec({ hostKey: wrongKey })), jobFor(d!)).outcome;
     expect(r).toEqual({ kind: 'transient', machineFault: true, errorMsg: `${sshd.spec().name}: host key verification failed for ${sshd.spec().name}: the key it presents is not the one the machines file gives` });
+  });
+
+  it('refuses outputs whose NAR does not match the hash the machine claims, and imports nothing', async () => {
+    const nonce = randomBytes(4).toString('hex');
+    const file = join(dataDir, `corrupt-${nonce}.nix`);
+    writeFileSync(file, `let ${MK_DRV} in mk { name = "ssh-corrupt-${nonce}"; script = "echo original > $out"; }`);
+    const [drv] = await instantiate(readFileSync(file, 'utf8'));
+    // Built on the machine beforehand, then altered there behind its database's back.
+    expect((await sshd.store.runChecked('nix-instantiate', [file])).stdout.toString().trim()).toBe(drv);
+    const out = (await sshd.store.runChecked('nix-store', ['--realise', drv!])).stdout.toString().trim();
+    writeFileSync(sshd.store.realPath(out), 'tampered\n');
+    const r = await runJob(machine(), jobFor(drv!)).outcome;
+    expect(r).toMatchObject({ kind: 'transient', machineFault: true });
+    expect(r.kind === 'transient' && r.errorMsg).toMatch(new RegExp(`${out}: its NAR hashes to`));
+    expect((await hostStore.run('nix-store', ['--check-validity', out])).exitCode).not.toBe(0);
+  });
+
+  it('localhost builds with the runner\'s own store, nothing copied', async () => {
+    const nonce = randomBytes(4).toString('hex');
+    const [d] = await instantiate(`let ${MK_DRV} in mk { name = "ssh-localhost-${nonce}"; script = "echo here > $out"; }`);
+    const { machines: specs } = parseMachines(`localhost ${hostSystem()} - 1`, 'test');
+    const r = await runJob(machine(specs.get('localhost')!), jobFor(d!)).outcome;
+    expect(r).toMatchObject({ kind: 'success' });
+    expect(r.kind === 'success' && readFileSync(r.outputs[0]!.path, 'utf8')).toBe('here\n');
   });
 
   it('reports the limits the machine enforces: timeout (7), log size (10), output size (11), and a failing build (1)', async () => {
