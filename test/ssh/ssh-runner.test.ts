@@ -1,0 +1,79 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hostStore } from '../../src/nix/private-store.ts';
+import { runCli } from '../helpers/cli.ts';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { InProcessRunner } from '../helpers/in-process-runner.ts';
+import { MK_DRV } from '../helpers/nix.ts';
+import { waitFor } from '../helpers/runtime.ts';
+import { startSshdServe, type SshdServe } from '../helpers/sshd-serve.ts';
+
+type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/** A runner whose only machine is an SSH machine of its machines file, edited while it runs. */
+describe('SSH machines of a machines file, in the runner', () => {
+  let db: TestDatabase;
+  let sshd: SshdServe;
+  let runner: InProcessRunner | undefined;
+  const dir = mkdtempSync(join(tmpdir(), 'hydrant-ssh-runner-'));
+  const machinesFile = join(dir, 'machines');
+  const writeMachines = (text: string) => {
+    writeFileSync(`${machinesFile}.new`, text);
+    renameSync(`${machinesFile}.new`, machinesFile);
+  };
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    sshd = await startSshdServe();
+  });
+  afterAll(async () => {
+    await runner?.stop();
+    await sshd?.stop();
+    await db.drop();
+  });
+
+  it('builds a DAG there, drains a machine removed from the file, and takes it back when listed again', async () => {
+    writeMachines(`# test machines\n${sshd.line({ maxJobs: 2 })}\nbroken-line\n`);
+    runner = await InProcessRunner.start(db.url, dir, { machinesFiles: [machinesFile], machinesFilesCheckInS: 0.2 });
+    const api = async (path: string): Promise<Json> => (await (await fetch(`${runner!.url}${path}`)).json()) as Json;
+    const name = sshd.spec().name;
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the SSH machine to join');
+
+    const nonce = randomBytes(4).toString('hex');
+    const file = join(dir, 'release.nix');
+    writeFileSync(
+      file,
+      `{ }: let ${MK_DRV}
+        dep = mk { name = "sr-dep-${nonce}"; script = "echo dep-${nonce} > $out"; };
+      in {
+        top = mk { name = "sr-top-${nonce}"; script = "/bin/cat \${dep} > $out"; };
+        slow = mk { name = "sr-slow-${nonce}"; script = "echo started; /bin/sleep 10; echo slow > $out"; };
+      }`,
+    );
+    expect((await runCli(['submit', '--db-url', db.url, '--project', 'sr', '--jobset', 'main', '--create', '--file', file, '--attr', 'top'])).code).toBe(0);
+    const finished = async (job: string) => (await db.pool.query('select finished, buildstatus from builds where job = $1', [job])).rows[0] as { finished: number; buildstatus: number } | undefined;
+    await waitFor(async () => (await finished('top'))?.finished === 1, 60_000, 'top to finish');
+    expect(await finished('top')).toEqual({ finished: 1, buildstatus: 0 });
+    // Both steps ran on the SSH machine; the outputs are in the runner's store.
+    const steps = (await db.pool.query("select s.drvpath, s.machine, s.status from buildsteps s join builds b on b.id = s.build where b.job = 'top' order by s.stepnr")).rows;
+    expect(steps.map((s) => [s.machine, s.status])).toEqual([[name, 0], [name, 0]]);
+    const out = (await db.pool.query("select o.path from buildoutputs o join builds b on b.id = o.build where b.job = 'top'")).rows[0].path as string;
+    expect(readFileSync(out, 'utf8')).toBe(`dep-${nonce}\n`);
+    await hostStore.runChecked('nix-store', ['--verify-path', out]);
+
+    // Removed from the file while it builds: no new step, the running one ends, then the machine leaves.
+    expect((await runCli(['submit', '--db-url', db.url, '--project', 'sr', '--jobset', 'main', '--file', file, '--attr', 'slow'])).code).toBe(0);
+    await waitFor(async () => (await api('/status/steps')).steps.some((s: Json) => s.busyName === 'building'), 60_000, 'slow to build');
+    writeMachines('# no machines\n');
+    await waitFor(async () => (await api('/status/machines')).machines[name]?.state === 'draining', 30_000, 'the machine to drain');
+    await waitFor(async () => (await finished('slow'))?.finished === 1, 60_000, 'slow to finish');
+    expect(await finished('slow')).toEqual({ finished: 1, buildstatus: 0 });
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 0, 30_000, 'the machine to leave');
+
+    writeMachines(`${sshd.line({ maxJobs: 1 })}\n`);
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the machine to come back');
+    expect((await api('/status/machines')).machines[name]).toMatchObject({ maxJobs: 1, state: 'ready' });
+  });
+});
