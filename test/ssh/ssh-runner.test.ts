@@ -76,4 +76,30 @@ describe('SSH machines of a machines file, in the runner', () => {
     await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the machine to come back');
     expect((await api('/status/machines')).machines[name]).toMatchObject({ maxJobs: 1, state: 'ready' });
   });
+
+  it('a step on an SSH machine whose sshd is killed is retried on a gRPC builder, and the machine backs off', async () => {
+    await runner?.stop();
+    writeMachines(`${sshd.line({ maxJobs: 1 })}\n`);
+    runner = await InProcessRunner.start(db.url, dir, { machinesFiles: [machinesFile], machinesFilesCheckInS: 0.2, retryInterval: 1, builderGraceInS: 0 });
+    const api = async (path: string): Promise<Json> => (await (await fetch(`${runner!.url}${path}`)).json()) as Json;
+    const name = sshd.spec().name;
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the SSH machine to join');
+    const nonce = randomBytes(4).toString('hex');
+    const file = join(dir, 'killed.nix');
+    writeFileSync(file, `{ }: let ${MK_DRV} in { killed = mk { name = "sr-killed-${nonce}"; script = "echo started; /bin/sleep 600; echo done > $out"; }; }`);
+    expect((await runCli(['submit', '--db-url', db.url, '--project', 'sr', '--jobset', 'main', '--file', file])).code).toBe(0);
+    await waitFor(async () => (await api('/status/steps')).steps.some((s: Json) => s.machine === name && s.busyName === 'building'), 60_000, 'the step to build over SSH');
+    // A gRPC builder joins, then the SSH machine dies mid-build.
+    runner.builder('b1');
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 2, 30_000, 'the builder to join');
+    await sshd.kill();
+    await waitFor(async () => (await api('/status/steps')).steps.some((s: Json) => s.machine === 'b1'), 60_000, 'the retry on b1');
+    const ssh = (await api('/status/machines')).machines[name];
+    expect(ssh.stats.consecutiveFailures).toBeGreaterThanOrEqual(1);
+    expect(ssh.stats.disabledUntil).toBeGreaterThan(0);
+    const rows = async () => (await db.pool.query("select s.machine, s.busy from buildsteps s join builds b on b.id = s.build where b.job = 'killed' order by s.stepnr")).rows;
+    // The attempt on b1 gets its row once its write goes through.
+    await waitFor(async () => (await rows()).at(-1)?.machine === 'b1', 30_000, "b1's BuildSteps row");
+    expect((await rows())[0]).toMatchObject({ machine: name, busy: 0 });
+  });
 });
