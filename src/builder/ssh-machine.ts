@@ -228,8 +228,10 @@ export class SshMachine implements BuilderPort {
     const before = this.sendQueue;
     let release!: () => void;
     this.sendQueue = new Promise<void>((r) => (release = r));
-    const waited = new Promise<void>((r) => setTimeout(r, 600_000).unref());
+    let timer: NodeJS.Timeout | undefined;
+    const waited = new Promise<void>((r) => (timer = setTimeout(r, 600_000)));
     await Promise.race([before, waited]);
+    clearTimeout(timer);
     try {
       return await fn();
     } finally {
@@ -239,7 +241,8 @@ export class SshMachine implements BuilderPort {
 
   private async step(job: StepJob, run: Running, progress: (busy: StepBusyCode) => void): Promise<StepOutcome> {
     const local = this.localStore;
-    const sameStore = this.spec.isLocalhost && local === hostStore;
+    // localhost serves the runner's own store: nothing to copy either way.
+    const sameStore = this.spec.isLocalhost;
     if (this.closed) throw new ServeConnectionError(this.spec.name, 'the machine was removed');
     const drv = parseDerivation(await readFile(local.realPath(job.drvPath), 'utf8'));
     const basic = await basicDerivation(local, drv);
