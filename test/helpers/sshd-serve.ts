@@ -26,11 +26,19 @@ export interface SshdServe {
   /** The host's public key line. */
   readonly hostKey: string;
   /** A machines-file line for this machine (`ssh://root@127.0.0.1:<port>`), host key in column 8. */
-  line(columns?: { maxJobs?: number; hostKey?: string }): string;
-  spec(columns?: { maxJobs?: number; hostKey?: string }): MachineSpec;
+  line(columns?: Columns): string;
+  spec(columns?: Columns): MachineSpec;
   /** Kills sshd and every process in its namespace (connections, their nix-store, builds). */
   kill(): Promise<void>;
   stop(): Promise<void>;
+}
+
+/** Machines-file columns to set (the rest as the recipe has them). */
+export interface Columns {
+  maxJobs?: number;
+  /** Column 7, comma-separated: the machine takes only steps requiring them. */
+  mandatoryFeatures?: string;
+  hostKey?: string;
 }
 
 async function freePort(): Promise<number> {
@@ -72,9 +80,13 @@ export async function startSshdServe(): Promise<SshdServe> {
   await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'hostkey')]);
   await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'id')]);
   writeFileSync(join(dir, 'authorized_keys'), `command="nix-store --serve --write",restrict ${readFileSync(join(dir, 'id.pub'), 'utf8')}`);
-  // The machine's Nix settings: no sandbox (as every Nix here), no substituters, builds as root (its own store has no build users).
+  // The machine's Nix settings: no sandbox (as every Nix here), no substituters, builds as root (its own store has no
+  // build users), and a feature "ssh" besides Nix's defaults, so that tests can send steps to it (machines-file column 7).
   mkdirSync(join(dir, 'etc'));
-  writeFileSync(join(dir, 'etc', 'nix.conf'), 'sandbox = false\nsubstituters =\nbuild-users-group =\nexperimental-features = nix-command\n');
+  writeFileSync(
+    join(dir, 'etc', 'nix.conf'),
+    'sandbox = false\nsubstituters =\nbuild-users-group =\nexperimental-features = nix-command\nextra-system-features = ssh\n',
+  );
   const port = await freePort();
   writeFileSync(
     join(dir, 'sshd_config'),
@@ -107,8 +119,8 @@ export async function startSshdServe(): Promise<SshdServe> {
   }
   const ns = readlinkSync(`/proc/${sshd.pid}/ns/mnt`);
   const hostKey = readFileSync(join(dir, 'hostkey.pub'), 'utf8').trim();
-  const line = (c: { maxJobs?: number; hostKey?: string } = {}) =>
-    `ssh://root@127.0.0.1:${port} ${hostSystem()} ${join(dir, 'id')} ${c.maxJobs ?? 2} 1 - - ${Buffer.from(c.hostKey ?? hostKey).toString('base64')}`;
+  const line = (c: Columns = {}) =>
+    `ssh://root@127.0.0.1:${port} ${hostSystem()} ${join(dir, 'id')} ${c.maxJobs ?? 2} 1 - ${c.mandatoryFeatures ?? '-'} ${Buffer.from(c.hostKey ?? hostKey).toString('base64')}`;
   const kill = async () => {
     for (const pid of processesInNamespace(ns)) {
       try {

@@ -7,7 +7,8 @@ import { hostStore } from '../../src/nix/private-store.ts';
 import { runCli } from '../helpers/cli.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { InProcessRunner } from '../helpers/in-process-runner.ts';
-import { MK_DRV } from '../helpers/nix.ts';
+import { MK_DRV, runNix } from '../helpers/nix.ts';
+import { copyFromCache, generateKey } from '../cache/fixtures.ts';
 import { waitFor } from '../helpers/runtime.ts';
 import { startSshdServe, type SshdServe } from '../helpers/sshd-serve.ts';
 
@@ -76,6 +77,49 @@ describe('SSH machines of a machines file, in the runner', () => {
     await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the machine to come back');
     expect((await api('/status/machines')).machines[name]).toMatchObject({ maxJobs: 1, state: 'ready' });
   });
+
+  it('builds a DAG across the SSH machine and a gRPC builder; every output reaches the signed cache', async () => {
+    await runner?.stop();
+    const key = await generateKey(dir, 'ssh-cache-1');
+    const cacheDir = join(dir, 'cache');
+    // The SSH machine takes only steps requiring "ssh" (a mandatory feature); the gRPC builder takes the others.
+    writeMachines(`${sshd.line({ maxJobs: 1, mandatoryFeatures: 'ssh' })}\n`);
+    runner = await InProcessRunner.start(db.url, dir, {
+      machinesFiles: [machinesFile], machinesFilesCheckInS: 0.2,
+      remoteStoreAddr: [`file://${cacheDir}?compression=zstd&secret-key=${key.secretFile}`],
+    });
+    runner.builder('b1');
+    const api = async (path: string): Promise<Json> => (await (await fetch(`${runner!.url}${path}`)).json()) as Json;
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 2, 30_000, 'both machines to join');
+    const nonce = randomBytes(4).toString('hex');
+    const file = join(dir, 'mixed.nix');
+    writeFileSync(
+      file,
+      `{ }: let ${MK_DRV} ssh = { requiredSystemFeatures = [ "ssh" ]; };
+        base = mk { name = "mx-base-${nonce}"; script = "echo base-${nonce} > $out"; extra = ssh; };
+        mid = mk { name = "mx-mid-${nonce}"; script = "echo mid > $out; /bin/cat \${base} >> $out; echo \${base} >> $out"; };
+      in {
+        inherit base mid;
+        top = mk { name = "mx-top-${nonce}"; script = "/bin/cat \${mid} > $out; echo \${mid} >> $out"; extra = ssh; };
+      }`,
+    );
+    expect((await runCli(['submit', '--db-url', db.url, '--project', 'sr', '--jobset', 'mixed', '--create', '--file', file])).code).toBe(0);
+    const rows = async () => (await db.pool.query("select b.job, b.finished, b.buildstatus from builds b join jobsets j on j.id = b.jobset_id where j.name = 'mixed'")).rows;
+    await waitFor(async () => (await rows()).length === 3 && (await rows()).every((r) => r.finished === 1), 120_000, 'the DAG to finish');
+    expect(Object.fromEntries((await rows()).map((r) => [r.job, r.buildstatus]))).toEqual({ base: 0, mid: 0, top: 0 });
+    const machineOf = async (job: string) =>
+      (await db.pool.query("select s.machine from buildsteps s join builds b on b.id = s.build and s.drvpath = b.drvpath join jobsets j on j.id = b.jobset_id where j.name = 'mixed' and b.job = $1 and s.status = 0", [job])).rows.map((r) => r.machine);
+    const name = sshd.spec().name;
+    expect(await machineOf('base')).toEqual([name]);
+    expect(await machineOf('mid')).toEqual(['b1']);
+    expect(await machineOf('top')).toEqual([name]);
+    const outs = (await db.pool.query("select o.path from buildoutputs o join builds b on b.id = o.build join jobsets j on j.id = b.jobset_id where j.name = 'mixed'")).rows.map((r) => r.path as string);
+    expect(readFileSync(outs.find((o) => o.includes('mx-top'))!, 'utf8')).toContain(`base-${nonce}`);
+    // Outputs that came back over SSH are in the cache, signed: real Nix copies them trusting only its key.
+    for (const o of outs) expect(readFileSync(join(cacheDir, `${o.slice(11, 43)}.narinfo`), 'utf8')).toMatch(/^Sig: ssh-cache-1:/m);
+    await copyFromCache(cacheDir, join(dir, 'elsewhere'), outs, key.publicKey);
+    expect((await runNix('nix-store', ['--store', join(dir, 'elsewhere'), '--check-validity', '--print-invalid', ...outs])).stdout.toString()).toBe('');
+  }, 180_000);
 
   it('a step on an SSH machine whose sshd is killed is retried on a gRPC builder, and the machine backs off', async () => {
     await runner?.stop();
