@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StepJob, StepOutcome } from '../../src/actors/builder-port.ts';
-import { sshArgs, SshMachine } from '../../src/builder/ssh-machine.ts';
+import { knownHostsLine, remoteVerdict, sshArgs, SshMachine } from '../../src/builder/ssh-machine.ts';
 import { parseMachines } from '../../src/config/machines-file.ts';
 import type { StepBusyCode } from '../../src/db/status.ts';
 import { parseDerivation } from '../../src/nix/derivation.ts';
@@ -56,6 +56,31 @@ describe('an SSH build machine', () => {
       '-i', sshd.keyFile, '-oUserKnownHostsFile=/tmp/x/known_hosts', '-p', String(sshd.port),
       '-x', '-a', '-oBatchMode=yes', '-oConnectTimeout=60', '-oTCPKeepAlive=yes', '--', 'root@127.0.0.1', 'nix-store', '--serve', '--write',
     ]);
+  });
+
+  it('maps remote build statuses as Hydra does, and writes column 8 as one known_hosts line', () => {
+    const verdicts = Array.from({ length: 15 }, (_, status) => remoteVerdict(status));
+    expect(verdicts).toEqual([
+      { kind: 'success', cached: false }, // Built
+      { kind: 'success', cached: true }, // Substituted
+      { kind: 'success', cached: true }, // AlreadyValid
+      { kind: 'failure', status: 1 }, // PermanentFailure
+      { kind: 'failure', status: 1 }, // InputRejected
+      { kind: 'failure', status: 1 }, // OutputRejected
+      { kind: 'transient' }, // TransientFailure
+      { kind: 'transient' }, // CachedFailure
+      { kind: 'failure', status: 7 }, // TimedOut
+      { kind: 'transient' }, // MiscFailure
+      { kind: 'transient' }, // DependencyFailed
+      { kind: 'failure', status: 10 }, // LogLimitExceeded
+      { kind: 'failure', status: 12 }, // NotDeterministic
+      { kind: 'success', cached: true }, // ResolvesToAlreadyValid
+      { kind: 'transient' }, // NoSubstituters
+    ]);
+    const key = sshd.hostKey.split(' ').slice(0, 2).join(' ');
+    expect(knownHostsLine(sshd.spec())).toBe(`[127.0.0.1]:${sshd.port} ${key}\n`);
+    const { machines } = parseMachines(`root@builder.example x86_64-linux - 1 1 - - ${Buffer.from(sshd.hostKey).toString('base64')}`, 'test');
+    expect(knownHostsLine(machines.get('root@builder.example')!)).toBe(`builder.example ${key}\n`);
   });
 
   it('builds a derivation with inputs there and brings the outputs back verified, over one connection', async () => {
