@@ -50,7 +50,7 @@ describe('SSH machines of a machines file, in the runner', () => {
         dep = mk { name = "sr-dep-${nonce}"; script = "echo dep-${nonce} > $out"; };
       in {
         top = mk { name = "sr-top-${nonce}"; script = "/bin/cat \${dep} > $out"; };
-        slow = mk { name = "sr-slow-${nonce}"; script = "echo started; /bin/sleep 10; echo slow > $out"; };
+        slow = mk { name = "sr-slow-${nonce}"; script = "echo started; /bin/sleep 15; echo slow > $out"; };
       }`,
     );
     expect((await runCli(['submit', '--db-url', db.url, '--project', 'sr', '--jobset', 'main', '--create', '--file', file, '--attr', 'top'])).code).toBe(0);
