@@ -142,6 +142,13 @@ class Frame {
   }
 }
 
+/** Our side of the pipe to the peer closed: it is gone (its stderr says why). */
+class PeerGone extends Error {
+  constructor() {
+    super('the peer closed its input');
+  }
+}
+
 const byKey = <T>(m: ReadonlyMap<string, T>): [string, T][] => [...m].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
 
 /**
@@ -155,6 +162,7 @@ export class ServeConnection {
   #broken: Error | null = null;
   #busy = false;
   #stdoutEnded = false;
+  #closed = false;
   #stderrTail = '';
   #logSink: ((chunk: Buffer) => void) | null = null;
   // The chunk the reader is in and where it starts in the stream, so a NAR's raw bytes can be passed on.
@@ -171,6 +179,7 @@ export class ServeConnection {
   ) {
     this.reader = NarByteReader.from(this.#source());
     proc.stdin.on('error', () => {}); // EPIPE when the peer is gone; the next read says so
+    proc.once('close', () => (this.#closed = true));
     proc.on('error', (e) => this.#fail(new ServeConnectionError(machine, String(e))));
     proc.stderr.on('data', (b: Buffer) => {
       if (this.#logSink) this.#logSink(b);
@@ -238,21 +247,25 @@ export class ServeConnection {
     try {
       return await fn();
     } catch (e) {
-      await this.#stderrSettled();
+      await this.#peerSettled(e);
       throw this.#fail(this.#classify(e));
     } finally {
       this.#busy = false;
     }
   }
 
-  /** When stdout ended, stderr (ssh's reason) may still be in its pipe: wait for it, briefly. */
-  async #stderrSettled(): Promise<void> {
-    const err = this.proc.stderr;
-    if (!this.#stdoutEnded || err.readableEnded || err.destroyed) return;
+  /**
+   * When the peer is gone, its stderr (ssh's reason, Nix's error) may still be
+   * in the pipe: wait until the process and its pipes have closed. Bounded, in
+   * case a process the peer left behind holds a pipe open.
+   */
+  async #peerSettled(e: unknown): Promise<void> {
+    const gone = e instanceof PeerGone || this.#stdoutEnded || this.proc.exitCode !== null || this.proc.signalCode !== null;
+    if (!gone || this.#closed) return;
     await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, 2000);
+      const t = setTimeout(resolve, 10_000);
       t.unref();
-      err.once('close', () => {
+      this.proc.once('close', () => {
         clearTimeout(t);
         resolve();
       });
@@ -261,7 +274,7 @@ export class ServeConnection {
 
   #classify(e: unknown): Error {
     if (e instanceof ServeConnectionError || e instanceof ServeProtocolError) return e;
-    if (this.#stdoutEnded || this.proc.exitCode !== null || this.proc.signalCode !== null) {
+    if (e instanceof PeerGone || this.#stdoutEnded || this.proc.exitCode !== null || this.proc.signalCode !== null) {
       return new ServeConnectionError(this.machine, this.#stderrTail, { cause: e });
     }
     if (e instanceof NixFormatError) return new ServeProtocolError(this.machine, `malformed reply: ${e.message}`, { cause: e });
@@ -270,7 +283,7 @@ export class ServeConnection {
 
   async #send(data: Buffer | Uint8Array): Promise<void> {
     const stdin = this.proc.stdin;
-    if (stdin.destroyed || stdin.writableEnded) throw new ServeConnectionError(this.machine, this.#stderrTail);
+    if (stdin.destroyed || stdin.writableEnded) throw new PeerGone();
     if (stdin.write(data)) return;
     await new Promise<void>((resolve, reject) => {
       const done = (): void => {
@@ -280,7 +293,7 @@ export class ServeConnection {
       };
       const gone = (): void => {
         stdin.off('drain', done);
-        reject(new ServeConnectionError(this.machine, this.#stderrTail));
+        reject(new PeerGone());
       };
       stdin.once('drain', done);
       stdin.once('close', gone);
@@ -382,7 +395,7 @@ export class ServeConnection {
         }
         complete = true;
       } catch (e) {
-        await self.#stderrSettled();
+        await self.#peerSettled(e);
         throw self.#fail(self.#classify(e));
       } finally {
         self.#capture = null;
