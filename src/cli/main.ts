@@ -6,9 +6,10 @@ import { builder } from './commands/builder.ts';
 import { db } from './commands/db.ts';
 import { demo } from './commands/demo.ts';
 import { serve } from './commands/serve.ts';
+import { status } from './commands/status.ts';
 import { submit } from './commands/submit.ts';
 
-const COMMANDS: readonly Command[] = [serve, submit, db, builder, demo];
+const COMMANDS: readonly Command[] = [serve, submit, db, builder, demo, status];
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 

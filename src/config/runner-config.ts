@@ -2,6 +2,7 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { ConfigError } from '../errors/index.ts';
 import { MACHINE_FREE_FNS, MACHINE_SORT_FNS, STEP_SORT_FNS } from './scheduling-fns.ts';
+import { defaultMachinesFiles } from './machines-file.ts';
 import { applyAliases, checkDbUrl, DB_URL_FORM, formatIssues, NO_FILE, readTomlWithOverrides } from './toml-file.ts';
 
 /** HOST:PORT, [IPv6]:PORT. */
@@ -70,6 +71,14 @@ const RunnerConfigSchema = z
     localBuilderJobs: z.number().int().nonnegative().default(0),
     localBuilderSystems: z.array(z.string().min(1)).optional(),
     localBuilderFeatures: z.array(z.string().min(1)).default(['local', 'ca-derivations']),
+    /**
+     * Hydra machines files listing SSH build machines (docs/SSH-MACHINES.md).
+     * Unset: as Hydra, $NIX_REMOTE_SYSTEMS (`:`-separated), else /etc/nix/machines
+     * when it exists; [] for none.
+     */
+    machinesFiles: z.array(z.string().min(1)).optional(),
+    /** How often the machines files are checked for changes (Hydra: 30 s). */
+    machinesFilesCheckInS: z.number().positive().default(30),
   })
   .strict()
   .superRefine((c, ctx) => {
@@ -94,7 +103,7 @@ export function isLoopbackListen(listen: string): boolean {
   return host === '::1';
 }
 
-export type RunnerConfig = Readonly<z.infer<typeof RunnerConfigSchema>> & { readonly stateDir: string };
+export type RunnerConfig = Readonly<Omit<z.infer<typeof RunnerConfigSchema>, 'machinesFiles'>> & { readonly stateDir: string; readonly machinesFiles: readonly string[] };
 
 
 /** The flag that sets each key (on serve; the database ones on every command that opens the database). */
@@ -131,6 +140,7 @@ export function validateRunnerConfig(input: unknown, source = NO_FILE, env: Node
     stateDir: c.stateDir ?? `${c.hydraDataDir}/hydrant`,
     remoteStoreAddr: Object.freeze([...c.remoteStoreAddr]) as string[],
     tokenPaths: Object.freeze([...c.tokenPaths]) as string[],
+    machinesFiles: Object.freeze([...(c.machinesFiles ?? defaultMachinesFiles(env))]) as string[],
     apiTokenPaths: Object.freeze([...c.apiTokenPaths]) as string[],
     grpcTls: c.grpcTls ? Object.freeze({ ...c.grpcTls }) : undefined,
   });

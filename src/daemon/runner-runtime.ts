@@ -5,9 +5,17 @@ import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
 import { Scheduler, type SchedulerConfig, type WriteGate } from '../actors/scheduler.ts';
 import { unixNow, type StepFinisher } from '../actors/builder-port.ts';
 import type { Logger } from '../util/logger.ts';
+import { SshMachines } from './ssh-machines.ts';
 
 export interface RunnerRuntimeOptions {
-  config: SchedulerConfig & { queueTriggerTimerInS: number };
+  config: SchedulerConfig & {
+    queueTriggerTimerInS: number;
+    /** Machines files of SSH build machines (none: no SSH machines). */
+    machinesFiles?: readonly string[];
+    machinesFilesCheckInS?: number;
+    /** Where SSH machines' build logs go. */
+    hydraDataDir?: string;
+  };
   db: SchedulerDb;
   store: SchedulerStore;
   /** Source of `notification` / `reconnected` events (the LISTEN connection). */
@@ -50,6 +58,12 @@ export async function startRunnerRuntime(o: RunnerRuntimeOptions): Promise<Runne
   });
   const monitor = new QueueMonitor({ db: o.db, scheduler, listener: o.listener, log: o.log, pollIntervalS: o.config.queueTriggerTimerInS });
   const initialLoad = monitor.start();
+  const files = o.config.machinesFiles ?? [];
+  const sshMachines =
+    files.length > 0
+      ? new SshMachines({ files, checkIntervalS: o.config.machinesFilesCheckInS ?? 30, hydraDataDir: o.config.hydraDataDir ?? '/var/lib/hydra', scheduler, log: o.log })
+      : null;
+  sshMachines?.start();
   return {
     scheduler,
     monitor,
@@ -66,8 +80,10 @@ export async function startRunnerRuntime(o: RunnerRuntimeOptions): Promise<Runne
     async stop(graceMs) {
       // A load may be waiting for the database to come back: it gives up first.
       scheduler.abandonWaitingWrites();
+      sshMachines?.stopWatching();
       await monitor.stop();
       await scheduler.drain(graceMs);
+      await sshMachines?.close();
     },
   };
 }

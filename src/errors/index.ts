@@ -5,3 +5,4 @@ export * from './nix.ts';
 export * from './workers.ts';
 export * from './files.ts';
 export * from './protocol.ts';
+export * from './machines.ts';

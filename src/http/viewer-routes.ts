@@ -5,6 +5,7 @@ import { machineDiagrams } from '../status/machine-diagrams.ts';
 import type { Router } from './router.ts';
 import { eventsHandler } from './routes/events.ts';
 import { staticUi } from './routes/static-ui.ts';
+import { registerProvisionerStatusRoutes } from './routes/provisioner-status.ts';
 import { registerStatusRoutes } from './routes/status.ts';
 
 export interface ViewerContext {
@@ -30,5 +31,6 @@ export async function registerViewerRoutes(router: Router, ctx: ViewerContext): 
     .get('/ui', ui)
     .get('/ui/:file', ui);
   registerStatusRoutes(router, { lifecycle: ctx.lifecycle, scheduler: () => ctx.scheduler(), startedAt: ctx.startedAt, feed });
+  registerProvisionerStatusRoutes(router, { scheduler: () => ctx.scheduler(), startedAt: ctx.startedAt });
   return feed;
 }

@@ -1,0 +1,121 @@
+import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../actors/machine-record.ts';
+import type { Scheduler } from '../actors/scheduler.ts';
+import { SshMachine } from '../builder/ssh-machine.ts';
+import { MachinesFileWatcher, type MachineSpec, type MachinesChange } from '../config/machines-file.ts';
+import { builderLifecycle } from '../machines/index.ts';
+import type { Logger } from '../util/logger.ts';
+
+export interface SshMachinesOptions {
+  readonly files: readonly string[];
+  readonly checkIntervalS: number;
+  readonly hydraDataDir: string;
+  readonly scheduler: Scheduler;
+  readonly log: Logger;
+}
+
+function recordOf(spec: MachineSpec): MachineRecord {
+  return {
+    id: spec.name,
+    systems: new Set(spec.systems),
+    features: new Set(spec.supportedFeatures),
+    mandatoryFeatures: new Set(spec.mandatoryFeatures),
+    maxJobs: spec.maxJobs,
+    speedFactor: spec.speedFactor,
+    // An SSH machine reports no cores, bogomips or load: scored by its speed factor, free by its job slots.
+    cpuCount: 1,
+    bogomips: 1,
+    state: 'joining',
+    jobs: new Set(),
+    consecutiveFailures: 0,
+    lastFailure: 0,
+    disabledUntil: 0,
+    idleSince: Date.now(),
+    roomSince: 0,
+    load: { ...IDLE_LOAD },
+    thresholds: DEFAULT_THRESHOLDS,
+  };
+}
+
+/**
+ * The SSH machines of the machines files, kept in the scheduler as the files
+ * change: a machine added to a file joins; one removed takes no new steps
+ * and leaves once its running steps end; one whose columns changed is
+ * drained and re-added with the new ones (docs/SSH-MACHINES.md).
+ */
+export class SshMachines {
+  private readonly ports = new Map<string, SshMachine>();
+  /** Machines draining → the spec to add once they are gone (a changed line), or null (a removed one). */
+  private readonly draining = new Map<string, MachineSpec | null>();
+  private sweeper: NodeJS.Timeout | null = null;
+  private readonly watcher: MachinesFileWatcher;
+
+  constructor(private readonly o: SshMachinesOptions) {
+    this.watcher = new MachinesFileWatcher(o.files, (c) => this.changed(c));
+  }
+
+  start(): void {
+    this.o.log.info({ files: this.o.files }, 'following machines files');
+    this.watcher.start(this.o.checkIntervalS * 1000);
+  }
+
+  /** Stops following the files (running steps go on). */
+  stopWatching(): void {
+    this.watcher.stop();
+  }
+
+  /** Closes the machines' idle connections; call once the scheduler has drained. */
+  async close(): Promise<void> {
+    this.watcher.stop();
+    if (this.sweeper) clearInterval(this.sweeper);
+    await Promise.all([...this.ports.values()].map((p) => p.close()));
+  }
+
+  private changed(c: MachinesChange): void {
+    for (const e of c.errors) this.o.log.warn({ file: e.file, line: e.line, code: e.code }, e.reason);
+    for (const spec of c.added) {
+      // A name removed and listed again before its drain ended comes back once it has.
+      if (this.draining.has(spec.name)) this.draining.set(spec.name, spec);
+      else this.add(spec);
+    }
+    for (const spec of c.changed) this.drain(spec.name, spec);
+    for (const spec of c.removed) this.drain(spec.name, null);
+  }
+
+  private add(spec: MachineSpec): void {
+    const port = new SshMachine({ spec, hydraDataDir: this.o.hydraDataDir, log: this.o.log.child({ machine: spec.name }) });
+    this.ports.set(spec.name, port);
+    this.o.scheduler.addMachine(recordOf(spec), port);
+    this.o.log.info({ machine: spec.name, systems: spec.systems, maxJobs: spec.maxJobs, file: spec.file, line: spec.line }, 'SSH machine added');
+  }
+
+  private drain(name: string, then: MachineSpec | null): void {
+    const m = this.o.scheduler.dispatcher.machines.get(name);
+    // Dispatch takes only ready machines: a draining one gets no new step.
+    if (m && builderLifecycle.next(m.state, 'DRAIN')) m.state = 'draining';
+    this.draining.set(name, then);
+    this.o.log.info({ machine: name, running: m?.jobs.size ?? 0 }, then ? 'SSH machine changed: draining it' : 'SSH machine removed: draining it');
+    this.sweep();
+    if (this.draining.size > 0 && !this.sweeper) {
+      this.sweeper = setInterval(() => this.sweep(), 1000);
+      this.sweeper.unref();
+    }
+  }
+
+  /** Removes drained machines (no running step left), adding their new specs. */
+  private sweep(): void {
+    for (const [name, then] of [...this.draining]) {
+      const m = this.o.scheduler.dispatcher.machines.get(name);
+      if (m && m.jobs.size > 0) continue;
+      this.draining.delete(name);
+      if (m) this.o.scheduler.removeMachine(name, m.state === 'draining' ? 'DRAINED' : 'REMOVE');
+      void this.ports.get(name)?.close();
+      this.ports.delete(name);
+      this.o.log.info({ machine: name }, 'SSH machine left');
+      if (then) this.add(then);
+    }
+    if (this.draining.size === 0 && this.sweeper) {
+      clearInterval(this.sweeper);
+      this.sweeper = null;
+    }
+  }
+}
