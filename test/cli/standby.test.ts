@@ -8,7 +8,7 @@ import { freePort, startEmbeddedPostgres } from '../../src/db/embedded.ts';
 import { createPool } from '../../src/db/pool.ts';
 import { ensureSchema } from '../../src/db/schema.ts';
 import { startCli } from '../helpers/cli.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
@@ -20,14 +20,12 @@ import { waitFor } from '../helpers/runtime.ts';
  * runner left busy and finishes every build.
  */
 describe('hydrant serve --standby', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   let dir: string;
   beforeAll(async () => {
-    db = await createTestDatabase();
     dir = mkdtempSync(join(tmpdir(), 'hydrant-standby-'));
   });
   afterAll(async () => {
-    await db.drop();
     rmSync(dir, { recursive: true, force: true });
   });
 

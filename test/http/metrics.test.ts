@@ -2,27 +2,23 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { createRunnerMetrics } from '../../src/metrics/runner-metrics.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { generateKey } from '../cache/fixtures.ts';
 import { runCli } from '../helpers/cli.ts';
 import { InProcessRunner } from '../helpers/in-process-runner.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 import { movedFamilies, parseMetrics, promtoolCheck } from './prometheus.ts';
 
 describe('Prometheus metrics', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-metrics-'));
   let runner: InProcessRunner | undefined;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
   afterAll(async () => {
     await runner?.stop();
-    await db.drop();
   });
 
   it('every hydrant_ metric moves while a runner with real builders builds, fails, retries and uploads', async () => {

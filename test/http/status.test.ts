@@ -2,25 +2,21 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { runCli } from '../helpers/cli.ts';
 import { InProcessRunner } from '../helpers/in-process-runner.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 describe('status API of a runner with a real builder', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-status-'));
   let runner: InProcessRunner | undefined;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
   afterAll(async () => {
     await runner?.stop();
-    await db.drop();
   });
 
   it('reports machines, builds, running and runnable steps, queues and build trees, with why steps wait', async () => {
