@@ -10,14 +10,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { startEmbeddedPostgres } from '../src/db/embedded.ts';
 import { createPool } from '../src/db/pool.ts';
 import { ensureSchema } from '../src/db/schema.ts';
 import { submit } from '../test/helpers/fleet.ts';
 import { InProcessRunner } from '../test/helpers/in-process-runner.ts';
 import { MK_DRV } from '../test/helpers/nix.ts';
-import { log, median, round } from './common.ts';
+import { benchOptions, log, median, round } from './common.ts';
 
 export const describe = 'cancel a build running on a real builder: until its step row ends and its process is killed';
 
@@ -38,8 +37,7 @@ function running(args: string): boolean {
 }
 
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
-  const { values } = parseArgs({ args: argv, options: { reps: { type: 'string', default: '5' } } });
-  const reps = Number(values.reps);
+  const { reps } = benchOptions(argv, { reps: 5 });
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-bench-abort-'));
   const pg = await startEmbeddedPostgres({ stateDir: dir, ephemeral: true });
   const pool = createPool(pg.url, { max: 4 });

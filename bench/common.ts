@@ -1,3 +1,4 @@
+import { parseArgs } from 'node:util';
 
 export function log(msg: string): void {
   process.stderr.write(`[bench] ${msg}\n`);
@@ -16,6 +17,36 @@ export function median(xs: number[]): number {
 }
 
 export const round = (x: number, digits = 1): number => Math.round(x * 10 ** digits) / 10 ** digits;
+
+/** A bench's options and their defaults: a number, a flag, or a string (null: a string given or not). */
+type OptionDefaults = Record<string, number | boolean | string | null>;
+
+type Options<D extends OptionDefaults> = {
+  [K in keyof D]: D[K] extends number ? number : D[K] extends boolean ? boolean : D[K] extends string ? string : string | undefined;
+};
+
+/**
+ * The bench's `--name value` options and `--flag`s from `argv`, each typed
+ * as its default; a number that is not one is refused.
+ */
+export function benchOptions<const D extends OptionDefaults>(argv: string[], defaults: D): Options<D> {
+  const options = Object.fromEntries(
+    Object.entries(defaults).map(([name, d]) => [
+      name,
+      typeof d === 'boolean' ? { type: 'boolean' as const, default: d } : d === null ? { type: 'string' as const } : { type: 'string' as const, default: String(d) },
+    ]),
+  );
+  const { values } = parseArgs({ args: argv, options });
+  const out: Record<string, unknown> = {};
+  for (const [name, d] of Object.entries(defaults)) {
+    const v = values[name];
+    if (typeof d === 'number') {
+      out[name] = Number(v);
+      if (!Number.isFinite(out[name])) throw new Error(`--${name}: ${String(v)} is not a number`);
+    } else out[name] = v;
+  }
+  return out as Options<D>;
+}
 
 // The same trivial-derivation helpers the tests use.
 import { instantiate } from '../test/helpers/nix.ts';

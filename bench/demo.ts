@@ -7,15 +7,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { runCli } from '../test/helpers/cli.ts';
-import { log, median, round } from './common.ts';
+import { benchOptions, log, median, round } from './common.ts';
 
 export const describe = 'hydrant demo twice on one state directory: building everything, then finding it done';
 
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
-  const { values } = parseArgs({ args: argv, options: { reps: { type: 'string', default: '3' } } });
-  const reps = Number(values.reps);
+  const { reps } = benchOptions(argv, { reps: 3 });
   const first: number[] = [];
   const second: number[] = [];
   for (let r = 0; r < reps; r++) {

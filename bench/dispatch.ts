@@ -7,7 +7,6 @@ import { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { DerivationSummary } from '../src/actors/model.ts';
@@ -22,7 +21,7 @@ import { SimulatedBuilder } from '../test/sim/simulated-builder.ts';
 import { syntheticDag } from '../test/sim/synthetic-dag.ts';
 import { LiveFeed } from '../src/status/live-feed.ts';
 import { createLogger } from '../src/util/logger.ts';
-import { log, round } from './common.ts';
+import { benchOptions, log, round } from './common.ts';
 
 export const describe = 'ingest and dispatch a synthetic nixpkgs-shaped queue with simulated builders';
 
@@ -48,23 +47,10 @@ class CopyingStore extends MemoryStore {
 }
 
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      steps: { type: 'string', default: '10000' },
-      machines: { type: 'string', default: '10' },
-      'jobs-per-machine': { type: 'string', default: '4' },
-      'build-ms': { type: 'string', default: '0' },
-      seconds: { type: 'string', default: '30' },
-      seed: { type: 'string', default: '1' },
-      feed: { type: 'boolean', default: false },
-    },
-  });
-  const steps = Number(values.steps);
-  const machines = Number(values.machines);
-  const jobsPerMachine = Number(values['jobs-per-machine']);
-  const buildMs = Number(values['build-ms']);
-  const seconds = Number(values.seconds);
+  const values = benchOptions(argv, { steps: 10000, machines: 10, 'jobs-per-machine': 4, 'build-ms': 0, seconds: 30, seed: 1, feed: false });
+  const { steps, machines, seconds } = values;
+  const jobsPerMachine = values['jobs-per-machine'];
+  const buildMs = values['build-ms'];
 
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-bench-dispatch-'));
   const pg = await startEmbeddedPostgres({ stateDir: dir, ephemeral: true });
@@ -72,7 +58,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   try {
     await ensureSchema(pool);
     log(`generating ${steps} steps`);
-    const dag = syntheticDag({ steps, seed: Number(values.seed) });
+    const dag = syntheticDag({ steps, seed: values.seed });
     const store = new CopyingStore();
     for (const d of dag.derivations) store.add(d);
     await pool.query("insert into users (username, emailaddress, password) values ('bench', 'b@x', '!')");

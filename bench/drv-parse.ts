@@ -14,27 +14,14 @@
  */
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { parseDerivation } from '../src/nix/derivation.ts';
 import { WorkerPool } from '../src/workers/pool.ts';
-import { MK, instantiateExpr, log, median, round, time } from './common.ts';
+import { benchOptions, MK, instantiateExpr, log, median, round, time } from './common.ts';
 
 export const describe = '.drv read+parse rate (drvs/s): main thread vs worker pool (batched and one task per drv)';
 
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      count: { type: 'string', default: '3000' },
-      threads: { type: 'string', default: '2' },
-      batch: { type: 'string', default: '64' },
-      reps: { type: 'string', default: '3' },
-    },
-  });
-  const count = Number(values.count);
-  const threads = Number(values.threads);
-  const batch = Number(values.batch);
-  const reps = Number(values.reps);
+  const { count, threads, batch, reps } = benchOptions(argv, { count: 3000, threads: 2, batch: 64, reps: 3 });
 
   log(`instantiating ${count} derivations`);
   const inst = await time(() =>

@@ -9,7 +9,6 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded.ts';
 import { createPool } from '../src/db/pool.ts';
 import { ensureSchema } from '../src/db/schema.ts';
@@ -18,8 +17,9 @@ import { submitJobs, type SubmitJob } from '../src/db/submit.ts';
 import { JOB_DEFAULTS } from '../src/eval/job-defaults.ts';
 import { LocalNixStore } from '../src/nix/local-store.ts';
 import { runNix, runNixLines } from '../src/nix/tools.ts';
+import { runnerToml } from '../test/helpers/fleet.ts';
 import { prng } from '../test/sim/synthetic-dag.ts';
-import { log, round } from './common.ts';
+import { benchOptions, log, round } from './common.ts';
 
 export const describe = 'build one DAG of trivial derivations with plain nix-store --realise and with Hydrant (runner + 2 builders + cache)';
 
@@ -306,33 +306,30 @@ function uploadTimes(runnerLog: string): number[] {
 // ---- the benchmark -------------------------------------------------------------------
 
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      drvs: { type: 'string', default: '500' },
-      layers: { type: 'string', default: '10' },
-      'max-deps': { type: 'string', default: '3' },
-      seed: { type: 'string', default: '1' },
-      builders: { type: 'string', default: '2' },
-      'max-jobs': { type: 'string', default: '2' },
-      'timeout-s': { type: 'string', default: '1800' },
-      'skip-nix': { type: 'boolean', default: false },
-      keep: { type: 'boolean', default: false },
-      /** Write V8 CPU profiles of the runner and builders (every thread) to this directory. */
-      'cpu-prof': { type: 'string' },
-      /** Count the Nix and compression commands the runner and builders run (see writeToolTracer). */
-      'trace-tools': { type: 'boolean', default: false },
-      /** Extra Node flags for the runner and the builders, space-separated (e.g. V8 tuning to compare). */
-      'node-args': { type: 'string', default: '' },
-    },
+  const values = benchOptions(argv, {
+    drvs: 500,
+    layers: 10,
+    'max-deps': 3,
+    seed: 1,
+    builders: 2,
+    'max-jobs': 2,
+    'timeout-s': 1800,
+    'skip-nix': false,
+    keep: false,
+    /** Write V8 CPU profiles of the runner and builders (every thread) to this directory. */
+    'cpu-prof': null,
+    /** Count the Nix and compression commands the runner and builders run (see writeToolTracer). */
+    'trace-tools': false,
+    /** Extra Node flags for the runner and the builders, space-separated (e.g. V8 tuning to compare). */
+    'node-args': '',
   });
-  const n = Number(values.drvs);
-  const builders = Number(values.builders);
-  const maxJobs = Number(values['max-jobs']);
+  const { builders } = values;
+  const n = values.drvs;
+  const maxJobs = values['max-jobs'];
   const slots = builders * maxJobs;
-  const timeoutMs = Number(values['timeout-s']) * 1000;
+  const timeoutMs = values['timeout-s'] * 1000;
   const nodeArgs = [...(values['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof']}`] : []), ...values['node-args'].split(' ').filter(Boolean)];
-  const dag = layeredDag(n, Number(values.layers), Number(values['max-deps']), Number(values.seed));
+  const dag = layeredDag(n, values.layers, values['max-deps'], values.seed);
   log(`DAG: ${n} derivations, ${dag.layers} layers, ${dag.edges} edges; ${builders} builders × ${maxJobs} jobs = ${slots} slots`);
 
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-bench-e2e-'));
@@ -402,17 +399,10 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     const runnerConfig = join(dir, 'runner.toml');
     writeFileSync(
       runnerConfig,
-      [
-        `dbUrl = "${pg.url}"`,
-        `hydraDataDir = "${join(dir, 'hydra')}"`,
-        `tokenPaths = ["${tokenFile}"]`,
-        'grpcListen = "127.0.0.1:0"',
-        'httpListen = "127.0.0.1:0"',
-        'shutdownGraceInS = 2',
+      runnerToml(
+        { dbUrl: pg.url, hydraDataDir: join(dir, 'hydra'), tokenFile, rootsDir: join(dir, 'roots') },
         `remoteStoreAddr = ["file://${cacheDir}?compression=zstd&secret-key=${secretKey}"]`,
-        `rootsDir = "${join(dir, 'roots')}"`,
-        '',
-      ].join('\n'),
+      ),
     );
     const traceLog = join(dir, 'tools.trace');
     const env = values['trace-tools'] ? { ...process.env, PATH: `${writeToolTracer(dir, traceLog)}:${process.env.PATH ?? ''}` } : process.env;

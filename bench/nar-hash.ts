@@ -11,11 +11,10 @@
  * (serialisation + SHA-256), not the disk.
  */
 import { execFile } from 'node:child_process';
-import { parseArgs } from 'node:util';
 import { narHash } from '../src/nix/nar-hash.ts';
 import { nixEnv } from '../src/nix/tools.ts';
 import { WorkerPool } from '../src/workers/pool.ts';
-import { MK, instantiateExpr, log, median, realise, round, time } from './common.ts';
+import { benchOptions, MK, instantiateExpr, log, median, realise, round, time } from './common.ts';
 
 export const describe = 'NAR hash of a large store path: Hydrant pool vs nix-store --dump | sha256sum vs nix hash path';
 
@@ -50,23 +49,11 @@ function timing(runs: number[], bytes: number): Timing {
 }
 
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      'size-mb': { type: 'string', default: '1024' },
-      files: { type: 'string', default: '4' },
-      reps: { type: 'string', default: '3' },
-      threads: { type: 'string', default: '2' },
-      paths: { type: 'string', default: '8' },
-      'path-size-mb': { type: 'string', default: '64' },
-    },
-  });
-  const sizeMb = Number(values['size-mb']);
-  const files = Number(values.files);
-  const reps = Number(values.reps);
-  const threads = Number(values.threads);
-  const nPaths = Number(values.paths);
-  const pathSizeMb = Number(values['path-size-mb']);
+  const values = benchOptions(argv, { 'size-mb': 1024, files: 4, reps: 3, threads: 2, paths: 8, 'path-size-mb': 64 });
+  const { files, reps, threads } = values;
+  const sizeMb = values['size-mb'];
+  const nPaths = values.paths;
+  const pathSizeMb = values['path-size-mb'];
 
   log(`building a ${sizeMb} MB path (${files} files) with nix (reused if it already exists)`);
   const [path] = await buildPaths('big', [sizeMb], files);

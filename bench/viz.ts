@@ -9,12 +9,11 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { startEmbeddedPostgres } from '../src/db/embedded.ts';
 import { createPool } from '../src/db/pool.ts';
 import { ensureSchema } from '../src/db/schema.ts';
 import { launchBrowser, newPage, startSimRunner } from '../test/ui/harness.ts';
-import { log, median, round } from './common.ts';
+import { benchOptions, log, median, round } from './common.ts';
 
 export const describe = 'the visualizer on a large build in headless Chromium: first render, frame gaps, click, redraw';
 
@@ -24,16 +23,8 @@ declare const document: any; // eslint-disable-line @typescript-eslint/no-explic
 declare function requestAnimationFrame(cb: (t: number) => void): number;
 
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      steps: { type: 'string', default: '10000' },
-      reps: { type: 'string', default: '3' },
-      'succeeded-before-click': { type: 'string', default: '200' },
-    },
-  });
-  const steps = Number(values.steps);
-  const reps = Number(values.reps);
+  const values = benchOptions(argv, { steps: 10000, reps: 3, 'succeeded-before-click': 200 });
+  const { steps, reps } = values;
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-bench-viz-'));
   const pg = await startEmbeddedPostgres({ stateDir: dir, ephemeral: true });
   const pool = createPool(pg.url, { max: 8 });
@@ -76,7 +67,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     })()`);
     const streamStart = performance.now();
     runner.addMachines(2, 2, 50);
-    await page.waitForFunction((n) => Number(document.querySelector('[data-testid="count-succeeded"]')!.textContent) >= n, Number(values['succeeded-before-click']), { timeout: 120_000 });
+    await page.waitForFunction((n) => Number(document.querySelector('[data-testid="count-succeeded"]')!.textContent) >= n, values['succeeded-before-click'], { timeout: 120_000 });
 
     // Clicks on built steps (the most needed first): details shown, then history read from the runner.
     const targets = await page.evaluate((k) => {

@@ -63,18 +63,31 @@ export async function replaceBuildProducts(client: pg.ClientBase, buildId: numbe
   await insertBuildProducts(client, buildId, products);
 }
 
+/**
+ * Runs `statement` on the build's id and, per column, one array of the rows'
+ * values (the statement unnests them); nothing when there are no rows.
+ */
+async function insertBuildRows<T>(
+  client: pg.ClientBase,
+  statement: string,
+  buildId: number,
+  rows: readonly T[],
+  columns: readonly ((row: T) => unknown)[],
+): Promise<void> {
+  if (rows.length === 0) return;
+  await client.query(prepared(statement), [buildId, ...columns.map((column) => rows.map(column))]);
+}
+
 /** Adds `products` (numbered 1..n) to a build that has none. */
-async function insertBuildProducts(client: pg.ClientBase, buildId: number, products: readonly BuildProduct[]): Promise<void> {
-  if (products.length === 0) return;
-  await client.query(prepared('results/insert-build-products'), [
-    buildId,
-    products.map((p) => p.type),
-    products.map((p) => p.subtype),
-    products.map((p) => p.fileSize),
-    products.map((p) => p.sha256hash),
-    products.map((p) => p.path),
-    products.map((p) => p.name),
-    products.map((p) => p.defaultPath),
+function insertBuildProducts(client: pg.ClientBase, buildId: number, products: readonly BuildProduct[]): Promise<void> {
+  return insertBuildRows(client, 'results/insert-build-products', buildId, products, [
+    (p) => p.type,
+    (p) => p.subtype,
+    (p) => p.fileSize,
+    (p) => p.sha256hash,
+    (p) => p.path,
+    (p) => p.name,
+    (p) => p.defaultPath,
   ]);
 }
 
@@ -85,14 +98,8 @@ export async function replaceBuildMetrics(client: pg.ClientBase, buildId: number
 }
 
 /** Adds `metrics` to a build that has none. */
-async function insertBuildMetrics(client: pg.ClientBase, buildId: number, metrics: readonly BuildMetric[]): Promise<void> {
-  if (metrics.length === 0) return;
-  await client.query(prepared('results/insert-build-metrics'), [
-    buildId,
-    metrics.map((m) => m.name),
-    metrics.map((m) => m.unit),
-    metrics.map((m) => m.value),
-  ]);
+function insertBuildMetrics(client: pg.ClientBase, buildId: number, metrics: readonly BuildMetric[]): Promise<void> {
+  return insertBuildRows(client, 'results/insert-build-metrics', buildId, metrics, [(m) => m.name, (m) => m.unit, (m) => m.value]);
 }
 
 /**

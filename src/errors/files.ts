@@ -1,14 +1,13 @@
 /** Errors of writing files: the disk, and the binary caches' files. */
 import { dirname } from 'node:path';
-import { HydrantError } from './hydrant-error.ts';
+import { errorKind, HydrantError } from './hydrant-error.ts';
 
 /**
  * Writing a file failed (a full disk, a quota, a read-only or failing
  * filesystem). `path` names the file, `errno` the system's code (ENOSPC, …):
  * Node's own message for a failed write names neither the file nor its use.
  */
-export class DiskWriteError extends HydrantError {
-  readonly code = 'DISK_WRITE';
+export class DiskWriteError extends errorKind('DISK_WRITE') {
   readonly errno: string;
 
   constructor(
@@ -43,8 +42,7 @@ export function asDiskWriteError(err: unknown, what: string, path: string): unkn
  * the cache does not hold: a client substituting it would fail halfway, so
  * the entry is not written. Upload the references first.
  */
-export class CacheReferenceMissingError extends HydrantError {
-  readonly code = 'CACHE_REFERENCE_MISSING';
+export class CacheReferenceMissingError extends errorKind('CACHE_REFERENCE_MISSING') {
   constructor(
     readonly entry: string,
     readonly missing: readonly string[],
@@ -67,8 +65,7 @@ const S3_HINTS: Record<string, string> = {
  * key (empty for bucket-wide requests) and S3's error code
  * (SignatureDoesNotMatch, NoSuchBucket, …; a network error's code otherwise).
  */
-export class S3RequestError extends HydrantError {
-  readonly code = 'S3_REQUEST';
+export class S3RequestError extends errorKind('S3_REQUEST') {
   constructor(
     readonly operation: string,
     readonly bucket: string,

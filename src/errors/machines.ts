@@ -1,9 +1,8 @@
 /** Errors of build machines reached over SSH: the machines file, the connection, the serve protocol. */
-import { HydrantError } from './hydrant-error.ts';
+import { errorKind } from './hydrant-error.ts';
 
 /** A line of a machines file that cannot be used (the file's other lines still load). */
-export class MachinesFileError extends HydrantError {
-  readonly code = 'MACHINES_FILE';
+export class MachinesFileError extends errorKind('MACHINES_FILE') {
   constructor(
     readonly file: string,
     readonly line: number,
@@ -14,8 +13,7 @@ export class MachinesFileError extends HydrantError {
 }
 
 /** The `nix-store --serve` peer ended (or its connection did) before answering; `stderr` is its last words (ssh's error, Nix's). */
-export class ServeConnectionError extends HydrantError {
-  readonly code = 'SERVE_CONNECTION';
+export class ServeConnectionError extends errorKind('SERVE_CONNECTION') {
   constructor(
     readonly machine: string,
     readonly stderr: string,
@@ -27,8 +25,7 @@ export class ServeConnectionError extends HydrantError {
 }
 
 /** The peer does not speak the serve protocol (a wrong magic number, an unsupported version, a malformed reply). */
-export class ServeProtocolError extends HydrantError {
-  readonly code = 'SERVE_PROTOCOL';
+export class ServeProtocolError extends errorKind('SERVE_PROTOCOL') {
   constructor(
     readonly machine: string,
     reason: string,
@@ -39,8 +36,7 @@ export class ServeProtocolError extends HydrantError {
 }
 
 /** ssh refused the machine's host key: it does not match the machines file's column 8 (or known_hosts). */
-export class SshHostKeyError extends HydrantError {
-  readonly code = 'SSH_HOST_KEY';
+export class SshHostKeyError extends errorKind('SSH_HOST_KEY') {
   constructor(readonly machine: string) {
     super(`host key verification failed for ${machine}: the key it presents is not the one the machines file gives`);
   }

@@ -1,21 +1,11 @@
 /** Errors of Nix formats, the store and the nix tools. */
-import { HydrantError } from './hydrant-error.ts';
+import { errorKind, subjectErrorKind } from './hydrant-error.ts';
 
 /** Malformed Nix data: a store path, hash, .drv, NAR, narinfo, key or nix-support file. */
-export class NixFormatError extends HydrantError {
-  readonly code = 'NIX_FORMAT';
-  constructor(
-    readonly format: string,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(`${format}: ${message}`, options);
-  }
-}
+export class NixFormatError extends subjectErrorKind('NIX_FORMAT', 'format') {}
 
 /** A `nix` tool exited with an error. */
-export class NixCommandError extends HydrantError {
-  readonly code = 'NIX_COMMAND';
+export class NixCommandError extends errorKind('NIX_COMMAND') {
   constructor(
     readonly command: readonly string[],
     readonly exitCode: number | null,
@@ -26,8 +16,7 @@ export class NixCommandError extends HydrantError {
 }
 
 /** A filesystem path could not be serialised to a NAR: unsupported file type, or it changed while being read. */
-export class NarDumpError extends HydrantError {
-  readonly code = 'NAR_DUMP';
+export class NarDumpError extends errorKind('NAR_DUMP') {
   constructor(
     readonly path: string,
     readonly reason: string,
@@ -42,8 +31,7 @@ export class NarDumpError extends HydrantError {
  * store recorded for it (the path was modified, or the store's metadata is
  * wrong). Publishing it would hand out a path Nix rejects, so nothing is published.
  */
-export class NarHashMismatchError extends HydrantError {
-  readonly code = 'NAR_HASH_MISMATCH';
+export class NarHashMismatchError extends errorKind('NAR_HASH_MISMATCH') {
   constructor(
     readonly storePath: string,
     readonly expected: { narHash: string; narSize: number },
@@ -57,8 +45,7 @@ export class NarHashMismatchError extends HydrantError {
 }
 
 /** A store path that should be in the local Nix store (e.g. an output to publish) is not valid there. */
-export class PathNotInStoreError extends HydrantError {
-  readonly code = 'PATH_NOT_IN_STORE';
+export class PathNotInStoreError extends errorKind('PATH_NOT_IN_STORE') {
   constructor(readonly paths: readonly string[]) {
     super(`not valid in the local Nix store: ${paths.slice(0, 5).join(', ')}${paths.length > 5 ? `, … (${paths.length} paths)` : ''}`);
   }
@@ -69,8 +56,7 @@ export class PathNotInStoreError extends HydrantError {
  * for: a path nobody expected, the same path twice, or an expected path that
  * never came. Nothing from the transfer is imported.
  */
-export class UnexpectedStorePathError extends HydrantError {
-  readonly code = 'UNEXPECTED_STORE_PATH';
+export class UnexpectedStorePathError extends errorKind('UNEXPECTED_STORE_PATH') {
   constructor(
     readonly storePath: string,
     readonly reason: 'unexpected' | 'duplicate' | 'missing',
@@ -81,24 +67,14 @@ export class UnexpectedStorePathError extends HydrantError {
 }
 
 /** A builder's private Nix store could not be set up or entered (unshare/mount failed, Nix lives under /nix, ...). */
-export class PrivateStoreError extends HydrantError {
-  readonly code = 'PRIVATE_STORE';
-  constructor(
-    readonly dir: string,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(`private store ${dir}: ${message}`, options);
-  }
-}
+export class PrivateStoreError extends subjectErrorKind('PRIVATE_STORE', 'dir', 'private store ') {}
 
 /**
  * A path supplied by a build (e.g. in nix-support/hydra-build-products)
  * points outside the directory it must stay in: `..` traversal, an absolute
  * path elsewhere, or a symlink that escapes. Builds are untrusted input.
  */
-export class UnsafePathError extends HydrantError {
-  readonly code = 'UNSAFE_PATH';
+export class UnsafePathError extends errorKind('UNSAFE_PATH') {
   constructor(
     readonly path: string,
     readonly reason: string,
@@ -112,8 +88,7 @@ export class UnsafePathError extends HydrantError {
  * derivations has no realised path (Nix's tryResolve gives up the same way),
  * or the realised path given for it is not a store path.
  */
-export class DerivationResolveError extends HydrantError {
-  readonly code = 'DERIVATION_RESOLVE';
+export class DerivationResolveError extends errorKind('DERIVATION_RESOLVE') {
   constructor(
     readonly drvPath: string,
     readonly inputDrv: string,

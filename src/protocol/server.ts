@@ -229,6 +229,26 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
     };
   }
 
+  /**
+   * A builder-to-runner stream answered once: `handler` gets the call's
+   * context, its first message (undefined if none came) and the messages
+   * after it; what it returns, or throws, answers the call.
+   */
+  function clientStream<Req, Res>(method: string, handler: (ctx: CallContext, head: Req | undefined, more: AsyncGenerator<Req>) => Promise<Res>) {
+    return (call: ServerReadableStream<Req, Res>, callback: sendUnaryData<Res>): void => {
+      void (async () => {
+        try {
+          const ctx = context(call, method);
+          const it = readAll<Req>(call);
+          const head = await first(it);
+          callback(null, await handler(ctx, head, rest(it)));
+        } catch (err) {
+          callback(toStatus(err, method, onError));
+        }
+      })();
+    };
+  }
+
   return {
     control(call: ServerDuplexStream<BuilderMessage, RunnerMessage>): void {
       const abort = new AbortController();
@@ -311,62 +331,44 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
       })();
     },
 
-    streamLog(call: ServerReadableStream<LogChunk, LogReceipt>, callback: sendUnaryData<LogReceipt>): void {
-      void (async () => {
-        try {
-          const ctx = context(call, 'StreamLog');
-          const it = readAll<LogChunk>(call);
-          const head = await first(it);
-          if (head === undefined) throw new ProtocolError(status.INVALID_ARGUMENT, 'empty log stream');
-          const jobId = head.jobId;
-          ownership.check(ctx.machineId, jobId);
-          async function* chunks(): AsyncGenerator<LogChunk> {
-            yield head as LogChunk;
-            for await (const c of rest(it)) {
-              if (c.jobId !== '' && c.jobId !== jobId) {
-                throw new ProtocolError(status.INVALID_ARGUMENT, 'a log stream carries one job');
-              }
-              yield c;
-            }
+    streamLog: clientStream<LogChunk, LogReceipt>('StreamLog', async (ctx, head, more) => {
+      if (head === undefined) throw new ProtocolError(status.INVALID_ARGUMENT, 'empty log stream');
+      const jobId = head.jobId;
+      ownership.check(ctx.machineId, jobId);
+      async function* chunks(): AsyncGenerator<LogChunk> {
+        yield head as LogChunk;
+        for await (const c of more) {
+          if (c.jobId !== '' && c.jobId !== jobId) {
+            throw new ProtocolError(status.INVALID_ARGUMENT, 'a log stream carries one job');
           }
-          callback(null, await handlers.streamLog(ctx, jobId, chunks()));
-        } catch (err) {
-          callback(toStatus(err, 'StreamLog', onError));
+          yield c;
         }
-      })();
-    },
+      }
+      return handlers.streamLog(ctx, jobId, chunks());
+    }),
 
-    uploadOutput(call: ServerReadableStream<UploadOutputMessage, UploadReceipt>, callback: sendUnaryData<UploadReceipt>): void {
-      void (async () => {
-        try {
-          const ctx = context(call, 'UploadOutput');
-          const it = readAll<UploadOutputMessage>(call);
-          const head = await first(it);
-          if (head?.part?.$case !== 'header') {
-            throw new ProtocolError(status.INVALID_ARGUMENT, 'an upload starts with its header');
-          }
-          const header = head.part.value;
-          ownership.check(ctx.machineId, header.jobId);
-          let completion: CompleteRequest | undefined;
-          async function* data(): AsyncGenerator<Uint8Array> {
-            for await (const m of rest(it)) {
-              // Refused as it arrives, so that nothing of a wrong upload is imported.
-              if (completion) throw new ProtocolError(status.INVALID_ARGUMENT, 'the completion ends an upload');
-              if (m.part?.$case === 'complete') {
-                if (m.part.value.jobId !== header.jobId) throw new ProtocolError(status.INVALID_ARGUMENT, 'an upload completes its own job only');
-                completion = m.part.value;
-              } else if (m.part?.$case !== 'data') throw new ProtocolError(status.INVALID_ARGUMENT, 'one header per upload');
-              else yield m.part.value;
-            }
-          }
-          const receipt = await handlers.uploadOutput(ctx, header, data());
-          if (completion) await completeJob(ctx, completion);
-          callback(null, receipt);
-        } catch (err) {
-          callback(toStatus(err, 'UploadOutput', onError));
+    uploadOutput: clientStream<UploadOutputMessage, UploadReceipt>('UploadOutput', async (ctx, head, more) => {
+      if (head?.part?.$case !== 'header') {
+        throw new ProtocolError(status.INVALID_ARGUMENT, 'an upload starts with its header');
+      }
+      const header = head.part.value;
+      ownership.check(ctx.machineId, header.jobId);
+      let completion: CompleteRequest | undefined;
+      async function* data(): AsyncGenerator<Uint8Array> {
+        for await (const m of more) {
+          // Refused as it arrives, so that nothing of a wrong upload is imported.
+          if (completion) throw new ProtocolError(status.INVALID_ARGUMENT, 'the completion ends an upload');
+          if (m.part?.$case === 'complete') {
+            if (m.part.value.jobId !== header.jobId) throw new ProtocolError(status.INVALID_ARGUMENT, 'an upload completes its own job only');
+            completion = m.part.value;
+          } else if (m.part?.$case !== 'data') throw new ProtocolError(status.INVALID_ARGUMENT, 'one header per upload');
+          else yield m.part.value;
         }
-      })();
-    },
+      }
+      const receipt = await handlers.uploadOutput(ctx, header, data());
+      if (completion) await completeJob(ctx, completion);
+      return receipt;
+    }),
   };
 }
 

@@ -2,10 +2,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { LocalNixBuilder } from '../../src/builder/local-builder.ts';
 import { LocalNixStore } from '../../src/nix/local-store.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
 import { machineRecord, startRuntime, waitFor } from '../helpers/runtime.ts';
@@ -33,12 +33,8 @@ function expression(nonce: string): string {
 }
 
 describe('end to end with real Nix behind the builder interface', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   const dataDir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-'));
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
 
   it('builds a real DAG and leaves the rows Hydra expects', async () => {
     const attrs = ['app', 'broken', 'usesBroken', 'withFailed', 'products'];

@@ -1,17 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { StepFinisher, StepOutcome } from '../../src/actors/builder-port.ts';
 import { MemoryStore } from '../sim/memory-store.ts';
 import { SimulatedBuilder } from '../sim/simulated-builder.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { machineRecord, startRuntime, waitFor } from '../helpers/runtime.ts';
 
 describe('finishing a step (publishing its outputs)', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
 
   it("frees the machine's slot as soon as the builder is done, and ends the build only once the outputs are published", async () => {
     const store = new MemoryStore();

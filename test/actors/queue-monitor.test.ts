@@ -15,7 +15,7 @@ import { prepared } from '../../src/db/sql.ts';
 import { LocalNixStore, parseInThread, type DerivationParser } from '../../src/nix/local-store.ts';
 import { summarizeDerivation } from '../../src/nix/derivation-summary.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { instantiate, MK_DRV, runNixLines } from '../helpers/nix.ts';
 import { machineRecord, quietLog, TEST_CONFIG, waitFor } from '../helpers/runtime.ts';
@@ -26,7 +26,7 @@ import { machineRecord, quietLog, TEST_CONFIG, waitFor } from '../helpers/runtim
  * local Nix builder.
  */
 describe('queue monitor', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   let listener: NotificationListener;
   let jobset: number;
   const nonce = randomBytes(4).toString('hex');
@@ -35,7 +35,6 @@ describe('queue monitor', () => {
   const clients: pg.Client[] = [];
 
   beforeAll(async () => {
-    db = await createTestDatabase();
     jobset = await createJobset(db.pool, 'qm', 'main');
     listener = new NotificationListener({ url: db.url, channels: HYDRA_CHANNELS });
     await listener.start();
@@ -44,7 +43,6 @@ describe('queue monitor', () => {
     await listener.stop();
     for (const c of clients) await c.end().catch(() => {});
     for (const p of planted) rmSync(p, { force: true });
-    await db.drop();
   });
 
   /** A scheduler and its queue monitor, as src/daemon/runner-runtime.ts composes them. */

@@ -1,9 +1,9 @@
 import fc from 'fast-check';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createPool } from '../../src/db/pool.ts';
 import { SimulatedBuilder, type SimBehaviour } from '../sim/simulated-builder.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { machineRecord, startRuntime, waitFor, within } from '../helpers/runtime.ts';
 import { dagArbitrary, expectedStatus, replay, type Behaviour } from './arbitraries.ts';
@@ -57,11 +57,7 @@ function crashingPool(url: string, crashAt: number, admin: pg.Pool): { pool: pg.
 }
 
 describe('restart resilience (real PostgreSQL, simulated builders)', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
 
   it('after crashes at random points, a new runner on the same database ends every build with the status it would have had without them, once, with no busy or duplicate rows', async () => {
     let runs = 0;

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { SimulatedBuilder, type SimBehaviour } from '../sim/simulated-builder.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { ExclusiveCheck, machineRecord, shadowTransitions, startRuntime, waitFor, within } from '../helpers/runtime.ts';
 import { dagArbitrary, expectedStatus, replay, type Behaviour } from './arbitraries.ts';
@@ -9,11 +9,7 @@ import { dagArbitrary, expectedStatus, replay, type Behaviour } from './arbitrar
 const behaviourArb = fc.constantFrom<Behaviour>('ok', 'ok', 'ok', 'ok', 'ok', 'fail', 'flaky', 'broken', 'withOutput');
 
 describe('scheduler on random DAGs (real PostgreSQL, simulated builders)', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
 
   it('ends every build exactly once with Hydra\'s status, propagates failures, never double-builds, and releases everything', async () => {
     await fc.assert(

@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { status, type Server } from '@grpc/grpc-js';
@@ -14,7 +14,6 @@ import { parseDerivation } from '../../src/nix/derivation.ts';
 import { exportOrder } from '../../src/nix/export.ts';
 import { parseHash } from '../../src/nix/hash.ts';
 import { narChunks } from '../../src/nix/nar-writer.ts';
-import { TokenAuth } from '../../src/protocol/auth.ts';
 import {
   ResultState,
   StepBusy,
@@ -26,8 +25,9 @@ import {
   type Ping,
 } from '../../src/protocol/gen/runner.ts';
 import { JobOwnership } from '../../src/protocol/job-ownership.ts';
-import { createRunnerServer, listenInsecure, PROTOCOL_VERSION, type ControlSession, type RunnerHandlers } from '../../src/protocol/server.ts';
+import { PROTOCOL_VERSION, type ControlSession, type RunnerHandlers } from '../../src/protocol/server.ts';
 import { instantiate, MK_DRV, realise, runNix } from '../helpers/nix.ts';
+import { startRunnerServer } from '../helpers/runner-server.ts';
 
 const TOKEN = 'agent-test-token-0123456789abcdef';
 const MACHINE = 'agent-test-machine';
@@ -188,11 +188,8 @@ let slowDrv: string;
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'hydrant-agent-'));
-  const tokenFile = path.join(dir, 'token');
-  await writeFile(tokenFile, `${TOKEN}\n`);
-  const auth = await TokenAuth.fromFiles([tokenFile]);
-  server = createRunnerServer({ auth, ownership, handlers, pingIntervalMs: 200 });
-  port = await listenInsecure(server, '127.0.0.1:0');
+  let tokenFile: string;
+  ({ server, port, tokenFile } = await startRunnerServer(dir, `${TOKEN}\n`, { ownership, handlers, pingIntervalMs: 200 }));
 
   [mainDrv, failDrv, sleepDrv, slowDrv] = (await instantiate(EXPR, ['main', 'fail', 'sleepy', 'slow'])) as [string, string, string, string];
   // The runner's store holds the input already built.

@@ -1,14 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { describe, expect, it } from 'vitest';
+import { useTestDatabase } from '../helpers/db.ts';
 import { runCli } from '../helpers/cli.ts';
 import { redactUrl } from '../../src/config/runner-config.ts';
 
 describe('hydrant db check', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
 
   it('accepts a Hydra schema and then fails with one clear line when a column is missing', async () => {
     const ok = await runCli(['db', 'check', '--db-url', db.url]);

@@ -2,20 +2,16 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { LocalNixStore } from '../../src/nix/local-store.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { runCli, startCli } from '../helpers/cli.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
 describe('hydrant serve with a local builder', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
 
   it('builds queued builds, refuses a second runner, picks up builds added while running, and drains on SIGTERM', async () => {
     const nonce = randomBytes(4).toString('hex');

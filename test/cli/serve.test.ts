@@ -1,16 +1,12 @@
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { describe, expect, it } from 'vitest';
+import { useTestDatabase } from '../helpers/db.ts';
 import { startCli } from '../helpers/cli.ts';
 
 describe('hydrant serve lifecycle', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase({ withSchema: false });
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase({ withSchema: false });
 
   it('creates the schema, runs, reloads on SIGHUP, keeps the old config on a bad reload, and drains on SIGTERM', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'hydrant-serve-'));

@@ -1,16 +1,14 @@
-import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LocalNixStore } from '../../src/nix/local-store.ts';
 import { freePort, startEmbeddedPostgres } from '../../src/db/embedded.ts';
 import { createPool } from '../../src/db/pool.ts';
 import { ensureSchema } from '../../src/db/schema.ts';
 import { startCli } from '../helpers/cli.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
-import { instantiate, MK_DRV } from '../helpers/nix.ts';
+import { useTestDatabase } from '../helpers/db.ts';
+import { createJobset } from '../helpers/hydra-rows.ts';
+import { instantiateOutcomes, OUTCOMES, queueJobs } from '../helpers/outcomes.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
 /**
@@ -20,14 +18,12 @@ import { waitFor } from '../helpers/runtime.ts';
  * runner left busy and finishes every build.
  */
 describe('hydrant serve --standby', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   let dir: string;
   beforeAll(async () => {
-    db = await createTestDatabase();
     dir = mkdtempSync(join(tmpdir(), 'hydrant-standby-'));
   });
   afterAll(async () => {
-    await db.drop();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -42,19 +38,8 @@ describe('hydrant serve --standby', () => {
   const status = async (port: number) => ((await (await fetch(`http://127.0.0.1:${port}/status`)).json()) as { status: string }).status;
 
   it('waits as standby, takes over a SIGKILLed runner and finishes every build with its right status', async () => {
-    const nonce = randomBytes(4).toString('hex');
-    const names = ['slow1', 'slow2', 'bad', 'needsBad', 'afterSlow1', 'quick'];
-    const drvs = await instantiate(
-      `let ${MK_DRV} in rec {
-        slow1 = mk { name = "slow1-${nonce}"; script = "/bin/sleep 3; echo 1 > $out"; };
-        slow2 = mk { name = "slow2-${nonce}"; script = "/bin/sleep 3; echo 2 > $out"; };
-        bad = mk { name = "bad-${nonce}"; script = "/bin/sleep 3; exit 1"; };
-        needsBad = mk { name = "needs-bad-${nonce}"; script = "/bin/cat \${bad} > $out"; };
-        afterSlow1 = mk { name = "after-slow1-${nonce}"; script = "/bin/cat \${slow1} > $out"; };
-        quick = mk { name = "quick-${nonce}"; script = "echo q > $out"; };
-      }`,
-      names,
-    );
+    // The three slow ones (ok1, ok2, bad) are what the active runner is building when it dies.
+    const drvs = await instantiateOutcomes('standby', 3, { quick: 'echo q > $out' });
     const active = runner('active', true);
     let standby: ReturnType<typeof startCli> | null = null;
     try {
@@ -66,13 +51,7 @@ describe('hydrant serve --standby', () => {
       expect(await status(standbyPort)).toBe('standby');
       expect(await (await fetch(`http://127.0.0.1:${standbyPort}/metrics`)).text()).toMatch(/^hydrant_runner_state\{state="standby"\} 1$/m);
 
-      const store = new LocalNixStore();
-      const jobset = await createJobset(db.pool);
-      const ids: Record<string, number> = {};
-      for (const [i, name] of names.entries()) {
-        ids[name] = await queueBuild(db.pool, jobset, drvs[i]!, name, 'x86_64-linux', (await store.readDerivation(drvs[i]!)).outputs);
-      }
-      await db.pool.query("notify builds_added, ''");
+      const ids = await queueJobs(db.pool, await createJobset(db.pool), drvs);
       const all = Object.values(ids);
       const busy = async () => (await db.pool.query<{ build: number; stepnr: number }>('select build, stepnr from buildsteps where build = any($1) and busy != 0', [all])).rows;
       await waitFor(async () => (await busy()).length === 3, 60_000, 'the three slow steps to run on the active runner');
@@ -89,7 +68,7 @@ describe('hydrant serve --standby', () => {
       await waitFor(async () => (await db.pool.query<{ n: number }>('select count(*)::int n from builds where id = any($1) and finished = 1', [all])).rows[0]!.n === all.length, 90_000, 'every build to end');
       const rows = (await db.pool.query<{ id: number; buildstatus: number }>('select id, buildstatus from builds where id = any($1)', [all])).rows;
       const got = Object.fromEntries(Object.entries(ids).map(([name, id]) => [name, rows.find((r) => r.id === id)!.buildstatus]));
-      expect(got).toEqual({ slow1: 0, slow2: 0, bad: 1, needsBad: 2, afterSlow1: 0, quick: 0 });
+      expect(got).toEqual({ ...OUTCOMES, quick: 0 });
       expect(await busy()).toEqual([]);
       // The dead runner's attempts were aborted (3) by the standby, as a restart does.
       const left = (await db.pool.query<{ build: number; stepnr: number; status: number }>(

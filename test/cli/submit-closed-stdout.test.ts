@@ -1,16 +1,12 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { hydrantArgv } from '../../src/util/hydrant-bin.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
 
 describe('hydrant submit with a closed stdout (as in `hydrant submit … | head`)', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
 
   it('commits, then ends quietly with exit code 0', async () => {
     const nonce = randomBytes(4).toString('hex');

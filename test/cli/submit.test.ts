@@ -3,17 +3,13 @@ import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { describe, expect, it } from 'vitest';
+import { useTestDatabase } from '../helpers/db.ts';
 import { runCli } from '../helpers/cli.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
 
 describe('hydrant submit', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
 
   it('queues the jobs of a Nix file like Hydra\'s evaluator, without duplicates on resubmission', async () => {
     const nonce = randomBytes(4).toString('hex');

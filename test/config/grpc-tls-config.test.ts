@@ -1,16 +1,10 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadBuilderConfig } from '../../src/config/builder-config.ts';
 import { isLoopbackListen, loadRunnerConfig } from '../../src/config/runner-config.ts';
 import { ConfigError } from '../../src/errors/index.ts';
+import { configFile } from '../helpers/config-file.ts';
 
-function file(text: string): string {
-  const p = join(mkdtempSync(join(tmpdir(), 'hydrant-cfg-')), 'config.toml');
-  writeFileSync(p, text);
-  return p;
-}
+const file = (text: string): string => configFile(text);
 
 describe('runner grpcTls / grpcInsecure', () => {
   it('serves loopback without TLS, as the demo and tests do', () => {

@@ -1,15 +1,9 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadRunnerConfig, redactUrl } from '../../src/config/runner-config.ts';
 import { ConfigError } from '../../src/errors/index.ts';
+import { configFile } from '../helpers/config-file.ts';
 
-function file(text: string): string {
-  const p = join(mkdtempSync(join(tmpdir(), 'hydrant-cfg-')), 'runner.toml');
-  writeFileSync(p, text);
-  return p;
-}
+const file = (text: string): string => configFile(text, 'runner.toml');
 
 describe('runner configuration', () => {
   it('has the upstream defaults and is frozen', () => {

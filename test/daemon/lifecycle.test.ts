@@ -1,13 +1,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { initialTransition, transition } from 'xstate';
 import type { Lifecycle } from '../../src/daemon/lifecycle.ts';
 import { RunnerDaemon } from '../../src/daemon/serve.ts';
 import { sql } from '../../src/db/sql.ts';
 import { daemonMachine, type DaemonEventType } from '../../src/machines/index.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { quietLog, waitFor } from '../helpers/runtime.ts';
 
 /**
@@ -39,7 +39,7 @@ function shadow(lifecycle: Lifecycle): { steps: string[]; disagreements: string[
 }
 
 describe("the daemon's lifecycle, an actor of its XState definition", () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-lifecycle-'));
   const daemons: RunnerDaemon[] = [];
   const daemon = (over: Record<string, unknown> = {}) => {
@@ -48,12 +48,8 @@ describe("the daemon's lifecycle, an actor of its XState definition", () => {
     return d;
   };
 
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
   afterAll(async () => {
     for (const d of daemons) await d.stop();
-    await db.drop();
     rmSync(dir, { recursive: true, force: true });
   });
 

@@ -1,12 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { streamRows } from '../../src/db/cursor.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset } from '../helpers/hydra-rows.ts';
 
 describe('streamRows', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   beforeAll(async () => {
-    db = await createTestDatabase();
     const jobset = await createJobset(db.pool);
     await db.pool.query(
       `insert into builds (finished, timestamp, jobset_id, job, drvpath, system)
@@ -14,7 +13,6 @@ describe('streamRows', () => {
       [jobset],
     );
   });
-  afterAll(() => db.drop());
 
   it('reads unfinished builds in bounded batches, in order, and returns the connection', async () => {
     const sizes: number[] = [];

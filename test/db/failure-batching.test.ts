@@ -3,9 +3,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { LocalNixStore } from '../../src/nix/local-store.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset } from '../helpers/hydra-rows.ts';
 import { InProcessRunner } from '../helpers/in-process-runner.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
@@ -19,11 +19,7 @@ const DEPENDENTS = 2000;
  * connection) per build.
  */
 describe('failing 2,000 dependents', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
 
   it('ends every dependent with dependency failed in a bounded number of transactions and connections', async () => {
     const nonce = randomBytes(4).toString('hex');

@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HYDRA_CHANNELS } from '../../src/db/channels.ts';
 import { NotificationListener, type Notification } from '../../src/db/listener.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
+import { useTestDatabase } from '../helpers/db.ts';
+import { queueBuild, useJobset } from '../helpers/hydra-rows.ts';
 
 function collect(listener: NotificationListener): { seen: Notification[]; next(channel: string): Promise<Notification> } {
   const seen: Notification[] = [];
@@ -24,41 +24,33 @@ function collect(listener: NotificationListener): { seen: Notification[]; next(c
 }
 
 describe('NotificationListener on Hydra triggers', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   let listener: NotificationListener;
-  let jobsetId: number;
+  const jobset = useJobset(db);
   beforeAll(async () => {
-    db = await createTestDatabase();
-    jobsetId = await createJobset(db.pool);
     listener = new NotificationListener({ url: db.url, channels: HYDRA_CHANNELS, minBackoffMs: 20, maxBackoffMs: 200 });
     await listener.start();
   });
   afterAll(async () => {
     await listener.stop();
-    await db.drop();
   });
+
+  /** Runs `sql` and resolves with the notification `c` then sees on `channel`. */
+  async function notified(c: ReturnType<typeof collect>, channel: string, sql: string, values: unknown[] = []): Promise<Notification> {
+    const p = c.next(channel);
+    await db.pool.query(sql, values);
+    return p;
+  }
 
   it('receives what Hydra triggers send for bumps, cancels, restarts, deletes and share changes', async () => {
     const c = collect(listener);
-    const id = await queueBuild(db.pool, jobsetId, '/nix/store/aaaa-x.drv');
-    let p = c.next('builds_bumped');
-    await db.pool.query('update builds set globalpriority = 10 where id = $1', [id]);
-    await p;
-    p = c.next('builds_cancelled');
-    await db.pool.query('update builds set finished = 1, buildstatus = 4, starttime = 1, stoptime = 1 where id = $1', [id]);
-    await p;
-    p = c.next('builds_restarted');
-    await db.pool.query('update builds set finished = 0 where id = $1', [id]);
-    await p;
-    p = c.next('jobset_shares_changed');
-    await db.pool.query('update jobsets set schedulingshares = 7 where id = $1', [jobsetId]);
-    await p;
-    p = c.next('builds_deleted');
-    await db.pool.query('delete from builds where id = $1', [id]);
-    await p;
-    p = c.next('builds_added');
-    await db.pool.query("notify builds_added, 'hint'");
-    expect((await p).payload).toBe('hint');
+    const id = await queueBuild(db.pool, jobset.id, '/nix/store/aaaa-x.drv');
+    await notified(c, 'builds_bumped', 'update builds set globalpriority = 10 where id = $1', [id]);
+    await notified(c, 'builds_cancelled', 'update builds set finished = 1, buildstatus = 4, starttime = 1, stoptime = 1 where id = $1', [id]);
+    await notified(c, 'builds_restarted', 'update builds set finished = 0 where id = $1', [id]);
+    await notified(c, 'jobset_shares_changed', 'update jobsets set schedulingshares = 7 where id = $1', [jobset.id]);
+    await notified(c, 'builds_deleted', 'delete from builds where id = $1', [id]);
+    expect((await notified(c, 'builds_added', "notify builds_added, 'hint'")).payload).toBe('hint');
     expect(c.seen.map((n) => n.channel)).toEqual([
       'builds_bumped', 'builds_cancelled', 'builds_restarted', 'jobset_shares_changed', 'builds_deleted', 'builds_added',
     ]);
@@ -73,8 +65,6 @@ describe('NotificationListener on Hydra triggers', () => {
     expect(killed.rowCount).toBe(1);
     await reconnected;
     expect(listener.status).toBe('listening');
-    const p = c.next('builds_added');
-    await db.pool.query("notify builds_added, 'after'");
-    expect((await p).payload).toBe('after');
+    expect((await notified(c, 'builds_added', "notify builds_added, 'after'")).payload).toBe('after');
   });
 });

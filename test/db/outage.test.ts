@@ -15,6 +15,7 @@ import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { startStep } from '../../src/db/step-rows.ts';
 import { streamRows } from '../../src/db/cursor.ts';
 import { InProcessRunner } from '../helpers/in-process-runner.ts';
+import { instantiateOutcomes, OUTCOMES, queueJobs } from '../helpers/outcomes.ts';
 import { instantiate, MK_DRV, realise } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
@@ -61,42 +62,23 @@ describe('a database outage', () => {
     }
   }
 
-  /** Builds that finish while the database is away: two succeed, one fails (and one depends on it), one follows a success. */
+  /** Builds that finish while the database is away (OUTCOMES, 2 s each). */
   async function queueSet(jobset: number, tag: string): Promise<Record<string, number>> {
-    const nonce = `${tag}-${randomBytes(4).toString('hex')}`;
-    const names = ['ok1', 'ok2', 'bad', 'needsBad', 'afterOk1'];
-    const drvs = await instantiate(
-      `let ${MK_DRV} in rec {
-        ok1 = mk { name = "ok1-${nonce}"; script = "/bin/sleep 2; echo ok1 > $out"; };
-        ok2 = mk { name = "ok2-${nonce}"; script = "/bin/sleep 2; echo ok2 > $out"; };
-        bad = mk { name = "bad-${nonce}"; script = "/bin/sleep 2; exit 1"; };
-        needsBad = mk { name = "needs-bad-${nonce}"; script = "/bin/cat \${bad} > $out"; };
-        afterOk1 = mk { name = "after-ok1-${nonce}"; script = "/bin/cat \${ok1} > $out"; };
-      }`,
-      names,
-    );
-    const store = new LocalNixStore();
+    const drvs = await instantiateOutcomes(tag, 2);
     const pool = createPool(url, { max: 1 });
     try {
-      const ids: Record<string, number> = {};
-      for (const [i, name] of names.entries()) {
-        ids[name] = await queueBuild(pool, jobset, drvs[i]!, name, 'x86_64-linux', (await store.readDerivation(drvs[i]!)).outputs);
-      }
-      await pool.query("notify builds_added, ''");
-      return ids;
+      return await queueJobs(pool, jobset, drvs);
     } finally {
       await pool.end();
     }
   }
-
-  const expected = { ok1: 0, ok2: 0, bad: 1, needsBad: 2, afterOk1: 0 };
 
   async function expectEnded(ids: Record<string, number>): Promise<void> {
     const all = Object.values(ids);
     await waitFor(async () => (await query<{ n: number }>('select count(*)::int n from builds where id = any($1) and finished = 1', [all]))[0]!.n === all.length, 60_000, 'every build to end');
     const rows = await query<{ id: number; buildstatus: number }>('select id, buildstatus from builds where id = any($1)', [all]);
     const status = Object.fromEntries(Object.entries(ids).map(([name, id]) => [name, rows.find((r) => r.id === id)!.buildstatus]));
-    expect(status).toEqual(expected);
+    expect(status).toEqual(OUTCOMES);
     // Each build's own derivation succeeded at most once.
     const dup = await query('select build, drvpath from buildsteps where build = any($1) and status = 0 group by build, drvpath having count(*) > 1', [all]);
     expect(dup).toEqual([]);

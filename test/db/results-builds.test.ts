@@ -1,25 +1,20 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { finishBuildCached, finishBuildSucceeded, type FinishBuildSucceeded } from '../../src/db/build-results.ts';
 import { addFailedPaths, isFailedPath } from '../../src/db/failed-paths.ts';
 import { withTransaction } from '../../src/db/pool.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
+import { useTestDatabase } from '../helpers/db.ts';
+import { queueBuild, useJobset } from '../helpers/hydra-rows.ts';
 
 const DRV = '/nix/store/0000000000000000000000000000000a-hello.drv';
 const OUT = '/nix/store/0000000000000000000000000000000b-hello';
 const DOC = '/nix/store/0000000000000000000000000000000d-hello-doc';
 
 describe('successful and cached ends of builds', () => {
-  let db: TestDatabase;
-  let jobsetId: number;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    jobsetId = await createJobset(db.pool, 'proj', 'js');
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
+  const jobset = useJobset(db, 'proj', 'js');
 
   async function queueWithOutputs(): Promise<number> {
-    const id = await queueBuild(db.pool, jobsetId, DRV, 'hello.x86_64-linux');
+    const id = await queueBuild(db.pool, jobset.id, DRV, 'hello.x86_64-linux');
     await db.pool.query(
       `update builds set timestamp = 1700000000, size = 1, closuresize = 2, releasename = 'old' where id = $1`, [id]);
     await db.pool.query(`insert into buildoutputs (build, name, path) values ($1, 'out', null), ($1, 'doc', $2)`, [id, DOC]);
@@ -155,11 +150,7 @@ describe('successful and cached ends of builds', () => {
 });
 
 describe('FailedPaths', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
 
   it('is idempotent, tolerates duplicates in one call, and answers membership', async () => {
     await withTransaction(db.pool, (c) => addFailedPaths(c, ['/nix/store/a', '/nix/store/b', '/nix/store/a']));

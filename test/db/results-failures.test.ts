@@ -1,29 +1,24 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { finishBuildsFailed, type FinishBuildsFailed } from '../../src/db/build-failures.ts';
 import { withTransaction } from '../../src/db/pool.ts';
 import { finishStep, startStep } from '../../src/db/step-rows.ts';
 import { buildStatusForFailedStep } from '../../src/db/status.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
+import { useTestDatabase } from '../helpers/db.ts';
+import { queueBuild, useJobset } from '../helpers/hydra-rows.ts';
 
 const DRV = '/nix/store/0000000000000000000000000000000f-broken.drv';
 const OUT = '/nix/store/0000000000000000000000000000000f-broken';
 
 describe('failing builds that need a failed step', () => {
-  let db: TestDatabase;
-  let jobsetId: number;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    jobsetId = await createJobset(db.pool);
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
+  const jobset = useJobset(db);
 
   async function queueMany(n: number): Promise<number[]> {
     const { rows } = await db.pool.query<{ id: number }>(
       `insert into builds (finished, timestamp, jobset_id, job, drvpath, system)
        select 0, 1, $1, 'dep' || g, '/nix/store/dep-' || g || '.drv', 'x86_64-linux' from generate_series(1, $2) g
        returning id`,
-      [jobsetId, n],
+      [jobset.id, n],
     );
     return rows.map((r) => r.id).sort((a, b) => a - b);
   }
@@ -41,8 +36,8 @@ describe('failing builds that need a failed step', () => {
   });
 
   it('gives the own build the step status, the others 2, and propagated rows to all but the failed build', async () => {
-    const own = await queueBuild(db.pool, jobsetId, DRV);
-    const ownToo = await queueBuild(db.pool, jobsetId, DRV); // a second build of the same derivation
+    const own = await queueBuild(db.pool, jobset.id, DRV);
+    const ownToo = await queueBuild(db.pool, jobset.id, DRV); // a second build of the same derivation
     const [dep1, dep2, done] = (await queueMany(3)) as [number, number, number];
     await db.pool.query('update builds set finished = 1, buildstatus = 0, starttime = 5, stoptime = 6 where id = $1', [done]);
     // dep1 already has a step of its own: the propagated row takes the next stepnr.
@@ -100,7 +95,7 @@ describe('failing builds that need a failed step', () => {
   });
 
   it('a cached failure (8) without a failed build: own build fails as cached, rows have no propagatedFrom', async () => {
-    const own = await queueBuild(db.pool, jobsetId, DRV);
+    const own = await queueBuild(db.pool, jobset.id, DRV);
     const [dep] = (await queueMany(1)) as [number];
     const ended = await withTransaction(db.pool, (c) =>
       finishBuildsFailed(c, failure({ stepStatus: 8, startTime: null, stopTime: 300, errorMsg: null, machine: '',
@@ -129,7 +124,7 @@ describe('failing builds that need a failed step', () => {
   });
 
   it('chunks: small chunks give the same result as one statement', async () => {
-    const own = await queueBuild(db.pool, jobsetId, DRV);
+    const own = await queueBuild(db.pool, jobset.id, DRV);
     const deps = await queueMany(25);
     const ended = await withTransaction(db.pool, (c) =>
       finishBuildsFailed(c, failure({ failedBuildId: own, chunkSize: 4,
@@ -143,7 +138,7 @@ describe('failing builds that need a failed step', () => {
 
   it("keeps Hydra's NrBuilds count right, also with a concurrent finish while the batch runs", async () => {
     const count = async () => (await db.pool.query<{ count: number }>("select count from nrbuilds where what = 'finished'")).rows[0]!.count;
-    const own = await queueBuild(db.pool, jobsetId, DRV);
+    const own = await queueBuild(db.pool, jobset.id, DRV);
     const deps = await queueMany(6);
     const [unrelated] = await queueMany(1);
     const before = await count();
@@ -173,7 +168,7 @@ describe('failing builds that need a failed step', () => {
   });
 
   it('fails 20,000 dependent builds in one write, every row right', async () => {
-    const own = await queueBuild(db.pool, jobsetId, DRV);
+    const own = await queueBuild(db.pool, jobset.id, DRV);
     const deps = await queueMany(20_000);
     // Some dependents already ended or already have steps.
     const finishedBefore = deps.filter((_, i) => i % 1000 === 7);

@@ -9,7 +9,7 @@ import {
 } from '../../src/db/notify.ts';
 import { withTransaction } from '../../src/db/pool.ts';
 import { finishStep, startStep } from '../../src/db/step-rows.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 
 const bytes = (s: string) => Buffer.byteLength(s, 'utf8');
@@ -62,11 +62,10 @@ describe('buildFinishedPayloads', () => {
 });
 
 describe('NOTIFYs received by a listener', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   let listener: NotificationListener;
   const seen: Notification[] = [];
   beforeAll(async () => {
-    db = await createTestDatabase();
     listener = new NotificationListener({
       url: db.url, channels: ['build_started', 'build_finished', 'step_started', 'step_finished'], minBackoffMs: 20, maxBackoffMs: 200,
     });
@@ -75,7 +74,6 @@ describe('NOTIFYs received by a listener', () => {
   });
   afterAll(async () => {
     await listener.stop();
-    await db.drop();
   });
 
   async function waitFor(pred: () => boolean): Promise<void> {

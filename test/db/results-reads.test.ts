@@ -1,18 +1,17 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { queuedBuildIds, readBuildsByIds, readJobsetShares, streamQueuedBuilds, type QueuedBuild } from '../../src/db/queue-reads.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 
 const NOW = 1_700_000_000;
 
 describe('reads for the scheduler', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   let a: number;
   let b: number;
   let idle: number;
   let ids: number[];
   beforeAll(async () => {
-    db = await createTestDatabase();
     a = await createJobset(db.pool, 'nixpkgs', 'trunk', 300);
     b = await createJobset(db.pool, 'nixpkgs', 'staging', 50);
     idle = await createJobset(db.pool, 'other', 'main', 100);
@@ -25,7 +24,6 @@ describe('reads for the scheduler', () => {
     );
     ids = rows.map((r) => r.id).sort((x, y) => x - y);
   });
-  afterAll(() => db.drop());
 
   it('readJobsetShares sums each jobset\'s step seconds of the last 24 hours', async () => {
     const buildA = await queueBuild(db.pool, a, '/nix/store/sa.drv');

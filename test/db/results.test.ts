@@ -1,22 +1,17 @@
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createPool, withTransaction } from '../../src/db/pool.ts';
 import { abortLeftoverSteps, finishStep, recordStep, setStepBusy, startStep } from '../../src/db/step-rows.ts';
 import { BuildStatus, StepBusy, StepType } from '../../src/db/status.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
+import { useTestDatabase } from '../helpers/db.ts';
+import { queueBuild, useJobset } from '../helpers/hydra-rows.ts';
 
 const DRV = '/nix/store/0000000000000000000000000000000a-hello.drv';
 const OUT = '/nix/store/0000000000000000000000000000000b-hello';
 
 describe('BuildSteps rows', () => {
-  let db: TestDatabase;
-  let jobsetId: number;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    jobsetId = await createJobset(db.pool);
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
+  const jobset = useJobset(db);
 
   async function steps(buildId: number) {
     const { rows } = await db.pool.query(
@@ -34,7 +29,7 @@ describe('BuildSteps rows', () => {
   }
 
   it('startStep inserts a busy row with its outputs and numbers steps 1, 2, ...', async () => {
-    const build = await queueBuild(db.pool, jobsetId, DRV);
+    const build = await queueBuild(db.pool, jobset.id, DRV);
     const first = await withTransaction(db.pool, (c) =>
       startStep(c, {
         buildId: build, drvPath: DRV, system: 'x86_64-linux', machine: 'ssh://b1', startTime: 1000,
@@ -68,7 +63,7 @@ describe('BuildSteps rows', () => {
   });
 
   it('refuses to start a step that is not busy, or for a build that does not exist', async () => {
-    const build = await queueBuild(db.pool, jobsetId, DRV);
+    const build = await queueBuild(db.pool, jobset.id, DRV);
     const base = { buildId: build, drvPath: DRV, system: null, machine: '', startTime: 1, type: StepType.Build, outputs: [] };
     await expect(withTransaction(db.pool, (c) => startStep(c, { ...base, busy: 0 }))).rejects.toThrow(RangeError);
     await expect(withTransaction(db.pool, (c) => startStep(c, { ...base, buildId: 999_999, busy: 1 }))).rejects.toThrow(/does not exist/);
@@ -76,7 +71,7 @@ describe('BuildSteps rows', () => {
   });
 
   it('allocates distinct stepnrs 1..50 under 50 concurrent transactions on one build', async () => {
-    const build = await queueBuild(db.pool, jobsetId, DRV);
+    const build = await queueBuild(db.pool, jobset.id, DRV);
     const pool = createPool(db.url, { max: 50 });
     try {
       const nrs = await Promise.all(
@@ -109,7 +104,7 @@ describe('BuildSteps rows', () => {
   });
 
   it('makes another connection wait for the build lock and then take the next stepnr', async () => {
-    const build = await queueBuild(db.pool, jobsetId, DRV);
+    const build = await queueBuild(db.pool, jobset.id, DRV);
     const other = new pg.Client({ connectionString: db.url });
     await other.connect();
     try {
@@ -132,7 +127,7 @@ describe('BuildSteps rows', () => {
   });
 
   it('setStepBusy changes only a running row; finishStep records the result and CA output paths', async () => {
-    const build = await queueBuild(db.pool, jobsetId, DRV);
+    const build = await queueBuild(db.pool, jobset.id, DRV);
     const nr = await withTransaction(db.pool, (c) =>
       startStep(c, {
         buildId: build, drvPath: DRV, system: 'aarch64-linux', machine: 'b2', startTime: 500, busy: 1, type: 0,
@@ -172,7 +167,7 @@ describe('BuildSteps rows', () => {
   });
 
   it('finishStep with a failure keeps the error and a non-deterministic flag', async () => {
-    const build = await queueBuild(db.pool, jobsetId, DRV);
+    const build = await queueBuild(db.pool, jobset.id, DRV);
     const nr = await withTransaction(db.pool, (c) =>
       startStep(c, { buildId: build, drvPath: DRV, system: 'x86_64-linux', machine: 'b', startTime: 10, busy: 30, type: 0, outputs: [] }),
     );
@@ -188,8 +183,8 @@ describe('BuildSteps rows', () => {
   });
 
   it('recordStep inserts finished rows: cached failure, propagated failure, resolved CA step', async () => {
-    const failedUnder = await queueBuild(db.pool, jobsetId, DRV);
-    const build = await queueBuild(db.pool, jobsetId, DRV);
+    const failedUnder = await queueBuild(db.pool, jobset.id, DRV);
+    const build = await queueBuild(db.pool, jobset.id, DRV);
     const started = await withTransaction(db.pool, (c) =>
       startStep(c, { buildId: build, drvPath: DRV, system: null, machine: '', startTime: 1, busy: 1, type: 0, outputs: [] }),
     );
@@ -219,7 +214,7 @@ describe('BuildSteps rows', () => {
   });
 
   it('the check constraint holds: status 13 needs resolvedDrvPath and only 13 may have one', async () => {
-    const build = await queueBuild(db.pool, jobsetId, DRV);
+    const build = await queueBuild(db.pool, jobset.id, DRV);
     await expect(withTransaction(db.pool, (c) => recordStep(c, { buildId: build, drvPath: DRV, status: 13 }))).rejects.toMatchObject({
       code: '23514',
     });
@@ -238,7 +233,7 @@ describe('BuildSteps rows', () => {
   });
 
   it('abortLeftoverSteps aborts every busy row and nothing else', async () => {
-    const build = await queueBuild(db.pool, jobsetId, DRV);
+    const build = await queueBuild(db.pool, jobset.id, DRV);
     await db.pool.query(
       `insert into buildsteps (build, stepnr, type, drvpath, busy, status, errormsg, starttime, stoptime)
        values ($1, 1, 0, 'a', 30, null, null, 5, null),

@@ -1,11 +1,11 @@
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { initialTransition, transition } from 'xstate';
 import { RunnerLock, type LockState, type RunnerLockOptions } from '../../src/db/runner-lock.ts';
 import { sql } from '../../src/db/sql.ts';
 import { RunnerLockedError } from '../../src/errors/index.ts';
 import { runnerLockMachine, type RunnerLockEvent } from '../../src/machines/index.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
 interface Shadow {
@@ -60,8 +60,7 @@ async function killHolder(pool: pg.Pool): Promise<number> {
 }
 
 describe('the runner lock, an actor of its XState definition', () => {
-  let db: TestDatabase;
-  let dropped = false;
+  const db = useTestDatabase({ withSchema: false });
   const locks: RunnerLock[] = [];
   const lock = (o: Partial<RunnerLockOptions>) => {
     const l = new RunnerLock({ url: db.url, giveUpAfterMs: 60_000, heartbeatMs: 200, minBackoffMs: 20, maxBackoffMs: 50, standbyPollMs: 50, takeoverAfterMs: 500, ...o });
@@ -69,12 +68,8 @@ describe('the runner lock, an actor of its XState definition', () => {
     return l;
   };
 
-  beforeAll(async () => {
-    db = await createTestDatabase({ withSchema: false });
-  });
   afterAll(async () => {
     for (const l of locks) await l.release();
-    if (!dropped) await db.drop();
   });
 
   it('holds, re-takes, hands over to a standby, is taken, gives up and is released; every transition as XState makes it', async () => {
@@ -115,7 +110,6 @@ describe('the runner lock, an actor of its XState definition', () => {
 
     // C's database goes away for good: C retries, then gives up.
     await db.drop();
-    dropped = true;
     await waitFor(() => c.state === 'gaveUp', 10_000, 'C to give up');
     expect(c.failure?.name).toBe('DatabaseGaveUpError');
 

@@ -1,15 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { describeCatalog } from '../../src/db/catalog.ts';
 import { checkSchema, ensureSchema, findMissing } from '../../src/db/schema.ts';
 import { SchemaMismatchError } from '../../src/errors/index.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 
 describe('Hydra schema on an empty database', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase({ withSchema: false });
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase({ withSchema: false });
 
   it('creates every table Hydrant needs at SchemaVersion 87, then accepts it unchanged', async () => {
     expect(await findMissing(db.pool)).toContain('table builds');
@@ -43,11 +39,7 @@ describe('Hydra schema on an empty database', () => {
 });
 
 describe('an existing Hydra schema', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
 
   it('enforces Hydra constraints Hydrant relies on', async () => {
     const q = (s: string) => db.pool.query(s);

@@ -1,11 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { createServer, connect, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
+import { existsSync, writeFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { buildRow, busySteps, joined, startBuilder, startRunner, stepRows, submit, type CliProcess, type RunnerProcess } from '../helpers/fleet.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { attempts, buildRow, expectSucceeded, ForwardingProxy, joined, startRunner, startRunnerWithProxiedBuilder, submit, useFleet, type CliProcess, type RunnerProcess } from '../helpers/fleet.ts';
 import { MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
@@ -23,46 +21,34 @@ import { waitFor } from '../helpers/runtime.ts';
  * mid-stream once HTTP/2 flow control runs out of window, and stays in
  * flight for as long as the test likes.
  */
-class HoldingProxy {
+class HoldingProxy extends ForwardingProxy {
   readonly #sockets = new Set<Socket>();
   /** While held: what each builder connection sent, in order, with where it goes. */
   #held: [Socket, Buffer][] | null = null;
   /** Bytes from the builder kept since hold(). */
   heldBytes = 0;
 
-  private constructor(
-    private readonly server: Server,
-    readonly port: number,
-    /** Where new connections go (change it to follow a restarted runner). */
-    public target: number,
-  ) {}
+  static start(target: number): Promise<HoldingProxy> {
+    return new HoldingProxy(target).listen();
+  }
 
-  static async start(target: number): Promise<HoldingProxy> {
-    let self!: HoldingProxy;
-    const server = createServer((client) => {
-      const upstream = connect(self.target, '127.0.0.1');
-      for (const s of [client, upstream]) {
-        self.#sockets.add(s);
-        s.on('error', () => {});
-        s.on('close', () => {
-          self.#sockets.delete(s);
-          client.destroy();
-          upstream.destroy();
-        });
-      }
-      upstream.on('data', (b: Buffer) => client.write(b));
-      client.on('data', (b: Buffer) => {
-        if (self.#held) {
-          self.#held.push([upstream, b]);
-          self.heldBytes += b.length;
-        } else upstream.write(b);
+  protected relay(client: Socket, upstream: Socket): void {
+    for (const s of [client, upstream]) {
+      this.#sockets.add(s);
+      s.on('error', () => {});
+      s.on('close', () => {
+        this.#sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
       });
+    }
+    upstream.on('data', (b: Buffer) => client.write(b));
+    client.on('data', (b: Buffer) => {
+      if (this.#held) {
+        this.#held.push([upstream, b]);
+        this.heldBytes += b.length;
+      } else upstream.write(b);
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const address = server.address();
-    if (address === null || typeof address === 'string') throw new Error('proxy has no port');
-    self = new HoldingProxy(server, address.port, target);
-    return self;
   }
 
   hold(): void {
@@ -77,38 +63,24 @@ class HoldingProxy {
     for (const [upstream, b] of held) if (!upstream.destroyed) upstream.write(b);
   }
 
-  close(): Promise<void> {
+  protected destroyAll(): void {
     for (const s of this.#sockets) s.destroy();
-    return new Promise((resolve) => this.server.close(() => resolve()));
   }
 }
 
 describe('a job aborted while its builder uploads the output', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-abort-upload-'));
+  const fleet = useFleet('abort-upload');
+  const { db, dir } = fleet;
   const nonce = randomBytes(4).toString('hex');
   const started = join(dir, 'started');
   const go = join(dir, 'go');
-  const procs: CliProcess[] = [];
   let runner: RunnerProcess;
   let proxy: HoldingProxy;
   let builder: CliProcess;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
     // The runner must not drop the builder while the test holds its traffic back.
-    runner = await startRunner(dir, db.url, 'builderPingTimeoutInS = 600\nbuilderGraceInS = 600');
-    procs.push(runner.proc);
-    proxy = await HoldingProxy.start(runner.port);
-    builder = startBuilder(dir, `127.0.0.1:${proxy.port}`, runner.tokenFile, 'b1');
-    procs.push(builder);
-    await joined(runner.proc, ['b1']);
-  });
-
-  afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    await proxy?.close();
-    await db?.drop();
+    ({ runner, proxy, builder } = await startRunnerWithProxiedBuilder(fleet, 'builderPingTimeoutInS = 600\nbuilderGraceInS = 600', HoldingProxy.start, ''));
   });
 
   it('survives: the upload is cancelled, nothing stays busy, and the builder builds the next job', async () => {
@@ -141,41 +113,22 @@ describe('a job aborted while its builder uploads the output', () => {
     await waitFor(async () => builder.child.exitCode !== null || (await buildRow(db.pool, next!)).finished === 1, 60_000, 'the next build to finish');
     expect(builder.child.exitCode, builder.output()).toBeNull();
     expect(builder.output()).not.toMatch(/CANCELLED|Unhandled|at BuilderAgent/);
-    expect((await buildRow(db.pool, next!)).buildstatus).toBe(0);
-    expect((await stepRows(db.pool, next!)).map((r) => [r.machine, r.status, r.busy])).toEqual([['b1', 0, 0]]);
-    // The aborted attempt ended as cancelled; nothing is left busy.
-    expect((await stepRows(db.pool, big!)).map((r) => [r.machine, r.status, r.busy])).toEqual([['b1', 4, 0]]);
-    expect(await busySteps(db.pool)).toBe(0);
+    // Nothing is left busy, and the aborted attempt ended as cancelled.
+    await expectSucceeded(db.pool, next!, [['b1', 0, 0]]);
+    expect(await attempts(db.pool, big!)).toEqual([['b1', 4, 0]]);
   }, 180_000);
 });
 
 describe('a runner restarted while its builder uploads an output', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-restart-upload-'));
+  const fleet = useFleet('restart-upload');
+  const { db, dir, procs } = fleet;
   const nonce = randomBytes(4).toString('hex');
   const started = join(dir, 'started');
   const go = join(dir, 'go');
-  const procs: CliProcess[] = [];
-  let proxy: HoldingProxy;
-
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-
-  afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    await proxy?.close();
-    await db?.drop();
-  });
 
   it('survives: the new runner has the step built again, on the same builder', async () => {
     const config = 'builderPingTimeoutInS = 600\nretryInterval = 1\nretryBackoff = 1';
-    const first = await startRunner(dir, db.url, config);
-    procs.push(first.proc);
-    proxy = await HoldingProxy.start(first.port);
-    const builder = startBuilder(dir, `127.0.0.1:${proxy.port}`, first.tokenFile, 'b1', 'reconnectMinMs = 200\nreconnectMaxMs = 1000');
-    procs.push(builder);
-    await joined(first.proc, ['b1']);
+    const { runner: first, proxy, builder } = await startRunnerWithProxiedBuilder(fleet, config, HoldingProxy.start);
     const file = join(dir, 'release.nix');
     writeFileSync(
       file,
@@ -206,12 +159,10 @@ describe('a runner restarted while its builder uploads an output', () => {
     await waitFor(async () => builder.child.exitCode !== null || (await buildRow(db.pool, big!)).finished === 1, 90_000, 'the build to finish');
     expect(builder.child.exitCode, builder.output()).toBeNull();
     expect(builder.output()).not.toMatch(/CANCELLED|Unhandled|at BuilderAgent/);
-    expect((await buildRow(db.pool, big!)).buildstatus).toBe(0);
     // The attempt of the dead runner was aborted when the new one started; the new one's succeeded.
-    expect((await stepRows(db.pool, big!)).map((r) => [r.machine, r.status, r.busy])).toEqual([
+    await expectSucceeded(db.pool, big!, [
       ['b1', 3, 0],
       ['b1', 0, 0],
     ]);
-    expect(await busySteps(db.pool)).toBe(0);
   }, 180_000);
 });

@@ -1,6 +1,5 @@
 import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { credentials, Metadata, status, type ClientDuplexStream, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,18 +7,22 @@ import { hostSystem } from '../../src/nix/host-system.ts';
 import { narChunks } from '../../src/nix/nar-writer.ts';
 import { Join, OutputHeader, Ping, ResultState, RunnerClient, type BuilderMessage, type NarChunk, type BuildOrder, type RunnerMessage, type UploadOutputMessage, type UploadReceipt } from '../../src/protocol/gen/runner.ts';
 import { createBuilderClient, PROTOCOL_VERSION, type BuilderClient } from '../../src/protocol/server.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import type { TestDatabase } from '../helpers/db.ts';
 import {
   buildRow,
   busySteps,
+  expectSucceeded,
   joined,
   processesWithArg,
+  QUICK_RECONNECT,
   readBuildLog,
   startBuilder,
   startRunner,
+  startRunnerWithProxiedBuilder,
   stepRows,
   submit,
   TcpProxy,
+  useFleet,
   type CliProcess,
   type RunnerProcess,
 } from '../helpers/fleet.ts';
@@ -60,27 +63,18 @@ function killLeftovers(args: readonly string[]): void {
 }
 
 describe('a builder killed in the middle of a build', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-killed-'));
+  const { db, dir, procs } = useFleet('killed', () => killLeftovers([sleep]));
   const nonce = randomBytes(4).toString('hex');
   const sleep = uniqueSleep(4);
-  const procs: CliProcess[] = [];
   let runner: RunnerProcess;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
     // Short grace and ping timeout so that the loss is noticed and acted on quickly;
     // a one-second retry interval so that the retry does not wait Hydra's minute.
     runner = await startRunner(dir, db.url, 'builderGraceInS = 1\nbuilderPingTimeoutInS = 3\nretryInterval = 1\nretryBackoff = 1');
     procs.push(runner.proc);
     for (const id of ['b1', 'b2']) procs.push(startBuilder(dir, `127.0.0.1:${runner.port}`, runner.tokenFile, id));
     await joined(runner.proc, ['b1', 'b2']);
-  });
-
-  afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    killLeftovers([sleep]);
-    await db?.drop();
   });
 
   it('retries the step on the other builder; the build succeeds and nothing stays busy', async () => {
@@ -96,14 +90,11 @@ describe('a builder killed in the middle of a build', () => {
     await victimProc.exited;
 
     await waitFor(() => allFinished(db), 90_000, 'the build to finish');
-    expect((await buildRow(db.pool, id!)).buildstatus).toBe(0);
-    const rows = await stepRows(db.pool, id!);
     // The attempt on the killed builder ended as aborted (3), the retry on the other one succeeded.
-    expect(rows.map((r) => [r.machine, r.status, r.busy])).toEqual([
+    await expectSucceeded(db.pool, id!, [
       [victim, 3, 0],
       [survivor, 0, 0],
     ]);
-    expect(await busySteps(db.pool)).toBe(0);
     expect(await validInRunnerStore(await outputPath(db, id!))).toBe(true);
     expect(runner.proc.output()).toMatch(new RegExp(`"machine":"${victim}","reason":"GRACE_EXPIRED","msg":"builder removed"`));
     // The survivor was never dropped, whatever the ping timeout.
@@ -112,28 +103,16 @@ describe('a builder killed in the middle of a build', () => {
 });
 
 describe('a builder whose connection breaks and comes back within the grace period', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-reconnect-'));
-  const procs: CliProcess[] = [];
+  const fleet = useFleet('reconnect');
+  const { db, dir, procs } = fleet;
   let runner: RunnerProcess;
   let proxy: TcpProxy;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
     // A grace period far longer than any test here: a job retried before it ran out was
-    // failed by the reconnect itself. A lost job is retried after a second.
-    runner = await startRunner(dir, db.url, 'builderGraceInS = 600\nretryInterval = 1\nretryBackoff = 1');
-    procs.push(runner.proc);
-    proxy = await TcpProxy.start(runner.port);
-    // One builder, dialling through the proxy: a job it lost could only come back to it as a second attempt.
-    procs.push(startBuilder(dir, `127.0.0.1:${proxy.port}`, runner.tokenFile, 'b1', 'reconnectMinMs = 200\nreconnectMaxMs = 1000'));
-    await joined(runner.proc, ['b1']);
-  });
-
-  afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    await proxy?.close();
-    await db?.drop();
+    // failed by the reconnect itself. A lost job is retried after a second. One builder,
+    // dialling through the proxy: a job it lost could only come back to it as a second attempt.
+    ({ runner, proxy } = await startRunnerWithProxiedBuilder(fleet, 'builderGraceInS = 600\nretryInterval = 1\nretryBackoff = 1', TcpProxy.start));
   });
 
   /**
@@ -156,10 +135,8 @@ describe('a builder whose connection breaks and comes back within the grace peri
     // The builder dialled again through the proxy.
     expect(proxy.accepted).toBeGreaterThan(accepted);
     expect((runner.proc.output().match(/"msg":"builder reconnected"/g) ?? []).length).toBe(reconnects + 1);
-    expect((await buildRow(db.pool, id!)).buildstatus).toBe(0);
     // One attempt, never aborted nor retried: the job survived the reconnect.
-    expect((await stepRows(db.pool, id!)).map((r) => [r.machine, r.status, r.busy])).toEqual([['b1', 0, 0]]);
-    expect(await busySteps(db.pool)).toBe(0);
+    await expectSucceeded(db.pool, id!, [['b1', 0, 0]]);
     expect(await validInRunnerStore(await outputPath(db, id!))).toBe(true);
     expect(runner.proc.output()).not.toMatch(/"msg":"builder removed"/);
     // The log streamed before the cut is kept, and the rest followed in the new session.
@@ -188,16 +165,14 @@ describe('a builder whose connection breaks and comes back within the grace peri
       const old = procs.pop()!;
       old.child.kill('SIGKILL');
       await old.exited;
-      procs.push(startBuilder(dir, `127.0.0.1:${proxy.port}`, runner.tokenFile, 'b1', 'reconnectMinMs = 200\nreconnectMaxMs = 1000'));
+      procs.push(startBuilder(dir, `127.0.0.1:${proxy.port}`, runner.tokenFile, 'b1', QUICK_RECONNECT));
 
       // Well within the 600 s grace period: the restarted builder said it runs nothing.
       await waitFor(() => allFinished(db), 90_000, 'the build to finish');
-      expect((await buildRow(db.pool, id!)).buildstatus).toBe(0);
-      expect((await stepRows(db.pool, id!)).map((r) => [r.machine, r.status, r.busy])).toEqual([
+      await expectSucceeded(db.pool, id!, [
         ['b1', 3, 0],
         ['b1', 0, 0],
       ]);
-      expect(await busySteps(db.pool)).toBe(0);
       expect(runner.proc.output()).toMatch(/"machine":"b1","jobs":0,"lostJobs":1,"replacedConnection":false,"msg":"builder reconnected"/);
       expect(runner.proc.output()).not.toMatch(/"msg":"builder removed"/);
     } finally {
@@ -207,31 +182,14 @@ describe('a builder whose connection breaks and comes back within the grace peri
 });
 
 describe('a builder that outlives its runner', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-orphan-'));
+  const fleet = useFleet('orphan', () => killLeftovers([sleep]));
+  const { db, dir, procs } = fleet;
   const nonce = randomBytes(4).toString('hex');
   const sleep = uniqueSleep(60);
   const fast = join(dir, 'fast');
-  const procs: CliProcess[] = [];
-  let proxy: TcpProxy;
-
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-
-  afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    killLeftovers([sleep]);
-    await proxy?.close();
-    await db?.drop();
-  });
 
   it('aborts, on joining a restarted runner, the build the new runner does not know; the step is built again', async () => {
-    const first = await startRunner(dir, db.url, 'retryInterval = 1\nretryBackoff = 1');
-    procs.push(first.proc);
-    proxy = await TcpProxy.start(first.port);
-    procs.push(startBuilder(dir, `127.0.0.1:${proxy.port}`, first.tokenFile, 'b1', 'reconnectMinMs = 200\nreconnectMaxMs = 1000'));
-    await joined(first.proc, ['b1']);
+    const { runner: first, proxy, builder } = await startRunnerWithProxiedBuilder(fleet, 'retryInterval = 1\nretryBackoff = 1', TcpProxy.start);
     const file = join(dir, 'release.nix');
     // Slow the first time; once `fast` exists (for the attempt the new runner orders), quick.
     writeFileSync(file, `{ }: let ${MK_DRV} in { job = mk { name = "orphan-${nonce}"; script = "if [ -e ${fast} ]; then echo quick; else /bin/sleep ${sleep}; fi; echo built > $out"; }; }`);
@@ -253,16 +211,14 @@ describe('a builder that outlives its runner', () => {
     await second.proc.waitFor(/"machine":"b1","job":"[^"]+","msg":"builder runs a job the runner does not know; aborting it"/, 10_000);
     // The build the first runner ordered is stopped, long before its sleep would end.
     await waitFor(() => orphanPids.every((pid) => !existsSync(`/proc/${pid}`)), 30_000, 'the orphaned build to be killed');
-    await procs[1]!.waitFor(/job \S+ aborted: the runner does not know this job/, 5_000);
+    await builder.waitFor(/job \S+ aborted: the runner does not know this job/, 5_000);
 
     await waitFor(() => allFinished(db), 90_000, 'the build to finish');
-    expect((await buildRow(db.pool, id!)).buildstatus).toBe(0);
     // The first attempt was aborted (3) when the new runner started; the second built.
-    expect((await stepRows(db.pool, id!)).map((r) => [r.machine, r.status, r.busy])).toEqual([
+    await expectSucceeded(db.pool, id!, [
       ['b1', 3, 0],
       ['b1', 0, 0],
     ]);
-    expect(await busySteps(db.pool)).toBe(0);
     expect(await validInRunnerStore(await outputPath(db, id!))).toBe(true);
     second.proc.child.kill('SIGTERM');
     expect(await second.proc.exited).toBe(0);
@@ -396,27 +352,22 @@ function records(proc: CliProcess, msg: string): Record<string, unknown>[] {
 }
 
 describe('builders that are not who they claim to be', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-forged-'));
+  const { db, dir, procs } = useFleet('forged');
   const nonce = randomBytes(4).toString('hex');
   const cacheDir = join(dir, 'cache');
-  const procs: CliProcess[] = [];
   const clients: { close(): void }[] = [];
   let runner: RunnerProcess;
   let address: string;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
     // Debug logs name each job id as it is ordered; a file cache shows what gets published.
     runner = await startRunner(dir, db.url, `builderGraceInS = 1\nretryInterval = 1\nretryBackoff = 1\nremoteStoreAddr = ["file://${cacheDir}?compression=none"]`, { env: { HYDRANT_LOG_LEVEL: 'debug' } });
     procs.push(runner.proc);
     address = `127.0.0.1:${runner.port}`;
   });
 
-  afterAll(async () => {
+  afterAll(() => {
     for (const c of clients) c.close();
-    for (const p of procs) p.child.kill('SIGKILL');
-    await db?.drop();
   });
 
   it('refuses a builder that presents no token, a wrong one, or no session', async () => {

@@ -1,10 +1,8 @@
 import { randomBytes, randomInt } from 'node:crypto';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { buildRow, busySteps, joined, processesWithArg, readBuildLog, startBuilder, startRunner, stepRows, submit, type CliProcess, type RunnerProcess } from '../helpers/fleet.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { buildRow, busySteps, joined, processesWithArg, readBuildLog, startBuilder, startRunner, stepRows, submit, useFleet, type RunnerProcess } from '../helpers/fleet.ts';
 import { MK_DRV, runNix } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
@@ -32,18 +30,15 @@ function uniqueSleep(seconds: number): string {
 }
 
 describe('step limits and cancellation through runner and builder processes', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-limits-'));
+  const { db, dir, procs } = useFleet('limits');
   const nonce = randomBytes(4).toString('hex');
   const sleeps = { timedOut: uniqueSleep(60), silent: uniqueSleep(60), logLimit: uniqueSleep(60), sleeper: uniqueSleep(6) };
   const started = join(dir, `started-${nonce}`);
   const finished = join(dir, `finished-${nonce}`);
   const file = join(dir, 'release.nix');
-  const procs: CliProcess[] = [];
   let runner: RunnerProcess;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
     writeFileSync(
       file,
       `{ }: let ${MK_DRV}
@@ -61,11 +56,6 @@ describe('step limits and cancellation through runner and builder processes', ()
     procs.push(runner.proc);
     for (const id of ['b1', 'b2']) procs.push(startBuilder(dir, `127.0.0.1:${runner.port}`, runner.tokenFile, id, 'maxJobs = 3'));
     await joined(runner.proc, ['b1', 'b2']);
-  });
-
-  afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    await db?.drop();
   });
 
   it('reports timeouts as 7, the log limit as 10 and the output size limit as 11, and builds within the limits', async () => {

@@ -10,8 +10,8 @@ import { createRunnerServer, listen, type RunnerHandlers } from '../../src/proto
 import { serverCredentials } from '../../src/protocol/tls.ts';
 import { makeTestCerts, type TestCerts } from '../helpers/certs.ts';
 import { runCli, startCli } from '../helpers/cli.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { buildRow, joined, startBuilder, startRunner, submit, type CliProcess, type RunnerProcess } from '../helpers/fleet.ts';
+import { createTestDatabase } from '../helpers/db.ts';
+import { buildRow, joined, startBuilder, startRunner, submit, useFleet, type CliProcess, type RunnerProcess } from '../helpers/fleet.ts';
 import { MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
@@ -40,16 +40,13 @@ async function refusedBuilder(args: string[]): Promise<{ code: number | null; ou
 }
 
 describe('a runner serving the builder protocol over mutual TLS', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-tls-'));
-  const procs: CliProcess[] = [];
+  const { db, dir, procs } = useFleet('tls');
   let certs: TestCerts;
   let runner: RunnerProcess;
   let server: string;
 
   beforeAll(async () => {
     certs = makeTestCerts(join(dir));
-    db = await createTestDatabase();
     runner = await startRunner(
       dir,
       db.url,
@@ -58,11 +55,6 @@ describe('a runner serving the builder protocol over mutual TLS', () => {
     procs.push(runner.proc);
     server = `localhost:${runner.port}`;
   }, 120_000);
-
-  afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    await db?.drop();
-  });
 
   it('says it serves mutual TLS', () => {
     expect(runner.proc.output()).toMatch(/"tls":"mutual","port":\d+,"msg":"builder protocol listening"/);

@@ -1,12 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { PrivateStore } from '../../src/nix/private-store.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { runCli, startCli } from '../helpers/cli.ts';
+import { useFleet } from '../helpers/fleet.ts';
 import { MK_DRV, runNix } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 import { copyFromCache, failureOf, generateKey } from '../cache/fixtures.ts';
@@ -36,16 +35,7 @@ function release(nonce: string): string {
 }
 
 describe('runner and two builder processes over gRPC, each with its own store', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-builders-'));
-  const procs: ReturnType<typeof startCli>[] = [];
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    await db.drop();
-  });
+  const { db, dir, procs } = useFleet('builders');
 
   it('builds a DAG on remote builders: requisites and outputs travel, rows are right', async () => {
     const nonce = randomBytes(4).toString('hex');

@@ -4,8 +4,8 @@ import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rea
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { buildRow, busySteps, joined, readBuildLog, startBuilder, startRunner, stepRows, submit, type CliProcess, type RunnerProcess, type StepRow } from '../helpers/fleet.ts';
+import { type TestDatabase, useTestDatabase } from '../helpers/db.ts';
+import { buildRow, busySteps, joined, readBuildLog, startBuilder, startRunner, stepRows, submit, type CliProcess, type RunnerProcess, type StepRow, useFleet } from '../helpers/fleet.ts';
 import { InProcessRunner } from '../helpers/in-process-runner.ts';
 import { MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
@@ -129,20 +129,20 @@ async function buildThroughFullDisk(
 const isRoot = process.getuid?.() === 0;
 
 describe.runIf(isRoot)('a full disk under a runner with a builder process', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-disk-full-'));
+  const { db, dir, procs } = useFleet('disk-full', async () => {
+    await Promise.all(procs.map((p) => p.exited));
+    unmountAll();
+  });
   const logs = join(dir, 'build-logs');
   const cache = join(dir, 'cache');
   const roots = join(dir, 'roots');
   const nonce = randomBytes(4).toString('hex');
   const file = join(dir, 'release.nix');
   const go = join(dir, 'go');
-  const procs: CliProcess[] = [];
   let runner: RunnerProcess;
   let builder: CliProcess;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
     // hydraDataDir is `dir`: its build logs, the cache and the GC roots each get a small filesystem of their own.
     mountTmpfs(logs, 'size=1m');
     mountTmpfs(cache, 'size=4m');
@@ -160,13 +160,6 @@ describe.runIf(isRoot)('a full disk under a runner with a builder process', () =
     builder = startBuilder(dir, `127.0.0.1:${runner.port}`, runner.tokenFile, 'b1');
     procs.push(builder);
     await joined(runner.proc, ['b1']);
-  });
-
-  afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    await Promise.all(procs.map((p) => p.exited));
-    unmountAll();
-    await db?.drop();
   });
 
   it('build logs: the attempt is aborted with the log file named, the runner stays up, and the retry keeps the whole log', async () => {
@@ -203,14 +196,13 @@ describe.runIf(isRoot)('a full disk under a runner with a builder process', () =
 });
 
 describe.runIf(isRoot)('a full log disk under the runner’s local builder', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-disk-full-local-'));
   const logs = join(dir, 'build-logs');
   const nonce = randomBytes(4).toString('hex');
   let runner: InProcessRunner;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
     // The local builder builds as a build user, which must see the file the build waits for.
     chmodSync(dir, 0o755);
     mountTmpfs(logs, 'size=1m');
@@ -220,7 +212,6 @@ describe.runIf(isRoot)('a full log disk under the runner’s local builder', () 
   afterAll(async () => {
     await runner?.stop();
     unmountAll();
-    await db?.drop();
   });
 
   it('aborts the attempt with the log file named, stays up, and the retry succeeds with the whole log', async () => {

@@ -1,10 +1,13 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type pg from 'pg';
+import { afterAll, expect } from 'vitest';
 import { runCli, startCli } from './cli.ts';
+import { useTestDatabase, type TestDatabase } from './db.ts';
 
 /**
  * Pieces for end-to-end tests of a real `hydrant serve` runner with real
@@ -13,6 +16,57 @@ import { runCli, startCli } from './cli.ts';
 
 export type CliProcess = ReturnType<typeof startCli>;
 
+/** What an end-to-end describe block runs on (see useFleet). */
+export interface Fleet {
+  readonly db: TestDatabase;
+  readonly dir: string;
+  /** Processes to SIGKILL after the block's tests. */
+  readonly procs: CliProcess[];
+  /** Proxies to close after the block's tests. */
+  readonly proxies: ForwardingProxy[];
+}
+
+/**
+ * What an end-to-end describe block runs on: a fresh database, a directory
+ * of its own (`hydrant-e2e-<name>-…`), and the processes and proxies it
+ * starts. After its tests (and after the block's own afterAll hooks) the
+ * processes are SIGKILLed, the proxies closed, then `cleanup` runs, then
+ * the database is dropped.
+ */
+export function useFleet(name: string, cleanup?: () => unknown): Fleet {
+  const fleet: Fleet = { db: useTestDatabase(), dir: mkdtempSync(join(tmpdir(), `hydrant-e2e-${name}-`)), procs: [], proxies: [] };
+  afterAll(async () => {
+    for (const p of fleet.procs) p.child.kill('SIGKILL');
+    for (const p of fleet.proxies) await p.close();
+    await cleanup?.();
+  });
+  return fleet;
+}
+
+/** Builder options for a builder that is to dial again quickly after a lost connection. */
+export const QUICK_RECONNECT = 'reconnectMinMs = 200\nreconnectMaxMs = 1000';
+
+/**
+ * Starts a runner with `config` TOML lines and one builder, b1, that dials
+ * it through a proxy (from `startProxy`, e.g. `TcpProxy.start`), with
+ * `builderConfig` lines; resolves once b1 has joined.
+ */
+export async function startRunnerWithProxiedBuilder<P extends ForwardingProxy>(
+  fleet: Fleet,
+  config: string,
+  startProxy: (target: number) => Promise<P>,
+  builderConfig = QUICK_RECONNECT,
+): Promise<{ runner: RunnerProcess; proxy: P; builder: CliProcess }> {
+  const runner = await startRunner(fleet.dir, fleet.db.url, config);
+  fleet.procs.push(runner.proc);
+  const proxy = await startProxy(runner.port);
+  fleet.proxies.push(proxy);
+  const builder = startBuilder(fleet.dir, `127.0.0.1:${proxy.port}`, runner.tokenFile, 'b1', builderConfig);
+  fleet.procs.push(builder);
+  await joined(runner.proc, ['b1']);
+  return { runner, proxy, builder };
+}
+
 export interface RunnerProcess {
   readonly proc: CliProcess;
   /** The runner's gRPC port. */
@@ -20,6 +74,25 @@ export interface RunnerProcess {
   /** A file holding a valid builder token. */
   readonly tokenFile: string;
   readonly token: string;
+}
+
+/**
+ * A runner's configuration: its database, Hydra data directory, builder
+ * token file and GC roots; gRPC and HTTP on free loopback ports; a 2 s
+ * shutdown grace; then the `extra` TOML lines.
+ */
+export function runnerToml(a: { dbUrl: string; hydraDataDir: string; tokenFile: string; rootsDir: string }, extra = ''): string {
+  return [
+    `dbUrl = "${a.dbUrl}"`,
+    `hydraDataDir = "${a.hydraDataDir}"`,
+    `tokenPaths = ["${a.tokenFile}"]`,
+    'grpcListen = "127.0.0.1:0"',
+    'httpListen = "127.0.0.1:0"',
+    `rootsDir = "${a.rootsDir}"`,
+    'shutdownGraceInS = 2',
+    extra,
+    '',
+  ].join('\n');
 }
 
 /**
@@ -36,20 +109,7 @@ export async function startRunner(
   const tokenFile = join(dir, 'token');
   writeFileSync(tokenFile, token);
   const config = join(dir, 'runner.toml');
-  writeFileSync(
-    config,
-    [
-      `dbUrl = "${dbUrl}"`,
-      `hydraDataDir = "${dir}"`,
-      `tokenPaths = ["${tokenFile}"]`,
-      'grpcListen = "127.0.0.1:0"',
-      'httpListen = "127.0.0.1:0"',
-      `rootsDir = "${join(dir, 'roots')}"`,
-      'shutdownGraceInS = 2',
-      extra,
-      '',
-    ].join('\n'),
-  );
+  writeFileSync(config, runnerToml({ dbUrl, hydraDataDir: dir, tokenFile, rootsDir: join(dir, 'roots') }, extra));
   const proc = startCli(['serve', '--config', config], env);
   const listening = await proc.waitFor(/"port":(\d+),"msg":"builder protocol listening"/, 60_000);
   return { proc, port: Number(/"port":(\d+)/.exec(listening)![1]), tokenFile, token };
@@ -107,6 +167,18 @@ export async function busySteps(pool: pg.Pool): Promise<number> {
   return (await pool.query('select count(*)::int n from buildsteps where busy != 0')).rows[0].n as number;
 }
 
+/** The attempts at build `id`: [machine, status, busy] of each of its steps, in order. */
+export async function attempts(pool: pg.Pool, id: number): Promise<[string, number | null, number][]> {
+  return (await stepRows(pool, id)).map((r) => [r.machine, r.status, r.busy]);
+}
+
+/** Build `id` succeeded after exactly `expected` attempts (as `attempts` gives them), and no step of any build is left busy. */
+export async function expectSucceeded(pool: pg.Pool, id: number, expected: readonly (readonly [string, number, number])[]): Promise<void> {
+  expect((await buildRow(pool, id)).buildstatus).toBe(0);
+  expect(await attempts(pool, id)).toEqual(expected);
+  expect(await busySteps(pool)).toBe(0);
+}
+
 /**
  * The stored build log of `drvPath` under `hydraDataDir`, as Hydra's web
  * interface finds it: plain, or compressed (`.bz2`, `.zst`). Null if none.
@@ -137,6 +209,43 @@ export function processesWithArg(arg: string): number[] {
 }
 
 /**
+ * A TCP proxy on a free local port: each connection it accepts gets a
+ * connection of its own to `target`, and the subclass relays between the two.
+ */
+export abstract class ForwardingProxy {
+  #server: Server | undefined;
+  /** The proxy's port: builders dial it. */
+  port = 0;
+
+  protected constructor(
+    /** Where new connections go (change it to follow a restarted runner). */
+    public target: number,
+  ) {}
+
+  /** Starts listening; resolves with the proxy once it has its port. */
+  protected async listen(): Promise<this> {
+    const server = createServer((client) => this.relay(client, connect(this.target, '127.0.0.1')));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const address = server.address();
+    if (address === null || typeof address === 'string') throw new Error('proxy has no port');
+    this.#server = server;
+    this.port = address.port;
+    return this;
+  }
+
+  /** Relays between an accepted connection and its own connection to the target. */
+  protected abstract relay(client: Socket, upstream: Socket): void;
+
+  /** Destroys what the proxy still holds open. */
+  protected abstract destroyAll(): void;
+
+  close(): Promise<void> {
+    this.destroyAll();
+    return new Promise((resolve) => (this.#server ? this.#server.close(() => resolve()) : resolve()));
+  }
+}
+
+/**
  * A TCP proxy from a local port to `targetPort`: builders dial the proxy.
  * `cut()` destroys every connection open through it, as a network failure
  * seen by both ends would; `cutBuilderSide()` destroys only the dialling
@@ -144,44 +253,32 @@ export function processesWithArg(arg: string): number[] {
  * its connection fail first (a NAT or firewall drop) and the runner has not
  * noticed yet. New connections still get through either way.
  */
-export class TcpProxy {
+export class TcpProxy extends ForwardingProxy {
   readonly #pairs = new Set<{ client: Socket; upstream: Socket }>();
   /** Runner-side sockets left open by cutBuilderSide(), closed by close(). */
   readonly #stranded = new Set<Socket>();
   /** Connections accepted so far. */
   accepted = 0;
 
-  private constructor(
-    private readonly server: Server,
-    readonly port: number,
-    /** Where new connections go (change it to follow a restarted runner). */
-    public target: number,
-  ) {}
+  static start(targetPort: number): Promise<TcpProxy> {
+    return new TcpProxy(targetPort).listen();
+  }
 
-  static async start(targetPort: number): Promise<TcpProxy> {
-    let self!: TcpProxy;
-    const server = createServer((client) => {
-      self.accepted++;
-      const upstream = connect(self.target, '127.0.0.1');
-      const pair = { client, upstream };
-      self.#pairs.add(pair);
-      const end = (): void => {
-        self.#pairs.delete(pair);
-        client.destroy();
-        upstream.destroy();
-      };
-      client.on('error', end);
-      upstream.on('error', end);
-      client.on('close', end);
-      upstream.on('close', end);
-      client.pipe(upstream);
-      upstream.pipe(client);
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const address = server.address();
-    if (address === null || typeof address === 'string') throw new Error('proxy has no port');
-    self = new TcpProxy(server, address.port, targetPort);
-    return self;
+  protected relay(client: Socket, upstream: Socket): void {
+    this.accepted++;
+    const pair = { client, upstream };
+    this.#pairs.add(pair);
+    const end = (): void => {
+      this.#pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', end);
+    upstream.on('error', end);
+    client.on('close', end);
+    upstream.on('close', end);
+    client.pipe(upstream);
+    upstream.pipe(client);
   }
 
   /** Destroys every open connection; returns how many were cut. */
@@ -215,10 +312,9 @@ export class TcpProxy {
     return n;
   }
 
-  close(): Promise<void> {
+  protected destroyAll(): void {
     this.cut();
     for (const s of this.#stranded) s.destroy();
     this.#stranded.clear();
-    return new Promise((resolve) => this.server.close(() => resolve()));
   }
 }

@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { beforeAll } from 'vitest';
 
 /** Creates the user, project and jobset that queued builds hang off, as Hydra's web UI would. */
 export async function createJobset(db: Pick<pg.Pool, 'query'>, project = 'demo', jobset = 'main', shares = 100): Promise<number> {
@@ -10,6 +11,24 @@ export async function createJobset(db: Pick<pg.Pool, 'query'>, project = 'demo',
     [jobset, project, shares],
   );
   return rows[0]!.id;
+}
+
+/**
+ * A jobset (as createJobset makes it) in `db`, made before the tests of the
+ * enclosing describe block; call it after useTestDatabase. `id` is its id
+ * once made.
+ */
+export function useJobset(db: Pick<pg.Pool, 'query'> | { readonly pool: Pick<pg.Pool, 'query'> }, project?: string, jobset?: string): { readonly id: number } {
+  let id: number | undefined;
+  beforeAll(async () => {
+    id = await createJobset('pool' in db ? db.pool : db, project, jobset);
+  });
+  return {
+    get id(): number {
+      if (id === undefined) throw new Error('the jobset is only there in the hooks and tests of its describe block');
+      return id;
+    },
+  };
 }
 
 /** Queues a build row the way Hydra's evaluator does (finished = 0). */

@@ -1,7 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterAll } from 'vitest';
 import { RunnerDaemon } from '../../src/daemon/serve.ts';
+import { useTestDatabase, type TestDatabase } from './db.ts';
 import { startBuilder, type CliProcess } from './fleet.ts';
 import { quietLog } from './runtime.ts';
 
@@ -47,4 +50,31 @@ export class InProcessRunner {
     for (const b of this.builders) b.child.kill('SIGKILL');
     await this.daemon.stop();
   }
+}
+
+/**
+ * For a describe block: a fresh database and a directory of its own
+ * (`hydrant-<name>-…`), and `start` for the in-process runners its tests
+ * start there, each stopped after the block's tests.
+ */
+export function useInProcessRunner(name: string): {
+  db: TestDatabase;
+  dir: string;
+  start(overrides?: Record<string, unknown>): Promise<InProcessRunner>;
+} {
+  const db = useTestDatabase();
+  const dir = mkdtempSync(join(tmpdir(), `hydrant-${name}-`));
+  const runners: InProcessRunner[] = [];
+  afterAll(async () => {
+    for (const r of runners) await r.stop();
+  });
+  return {
+    db,
+    dir,
+    async start(overrides = {}) {
+      const runner = await InProcessRunner.start(db.url, dir, overrides);
+      runners.push(runner);
+      return runner;
+    },
+  };
 }

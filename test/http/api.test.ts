@@ -2,23 +2,19 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { RunnerDaemon } from '../../src/daemon/serve.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset } from '../helpers/hydra-rows.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
 import { quietLog, waitFor } from '../helpers/runtime.ts';
 
 describe('HTTP API of a running runner', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-http-'));
   const daemons: RunnerDaemon[] = [];
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
   afterAll(async () => {
     for (const d of daemons) await d.stop();
-    await db.drop();
   });
 
   async function start(over: Record<string, unknown>): Promise<{ daemon: RunnerDaemon; url: string }> {

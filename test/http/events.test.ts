@@ -2,10 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { RunnerDaemon } from '../../src/daemon/serve.ts';
 import { LocalNixStore } from '../../src/nix/local-store.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
 import { quietLog, waitFor } from '../helpers/runtime.ts';
@@ -28,15 +28,11 @@ async function* sse(body: ReadableStream<Uint8Array>): AsyncGenerator<{ event: s
 }
 
 describe('live feed of step and machine transitions', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   let daemon: RunnerDaemon;
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-events-'));
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
   afterAll(async () => {
     await daemon?.stop();
-    await db.drop();
   });
 
   it("streams a build's step transitions while watched, keeps each step's history, and detaches when no one watches", async () => {

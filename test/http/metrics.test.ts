@@ -1,34 +1,23 @@
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createRunnerMetrics } from '../../src/metrics/runner-metrics.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { generateKey } from '../cache/fixtures.ts';
 import { runCli } from '../helpers/cli.ts';
-import { InProcessRunner } from '../helpers/in-process-runner.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useInProcessRunner } from '../helpers/in-process-runner.ts';
 import { MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 import { movedFamilies, parseMetrics, promtoolCheck } from './prometheus.ts';
 
 describe('Prometheus metrics', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-metrics-'));
-  let runner: InProcessRunner | undefined;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(async () => {
-    await runner?.stop();
-    await db.drop();
-  });
+  const { db, dir, start } = useInProcessRunner('metrics');
 
   it('every hydrant_ metric moves while a runner with real builders builds, fails, retries and uploads', async () => {
     const key = await generateKey(dir, 'metrics-1');
     const cacheDir = join(dir, 'cache');
-    runner = await InProcessRunner.start(db.url, dir, {
+    const runner = await start({
       remoteStoreAddr: [`file://${cacheDir}?compression=zstd&secret-key=${key.secretFile}`],
       retryInterval: 0.5, retryBackoff: 1, maxUnsupportedTimeInS: 1, builderGraceInS: 0, builderPingTimeoutInS: 1, workerThreads: 1,
     });
@@ -41,7 +30,7 @@ describe('Prometheus metrics', () => {
       lastText = await r.text();
       return parseMetrics(lastText);
     };
-    const builder = (id: string) => runner!.builder(id);
+    const builder = (id: string) => runner.builder(id);
     const first = scrape();
     const scrapes = [await first];
     const b1 = builder('b1');

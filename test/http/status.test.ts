@@ -1,30 +1,19 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { runCli } from '../helpers/cli.ts';
-import { InProcessRunner } from '../helpers/in-process-runner.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useInProcessRunner } from '../helpers/in-process-runner.ts';
 import { MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 describe('status API of a runner with a real builder', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-status-'));
-  let runner: InProcessRunner | undefined;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(async () => {
-    await runner?.stop();
-    await db.drop();
-  });
+  const { db, dir, start } = useInProcessRunner('status');
 
   it('reports machines, builds, running and runnable steps, queues and build trees, with why steps wait', async () => {
-    runner = await InProcessRunner.start(db.url, dir, {
+    const runner = await start({
       // A lost builder's job waits 10 minutes before its retry; an unsupported step waits an hour before failing.
       retryInterval: 600, maxUnsupportedTimeInS: 3600, builderGraceInS: 0, builderPingTimeoutInS: 2,
     });

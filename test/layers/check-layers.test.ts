@@ -9,22 +9,19 @@ import { checkImports, checkTree, type Import, LAYERS, modulesUnder } from '../.
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SCRIPT = path.join(ROOT, 'scripts/check-layers.ts');
 
-/** A copy of src/ in a temporary directory, for planting wrong imports. */
-function copyOfSrc(): string {
-  const dir = mkdtempSync(path.join(tmpdir(), 'hydrant-layers-'));
-  cpSync(path.join(ROOT, 'src'), path.join(dir, 'src'), { recursive: true });
-  dirs.push(dir);
-  return dir;
+/** A copy of src/ in a temporary directory with `line` planted first in `file`; returns the copy's root. */
+function copyWith(file: string, line: string): string {
+  const root = mkdtempSync(path.join(tmpdir(), 'hydrant-layers-'));
+  cpSync(path.join(ROOT, 'src'), path.join(root, 'src'), { recursive: true });
+  dirs.push(root);
+  const p = path.join(root, file);
+  writeFileSync(p, `${line}\n${readFileSync(p, 'utf8')}`);
+  return root;
 }
 const dirs: string[] = [];
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
-
-function plant(root: string, file: string, line: string): void {
-  const p = path.join(root, file);
-  writeFileSync(p, `${line}\n${readFileSync(p, 'utf8')}`);
-}
 
 describe('layer check', () => {
   it('passes on the tree', () => {
@@ -37,9 +34,7 @@ describe('layer check', () => {
   });
 
   it('fails on an upward import, naming the file, the line and the import', () => {
-    const root = copyOfSrc();
-    plant(root, 'src/nix/hash.ts', "import type { Command } from '../cli/command.ts';");
-    const v = checkTree(root);
+    const v = checkTree(copyWith('src/nix/hash.ts', "import type { Command } from '../cli/command.ts';"));
     expect(v.map((x) => x.kind)).toEqual(['upward']);
     expect(v[0]!.message).toContain('src/nix/hash.ts:1');
     expect(v[0]!.message).toContain("'../cli/command.ts'");
@@ -47,17 +42,14 @@ describe('layer check', () => {
   });
 
   it('fails on an import cycle, naming the modules', () => {
-    const root = copyOfSrc();
-    plant(root, 'src/nix/hash.ts', "import './store-path.ts';");
-    const v = checkTree(root);
+    const v = checkTree(copyWith('src/nix/hash.ts', "import './store-path.ts';"));
     expect(v.map((x) => x.kind)).toEqual(['cycle']);
     expect(v[0]!.message).toContain('src/nix/hash.ts');
     expect(v[0]!.message).toContain('src/nix/store-path.ts');
   });
 
   it('exits non-zero from the command line', () => {
-    const root = copyOfSrc();
-    plant(root, 'src/util/heap.ts', "export { HydrantError } from '../errors/index.ts';\nimport('../cli/main.ts');");
+    const root = copyWith('src/util/heap.ts', "export { HydrantError } from '../errors/index.ts';\nimport('../cli/main.ts');");
     const r = spawnSync(process.execPath, ['--import', 'tsx', SCRIPT, root], { cwd: ROOT, encoding: 'utf8' });
     expect(r.status).toBe(1);
     expect(r.stderr).toContain("src/util/heap.ts:2: upward import '../cli/main.ts'");

@@ -10,6 +10,7 @@ import { instantiate, MK_DRV, realise } from '../helpers/nix.ts';
 import type { NixPathInfo } from '../cache/fixtures.ts';
 import { narInfoArb } from './arbitraries.ts';
 import { nixJson, nixText, tempDir } from './util.ts';
+import { assertRoundTrips } from '../helpers/round-trip.ts';
 
 /** `nix path-info --json` with signatures. */
 type PathInfo = NixPathInfo & { signatures?: string[] };
@@ -121,14 +122,7 @@ describe('malformed narinfo', () => {
 
 describe('round trips (property)', () => {
   it('parse(serialize(info)) == info', () => {
-    fc.assert(
-      fc.property(narInfoArb, (info) => {
-        const text = serializeNarInfo(info);
-        expect(parseNarInfo(text)).toEqual(info);
-        expect(serializeNarInfo(parseNarInfo(text))).toBe(text);
-      }),
-      { numRuns: 300 },
-    );
+    assertRoundTrips(narInfoArb, serializeNarInfo, parseNarInfo);
   });
 
   it('serialization sorts references and signatures', () => {

@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { credentials, status, type ClientDuplexStream, type Server, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { TokenAuth, UNAUTHENTICATED_MESSAGE } from '../../src/protocol/auth.ts';
+import { UNAUTHENTICATED_MESSAGE } from '../../src/protocol/auth.ts';
 import {
   Join,
   Ping,
@@ -16,13 +16,12 @@ import {
 import { JobOwnership } from '../../src/protocol/job-ownership.ts';
 import {
   createBuilderClient,
-  createRunnerServer,
-  listenInsecure,
   PROTOCOL_VERSION,
   type BuilderClient,
   type ControlSession,
   type RunnerHandlers,
 } from '../../src/protocol/server.ts';
+import { startRunnerServer } from '../helpers/runner-server.ts';
 
 const TOKEN = 'builder-token-0123456789abcdef';
 const CHUNK = 64 * 1024;
@@ -98,11 +97,8 @@ const open: { close(): void }[] = [];
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'hydrant-grpc-'));
-  const tokenFile = path.join(dir, 'token');
-  await writeFile(tokenFile, `  ${TOKEN}\n`);
-  const auth = await TokenAuth.fromFiles([tokenFile]);
-  server = createRunnerServer({ auth, ownership, handlers, pingIntervalMs: 500 });
-  const port = await listenInsecure(server, '127.0.0.1:0');
+  let port: number;
+  ({ server, port } = await startRunnerServer(dir, `  ${TOKEN}\n`, { ownership, handlers, pingIntervalMs: 500 }));
   address = `127.0.0.1:${port}`;
 });
 

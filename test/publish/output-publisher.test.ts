@@ -3,28 +3,24 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { LocalNixBuilder } from '../../src/builder/local-builder.ts';
 import { BinaryCache } from '../../src/cache/binary-cache.ts';
 import { LocalNixStore } from '../../src/nix/local-store.ts';
 import { OutputPublisher } from '../../src/publish/output-publisher.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { generateKey } from '../cache/fixtures.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
 import { machineRecord, quietLog, startRuntime, waitFor } from '../helpers/runtime.ts';
 
 describe('a step counts as done only after its upload', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-publish-'));
   const pool = new WorkerPool({ threads: 1 });
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
   afterAll(async () => {
     await pool.close();
-    await db.drop();
   });
 
   it('an upload that fails retries the step; the build succeeds once the cache takes it, with roots and a compressed log', async () => {

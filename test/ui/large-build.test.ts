@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser } from 'playwright-core';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { launchBrowser, newPage, resultPath, startSimRunner, type SimRunner } from './harness.ts';
 
 /* Code passed to page.evaluate runs in the browser; the project compiles without the DOM library. */
@@ -15,17 +15,15 @@ declare function requestAnimationFrame(cb: (t: number) => void): number;
 const STEPS = 10_000;
 
 describe('visualizer with a 10k-step build', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   let runner: SimRunner;
   let browser: Browser;
   beforeAll(async () => {
-    db = await createTestDatabase();
     [runner, browser] = await Promise.all([startSimRunner(db.pool, STEPS), launchBrowser()]);
   }, 120_000);
   afterAll(async () => {
     await browser?.close();
     await runner?.stop();
-    await db?.drop();
   });
 
   it('draws the whole graph, follows its steps as they change, and answers clicks, scrolls and zooms', async () => {
