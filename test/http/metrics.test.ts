@@ -53,10 +53,12 @@ describe('Prometheus metrics', () => {
     await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 60_000, 'the first builds');
     scrapes.push(await scrape());
 
-    // A slow build on b1; b1 dies mid-build (a machine failure); b2 takes the retry.
+    // A slow build on b1, held until b1 is gone whatever the load: b1 dies
+    // mid-build (a machine failure); b2 takes the retry once `go` exists.
     // okAgain is ok's derivation under another job name: a cached build.
+    const go = join(dir, 'go');
     writeFileSync(file, `{ }: let ${MK_DRV} in {
-      slow = mk { name = "slow-${nonce}"; script = "/bin/sleep 4; echo > $out"; };
+      slow = mk { name = "slow-${nonce}"; script = "while [ ! -e ${go} ]; do /bin/sleep 0.1; done; echo > $out"; };
       okAgain = mk { name = "ok-${nonce}"; script = "echo building ok; echo ok > $out"; };
     }`);
     expect((await runCli(['submit', '--db-url', db.url, '--project', 'm', '--jobset', 'main', '--file', file])).code).toBe(0);
@@ -66,6 +68,7 @@ describe('Prometheus metrics', () => {
     await waitFor(async () => ((await scrape()).samples.get('hydrant_machine_max_jobs{machine="b2"}') ?? 0) === 1, 30_000, 'b2 to join');
     b1.child.kill('SIGKILL');
     await waitFor(async () => ((await scrape()).samples.get('hydrant_machine_failures_total{machine="b1"}') ?? 0) > 0, 30_000, 'b1 to be lost');
+    writeFileSync(go, '');
     await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 60_000, 'slow');
     await daemon.runtime!.scheduler.settle(); // the totals follow the rows' commit
     scrapes.push(await scrape());
