@@ -4,6 +4,7 @@ import type { BuilderPort, StepFinisher, StepJob, StepOutcome } from './builder-
 import { finishingPort } from './finishing-port.ts';
 import { unixNow } from './builder-port.ts';
 import { Dispatcher, type DispatcherOptions } from './dispatcher.ts';
+import { MachineActor } from './machine-actor.ts';
 import type { MachineRecord } from './machine-record.ts';
 import type { BuildRecord, Clock, JobsetRecord, SchedulerStore, StepRecord } from './model.ts';
 import { systemClock } from './model.ts';
@@ -226,9 +227,17 @@ export class Scheduler {
 
   // ------------------------------------------------------------ machines
 
-  addMachine(m: MachineRecord, port: BuilderPort): void {
-    this.ports.set(m.id, this.o.finisher ? finishingPort(port, this.o.finisher, (jobId) => this.builtOn(m, jobId)) : port);
-    this.dispatcher.addMachine(m);
+  /**
+   * Adds a machine: a MachineActor its owner drives (it sends JOINED), or a
+   * plain record (a configured machine), whose actor is spawned here and
+   * joins at once.
+   */
+  addMachine(m: MachineRecord, port: BuilderPort): MachineActor {
+    const actor = MachineActor.from(m);
+    this.ports.set(m.id, this.o.finisher ? finishingPort(port, this.o.finisher, (jobId) => this.builtOn(actor, jobId)) : port);
+    this.dispatcher.addMachine(actor);
+    if (actor !== m) actor.send({ type: 'JOINED' });
+    return actor;
   }
 
   /** A builder is done with a job whose outputs are still being published: its slot is free. */
