@@ -102,6 +102,10 @@ export class MachineActor implements MachineRecord {
   get state(): BuilderState {
     return this.value;
   }
+  /** The actor's context as of its latest snapshot. */
+  get context(): Readonly<BuilderContext> {
+    return this.ctx;
+  }
   get load(): MachineLoad {
     return this.ctx.load;
   }
