@@ -141,7 +141,7 @@ export const builderMachine = setup({
       after: { backoff: { actions: raise({ type: 'BACKOFF_ELAPSED' }) } },
       on: {
         BACKOFF_ELAPSED: 'ready',
-        // Another failure restarts the backoff, longer (Hydra sets disabledUntil anew on each one).
+        // Another failure restarts the backoff, longer (Hydra sets disabledUntil anew on each failure it counts).
         FAILURES_EXCEEDED: { target: 'disabled', reenter: true, actions: 'recordFailure' },
         DISCONNECTED: 'unreachable',
         DRAIN: 'draining',
