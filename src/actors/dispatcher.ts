@@ -151,7 +151,8 @@ export class Dispatcher {
     const wasFull = !hasRoom(m, this.o.machineFreeFn);
     if (!m.jobs.delete(step)) return;
     if (m.jobs.size === 0) m.idleSince = this.o.clock.now();
-    this.roomChanged(m, wasFull);
+    // A machine that had room is listed already, and its state is ready or will be at the next round's end.
+    if (wasFull) this.roomChanged(m, true);
   }
 
   /** Schedules another attempt, or gives up (ABORT) once maxRetries retries were used. */
