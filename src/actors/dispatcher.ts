@@ -72,7 +72,7 @@ export class Dispatcher {
   readonly machines = new Map<string, MachineActor>();
   private readonly machineQueues = new Map<MachineRecord, RunnableQueue[]>();
   /** Machines whose slots or figures changed since the last round's end (their ready/busy is synced then). */
-  private readonly touched = new Set<MachineActor>();
+  private readonly touched: MachineActor[] = [];
   private readonly onMachineChange: MachineListener = (m, c) => this.machineChanged(m, c);
   /** Listeners on every machine's changes, present and future (the live feed). */
   private readonly machineObservers = new Set<MachineListener>();
@@ -268,7 +268,6 @@ export class Dispatcher {
     if (m.state !== 'gone') m.send({ type: 'REMOVE' });
     this.unlist(m);
     this.machines.delete(m.id);
-    this.touched.delete(m);
     m.unsubscribe(this.onMachineChange);
     for (const l of this.machineObservers) m.unsubscribe(l);
     m.stop();
@@ -332,7 +331,7 @@ export class Dispatcher {
   }
 
   private touch(m: MachineActor): void {
-    this.touched.add(m);
+    this.markTouched(m);
     if (!this.scheduled) {
       this.scheduled = true;
       queueMicrotask(() => this.round());
@@ -345,14 +344,25 @@ export class Dispatcher {
    * of a round, none for a machine that stayed full.
    */
   private syncTouched(): void {
-    for (const m of this.touched) {
+    const touched = this.touched;
+    // Indexed: a machine's event can touch another machine (its listeners run at once), which joins this pass.
+    for (let i = 0; i < touched.length; i++) {
+      const m = touched[i]!;
+      m.syncPending = false;
       const st = m.state;
       if (st !== 'ready' && st !== 'busy') continue;
       const room = hasRoom(m, this.o.machineFreeFn);
       if (st === 'ready' && !room) m.send({ type: 'FULL' });
       else if (st === 'busy' && room) m.send({ type: 'SLOT_FREE' });
     }
-    this.touched.clear();
+    touched.length = 0;
+  }
+
+  /** Marks the machine for the round's end sync (a flag on it, not a set: this runs per assignment). */
+  private markTouched(m: MachineActor): void {
+    if (m.syncPending) return;
+    m.syncPending = true;
+    this.touched.push(m);
   }
 
   private listFree(m: MachineActor, fresh: boolean): void {
@@ -505,7 +515,7 @@ export class Dispatcher {
     step.machine = m.id;
     m.jobs.add(step);
     this.stats.assignments++;
-    this.touched.add(m as MachineActor); // synced at the round's end
+    this.markTouched(m as MachineActor); // synced at the round's end
     const now = this.o.clock.now();
     this.o.onDispatch?.(now - Math.max(step.runnableSince, m.roomSince), now - step.runnableSince);
     this.o.assign(step, m);

@@ -59,6 +59,8 @@ export class MachineActor implements MachineRecord {
   readonly jobs: Set<StepRecord>;
   idleSince: number;
   roomSince = 0;
+  /** Set while the dispatcher has this machine's ready/busy state to sync at the end of the current round. */
+  syncPending = false;
 
   private readonly actor: Actor<typeof builderMachine>;
   private current: SnapshotFrom<typeof builderMachine>;
