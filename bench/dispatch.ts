@@ -116,11 +116,9 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
           feedStats.bytes += `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`.length;
         },
       });
-      // The feed's own main-thread time: its step observer, its machine observer and its flushes (which serialise).
+      // The feed's own main-thread time: its step observer and its flushes (which serialise); machine transitions are few.
       const g = runtime.scheduler.graph;
-      const d0 = runtime.scheduler.dispatcher;
       const stepObserver = g.observer!;
-      const machineObserver = d0.machineObserver!;
       const f = feed as unknown as { flush(): void };
       const flush = f.flush.bind(feed);
       const timed = <A extends unknown[]>(fn: (...a: A) => void) => (...a: A): void => {
@@ -129,7 +127,6 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
         feedStats.cpuMs += performance.now() - t;
       };
       g.observer = timed(stepObserver);
-      d0.machineObserver = timed(machineObserver);
       f.flush = timed(flush);
       log(`feed: one client watching a build of ${watched.size} steps`);
     }

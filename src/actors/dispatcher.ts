@@ -1,5 +1,6 @@
-import { builderLifecycle, type BuilderEventType } from '../machines/index.ts';
+import type { BuilderState } from '../machines/index.ts';
 import { Heap } from '../util/heap.ts';
+import type { MachineActor, MachineChange, MachineListener } from './machine-actor.ts';
 import {
   hasRoom, machineScore, supportsPlatform, type MachineFreeFn, type MachineRecord, type MachineSortFn,
 } from './machine-record.ts';
@@ -56,23 +57,31 @@ export interface DispatcherStats {
  * freed slot, a joined machine or a due retry schedules one round on the next
  * turn of the event loop, and a round does work in proportion to the
  * assignments it makes (each one: O(platform queues + log n)), never in
- * proportion to the queue. Deadlines (retries, unsupported steps, machine
- * backoff) are data with one timer each for the earliest.
+ * proportion to the queue. Deadlines (retries, unsupported steps) are data
+ * with one timer each for the earliest.
+ *
+ * Machines are live actors (MachineActor): the dispatcher reads their
+ * lifecycle from their snapshots and hears their transitions by
+ * subscription (listing a machine that became ready, unlisting one that is
+ * gone); it never changes a machine's state itself except to bring ready/busy
+ * in line with its slots once per round (see README.md in this directory).
  */
 export class Dispatcher {
   private readonly queues = new Map<string, RunnableQueue>();
   private readonly active = new Set<RunnableQueue>();
-  readonly machines = new Map<string, MachineRecord>();
+  readonly machines = new Map<string, MachineActor>();
   private readonly machineQueues = new Map<MachineRecord, RunnableQueue[]>();
+  /** Machines whose slots or figures changed since the last round's end (their ready/busy is synced then). */
+  private readonly touched: MachineActor[] = [];
+  private readonly onMachineChange: MachineListener = (m, c) => this.machineChanged(m, c);
+  /** Listeners on every machine's changes, present and future (the live feed). */
+  private readonly machineObservers = new Set<MachineListener>();
   private readonly retries = new Heap<StepRecord>((a, b) => a.retryAt < b.retryAt);
   private retryTimer: NodeJS.Timeout | null = null;
   private retryTimerAt = 0;
   private unsupportedTimer: NodeJS.Timeout | null = null;
-  private readonly backoffTimers = new Map<MachineRecord, NodeJS.Timeout>();
   private scheduled = false;
   private paused = false;
-  /** Sees every machine transition while set (the live feed); null costs one check. */
-  machineObserver: ((m: MachineRecord, event: BuilderEventType, from: string, to: string) => void) | null = null;
   readonly stats: DispatcherStats = { runnable: 0, retryWaiting: 0, rounds: 0, assignments: 0, roundMs: 0 };
 
   private readonly o: DispatcherOptions;
@@ -91,7 +100,7 @@ export class Dispatcher {
   /** Applies reloaded settings that are safe to change while running. */
   reconfigure(c: Pick<DispatcherOptions, 'maxRetries' | 'retryInterval' | 'retryBackoff' | 'maxUnsupportedTimeInS' | 'machineFreeFn'>): void {
     Object.assign(this.o, c);
-    for (const m of this.machines.values()) this.syncCapacity(m);
+    for (const m of this.machines.values()) this.roomChanged(m, true);
   }
 
   // ------------------------------------------------------------ steps
@@ -138,9 +147,12 @@ export class Dispatcher {
    * step now. Idempotent; jobEnded releases it too.
    */
   releaseSlot(step: StepRecord, machine: MachineRecord): void {
-    if (!machine.jobs.delete(step)) return;
-    if (machine.jobs.size === 0) machine.idleSince = this.o.clock.now();
-    this.syncCapacity(machine);
+    const m = machine as MachineActor;
+    const wasFull = !hasRoom(m, this.o.machineFreeFn);
+    if (!m.jobs.delete(step)) return;
+    if (m.jobs.size === 0) m.idleSince = this.o.clock.now();
+    // A machine that had room is listed already, and its state is ready or will be at the next round's end.
+    if (wasFull) this.roomChanged(m, true);
   }
 
   /** Schedules another attempt, or gives up (ABORT) once maxRetries retries were used. */
@@ -227,10 +239,12 @@ export class Dispatcher {
 
   // ------------------------------------------------------------ machines
 
-  /** A builder joined (or re-joined as a new session). */
-  addMachine(m: MachineRecord): void {
+  /**
+   * A machine joined (or re-joined as a new session): from now on its
+   * transitions list and unlist it; it is dispatched to once it is ready.
+   */
+  addMachine(m: MachineActor): void {
     this.machines.set(m.id, m);
-    this.machineEvent(m, 'JOINED');
     const qs: RunnableQueue[] = [];
     for (const q of this.queues.values()) {
       if (supportsPlatform(m, q.platform)) {
@@ -240,88 +254,119 @@ export class Dispatcher {
       }
     }
     this.machineQueues.set(m, qs);
-    this.syncCapacity(m);
-    this.listFree(m);
+    m.subscribe(this.onMachineChange);
+    for (const l of this.machineObservers) m.subscribe(l);
+    this.roomChanged(m, true);
   }
 
-  /** New load/pressure/disk figures from a ping. */
-  machineReport(m: MachineRecord): void {
-    this.syncCapacity(m);
-  }
-
-  /** The connection dropped: keep the machine's jobs for the grace period. */
-  machineUnreachable(m: MachineRecord): void {
-    this.machineEvent(m, 'DISCONNECTED');
-  }
-
-  machineReconnected(m: MachineRecord): void {
-    this.machineEvent(m, 'RECONNECTED');
-    this.syncCapacity(m);
-    this.listFree(m);
-  }
-
-  /** The machine is gone for good; returns the steps it still held (the caller retries them). */
-  removeMachine(m: MachineRecord, event: 'GRACE_EXPIRED' | 'REMOVE' | 'DRAINED' | 'DISCONNECTED' = 'REMOVE'): StepRecord[] {
-    if (builderLifecycle.next(m.state, event)) this.machineEvent(m, event);
-    else m.state = 'gone';
+  /**
+   * The machine is gone for good (or goes now: `event`, else REMOVE, is sent
+   * to it); returns the steps it still held (the caller retries them).
+   */
+  removeMachine(m: MachineActor, event: 'GRACE_EXPIRED' | 'REMOVE' | 'DRAINED' | 'DISCONNECTED' = 'REMOVE'): StepRecord[] {
+    m.send({ type: event });
+    if (m.state !== 'gone') m.send({ type: 'REMOVE' });
+    this.unlist(m);
     this.machines.delete(m.id);
-    const t = this.backoffTimers.get(m);
-    if (t) clearTimeout(t);
-    this.backoffTimers.delete(m);
+    m.unsubscribe(this.onMachineChange);
+    for (const l of this.machineObservers) m.unsubscribe(l);
+    m.stop();
+    return [...m.jobs];
+  }
+
+  /** A job failed in a way that points at the machine: its actor disables it for a backoff. */
+  machineFailed(m: MachineRecord): void {
+    (m as MachineActor).send({
+      type: 'FAILURES_EXCEEDED',
+      at: this.o.clock.now(),
+      policy: { intervalS: this.o.retryInterval, factor: this.o.retryBackoff },
+    });
+  }
+
+  /** A job ended well: the failure count starts over (an event only when there is one to reset). */
+  machineSucceeded(m: MachineRecord): void {
+    if (m.consecutiveFailures > 0) (m as MachineActor).send({ type: 'SUCCEEDED' });
+  }
+
+  /** Calls `l` on every change of every machine, present and joining later, until the returned function is called. */
+  observeMachines(l: MachineListener): () => void {
+    this.machineObservers.add(l);
+    for (const m of this.machines.values()) m.subscribe(l);
+    return () => {
+      this.machineObservers.delete(l);
+      for (const m of this.machines.values()) m.unsubscribe(l);
+    };
+  }
+
+  get machineObserverCount(): number {
+    return this.machineObservers.size;
+  }
+
+  /** A machine actor changed: list it when it can take jobs again, unlist it once gone. */
+  private machineChanged(m: MachineActor, c: MachineChange): void {
+    // FULL / SLOT_FREE come from this dispatcher's own sync, which already acted on the slots.
+    if (c.event.type === 'FULL' || c.event.type === 'SLOT_FREE') return;
+    if (c.to === 'gone') this.unlist(m);
+    // A new lifecycle state, or new load figures for a machine the last sync found full.
+    else if (usable(c.to)) this.roomChanged(m, c.from !== c.to || c.from === 'busy');
+  }
+
+  /**
+   * The machine's slots or figures changed: list it in its queues when it has
+   * room (`fresh`: it had none before, so its room starts now), and sync its
+   * ready/busy state at the round's end.
+   */
+  private roomChanged(m: MachineActor, fresh: boolean): void {
+    this.touch(m);
+    if (usable(m.state) && hasRoom(m, this.o.machineFreeFn)) this.listFree(m, fresh);
+  }
+
+  private unlist(m: MachineActor): void {
     for (const q of this.machineQueues.get(m) ?? []) {
       q.capable.delete(m);
       q.listedFree.delete(m);
       this.checkUnsupported(q);
     }
     this.machineQueues.delete(m);
-    return [...m.jobs];
   }
 
-  /** A job failed in a way that points at the machine: disable it for a while. */
-  machineFailed(m: MachineRecord): void {
-    const now = this.o.clock.now();
-    m.consecutiveFailures++;
-    m.lastFailure = now;
-    const delay = Math.min(this.o.retryInterval * this.o.retryBackoff ** (m.consecutiveFailures - 1), 3600) * 1000;
-    m.disabledUntil = now + delay;
-    if (builderLifecycle.next(m.state, 'FAILURES_EXCEEDED')) {
-      this.machineEvent(m, 'FAILURES_EXCEEDED');
-      const prev = this.backoffTimers.get(m);
-      if (prev) clearTimeout(prev);
-      this.backoffTimers.set(m, setTimeout(() => {
-        this.backoffTimers.delete(m);
-        if (m.state !== 'disabled') return;
-        this.machineEvent(m, 'BACKOFF_ELAPSED');
-        this.syncCapacity(m);
-        this.listFree(m);
-      }, delay));
+  private touch(m: MachineActor): void {
+    this.markTouched(m);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      queueMicrotask(() => this.round());
     }
   }
 
-  machineSucceeded(m: MachineRecord): void {
-    m.consecutiveFailures = 0;
-  }
-
-  private machineEvent(m: MachineRecord, e: BuilderEventType): void {
-    const next = builderLifecycle.next(m.state, e);
-    if (next === undefined) throw new Error(`machine ${m.id}: ${e} not accepted in ${m.state}`);
-    const from = m.state;
-    m.state = next;
-    if (this.machineObserver) this.machineObserver(m, e, from, next);
-  }
-
-  private syncCapacity(m: MachineRecord): void {
-    const room = hasRoom(m, this.o.machineFreeFn);
-    if (m.state === 'ready' && !room) this.machineEvent(m, 'FULL');
-    else if (m.state === 'busy' && room) {
-      this.machineEvent(m, 'SLOT_FREE');
-      this.listFree(m);
+  /**
+   * Brings each touched machine's ready/busy state in line with its slots:
+   * one event per machine whose capacity differs from its state at the end
+   * of a round, none for a machine that stayed full.
+   */
+  private syncTouched(): void {
+    const touched = this.touched;
+    // Indexed: a machine's event can touch another machine (its listeners run at once), which joins this pass.
+    for (let i = 0; i < touched.length; i++) {
+      const m = touched[i]!;
+      m.syncPending = false;
+      const st = m.state;
+      if (st !== 'ready' && st !== 'busy') continue;
+      const room = hasRoom(m, this.o.machineFreeFn);
+      if (st === 'ready' && !room) m.send({ type: 'FULL' });
+      else if (st === 'busy' && room) m.send({ type: 'SLOT_FREE' });
     }
+    touched.length = 0;
   }
 
-  private listFree(m: MachineRecord): void {
-    if (m.state !== 'ready') return;
-    m.roomSince = this.o.clock.now();
+  /** Marks the machine for the round's end sync (a flag on it, not a set: this runs per assignment). */
+  private markTouched(m: MachineActor): void {
+    if (m.syncPending) return;
+    m.syncPending = true;
+    this.touched.push(m);
+  }
+
+  private listFree(m: MachineActor, fresh: boolean): void {
+    if (fresh) m.roomSince = this.o.clock.now();
     for (const q of this.machineQueues.get(m) ?? []) {
       if (!q.listedFree.has(m)) {
         q.listedFree.add(m);
@@ -331,9 +376,10 @@ export class Dispatcher {
     this.kick();
   }
 
+  /** The best listed machine of the queue that can take a job now (capacity read from its slots, not its state). */
   private topFree(q: RunnableQueue): MachineRecord | undefined {
     for (let m = q.freeMachines.peek(); m; m = q.freeMachines.peek()) {
-      if (m.state === 'ready' && q.listedFree.has(m)) return m;
+      if (usable(m.state) && q.listedFree.has(m) && hasRoom(m, this.o.machineFreeFn)) return m;
       q.freeMachines.pop();
       q.listedFree.delete(m);
     }
@@ -351,7 +397,7 @@ export class Dispatcher {
         if (supportsPlatform(m, q.platform)) {
           qs.push(q);
           q.capable.add(m);
-          if (m.state === 'ready') {
+          if (usable(m.state) && hasRoom(m, this.o.machineFreeFn)) {
             q.listedFree.add(m);
             q.freeMachines.push(m);
           }
@@ -425,11 +471,15 @@ export class Dispatcher {
   /** One dispatch round: assign the globally best step to the best free machine, until none fits. */
   round(): void {
     this.scheduled = false;
-    if (this.paused) return;
+    if (this.paused) {
+      this.syncTouched();
+      return;
+    }
     this.stats.rounds++;
     const t0 = performance.now();
     try {
       this.assignAll();
+      this.syncTouched();
     } finally {
       this.stats.roundMs += performance.now() - t0;
     }
@@ -465,7 +515,7 @@ export class Dispatcher {
     step.machine = m.id;
     m.jobs.add(step);
     this.stats.assignments++;
-    this.syncCapacity(m);
+    this.markTouched(m as MachineActor); // synced at the round's end
     const now = this.o.clock.now();
     this.o.onDispatch?.(now - Math.max(step.runnableSince, m.roomSince), now - step.runnableSince);
     this.o.assign(step, m);
@@ -482,14 +532,20 @@ export class Dispatcher {
     this.backstop = null;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.unsupportedTimer) clearTimeout(this.unsupportedTimer);
-    for (const t of this.backoffTimers.values()) clearTimeout(t);
-    this.backoffTimers.clear();
+    for (const m of this.machines.values()) m.stop();
     this.retryTimer = null;
     this.unsupportedTimer = null;
   }
 
-  /** Timers still armed (tests check none is left after every build ends). */
+  /** Timers still armed, the machine actors' included (tests check none is left after every build ends). */
   get pendingTimers(): number {
-    return (this.retryTimer ? 1 : 0) + (this.unsupportedTimer ? 1 : 0) + this.backoffTimers.size;
+    let n = (this.retryTimer ? 1 : 0) + (this.unsupportedTimer ? 1 : 0);
+    for (const m of this.machines.values()) if (m.timerArmed) n++;
+    return n;
   }
+}
+
+/** States in which a machine takes jobs (busy may have room again before the round's end syncs it). */
+function usable(s: BuilderState): boolean {
+  return s === 'ready' || s === 'busy';
 }

@@ -1,8 +1,10 @@
-import type { BuilderState } from '../machines/index.ts';
+import { IDLE_LOAD, type BuilderState, type MachineLoad } from '../machines/index.ts';
 import type { PlatformRecord, StepRecord } from './model.ts';
 
-/** A build machine as the dispatcher sees it (Hydra's "machine"; a connected builder agent). */
-export interface MachineRecord {
+export { IDLE_LOAD, type MachineLoad };
+
+/** What a machine is: fixed for its life (from its Join message or the configuration). */
+export interface MachineSpec {
   readonly id: string;
   readonly systems: ReadonlySet<string>;
   /** Supported features, mandatory ones included. */
@@ -12,26 +14,27 @@ export interface MachineRecord {
   readonly speedFactor: number;
   readonly cpuCount: number;
   readonly bogomips: number;
-  state: BuilderState;
+  readonly thresholds: MachineThresholds;
+}
+
+/**
+ * A build machine as the dispatcher reads it (Hydra's "machine"; a
+ * connected builder agent): a MachineActor (machine-actor.ts), whose
+ * lifecycle state, health and load come from its actor's snapshot. A plain
+ * object of this shape given to Scheduler.addMachine describes a machine
+ * (with its jobs set), and the scheduler spawns its actor.
+ */
+export interface MachineRecord extends MachineSpec {
+  readonly state: BuilderState;
   readonly jobs: Set<StepRecord>;
-  consecutiveFailures: number;
-  lastFailure: number;
-  disabledUntil: number;
+  readonly consecutiveFailures: number;
+  readonly lastFailure: number;
+  readonly disabledUntil: number;
   idleSince: number;
   /** When the machine last gained room for a job. */
   roomSince: number;
   /** Latest report from the builder (dynamic capacity, disk space). */
-  load: MachineLoad;
-  readonly thresholds: MachineThresholds;
-}
-
-export interface MachineLoad {
-  load1: number;
-  cpuPressure: number;
-  memPressure: number;
-  ioPressure: number;
-  buildDirFreePercent: number;
-  storeFreePercent: number;
+  readonly load: MachineLoad;
 }
 
 export interface MachineThresholds {
@@ -48,15 +51,6 @@ export const DEFAULT_THRESHOLDS: MachineThresholds = Object.freeze({
   maxMemPressure: 50,
   maxIoPressure: 80,
   minFreeDiskPercent: 5,
-});
-
-export const IDLE_LOAD: MachineLoad = Object.freeze({
-  load1: 0,
-  cpuPressure: 0,
-  memPressure: 0,
-  ioPressure: 0,
-  buildDirFreePercent: 100,
-  storeFreePercent: 100,
 });
 
 export type MachineSortFn = 'SpeedFactorOnly' | 'CpuCoreCountWithSpeedFactor' | 'BogomipsWithSpeedFactor';
@@ -89,8 +83,9 @@ export function supportsPlatform(m: MachineRecord, p: PlatformRecord): boolean {
 
 /**
  * Whether the machine has room for another job under the capacity rule,
- * whatever its lifecycle state; the dispatcher turns changes of this into the
- * machine's FULL / SLOT_FREE events.
+ * whatever its lifecycle state. The dispatcher decides on this (data, read
+ * per assignment) and brings the actor's ready/busy state in line once per
+ * dispatch round (FULL / SLOT_FREE).
  */
 export function hasRoom(m: MachineRecord, fn: MachineFreeFn): boolean {
   const t = m.thresholds;

@@ -4,6 +4,7 @@ import type { StepState } from '../machines/index.ts';
 import type { BuilderPort, StepOutcome } from './builder-port.ts';
 import { finishingPort } from './finishing-port.ts';
 import { Dispatcher } from './dispatcher.ts';
+import { MachineActor } from './machine-actor.ts';
 import type { MachineRecord } from './machine-record.ts';
 import { systemClock, type Clock, type JobsetRecord, type StepRecord } from './model.ts';
 import { StepGraph, type AddBuildResult, type QueuedBuild } from './step-graph.ts';
@@ -100,9 +101,17 @@ export class Scheduler implements SchedulerIntake {
 
   // ------------------------------------------------------------ machines
 
-  addMachine(m: MachineRecord, port: BuilderPort): void {
-    this.ports.set(m.id, this.o.finisher ? finishingPort(port, this.o.finisher, (jobId) => this.builtOn(m, jobId)) : port);
-    this.dispatcher.addMachine(m);
+  /**
+   * Adds a machine: a MachineActor its owner drives (it sends JOINED), or a
+   * plain record (a configured machine), whose actor is spawned here and
+   * joins at once.
+   */
+  addMachine(m: MachineRecord, port: BuilderPort): MachineActor {
+    const actor = MachineActor.from(m);
+    this.ports.set(m.id, this.o.finisher ? finishingPort(port, this.o.finisher, (jobId) => this.builtOn(actor, jobId)) : port);
+    this.dispatcher.addMachine(actor);
+    if (actor !== m) actor.send({ type: 'JOINED' });
+    return actor;
   }
 
   /** A builder is done with a job whose outputs are still being published: its slot is free. */

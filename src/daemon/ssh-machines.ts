@@ -1,7 +1,8 @@
-import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../actors/machine-record.ts';
+import { MachineActor } from '../actors/machine-actor.ts';
+import { DEFAULT_THRESHOLDS, type MachineSpec } from '../actors/machine-record.ts';
 import type { Scheduler } from '../actors/scheduler.ts';
 import { SshMachine } from '../builder/ssh-machine.ts';
-import { MachinesFileWatcher, type MachineSpec, type MachinesChange } from '../config/machines-file.ts';
+import { MachinesFileWatcher, type MachineSpec as MachinesFileSpec, type MachinesChange } from '../config/machines-file.ts';
 import { builderLifecycle } from '../machines/index.ts';
 import type { Logger } from '../util/logger.ts';
 
@@ -13,25 +14,18 @@ export interface SshMachinesOptions {
   readonly log: Logger;
 }
 
-function recordOf(spec: MachineSpec): MachineRecord {
+/** A machines-file line as the dispatcher's machine spec (mandatory features count as supported, as in Hydra). */
+function specOf(spec: MachinesFileSpec): MachineSpec {
   return {
     id: spec.name,
     systems: new Set(spec.systems),
-    features: new Set(spec.supportedFeatures),
+    features: new Set([...spec.supportedFeatures, ...spec.mandatoryFeatures]),
     mandatoryFeatures: new Set(spec.mandatoryFeatures),
     maxJobs: spec.maxJobs,
     speedFactor: spec.speedFactor,
     // An SSH machine reports no cores, bogomips or load: scored by its speed factor, free by its job slots.
     cpuCount: 1,
     bogomips: 1,
-    state: 'joining',
-    jobs: new Set(),
-    consecutiveFailures: 0,
-    lastFailure: 0,
-    disabledUntil: 0,
-    idleSince: Date.now(),
-    roomSince: 0,
-    load: { ...IDLE_LOAD },
     thresholds: DEFAULT_THRESHOLDS,
   };
 }
@@ -45,7 +39,7 @@ function recordOf(spec: MachineSpec): MachineRecord {
 export class SshMachines {
   private readonly ports = new Map<string, SshMachine>();
   /** Machines draining → the spec to add once they are gone (a changed line), or null (a removed one). */
-  private readonly draining = new Map<string, MachineSpec | null>();
+  private readonly draining = new Map<string, MachinesFileSpec | null>();
   private sweeper: NodeJS.Timeout | null = null;
   private readonly watcher: MachinesFileWatcher;
 
@@ -81,17 +75,19 @@ export class SshMachines {
     for (const spec of c.removed) this.drain(spec.name, null);
   }
 
-  private add(spec: MachineSpec): void {
+  private add(spec: MachinesFileSpec): void {
     const port = new SshMachine({ spec, hydraDataDir: this.o.hydraDataDir, log: this.o.log.child({ machine: spec.name }) });
     this.ports.set(spec.name, port);
-    this.o.scheduler.addMachine(recordOf(spec), port);
+    const machine = new MachineActor(specOf(spec), { idleSince: Date.now() });
+    this.o.scheduler.addMachine(machine, port);
+    machine.send({ type: 'JOINED' });
     this.o.log.info({ machine: spec.name, systems: spec.systems, maxJobs: spec.maxJobs, file: spec.file, line: spec.line }, 'SSH machine added');
   }
 
-  private drain(name: string, then: MachineSpec | null): void {
+  private drain(name: string, then: MachinesFileSpec | null): void {
     const m = this.o.scheduler.dispatcher.machines.get(name);
     // Dispatch takes only ready machines: a draining one gets no new step.
-    if (m && builderLifecycle.next(m.state, 'DRAIN')) m.state = 'draining';
+    if (m && builderLifecycle.next(m.state, 'DRAIN')) m.send({ type: 'DRAIN' });
     this.draining.set(name, then);
     this.o.log.info({ machine: name, running: m?.jobs.size ?? 0 }, then ? 'SSH machine changed: draining it' : 'SSH machine removed: draining it');
     this.sweep();

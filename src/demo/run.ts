@@ -125,7 +125,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     );
 
     const machines = daemon.runtime!.scheduler.dispatcher.machines;
-    const jobsOf = (id: string): number => machines.get(id)?.jobs.size ?? 0;
+    const jobsOf = (id: string): number => machines.get(id)?.snapshot().jobs ?? 0;
     const ids = await submitDemo(daemon, paths, say);
     const pool = daemon.database.pool;
     view = new ProgressView(out, tty, ids.length, startedAt);

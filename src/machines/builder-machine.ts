@@ -1,16 +1,23 @@
-import { setup } from 'xstate';
+import { assign, raise, setup } from 'xstate';
 
 /**
  * The lifecycle of one build machine (a connected builder agent; Hydra calls
- * these "machines"). Pure, like the step machine; the failure backoff and the
- * reconnect grace period are deadlines kept as data by the runtime.
+ * these "machines"). Each machine runs as a live actor of this definition
+ * (`src/actors/machine-actor.ts`): its context holds the machine's health
+ * and latest load report, and it owns two timers, both delayed transitions:
+ * the failure backoff and the reconnect grace period.
  *
  *   joining ─JOINED─► ready ⇄ busy        (FULL / SLOT_FREE)
- *   ready|busy ─FAILURES_EXCEEDED─► disabled ─BACKOFF_ELAPSED─► ready
+ *   ready|busy|disabled ─FAILURES_EXCEEDED─► disabled ─BACKOFF_ELAPSED─► ready
  *   ready|busy|disabled ─DISCONNECTED─► unreachable ─RECONNECTED─► ready
  *                                                  └GRACE_EXPIRED─► gone
  *   ready|busy|disabled ─DRAIN─► draining ─DRAINED─► gone
  *   joining|draining ─DISCONNECTED─► gone;  any ─REMOVE─► gone
+ *
+ * BACKOFF_ELAPSED and GRACE_EXPIRED are raised by the actor's own timers
+ * (`after`), with the delays taken from its context. REPORTED (a ping's load
+ * figures) and SUCCEEDED (a job ended well: the failure count starts over)
+ * change only the context.
  */
 export const BUILDER_EVENTS = [
   'JOINED',
@@ -30,35 +37,121 @@ export type BuilderEventType = (typeof BUILDER_EVENTS)[number];
 export const BUILDER_STATES = ['joining', 'ready', 'busy', 'disabled', 'unreachable', 'draining', 'gone'] as const;
 export type BuilderState = (typeof BUILDER_STATES)[number];
 
+/** The latest figures a builder reported (dynamic capacity, disk space). */
+export interface MachineLoad {
+  load1: number;
+  cpuPressure: number;
+  memPressure: number;
+  ioPressure: number;
+  buildDirFreePercent: number;
+  storeFreePercent: number;
+}
+
+export const IDLE_LOAD: MachineLoad = Object.freeze({
+  load1: 0,
+  cpuPressure: 0,
+  memPressure: 0,
+  ioPressure: 0,
+  buildDirFreePercent: 100,
+  storeFreePercent: 100,
+});
+
+/** Hydra's machine backoff: retryInterval × retryBackoff^(failures − 1) seconds, at most an hour. */
+export interface BackoffPolicy {
+  intervalS: number;
+  factor: number;
+}
+const DEFAULT_BACKOFF: BackoffPolicy = { intervalS: 60, factor: 3 };
+const MAX_BACKOFF_MS = 3600 * 1000;
+
+export function backoffMs(failures: number, p: BackoffPolicy): number {
+  return Math.min(p.intervalS * p.factor ** Math.max(failures - 1, 0) * 1000, MAX_BACKOFF_MS);
+}
+
+export interface BuilderContext {
+  /** Machine-fault failures in a row. */
+  failures: number;
+  /** Epoch ms of the last one (0: none). */
+  lastFailure: number;
+  /** The current backoff, and when it ends (epoch ms). */
+  backoffMs: number;
+  disabledUntil: number;
+  /** How long an unreachable machine keeps its jobs. */
+  graceMs: number;
+  load: MachineLoad;
+  /** Epoch ms of the latest load report (0: none yet). */
+  reportedAt: number;
+}
+
+export interface BuilderInput {
+  graceMs?: number;
+  load?: MachineLoad;
+}
+
+/** Events; `at` is epoch ms (the sender's clock: the definition stays pure). */
+export type BuilderEvent =
+  | { type: 'FAILURES_EXCEEDED'; at?: number; policy?: BackoffPolicy }
+  | { type: 'REPORTED'; at?: number; load: MachineLoad }
+  | { type: 'SUCCEEDED' }
+  | { type: Exclude<BuilderEventType, 'FAILURES_EXCEEDED'> };
+
+const usable = {
+  FAILURES_EXCEEDED: { target: 'disabled', actions: 'recordFailure' },
+  DISCONNECTED: 'unreachable',
+  DRAIN: 'draining',
+  REMOVE: 'gone',
+} as const;
+
 export const builderMachine = setup({
-  types: {} as { events: { type: BuilderEventType } },
+  types: {} as { context: BuilderContext; events: BuilderEvent; input: BuilderInput | undefined },
+  actions: {
+    recordFailure: assign(({ context, event }) => {
+      const e = event as Extract<BuilderEvent, { type: 'FAILURES_EXCEEDED' }>;
+      const at = e.at ?? 0;
+      const failures = (context.failures ?? 0) + 1;
+      const delay = backoffMs(failures, e.policy ?? DEFAULT_BACKOFF);
+      return { failures, lastFailure: at, backoffMs: delay, disabledUntil: at + delay };
+    }),
+  },
+  delays: {
+    backoff: ({ context }) => context.backoffMs ?? 0,
+    grace: ({ context }) => context.graceMs ?? 0,
+  },
 }).createMachine({
   id: 'builder',
   initial: 'joining',
+  context: ({ input }) => ({
+    failures: 0,
+    lastFailure: 0,
+    backoffMs: 0,
+    disabledUntil: 0,
+    graceMs: input?.graceMs ?? 0,
+    load: input?.load ?? IDLE_LOAD,
+    reportedAt: 0,
+  }),
+  on: {
+    REPORTED: { actions: assign(({ event }) => ({ load: event.load, reportedAt: event.at ?? 0 })) },
+    SUCCEEDED: { actions: assign({ failures: 0 }) },
+  },
   states: {
     joining: { on: { JOINED: 'ready', DISCONNECTED: 'gone', REMOVE: 'gone' } },
-    ready: {
-      on: {
-        FULL: 'busy',
-        FAILURES_EXCEEDED: 'disabled',
-        DISCONNECTED: 'unreachable',
-        DRAIN: 'draining',
-        REMOVE: 'gone',
-      },
-    },
-    busy: {
-      on: {
-        SLOT_FREE: 'ready',
-        FAILURES_EXCEEDED: 'disabled',
-        DISCONNECTED: 'unreachable',
-        DRAIN: 'draining',
-        REMOVE: 'gone',
-      },
-    },
+    ready: { on: { FULL: 'busy', ...usable } },
+    busy: { on: { SLOT_FREE: 'ready', ...usable } },
     disabled: {
-      on: { BACKOFF_ELAPSED: 'ready', DISCONNECTED: 'unreachable', DRAIN: 'draining', REMOVE: 'gone' },
+      after: { backoff: { actions: raise({ type: 'BACKOFF_ELAPSED' }) } },
+      on: {
+        BACKOFF_ELAPSED: 'ready',
+        // Another failure restarts the backoff, longer (Hydra sets disabledUntil anew on each failure it counts).
+        FAILURES_EXCEEDED: { target: 'disabled', reenter: true, actions: 'recordFailure' },
+        DISCONNECTED: 'unreachable',
+        DRAIN: 'draining',
+        REMOVE: 'gone',
+      },
     },
-    unreachable: { on: { RECONNECTED: 'ready', GRACE_EXPIRED: 'gone', REMOVE: 'gone' } },
+    unreachable: {
+      after: { grace: { actions: raise({ type: 'GRACE_EXPIRED' }) } },
+      on: { RECONNECTED: 'ready', GRACE_EXPIRED: 'gone', REMOVE: 'gone' },
+    },
     draining: { on: { DRAINED: 'gone', DISCONNECTED: 'gone', REMOVE: 'gone' } },
     gone: { type: 'final' },
   },

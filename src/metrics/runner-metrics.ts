@@ -133,10 +133,10 @@ export function createRunnerMetrics(src: MetricsSources): RunnerMetrics {
   });
 
   computedGauge(registry, 'hydrant_machine_jobs', 'Jobs running on each machine.', ['machine'], function* () {
-    for (const m of s()?.dispatcher.machines.values() ?? []) yield [{ machine: m.id }, m.jobs.size];
+    for (const m of s()?.dispatcher.machines.values() ?? []) yield [{ machine: m.id }, m.snapshot().jobs];
   });
   computedGauge(registry, 'hydrant_machine_max_jobs', 'Job slots of each machine.', ['machine'], function* () {
-    for (const m of s()?.dispatcher.machines.values() ?? []) yield [{ machine: m.id }, m.maxJobs];
+    for (const m of s()?.dispatcher.machines.values() ?? []) yield [{ machine: m.id }, m.snapshot().maxJobs];
   });
   mirroredCounter(registry, 'hydrant_machine_steps_total', 'Steps each machine finished, by outcome.', ['machine', 'outcome'], function* () {
     for (const [id, st] of s()?.machineStats ?? []) {

@@ -1,7 +1,7 @@
 import type { StorePathInfo } from '../nix/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
 import type { BuilderPort, StepJob, StepOutcome } from '../actors/builder-port.ts';
-import type { MachineRecord } from '../actors/machine-record.ts';
+import type { MachineActor } from '../actors/machine-actor.ts';
 import type { PathInfo, ResolvedDerivation, RunnerMessage } from './gen/runner.ts';
 import type { ControlSession } from './server.ts';
 import type { JobOwnership } from './job-ownership.ts';
@@ -34,16 +34,16 @@ export type RequisitesOf = (job: StepJob) => Promise<{
  * One remote builder (a Hydra "machine") as the scheduler sees it: the
  * BuilderPort that sends build orders and aborts over the builder's control
  * stream. It outlives a connection: when the builder reconnects within the
- * grace period, the new control stream is attached and its jobs continue.
+ * grace period (kept by its machine actor), the new control stream is
+ * attached and its jobs continue.
  */
 export class BuilderSession implements BuilderPort {
   control: ControlSession | null = null;
   readonly jobs = new Map<string, RemoteJob>();
   lastSeen = Date.now();
-  graceTimer: NodeJS.Timeout | null = null;
 
   constructor(
-    readonly machine: MachineRecord,
+    readonly machine: MachineActor,
     private readonly ownership: JobOwnership,
     private readonly onSendError: (err: unknown) => void,
     private readonly requisitesOf: RequisitesOf,

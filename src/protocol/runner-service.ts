@@ -3,7 +3,8 @@ import { readFile } from 'node:fs/promises';
 import { status } from '@grpc/grpc-js';
 import { BuilderSession, type RemoteJob } from './builder-session.ts';
 import type { BuilderPort, StepJob, StepOutcome } from '../actors/builder-port.ts';
-import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../actors/machine-record.ts';
+import { MachineActor } from '../actors/machine-actor.ts';
+import { DEFAULT_THRESHOLDS, type MachineSpec } from '../actors/machine-record.ts';
 import type { Scheduler } from '../actors/scheduler.ts';
 import { BuildLogWriter } from '../nix/build-log-writer.ts';
 import { buildLogPath } from '../nix/build-logs.ts';
@@ -39,7 +40,10 @@ export interface BuilderServiceOptions {
 
 /**
  * The runner's side of the builder protocol: every joined builder becomes a
- * machine of the scheduler (a BuilderSession); requisites and NARs are served
+ * machine of the scheduler (a BuilderSession around a MachineActor, which
+ * hears of the builder only through events: JOINED, REPORTED per ping,
+ * DISCONNECTED, RECONNECTED; its grace timer ends it, and the session is
+ * dropped once the actor is gone); requisites and NARs are served
  * from the runner's store; uploaded outputs are verified (path, references,
  * NAR hash and size) before they are imported; results go to the scheduler.
  */
@@ -70,10 +74,7 @@ export class BuilderService implements RunnerHandlers {
   /** The runner is stopping: no grace periods any more (streams close as the server shuts down). */
   close(): void {
     this.closed = true;
-    for (const s of this.sessions.values()) {
-      if (s.graceTimer) clearTimeout(s.graceTimer);
-      s.graceTimer = null;
-    }
+    for (const s of this.sessions.values()) if (s.machine.state === 'unreachable') s.machine.stop();
   }
 
   async control(cs: ControlSession): Promise<void> {
@@ -83,14 +84,20 @@ export class BuilderService implements RunnerHandlers {
       this.rejoin(s, cs);
     } else {
       s = new BuilderSession(
-        machineFromJoin(cs.machineId, cs.join),
+        new MachineActor(specFromJoin(cs.machineId, cs.join), { graceMs: this.o.graceMs, idleSince: Date.now() }),
         this.o.ownership,
         (err) => log.warn({ machine: cs.machineId, err: errorText(err) }, 'send to builder failed'),
         (job) => this.requisites(job, MAX_REQUISITES_IN_ORDER),
       );
       s.control = cs;
       this.sessions.set(cs.machineId, s);
-      scheduler.addMachine(s.machine, this.port(s));
+      const session = s;
+      scheduler.addMachine(session.machine, this.port(session));
+      // Gone (its grace period ran out, or removed): its jobs are retried elsewhere.
+      session.machine.subscribe((_m, c) => {
+        if (c.to === 'gone' && c.from !== 'gone') this.drop(session, c.event.type === 'GRACE_EXPIRED' ? 'GRACE_EXPIRED' : 'REMOVE');
+      });
+      session.machine.send({ type: 'JOINED' });
       log.info({ machine: cs.machineId, systems: cs.join.systems, maxJobs: cs.join.maxJobs }, 'builder joined');
       // Jobs it still runs are from before (a runner restart, or a grace period that ran out): they were or will be dispatched again.
       for (const jobId of cs.join.runningJobIds) this.abortOrphan(cs, jobId);
@@ -107,15 +114,18 @@ export class BuilderService implements RunnerHandlers {
         if (k?.$case === 'ping') {
           const p = k.value;
           this.pings.set(cs.machineId, (this.pings.get(cs.machineId) ?? 0) + 1);
-          session.machine.load = {
-            load1: p.load1,
-            cpuPressure: p.cpuPressure?.avg10 ?? 0,
-            memPressure: p.memoryPressure?.avg10 ?? 0,
-            ioPressure: p.ioPressure?.avg10 ?? 0,
-            buildDirFreePercent: p.buildDirFreePercent,
-            storeFreePercent: p.storeFreePercent,
-          };
-          scheduler.dispatcher.machineReport(session.machine);
+          session.machine.send({
+            type: 'REPORTED',
+            at: session.lastSeen,
+            load: {
+              load1: p.load1,
+              cpuPressure: p.cpuPressure?.avg10 ?? 0,
+              memPressure: p.memoryPressure?.avg10 ?? 0,
+              ioPressure: p.ioPressure?.avg10 ?? 0,
+              buildDirFreePercent: p.buildDirFreePercent,
+              storeFreePercent: p.storeFreePercent,
+            },
+          });
         } else if (k?.$case === 'stepStatus') {
           session.jobs.get(k.value.jobId)?.progress(k.value.busy as number as StepBusyCode);
         }
@@ -127,9 +137,8 @@ export class BuilderService implements RunnerHandlers {
       if (session.control === cs) {
         session.control = null;
         if (!this.closed && this.sessions.get(cs.machineId) === session && session.machine.state !== 'gone') {
-          scheduler.dispatcher.machineUnreachable(session.machine);
           log.warn({ machine: cs.machineId, graceMs: this.o.graceMs, jobs: session.jobs.size }, 'builder disconnected; keeping its jobs for the grace period');
-          session.graceTimer = setTimeout(() => this.drop(session, 'GRACE_EXPIRED'), this.o.graceMs);
+          session.machine.send({ type: 'DISCONNECTED' }); // its actor keeps the grace period
         }
       }
     }
@@ -142,13 +151,11 @@ export class BuilderService implements RunnerHandlers {
    * new stream; the builder's list of running jobs settles what was lost.
    */
   private rejoin(s: BuilderSession, cs: ControlSession): void {
-    const { scheduler, log, ownership } = this.o;
-    if (s.graceTimer) clearTimeout(s.graceTimer);
-    s.graceTimer = null;
+    const { log, ownership } = this.o;
     const old = s.control;
     s.control = cs;
     if (old) old.fail(status.ABORTED, 'replaced by a newer connection of the same machine');
-    if (s.machine.state === 'unreachable') scheduler.dispatcher.machineReconnected(s.machine);
+    if (s.machine.state === 'unreachable') s.machine.send({ type: 'RECONNECTED' });
     const running = new Set(cs.join.runningJobIds);
     const lost = [...s.jobs.keys()].filter((jobId) => !running.has(jobId));
     for (const jobId of lost) {
@@ -178,11 +185,10 @@ export class BuilderService implements RunnerHandlers {
     };
   }
 
-  /** The builder is gone for good: its jobs are retried elsewhere. */
+  /** The builder's machine is gone for good: its jobs are retried elsewhere. */
   private drop(s: BuilderSession, event: 'GRACE_EXPIRED' | 'REMOVE'): void {
-    if (s.graceTimer) clearTimeout(s.graceTimer);
-    s.graceTimer = null;
-    if (this.sessions.get(s.machine.id) === s) this.sessions.delete(s.machine.id);
+    if (this.sessions.get(s.machine.id) !== s) return;
+    this.sessions.delete(s.machine.id);
     for (const jobId of [...s.jobs.keys()]) {
       this.o.ownership.release(jobId);
       s.finish(jobId, { kind: 'transient', errorMsg: `machine ${s.machine.id} lost`, machineFault: true });
@@ -421,7 +427,7 @@ function errorText(err: unknown): string {
   return String(e?.message ?? e?.details ?? err);
 }
 
-function machineFromJoin(id: string, j: Join): MachineRecord {
+function specFromJoin(id: string, j: Join): MachineSpec {
   const t = j.thresholds;
   return {
     id,
@@ -432,14 +438,6 @@ function machineFromJoin(id: string, j: Join): MachineRecord {
     speedFactor: j.speedFactor || 1,
     cpuCount: j.cpuCount || 1,
     bogomips: j.bogomips || 1,
-    state: 'joining',
-    jobs: new Set(),
-    consecutiveFailures: 0,
-    lastFailure: 0,
-    disabledUntil: 0,
-    idleSince: Date.now(),
-    roomSince: 0,
-    load: { ...IDLE_LOAD },
     thresholds: {
       maxLoad1PerCpu: t?.maxLoad1PerCpu ?? DEFAULT_THRESHOLDS.maxLoad1PerCpu,
       maxCpuPressure: t?.maxCpuPressure ?? DEFAULT_THRESHOLDS.maxCpuPressure,

@@ -1,4 +1,4 @@
-import type { MachineRecord } from '../actors/machine-record.ts';
+import type { MachineListener } from '../actors/machine-actor.ts';
 import type { StepRecord } from '../actors/model.ts';
 import type { Scheduler } from '../actors/scheduler.ts';
 import { stepLifecycle, type StepState } from '../machines/index.ts';
@@ -25,8 +25,10 @@ const RECENT_LIMIT = 10_000;
 
 /**
  * Step and machine transitions for live viewers. Costs nothing while no one
- * watches: the observers on the step graph and dispatcher are set only while
- * a client is subscribed. Transitions are coalesced per step (latest state
+ * watches: the observer on the step graph and the subscription to every
+ * machine actor (through the dispatcher, joining machines included) are set
+ * only while a client is subscribed. Machines are sent as their actors'
+ * snapshots, after each lifecycle transition. Transitions are coalesced per step (latest state
  * wins) and sent at most every `intervalMs`; a client that falls more than
  * `maxBatch` steps behind in one interval is told to re-read instead. Each
  * step's transitions are kept (bounded) while watched, for its history.
@@ -38,6 +40,13 @@ export class LiveFeed {
   /** Steps that finished while watched, oldest first (a step leaves the graph once no build holds it). */
   private readonly recent = new Map<number, StepRecord>();
   private machinesDirty = false;
+  private unobserveMachines: (() => void) | null = null;
+  /** A machine actor changed; context-only changes (load reports) do not change what the page draws. */
+  private readonly machineChanged: MachineListener = (_m, c) => {
+    if (c.from === c.to) return;
+    this.machinesDirty = true;
+    this.arm();
+  };
   private timer: NodeJS.Timeout | null = null;
   /** Steps sent since start (for the benchmark and tests). */
   readonly stats = { transitions: 0, flushes: 0, stepEvents: 0 };
@@ -75,19 +84,14 @@ export class LiveFeed {
     const s = this.scheduler();
     if (!s) return;
     s.graph.observer = (step, event, from, to) => this.stepChanged(step, event, from, to);
-    s.dispatcher.machineObserver = (m: MachineRecord) => {
-      void m;
-      this.machinesDirty = true;
-      this.arm();
-    };
+    this.unobserveMachines = s.dispatcher.observeMachines(this.machineChanged);
   }
 
   private detach(): void {
     const s = this.scheduler();
-    if (s) {
-      s.graph.observer = null;
-      s.dispatcher.machineObserver = null;
-    }
+    if (s) s.graph.observer = null;
+    this.unobserveMachines?.();
+    this.unobserveMachines = null;
     this.pending.clear();
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
@@ -134,7 +138,7 @@ export class LiveFeed {
     if (this.machinesDirty) {
       this.machinesDirty = false;
       const s = this.scheduler();
-      const machines = s ? [...s.dispatcher.machines.values()].map((m) => ({ id: m.id, state: m.state, jobs: m.jobs.size, maxJobs: m.maxJobs })) : [];
+      const machines = s ? [...s.dispatcher.machines.values()].map((m) => m.snapshot()) : [];
       for (const c of this.clients) c.send('machines', machines);
     }
   }

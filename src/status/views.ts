@@ -1,4 +1,4 @@
-import type { MachineRecord } from '../actors/machine-record.ts';
+import type { MachineActor } from '../actors/machine-actor.ts';
 import { hasRoom, machineScore } from '../actors/machine-record.ts';
 import type { StepRecord } from '../actors/model.ts';
 import type { Scheduler } from '../actors/scheduler.ts';
@@ -13,14 +13,16 @@ export function busyName(code: number): string {
   return BUSY_NAMES.get(code) ?? String(code);
 }
 
-/** One machine as `/status/machines` reports it (field names as Hydra's queue runner uses). */
-export function machineView(s: Scheduler, m: MachineRecord) {
+/** One machine as `/status/machines` reports it (field names as Hydra's queue runner uses), from its actor's snapshot. */
+export function machineView(s: Scheduler, m: MachineActor) {
+  const snap = m.snapshot();
+  const load = snap.load;
   const st = s.machineStats.get(m.id);
   const done = st?.stepsDone ?? 0;
   const cfg = s.dispatcherConfig;
   return {
     hostname: m.id,
-    state: m.state,
+    state: snap.state,
     systems: [...m.systems],
     supportedFeatures: [...m.features],
     mandatoryFeatures: [...m.mandatoryFeatures],
@@ -33,7 +35,7 @@ export function machineView(s: Scheduler, m: MachineRecord) {
     thresholds: m.thresholds,
     jobs: [...m.jobs].map((j) => j.drvPath),
     stats: {
-      currentJobs: m.jobs.size,
+      currentJobs: snap.jobs,
       nrStepsDone: done,
       succeededBuilds: st?.succeeded ?? 0,
       failedBuilds: st?.failed ?? 0,
@@ -41,14 +43,14 @@ export function machineView(s: Scheduler, m: MachineRecord) {
       totalStepBuildTimeMs: st?.totalBuildMs ?? 0,
       avgStepTimeMs: done > 0 ? Math.round(st!.totalStepMs / done) : 0,
       avgStepBuildTimeMs: done > 0 ? Math.round(st!.totalBuildMs / done) : 0,
-      idleSince: m.jobs.size === 0 ? seconds(m.idleSince) : 0,
-      lastFailure: seconds(m.lastFailure),
-      disabledUntil: seconds(m.disabledUntil),
-      consecutiveFailures: m.consecutiveFailures,
-      load1: m.load.load1,
-      pressure: { cpu: m.load.cpuPressure, memory: m.load.memPressure, io: m.load.ioPressure },
-      buildDirFreePercent: m.load.buildDirFreePercent,
-      storeFreePercent: m.load.storeFreePercent,
+      idleSince: snap.jobs === 0 ? seconds(m.idleSince) : 0,
+      lastFailure: seconds(snap.lastFailure),
+      disabledUntil: seconds(snap.disabledUntil),
+      consecutiveFailures: snap.failures,
+      load1: load.load1,
+      pressure: { cpu: load.cpuPressure, memory: load.memPressure, io: load.ioPressure },
+      buildDirFreePercent: load.buildDirFreePercent,
+      storeFreePercent: load.storeFreePercent,
     },
   };
 }

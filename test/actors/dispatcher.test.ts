@@ -1,15 +1,25 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Dispatcher, type DispatcherOptions } from '../../src/actors/dispatcher.ts';
-import { DEFAULT_THRESHOLDS, IDLE_LOAD, supportsPlatform, type MachineRecord } from '../../src/actors/machine-record.ts';
+import { MachineActor } from '../../src/actors/machine-actor.ts';
+import { DEFAULT_THRESHOLDS, IDLE_LOAD, supportsPlatform, type MachineLoad, type MachineSpec } from '../../src/actors/machine-record.ts';
 import type { JobsetRecord, PlatformRecord, StepRecord } from '../../src/actors/model.ts';
 import { stepLifecycle } from '../../src/machines/index.ts';
 
-function machine(id: string, over: Partial<MachineRecord> = {}): MachineRecord {
-  return {
-    id, systems: new Set(['x86_64-linux']), features: new Set(), mandatoryFeatures: new Set(), maxJobs: 1, speedFactor: 1,
-    cpuCount: 1, bogomips: 1, state: 'joining', jobs: new Set(), consecutiveFailures: 0, lastFailure: 0, disabledUntil: 0,
-    idleSince: 0, roomSince: 0, load: { ...IDLE_LOAD }, thresholds: DEFAULT_THRESHOLDS, ...over,
-  };
+function machine(id: string, over: Partial<MachineSpec> & { load?: MachineLoad; graceMs?: number } = {}): MachineActor {
+  const { load, graceMs, ...spec } = over;
+  return new MachineActor(
+    {
+      id, systems: new Set(['x86_64-linux']), features: new Set(), mandatoryFeatures: new Set(), maxJobs: 1, speedFactor: 1,
+      cpuCount: 1, bogomips: 1, thresholds: DEFAULT_THRESHOLDS, ...spec,
+    },
+    { load: load ?? IDLE_LOAD, graceMs },
+  );
+}
+
+/** Adds the machine and joins it, as its owner does. */
+function add(d: Dispatcher, m: MachineActor): void {
+  d.addMachine(m);
+  m.send({ type: 'JOINED' });
 }
 
 const platforms = new Map<string, PlatformRecord>();
@@ -78,7 +88,7 @@ describe('Dispatcher', () => {
     ];
     for (const s of steps) d.enqueue(s);
     const m = machine('m', { maxJobs: 1 });
-    d.addMachine(m);
+    add(d, m);
     for (let i = 0; i < steps.length; i++) {
       round();
       const [drv] = assigned[i]!;
@@ -90,8 +100,8 @@ describe('Dispatcher', () => {
 
   it('picks the machine with the best score and never exceeds maxJobs', () => {
     const { d, assigned, round } = setup({ machineSortFn: 'CpuCoreCountWithSpeedFactor' });
-    d.addMachine(machine('slow', { maxJobs: 2, cpuCount: 2, speedFactor: 1 }));
-    d.addMachine(machine('fast', { maxJobs: 2, cpuCount: 8, speedFactor: 1 }));
+    add(d, machine('slow', { maxJobs: 2, cpuCount: 2, speedFactor: 1 }));
+    add(d, machine('fast', { maxJobs: 2, cpuCount: 8, speedFactor: 1 }));
     for (let i = 0; i < 5; i++) d.enqueue(step());
     round();
     expect(assigned.map(([, m]) => m)).toEqual(['fast', 'fast', 'slow', 'slow']);
@@ -107,7 +117,7 @@ describe('Dispatcher', () => {
     d.enqueue(b);
     b.globalPriority = 100;
     d.reprioritize(b);
-    d.addMachine(machine('m'));
+    add(d, machine('m'));
     round();
     expect(assigned[0]![0]).toBe('b');
     d.close();
@@ -116,7 +126,7 @@ describe('Dispatcher', () => {
   it('retries transient failures with backoff, then gives up after maxRetries', async () => {
     const { d, assigned } = setup();
     const m = machine('m', { maxJobs: 1 });
-    d.addMachine(m);
+    add(d, m);
     const s = step();
     d.enqueue(s);
     await vi.advanceTimersByTimeAsync(0);
@@ -150,7 +160,7 @@ describe('Dispatcher', () => {
     d.enqueue(arm);
     d.enqueue(x86);
     await vi.advanceTimersByTimeAsync(20);
-    d.addMachine(machine('m')); // x86 only
+    add(d, machine('m')); // x86 only
     await vi.advanceTimersByTimeAsync(29); // 49 ms of the 50 without a capable machine
     expect(unsupported).toEqual([]);
     await vi.advanceTimersByTimeAsync(1);
@@ -162,15 +172,15 @@ describe('Dispatcher', () => {
 
   it('keeps a disconnected machine capable during its grace period', async () => {
     const { d, unsupported, assigned, round } = setup();
-    const m = machine('m');
-    d.addMachine(m);
-    d.machineUnreachable(m);
+    const m = machine('m', { graceMs: 120_000 });
+    add(d, m);
+    m.send({ type: 'DISCONNECTED' });
     const s = step();
     d.enqueue(s);
     await vi.advanceTimersByTimeAsync(60_000); // far past maxUnsupportedTimeInS
     expect(unsupported).toEqual([]);
     expect(assigned).toEqual([]); // not dispatched to an unreachable machine
-    d.machineReconnected(m);
+    m.send({ type: 'RECONNECTED' });
     round();
     expect(assigned).toEqual([[s.drvPath, 'm']]);
     d.close();
@@ -179,7 +189,7 @@ describe('Dispatcher', () => {
   it('disables a failing machine with backoff and re-enables it', async () => {
     const { d, assigned, round } = setup();
     const m = machine('m');
-    d.addMachine(m);
+    add(d, m);
     d.machineFailed(m);
     expect(m.state).toBe('disabled');
     d.enqueue(step());

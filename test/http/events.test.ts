@@ -56,6 +56,10 @@ describe('live feed of step and machine transitions', () => {
     const r = await fetch(`${base}/events?build=${id}`, { signal: abort.signal });
     expect(r.headers.get('content-type')).toMatch(/^text\/event-stream/);
     expect(scheduler.graph.observer).not.toBeNull();
+    // The feed listens to the local builder's actor (and to any machine joining later) only while watched.
+    const local = scheduler.dispatcher.machines.get('localhost')!;
+    expect(scheduler.dispatcher.machineObserverCount).toBe(1);
+    expect(local.listenerCount).toBe(2); // the dispatcher's and the feed's
     const tree = (await (await fetch(`${base}/status/build/${id}`)).json()) as { steps: { id: number; drvPath: string }[] };
     const topId = tree.steps.find((s) => s.drvPath === top)!.id;
 
@@ -74,7 +78,8 @@ describe('live feed of step and machine transitions', () => {
     expect(step.history.map((h) => h.to)).toEqual(['runnable', 'dispatched', 'building', 'succeeded']);
     abort.abort();
     await waitFor(() => scheduler.graph.observer === null, 5000, 'the feed to detach');
-    expect(scheduler.dispatcher.machineObserver).toBeNull();
+    expect(scheduler.dispatcher.machineObserverCount).toBe(0);
+    expect(local.listenerCount).toBe(1);
 
     const diagrams = (await (await fetch(`${base}/ui/machines.json`)).json()) as { step: { initial: string; transitions: { from: string; event: string; to: string }[] } };
     expect(diagrams.step.initial).toBe('queued');
