@@ -22,6 +22,7 @@ import { uploadClosure } from '../../src/cache/upload.ts';
 import { ConfigError, GcRootsDirError } from '../../src/errors/index.ts';
 import { parseNarInfo } from '../../src/nix/narinfo.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
+import { withRoom } from '../../src/workers/with-room.ts';
 import { type CephS3, startCephS3 } from '../helpers/ceph-s3.ts';
 import { runCli } from '../helpers/cli.ts';
 import { buildFixtures, copyFromCache, type Fixtures, generateKey, runNixLines, tempDir } from './fixtures.ts';
@@ -69,7 +70,7 @@ async function keysOf(storage: CacheStorage, prefix = ''): Promise<Set<string>> 
 }
 
 const decode: CacheGcOptions['decode'] = async (body, encoding) =>
-  encoding === undefined ? body : pool.decompress(body, encoding as 'xz' | 'bzip2' | 'br' | 'zstd');
+  encoding === undefined ? body : withRoom(pool, () => pool.decompress(body, encoding as 'xz' | 'bzip2' | 'br' | 'zstd'));
 
 /** Fills a cache: every fixture's closure, logs of three derivations, the CA path's realisation. */
 async function populate(cache: BinaryCache): Promise<void> {
@@ -273,6 +274,19 @@ describe('a radosgw bucket', () => {
     expect(await keysOf(storage)).toEqual(before);
     const uploads = await s3.client.send(new ListMultipartUploadsCommand({ Bucket: 'gc-cache' }));
     expect((uploads.Uploads ?? []).map((u) => u.UploadId)).toEqual([uploadId]);
+    // The command, with credentials from the environment, reads narinfos stored xz-encoded.
+    const rootsDir = join(tmp, 's3-roots');
+    writeRoots(rootsDir, roots);
+    const r = await runCli(['cache', 'gc', '--store', uri('gc-cache', ''), '--roots-dir', rootsDir, '--dry-run'], {
+      AWS_ACCESS_KEY_ID: s3.accessKey,
+      AWS_SECRET_ACCESS_KEY: s3.secretKey,
+    });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^would delete: 0 objects/m);
+    expect(r.stdout).toMatch(/^would abort: 0 unfinished multipart uploads older than 1h \(1 younger left alone\)$/m);
+    expect(r.stdout).toMatch(new RegExp(`^roots: 2 in .*, 0 of them not in the cache; ${(await nixClosure(fx.all)).size} live paths$`, 'm'));
+    expect(await keysOf(storage)).toEqual(before);
   });
 
   it('deletes exactly the dead objects once they are older, and aborts the unfinished upload', async () => {
@@ -285,6 +299,18 @@ describe('a radosgw bucket', () => {
     expect(report.aborted.map((u) => u.uploadId)).toEqual([uploadId]);
     const uploads = await s3.client.send(new ListMultipartUploadsCommand({ Bucket: 'gc-cache' }));
     expect(uploads.Uploads ?? []).toEqual([]);
+  });
+
+  it('deletes nothing when a live narinfo cannot be parsed', async () => {
+    const put = (Key: string, Body: string) => s3.client.send(new PutObjectCommand({ Bucket: 'gc-cache', Key, Body }));
+    await put(`corrupt/${narInfoFile(fx.paths.self)}`, 'StorePath: not a narinfo\n');
+    await put('corrupt/nar/dead.nar', 'dead\n');
+    const keys = await keysOf(storage);
+    await expect(run({ prefix: 'corrupt/', roots: [basename(fx.paths.self)], now: new Date(Date.now() + 2 * HOUR) })).rejects.toMatchObject({
+      code: 'CACHE_GC_UNSAFE',
+      key: `corrupt/${narInfoFile(fx.paths.self)}`,
+    });
+    expect(await keysOf(storage)).toEqual(keys);
   });
 
   it('under a prefix, touches nothing outside it', async () => {

@@ -9,6 +9,7 @@ import { loadRunnerConfig } from '../../config/runner-config.ts';
 import { ConfigError } from '../../errors/index.ts';
 import { defaultRootsDir } from '../../publish/gc-roots.ts';
 import { WorkerPool } from '../../workers/pool.ts';
+import { withRoom } from '../../workers/with-room.ts';
 import type { Command } from '../command.ts';
 import { progressBar } from '../progress-bar.ts';
 
@@ -81,7 +82,8 @@ export const cacheGc: Command = {
         decode: async (body, encoding) => {
           if (encoding === undefined || encoding === 'identity') return body;
           if (encoding !== 'xz' && encoding !== 'bzip2' && encoding !== 'br' && encoding !== 'zstd') throw new Error(`Content-Encoding '${encoding}' cannot be read`);
-          return pool.decompress(body, encoding);
+          // Narinfos are read 16 at a time; the pool queues only a few tasks.
+          return withRoom(pool, () => pool.decompress(body, encoding));
         },
         onProgress: (phase, done, total) => bar.update(phase === 'read' ? 'reading narinfos' : dryRun ? 'listing' : 'deleting', done, total),
       });
