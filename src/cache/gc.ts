@@ -1,6 +1,6 @@
 import { CacheGcUnsafeError, ConfigError } from '../errors/index.ts';
 import { parseNarInfo } from '../nix/narinfo.ts';
-import { HASH_PART_LENGTH } from '../nix/store-path.ts';
+import { HASH_PART_LENGTH, STORE_DIR } from '../nix/store-path.ts';
 import { CACHE_INFO_FILE } from './layout.ts';
 import type { CacheStorage, DeleteFailure, StoredEntry, UnfinishedUpload } from './storage.ts';
 
@@ -10,6 +10,8 @@ import type { CacheStorage, DeleteFailure, StoredEntry, UnfinishedUpload } from 
  * The live paths are the closure of the roots, followed through the cache's
  * own narinfos (References), so no local store is needed. Choices (see
  * docs/CACHES.md, "Garbage collection"):
+ * - roots the cache lacks are followed through the local store where it
+ *   holds them (`localClosure`);
  * - a narinfo and `.ls` live with their path; a NAR while a live narinfo's
  *   URL names it; `log/<drv>` while the drv is a root or the Deriver of a
  *   live path; `realisations/…` while its outPath is live;
@@ -32,9 +34,16 @@ export interface CacheGcOptions {
   /** Undoes a Content-Encoding (narinfo-compression of S3 caches). */
   decode(body: Buffer, encoding: string | undefined): Promise<Buffer>;
   now?: Date;
+  /** The store directory of the roots (default /nix/store). */
+  storeDir?: string;
   /** Narinfos read at once (each a request to S3). */
   concurrency?: number;
   onProgress?(phase: 'read' | 'delete', done: number, total: number): void;
+  /**
+   * The local store's closure of the roots the cache lacks (full paths in,
+   * full paths out); omitted where there is no local store.
+   */
+  localClosure?(paths: readonly string[]): Promise<string[]>;
 }
 
 export type ObjectKind = 'narinfo' | 'nar' | 'listing' | 'log' | 'realisation';
@@ -49,6 +58,8 @@ export interface CacheGcReport {
   livePaths: number;
   /** Roots whose narinfo the cache lacks (not uploaded there, or drvs). */
   rootsMissing: string[];
+  /** Paths of those roots' local closures found in the cache (kept, with their closures). */
+  liveThroughLocalStore: number;
   /** Live objects kept (nix-cache-info included). */
   kept: Tally;
   /** Dead objects kept because they are younger than minAge. */
@@ -124,6 +135,7 @@ export async function collectCacheGarbage(o: CacheGcOptions): Promise<CacheGcRep
   const cutoff = now - o.minAgeMs;
   const isYoung = (d: Date) => d.getTime() > cutoff;
   const concurrency = o.concurrency ?? 16;
+  const storeDir = o.storeDir ?? STORE_DIR;
 
   // 1. Everything under the prefix, by kind.
   const entries: { entry: StoredEntry; rel: string; kind: ObjectKind | 'info' | null }[] = [];
@@ -149,6 +161,13 @@ export async function collectCacheGarbage(o: CacheGcOptions): Promise<CacheGcRep
     return true;
   };
   for (const r of o.roots) if (!reach(hashOf(r)) && !live.has(hashOf(r))) rootsMissing.push(r);
+  // A root the cache lacks may still refer to paths it holds (an upload in progress, or a path never uploaded).
+  let liveThroughLocalStore = 0;
+  if (o.localClosure && rootsMissing.length > 0) {
+    for (const p of await o.localClosure(rootsMissing.map((r) => `${storeDir}/${r}`))) {
+      if (reach(hashOf(p.slice(p.lastIndexOf('/') + 1)))) liveThroughLocalStore++;
+    }
+  }
   for (const [hash, e] of narInfoByHash) if (isYoung(e.modified)) reach(hash);
   let read = 0;
   while (frontier.length > 0) {
@@ -179,6 +198,7 @@ export async function collectCacheGarbage(o: CacheGcOptions): Promise<CacheGcRep
   const report: CacheGcReport = {
     livePaths: live.size,
     rootsMissing,
+    liveThroughLocalStore,
     kept: { count: 0, bytes: 0 },
     young: { count: 0, bytes: 0 },
     unknown: [],

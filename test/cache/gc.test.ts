@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BinaryCache } from '../../src/cache/binary-cache.ts';
 import { DirectoryStorage } from '../../src/cache/directory-storage.ts';
 import { collectCacheGarbage, type CacheGcOptions } from '../../src/cache/gc.ts';
+import { localClosure } from '../../src/cache/local-closure.ts';
 import { listingFile, logFile, narInfoFile } from '../../src/cache/layout.ts';
 import { S3Storage } from '../../src/cache/s3-storage.ts';
 import type { CacheStorage } from '../../src/cache/storage.ts';
@@ -230,6 +231,35 @@ describe('a directory cache under a prefix', () => {
     });
     expect(again.deleted.count).toBe(0);
     expect(again.kept.count).toBe(keep.size);
+  });
+});
+
+describe('a root the cache lacks', () => {
+  it('keeps, through the local store, the cached paths it refers to (an upload in progress)', async () => {
+    // user is being uploaded: its reference tree is in the cache, its own narinfo not yet.
+    const dir = join(tmp, 'in-flight');
+    const cache = await BinaryCache.open(`file://${dir}?compression=xz`, pool);
+    await uploadClosure(cache, [fx.paths.tree, fx.paths.self]);
+    await cache.close();
+    const storage = await DirectoryStorage.open(dir);
+    try {
+      const o: CacheGcOptions = {
+        storage, prefix: '', roots: [basename(fx.paths.user)], minAgeMs: HOUR, dryRun: true, decode, now: new Date(Date.now() + 2 * HOUR),
+      };
+      const withLocal = await collectCacheGarbage({ ...o, localClosure });
+      expect(withLocal.rootsMissing).toEqual([basename(fx.paths.user)]);
+      expect(withLocal.liveThroughLocalStore).toBe(1);
+      expect(withLocal.deletedKeys.filter((k) => k.endsWith('.narinfo'))).toEqual([narInfoFile(fx.paths.self)]);
+      // Without a local store only the cache's own narinfos count: tree goes too.
+      const cacheOnly = await collectCacheGarbage(o);
+      expect(new Set(cacheOnly.deletedKeys.filter((k) => k.endsWith('.narinfo')))).toEqual(new Set([narInfoFile(fx.paths.self), narInfoFile(fx.paths.tree)]));
+      const real = await collectCacheGarbage({ ...o, dryRun: false, localClosure });
+      expect(real.deleted.count).toBe(withLocal.deleted.count);
+      expect(await storage.has(narInfoFile(fx.paths.tree))).toBe(true);
+      expect(await storage.has(narInfoFile(fx.paths.self))).toBe(false);
+    } finally {
+      await storage.close();
+    }
   });
 });
 

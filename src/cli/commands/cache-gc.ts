@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { DirectoryStorage } from '../../cache/directory-storage.ts';
 import { checkPrefix, collectCacheGarbage, parseDuration, type CacheGcReport, type Tally } from '../../cache/gc.ts';
 import { readRootsDir } from '../../cache/gc-roots-dir.ts';
+import { localClosure } from '../../cache/local-closure.ts';
 import { S3Storage } from '../../cache/s3-storage.ts';
 import type { CacheStorage } from '../../cache/storage.ts';
 import { parseStoreUri } from '../../cache/store-uri.ts';
@@ -34,6 +35,8 @@ export const cacheGc: Command = {
       --min-age D       never delete an object younger than D (default 1h; 30m,
                         2d, or seconds), so concurrent uploads are safe
       --dry-run         list what would be deleted; delete nothing
+      --no-local-store  do not follow roots the cache lacks through the local
+                        Nix store (by default their local closure is live too)
   -c, --config FILE     runner configuration (rootsDir, awsCredentialsFile)`,
   options: {
     config: { type: 'string', short: 'c' },
@@ -42,6 +45,7 @@ export const cacheGc: Command = {
     prefix: { type: 'string' },
     'min-age': { type: 'string' },
     'dry-run': { type: 'boolean' },
+    'no-local-store': { type: 'boolean' },
   },
   async run({ values, positionals }) {
     if (positionals[0] !== 'gc' || positionals.length !== 1) {
@@ -79,6 +83,16 @@ export const cacheGc: Command = {
         roots: roots.map((r) => r.name),
         minAgeMs,
         dryRun,
+        ...(values['no-local-store'] === true
+          ? {}
+          : {
+              localClosure: (paths: readonly string[]) =>
+                localClosure(paths).catch((e: unknown) => {
+                  // No Nix here: the cache's own narinfos are all there is to follow.
+                  out(`local store not available (${(e as Error).message.split('\n')[0]}): roots the cache lacks are not followed`);
+                  return [];
+                }),
+            }),
         decode: async (body, encoding) => {
           if (encoding === undefined || encoding === 'identity') return body;
           if (encoding !== 'xz' && encoding !== 'bzip2' && encoding !== 'br' && encoding !== 'zstd') throw new Error(`Content-Encoding '${encoding}' cannot be read`);
@@ -96,7 +110,7 @@ export const cacheGc: Command = {
     const where = `${storage.location}${prefix ? ` (prefix ${prefix})` : ''}`;
     if (dryRun) for (const k of report.deletedKeys) out(`would delete ${k}`);
     out(`cache: ${where}${dryRun ? ' (dry run: nothing deleted)' : ''}`);
-    out(`roots: ${roots.length} in ${rootsDir}, ${report.rootsMissing.length} of them not in the cache; ${report.livePaths} live paths`);
+    out(`roots: ${roots.length} in ${rootsDir}, ${report.rootsMissing.length} of them not in the cache; ${report.livePaths} live paths${report.liveThroughLocalStore > 0 ? ` (${report.liveThroughLocalStore} reached through the local store)` : ''}`);
     out(`kept: ${tally(report.kept)} live`);
     if (report.young.count > 0) out(`kept: ${tally(report.young)} dead but younger than ${minAgeText}`);
     if (report.unknown.length > 0) out(`kept: ${report.unknown.length} objects of no binary-cache kind: ${shortList(report.unknown)}`);
