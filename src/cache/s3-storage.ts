@@ -7,8 +7,10 @@ import {
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
   DeleteObjectCommand,
+  DeleteObjectsCommand,
   GetObjectCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
@@ -16,7 +18,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { defaultProvider } from '@aws-sdk/credential-provider-node';
 import { S3RequestError } from '../errors/index.ts';
-import type { CacheStorage, PutBody, PutOptions, StoredEntry, StoredObject } from './storage.ts';
+import type { CacheStorage, DeleteFailure, PutBody, PutOptions, StoredEntry, StoredObject, UnfinishedUpload } from './storage.ts';
 import type { S3StoreUri } from './store-uri.ts';
 
 /** Nix's default part size (`buffer-size`): S3's smallest allowed part. */
@@ -25,6 +27,8 @@ export const DEFAULT_PART_SIZE = 5 * 1024 * 1024;
 const MAX_PARTS = 10_000;
 /** Parts of one upload in flight at once (each held in memory). */
 const PARTS_IN_FLIGHT = 4;
+/** S3's limit on the keys of one DeleteObjects request. */
+const DELETE_BATCH = 1000;
 /** Attempts per request, with the SDK's exponential backoff and jitter between them (Nix: the SDK's default of 3). */
 const MAX_ATTEMPTS = 5;
 
@@ -269,6 +273,55 @@ export class S3Storage implements CacheStorage {
       await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
     } catch (e) {
       if (status(e) !== 404) throw this.fail('DeleteObject', key, e);
+    }
+  }
+
+  async deleteMany(keys: readonly string[]): Promise<DeleteFailure[]> {
+    const failed: DeleteFailure[] = [];
+    for (let i = 0; i < keys.length; i += DELETE_BATCH) {
+      const batch = keys.slice(i, i + DELETE_BATCH);
+      let r;
+      try {
+        // Quiet: the reply names only the keys that failed.
+        r = await this.client.send(
+          new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }),
+        );
+      } catch (e) {
+        throw this.fail('DeleteObjects', batch[0]!, e);
+      }
+      for (const err of r.Errors ?? []) failed.push({ key: err.Key ?? '', reason: `${err.Code ?? 'Unknown'}: ${err.Message ?? ''}` });
+    }
+    return failed;
+  }
+
+  async *listUnfinishedUploads(prefix: string): AsyncIterable<UnfinishedUpload> {
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    do {
+      let r;
+      try {
+        r = await this.client.send(
+          new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: prefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }),
+        );
+      } catch (e) {
+        throw this.fail('ListMultipartUploads', prefix, e);
+      }
+      for (const u of r.Uploads ?? []) {
+        if (u.Key && u.UploadId) yield { key: u.Key, uploadId: u.UploadId, initiated: u.Initiated ?? new Date(0) };
+      }
+      const more = r.IsTruncated === true;
+      keyMarker = more ? r.NextKeyMarker : undefined;
+      uploadIdMarker = more ? r.NextUploadIdMarker : undefined;
+      if (more && keyMarker === undefined) break;
+    } while (keyMarker !== undefined);
+  }
+
+  async abortUnfinishedUpload(upload: UnfinishedUpload): Promise<void> {
+    try {
+      await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: upload.key, UploadId: upload.uploadId }));
+    } catch (e) {
+      // Completed or aborted meanwhile: nothing is left to discard.
+      if (status(e) !== 404) throw this.fail('AbortMultipartUpload', upload.key, e);
     }
   }
 

@@ -31,6 +31,19 @@ export interface StoredEntry {
   modified: Date;
 }
 
+/** An upload begun in parts and neither completed nor aborted (S3 multipart). */
+export interface UnfinishedUpload {
+  key: string;
+  uploadId: string;
+  initiated: Date;
+}
+
+/** A key `deleteMany` could not delete, with the server's reason. */
+export interface DeleteFailure {
+  key: string;
+  reason: string;
+}
+
 export interface CacheStorage {
   /** Where the objects are, for logs and errors: a directory or `s3://bucket`. */
   readonly location: string;
@@ -50,6 +63,20 @@ export interface CacheStorage {
   list(prefix: string): AsyncIterable<StoredEntry>;
   /** Removes the object; a missing one is not an error. */
   delete(key: string): Promise<void>;
+  /**
+   * Removes many objects, in as few requests as the backend allows (S3's
+   * DeleteObjects takes up to 1000 keys); missing ones are not errors. Returns
+   * the keys it could not delete. Optional: without it, `delete` each key.
+   */
+  deleteMany?(keys: readonly string[]): Promise<DeleteFailure[]>;
+  /**
+   * Uploads in parts begun under `prefix` and never completed or aborted
+   * (their parts are stored, and billed, but are no object). Optional: a
+   * backend without multipart uploads has none.
+   */
+  listUnfinishedUploads?(prefix: string): AsyncIterable<UnfinishedUpload>;
+  /** Discards an unfinished upload and its stored parts. */
+  abortUnfinishedUpload?(upload: UnfinishedUpload): Promise<void>;
   /** Releases local resources (temporary directories, connections). */
   close(): Promise<void>;
 }

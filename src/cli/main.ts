@@ -3,13 +3,15 @@ import { parseArgs } from 'node:util';
 import { ConfigError, HydrantError } from '../errors/index.ts';
 import { LOG_OPTIONS, LOG_OPTIONS_HELP, type Command } from './command.ts';
 import { builder } from './commands/builder.ts';
+import { cacheGc } from './commands/cache-gc.ts';
 import { db } from './commands/db.ts';
 import { demo } from './commands/demo.ts';
+import { gcRoots } from './commands/gc-roots.ts';
 import { serve } from './commands/serve.ts';
 import { status } from './commands/status.ts';
 import { submit } from './commands/submit.ts';
 
-const COMMANDS: readonly Command[] = [serve, submit, db, builder, demo, status];
+const COMMANDS: readonly Command[] = [serve, submit, db, builder, demo, status, cacheGc, gcRoots];
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 
