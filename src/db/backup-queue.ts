@@ -104,3 +104,8 @@ export async function failingBackups(pool: pg.Pool, targets: readonly string[], 
 export async function advanceBackupTarget(pool: pg.Pool, target: string, since: number): Promise<void> {
   await pool.query(sql('backup/advance-target'), [target, since]);
 }
+
+/** Forgets done backups of builds that ended before `since` (no scan reads them again); returns how many. */
+export async function pruneBackups(pool: pg.Pool, target: string, since: number): Promise<number> {
+  return (await pool.query(sql('backup/prune'), [target, since])).rowCount ?? 0;
+}

@@ -15,6 +15,7 @@ import {
   type FinishedBuild,
   finishedBuilds,
   nextDueBackup,
+  pruneBackups,
   registerBackupTarget,
   unqueuedBuilds,
 } from '../db/backup-queue.ts';
@@ -160,6 +161,7 @@ export class BackupUploader {
         const next = Math.max(w.since, started - RESCAN_S);
         await advanceBackupTarget(this.o.db, w.target.id, next);
         w.since = next;
+        await pruneBackups(this.o.db, w.target.id, next);
       } catch (err) {
         this.o.log.error({ target: w.target.id, err: message(err) }, 'backup scan failed; it runs again at the next start or reconnect');
       }
