@@ -116,7 +116,7 @@ export class RunnerDaemon {
       transfers: () => this.builderService?.transfers ?? { sentNarBytes: 0, sentWireBytes: 0, receivedNarBytes: 0, receivedWireBytes: 0 },
       startedAt: this.startedAt,
       state: () => this.lifecycle.state,
-      backups: () => this.backups?.totals() ?? [],
+      backups: backupTargets.length > 0 ? () => this.backups?.totals() ?? [] : undefined,
     }));
     // Up before a standby waits, so that its status shows it waiting.
     await this.startHttp(store);

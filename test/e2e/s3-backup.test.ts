@@ -18,6 +18,7 @@ import { type CliProcess, joined, startBuilder, startRunner, submit, TcpProxy } 
 import { MK_DRV, runNix } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 import { failureOf, generateKey, trusting } from '../cache/fixtures.ts';
+import { promtoolCheck } from '../http/prometheus.ts';
 
 function release(nonce: string): string {
   return `{ }: let ${MK_DRV}
@@ -180,6 +181,7 @@ describe('backup buckets on radosgw', () => {
     const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
     expect(metrics).toContain(`hydrant_backup_builds_total{bucket="${A}"} 1`);
     expect(metrics).toContain(`hydrant_backup_builds_total{bucket="${B}"} 1`);
+    expect(await promtoolCheck(metrics)).toEqual({ code: 0, report: '' });
   }, 300_000);
 
   it('never fails a build over a failing backup, and uploads a backup a SIGKILLed runner left after its restart', async () => {
@@ -197,6 +199,7 @@ describe('backup buckets on radosgw', () => {
     expect(s.failing).toBe(1);
     const top = (await outputs('second')).top!;
     expect((await keys('backup-a')).includes(`cache/${hashOf(top)}.narinfo`)).toBe(false);
+    expect(await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text()).toMatch(new RegExp(`^hydrant_backup_failures_total\\{bucket="${A}"\\} [1-9]`, 'm'));
     // The build's row is as it ended.
     expect((await db.pool.query("select b.buildstatus from builds b join jobsets j on j.id = b.jobset_id where j.name = 'second' and b.job = 'top'")).rows).toEqual([{ buildstatus: 0 }]);
 
