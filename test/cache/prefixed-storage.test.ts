@@ -5,13 +5,14 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DirectoryStorage } from '../../src/cache/directory-storage.ts';
 import { PrefixedStorage } from '../../src/cache/prefixed-storage.ts';
+import type { CacheStorage } from '../../src/cache/storage.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'hydrant-prefixed-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('PrefixedStorage', () => {
   it('stores, reads, lists and deletes under its prefix only', async () => {
-    const inner = await DirectoryStorage.open(dir, { fsync: false, dirs: ['cache', 'cache/nar'] });
+    const inner: CacheStorage = await DirectoryStorage.open(dir, { fsync: false, dirs: ['cache', 'cache/nar'] });
     const s = new PrefixedStorage(inner, 'cache/');
     expect(s.location).toBe(`${dir}/cache/`);
     expect(await s.put('a.narinfo', 'A', { contentType: 'text/x-nix-narinfo' })).toBe(true);
