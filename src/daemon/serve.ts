@@ -26,7 +26,7 @@ import type { BinaryCache } from '../cache/binary-cache.ts';
 import { openCaches } from '../cache/open-caches.ts';
 import { defaultRootsDir } from '../publish/gc-roots.ts';
 import { OutputPublisher } from '../publish/output-publisher.ts';
-import { BackupUploader, type BackupTarget, resolveBackupTarget } from '../publish/backups.ts';
+import { BackupUploader, type BackupTarget, resolveBackupTargets } from '../publish/backups.ts';
 import { backupsHandler } from '../http/routes/backups.ts';
 import { Lifecycle } from './lifecycle.ts';
 import type { SchedulerStore } from '../actors/model.ts';
@@ -104,7 +104,7 @@ export class RunnerDaemon {
     for (const cache of caches) log.info({ cache: cache.location, compression: cache.store.compression, publicKey: cache.publicKey ?? null }, 'binary cache opened');
     // Backup buckets' URIs and keys are checked now; their queue resumes once the runner runs.
     const runnerKey = caches.find((cache) => cache.store.secretKeyFile !== undefined)?.store.secretKeyFile;
-    const backupTargets = c.s3Backup.map((b) => resolveBackupTarget(b, runnerKey));
+    const backupTargets = resolveBackupTargets(c.s3Backup, runnerKey);
     const finisher = new OutputPublisher({ pool, caches, rootsDir: c.rootsDir ?? defaultRootsDir(), log });
     const metrics = (this.metrics = createRunnerMetrics({
       scheduler: () => this.runtime?.scheduler ?? null,

@@ -89,6 +89,17 @@ export function resolveBackupTarget(b: BackupBucketConfig, defaultSecretKeyFile:
   });
 }
 
+/** Every `[[s3Backup]]` table resolved; two tables naming one target (store and prefix) are refused. */
+export function resolveBackupTargets(tables: readonly BackupBucketConfig[], defaultSecretKeyFile: string | undefined): BackupTarget[] {
+  const targets = tables.map((b) => resolveBackupTarget(b, defaultSecretKeyFile));
+  const seen = new Set<string>();
+  for (const t of targets) {
+    if (seen.has(t.id)) throw new ConfigError(`s3Backup: ${t.id} is configured twice; give each bucket one table (one regex may name several jobs)`);
+    seen.add(t.id);
+  }
+  return targets;
+}
+
 /** Totals of one target since start (metrics and the status API). */
 export interface BackupTotals {
   /** Builds whose closure this run copied. */

@@ -9,11 +9,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadRunnerConfig } from '../../src/config/runner-config.ts';
-import { BackupUploader, resolveBackupTarget, type BackupBucketConfig } from '../../src/publish/backups.ts';
+import { BackupUploader, resolveBackupTarget, resolveBackupTargets, type BackupBucketConfig } from '../../src/publish/backups.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { buildFixtures, generateKey, type Fixtures } from '../cache/fixtures.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { createJobset } from '../helpers/hydra-rows.ts';
+import { runCli } from '../helpers/cli.ts';
 import { quietLog, waitFor } from '../helpers/runtime.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'hydrant-backup-'));
@@ -72,6 +73,11 @@ describe('resolving a backup target', () => {
     expect(['p:j:top2', 'xp:j:top', 'p:kk:x'].map((s) => jobs.test(s))).toEqual([false, false, false]);
   });
 
+  it('refuses one target configured twice', () => {
+    expect(() => resolveBackupTargets([table({ store: 's3://b?region=x', jobs: 'a' }), table({ name: 'b', jobs: 'c' })], key.secretFile)).toThrow('s3Backup: s3://b/ is configured twice');
+    expect(resolveBackupTargets([table({ name: 'b' }), table({ name: 'b', prefix: 'other/' })], key.secretFile).map((t) => t.id)).toEqual(['s3://b/', 's3://b/other/']);
+  });
+
   it('refuses a backup it could not sign, and contradictions with the URI', () => {
     expect(() => resolveBackupTarget(table({ name: 'b' }), undefined)).toThrow('s3Backup b: no signing key: set secretKey, or a secret-key= on a remoteStoreAddr entry');
     expect(() => resolveBackupTarget(table({ store: 's3://b?compression=xz', compression: 'bzip2' }), key.secretFile)).toThrow(/contradicts the URI's compression=xz/);
@@ -106,6 +112,16 @@ describe('the uploader on a file:// target', () => {
     await db.pool.query("insert into buildoutputs (build, name, path) values ($1, 'out', $2)", [rows[0]!.id, path]);
     return rows[0]!.id;
   }
+
+  it('a backup bucket with no key to sign with stops serve at start, in one line', async () => {
+    const p = join(dir, 'unsigned.toml');
+    writeFileSync(p, `dbUrl = "${db.url}"\nhydraDataDir = "${join(dir, 'unsigned')}"\ngrpcListen = "127.0.0.1:0"\nhttpListen = ""\n[[s3Backup]]\nstore = "file://${join(dir, 'unsigned-backup')}"\njobs = ".*"\n`);
+    const r = await runCli(['serve', '--config', p]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.split('\n').filter((l) => l.startsWith('hydrant:'))).toEqual([
+      `hydrant: CONFIG_INVALID: s3Backup file://${join(dir, 'unsigned-backup')}: no signing key: set secretKey, or a secret-key= on a remoteStoreAddr entry`,
+    ]);
+  }, 60_000);
 
   it('copies the closure of matching builds ended with status 0 or 6 from its start on, under the prefix, signed', async () => {
     const now = Math.floor(Date.now() / 1000);
