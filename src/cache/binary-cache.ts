@@ -1,5 +1,6 @@
 import { readFile, unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
 import { asDiskWriteError } from '../errors/files.ts';
 import { CacheReferenceMissingError, ConfigError, NarHashMismatchError } from '../errors/index.ts';
 import { Hash } from '../nix/hash.ts';
@@ -14,6 +15,7 @@ import { CACHE_DIRS, CACHE_INFO_FILE, CONTENT_TYPES, cacheInfoStoreDir, cacheInf
 import { listingOfPath } from './listing.ts';
 import { type LocalPathInfo, queryPathInfos } from './local-path-info.ts';
 import { realisationClosure, realisationJson } from './realisations.ts';
+import { PrefixedStorage } from './prefixed-storage.ts';
 import { S3Storage } from './s3-storage.ts';
 import type { CacheStorage, PutOptions } from './storage.ts';
 import { type CacheCompression, parseStoreUri, type StoreUri } from './store-uri.ts';
@@ -25,6 +27,8 @@ export interface BinaryCacheOptions {
   awsCredentialsFile?: string | undefined;
   /** Refuse a narinfo whose references the cache lacks (default true). */
   checkReferences?: boolean;
+  /** The cache lives under this key prefix (`dir/`): a subdirectory, or keys starting with it in S3. */
+  keyPrefix?: string;
 }
 
 /** The outcome of publishing one store path. */
@@ -42,6 +46,10 @@ export interface PathUpload {
   narSize: number;
   fileSize: number;
   durationMs: number;
+}
+
+function prefixed(storage: CacheStorage, prefix: string): CacheStorage {
+  return prefix === '' ? storage : new PrefixedStorage(storage, prefix);
 }
 
 /**
@@ -78,10 +86,11 @@ export class BinaryCache {
    */
   static async open(store: StoreUri | string, pool: WorkerPool, options: BinaryCacheOptions = {}): Promise<BinaryCache> {
     const s = typeof store === 'string' ? parseStoreUri(store) : store;
+    const prefix = options.keyPrefix ?? '';
     const storage =
       s.scheme === 'file'
-        ? await DirectoryStorage.open(s.path, { fsync: options.fsync ?? true, dirs: CACHE_DIRS })
-        : await S3Storage.open(s, { credentialsFile: options.awsCredentialsFile });
+        ? await DirectoryStorage.open(join(s.path, prefix), { fsync: options.fsync ?? true, dirs: CACHE_DIRS })
+        : prefixed(await S3Storage.open(s, { credentialsFile: options.awsCredentialsFile }), prefix);
     const cache = new BinaryCache(s, storage, pool, options);
     try {
       await cache.init();

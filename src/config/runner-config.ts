@@ -55,6 +55,42 @@ const RunnerConfigSchema = z
     /** The status API, /metrics and the visualizer; "" turns them off. */
     httpListen: z.union([z.literal(''), z.string().regex(LISTEN, `${LISTEN_MESSAGE}, or "" to turn it off`)]).default('127.0.0.1:8080'),
     workerThreads: z.number().int().positive().default(2),
+    /**
+     * Backup buckets (Hydra's S3Backup plugin, docs/CACHES.md "Backup buckets"): the
+     * closure of every build of a matching job that ends with status 0 or 6 is copied
+     * to the bucket as a signed binary cache.
+     */
+    s3Backup: z
+      .array(
+        z
+          .object({
+            /** The bucket (`s3://NAME`, AWS's endpoint and credentials); or `store`, a full store URI. */
+            name: z.string().min(1).optional(),
+            store: z.string().regex(/^(s3|file):\/\//, 'must be an s3:// or file:// store URI').optional(),
+            /** A regular expression that must match the whole `project:jobset:job`. */
+            jobs: z
+              .string()
+              .min(1)
+              .refine((s) => {
+                try {
+                  return new RegExp(s) instanceof RegExp;
+                } catch {
+                  return false;
+                }
+              }, 'is not a valid regular expression'),
+            /** NAR compression (the plugin's compression_type): bzip2 by default. */
+            compression: z.enum(['bzip2', 'xz', 'zstd', 'br', 'none']).optional(),
+            /** Prepended to every key; ends in `/` (a directory) or is empty. */
+            prefix: z.string().regex(/^$|^[^/].*\/$/, 'must be empty or end in / (and not start with it)').refine((p) => !p.split('/').includes('..'), 'must not contain ..').default(''),
+            /** The signing key's file; default: the first remoteStoreAddr's secret-key. */
+            secretKey: z.string().min(1).optional(),
+            /** First retry of a failed backup after this long; each next one waits twice as long, up to an hour. */
+            retryInS: z.number().positive().default(30),
+          })
+          .strict()
+          .refine((b) => (b.name === undefined) !== (b.store === undefined), 'set exactly one of name (a bucket) and store (a store URI)'),
+      )
+      .default([]),
     /** On SIGTERM, how long running steps may take to finish before they are aborted. */
     shutdownGraceInS: z.number().nonnegative().default(30),
     /** How long the runner rides out an unreachable database before it exits non-zero. */

@@ -26,6 +26,8 @@ import type { BinaryCache } from '../cache/binary-cache.ts';
 import { openCaches } from '../cache/open-caches.ts';
 import { defaultRootsDir } from '../publish/gc-roots.ts';
 import { OutputPublisher } from '../publish/output-publisher.ts';
+import { BackupUploader, type BackupTarget, resolveBackupTargets } from '../publish/backups.ts';
+import { backupsHandler } from '../http/routes/backups.ts';
 import { Lifecycle } from './lifecycle.ts';
 import type { SchedulerStore } from '../actors/model.ts';
 import { Router } from '../http/router.ts';
@@ -58,6 +60,7 @@ export class RunnerDaemon {
   private listener: NotificationListener | null = null;
   private pool: WorkerPool | null = null;
   private caches: readonly BinaryCache[] = [];
+  private backups: BackupUploader | null = null;
   private signalHandlers: [NodeJS.Signals, () => void][] = [];
   runtime: RunnerRuntime | null = null;
   private grpc: Server | null = null;
@@ -99,6 +102,9 @@ export class RunnerDaemon {
     const store = new LocalNixStore(async (drvPath, bytes) => summarizeDerivation(drvPath, await withRoom(pool, () => pool.parseDerivation(bytes))));
     const caches = (this.caches = await openCaches(c.remoteStoreAddr, pool, { awsCredentialsFile: c.awsCredentialsFile }));
     for (const cache of caches) log.info({ cache: cache.location, compression: cache.store.compression, publicKey: cache.publicKey ?? null }, 'binary cache opened');
+    // Backup buckets' URIs and keys are checked now; their queue resumes once the runner runs.
+    const runnerKey = caches.find((cache) => cache.store.secretKeyFile !== undefined)?.store.secretKeyFile;
+    const backupTargets = resolveBackupTargets(c.s3Backup, runnerKey);
     const finisher = new OutputPublisher({ pool, caches, rootsDir: c.rootsDir ?? defaultRootsDir(), log });
     const metrics = (this.metrics = createRunnerMetrics({
       scheduler: () => this.runtime?.scheduler ?? null,
@@ -110,6 +116,7 @@ export class RunnerDaemon {
       transfers: () => this.builderService?.transfers ?? { sentNarBytes: 0, sentWireBytes: 0, receivedNarBytes: 0, receivedWireBytes: 0 },
       startedAt: this.startedAt,
       state: () => this.lifecycle.state,
+      backups: backupTargets.length > 0 ? () => this.backups?.totals() ?? [] : undefined,
     }));
     // Up before a standby waits, so that its status shows it waiting.
     await this.startHttp(store);
@@ -130,6 +137,7 @@ export class RunnerDaemon {
       config: c, db: new PgSchedulerDb(this.db.pool), store, listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,
       gate: { whenOpen: () => lock.whenHeld() }, maxPendingWrites: c.maxPendingDbWrites,
     });
+    await this.startBackups(pool, backupTargets);
     if (c.localBuilderJobs > 0) this.addLocalBuilder();
     if (c.tokenPaths.length > 0) await this.startGrpc();
     else log.warn('no tokenPaths configured: the builder protocol (gRPC) is not started');
@@ -162,6 +170,14 @@ export class RunnerDaemon {
       this.exitCode = 1;
       void this.stop();
     }
+  }
+
+  /** Backup buckets (`[[s3Backup]]`): their targets checked now, their queue resumed. */
+  private async startBackups(pool: WorkerPool, targets: readonly BackupTarget[]): Promise<void> {
+    const c = this.config;
+    if (targets.length === 0) return;
+    this.backups = new BackupUploader({ db: this.database.pool, dbUrl: this.database.url, pool, targets, awsCredentialsFile: c.awsCredentialsFile, log: this.options.log });
+    await this.backups.start();
   }
 
   private async startGrpc(): Promise<void> {
@@ -205,7 +221,8 @@ export class RunnerDaemon {
     const auth = c.apiTokenPaths.length > 0 ? await TokenAuth.fromFiles(c.apiTokenPaths, 'API') : null;
     const router = new Router(writeGuard(auth))
       .put('/build', putBuild(this.database.pool, store))
-      .get('/metrics', metricsHandler(this.metrics!.registry));
+      .get('/metrics', metricsHandler(this.metrics!.registry))
+      .get('/status/backups', backupsHandler(() => this.backups));
     await registerViewerRoutes(router, { lifecycle: this.lifecycle, scheduler: () => this.runtime?.scheduler ?? null, startedAt: this.startedAt });
     this.http = await startHttpApi(router, c.httpListen, this.options.log);
     this.options.log.info({ listen: c.httpListen, port: this.http.port, writes: auth !== null }, 'HTTP API listening');
@@ -231,7 +248,7 @@ export class RunnerDaemon {
     try {
       const next = loadRunnerConfig(this.options.configPath, this.options.overrides);
       const restart = this.runtime?.scheduler.reconfigure(next) ?? [];
-      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 'awsCredentialsFile', 'rootsDir', 'tokenPaths', 'apiTokenPaths', 'dbGiveUpAfterInS', 'maxPendingDbWrites', 'standby', 'grpcTls', 'grpcInsecure'] as const) {
+      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 's3Backup', 'awsCredentialsFile', 'rootsDir', 'tokenPaths', 'apiTokenPaths', 'dbGiveUpAfterInS', 'maxPendingDbWrites', 'standby', 'grpcTls', 'grpcInsecure'] as const) {
         if (JSON.stringify(next[k]) !== JSON.stringify(this.config[k])) restart.push(k);
       }
       this.config = next;
@@ -249,6 +266,7 @@ export class RunnerDaemon {
     for (const [sig, fn] of this.signalHandlers) process.off(sig, fn);
     await this.runtime?.stop(this.config.shutdownGraceInS * 1000).catch((e: unknown) => log.error({ err: String(e) }, 'drain failed'));
     this.builderService?.close();
+    await this.backups?.stop().catch((e: unknown) => log.error({ err: String(e) }, 'stopping the backups failed'));
     await this.http?.close();
     this.grpc?.forceShutdown();
     await this.listener?.stop();

@@ -17,6 +17,8 @@ export interface MetricsSources {
   readonly startedAt: number;
   /** The daemon's lifecycle state (standby, running, reconnecting, ...). */
   state?(): string;
+  /** Backup buckets' totals (undefined: none configured, no backup metrics). */
+  backups?: () => readonly { readonly target: string; readonly totals: { readonly builds: number; readonly paths: number; readonly bytes: number; readonly failures: number; readonly pending: number } }[];
 }
 
 export interface RunnerMetrics {
@@ -168,6 +170,15 @@ export function createRunnerMetrics(src: MetricsSources): RunnerMetrics {
   mirroredCounter(registry, 'hydrant_upload_nar_bytes_total', 'NAR bytes uploaded (before compression).', [], () => one(src.uploads.narBytes));
   mirroredCounter(registry, 'hydrant_upload_logs_total', 'Build logs published to binary caches.', [], () => one(src.uploads.logs));
   mirroredCounter(registry, 'hydrant_upload_failures_total', 'Failed closure uploads (the step was retried).', [], () => one(src.uploads.failures));
+  // Only with backup buckets configured: a family that can never move is not exposed.
+  const backups = src.backups;
+  if (backups) {
+    mirroredCounter(registry, 'hydrant_backup_builds_total', 'Builds whose closure was copied to a backup bucket.', ['bucket'], () => backups().map((b): [Labels, number] => [{ bucket: b.target }, b.totals.builds]));
+    mirroredCounter(registry, 'hydrant_backup_paths_total', 'Store paths uploaded to backup buckets.', ['bucket'], () => backups().map((b): [Labels, number] => [{ bucket: b.target }, b.totals.paths]));
+    mirroredCounter(registry, 'hydrant_backup_bytes_total', 'Compressed bytes uploaded to backup buckets.', ['bucket'], () => backups().map((b): [Labels, number] => [{ bucket: b.target }, b.totals.bytes]));
+    mirroredCounter(registry, 'hydrant_backup_failures_total', 'Failed backup attempts (each retried with backoff).', ['bucket'], () => backups().map((b): [Labels, number] => [{ bucket: b.target }, b.totals.failures]));
+    computedGauge(registry, 'hydrant_backup_pending', 'Backups waiting in the durable queue, as last counted.', ['bucket'], () => backups().map((b): [Labels, number] => [{ bucket: b.target }, b.totals.pending]));
+  }
 
   computedGauge(registry, 'hydrant_worker_pool_utilization', 'Share of the worker threads busy since start (0..1).', [], () => one(src.pool.stats().utilization));
   computedGauge(registry, 'hydrant_worker_pool_queue_length', 'Worker tasks waiting for a thread.', [], () => one(src.pool.stats().queueSize));
