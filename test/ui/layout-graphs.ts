@@ -38,13 +38,13 @@ export function layoutGraphs(): LayoutGraph[] {
   const perm = Array.from({ length: n }, (_, i) => i);
   for (let i = n - 1; i > 0; i--) {
     const j = Math.floor(rnd() * (i + 1));
-    [perm[i], perm[j]] = [perm[j], perm[i]];
+    [perm[i], perm[j]] = [perm[j]!, perm[i]!];
   }
   const shuffledDeps: number[][] = new Array(n);
   const shuffledNames: string[] = new Array(n);
   for (let i = 0; i < n; i++) {
-    shuffledDeps[perm[i]] = deps[i].map((d) => perm[d]);
-    shuffledNames[perm[i]] = names[i];
+    shuffledDeps[perm[i]!] = deps[i]!.map((d) => perm[d]!);
+    shuffledNames[perm[i]!] = names[i]!;
   }
   graphs.push({ name: 'random', deps: shuffledDeps, names: shuffledNames });
   for (const steps of [300, 3000]) {
