@@ -138,11 +138,13 @@ const tipText = (id) => `${dag.nameOf(id)} — ${dag.stateOf(id)} (step ${id}, l
 /** After each frame: the DOM figures follow what the canvas shows. */
 function afterDraw() {
   if (hovered !== null) $('dag-tip').textContent = tipText(hovered);
-  if (app.firstRenderMs === null && dag.size > 0) {
+  // Steps drawn: those of the latest layout (the worker's answer comes after the steps).
+  if (app.firstRenderMs === null && dag.laid > 0) {
     app.firstRenderMs = performance.now();
     $('dag').dataset.firstRenderMs = String(Math.round(app.firstRenderMs));
   }
-  $('dag').dataset.steps = String(dag.size);
+  $('dag').dataset.steps = String(dag.laid);
+  $('dag').dataset.layout = dag.laidOut ? 'done' : 'pending';
   $('dag').dataset.frames = String(dag.frames);
   renderLegend();
   if (app.stepId !== null) {
@@ -172,7 +174,7 @@ function renderLegend() {
     el.parentElement.classList.toggle('zero', n === '0');
   }
   const edges = dag.drawsAllEdges ? '' : ` · ${dag.edgeCount} edges: only the selected step's are drawn; short layers share a row`;
-  $('dag-note').textContent = dag.size > 0 ? `${dag.size} steps in ${dag.layers.length} layers (leaves on top)${edges}` : '';
+  $('dag-note').textContent = dag.size === 0 ? '' : dag.laid === 0 ? `${dag.size} steps: laying out…` : `${dag.size} steps in ${dag.layers.length} layers (leaves on top)${edges}`;
 }
 
 // ---------------------------------------------------------------- builds and the feed

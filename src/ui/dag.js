@@ -1,11 +1,12 @@
 // The step graph of one build, laid out in layers and drawn on a <canvas>.
 //
-// Layer of a step = the longest path from it down to a leaf (a step with no
-// dependency in the build): leaves are layer 0 at the top, the build's own
-// step is in the last layer at the bottom. Inside a layer, steps are ordered
-// by the mean position of their dependencies (one sweep, fewer crossings)
-// and wrap into rows as wide as the canvas, so a layer of 5,000 steps is a
-// block of small squares rather than a line 50,000 pixels long.
+// Layers (layout.js) are computed in a Web Worker (layout-client.js), off the
+// page's main thread; the page draws the latest layout that arrived. Leaves
+// are layer 0 at the top, the build's own step is in the last layer at the
+// bottom. A layer wraps into rows as wide as the canvas, so a layer of 5,000
+// steps is a block of small squares rather than a line 50,000 pixels long.
+// Until a graph's first layout arrives, nothing of it is drawn; steps added
+// since the last layout are drawn with the next one.
 //
 // Built for 10k-step builds: positions live in typed arrays, only the rows in
 // view are drawn (one fillRect per step, grouped by colour), edges are drawn
@@ -26,6 +27,8 @@ export const STEP_COLORS = {
   resolved: '#805ad5',
   cancelled: '#4a5568',
 };
+import { LayoutClient } from './layout-client.js';
+
 const UNKNOWN_COLOR = '#718096';
 
 /** Above these, only the selected step's edges are drawn. */
@@ -61,6 +64,9 @@ export class DagView {
     this.canvas = canvas;
     this.ctx = canvas.getContext('2d', { alpha: false });
     this.hooks = hooks;
+    this.layoutClient = new LayoutClient();
+    /** Layouts applied (each one drawn). */
+    this.layouts = 0;
     this.clear();
     this.zoom = 1;
     this.scrollY = 0;
@@ -98,7 +104,19 @@ export class DagView {
     this.contentHeight = 0;
     this.selected = -1;
     this.scrollY = 0;
-    this.needsLayout = true;
+    /** Steps the current layout holds: indices below it (steps only ever get appended). */
+    this.laid = 0;
+    this.revealAfterLayout = null;
+    /** The graph changed: layers to compute (in the worker). The width or zoom changed: positions to compute. */
+    this.needsLayers = true;
+    this.needsPlace = true;
+    this.layoutPending = false;
+    this.layoutClient?.cancel();
+  }
+
+  /** Whether the steps shown are laid out (no layout in flight for a changed graph). */
+  get laidOut() {
+    return !this.needsLayers && !this.layoutPending;
   }
 
   get size() {
@@ -167,7 +185,12 @@ export class DagView {
     }
     if (added || fresh) {
       this.linkEdges();
-      this.needsLayout = true;
+      // A layout in flight is of the old graph: dropped when it arrives.
+      this.layoutClient.cancel();
+      this.layoutPending = false;
+      this.needsLayers = true;
+      // Meanwhile the last layout stays drawn, placed for the new size (the geometry follows the step count).
+      this.needsPlace = true;
     }
     this.requestDraw();
   }
@@ -225,6 +248,10 @@ export class DagView {
     this.ensureLayout();
     const i = this.index.get(id);
     if (i === undefined) return;
+    if (i >= this.laid || !this.laidOut) {
+      this.revealAfterLayout = id;
+      return;
+    }
     const { nh } = this.geometry();
     if (this.y[i] < this.scrollY + MARGIN || this.y[i] + nh > this.scrollY + this.height - MARGIN) {
       this.scrollTo(this.y[i] - this.height / 2);
@@ -238,7 +265,7 @@ export class DagView {
 
   setZoom(z) {
     this.zoom = Math.max(0.25, Math.min(8, z));
-    this.needsLayout = true;
+    this.needsPlace = true;
     this.requestDraw();
   }
 
@@ -248,50 +275,34 @@ export class DagView {
     return { nw: b.nw * z, nh: b.nh * z, gx: b.gx * z, gy: b.gy * z, lg: b.lg * z };
   }
 
-  /** Layers (longest path to a leaf, iteratively: chains of thousands are fine) and positions. */
-  layout() {
+  /** Asks the worker for the layers of the graph as it is now; the answer is drawn if no newer graph came meanwhile. */
+  startLayout() {
+    this.needsLayers = false;
     const n = this.ids.length;
-    const layer = new Int32Array(n);
-    const waiting = new Int32Array(n);
-    const queue = [];
-    for (let i = 0; i < n; i++) {
-      waiting[i] = this.deps[i].length;
-      if (waiting[i] === 0) queue.push(i);
+    if (n === 0) {
+      this.applyLayout({ layerOf: new Int32Array(0), layers: [] }, 0);
+      return;
     }
-    for (let q = 0; q < queue.length; q++) {
-      const i = queue[q];
-      for (const r of this.rdeps[i]) {
-        if (layer[i] + 1 > layer[r]) layer[r] = layer[i] + 1;
-        if (--waiting[r] === 0) queue.push(r);
-      }
-    }
-    // A cycle cannot occur between derivations; if the data had one, its steps stay in layer 0.
-    let depth = 0;
-    for (let i = 0; i < n; i++) if (layer[i] > depth) depth = layer[i];
-    const layers = Array.from({ length: n > 0 ? depth + 1 : 0 }, () => []);
-    for (let i = 0; i < n; i++) layers[layer[i]].push(i);
-    // Order inside a layer: mean relative position of the dependencies, then name.
-    const pos = new Float64Array(n);
-    for (let l = 0; l < layers.length; l++) {
-      const list = layers[l];
-      if (l === 0) list.sort((a, b) => (this.names[a] < this.names[b] ? -1 : this.names[a] > this.names[b] ? 1 : a - b));
-      else {
-        const key = new Float64Array(list.length);
-        const order = list.map((i, k) => {
-          let sum = 0;
-          for (const d of this.deps[i]) sum += pos[d];
-          key[k] = this.deps[i].length > 0 ? sum / this.deps[i].length : 0.5;
-          return k;
-        });
-        order.sort((a, b) => key[a] - key[b] || (this.names[list[a]] < this.names[list[b]] ? -1 : this.names[list[a]] > this.names[list[b]] ? 1 : a - b));
-        layers[l] = order.map((k) => list[k]);
-      }
-      const m = layers[l].length;
-      layers[l].forEach((i, k) => (pos[i] = m > 1 ? k / (m - 1) : 0.5));
-    }
-    this.layerOf = layer;
-    this.layers = layers;
+    this.layoutPending = true;
+    void this.layoutClient.layout(this.deps, this.names).then((r) => {
+      if (r === null) return;
+      this.layoutPending = false;
+      this.applyLayout(r, n);
+      this.requestDraw();
+    });
+  }
+
+  applyLayout(r, n) {
+    this.layerOf = r.layerOf;
+    this.layers = r.layers;
+    this.laid = n;
+    this.layouts++;
     this.place();
+    if (this.revealAfterLayout !== null) {
+      const id = this.revealAfterLayout;
+      this.revealAfterLayout = null;
+      this.reveal(id);
+    }
   }
 
   /** Whether every edge is drawn (few steps and edges); otherwise only the selected step's. */
@@ -368,13 +379,14 @@ export class DagView {
     }
     if (bandX > 0) top = bandTop + bandH + lg;
     this.contentHeight = top + MARGIN;
-    this.needsLayout = false;
+    this.needsPlace = false;
     this.scrollY = Math.max(0, Math.min(this.scrollY, this.contentHeight - this.height));
   }
 
   ensureLayout() {
     this.resize();
-    if (this.needsLayout) this.layout();
+    if (this.needsLayers) this.startLayout();
+    if (this.needsPlace) this.place();
   }
 
   resize() {
@@ -382,7 +394,7 @@ export class DagView {
     const h = Math.max(1, this.canvas.clientHeight);
     const dpr = window.devicePixelRatio || 1;
     if (w !== this.width || h !== this.height || this.canvas.width !== Math.round(w * dpr)) {
-      if (w !== this.width) this.needsLayout = true;
+      if (w !== this.width) this.needsPlace = true;
       this.width = w;
       this.height = h;
       this.canvas.width = Math.round(w * dpr);
@@ -419,7 +431,7 @@ export class DagView {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.fillStyle = '#ffffff';
     ctx.fillRect(0, 0, this.width, this.height);
-    if (this.ids.length === 0) {
+    if (this.laid === 0) {
       this.frames++;
       this.lastDrawMs = performance.now() - t0;
       this.hooks.onDraw?.();
@@ -461,8 +473,9 @@ export class DagView {
       ctx.strokeStyle = 'rgba(113, 128, 150, 0.35)';
       ctx.lineWidth = 1;
       ctx.beginPath();
-      for (let i = 0; i < this.ids.length; i++) {
+      for (let i = 0; i < this.laid; i++) {
         for (const d of this.deps[i]) {
+          if (d >= this.laid) continue;
           const y1 = this.y[d] + g.nh;
           const y2 = this.y[i];
           if ((y1 < top && y2 < top) || (y1 > bottom && y2 > bottom)) continue;
@@ -471,7 +484,7 @@ export class DagView {
       }
       ctx.stroke();
     }
-    if (this.selected >= 0) {
+    if (this.selected >= 0 && this.selected < this.laid) {
       // The selected step's edges whose other end is in view, a bounded number: a step every
       // package needs has thousands, and stroking them all each frame would stall the page.
       const s = this.selected;
@@ -483,7 +496,7 @@ export class DagView {
         let drawn = 0;
         for (const j of list) {
           if (drawn >= MAX_SELECTED_EDGES) break;
-          if (!inView(j)) continue;
+          if (j >= this.laid || !inView(j)) continue;
           if (up) this.edgePath(ctx, j, s, g);
           else this.edgePath(ctx, s, j, g);
           drawn++;
@@ -513,7 +526,7 @@ export class DagView {
       }
     }
 
-    if (this.selected >= 0) {
+    if (this.selected >= 0 && this.selected < this.laid) {
       const s = this.selected;
       ctx.lineWidth = Math.min(3, Math.max(2, g.nw / 8));
       ctx.strokeStyle = '#1a202c';
@@ -549,7 +562,7 @@ export class DagView {
 
   /** The step at canvas point (px, py), or null. */
   hit(px, py) {
-    if (this.ids.length === 0 || this.needsLayout) return null;
+    if (this.laid === 0) return null;
     const g = this.geometry();
     const cy = py + this.scrollY;
     const rowH = g.nh + g.gy;
@@ -570,14 +583,14 @@ export class DagView {
   /** The layer of step `id` (0: no dependency in the build). */
   layerOfId(id) {
     const i = this.index.get(id);
-    return i === undefined ? undefined : this.layerOf[i];
+    return i === undefined || i >= this.laid ? undefined : this.layerOf[i];
   }
 
   /** Centre of step `id` in canvas coordinates (after revealing it), for tests and links. */
   centerOf(id) {
     this.reveal(id);
     const i = this.index.get(id);
-    if (i === undefined) return null;
+    if (i === undefined || i >= this.laid) return null;
     const g = this.geometry();
     return { x: this.x[i] + g.nw / 2, y: this.y[i] - this.scrollY + g.nh / 2 };
   }

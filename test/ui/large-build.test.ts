@@ -31,8 +31,43 @@ describe('visualizer with a 10k-step build', () => {
     const stepIds = new Set([...runner.runtime.scheduler.graph.steps.values()].map((s) => s.id));
     const errors: string[] = [];
     const page = await newPage(browser, errors);
+    const requested: string[] = [];
+    page.on('request', (r) => requested.push(new URL(r.url()).pathname));
     await page.goto(`${runner.base}/?build=${runner.buildId}`);
     await page.waitForFunction((n) => document.querySelector('[data-testid="dag"]')?.getAttribute('data-steps') === String(n) && window.__hydrantViz.firstRenderMs !== null, STEPS, { timeout: 30_000 });
+
+    // The layout came from the worker (through comlink), never computed on the page, and it is the
+    // layout the same code computes for the same graph.
+    expect(requested).toContain('/ui/layout-worker.js');
+    expect(requested).toContain('/ui/comlink.mjs');
+    // A dynamic import written as a string, so the test runner's transform leaves it to the browser.
+    await page.evaluate('window.__import = (url) => import(url)');
+    const layout = await page.evaluate(async () => {
+      const dag = window.__hydrantViz.dag;
+      const { layersOf } = await window.__import('/ui/layout.js');
+      const onPage = layersOf(dag.deps, dag.names);
+      return {
+        byWorker: dag.layoutClient.byWorker as number,
+        onPage: dag.layoutClient.onPage as number,
+        laidOut: dag.laidOut as boolean,
+        same: JSON.stringify(onPage.layers) === JSON.stringify(dag.layers) && JSON.stringify([...onPage.layerOf]) === JSON.stringify([...dag.layerOf]),
+        layers: dag.layers.length as number,
+      };
+    });
+    expect(layout).toMatchObject({ onPage: 0, laidOut: true, same: true });
+    expect(layout.byWorker).toBeGreaterThan(0);
+    expect(layout.layers).toBeGreaterThan(1);
+
+    // Of two requests, only the later one's answer is used (an older layout is never drawn).
+    const superseded = await page.evaluate(async () => {
+      const { LayoutClient } = await window.__import('/ui/layout-client.js');
+      const client = new LayoutClient();
+      const first = client.layout([[], [0]], ['a', 'b']);
+      const second = client.layout([[], [0], [1]], ['a', 'b', 'c']);
+      const [a, b] = await Promise.all([first, second]);
+      return { first: a, second: b?.layers ?? null, byWorker: client.byWorker as number, dropped: client.dropped as number };
+    });
+    expect(superseded).toEqual({ first: null, second: [[0], [1], [2]], byWorker: 2, dropped: 1 });
     // Every step is in the page's graph, once, and the legend counts them all.
     const pageIds = await page.evaluate(() => window.__hydrantViz.dag.ids as number[]);
     expect(new Set(pageIds)).toEqual(stepIds);
