@@ -3,6 +3,8 @@ import { DEFAULT_THRESHOLDS, IDLE_LOAD } from '../actors/machine-record.ts';
 import type { Server } from '@grpc/grpc-js';
 import { LocalNixBuilder } from '../builder/local-builder.ts';
 import { hostStore } from '../nix/private-store.ts';
+import { resolvedRootsDir } from '../nix/resolved-roots.ts';
+import { CaResolver } from '../actors/ca-resolver.ts';
 import { TokenAuth } from '../protocol/auth.ts';
 import { JobOwnership } from '../protocol/job-ownership.ts';
 import { BuilderService } from '../protocol/runner-service.ts';
@@ -126,8 +128,11 @@ export class RunnerDaemon {
     this.listener.on('disconnected', (e: Error) => log.warn({ err: e.message }, 'LISTEN connection lost; reconnecting'));
     this.listener.on('reconnected', () => log.info('LISTEN connection back; re-polling the queue'));
     await this.listener.start();
+    const schedulerDb = new PgSchedulerDb(this.db.pool);
+    const preparer = new CaResolver({ pool, store: hostStore, valid: store, db: schedulerDb, rootsDir: resolvedRootsDir(c.rootsDir ?? defaultRootsDir()), log });
     this.runtime = await startRunnerRuntime({
-      config: c, db: new PgSchedulerDb(this.db.pool), store, listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,
+      preparer,
+      config: c, db: schedulerDb, store, listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,
       gate: { whenOpen: () => lock.whenHeld() }, maxPendingWrites: c.maxPendingDbWrites,
     });
     if (c.localBuilderJobs > 0) this.addLocalBuilder();
