@@ -1,0 +1,151 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { joined, startBuilder, startRunner, submit, type CliProcess } from '../helpers/fleet.ts';
+import { runNixLines } from '../helpers/nix.ts';
+import { waitFor } from '../helpers/runtime.ts';
+import { generateKey } from '../cache/fixtures.ts';
+
+/**
+ * Content-addressed derivations through the scheduler, with a real runner
+ * process, real builder processes (private stores) and real Nix 2.8:
+ * a CA → CA → deferred input-addressed chain (c), and a second CA build (b2)
+ * whose derivation differs from the chain's b but resolves to the same
+ * derivation (its CA input a2 has other build instructions and the same
+ * output). The resolved b waits on a gate file, so the runner is killed
+ * (SIGKILL) while the status-13 rows are written and the resolved step is
+ * running; a new runner on the same database and store finishes the builds.
+ */
+function release(nonce: string, gate: string): string {
+  return `{ }:
+let
+  ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
+  mk = { name, script, extra ? {} }: derivation ({
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+  } // extra);
+  a = mk { name = "ca-a-${nonce}"; script = "echo a > $out"; extra = ca; };
+  a2 = mk { name = "ca-a-${nonce}"; script = "echo a  > $out"; extra = ca; };
+  # The resolved b waits for the gate: the runner dies while it runs.
+  bWith = dep: mk { name = "ca-b-${nonce}"; script = "while [ ! -e ${gate} ]; do /bin/sleep 0.1; done; read x < \${dep}; echo b $x > $out"; extra = ca; };
+in {
+  c = mk { name = "ia-c-${nonce}"; script = "read x < \${bWith a}; echo c $x > $out"; };
+  b2 = bWith a2;
+}
+`;
+}
+
+interface Step {
+  build: number;
+  stepnr: number;
+  drvpath: string;
+  status: number | null;
+  busy: number;
+  resolveddrvpath: string | null;
+}
+
+describe('content-addressed derivations resolved by the scheduler', () => {
+  let db: TestDatabase;
+  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-ca-'));
+  const procs: CliProcess[] = [];
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    for (const p of procs) p.child.kill('SIGKILL');
+    await db.drop();
+  });
+
+  const steps = async (): Promise<Step[]> =>
+    (await db.pool.query<Step>('select build, stepnr, drvpath, status, busy, resolveddrvpath from buildsteps order by build, stepnr')).rows;
+
+  it('resolves once inputs land, builds a shared resolved derivation once, and survives a SIGKILL after the status-13 rows', async () => {
+    const nonce = randomBytes(4).toString('hex');
+    const gate = join(dir, 'gate');
+    const file = join(dir, 'release.nix');
+    writeFileSync(file, release(nonce, gate));
+    const [cDrv, b2Drv] = await runNixLines('nix-instantiate', [file, '-A', 'c', '-A', 'b2']);
+    const bDrv = (await runNixLines('nix-store', ['--query', '--references', cDrv!])).find((p) => p.endsWith(`-ca-b-${nonce}.drv`))!;
+    expect(bDrv).toBeDefined();
+
+    const key = await generateKey(dir, 'ca-cache-1');
+    const cacheDir = join(dir, 'cache');
+    const extra = `remoteStoreAddr = ["file://${cacheDir}?compression=none&secret-key=${key.secretFile}"]\nretryInterval = 1\nretryBackoff = 1`;
+    const runner1 = await startRunner(join(dir), db.url, extra);
+    procs.push(runner1.proc);
+    const builder1 = startBuilder(dir, `127.0.0.1:${runner1.port}`, runner1.tokenFile, 'ca-builder-1');
+    procs.push(builder1);
+    await joined(runner1.proc, ['ca-builder-1']);
+    const ids = await submit(db.url, file, 'ca', ['c', 'b2']);
+    const c = ids.c!;
+    const b2 = ids.b2!;
+
+    // Both b and b2 resolved (status 13), and the one resolved derivation running, held by the gate.
+    await waitFor(async () => {
+      const s = await steps();
+      return s.filter((r) => r.status === 13).length === 2 && s.some((r) => r.busy !== 0 && r.drvpath.endsWith(`-ca-b-${nonce}.drv`));
+    }, 120_000, 'b and b2 resolved and the resolved b building');
+    const before = await steps();
+    const resolvedB = before.find((r) => r.status === 13 && r.drvpath === bDrv)!;
+    expect(resolvedB.build).toBe(c);
+    expect(resolvedB.resolveddrvpath).toMatch(new RegExp(`^[a-z0-9]{32}-ca-b-${nonce}\\.drv$`));
+    const resolvedBPath = `/nix/store/${resolvedB.resolveddrvpath}`;
+    // b2 resolved to the same derivation: it is built once.
+    expect(before.find((r) => r.status === 13 && r.drvpath === b2Drv)).toMatchObject({ build: b2, resolveddrvpath: resolvedB.resolveddrvpath });
+    expect(before.filter((r) => r.drvpath === resolvedBPath)).toHaveLength(1);
+    // The resolved .drv is in the runner's store, rooted while a step needs it.
+    expect(existsSync(resolvedBPath)).toBe(true);
+    expect(existsSync(join(dir, 'hydrant-resolved-roots', resolvedB.resolveddrvpath!))).toBe(true);
+
+    // The runner dies between resolution and the resolved build's result.
+    runner1.proc.child.kill('SIGKILL');
+    builder1.child.kill('SIGKILL');
+    await runner1.proc.exited;
+    writeFileSync(gate, '');
+
+    const runner2 = await startRunner(join(dir), db.url, extra, { token: runner1.token });
+    procs.push(runner2.proc);
+    const builder2 = startBuilder(dir, `127.0.0.1:${runner2.port}`, runner2.tokenFile, 'ca-builder-2');
+    procs.push(builder2);
+    await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 120_000, 'builds to finish');
+
+    const builds = (await db.pool.query('select id, buildstatus, size, closuresize from builds order by id')).rows;
+    expect(builds.map((b) => b.buildstatus)).toEqual([0, 0]);
+    for (const b of builds) {
+      expect(Number(b.size)).toBeGreaterThan(0);
+      expect(Number(b.closuresize)).toBeGreaterThanOrEqual(Number(b.size));
+    }
+    const after = await steps();
+    expect(after.filter((r) => r.busy !== 0)).toEqual([]);
+    // Exactly one status-13 row per (build, original derivation), none added by the restart.
+    const resolvedRows = after.filter((r) => r.status === 13);
+    expect(resolvedRows.map((r) => `${r.build} ${r.drvpath}`).sort()).toEqual([`${c} ${bDrv}`, `${b2} ${b2Drv}`, `${c} ${cDrv}`].sort());
+    for (const r of resolvedRows) expect(r.resolveddrvpath).not.toBeNull();
+    // The resolved b built once (the first attempt was aborted by the crash), the resolved c once.
+    expect(after.filter((r) => r.drvpath === resolvedBPath && r.status === 0)).toHaveLength(1);
+    const resolvedC = `/nix/store/${resolvedRows.find((r) => r.drvpath === cDrv)!.resolveddrvpath}`;
+    expect(after.filter((r) => r.drvpath === resolvedC && r.status === 0)).toHaveLength(1);
+    // No original derivation of b, b2 or c was built as it is.
+    expect(after.filter((r) => [bDrv, b2Drv, cDrv].includes(r.drvpath) && r.status !== 13)).toEqual([]);
+
+    // BuildOutputs filled from the resolved steps' results: b2's CA output and c's output.
+    const outs = (await db.pool.query('select build, name, path from buildoutputs order by build')).rows;
+    expect(outs).toHaveLength(2);
+    for (const o of outs) {
+      expect(o.path).toMatch(/^\/nix\/store\//);
+      expect(existsSync(o.path)).toBe(true);
+    }
+    const bOut = outs.find((o) => o.build === b2)!.path as string;
+    expect(bOut).toMatch(new RegExp(`-ca-b-${nonce}$`));
+    const cOut = outs.find((o) => o.build === c)!.path as string;
+    // c's output holds the real path of b (dependents received it).
+    expect(readFileSync(cOut, 'utf8')).toBe(`c b a\n`);
+    // Roots of resolved .drv files go once no step needs them.
+    await waitFor(async () => !existsSync(join(dir, 'hydrant-resolved-roots', resolvedB.resolveddrvpath!)), 10_000, 'the resolved b root to go');
+  }, 300_000);
+});
