@@ -10,6 +10,8 @@ import { writeDerivationToStore } from '../nix/write-derivation.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import type { SchedulerStore, StepOutput, StepRecord } from './model.ts';
 import type { Prepared, StepPreparer } from './prepare-step.ts';
+import type { CaRealisations } from './ca-realisations.ts';
+import type { Realisation } from '../nix/realisation.ts';
 
 export interface CaResolverOptions {
   pool: WorkerPool;
@@ -21,6 +23,10 @@ export interface CaResolverOptions {
   /** Where the resolved .drv files' GC roots go (resolvedRootsDir). */
   rootsDir: string;
   log: Logger;
+  /** Told of every resolution, for the realisations of the originals. */
+  realisations?: CaRealisations;
+  /** Publishes realisations (to every cache): for a resolved derivation found already built. */
+  publish?: (rs: Realisation[]) => Promise<void>;
 }
 
 /**
@@ -46,7 +52,10 @@ export class CaResolver implements StepPreparer {
   }
 
   released(step: StepRecord): void {
-    if (this.rooted.size > 0 && this.rooted.delete(step.drvPath)) this.unroot(step.drvPath);
+    if (this.rooted.size > 0 && this.rooted.delete(step.drvPath)) {
+      this.unroot(step.drvPath);
+      this.o.realisations?.forget(step.drvPath);
+    }
   }
 
   private async readDrv(drvPath: string): Promise<Derivation> {
@@ -65,6 +74,7 @@ export class CaResolver implements StepPreparer {
     await addResolvedDrvRoot(this.o.rootsDir, drvPath);
     this.rooted.add(drvPath);
     await writeDerivationToStore(this.o.store, r.drv, name);
+    this.o.realisations?.resolvedFrom(drvPath, step.drvPath, realised);
     const declared: StepOutput[] = [...r.drv.outputs].map(([n, out]) => ({ name: n, path: out.path === '' ? null : out.path }));
     let outputs = declared;
     if (outputs.some((out) => out.path === null)) {
@@ -74,7 +84,10 @@ export class CaResolver implements StepPreparer {
     }
     const paths = outputs.flatMap((out) => (out.path === null ? [] : [out.path]));
     const built = paths.length === outputs.length && (await this.o.valid.queryValid(paths)).size === paths.length;
-    if (built && this.rooted.delete(drvPath)) this.unroot(drvPath);
+    if (built) {
+      if (this.rooted.delete(drvPath)) this.unroot(drvPath);
+      await this.publishBuilt(drvPath, outputs);
+    }
     this.o.log.debug({ drv: step.drvPath, resolved: drvPath, built }, 'derivation resolved');
     return { kind: 'resolved', drvPath, outputs: built ? outputs : declared, built };
   }
@@ -98,6 +111,17 @@ export class CaResolver implements StepPreparer {
     }
     for (const k of await this.o.db.realisedOutputs(unknown)) realised.set(realisedKey(k.drvPath, k.name), k.path);
     return realised;
+  }
+
+  /** The original's realisations, for a resolved derivation built earlier (no step will publish them). */
+  private async publishBuilt(drvPath: string, outputs: readonly StepOutput[]): Promise<void> {
+    const { realisations, publish } = this.o;
+    if (!realisations || !publish) return;
+    try {
+      await publish(await realisations.of(drvPath, outputs.map((o) => ({ name: o.name, path: o.path! }))));
+    } catch (err) {
+      this.o.log.error({ drv: drvPath, err: String((err as Error)?.message ?? err) }, 'cannot publish the realisations of a resolved derivation');
+    }
   }
 
   private unroot(drvPath: string): void {

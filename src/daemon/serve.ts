@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { hostSystem } from '../nix/host-system.ts';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD } from '../actors/machine-record.ts';
 import type { Server } from '@grpc/grpc-js';
@@ -5,6 +6,8 @@ import { LocalNixBuilder } from '../builder/local-builder.ts';
 import { hostStore } from '../nix/private-store.ts';
 import { resolvedRootsDir } from '../nix/resolved-roots.ts';
 import { CaResolver } from '../actors/ca-resolver.ts';
+import { CaRealisations } from '../actors/ca-realisations.ts';
+import { queryPathInfos } from '../nix/transfer.ts';
 import { TokenAuth } from '../protocol/auth.ts';
 import { JobOwnership } from '../protocol/job-ownership.ts';
 import { BuilderService } from '../protocol/runner-service.ts';
@@ -101,7 +104,11 @@ export class RunnerDaemon {
     const store = new LocalNixStore(async (drvPath, bytes) => summarizeDerivation(drvPath, await withRoom(pool, () => pool.parseDerivation(bytes))));
     const caches = (this.caches = await openCaches(c.remoteStoreAddr, pool, { awsCredentialsFile: c.awsCredentialsFile }));
     for (const cache of caches) log.info({ cache: cache.location, compression: cache.store.compression, publicKey: cache.publicKey ?? null }, 'binary cache opened');
-    const finisher = new OutputPublisher({ pool, caches, rootsDir: c.rootsDir ?? defaultRootsDir(), log });
+    const realisations = new CaRealisations({
+      readDerivation: async (drvPath) => pool.parseDerivation(await readFile(hostStore.realPath(drvPath))),
+      references: async (path) => (await queryPathInfos(hostStore, [path]))[0]!.references,
+    });
+    const finisher = new OutputPublisher({ pool, caches, rootsDir: c.rootsDir ?? defaultRootsDir(), log, realisations: (drvPath, outputs, floating) => realisations.of(drvPath, outputs, floating) });
     const metrics = (this.metrics = createRunnerMetrics({
       scheduler: () => this.runtime?.scheduler ?? null,
       monitor: () => this.runtime?.monitor ?? null,
@@ -129,7 +136,12 @@ export class RunnerDaemon {
     this.listener.on('reconnected', () => log.info('LISTEN connection back; re-polling the queue'));
     await this.listener.start();
     const schedulerDb = new PgSchedulerDb(this.db.pool);
-    const preparer = new CaResolver({ pool, store: hostStore, valid: store, db: schedulerDb, rootsDir: resolvedRootsDir(c.rootsDir ?? defaultRootsDir()), log });
+    const preparer = new CaResolver({
+      pool, store: hostStore, valid: store, db: schedulerDb, rootsDir: resolvedRootsDir(c.rootsDir ?? defaultRootsDir()), log, realisations,
+      publish: async (rs) => {
+        for (const cache of caches) await cache.publishRealisations(rs);
+      },
+    });
     this.runtime = await startRunnerRuntime({
       preparer,
       config: c, db: schedulerDb, store, listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,

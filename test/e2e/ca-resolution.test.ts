@@ -1,13 +1,16 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { joined, startBuilder, startRunner, submit, type CliProcess } from '../helpers/fleet.ts';
-import { runNixLines } from '../helpers/nix.ts';
+import { runNix, runNixLines } from '../helpers/nix.ts';
+import { PrivateStore } from '../../src/nix/private-store.ts';
+import { parseRealisation, realisationSignedBy } from '../../src/nix/realisation.ts';
+import { parsePublicKey } from '../../src/nix/signing.ts';
 import { waitFor } from '../helpers/runtime.ts';
-import { generateKey } from '../cache/fixtures.ts';
+import { generateKey, trusting } from '../cache/fixtures.ts';
 
 /**
  * Content-addressed derivations through the scheduler, with a real runner
@@ -147,5 +150,26 @@ describe('content-addressed derivations resolved by the scheduler', () => {
     expect(readFileSync(cOut, 'utf8')).toBe(`c b a\n`);
     // Roots of resolved .drv files go once no step needs them.
     await waitFor(async () => !existsSync(join(dir, 'hydrant-resolved-roots', resolvedB.resolveddrvpath!)), 10_000, 'the resolved b root to go');
+
+    // The cache holds signed Nix 2.8 realisations for the original and the resolved derivations.
+    const dois = readdirSync(join(cacheDir, 'realisations')).map((f) => parseRealisation(readFileSync(join(cacheDir, 'realisations', f), 'utf8')));
+    const pk = parsePublicKey(key.publicKey);
+    for (const r of dois) expect(realisationSignedBy([pk], r)).toBe(true);
+    expect(dois.filter((r) => `/nix/store/${r.outPath}` === bOut).length).toBeGreaterThanOrEqual(3); // b, b2 and the resolved b
+
+    // Real Nix, in a fresh store with only the .drv files and this cache, substitutes everything and builds nothing.
+    const fresh = await PrivateStore.create(mkdtempSync(join(tmpdir(), 'hydrant-e2e-ca-fresh-')));
+    const closure = await runNixLines('nix-store', ['-qR', cDrv!, b2Drv!]);
+    await fresh.runChecked('nix-store', ['--import'], { input: (await runNix('nix-store', ['--export', ...closure])).stdout });
+    const r = await fresh.runChecked('nix-store', ['--realise', cDrv!, b2Drv!], { extraConfig: `substituters = file://${cacheDir}\n${trusting(key.publicKey)}` });
+    expect(r.stdout.toString().trim().split('\n').sort()).toEqual([cOut, bOut].sort());
+    expect(r.stderr.toString()).not.toMatch(/building '/);
+    // Without the realisations the same Nix builds the CA derivations: the .doi files are what it used.
+    renameSync(join(cacheDir, 'realisations'), join(cacheDir, 'realisations.off'));
+    mkdirSync(join(cacheDir, 'realisations'));
+    const control = await PrivateStore.create(mkdtempSync(join(tmpdir(), 'hydrant-e2e-ca-control-')));
+    await control.runChecked('nix-store', ['--import'], { input: (await runNix('nix-store', ['--export', ...closure])).stdout });
+    const built = await control.runChecked('nix-store', ['--realise', b2Drv!], { extraConfig: `substituters = file://${cacheDir}\n${trusting(key.publicKey)}` });
+    expect(built.stderr.toString()).toMatch(/building '/);
   }, 300_000);
 });
