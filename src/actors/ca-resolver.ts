@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import type { Logger } from '../util/logger.ts';
 import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
 import { derivationStorePath } from '../nix/derivation-paths.ts';
-import { type Derivation, derivationName } from '../nix/derivation.ts';
+import { type Derivation, derivationName, derivationType } from '../nix/derivation.ts';
 import type { NixStoreHandle } from '../nix/private-store.ts';
 import { addResolvedDrvRoot, removeResolvedDrvRoot } from '../nix/resolved-roots.ts';
 import { mustResolve, realisedKey } from '../nix/resolve-derivation.ts';
@@ -64,7 +64,7 @@ export class CaResolver implements StepPreparer {
 
   private async resolve(step: StepRecord): Promise<Prepared> {
     const drv = await this.readDrv(step.drvPath);
-    if (!mustResolve(drv)) return 'dispatch';
+    if (!mustResolve(drv)) return derivationType(drv) === 'floating' ? this.builtBefore(step) : 'dispatch';
     const realised = await this.realisedInputs(drv);
     const r = await this.o.pool.resolveDerivation(step.drvPath, drv, realised);
     if (!r.changed) return 'dispatch';
@@ -90,6 +90,15 @@ export class CaResolver implements StepPreparer {
     }
     this.o.log.debug({ drv: step.drvPath, resolved: drvPath, built }, 'derivation resolved');
     return { kind: 'resolved', drvPath, outputs: built ? outputs : declared, built };
+  }
+
+  /** A floating CA derivation that an earlier step built, its outputs still valid, is not built again. */
+  private async builtBefore(step: StepRecord): Promise<Prepared> {
+    const known = await this.o.db.realisedOutputs([step.drvPath]);
+    const paths = step.outputs.map((o) => o.path ?? known.find((k) => k.name === o.name)?.path);
+    if (paths.some((p) => p === undefined)) return 'dispatch';
+    if ((await this.o.valid.queryValid(paths as string[])).size !== paths.length) return 'dispatch';
+    return { kind: 'built', outputs: step.outputs.map((o, i) => ({ name: o.name, path: paths[i]! })) };
   }
 
   /**

@@ -17,13 +17,20 @@ export interface ResolvedStepPrepared {
   readonly built: boolean;
 }
 
+/** The step's outputs were built before (known from earlier steps' rows, valid): nothing to build. */
+export interface BuiltStepPrepared {
+  readonly kind: 'built';
+  readonly outputs: readonly { readonly name: string; readonly path: string }[];
+}
+
 /**
  * What preparing a runnable step decided: `'dispatch'` (queue the step for a
- * machine as it is) or `resolved` (build its resolved derivation instead).
+ * machine as it is), `resolved` (build its resolved derivation instead) or
+ * `built` (its outputs exist).
  * Substitution (the outputs fetched from a cache instead of built) will add
  * its own answer here, with the graph event and rows it means.
  */
-export type Prepared = 'dispatch' | ResolvedStepPrepared;
+export type Prepared = 'dispatch' | ResolvedStepPrepared | BuiltStepPrepared;
 
 /**
  * The "prepare step" point: work on a step between its becoming runnable in
@@ -46,8 +53,8 @@ export interface PrepareStepOptions {
   preparer?: StepPreparer;
   /** Queues a prepared step for dispatch. */
   enqueue(step: StepRecord): void;
-  /** Applies a resolution (rows, graph); a rejection builds the step as it is. */
-  resolved(step: StepRecord, r: ResolvedStepPrepared): Promise<void>;
+  /** Applies a resolution or a step found built (rows, graph); a rejection builds the step as it is. */
+  apply(step: StepRecord, r: ResolvedStepPrepared | BuiltStepPrepared): Promise<void>;
   log: Logger;
 }
 
@@ -72,7 +79,7 @@ export class PrepareStep {
     // A resolution answered synchronously goes the promise's way too.
     this.preparing.add(step);
     void Promise.resolve(r)
-      .then((p) => (p !== 'dispatch' && this.preparing.has(step) && !this.closed ? this.o.resolved(step, p) : undefined))
+      .then((p) => (p !== 'dispatch' && this.preparing.has(step) && !this.closed ? this.o.apply(step, p) : undefined))
       .catch((err: unknown) => {
         this.o.log.warn({ drv: step.drvPath, err: String((err as Error)?.message ?? err) }, 'step preparation failed; building it as it is');
       })

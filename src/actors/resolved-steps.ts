@@ -57,14 +57,24 @@ export class ResolvedSteps {
    * step it was end as cached.
    */
   async resolvedBuilt(step: StepRecord, r: ResolvedStepPrepared): Promise<void> {
-    const { db, graph, writer } = this.o;
+    const { db } = this.o;
     let outputs: readonly StepOutput[] = r.outputs;
     if (outputs.some((o) => o.path === null)) {
       const known = new Map((await db.realisedOutputs([r.drvPath])).map((o) => [o.name, o.path]));
       outputs = outputs.map((o) => ({ name: o.name, path: o.path ?? known.get(o.name) ?? null }));
     }
+    await this.complete(step, outputs, 'RESOLVE');
+  }
+
+  /** A step found built before (ALREADY_BUILT): its builds end as cached with `outputs`, its dependents run. */
+  alreadyBuilt(step: StepRecord, outputs: readonly StepOutput[]): Promise<void> {
+    return this.complete(step, outputs, 'ALREADY_BUILT');
+  }
+
+  private async complete(step: StepRecord, outputs: readonly StepOutput[], event: 'RESOLVE' | 'ALREADY_BUILT'): Promise<void> {
+    const { db, graph, writer } = this.o;
     if (step.state !== 'runnable') return;
-    graph.transition(step, 'RESOLVE');
+    graph.transition(step, event);
     const builds = step.builds.filter((b) => !b.done);
     const now = unixNow(this.o.clock.now());
     for (const b of builds) {

@@ -151,6 +151,20 @@ describe('content-addressed derivations resolved by the scheduler', () => {
     // Roots of resolved .drv files go once no step needs them.
     await waitFor(async () => !existsSync(join(dir, 'hydrant-resolved-roots', resolvedB.resolveddrvpath!)), 10_000, 'the resolved b root to go');
 
+    // Queued again (a new evaluation): nothing is built; the builds end cached with the same outputs,
+    // each with its own status-13 rows.
+    const succeededRows = after.filter((r) => r.status === 0).length;
+    const again = await submit(db.url, file, 'ca-again', ['c', 'b2']);
+    await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 60_000, 'the builds queued again to finish');
+    const againRows = (await db.pool.query('select b.id, b.buildstatus, b.iscachedbuild, o.path from builds b join buildoutputs o on o.build = b.id where b.id = any($1) order by b.id', [[again.c, again.b2]])).rows;
+    expect(againRows).toEqual([
+      { id: again.c, buildstatus: 0, iscachedbuild: 1, path: cOut },
+      { id: again.b2, buildstatus: 0, iscachedbuild: 1, path: bOut },
+    ]);
+    const third = await steps();
+    expect(third.filter((r) => r.status === 0)).toHaveLength(succeededRows);
+    expect(third.filter((r) => r.status === 13 && [again.c, again.b2].includes(r.build)).map((r) => `${r.build} ${r.drvpath}`).sort()).toEqual([`${again.c} ${bDrv}`, `${again.c} ${cDrv}`, `${again.b2} ${b2Drv}`].sort());
+
     // The cache holds signed Nix 2.8 realisations for the original and the resolved derivations.
     const dois = readdirSync(join(cacheDir, 'realisations')).map((f) => parseRealisation(readFileSync(join(cacheDir, 'realisations', f), 'utf8')));
     const pk = parsePublicKey(key.publicKey);
