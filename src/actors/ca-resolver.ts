@@ -4,7 +4,7 @@ import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
 import { derivationStorePath } from '../nix/derivation-paths.ts';
 import { type Derivation, derivationName, derivationType } from '../nix/derivation.ts';
 import type { NixStoreHandle } from '../nix/private-store.ts';
-import { addResolvedDrvRoot, removeResolvedDrvRoot } from '../nix/resolved-roots.ts';
+import { addResolvedDrvRoot, listResolvedDrvRoots, removeResolvedDrvRoot } from '../nix/resolved-roots.ts';
 import { mustResolve, realisedKey } from '../nix/resolve-derivation.ts';
 import { writeDerivationToStore } from '../nix/write-derivation.ts';
 import type { WorkerPool } from '../workers/pool.ts';
@@ -49,6 +49,21 @@ export class CaResolver implements StepPreparer {
     // Only a derivation with an output path unknown before building can need resolving.
     if (!step.outputs.some((out) => out.path === null)) return 'dispatch';
     return this.resolve(step);
+  }
+
+  /**
+   * Startup, before any step is prepared: roots a previous run left (it died
+   * before the steps needing them ended) go. A step that still needs its
+   * resolved .drv resolves again and roots it again before using it.
+   */
+  async clearStaleRoots(): Promise<number> {
+    let n = 0;
+    for (const drvPath of await listResolvedDrvRoots(this.o.rootsDir)) {
+      if (this.rooted.has(drvPath)) continue;
+      await removeResolvedDrvRoot(this.o.rootsDir, drvPath);
+      n++;
+    }
+    return n;
   }
 
   released(step: StepRecord): void {

@@ -142,6 +142,8 @@ export class RunnerDaemon {
         for (const cache of caches) await cache.publishRealisations(rs);
       },
     });
+    const staleRoots = await preparer.clearStaleRoots();
+    if (staleRoots > 0) log.info({ roots: staleRoots }, 'removed resolved-derivation roots a previous run left');
     this.runtime = await startRunnerRuntime({
       preparer,
       config: c, db: schedulerDb, store, listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,

@@ -111,8 +111,12 @@ describe('content-addressed derivations resolved by the scheduler', () => {
     await runner1.proc.exited;
     writeFileSync(gate, '');
 
+    // A root the killed runner left for a .drv no step will need again.
+    const strayRoot = join(dir, 'hydrant-resolved-roots', `${'0'.repeat(32)}-stray.drv`);
+    writeFileSync(strayRoot, '');
     const runner2 = await startRunner(join(dir), db.url, extra, { token: runner1.token });
     procs.push(runner2.proc);
+    expect(existsSync(strayRoot)).toBe(false);
     const builder2 = startBuilder(dir, `127.0.0.1:${runner2.port}`, runner2.tokenFile, 'ca-builder-2');
     procs.push(builder2);
     await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 120_000, 'builds to finish');
