@@ -21,6 +21,9 @@ import { generateKey, trusting } from '../cache/fixtures.ts';
  * output). The resolved b waits on a gate file, so the runner is killed
  * (SIGKILL) while the status-13 rows are written and the resolved step is
  * running; a new runner on the same database and store finishes the builds.
+ * Then: the same builds queued again build nothing; a failing CA derivation
+ * fails its build and the one depending on it; and Nix 2.8 substitutes the
+ * chain from the cache through the published realisations.
  */
 function release(nonce: string, gate: string): string {
   return `{ }:
@@ -67,7 +70,7 @@ describe('content-addressed derivations resolved by the scheduler', () => {
   const steps = async (): Promise<Step[]> =>
     (await db.pool.query<Step>('select build, stepnr, drvpath, status, busy, resolveddrvpath from buildsteps order by build, stepnr')).rows;
 
-  it('resolves once inputs land, builds a shared resolved derivation once, and survives a SIGKILL after the status-13 rows', async () => {
+  it('resolves once inputs land, builds a shared resolved derivation once, survives a SIGKILL after the status-13 rows, builds nothing twice, fails dependents of a failed resolved step, and publishes realisations Nix substitutes through', async () => {
     const nonce = randomBytes(4).toString('hex');
     const gate = join(dir, 'gate');
     const file = join(dir, 'release.nix');
@@ -168,6 +171,32 @@ describe('content-addressed derivations resolved by the scheduler', () => {
     const third = await steps();
     expect(third.filter((r) => r.status === 0)).toHaveLength(succeededRows);
     expect(third.filter((r) => r.status === 13 && [again.c, again.b2].includes(r.build)).map((r) => `${r.build} ${r.drvpath}`).sort()).toEqual([`${again.c} ${bDrv}`, `${again.c} ${cDrv}`, `${again.b2} ${b2Drv}`].sort());
+
+    // A resolved CA derivation that fails: its build fails (1), the build that needs it fails with it (2).
+    const failing = join(dir, 'failing.nix');
+    writeFileSync(
+      failing,
+      `{ }: let
+        ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
+        mk = { name, script, extra ? {} }: derivation ({ inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; } // extra);
+        fa = mk { name = "fail-a-${nonce}"; script = "echo fa > $out"; extra = ca; };
+        fb = mk { name = "fail-b-${nonce}"; script = "read x < \${fa}; echo failing on $x; exit 1"; extra = ca; };
+      in { inherit fb; fc = mk { name = "fail-c-${nonce}"; script = "read x < \${fb}; echo $x > $out"; }; }`,
+    );
+    const failIds = await submit(db.url, failing, 'ca-fail', ['fb', 'fc']);
+    await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 60_000, 'the failing builds to finish');
+    const failedBuilds = (await db.pool.query('select id, buildstatus from builds where id = any($1) order by id', [[failIds.fb, failIds.fc]])).rows;
+    expect(failedBuilds).toEqual([{ id: failIds.fb, buildstatus: 1 }, { id: failIds.fc, buildstatus: 2 }].sort((x, y) => x.id! - y.id!));
+    const failSteps = (await steps()).filter((r) => r.drvpath.includes(`-fail-b-${nonce}`));
+    // The original was resolved (13) and the resolved derivation is the step that failed (1), built once.
+    expect(failSteps.filter((r) => r.status === 13)).toHaveLength(1);
+    const resolvedFb = `/nix/store/${failSteps.find((r) => r.status === 13)!.resolveddrvpath}`;
+    const ranFb = (await db.pool.query('select build from buildsteps where drvpath = $1 and status = 1 and propagatedfrom is null', [resolvedFb])).rows;
+    expect(ranFb).toHaveLength(1);
+    // Under the other build, the failure is propagated from the one it ran under (as Hydra records it).
+    const propagated = (await db.pool.query('select build, propagatedfrom from buildsteps where drvpath = $1 and propagatedfrom is not null', [resolvedFb])).rows;
+    for (const r of propagated) expect(r.propagatedfrom).toBe(ranFb[0].build);
+    expect((await steps()).filter((r) => r.busy !== 0)).toEqual([]);
 
     // The cache holds signed Nix 2.8 realisations for the original and the resolved derivations.
     const dois = readdirSync(join(cacheDir, 'realisations')).map((f) => parseRealisation(readFileSync(join(cacheDir, 'realisations', f), 'utf8')));
