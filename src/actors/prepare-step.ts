@@ -1,14 +1,36 @@
 import type { Logger } from '../util/logger.ts';
-import type { StepRecord } from './model.ts';
+import type { StepOutput, StepRecord } from './model.ts';
 
 /**
- * What preparing a runnable step decided. Today the only answer is
- * `'dispatch'`: queue the step for a machine as it is. Substitution (the
- * outputs fetched from a cache instead of built) and content-addressed
- * resolution (the step built as its resolved derivation) will add their own
- * answers here, each with the graph event and rows it means.
+ * The step's derivation was resolved to another one (content-addressed
+ * inputs, see docs/CA-DERIVATIONS.md), already written to the store and
+ * rooted: the original gets its status-13 row and takes RESOLVE, and the
+ * resolved derivation is built in its place.
  */
-export type Prepared = 'dispatch';
+export interface ResolvedStepPrepared {
+  readonly kind: 'resolved';
+  /** The resolved .drv. */
+  readonly drvPath: string;
+  /** The resolved derivation's outputs; paths where known (null: floating). */
+  readonly outputs: readonly StepOutput[];
+  /** Every output path is known and valid: nothing to build. */
+  readonly built: boolean;
+}
+
+/** The step's outputs were built before (known from earlier steps' rows, valid): nothing to build. */
+export interface BuiltStepPrepared {
+  readonly kind: 'built';
+  readonly outputs: readonly { readonly name: string; readonly path: string }[];
+}
+
+/**
+ * What preparing a runnable step decided: `'dispatch'` (queue the step for a
+ * machine as it is), `resolved` (build its resolved derivation instead) or
+ * `built` (its outputs exist).
+ * Substitution (the outputs fetched from a cache instead of built) will add
+ * its own answer here, with the graph event and rows it means.
+ */
+export type Prepared = 'dispatch' | ResolvedStepPrepared | BuiltStepPrepared;
 
 /**
  * The "prepare step" point: work on a step between its becoming runnable in
@@ -22,6 +44,8 @@ export type Prepared = 'dispatch';
  */
 export interface StepPreparer {
   prepare(step: StepRecord): Prepared | Promise<Prepared>;
+  /** The graph released `step` (e.g. to drop what its preparation kept alive). */
+  released?(step: StepRecord): void;
 }
 
 export interface PrepareStepOptions {
@@ -29,6 +53,8 @@ export interface PrepareStepOptions {
   preparer?: StepPreparer;
   /** Queues a prepared step for dispatch. */
   enqueue(step: StepRecord): void;
+  /** Applies a resolution or a step found built (rows, graph); a rejection builds the step as it is. */
+  apply(step: StepRecord, r: ResolvedStepPrepared | BuiltStepPrepared): Promise<void>;
   log: Logger;
 }
 
@@ -50,8 +76,10 @@ export class PrepareStep {
     if (preparer === undefined) return this.o.enqueue(step);
     const r = preparer.prepare(step);
     if (r === 'dispatch') return this.o.enqueue(step);
+    // A resolution answered synchronously goes the promise's way too.
     this.preparing.add(step);
-    void r
+    void Promise.resolve(r)
+      .then((p) => (p !== 'dispatch' && this.preparing.has(step) && !this.closed ? this.o.apply(step, p) : undefined))
       .catch((err: unknown) => {
         this.o.log.warn({ drv: step.drvPath, err: String((err as Error)?.message ?? err) }, 'step preparation failed; building it as it is');
       })

@@ -12,7 +12,8 @@ import { ActiveJobs, type ActiveJob, type RunningStep } from './active-jobs.ts';
 import { ResultWriter } from './result-writer.ts';
 import { StepResults, failedPathsCache } from './step-results.ts';
 import { SchedulerStats, type MachineStats, type SchedulerCounters } from './scheduler-stats.ts';
-import { PrepareStep } from './prepare-step.ts';
+import { PrepareStep, type ResolvedStepPrepared } from './prepare-step.ts';
+import { ResolvedSteps } from './resolved-steps.ts';
 import { DispatchHolds } from './dispatch-holds.ts';
 import type { SchedulerIntake } from './scheduler-intake.ts';
 import type { SchedulerConfig, SchedulerOptions } from './scheduler-options.ts';
@@ -41,6 +42,7 @@ export class Scheduler implements SchedulerIntake {
   private readonly stats = new SchedulerStats();
   private readonly writer: ResultWriter<ActiveJob>;
   private readonly results: StepResults;
+  private readonly resolutions: ResolvedSteps;
   private readonly prepare: PrepareStep;
   private readonly holds: DispatchHolds;
   private readonly clock: Clock;
@@ -60,7 +62,7 @@ export class Scheduler implements SchedulerIntake {
       backpressure: (on) => (on ? this.holdDispatch('backpressure') : this.releaseDispatch('backpressure')),
       running: (aj) => this.active.isRunning(aj),
     });
-    this.prepare = new PrepareStep({ preparer: o.preparer, enqueue: (s) => this.dispatcher.enqueue(s), log: o.log });
+    this.prepare = new PrepareStep({ preparer: o.preparer, enqueue: (s) => this.dispatcher.enqueue(s), apply: (s, r) => (r.kind === 'built' ? this.resolutions.alreadyBuilt(s, r.outputs) : this.resolved(s, r)), log: o.log });
     this.graph = new StepGraph({
       store: o.store,
       failures: failedPathsCache(o.db),
@@ -73,6 +75,7 @@ export class Scheduler implements SchedulerIntake {
       },
     });
     this.results = new StepResults({ db: o.db, graph: this.graph, writer: this.writer, stats: this.stats, log: o.log, clock, buildFinished: (id) => this.onBuildFinished?.(id) });
+    this.resolutions = new ResolvedSteps({ db: o.db, graph: this.graph, writer: this.writer, stats: this.stats, log: o.log, clock, buildFinished: (id) => this.onBuildFinished?.(id) });
     const { stepSortFn, machineSortFn, machineFreeFn, maxRetries, retryInterval, retryBackoff, maxUnsupportedTimeInS, dispatchTriggerTimerInS } = o.config;
     this.dispatcher = new Dispatcher({
       clock, stepSortFn, machineSortFn, machineFreeFn, maxRetries, retryInterval, retryBackoff, maxUnsupportedTimeInS, dispatchTriggerTimerInS,
@@ -206,7 +209,22 @@ export class Scheduler implements SchedulerIntake {
     this.results.finished(aj, outcome);
   }
 
+  /**
+   * A step resolved to another derivation: its status-13 row is written
+   * first (a crash after it resolves again to the same row), then the graph
+   * builds the resolved derivation in its place, or completes the original
+   * with the resolved derivation's outputs when they exist.
+   */
+  private async resolved(step: StepRecord, r: ResolvedStepPrepared): Promise<void> {
+    if (!(await this.resolutions.resolved(step, r))) return;
+    const res = r.built ? { kind: 'built' as const } : await this.graph.resolveTo(step, r.drvPath);
+    if (res.kind === 'failed') throw new Error(`resolved derivation ${r.drvPath} failed`);
+    if (res.kind === 'built' && step.state === 'runnable') await this.resolutions.resolvedBuilt(step, r);
+    if (res.kind === 'step' && this.debug) this.o.log.debug({ drv: step.drvPath, resolved: r.drvPath }, 'step resolved');
+  }
+
   private released(step: StepRecord, previous: StepState): void {
+    this.o.preparer?.released?.(step);
     if (previous === 'dispatched' || previous === 'building') {
       const aj = this.active.ofStep(step);
       if (aj && this.active.end(aj)) {

@@ -64,6 +64,8 @@ export class StepGraph {
   private readonly loadingToplevels = new Map<string, number>();
   private readonly validOutputs = new Map<string, readonly StepOutput[]>();
   private readonly jobsetSets = new JobsetSets();
+  /** A resolved step → the step of its resolved derivation. */
+  private readonly resolvedTo = new WeakMap<StepRecord, StepRecord>();
 
   /** Sees every step transition while set (the live feed); null costs one check on the hot path. */
   observer: ((step: StepRecord, event: StepEventType, from: StepState, to: StepState) => void) | null = null;
@@ -219,11 +221,72 @@ export class StepGraph {
     return this.cachedFailures.has(step);
   }
 
+  // ------------------------------------------------------------ resolution
+
+  /**
+   * A runnable step resolved to another derivation (content-addressed
+   * inputs): the resolved derivation becomes a step like any other (shared
+   * when another build resolved to it too), the original takes RESOLVE, and
+   * its dependents and the builds whose own step it was move to the resolved
+   * step with its priorities. Nothing changes when the answer is not `step`:
+   * `gone` (the original was released meanwhile), `built` (the resolved
+   * derivation's outputs exist or it has just built: the caller completes
+   * the original with them), `failed` (the resolved step failed).
+   */
+  async resolveTo(original: StepRecord, resolvedDrvPath: string): Promise<{ kind: 'step'; step: StepRecord } | { kind: 'gone' | 'built' | 'failed' }> {
+    const resolved = await this.acquire(resolvedDrvPath);
+    if (original.state !== 'runnable' || this.steps.get(original.drvPath) !== original) {
+      if (resolved) this.releaseHold(resolved);
+      return { kind: 'gone' };
+    }
+    if (!resolved) return { kind: 'built' };
+    if (resolved === original) throw new Error(`step ${original.drvPath} resolved to itself`);
+    if (SUCCESS_STATES.has(resolved.state) || resolved.state === 'failed') {
+      this.releaseHold(resolved);
+      return { kind: resolved.state === 'failed' ? 'failed' : 'built' };
+    }
+    this.transition(original, 'RESOLVE');
+    this.resolvedTo.set(original, resolved);
+    const moved = original.rdeps.length + original.builds.length;
+    for (const r of original.rdeps) {
+      const i = r.deps.indexOf(original);
+      if (i >= 0) r.deps[i] = resolved;
+      resolved.rdeps = append(resolved.rdeps, r);
+      if (this.o.trackCriticalPath) this.raiseCriticalPath(resolved, r.criticalPath + 1);
+    }
+    for (const b of original.builds) {
+      b.toplevel = resolved;
+      resolved.builds = append(resolved.builds, b);
+    }
+    resolved.refs += moved;
+    original.rdeps = [];
+    original.builds = [];
+    original.refs -= moved;
+    // The resolved step carries what the original carried (priorities, limits, jobsets).
+    this.spread(resolved, original);
+    this.releaseHold(resolved); // the caller's hold
+    if (original.refs === 0) {
+      original.refs = 1;
+      this.releaseHold(original);
+    }
+    return { kind: 'step', step: resolved };
+  }
+
+  /** The step a resolved step was resolved to (while the graph holds it). */
+  resolvedStep(step: StepRecord): StepRecord | undefined {
+    return this.resolvedTo.get(step);
+  }
+
   // ------------------------------------------------------------ creation
 
   /** Returns the step for `drvPath` with one hold for the caller, or null if its outputs exist. */
   private async acquire(drvPath: string): Promise<StepRecord | null> {
-    const existing = this.steps.get(drvPath);
+    let existing = this.steps.get(drvPath);
+    // A resolved step still in the graph stands for its resolved derivation.
+    if (existing?.state === 'resolved') {
+      const r = this.resolvedTo.get(existing);
+      if (r && this.steps.get(r.drvPath) === r) existing = r;
+    }
     if (existing) {
       existing.refs++;
       return existing;

@@ -14,8 +14,9 @@ import { DirectoryStorage } from './directory-storage.ts';
 import { CACHE_DIRS, CACHE_INFO_FILE, CONTENT_TYPES, cacheInfoStoreDir, cacheInfoText, listingFile, logFile, narFile, narInfoFile, realisationFile } from './layout.ts';
 import { listingOfPath } from './listing.ts';
 import { type LocalPathInfo, queryPathInfos } from './local-path-info.ts';
-import { realisationClosure, realisationJson } from './realisations.ts';
+import { realisationClosure } from './realisations.ts';
 import { PrefixedStorage } from './prefixed-storage.ts';
+import { formatRealisation, type Realisation, signRealisation } from '../nix/realisation.ts';
 import { S3Storage } from './s3-storage.ts';
 import type { CacheStorage, PutOptions } from './storage.ts';
 import { type CacheCompression, parseStoreUri, type StoreUri } from './store-uri.ts';
@@ -336,21 +337,33 @@ export class BinaryCache {
   /**
    * Publishes the local store's realisations of a derivation's outputs and
    * of the outputs they depend on (`realisations/<id>.doi`, as `nix copy`
-   * does for CA derivations), each only once the cache holds its output
-   * path, dependencies first. Returns the ids written. Signatures are copied
-   * from the store; like Nix 2.8's `nix copy`, none is added.
+   * does for CA derivations): publishRealisations of what `nix realisation
+   * info` returns. Returns the ids written.
    */
   async uploadRealisations(drvPath: string): Promise<string[]> {
-    const closure = await realisationClosure(drvPath);
-    const outputs = [...new Set(closure.map((r) => `${STORE_DIR}/${r.outPath}`))];
+    return this.publishRealisations(await realisationClosure(drvPath), `the realisations of ${drvPath}`);
+  }
+
+  /**
+   * Publishes realisations (`realisations/<id>.doi`, Nix 2.8's body, see
+   * src/nix/realisation.ts), dependencies first as given, each signed with
+   * the cache's key when it has one, and only once the cache holds every
+   * output path they name (throws CacheReferenceMissingError otherwise,
+   * writing nothing). A realisation the cache has is kept. Returns the ids
+   * written.
+   */
+  async publishRealisations(rs: readonly Realisation[], what = 'the realisations'): Promise<string[]> {
+    const outputs = [...new Set(rs.flatMap((r) => [r.outPath, ...Object.values(r.dependentRealisations)]).map((b) => `${STORE_DIR}/${b}`))];
     const present = await Promise.all(outputs.map((p) => this.has(p)));
     const missing = outputs.filter((_, i) => !present[i]);
-    if (missing.length > 0) throw new CacheReferenceMissingError(`the realisations of ${drvPath}`, missing);
+    if (missing.length > 0) throw new CacheReferenceMissingError(what, missing);
+    const key = this.store.secretKey;
     const written: string[] = [];
-    for (const r of closure) {
+    for (const r of rs) {
       const rel = realisationFile(r.id);
+      const body = formatRealisation(key ? signRealisation(key, r) : r);
       const wrote = await this.fileFlight(rel, async () =>
-        (await this.storage.has(rel)) ? false : this.storage.put(rel, realisationJson(r), { contentType: CONTENT_TYPES.realisation }),
+        (await this.storage.has(rel)) ? false : this.storage.put(rel, body, { contentType: CONTENT_TYPES.realisation }),
       );
       if (wrote) written.push(r.id);
     }

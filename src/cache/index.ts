@@ -1,7 +1,7 @@
 export { BinaryCache } from './binary-cache.ts';
 export { DirectoryStorage } from './directory-storage.ts';
 export { S3Storage } from './s3-storage.ts';
-export { realisationClosure, realisationJson } from './realisations.ts';
+export { realisationClosure } from './realisations.ts';
 export type { BinaryCacheOptions, PathUpload } from './binary-cache.ts';
 export type { CacheStorage, PutBody, PutOptions, StoredEntry, StoredObject } from './storage.ts';
 export { uploadClosure } from './upload.ts';
@@ -9,6 +9,7 @@ export type { ClosureUpload, UploadClosureOptions } from './upload.ts';
 export { CACHE_COMPRESSIONS, formatStoreUri, parseStoreUri } from './store-uri.ts';
 export type { CacheCompression, FileStoreUri, ParseStoreUriOptions, S3StoreUri, StoreUri } from './store-uri.ts';
 export { queryPathInfos, queryRealisations } from './local-path-info.ts';
-export type { LocalPathInfo, Realisation } from './local-path-info.ts';
+export type { LocalPathInfo } from './local-path-info.ts';
+export type { Realisation } from '../nix/realisation.ts';
 export { listingOfPath } from './listing.ts';
 export * as cacheLayout from './layout.ts';

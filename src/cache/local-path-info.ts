@@ -1,3 +1,4 @@
+import type { Realisation } from '../nix/realisation.ts';
 import { NixFormatError, PathNotInStoreError } from '../errors/index.ts';
 import { type Hash, parseHash } from '../nix/hash.ts';
 import { parseStorePath } from '../nix/store-path.ts';
@@ -73,17 +74,6 @@ export async function queryPathInfos(paths: readonly string[], options: { recurs
       toInfo({ path: i.path, narHash: i.narHash, narSize: i.narSize, references: i.references, deriver: i.deriver ?? undefined, ca: i.ca ?? undefined, signatures: i.sigs }),
     );
   });
-}
-
-/** A store's realisation of one derivation output (the `.doi` files of a cache). */
-export interface Realisation {
-  /** `sha256:<hash modulo of the .drv, base16>!<output>` */
-  id: string;
-  /** Base name of the output path. */
-  outPath: string;
-  signatures: string[];
-  /** id → base name of the output, for outputs this one's path depends on. */
-  dependentRealisations: Record<string, string>;
 }
 
 /** The realisations the local store holds for a derivation's outputs (none for a derivation built without ca-derivations). */

@@ -1,6 +1,7 @@
 import { NixFormatError } from '../errors/index.ts';
 import { runNixLines } from '../nix/tools.ts';
-import { queryRealisations, type Realisation } from './local-path-info.ts';
+import type { Realisation } from '../nix/realisation.ts';
+import { queryRealisations } from './local-path-info.ts';
 
 /**
  * The realisations of a derivation's outputs plus, transitively, those they
@@ -46,10 +47,4 @@ export async function realisationClosure(drvPath: string): Promise<Realisation[]
   };
   for (const id of [...wanted].sort()) place(id);
   return ordered;
-}
-
-/** A realisation as Nix writes it: compact JSON, keys sorted (nlohmann's order). */
-export function realisationJson(r: Realisation): string {
-  const deps = Object.fromEntries(Object.entries(r.dependentRealisations).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
-  return JSON.stringify({ dependentRealisations: deps, id: r.id, outPath: r.outPath, signatures: r.signatures });
 }

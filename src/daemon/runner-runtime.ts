@@ -1,5 +1,6 @@
 import type { EventEmitter } from 'node:events';
 import type { SchedulerStore } from '../actors/model.ts';
+import type { StepPreparer } from '../actors/prepare-step.ts';
 import { QueueMonitor } from '../actors/queue-monitor.ts';
 import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
 import { Scheduler, type SchedulerConfig, type WriteGate } from '../actors/scheduler.ts';
@@ -26,6 +27,8 @@ export interface RunnerRuntimeOptions {
   /** Result writes wait for it (the runner lock held); see Scheduler. */
   gate?: WriteGate;
   maxPendingWrites?: number;
+  /** The prepare-step point (content-addressed resolution). */
+  preparer?: StepPreparer;
 }
 
 export interface RunnerRuntime {
@@ -54,7 +57,7 @@ export async function startRunnerRuntime(o: RunnerRuntimeOptions): Promise<Runne
   const aborted = await o.db.abortLeftovers(unixNow());
   if (aborted > 0) o.log.warn({ steps: aborted }, 'aborted steps left busy by a previous run');
   const scheduler = new Scheduler({
-    config: o.config, db: o.db, store: o.store, log: o.log, finisher: o.finisher, onDispatch: o.onDispatch, gate: o.gate, maxPendingWrites: o.maxPendingWrites,
+    config: o.config, db: o.db, store: o.store, log: o.log, finisher: o.finisher, onDispatch: o.onDispatch, gate: o.gate, maxPendingWrites: o.maxPendingWrites, preparer: o.preparer,
   });
   const monitor = new QueueMonitor({ db: o.db, scheduler, listener: o.listener, log: o.log, pollIntervalS: o.config.queueTriggerTimerInS });
   const initialLoad = monitor.start();

@@ -1,8 +1,13 @@
+import { readFile } from 'node:fs/promises';
 import { hostSystem } from '../nix/host-system.ts';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD } from '../actors/machine-record.ts';
 import type { Server } from '@grpc/grpc-js';
 import { LocalNixBuilder } from '../builder/local-builder.ts';
 import { hostStore } from '../nix/private-store.ts';
+import { resolvedRootsDir } from '../nix/resolved-roots.ts';
+import { CaResolver } from '../actors/ca-resolver.ts';
+import { CaRealisations } from '../actors/ca-realisations.ts';
+import { queryPathInfos } from '../nix/transfer.ts';
 import { TokenAuth } from '../protocol/auth.ts';
 import { JobOwnership } from '../protocol/job-ownership.ts';
 import { BuilderService } from '../protocol/runner-service.ts';
@@ -105,7 +110,11 @@ export class RunnerDaemon {
     // Backup buckets' URIs and keys are checked now; their queue resumes once the runner runs.
     const runnerKey = caches.find((cache) => cache.store.secretKeyFile !== undefined)?.store.secretKeyFile;
     const backupTargets = resolveBackupTargets(c.s3Backup, runnerKey);
-    const finisher = new OutputPublisher({ pool, caches, rootsDir: c.rootsDir ?? defaultRootsDir(), log });
+    const realisations = new CaRealisations({
+      readDerivation: async (drvPath) => pool.parseDerivation(await readFile(hostStore.realPath(drvPath))),
+      references: async (path) => (await queryPathInfos(hostStore, [path]))[0]!.references,
+    });
+    const finisher = new OutputPublisher({ pool, caches, rootsDir: c.rootsDir ?? defaultRootsDir(), log, realisations: (drvPath, outputs, floating) => realisations.of(drvPath, outputs, floating) });
     const metrics = (this.metrics = createRunnerMetrics({
       scheduler: () => this.runtime?.scheduler ?? null,
       monitor: () => this.runtime?.monitor ?? null,
@@ -133,8 +142,18 @@ export class RunnerDaemon {
     this.listener.on('disconnected', (e: Error) => log.warn({ err: e.message }, 'LISTEN connection lost; reconnecting'));
     this.listener.on('reconnected', () => log.info('LISTEN connection back; re-polling the queue'));
     await this.listener.start();
+    const schedulerDb = new PgSchedulerDb(this.db.pool);
+    const preparer = new CaResolver({
+      pool, store: hostStore, valid: store, db: schedulerDb, rootsDir: resolvedRootsDir(c.rootsDir ?? defaultRootsDir()), log, realisations,
+      publish: async (rs) => {
+        for (const cache of caches) await cache.publishRealisations(rs);
+      },
+    });
+    const staleRoots = await preparer.clearStaleRoots();
+    if (staleRoots > 0) log.info({ roots: staleRoots }, 'removed resolved-derivation roots a previous run left');
     this.runtime = await startRunnerRuntime({
-      config: c, db: new PgSchedulerDb(this.db.pool), store, listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,
+      preparer,
+      config: c, db: schedulerDb, store, listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,
       gate: { whenOpen: () => lock.whenHeld() }, maxPendingWrites: c.maxPendingDbWrites,
     });
     await this.startBackups(pool, backupTargets);

@@ -1,4 +1,7 @@
 import type { BuildProductRow, BuiltOutput } from './result-rows.ts';
+import type { ResolvedStep } from './resolved-steps.ts';
+
+export type { ResolvedStep } from './resolved-steps.ts';
 
 /**
  * Everything the scheduler reads from and writes to Hydra's database, as
@@ -138,6 +141,16 @@ export interface SchedulerDb {
    * failed step together). Returns the ids that ended.
    */
   buildsCachedFailure(list: readonly { buildId: number; failedDrvPath: string; system: string; own: boolean; now: number }[]): Promise<number[]>;
+
+  /**
+   * A step resolved to another derivation (content-addressed inputs): its
+   * status-13 row, in one transaction, unless the build already has one for
+   * this derivation (then its stepnr, inserted false).
+   */
+  stepResolved(a: ResolvedStep): Promise<{ stepnr: number; inserted: boolean }>;
+
+  /** The realised output paths of built derivations, as their steps recorded them. */
+  realisedOutputs(drvPaths: readonly string[]): Promise<{ drvPath: string; name: string; path: string }[]>;
 
   jobsets(windowSeconds: number): Promise<JobsetRow[]>;
   /** Unfinished builds with id > afterId, by id, in batches. */

@@ -11,6 +11,8 @@ import { BuildStatus, StepBusy, StepType } from './status.ts';
 import { abortUnloadableBuild } from './unloadable-builds.ts';
 import { abortLeftoverSteps, finishStep, recordStep, setStepBusy, startStep } from './step-rows.ts';
 import { buildSizes } from './output-sizes.ts';
+import { readRealisedOutputs, recordResolvedStep } from './resolved-steps.ts';
+import { STORE_DIR } from '../nix/store-path.ts';
 
 /**
  * The scheduler's database operations over PostgreSQL: each write is one
@@ -177,6 +179,14 @@ export class PgSchedulerDb implements SchedulerDb {
         logFile: null,
       }),
     );
+  }
+
+  stepResolved(a: Parameters<SchedulerDb['stepResolved']>[0]): Promise<{ stepnr: number; inserted: boolean }> {
+    return withTransaction(this.pool, (c) => recordResolvedStep(c, a));
+  }
+
+  realisedOutputs(drvPaths: readonly string[]): Promise<{ drvPath: string; name: string; path: string }[]> {
+    return readRealisedOutputs(this.pool, drvPaths, STORE_DIR);
   }
 
   buildCached(a: Parameters<SchedulerDb['buildCached']>[0]): Promise<boolean> {

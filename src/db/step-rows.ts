@@ -116,7 +116,7 @@ export async function abortLeftoverSteps(client: Queryable, now: number): Promis
 }
 
 /** Takes the lock that serializes stepnr allocation for `buildId` (see above). */
-async function lockBuild(client: pg.ClientBase, buildId: number): Promise<void> {
+export async function lockBuild(client: pg.ClientBase, buildId: number): Promise<void> {
   const res = await client.query(prepared('results/lock-build'), [buildId]);
   if (res.rowCount !== 1) throw new Error(`build ${buildId} does not exist`);
 }

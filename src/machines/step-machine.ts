@@ -13,6 +13,12 @@ import { setup } from 'xstate';
  *     │ CACHED_FAILURE    │  └──── retryWait ◄────┴─TRANSIENT_FAILURE───┤ FAIL ────► failed
  *     ▼                   │ RESOLVE ─► resolved                         │ FAIL_WITH_OUTPUT ─► failedWithOutput
  *   failed                │ UNSUPPORTED, CACHED_FAILURE ─► failed       │ ABORT (retries used up) ─► failed
+ *                         │ ALREADY_BUILT ─► succeeded
+ *
+ * RESOLVE: the derivation was resolved (content-addressed inputs) and its
+ * resolved derivation is built instead. ALREADY_BUILT: preparing the step
+ * found its outputs built before (a floating content-addressed derivation,
+ * whose output paths only earlier steps' rows know).
  *
  * CANCEL (no build needs the step any more) ends any unfinished state in
  * `cancelled`.
@@ -31,6 +37,7 @@ export const STEP_EVENTS = [
   'ABORT',
   'RETRY_DUE',
   'RESOLVE',
+  'ALREADY_BUILT',
   'UNSUPPORTED',
   'CANCEL',
 ] as const;
@@ -68,6 +75,7 @@ export const stepMachine = setup({
       on: {
         DISPATCH: 'dispatched',
         RESOLVE: 'resolved',
+        ALREADY_BUILT: 'succeeded',
         UNSUPPORTED: 'failed',
         CACHED_FAILURE: 'failed',
         CANCEL: 'cancelled',

@@ -4,6 +4,7 @@ import { readFile } from 'node:fs/promises';
 import { uploadClosure } from '../cache/upload.ts';
 import { DiskWriteError } from '../errors/index.ts';
 import type { Logger } from '../util/logger.ts';
+import type { Realisation } from '../nix/realisation.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { addGcRoots } from './gc-roots.ts';
 import { writeCompressedBuildLog } from './log-compression.ts';
@@ -15,6 +16,8 @@ export interface OutputPublisherOptions {
   /** Where outputs are registered as GC roots. */
   rootsDir: string;
   log: Logger;
+  /** The realisations of a built step's content-addressed outputs (published after the outputs). */
+  realisations?: (drvPath: string, outputs: readonly { name: string; path: string }[], floating: boolean) => Promise<Realisation[]>;
 }
 
 /**
@@ -44,6 +47,7 @@ export class OutputPublisher implements StepFinisher {
         throw err;
       }
       for (const cache of this.o.caches) await this.upload(job, cache, paths);
+      await this.publishRealisations(job, outcome.outputs);
     }
     return { ...outcome, logFile };
   }
@@ -81,6 +85,23 @@ export class OutputPublisher implements StepFinisher {
     } catch (err) {
       log.warn({ job: job.jobId, drv: job.drvPath, ...errorFields(err) }, 'could not compress the build log; it stays plain');
       return logFile;
+    }
+  }
+
+  /**
+   * Publishes the realisations of the step's content-addressed outputs to
+   * every cache. A failure is only logged: the outputs are published, and a
+   * client without the realisation builds instead of substituting.
+   */
+  private async publishRealisations(job: StepJob, outputs: readonly { name: string; path: string }[]): Promise<void> {
+    if (!this.o.realisations || this.o.caches.length === 0) return;
+    try {
+      const rs = await this.o.realisations(job.drvPath, outputs, job.outputs.some((o) => o.path === null));
+      if (rs.length === 0) return;
+      for (const cache of this.o.caches) await cache.publishRealisations(rs, `the realisations of ${job.drvPath}`);
+      this.o.log.info({ drv: job.drvPath, realisations: rs.map((r) => r.id) }, 'realisations published');
+    } catch (err) {
+      this.o.log.error({ job: job.jobId, drv: job.drvPath, ...errorFields(err) }, 'cannot publish the realisations of the outputs');
     }
   }
 

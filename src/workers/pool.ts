@@ -5,6 +5,7 @@ import { WorkerPoolClosedError, WorkerQueueFullError } from '../errors/index.ts'
 import type { Derivation } from '../nix/derivation.ts';
 import type { HashAlgo } from '../nix/hash.ts';
 import type { NarHashResult } from '../nix/nar-hash.ts';
+import type { RealisedOutputs, Resolution } from '../nix/resolve-derivation.ts';
 import type { CompressOptions, CompressionMethod } from './compression.ts';
 import { deserializeError } from './task-errors.ts';
 import type { TaskReply } from './task-errors.ts';
@@ -186,6 +187,20 @@ export class WorkerPool {
   /** Reads and parses several .drv files in one task (batching amortises the per-task cost). */
   parseDerivationFiles(paths: string[]): Promise<Derivation[]> {
     return this.run<Derivation[]>('parseDerivationFiles', { paths });
+  }
+
+  /**
+   * Resolves a derivation with its inputs' realised outputs
+   * (src/nix/resolve-derivation.ts) in a worker; rejects with the same
+   * DerivationResolveError when an input is unrealised.
+   */
+  resolveDerivation(drvPath: string, drv: Derivation, realised: RealisedOutputs): Promise<Resolution> {
+    return this.run<Resolution>('resolveDerivation', { drvPath, drv, realised });
+  }
+
+  /** Several resolutions in one task; the first failure fails them all. */
+  resolveDerivations(items: readonly { drvPath: string; drv: Derivation; realised: RealisedOutputs }[]): Promise<Resolution[]> {
+    return this.run<Resolution[]>('resolveDerivations', { items });
   }
 
   /** Round trip to a worker (optionally keeping it busy for delayMs); returns its threadId. */

@@ -171,3 +171,83 @@ describe('StepGraph', () => {
     });
   });
 });
+
+describe('StepGraph.resolveTo', () => {
+  /** A floating CA derivation (output path unknown) needing `deps`. */
+  function caAdder(store: MemoryStore): (name: string, deps: string[]) => string {
+    return (name, deps) => {
+      const d = { drvPath: `/nix/store/${name.padStart(32, 'c')}-${name}.drv`, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false, outputs: [{ name: 'out', path: null }], inputDrvs: new Map(deps.map((x) => [x, ['out']])), isCA: true };
+      store.add(d);
+      return d.drvPath;
+    };
+  }
+
+  it('moves dependents and builds to a shared resolved step; the originals end resolved and are released', async () => {
+    const store = new MemoryStore();
+    const ca = caAdder(store);
+    const ia = adder(store);
+    const base = ia('base', []);
+    const b1 = ca('b1', [base]);
+    const b2 = ca('b2', [base]);
+    const top = ia('top', [b1]);
+    const resolved = ca('resolved', []);
+    const runnable: StepRecord[] = [];
+    const released: [StepRecord, string][] = [];
+    const graph = new StepGraph({
+      store,
+      failures: { isFailed: async () => false },
+      clock: { now: () => 1 },
+      listener: { runnable: (s) => runnable.push(s), reprioritized: () => {}, released: (s, prev) => released.push([s, prev]) },
+    });
+    const r1 = await graph.addBuild(queued(1, top, 5));
+    const r2 = await graph.addBuild(queued(2, b2, 7));
+    expect(r1.kind).toBe('queued');
+    expect(r2.kind).toBe('queued');
+    const baseStep = graph.steps.get(base)!;
+    graph.transition(baseStep, 'DISPATCH');
+    graph.transition(baseStep, 'START');
+    graph.transition(baseStep, 'SUCCEED');
+    graph.completeSuccess(baseStep);
+    const s1 = graph.steps.get(b1)!;
+    const s2 = graph.steps.get(b2)!;
+    expect([s1.state, s2.state]).toEqual(['runnable', 'runnable']);
+
+    const first = await graph.resolveTo(s1, resolved);
+    expect(first.kind).toBe('step');
+    const rs = (first as { step: StepRecord }).step;
+    expect(rs.drvPath).toBe(resolved);
+    expect(s1.state).toBe('resolved');
+    // top now waits for the resolved step, which carries top's build priority.
+    const topStep = graph.steps.get(top)!;
+    expect(topStep.deps).toEqual([rs]);
+    expect(rs.rdeps).toEqual([topStep]);
+    expect(rs.globalPriority).toBe(5);
+    expect(runnable).toContain(rs);
+    expect(released).toContainEqual([s1, 'resolved']);
+    expect(graph.steps.has(b1)).toBe(false);
+
+    // The second build resolves to the same derivation: one step, now its own step too.
+    const second = await graph.resolveTo(s2, resolved);
+    expect(second).toEqual({ kind: 'step', step: rs });
+    expect(graph.builds.get(2)!.toplevel).toBe(rs);
+    expect(rs.builds.map((b) => b.id)).toEqual([2]);
+    expect(rs.globalPriority).toBe(7);
+    expect(rs.refs).toBe(2); // top and build 2
+
+    // A step no longer runnable (released meanwhile) is left alone.
+    const gone = await graph.resolveTo(s2, resolved);
+    expect(gone.kind).toBe('gone');
+    expect(rs.refs).toBe(2);
+
+    // The resolved step builds: top becomes runnable, build 2 is its build; all is released at the end.
+    graph.transition(rs, 'DISPATCH');
+    graph.transition(rs, 'START');
+    graph.transition(rs, 'SUCCEED');
+    const builds = graph.completeSuccess(rs);
+    expect(builds.map((b) => b.id)).toEqual([2]);
+    expect(topStep.state).toBe('runnable');
+    for (const b of builds) graph.removeBuild(b);
+    graph.removeBuild(graph.builds.get(1)!);
+    expect(graph.steps.size).toBe(0);
+  });
+});

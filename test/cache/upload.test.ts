@@ -12,6 +12,8 @@ import { type ClosureUpload, uploadClosure } from '../../src/cache/upload.ts';
 import { CacheReferenceMissingError, NarHashMismatchError, PathNotInStoreError } from '../../src/errors/index.ts';
 import { sha256 } from '../../src/nix/hash.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
+import { formatRealisation, parseRealisation, realisationSignedBy } from '../../src/nix/realisation.ts';
+import { parsePublicKey } from '../../src/nix/signing.ts';
 import { buildFixtures, decompressFile, type Fixtures, generateKey, runNix, snapshot, tempDir } from './fixtures.ts';
 
 let tmp: string;
@@ -183,7 +185,7 @@ describe('build logs', () => {
 });
 
 describe('realisations', () => {
-  it('writes the .doi files Nix writes, only once the output is cached', async () => {
+  it('writes the .doi files Nix writes, signed with the cache key, only once the output is cached', async () => {
     const { dir, cache } = await freshCache();
     await expect(cache.uploadRealisations(fx.drvs.ca)).rejects.toBeInstanceOf(CacheReferenceMissingError);
     expect(contents(dir)).toEqual([]);
@@ -197,8 +199,15 @@ describe('realisations', () => {
     await runNix('nix', ['copy', '--to', `file://${nixDir}?compression=zstd`, '--file', fx.exprFile, 'ca']);
     const theirs = readdirSync(join(nixDir, 'realisations')).sort();
     expect(readdirSync(join(dir, 'realisations')).sort()).toEqual(theirs);
+    const pk = parsePublicKey(key.publicKey);
     for (const f of theirs) {
-      expect(readFileSync(join(dir, 'realisations', f), 'utf8')).toBe(readFileSync(join(nixDir, 'realisations', f), 'utf8'));
+      const ours = parseRealisation(readFileSync(join(dir, 'realisations', f), 'utf8'));
+      const nix = parseRealisation(readFileSync(join(nixDir, 'realisations', f), 'utf8'));
+      // Nix's body, plus the cache's signature over it.
+      expect(ours).toEqual({ ...nix, signatures: ours.signatures });
+      expect(ours.signatures).toHaveLength(1);
+      expect(realisationSignedBy([pk], ours)).toBe(true);
+      expect(readFileSync(join(dir, 'realisations', f), 'utf8')).toBe(formatRealisation(ours));
     }
   });
 });

@@ -1,0 +1,93 @@
+import type { Logger } from '../util/logger.ts';
+import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
+import { unixNow } from './builder-port.ts';
+import type { ActiveJob } from './active-jobs.ts';
+import type { BuildRecord, Clock, StepOutput, StepRecord } from './model.ts';
+import type { ResolvedStepPrepared } from './prepare-step.ts';
+import type { ResultWriter } from './result-writer.ts';
+import type { SchedulerStats } from './scheduler-stats.ts';
+import type { StepGraph } from './step-graph.ts';
+
+export interface ResolvedStepsOptions {
+  db: SchedulerDb;
+  graph: StepGraph;
+  writer: ResultWriter<ActiveJob>;
+  stats: SchedulerStats;
+  log: Logger;
+  clock: Clock;
+  /** A build's final row committed. */
+  buildFinished(id: number): void;
+}
+
+/**
+ * The rows of a step resolved to another derivation (docs/CA-DERIVATIONS.md):
+ * its status-13 row under the build its rows go under, and, when the
+ * resolved derivation's outputs exist already, the builds whose own step it
+ * was end as cached with them.
+ */
+export class ResolvedSteps {
+  constructor(private readonly o: ResolvedStepsOptions) {}
+
+  /**
+   * Writes the status-13 row (one per build and original derivation: a
+   * restart finds the one it wrote before). False when no build needs the
+   * step any more (nothing written).
+   */
+  async resolved(step: StepRecord, r: ResolvedStepPrepared): Promise<boolean> {
+    const build = this.rowBuild(step);
+    if (!build) return false;
+    const { stepnr, inserted } = await this.o.writer.persist(() =>
+      this.o.db.stepResolved({
+        buildId: build.id,
+        drvPath: step.drvPath,
+        resolvedDrvPath: r.drvPath,
+        system: step.platform.system,
+        machine: '',
+        time: unixNow(this.o.clock.now()),
+        outputs: r.outputs,
+      }),
+    );
+    this.o.log.info({ build: build.id, stepnr, drv: step.drvPath, resolved: r.drvPath, recordedBefore: !inserted }, 'step resolved');
+    return true;
+  }
+
+  /**
+   * The resolved derivation needs no building: its outputs (from `r`, or as
+   * its steps recorded them) complete the original, and the builds whose own
+   * step it was end as cached.
+   */
+  async resolvedBuilt(step: StepRecord, r: ResolvedStepPrepared): Promise<void> {
+    const { db } = this.o;
+    let outputs: readonly StepOutput[] = r.outputs;
+    if (outputs.some((o) => o.path === null)) {
+      const known = new Map((await db.realisedOutputs([r.drvPath])).map((o) => [o.name, o.path]));
+      outputs = outputs.map((o) => ({ name: o.name, path: o.path ?? known.get(o.name) ?? null }));
+    }
+    await this.complete(step, outputs, 'RESOLVE');
+  }
+
+  /** A step found built before (ALREADY_BUILT): its builds end as cached with `outputs`, its dependents run. */
+  alreadyBuilt(step: StepRecord, outputs: readonly StepOutput[]): Promise<void> {
+    return this.complete(step, outputs, 'ALREADY_BUILT');
+  }
+
+  private async complete(step: StepRecord, outputs: readonly StepOutput[], event: 'RESOLVE' | 'ALREADY_BUILT'): Promise<void> {
+    const { db, graph, writer } = this.o;
+    if (step.state !== 'runnable') return;
+    graph.transition(step, event);
+    const builds = step.builds.filter((b) => !b.done);
+    const now = unixNow(this.o.clock.now());
+    for (const b of builds) {
+      if (await writer.persist(() => db.buildCached({ buildId: b.id, now, outputs }))) {
+        this.o.stats.buildEnded(true, true);
+        this.o.buildFinished(b.id);
+      }
+    }
+    for (const b of graph.completeSuccess(step)) graph.removeBuild(b);
+  }
+
+  /** The build a step's rows go under: the lowest-id build that needs it. */
+  private rowBuild(step: StepRecord): BuildRecord | undefined {
+    return this.o.graph.builds.get(step.lowestBuildId) ?? this.o.graph.dependentBuilds(step)[0];
+  }
+}
