@@ -37,6 +37,7 @@ export const LAYERS: readonly string[] = Object.freeze([
   'http', //      HTTP routes and server
   'daemon', //    the runner daemon
   'demo', //      hydrant demo
+  'provision', // hydrant provision: machines made and stopped as the queue needs them
   'cli', //       the hydrant command
 ]);
 

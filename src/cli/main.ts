@@ -5,11 +5,12 @@ import { LOG_OPTIONS, LOG_OPTIONS_HELP, type Command } from './command.ts';
 import { builder } from './commands/builder.ts';
 import { db } from './commands/db.ts';
 import { demo } from './commands/demo.ts';
+import { provision } from './commands/provision.ts';
 import { serve } from './commands/serve.ts';
 import { status } from './commands/status.ts';
 import { submit } from './commands/submit.ts';
 
-const COMMANDS: readonly Command[] = [serve, submit, db, builder, demo, status];
+const COMMANDS: readonly Command[] = [serve, submit, db, builder, demo, status, provision];
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 

@@ -6,3 +6,4 @@ export * from './workers.ts';
 export * from './files.ts';
 export * from './protocol.ts';
 export * from './machines.ts';
+export * from './provision.ts';
