@@ -16,7 +16,7 @@ afterAll(() => rmSync(root, { recursive: true, force: true }));
  * A cloud of files: each machine is `$CLOUD/<id>.json`. The scripts read
  * the machine's JSON on stdin as a cloud CLI would (python3 parses it).
  */
-function cloud(name: string, { failCreate = false } = {}): { dir: string; scripts: Record<string, string[]>; status: string; calls: () => string[] } {
+function cloud(name: string, { failCreate = false } = {}): { dir: string; scripts: { create: string[]; destroy: string[]; list: string[] }; status: string; calls: () => string[] } {
   const dir = join(root, name);
   const machines = join(dir, 'cloud');
   const script = (op: string, body: string): string[] => {
