@@ -5,7 +5,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseMachines } from '../../src/config/machines-file.ts';
 import { parseProvisionerConfig, type ProvisionerConfig } from '../../src/config/provisioner-config.ts';
 import { CommandBackend } from '../../src/provision/command-backend.ts';
-import { Provisioner } from '../../src/provision/provisioner.ts';
+import { Provisioner, type PassReport } from '../../src/provision/provisioner.ts';
+import { startStatusServer } from '../../src/provision/status-server.ts';
 import { statusReader } from '../../src/provision/runner-status.ts';
 import { quietLog } from '../helpers/runtime.ts';
 
@@ -82,6 +83,8 @@ describe('hydrant provision with the command backend', () => {
 
     const file = join(c.dir, 'machines');
     expect(statSync(file).mode & 0o777).toBe(0o600);
+    // Each machine's snapshot, readable by the provisioner only.
+    for (const id of ids) expect(statSync(join(c.dir, 'state', 'machines', `${id}.json`)).mode & 0o777).toBe(0o600);
     const parsed = parseMachines(readFileSync(file, 'utf8'), file);
     expect(parsed.errors).toEqual([]);
     expect([...parsed.machines.keys()].sort()).toEqual(ids.map((id) => `root@${id}.example`));
@@ -176,5 +179,31 @@ describe('hydrant provision with the command backend', () => {
     expect(r.status).toBe('down');
     expect(c.calls()).toEqual([]);
     p.close();
+  });
+});
+
+describe('the provisioner status server', () => {
+  it('serves the last pass as JSON and metrics as Prometheus text', async () => {
+    const c = cloud('http');
+    const cfg = config(c, {}, { maxMachines: 2 });
+    writeFileSync(c.status, JSON.stringify({ status: 'up', machineTypes: { 'x86_64-linux:kvm,big': { runnable: 12, waitingOnDisabled: 2 } }, machines: {} }));
+    const p = new Provisioner({ config: cfg, backend: new CommandBackend(cfg.backend as never, cfg.tag), readStatus: statusReader(cfg), log: quietLog });
+    const server = await startStatusServer('127.0.0.1:0', () => p.lastReport);
+    try {
+      const base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+      expect(await (await fetch(`${base}/status`)).json()).toEqual({ status: 'starting' });
+      await p.pass();
+      const status = (await (await fetch(`${base}/status`)).json()) as PassReport;
+      // 12 runnable less 2 held by disabled machines: 10, one machine.
+      expect(status.types['x86_64-linux:kvm,big']).toEqual({ runnable: 10, wanted: 1, running: 1, existing: 1 });
+      expect(status.machines).toEqual([expect.objectContaining({ state: 'joining', reason: 'created; waiting for it to join', attempts: 0 })]);
+      const metrics = await (await fetch(`${base}/metrics`)).text();
+      expect(metrics).toContain('hydrant_provisioner_machines_created_total 1\n');
+      expect(metrics).toContain('hydrant_provisioner_machines_wanted{type="x86_64-linux:kvm,big"} 1\n');
+      expect((await fetch(`${base}/nothing`)).status).toBe(404);
+    } finally {
+      server.close();
+      p.close();
+    }
   });
 });
