@@ -51,6 +51,8 @@ const localBackend = z
     server: z.string().min(1),
     tokenFile: z.string().min(1),
     tlsCaFile: z.string().min(1).optional(),
+    /** Each builder in a private store under the state directory (a mount namespace: root); false: the host store. */
+    privateStores: z.boolean().default(true),
   })
   .strict();
 

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { LocalBackendConfig } from '../config/provisioner-config.ts';
 import { ProvisionBackendError } from '../errors/index.ts';
+import { dieWithParent } from '../util/die-with-parent.ts';
 import { hydrantArgv } from '../util/hydrant-bin.ts';
 import type { BackendMachine, MachineDescription, ProvisionBackend } from './backend.ts';
 import { alive, pidsWithArg } from './process-list.ts';
@@ -22,6 +23,8 @@ export class LocalBackend implements ProvisionBackend {
   constructor(
     private readonly config: LocalBackendConfig,
     private readonly dir: string,
+    /** The builders get SIGTERM when this process dies (the demo's own builders); off for `hydrant provision`, whose machines outlive it. */
+    private readonly dieWithParent = false,
   ) {}
 
   #toml(id: string): string {
@@ -36,7 +39,7 @@ export class LocalBackend implements ProvisionBackend {
       `tokenFile = ${JSON.stringify(this.config.tokenFile)}`,
       ...(this.config.tlsCaFile ? [`tlsCaFile = ${JSON.stringify(this.config.tlsCaFile)}`] : []),
       `machineId = ${JSON.stringify(d.id)}`,
-      `storeDir = ${JSON.stringify(join(this.dir, d.id))}`,
+      ...(this.config.privateStores ? [`storeDir = ${JSON.stringify(join(this.dir, d.id))}`] : []),
       `maxJobs = ${d.maxJobs}`,
       `speedFactor = ${d.speedFactor}`,
       `systems = ${JSON.stringify([d.system])}`,
@@ -53,7 +56,9 @@ export class LocalBackend implements ProvisionBackend {
     if (pidsWithArg(toml).some(alive)) return; // already running (a create asked again after a crash)
     const log = await open(join(this.dir, `${d.id}.log`), 'a', 0o600);
     try {
-      const child = spawn(process.execPath, hydrantArgv(['builder', '--config', toml]), { detached: true, stdio: ['ignore', log.fd, log.fd] });
+      const argv = hydrantArgv(['builder', '--config', toml]);
+      const [cmd, args] = this.dieWithParent ? dieWithParent('TERM', process.execPath, argv) : [process.execPath, argv];
+      const child = spawn(cmd, args, { detached: true, stdio: ['ignore', log.fd, log.fd] });
       await new Promise<void>((resolve, reject) => {
         child.once('spawn', resolve);
         child.once('error', (err) => reject(new ProvisionBackendError('start', d.id, err.message, { cause: err })));

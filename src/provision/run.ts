@@ -9,8 +9,8 @@ import { Provisioner, type PassReport } from './provisioner.ts';
 import { statusReader } from './runner-status.ts';
 import { startStatusServer } from './status-server.ts';
 
-export function makeBackend(c: ProvisionerConfig): ProvisionBackend {
-  return c.backend.type === 'local' ? new LocalBackend(c.backend, join(c.stateDir, 'local')) : new CommandBackend(c.backend, c.tag);
+export function makeBackend(c: ProvisionerConfig, opts: { dieWithParent?: boolean } = {}): ProvisionBackend {
+  return c.backend.type === 'local' ? new LocalBackend(c.backend, join(c.stateDir, 'local'), opts.dieWithParent) : new CommandBackend(c.backend, c.tag);
 }
 
 /**
@@ -18,8 +18,12 @@ export function makeBackend(c: ProvisionerConfig): ProvisionBackend {
  * with `once`), writing each pass's report to `<stateDir>/status.json`.
  * Stopping leaves the machines as they are: the next provisioner adopts them.
  */
-export async function runProvisioner(c: ProvisionerConfig, log: Logger, opts: { once: boolean; signal?: AbortSignal }): Promise<PassReport> {
-  const p = new Provisioner({ config: c, backend: makeBackend(c), readStatus: statusReader(c), log });
+export async function runProvisioner(
+  c: ProvisionerConfig,
+  log: Logger,
+  opts: { once: boolean; signal?: AbortSignal; backend?: ProvisionBackend; onReport?: (r: PassReport) => void },
+): Promise<PassReport> {
+  const p = new Provisioner({ config: c, backend: opts.backend ?? makeBackend(c), readStatus: statusReader(c), log });
   const server = c.httpListen ? await startStatusServer(c.httpListen, () => p.lastReport) : null;
   if (server) log.info({ address: server.address() }, 'provisioner status listening');
   try {
@@ -27,6 +31,7 @@ export async function runProvisioner(c: ProvisionerConfig, log: Logger, opts: { 
       const report = await p.pass();
       await writeAtomic(join(c.stateDir, 'status.json'), `${JSON.stringify(report)}\n`);
       log.info({ types: report.types }, 'pass done');
+      opts.onReport?.(report);
       if (opts.once || opts.signal?.aborted) return report;
       try {
         await sleep(c.interval * 1000, undefined, { signal: opts.signal });
