@@ -296,6 +296,13 @@ export class Provisioner {
         case 'joining':
         case 'active':
         case 'idle':
+          if (!b) this.#send(m, 'LOST', 'no longer listed by the backend');
+          else if (!running) {
+            // Stopped behind our back (a builder that exited, a machine powered off): replaced, not waited for.
+            this.counters.failed++;
+            this.#send(m, 'DESTROY', 'stopped without being asked to');
+          }
+          break;
         case 'stopped':
           if (!b) this.#send(m, 'LOST', 'no longer listed by the backend');
           break;

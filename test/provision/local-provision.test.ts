@@ -122,7 +122,7 @@ describe('hydrant provision, local backend', () => {
     r.proc.child.kill('SIGKILL');
   }, 600_000);
 
-  it('SIGKILL while it scales up, then a restart: no builder orphaned or started twice', async () => {
+  it('SIGKILL while it scales up, then a restart: no builder orphaned or started twice; a builder that dies is replaced', async () => {
     const { r, http, dir, db } = await runner('kill');
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, 'release.nix');
@@ -148,6 +148,15 @@ describe('hydrant provision, local backend', () => {
     for (const [id, pids] of procsById) expect(pids, id).toHaveLength(1);
     expect(readdirSync(join(stateDir, 'machines')).sort()).toEqual([...procsById.keys()].map((id) => `${id}.json`).sort());
     expect(readdirSync(join(stateDir, 'local')).filter((n) => n.endsWith('.json')).sort()).toEqual([...procsById.keys()].map((id) => `${id}.json`).sort());
+
+    // A builder that dies behind the provisioner's back is destroyed and replaced.
+    const [victim, [victimPid]] = [...procsById][0]!;
+    process.kill(victimPid!, 'SIGKILL');
+    await second.waitFor(new RegExp(`"machine":"${victim}"[^\\n]*"to":"gone"`), 60_000);
+    await waitFor(() => builderProcesses(stateDir).size === 3 && !builderProcesses(stateDir).has(victim), 120_000, 'a replacement builder');
+    expect(existsSync(join(stateDir, 'local', victim))).toBe(false);
+    expect(existsSync(join(stateDir, 'machines', `${victim}.json`))).toBe(false);
+
     second.child.kill('SIGTERM');
     expect(await second.exited).toBe(0);
   }, 600_000);
