@@ -110,7 +110,7 @@ export function loadProvisionerConfig(file: string, overrides: Record<string, un
 
 export function parseProvisionerConfig(data: Record<string, unknown>, source: string): ProvisionerConfig {
   const r = schema.safeParse(data);
-  if (!r.success) throw new ConfigError(formatIssues(r.error, source, FLAGS));
+  if (!r.success) throw new ConfigError(formatIssues(r.error, source, FLAGS).replaceAll('docs/OPERATIONS.md', 'docs/PROVISIONER.md'));
   const c = r.data;
   const types: Record<string, SystemTypeConfig> = {};
   for (const [type, t] of Object.entries(c.systemTypes)) {

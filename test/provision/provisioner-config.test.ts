@@ -51,7 +51,7 @@ describe('provisioner configuration', () => {
     expect(problem(`${BASE}${t}runnablesPerMachine = 0\n`)).toMatch(/runnablesPerMachine/);
     expect(problem(`${BASE}${t}maxJobs = 1.5\n`)).toMatch(/maxJobs/);
     expect(problem(`${BASE}${t}gracePeriod = "1h"\n`)).toMatch(/gracePeriod/);
-    expect(problem(`${BASE}${t}nixopsExpr = "./deployment.nix"\n`)).toMatch(/unknown key nixopsExpr/);
+    expect(problem(`${BASE}${t}nixopsExpr = "./deployment.nix"\n`)).toMatch(/unknown key nixopsExpr in systemTypes\.x86_64-linux \(a typo\? docs\/PROVISIONER\.md lists the keys\)/);
     expect(problem(`${BASE}[systemTypes."x86_64-linux:"]\n`)).toMatch(/not a system type/);
     expect(problem(`${BASE}[systemTypes."-oProxyCommand=sh"]\n`)).toMatch(/not a system type/);
     expect(problem(`${BASE}[systemTypes."x86_64-linux:kvm;rm -rf"]\n`)).toMatch(/not a system type/);
