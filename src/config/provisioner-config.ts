@@ -122,5 +122,11 @@ export function parseProvisionerConfig(data: Record<string, unknown>, source: st
   if (c.backend.type === 'command' && Object.values(types).some((t) => t.stopOnIdle) && !(c.backend.start && c.backend.stop)) {
     throw new ConfigError(`${source}: backend: stopOnIdle needs the command backend's start and stop commands`);
   }
-  return Object.freeze({ ...c, stateDir: resolve(c.stateDir), systemTypes: Object.freeze(types) });
+  // Builders and commands may run elsewhere than here: paths are made absolute once.
+  const backend =
+    c.backend.type === 'local'
+      ? { ...c.backend, tokenFile: resolve(c.backend.tokenFile), ...(c.backend.tlsCaFile !== undefined && { tlsCaFile: resolve(c.backend.tlsCaFile) }) }
+      : c.backend;
+  const machinesFile = c.machinesFile !== undefined ? resolve(c.machinesFile) : undefined;
+  return Object.freeze({ ...c, stateDir: resolve(c.stateDir), backend, ...(machinesFile !== undefined && { machinesFile }), systemTypes: Object.freeze(types) });
 }

@@ -8,6 +8,7 @@ import { CommandBackend } from '../../src/provision/command-backend.ts';
 import { Provisioner, type PassReport } from '../../src/provision/provisioner.ts';
 import { startStatusServer } from '../../src/provision/status-server.ts';
 import { statusReader } from '../../src/provision/runner-status.ts';
+import { runCli } from '../helpers/cli.ts';
 import { quietLog } from '../helpers/runtime.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'hydrant-provision-cmd-'));
@@ -205,5 +206,37 @@ describe('the provisioner status server', () => {
       server.close();
       p.close();
     }
+  });
+});
+
+describe('hydrant provision --once', () => {
+  it('runs one pass from the command line and prints its report', async () => {
+    const c = cloud('once');
+    writeFileSync(c.status, JSON.stringify({ status: 'up', machineTypes: { 'x86_64-linux': { runnable: 25 } }, machines: {} }));
+    const file = join(c.dir, 'provision.toml');
+    writeFileSync(
+      file,
+      [
+        `stateDir = "${join(c.dir, 'state')}"`,
+        `statusCommand = ["cat", "${c.status}"]`,
+        '[backend]',
+        'type = "command"',
+        `create = ["${c.scripts.create[0]}"]`,
+        `destroy = ["${c.scripts.destroy[0]}"]`,
+        `list = ["${c.scripts.list[0]}"]`,
+        '[systemTypes."x86_64-linux"]',
+        'maxMachines = 2',
+        '',
+      ].join('\n'),
+    );
+    const r = await runCli(['provision', '--config', file, '--once', '--log-level', 'warn']);
+    expect(r.code, r.stderr).toBe(0);
+    const report = JSON.parse(r.stdout) as PassReport;
+    expect(report.types['x86_64-linux']).toEqual({ runnable: 25, wanted: 2, running: 2, existing: 2 });
+    expect(readdirSync(join(c.dir, 'cloud')).sort()).toEqual(report.machines.map((m) => `${m.id}.json`).sort());
+    // A second pass finds the same two (listed, snapshots restored): nothing new is made.
+    const again = JSON.parse((await runCli(['provision', '--config', file, '--once', '--log-level', 'warn'])).stdout) as PassReport;
+    expect(again.machines.map((m) => m.id).sort()).toEqual(report.machines.map((m) => m.id).sort());
+    expect(readdirSync(join(c.dir, 'cloud'))).toHaveLength(2);
   });
 });
