@@ -79,11 +79,11 @@ describe('hydrant provision, local backend', () => {
     const { r, http, dir, db } = await runner('burst');
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, 'release.nix');
-    // 12 independent steps of about 2 s; 4 per machine wants 3 machines, the maximum.
-    writeFileSync(file, `{ }: let ${MK_DRV} in {\n${Array.from({ length: 12 }, (_, i) => `  j${i} = mk { name = "burst-${i}-${nonce}"; script = "/bin/sleep 2; echo ${i} > $out"; };`).join('\n')}\n}`);
+    // The issue's burst: 40 independent steps of about 2 s; 10 per machine wants 4 machines, clamped to 3.
+    writeFileSync(file, `{ }: let ${MK_DRV} in {\n${Array.from({ length: 40 }, (_, i) => `  j${i} = mk { name = "burst-${i}-${nonce}"; script = "/bin/sleep 2; echo ${i} > $out"; };`).join('\n')}\n}`);
     const ids = await submit(db.url, file, 'burst');
-    expect(Object.keys(ids)).toHaveLength(12);
-    const config = provisionConfig(dir, http, r, 'minMachines = 1\nmaxMachines = 3\nrunnablesPerMachine = 4\ngracePeriod = 2');
+    expect(Object.keys(ids)).toHaveLength(40);
+    const config = provisionConfig(dir, http, r, 'minMachines = 1\nmaxMachines = 3\nrunnablesPerMachine = 10\ngracePeriod = 2');
     const stateDir = join(dir, 'provisioner');
     const prov = startCli(['provision', '--config', config]);
     procs.push(prov);
