@@ -240,3 +240,54 @@ describe('hydrant provision --once', () => {
     expect(readdirSync(join(c.dir, 'cloud'))).toHaveLength(2);
   });
 });
+
+describe('stopOnIdle with the command backend', () => {
+  it('stops idle machines after the grace period and starts them again before making new ones', async () => {
+    const c = cloud('stop');
+    const machines = join(c.dir, 'cloud');
+    const setState = (op: string, state: string): string[] => {
+      const file = join(c.dir, `${op}.sh`);
+      writeFileSync(
+        file,
+        `#!/bin/sh\nset -e\nIN=$(cat)\necho "${op} $IN" >> ${c.dir}/calls\npython3 -c 'import json,sys; d=json.loads(sys.argv[1]); f="${machines}/"+d["id"]+".json"; m=json.load(open(f)); m["state"]="${state}"; open(f,"w").write(json.dumps(m))' "$IN"\n`,
+      );
+      chmodSync(file, 0o755);
+      return [file];
+    };
+    const cfg = parseProvisionerConfig(
+      {
+        stateDir: join(c.dir, 'state'),
+        statusCommand: ['cat', c.status],
+        backend: { type: 'command', ...c.scripts, start: setState('start', 'running'), stop: setState('stop', 'stopped') },
+        systemTypes: { 'x86_64-linux': { maxMachines: 2, runnablesPerMachine: 1, stopOnIdle: true, gracePeriod: 30 } },
+      },
+      'test.toml',
+    );
+    let now = 1_000_000;
+    const status = (runnable: number, busy: readonly string[], idle: readonly string[]): void =>
+      writeFileSync(c.status, JSON.stringify({ status: 'up', machineTypes: { 'x86_64-linux': { runnable } }, machines: Object.fromEntries([...busy.map((n) => [n, { currentJobs: 1 }]), ...idle.map((n) => [n, { currentJobs: 0 }])]) }));
+    const p = new Provisioner({ config: cfg, backend: new CommandBackend(cfg.backend as never, cfg.tag), readStatus: statusReader(cfg), log: quietLog, now: () => now });
+    const cloudState = (): string[] => readdirSync(machines).map((f) => JSON.parse(readFileSync(join(machines, f), 'utf8')).state as string).sort();
+
+    status(5, [], []);
+    const r1 = await p.pass();
+    const names = r1.machines.map((m) => `root@${m.id}.example`);
+    expect(names).toHaveLength(2);
+    status(0, [], names);
+    await p.pass(); // joined, idle: the grace period starts
+    now += 31_000;
+    const r3 = await p.pass();
+    expect(r3.machines.map((m) => m.state)).toEqual(['stopped', 'stopped']);
+    expect(cloudState()).toEqual(['stopped', 'stopped']);
+    expect(r3.types['x86_64-linux']).toMatchObject({ running: 0, existing: 2 });
+
+    // Work again: the stopped machines are started, none created.
+    status(2, [], []);
+    const r4 = await p.pass();
+    expect(r4.machines.map((m) => m.state)).toEqual(['joining', 'joining']);
+    expect(cloudState()).toEqual(['running', 'running']);
+    expect(c.calls().filter((l) => l.startsWith('create '))).toHaveLength(2);
+    expect(r4.counters).toMatchObject({ created: 2, stopped: 2, started: 2 });
+    p.close();
+  });
+});
