@@ -36,7 +36,8 @@ export const LAYERS: readonly string[] = Object.freeze([
   'metrics', //   Prometheus metrics
   'http', //      HTTP routes and server
   'daemon', //    the runner daemon
-  'demo', //      hydrant demo
+  'provision', // hydrant provision: machines made and stopped as the queue needs them
+  'demo', //      hydrant demo (its --provision runs the provisioner)
   'cli', //       the hydrant command
 ]);
 

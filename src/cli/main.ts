@@ -7,11 +7,12 @@ import { cacheGc } from './commands/cache-gc.ts';
 import { db } from './commands/db.ts';
 import { demo } from './commands/demo.ts';
 import { gcRoots } from './commands/gc-roots.ts';
+import { provision } from './commands/provision.ts';
 import { serve } from './commands/serve.ts';
 import { status } from './commands/status.ts';
 import { submit } from './commands/submit.ts';
 
-const COMMANDS: readonly Command[] = [serve, submit, db, builder, demo, status, cacheGc, gcRoots];
+const COMMANDS: readonly Command[] = [serve, submit, db, builder, demo, status, provision, cacheGc, gcRoots];
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 

@@ -7,6 +7,7 @@ import { LocalNixStore } from '../nix/local-store.ts';
 import { createLogger } from '../util/logger.ts';
 import { builderPaths, type BuilderProcess, type BuilderProcessOptions } from './builders.ts';
 import { BuilderFleet } from './fleet.ts';
+import { DEMO_PROVISION, DemoProvisioner } from './provisioned.ts';
 import { RELEASE_JOB } from './expected.ts';
 import { formatElapsed, ProgressView } from './progress.ts';
 import { buildProducts, busySteps, readBuilds, stepsPerMachine, type DemoBuild } from './reads.ts';
@@ -21,6 +22,8 @@ export interface DemoOptions {
   /** Runner and builder logs on stderr instead of files in the state directory. */
   verbose: boolean;
   builders?: number;
+  /** No builders at first: the provisioner starts them as the jobset needs them (DemoProvisioner). */
+  provision?: boolean;
   out?: NodeJS.WriteStream;
 }
 
@@ -57,6 +60,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   let signalled: NodeJS.Signals | null = null;
   let wake: () => void = () => {};
   let fleet: BuilderFleet | null = null;
+  let provisioner: DemoProvisioner | null = null;
   const onSignal = (sig: NodeJS.Signals): void => {
     if (signalled) {
       fleet?.killAll();
@@ -84,7 +88,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       grpcListen: '127.0.0.1:0',
       remoteStoreAddr: [cacheStoreUri(paths, compression)],
       // Without --http-port, no HTTP at all: the demo must not take (or clash on) the default port.
-      httpListen: o.httpPort === undefined ? '' : `127.0.0.1:${o.httpPort}`,
+      // (--provision: a free loopback port, which the provisioner reads the queue from).
+      httpListen: o.httpPort === undefined ? (o.provision ? '127.0.0.1:0' : '') : `127.0.0.1:${o.httpPort}`,
       shutdownGraceInS: 3,
       // A builder that died is restarted and settles its lost jobs when it joins again; this bounds the wait when it does not.
       builderGraceInS: 10,
@@ -104,25 +109,36 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     if (signalled) return interrupted(signalled, say, 0, 0);
 
     const privateStores = process.getuid?.() === 0;
-    const builderOptions: BuilderProcessOptions[] = [];
-    for (let n = 1; n <= (o.builders ?? 2); n++) {
-      const bp = builderPaths(paths.buildersDir, n);
-      builderOptions.push({
-        machineId: bp.machineId,
-        server: `127.0.0.1:${daemon.grpcPort}`,
-        tokenFile: paths.tokenFile,
-        storeDir: privateStores ? bp.storeDir : undefined,
-        logFile: bp.logFile,
-        echo: o.verbose,
-      });
+    let builders: BuilderFleet | null = null;
+    if (o.provision) {
+      provisioner = new DemoProvisioner({ stateDir: paths.root, grpcPort: daemon.grpcPort, httpPort: daemon.http!.port, tokenFile: paths.tokenFile, privateStores, log });
+      provisioner.start();
+      say(
+        `  builders: none yet; the provisioner starts up to ${DEMO_PROVISION.maxMachines} as the queue needs them (${DEMO_PROVISION.runnablesPerMachine} runnable steps each) and destroys them ${DEMO_PROVISION.gracePeriod} s after they go idle (state in ${provisioner.config.stateDir})`,
+      );
+    } else {
+      const builderOptions: BuilderProcessOptions[] = [];
+      for (let n = 1; n <= (o.builders ?? 2); n++) {
+        const bp = builderPaths(paths.buildersDir, n);
+        builderOptions.push({
+          machineId: bp.machineId,
+          server: `127.0.0.1:${daemon.grpcPort}`,
+          tokenFile: paths.tokenFile,
+          storeDir: privateStores ? bp.storeDir : undefined,
+          logFile: bp.logFile,
+          echo: o.verbose,
+        });
+      }
+      fleet = new BuilderFleet(builderOptions);
+      builders = fleet;
+      await waitForBuilders(daemon, builders.builders, () => signalled !== null, pause);
+      if (signalled) return interrupted(signalled, say, 0, 0);
+      say(
+        `  builders: ${builders.builders.map((b) => b.o.machineId).join(', ')} joined, ${privateStores ? `each with its own Nix store in ${paths.buildersDir}/<n>` : 'sharing the host Nix store (not root)'}`,
+      );
     }
-    fleet = new BuilderFleet(builderOptions);
-    const builders = fleet;
-    await waitForBuilders(daemon, builders.builders, () => signalled !== null, pause);
-    if (signalled) return interrupted(signalled, say, 0, 0);
-    say(
-      `  builders: ${builders.builders.map((b) => b.o.machineId).join(', ')} joined, ${privateStores ? `each with its own Nix store in ${paths.buildersDir}/<n>` : 'sharing the host Nix store (not root)'}`,
-    );
+    // Lines about the builders since the last look: restarts of the demo's own, or the provisioner's moves.
+    const builderNews = async (): Promise<string[]> => (builders ? builders.supervise(jobsOf) : (provisioner?.drain() ?? []));
 
     const machines = daemon.runtime!.scheduler.dispatcher.machines;
     const jobsOf = (id: string): number => machines.get(id)?.snapshot().jobs ?? 0;
@@ -134,7 +150,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       builds = await readBuilds(pool, ids);
       view.update(builds, await busySteps(pool, ids));
       if (builds.every((b) => b.finished)) break;
-      const restarted = await builders.supervise(jobsOf);
+      const restarted = await builderNews();
       if (restarted.length > 0) {
         view.clearBar();
         for (const line of restarted) say(line);
@@ -162,16 +178,20 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const code = differences.length === 0 ? 0 : 1;
     if (o.exitWhenDone) return code;
 
-    say('\nThe runner and the builders keep running; Ctrl-C stops them.');
+    say(`\nThe runner and the builders keep running${provisioner ? ' (the provisioner destroys idle builders after the grace period)' : ''}; Ctrl-C stops them.`);
     while (!signalled) {
-      for (const line of await builders.supervise(jobsOf)) say(line);
+      for (const line of await builderNews()) say(line);
       await pause(1000);
     }
     return code;
   } finally {
     view?.clearBar();
     if (signalled) say('hydrant demo: stopping the runner and the builders');
-    await Promise.all([daemon.stop().catch((e: unknown) => log.error({ err: String(e) }, 'runner stop failed')), fleet?.stop()]);
+    await Promise.all([
+      daemon.stop().catch((e: unknown) => log.error({ err: String(e) }, 'runner stop failed')),
+      fleet?.stop(),
+      provisioner?.stop().catch((e: unknown) => log.error({ err: String(e) }, 'provisioned builders not all destroyed')),
+    ]);
     for (const sig of STOP_SIGNALS) process.off(sig, onSignal);
     if (logFile) await new Promise<void>((resolve) => logFile.end(resolve));
   }

@@ -7,3 +7,4 @@ export * from './files.ts';
 export * from './protocol.ts';
 export * from './machines.ts';
 export * from './gc.ts';
+export * from './provision.ts';

@@ -10,3 +10,4 @@ export const stepLifecycle = compileMachine<StepState, StepEventType>(stepMachin
 export const builderLifecycle = compileMachine<BuilderState, BuilderEventType>(builderMachine, BUILDER_STATES, BUILDER_EVENTS);
 export * from './daemon-machine.ts';
 export * from './runner-lock-machine.ts';
+export * from './provisioned-machine.ts';

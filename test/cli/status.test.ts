@@ -76,6 +76,8 @@ describe('hydrant status', () => {
     expect(doc.machineTypes['riscv64-linux:big-parallel,kvm'].waitTime).toBeGreaterThanOrEqual(0);
     expect(doc.machineTypes[hostSystem()]).not.toHaveProperty('lastActive');
     expect(doc.machineTypes[hostSystem()]).not.toHaveProperty('waitTime');
+    // Hydrant's additions for `hydrant provision`: nothing waits on a disabled machine or a retry delay here.
+    expect(doc.machineTypes['riscv64-linux:big-parallel,kvm']).toMatchObject({ waitingOnDisabled: 0, retryWaiting: 0 });
     expect(doc.machines.b1).toMatchObject({ enabled: true, systemTypes: expect.arrayContaining([hostSystem()]), nrStepsDone: 0, consecutiveFailures: 0 });
     expect(doc.machines.b1).not.toHaveProperty('idleSince');
   });

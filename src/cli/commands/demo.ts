@@ -5,7 +5,7 @@ import type { Command } from '../command.ts';
 export const demo: Command = {
   name: 'demo',
   summary: 'run a runner, two builders and a bundled jobset, and show how it goes',
-  usage: 'hydrant demo [--state-dir DIR] [--exit-when-done] [--http-listen 127.0.0.1:N] [--verbose]',
+  usage: 'hydrant demo [--state-dir DIR] [--exit-when-done] [--http-listen 127.0.0.1:N] [--provision] [--verbose]',
   help: `Starts the runner on an embedded PostgreSQL, two builder agents (each with
 its own Nix store when run as root: a private /nix in a mount namespace),
 queues a bundled jobset as project demo, jobset main (a dozen derivations
@@ -28,6 +28,9 @@ running until SIGINT/SIGTERM, unless --exit-when-done.
                           status API (/status) on A = 127.0.0.1:N (as serve's
                           --http-listen; the demo listens on loopback only)
       --http-port N       the same as --http-listen 127.0.0.1:N
+      --provision         start with no builders: hydrant provision's loop
+                          (local backend) starts up to two as the jobset
+                          needs them and destroys them once idle 5 s
       --verbose           runner and builder logs on stderr instead of files`,
   options: {
     'state-dir': { type: 'string' },
@@ -35,6 +38,7 @@ running until SIGINT/SIGTERM, unless --exit-when-done.
     'http-port': { type: 'string' },
     'http-listen': { type: 'string' },
     verbose: { type: 'boolean', short: 'v' },
+    provision: { type: 'boolean' },
   },
   async run({ values }) {
     const port = httpPort(values['http-listen'] as string | undefined, values['http-port'] as string | undefined);
@@ -46,6 +50,7 @@ running until SIGINT/SIGTERM, unless --exit-when-done.
       httpPort: port,
       logFormat: format,
       verbose: values.verbose === true,
+      provision: values.provision === true,
     });
   },
 };

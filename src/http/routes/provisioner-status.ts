@@ -19,6 +19,10 @@ export function systemType(p: PlatformRecord): string {
 interface TypeStatus {
   runnable: number;
   running: number;
+  /** Runnable steps whose only capable machines are all disabled (a Hydrant extension, read by `hydrant provision`). */
+  waitingOnDisabled: number;
+  /** Steps waiting out a retry delay; not in runnable, as in Hydra (a Hydrant extension). */
+  retryWaiting: number;
   waitTime?: number;
   lastActive?: number;
 }
@@ -43,14 +47,20 @@ export function registerProvisionerStatusRoutes(router: Router, ctx: Provisioner
     const typeOf = (p: PlatformRecord): TypeStatus => {
       const key = systemType(p);
       let ts = types.get(key);
-      if (!ts) types.set(key, (ts = { runnable: 0, running: 0 }));
+      if (!ts) types.set(key, (ts = { runnable: 0, running: 0, waitingOnDisabled: 0, retryWaiting: 0 }));
       return ts;
     };
     const waitMs = new Map<TypeStatus, number>();
+    // Why a step waits depends only on its platform's machines: asked once per platform.
+    const disabledOnly = new Map<string, boolean>();
     for (const step of s.graph.steps.values()) {
+      if (step.state === 'retryWait') typeOf(step.platform).retryWaiting++;
       if (step.state !== 'runnable') continue;
       const ts = typeOf(step.platform);
       ts.runnable++;
+      let disabled = disabledOnly.get(step.platform.key);
+      if (disabled === undefined) disabledOnly.set(step.platform.key, (disabled = s.dispatcher.waitingReason(step).kind === 'machinesDisabled'));
+      if (disabled) ts.waitingOnDisabled++;
       if (step.runnableSince > 0) waitMs.set(ts, (waitMs.get(ts) ?? 0) + Math.max(0, t - step.runnableSince));
     }
     for (const r of s.running()) typeOf(r.step.platform).running++;
