@@ -31,7 +31,8 @@ import { narChunks } from '../nix/nar-writer.ts';
 import { readBuildNixSupport } from '../nix/nix-support.ts';
 import { hostStore, type NixStoreHandle } from '../nix/private-store.ts';
 import { servePool } from '../nix/serve-session.ts';
-import { NixBuildStatus, ServeConnection, type ServeBuildResult } from '../nix/serve-protocol.ts';
+import { ServeConnection } from '../nix/serve-protocol.ts';
+import { NixBuildStatus, type ServeBuildResult } from '../nix/serve-wire.ts';
 import { exportPaths, importVerified, queryPathInfos } from '../nix/transfer.ts';
 import type { Logger } from '../util/logger.ts';
 
