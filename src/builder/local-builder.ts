@@ -1,10 +1,10 @@
 import type { BuilderPort, StepJob, StepOutcome } from '../actors/builder-port.ts';
 import { unixNow } from '../actors/builder-port.ts';
 import { StepBusy, type StepBusyCode } from '../db/status.ts';
-import { readBuildNixSupport } from '../nix/nix-support.ts';
 import { BuildLogWriter } from '../nix/build-log-writer.ts';
 import { buildLogPath } from '../nix/build-logs.ts';
 import { builtOutputs, pathSizes, runNixBuild, type NixBuildHandle } from './nix-build.ts';
+import { stepSuccess } from './step-success.ts';
 
 /**
  * A builder that builds with real Nix in the runner's own store. It stands
@@ -39,21 +39,7 @@ export class LocalNixBuilder implements BuilderPort {
         if (tooBig) {
           return { kind: 'failure', status: 11, errorMsg: `output ${tooBig.name} is ${tooBig.narSize} bytes (limit ${job.maxOutputSize})`, startTime, stopTime, logFile };
         }
-        const ns = await readBuildNixSupport(built);
-        return {
-          kind: 'success',
-          outputs: built,
-          startTime,
-          stopTime,
-          overheadMs: 0,
-          logFile,
-          nixSupport: {
-            failed: ns.failed,
-            releaseName: ns.releaseName,
-            metrics: ns.metrics.map((m) => ({ name: m.name, value: m.value, unit: m.unit || null })),
-            products: ns.products.map((p) => ({ ...p, defaultPath: p.defaultPath || null })),
-          },
-        };
+        return stepSuccess({ outputs: built, startTime, stopTime, overheadMs: 0, logFile });
       })
       .catch((err: unknown): StepOutcome => ({ kind: 'transient', errorMsg: String((err as Error)?.message ?? err), machineFault: false }))
       .then((outcome) => {

@@ -1,5 +1,6 @@
 import type { Derivation } from '../nix/derivation.ts';
 import { ServePool, type ServeBuildResult } from '../nix/serve-session.ts';
+import { NixBuildStatus } from '../nix/serve-wire.ts';
 import { NIX_STOP_GRACE_MS, type NixBuildHandle, type NixBuildLimits, type NixBuildResult } from './nix-build.ts';
 import type { NixStoreHandle } from '../nix/private-store.ts';
 
@@ -16,12 +17,9 @@ import type { NixStoreHandle } from '../nix/private-store.ts';
  */
 
 // Nix's BuildResult::Status values that are outcomes of the build itself.
-const BUILT = new Set([0, 1, 2, 13]);
-const TIMED_OUT = 8;
-const LOG_LIMIT_EXCEEDED = 11;
-const NOT_DETERMINISTIC = 12;
-// Permanent failure, output rejected (e.g. a fixed-output hash mismatch), cached failure.
-const BUILD_FAILURE = new Set([3, 5, 7]);
+const BUILT = new Set<number>([NixBuildStatus.Built, NixBuildStatus.Substituted, NixBuildStatus.AlreadyValid, NixBuildStatus.ResolvesToAlreadyValid]);
+// E.g. OutputRejected is a fixed-output hash mismatch.
+const BUILD_FAILURE = new Set<number>([NixBuildStatus.PermanentFailure, NixBuildStatus.OutputRejected, NixBuildStatus.CachedFailure]);
 
 // Nix colours the names in its messages; BuildSteps.errorMsg is plain text.
 // eslint-disable-next-line no-control-regex
@@ -30,9 +28,9 @@ const ANSI_ESCAPE = /\x1b\[[0-9;]*[A-Za-z]/g;
 function toBuildResult(served: ServeBuildResult, limits: NixBuildLimits, outputs: Map<string, string>): NixBuildResult {
   const r = { ...served, errorMsg: served.errorMsg.replace(ANSI_ESCAPE, '') };
   if (BUILT.has(r.status)) return { kind: 'built', outputs };
-  if (r.status === TIMED_OUT) return { kind: 'failed', status: 7, errorMsg: r.errorMsg };
-  if (r.status === LOG_LIMIT_EXCEEDED) return { kind: 'failed', status: 10, errorMsg: `log limit of ${limits.maxLogSize} bytes exceeded` };
-  if (r.status === NOT_DETERMINISTIC) return { kind: 'failed', status: 12, errorMsg: r.errorMsg };
+  if (r.status === NixBuildStatus.TimedOut) return { kind: 'failed', status: 7, errorMsg: r.errorMsg };
+  if (r.status === NixBuildStatus.LogLimitExceeded) return { kind: 'failed', status: 10, errorMsg: `log limit of ${limits.maxLogSize} bytes exceeded` };
+  if (r.status === NixBuildStatus.NotDeterministic) return { kind: 'failed', status: 12, errorMsg: r.errorMsg };
   if (BUILD_FAILURE.has(r.status)) return { kind: 'failed', status: 1, errorMsg: r.errorMsg };
   // Inputs rejected or missing, transient and miscellaneous failures: not the derivation's fault.
   return { kind: 'error', errorMsg: `nix-store --serve: build status ${r.status}: ${r.errorMsg}` };

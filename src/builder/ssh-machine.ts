@@ -28,12 +28,13 @@ import { parseDerivation } from '../nix/derivation.ts';
 import { exportOrder, writeExport } from '../nix/export.ts';
 import { parseHash } from '../nix/hash.ts';
 import { narChunks } from '../nix/nar-writer.ts';
-import { readBuildNixSupport } from '../nix/nix-support.ts';
 import { hostStore, type NixStoreHandle } from '../nix/private-store.ts';
 import { servePool } from '../nix/serve-session.ts';
-import { NixBuildStatus, ServeConnection, type ServeBuildResult } from '../nix/serve-protocol.ts';
+import { ServeConnection } from '../nix/serve-protocol.ts';
+import { NixBuildStatus, type ServeBuildResult } from '../nix/serve-wire.ts';
 import { exportPaths, importVerified, queryPathInfos } from '../nix/transfer.ts';
 import type { Logger } from '../util/logger.ts';
+import { stepSuccess } from './step-success.ts';
 
 /** Hydra's ssh options (build-remote.cc): no X11 or agent forwarding, never prompt, give up connecting after 60 s, TCP keepalives. */
 export const SSH_OPTIONS = ['-x', '-a', '-oBatchMode=yes', '-oConnectTimeout=60', '-oTCPKeepAlive=yes'] as const;
@@ -325,21 +326,7 @@ export class SshMachine implements BuilderPort {
       progress(StepBusy.PostProcessing);
       const closureSizes = await this.closureSizes(outputPaths.map((o) => o.path));
       const built = outputPaths.map((o) => ({ name: o.name, path: o.path, narSize: infos.get(o.path)!.narSize, closureSize: closureSizes.get(o.path) ?? 0 }));
-      const ns = await readBuildNixSupport(built, (p) => local.realPath(p));
-      return {
-        kind: 'success',
-        outputs: built,
-        startTime,
-        stopTime,
-        overheadMs,
-        logFile,
-        nixSupport: {
-          failed: ns.failed,
-          releaseName: ns.releaseName,
-          metrics: ns.metrics.map((m) => ({ name: m.name, value: m.value, unit: m.unit || null })),
-          products: ns.products.map((p) => ({ ...p, defaultPath: p.defaultPath || null })),
-        },
-      };
+      return await stepSuccess({ outputs: built, startTime, stopTime, overheadMs, logFile }, (p) => local.realPath(p));
     } catch (e) {
       this.hangUp(link);
       throw e;

@@ -1,5 +1,5 @@
 import type { ParseArgsConfig } from 'node:util';
-import { redactUrl, type RunnerConfig } from '../config/runner-config.ts';
+import { loadRunnerConfig, redactUrl, type RunnerConfig } from '../config/runner-config.ts';
 import { openDatabase, type Database } from '../db/connect.ts';
 import { ConfigError, DatabaseUnavailableError } from '../errors/index.ts';
 
@@ -41,10 +41,10 @@ export const DB_OPTIONS_HELP = `
                         one, an embedded PostgreSQL in the state directory
       --state-dir DIR   Hydrant's state directory (default <hydraDataDir>/hydrant)`;
 
-/** For the commands other than serve: using the embedded database must be asked for. */
-export const EMBEDDED_OPTION: OptionSpec = { embedded: { type: 'boolean' } };
+/** For the commands other than serve, which name their database or ask for the embedded one (see namedDatabaseConfig). */
+export const NAMED_DB_OPTIONS: OptionSpec = { ...DB_OPTIONS, embedded: { type: 'boolean' } };
 
-export const EMBEDDED_OPTION_HELP = `
+export const NAMED_DB_OPTIONS_HELP = `${DB_OPTIONS_HELP}
       --embedded        use the embedded PostgreSQL in the state directory; needed
                         when neither --config, --db-url, HYDRA_DATABASE_URL nor
                         --state-dir names a database`;
@@ -58,7 +58,7 @@ export function dbOverrides(values: Record<string, unknown>): Record<string, unk
  * would use the embedded one in /var/lib/hydra/hydrant, which no runner
  * started with a config file uses: refused unless --embedded says so.
  */
-export function requireNamedDatabase(command: string, values: Record<string, unknown>, config: RunnerConfig): void {
+function requireNamedDatabase(command: string, values: Record<string, unknown>, config: RunnerConfig): void {
   if (values.embedded === true && config.dbUrl) {
     const where = process.env.HYDRA_DATABASE_URL ? 'HYDRA_DATABASE_URL' : values['db-url'] !== undefined ? '--db-url' : `dbUrl in ${String(values.config)}`;
     throw new ConfigError(`hydrant ${command}: --embedded contradicts ${where}: drop one of them`);
@@ -67,6 +67,13 @@ export function requireNamedDatabase(command: string, values: Record<string, unk
   throw new ConfigError(
     `hydrant ${command}: no database named: pass --config with the runner's configuration file, --db-url URL (or HYDRA_DATABASE_URL), or --embedded for the embedded PostgreSQL in ${config.stateDir}`,
   );
+}
+
+/** The configuration of a command taking NAMED_DB_OPTIONS: refused if it names no database (requireNamedDatabase). */
+export function namedDatabaseConfig(command: string, values: Record<string, unknown>): RunnerConfig {
+  const config = loadRunnerConfig(values.config as string | undefined, dbOverrides(values));
+  requireNamedDatabase(command, values, config);
+  return config;
 }
 
 /** One line naming the database a command used (never its password). */

@@ -11,10 +11,9 @@
  * deletes, from its own directory, day-old roots of paths no build lists,
  * which a resolved .drv of a long queue would be.
  */
-import { open, readdir, unlink } from 'node:fs/promises';
+import { readdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { asDiskWriteError } from '../errors/index.ts';
-import { makeDir } from '../util/make-dir.ts';
+import { addRootFile } from './root-file.ts';
 import { parseDerivationPath, STORE_DIR } from './store-path.ts';
 
 /** `<parent of rootsDir>/hydrant-resolved-roots`, beside Hydra's `hydra-roots`. */
@@ -27,17 +26,7 @@ export function resolvedRootsDir(rootsDir: string): string {
  * file for a path not yet valid is harmless, and the path is never unrooted.
  */
 export async function addResolvedDrvRoot(dir: string, drvPath: string): Promise<void> {
-  const file = join(dir, parseDerivationPath(drvPath).baseName);
-  try {
-    const fh = await open(file, 'a').catch(async (e: NodeJS.ErrnoException) => {
-      if (e.code !== 'ENOENT') throw e;
-      await makeDir(dir);
-      return open(file, 'a');
-    });
-    await fh.close();
-  } catch (e) {
-    throw asDiskWriteError(e, 'a GC root', file);
-  }
+  await addRootFile(dir, parseDerivationPath(drvPath).baseName);
 }
 
 /** Drops the root of `drvPath` once no step needs it (idempotent). */

@@ -5,10 +5,9 @@
  * store). This is the protocol Hydra's C++ queue runner speaks to its
  * machines (docs/SSH-MACHINES.md).
  *
- * Wire format (Nix's serialise.cc): u64 little-endian numbers and booleans;
- * a string is its length, its bytes, zero padding to 8; a list or set is a
- * count and its items. Handshake: the client sends SERVE_MAGIC_1 and its
- * version, the server answers SERVE_MAGIC_2 and its version (Nix 2.8: 2.7).
+ * The wire (framing, constants, types) is serve-wire.ts. Handshake: the
+ * client sends SERVE_MAGIC_1 and its version, the server answers
+ * SERVE_MAGIC_2 and its version (Nix 2.8: 2.7).
  * A field added in protocol minor m is on the wire when both sides are at m
  * or later; the server reads requests by the client's version.
  *
@@ -20,85 +19,15 @@ import { NixFormatError, ServeConnectionError, ServeProtocolError } from '../err
 import type { Derivation } from './derivation.ts';
 import type { Hash } from './hash.ts';
 import { NarByteReader, parseNar, type ByteSource } from './nar-reader.ts';
-
-export const SERVE_MAGIC_1 = 0x390c9deb;
-export const SERVE_MAGIC_2 = 0x5452eecb;
-/** The version this client speaks: 2.6 (Hydra's runner since 2022; builtOutputs in BuildDerivation's reply). */
-export const SERVE_CLIENT_VERSION = 0x206;
-/** The oldest peer accepted: 2.4 is the first whose QueryPathInfos carries the NAR hash (outputs cannot be verified without it). */
-export const SERVE_MIN_VERSION = 0x204;
-
-export const ServeCommand = Object.freeze({
-  QueryValidPaths: 1,
-  QueryPathInfos: 2,
-  DumpStorePath: 3,
-  ImportPaths: 4,
-  ExportPaths: 5,
-  BuildPaths: 6,
-  QueryClosure: 7,
-  BuildDerivation: 8,
-  AddToStoreNar: 9,
-} as const);
-
-export const protocolMinor = (v: number): number => v & 0xff;
-export const protocolMajor = (v: number): number => v & 0xff00;
+import {
+  buildDerivationRequest, protocolMajor, protocolMinor, SERVE_CLIENT_VERSION, SERVE_MAGIC_1, SERVE_MAGIC_2, SERVE_MIN_VERSION, ServeCommand, ServeFrame,
+  type ServeBuildResult, type ServeBuildSettings, type ServePathInfo,
+} from './serve-wire.ts';
 
 // Bounds on what a peer may send (a hostile one could otherwise make us allocate without end).
 const MAX_PATH = 4096;
 const MAX_TEXT = 16 * 1024 * 1024;
 const MAX_ITEMS = 1_000_000;
-
-/** Nix's BuildResult::Status values. */
-export const NixBuildStatus = Object.freeze({
-  Built: 0,
-  Substituted: 1,
-  AlreadyValid: 2,
-  PermanentFailure: 3,
-  InputRejected: 4,
-  OutputRejected: 5,
-  TransientFailure: 6,
-  CachedFailure: 7,
-  TimedOut: 8,
-  MiscFailure: 9,
-  DependencyFailed: 10,
-  LogLimitExceeded: 11,
-  NotDeterministic: 12,
-  ResolvesToAlreadyValid: 13,
-  NoSubstituters: 14,
-} as const);
-
-/** The settings BuildDerivation carries; the remote Nix enforces them (0 = no limit). */
-export interface ServeBuildSettings {
-  maxSilentTime: number;
-  buildTimeout: number;
-  maxLogSize: number;
-}
-
-/** BuildDerivation's reply. */
-export interface ServeBuildResult {
-  status: number;
-  errorMsg: string;
-  timesBuilt: number;
-  isNonDeterministic: boolean;
-  /** Unix seconds on the remote, 0 when it did not say. */
-  startTime: number;
-  stopTime: number;
-  /** `sha256:<hex>!<output>` → Realisation JSON, from peers at 2.6 or later. */
-  builtOutputs: Map<string, string>;
-}
-
-/** QueryPathInfos' answer for a valid path. */
-export interface ServePathInfo {
-  path: string;
-  deriver: string | null;
-  references: string[];
-  downloadSize: number;
-  narSize: number;
-  /** As sent: `sha256:<nix32>`. */
-  narHash: string;
-  ca: string | null;
-  sigs: string[];
-}
 
 /** What AddToStoreNar sends about a path besides its NAR. */
 export interface AddToStoreInfo {
@@ -113,43 +42,12 @@ export interface AddToStoreInfo {
   ca?: string | null;
 }
 
-class Frame {
-  private readonly parts: Buffer[] = [];
-
-  num(n: number | boolean): this {
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64LE(BigInt(typeof n === 'boolean' ? (n ? 1 : 0) : n));
-    this.parts.push(b);
-    return this;
-  }
-
-  str(s: string): this {
-    const b = Buffer.from(s, 'utf8');
-    this.num(b.length).parts.push(b);
-    if (b.length % 8) this.parts.push(Buffer.alloc(8 - (b.length % 8)));
-    return this;
-  }
-
-  strs(xs: Iterable<string>): this {
-    const list = [...xs];
-    this.num(list.length);
-    for (const x of list) this.str(x);
-    return this;
-  }
-
-  bytes(): Buffer {
-    return Buffer.concat(this.parts);
-  }
-}
-
 /** Our side of the pipe to the peer closed: it is gone (its stderr says why). */
 class PeerGone extends Error {
   constructor() {
     super('the peer closed its input');
   }
 }
-
-const byKey = <T>(m: ReadonlyMap<string, T>): [string, T][] => [...m].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
 
 /**
  * One `nix-store --serve --write` session: one command at a time, in order.
@@ -202,7 +100,7 @@ export class ServeConnection {
   static async open(proc: ChildProcessWithoutNullStreams, machine: string): Promise<ServeConnection> {
     const c = new ServeConnection(proc, machine);
     await c.#run(async () => {
-      await c.#send(new Frame().num(SERVE_MAGIC_1).num(SERVE_CLIENT_VERSION).bytes());
+      await c.#send(new ServeFrame().num(SERVE_MAGIC_1).num(SERVE_CLIENT_VERSION).bytes());
       const magic = (await c.reader.read(8, 'magic')).readBigUInt64LE(0);
       if (magic !== BigInt(SERVE_MAGIC_2)) throw new ServeProtocolError(machine, `not a serve process (magic 0x${magic.toString(16)})`);
       const version = await c.reader.u64('protocol version');
@@ -324,7 +222,7 @@ export class ServeConnection {
    */
   queryValidPaths(paths: readonly string[], options: { lock?: boolean; substitute?: boolean } = {}): Promise<string[]> {
     return this.#run(async () => {
-      await this.#send(new Frame().num(ServeCommand.QueryValidPaths).num(options.lock ?? false).num(options.substitute ?? false).strs(paths).bytes());
+      await this.#send(new ServeFrame().num(ServeCommand.QueryValidPaths).num(options.lock ?? false).num(options.substitute ?? false).strs(paths).bytes());
       return this.#paths('valid paths');
     });
   }
@@ -332,7 +230,7 @@ export class ServeConnection {
   /** Infos of the valid ones among `paths` (invalid ones are left out). */
   queryPathInfos(paths: readonly string[]): Promise<ServePathInfo[]> {
     return this.#run(async () => {
-      await this.#send(new Frame().num(ServeCommand.QueryPathInfos).strs(paths).bytes());
+      await this.#send(new ServeFrame().num(ServeCommand.QueryPathInfos).strs(paths).bytes());
       const out: ServePathInfo[] = [];
       for (;;) {
         const path = await this.#str(MAX_PATH, 'path');
@@ -367,7 +265,7 @@ export class ServeConnection {
       self.#busy = true;
       let complete = false;
       try {
-        await self.#send(new Frame().num(ServeCommand.DumpStorePath).str(path).bytes());
+        await self.#send(new ServeFrame().num(ServeCommand.DumpStorePath).str(path).bytes());
         const r = self.reader;
         // Bytes of the stream from `emitted` on, as the reader pulled them.
         const pending: Buffer[] = [];
@@ -409,7 +307,7 @@ export class ServeConnection {
   /** ImportPaths: a `nix-store --export` stream (references first); the peer checks no signature. */
   importPaths(exportStream: ByteSource): Promise<void> {
     return this.#run(async () => {
-      await this.#send(new Frame().num(ServeCommand.ImportPaths).bytes());
+      await this.#send(new ServeFrame().num(ServeCommand.ImportPaths).bytes());
       for await (const chunk of exportStream) await this.#send(chunk);
       const ack = await this.reader.u64('import acknowledgement');
       if (ack !== 1) throw new ServeProtocolError(this.machine, `import answered ${ack}`);
@@ -428,7 +326,7 @@ export class ServeConnection {
   addToStoreNar(info: AddToStoreInfo, nar: ByteSource): Promise<void> {
     return this.#run(async () => {
       if (!this.canAddToStoreNar) throw new ServeProtocolError(this.machine, `AddToStoreNar needs protocol 2.5 (the peer speaks 0x${this.remoteVersion.toString(16)})`);
-      const f = new Frame()
+      const f = new ServeFrame()
         .num(ServeCommand.AddToStoreNar)
         .str(info.path)
         .str(info.deriver ?? '')
@@ -459,12 +357,7 @@ export class ServeConnection {
    */
   buildDerivation(drvPath: string, drv: Derivation, settings: ServeBuildSettings, onLog: (chunk: Buffer) => void): Promise<ServeBuildResult> {
     return this.#run(async () => {
-      const f = new Frame().num(ServeCommand.BuildDerivation).str(drvPath).num(drv.outputs.size);
-      for (const [name, o] of byKey(drv.outputs)) f.str(name).str(o.path).str(o.hashAlgo).str(o.hash);
-      f.strs([...new Set(drv.inputSrcs)].sort()).str(drv.system).str(drv.builder).strs(drv.args).num(drv.env.size);
-      for (const [k, v] of byKey(drv.env)) f.str(k).str(v);
-      // The server reads these by the client's version (2.6): maxLogSize from 2.2, repeats and enforceDeterminism from 2.3.
-      f.num(settings.maxSilentTime).num(settings.buildTimeout).num(settings.maxLogSize).num(0).num(false);
+      const f = buildDerivationRequest(drvPath, drv, settings);
       this.#logSink = onLog;
       try {
         await this.#send(f.bytes());
@@ -482,7 +375,7 @@ export class ServeConnection {
         }
         // The log went to stderr before the result to stdout, but the two pipes are read
         // independently: one more round trip lets the log's tail arrive before the sink goes.
-        await this.#send(new Frame().num(ServeCommand.QueryValidPaths).num(false).num(false).strs([]).bytes());
+        await this.#send(new ServeFrame().num(ServeCommand.QueryValidPaths).num(false).num(false).strs([]).bytes());
         await this.#paths('valid paths');
         await new Promise<void>((r) => setImmediate(r));
         return { status, errorMsg, timesBuilt, isNonDeterministic, startTime, stopTime, builtOutputs };

@@ -2,6 +2,10 @@ import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import type { NixStoreHandle } from './private-store.ts';
 import { NixCommandError } from '../errors/index.ts';
 import type { Derivation } from './derivation.ts';
+import {
+  buildDerivationRequest, SERVE_CLIENT_VERSION, SERVE_MAGIC_1, SERVE_MAGIC_2, ServeCommand, ServeFrame,
+  type ServeBuildResult, type ServeBuildSettings, type ServePathInfo,
+} from './serve-wire.ts';
 
 /**
  * Store queries over one long-lived `nix-store --serve` process (Nix's
@@ -12,60 +16,7 @@ import type { Derivation } from './derivation.ts';
  * (BuildDerivation, as Hydra's runner builds on its machines).
  */
 
-const MAGIC_CLIENT = 0x390c9deb;
-const MAGIC_SERVER = 0x5452eecb;
-const PROTOCOL = (2 << 8) | 6;
-const CMD_QUERY_VALID_PATHS = 1;
-const CMD_QUERY_PATH_INFOS = 2;
-const CMD_IMPORT_PATHS = 4;
-const CMD_QUERY_CLOSURE = 7;
-const CMD_BUILD_DERIVATION = 8;
-
-/** Per-build settings BuildDerivation carries (0 = no limit for each). */
-export interface ServeBuildOptions {
-  maxSilentTime: number;
-  buildTimeout: number;
-  maxLogSize: number;
-}
-
-/** Nix's BuildResult as the serve protocol (2.6) reports it. */
-export interface ServeBuildResult {
-  /** BuildResult::Status: 0 built, 1 substituted, 2 already valid, 3 permanent failure, 4 input rejected, 5 output rejected, 6 transient failure, 7 cached failure, 8 timed out, 9 misc failure, 10 dependency failed, 11 log limit exceeded, 12 not deterministic. */
-  status: number;
-  errorMsg: string;
-  timesBuilt: number;
-  startTime: number;
-  stopTime: number;
-}
-
-/** Little-endian u64 words and padded strings, as the serve protocol frames them. */
-class Frame {
-  private parts: Buffer[] = [];
-
-  num(n: number): this {
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64LE(BigInt(n));
-    this.parts.push(b);
-    return this;
-  }
-
-  str(s: string): this {
-    const b = Buffer.from(s, 'utf8');
-    this.num(b.length).parts.push(b);
-    if (b.length % 8) this.parts.push(Buffer.alloc(8 - (b.length % 8)));
-    return this;
-  }
-
-  strs(xs: readonly string[]): this {
-    this.num(xs.length);
-    for (const x of xs) this.str(x);
-    return this;
-  }
-
-  bytes(): Buffer {
-    return Buffer.concat(this.parts);
-  }
-}
+export type { ServeBuildResult, ServeBuildSettings };
 
 /** Thrown by a Cursor that ran out of bytes: the reply is not all there yet. */
 class NeedMore extends Error {}
@@ -139,17 +90,8 @@ class FrameReader {
   }
 }
 
-/** What the serve protocol reports about a valid path. */
-export interface ServedPathInfo {
-  path: string;
-  deriver: string | null;
-  references: string[];
-  narSize: number;
-  /** `sha256:<base32>` */
-  narHash: string;
-  ca: string | null;
-  sigs: string[];
-}
+/** What the serve protocol reports about a valid path (the local store has nothing to download). */
+export type ServedPathInfo = Omit<ServePathInfo, 'downloadSize'>;
 
 export class ServeSession {
   private readonly child: ChildProcessWithoutNullStreams;
@@ -183,14 +125,14 @@ export class ServeSession {
 
 
   private async handshake(): Promise<void> {
-    this.child.stdin.write(new Frame().num(MAGIC_CLIENT).bytes());
+    this.child.stdin.write(new ServeFrame().num(SERVE_MAGIC_1).bytes());
     // The magic, then the server's protocol version.
     const [magic] = await this.reader.read((c) => [c.num(), c.num()]);
-    if (magic !== MAGIC_SERVER) throw new Error('not a Nix serve process');
-    this.child.stdin.write(new Frame().num(PROTOCOL).bytes());
+    if (magic !== SERVE_MAGIC_2) throw new Error('not a Nix serve process');
+    this.child.stdin.write(new ServeFrame().num(SERVE_CLIENT_VERSION).bytes());
   }
 
-  private async call<T>(request: Frame, read: () => Promise<T>): Promise<T> {
+  private async call<T>(request: ServeFrame, read: () => Promise<T>): Promise<T> {
     try {
       await this.ready;
       this.child.stdin.write(request.bytes());
@@ -203,12 +145,12 @@ export class ServeSession {
 
   /** The subset of `paths` that are valid. */
   queryValid(paths: readonly string[]): Promise<string[]> {
-    return this.call(new Frame().num(CMD_QUERY_VALID_PATHS).num(0).num(0).strs(paths), () => this.reader.read((c) => c.strs()));
+    return this.call(new ServeFrame().num(ServeCommand.QueryValidPaths).num(0).num(0).strs(paths), () => this.reader.read((c) => c.strs()));
   }
 
   /** Infos of the valid ones among `paths` (invalid ones are left out). */
   queryPathInfos(paths: readonly string[]): Promise<ServedPathInfo[]> {
-    return this.call(new Frame().num(CMD_QUERY_PATH_INFOS).strs(paths), () =>
+    return this.call(new ServeFrame().num(ServeCommand.QueryPathInfos).strs(paths), () =>
       this.reader.read((c) => {
         const out: ServedPathInfo[] = [];
         for (;;) {
@@ -229,7 +171,7 @@ export class ServeSession {
 
   /** The closure of valid `paths` (with the valid outputs of derivations in it when `includeOutputs`). */
   queryClosure(paths: readonly string[], includeOutputs: boolean): Promise<string[]> {
-    return this.call(new Frame().num(CMD_QUERY_CLOSURE).num(includeOutputs ? 1 : 0).strs(paths), () => this.reader.read((c) => c.strs()));
+    return this.call(new ServeFrame().num(ServeCommand.QueryClosure).num(includeOutputs ? 1 : 0).strs(paths), () => this.reader.read((c) => c.strs()));
   }
 
   /**
@@ -240,7 +182,7 @@ export class ServeSession {
     try {
       await this.ready;
       const stdin = this.child.stdin;
-      stdin.write(new Frame().num(CMD_IMPORT_PATHS).bytes());
+      stdin.write(new ServeFrame().num(ServeCommand.ImportPaths).bytes());
       for await (const chunk of source) {
         if (this.dead) break;
         if (!stdin.write(chunk)) await new Promise<void>((r) => stdin.once('drain', () => r()));
@@ -257,14 +199,8 @@ export class ServeSession {
    * input derivations' outputs) are valid in the store; the build's log is
    * the session's stderr meanwhile. Rejects if the session dies (see stop).
    */
-  async buildDerivation(drvPath: string, drv: Derivation, options: ServeBuildOptions, onLog: (chunk: Buffer) => void): Promise<ServeBuildResult> {
-    const byKey = <T>(m: Map<string, T>): [string, T][] => [...m].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-    const f = new Frame().num(CMD_BUILD_DERIVATION).str(drvPath).num(drv.outputs.size);
-    for (const [name, o] of byKey(drv.outputs)) f.str(name).str(o.path).str(o.hashAlgo).str(o.hash);
-    f.strs([...new Set(drv.inputSrcs)].sort()).str(drv.system).str(drv.builder).strs(drv.args).num(drv.env.size);
-    for (const [k, v] of byKey(drv.env)) f.str(k).str(v);
-    // maxSilentTime, buildTimeout, maxLogSize, buildRepeat, enforceDeterminism.
-    f.num(options.maxSilentTime).num(options.buildTimeout).num(options.maxLogSize).num(0).num(0);
+  async buildDerivation(drvPath: string, drv: Derivation, options: ServeBuildSettings, onLog: (chunk: Buffer) => void): Promise<ServeBuildResult> {
+    const f = buildDerivationRequest(drvPath, drv, options);
     this.onStderr = onLog;
     try {
       return await this.call(f, async () => {
@@ -272,13 +208,13 @@ export class ServeSession {
           const status = c.num();
           const errorMsg = c.str();
           const timesBuilt = c.num();
-          c.num(); // isNonDeterministic
+          const isNonDeterministic = c.num() !== 0;
           const startTime = c.num();
           const stopTime = c.num();
-          // Realisations of the outputs (id, JSON), which input-addressed builds do not need.
-          const realisations = c.num();
-          for (let i = 0; i < 2 * realisations; i++) c.str();
-          return { status, errorMsg, timesBuilt, startTime, stopTime };
+          // Realisations of the outputs (id, JSON): the local Nix is at 2.6 or later.
+          const builtOutputs = new Map<string, string>();
+          for (let n = c.num(); n > 0; n--) builtOutputs.set(c.str(), c.str());
+          return { status, errorMsg, timesBuilt, isNonDeterministic, startTime, stopTime, builtOutputs };
         });
         // The process wrote the log to stderr before the result to stdout: its last
         // chunk is read in the same poll of the event loop, before an immediate runs.

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { StepRecord } from '../../src/actors/model.ts';
 import type { Prepared, StepPreparer } from '../../src/actors/prepare-step.ts';
 import { QueueMonitor } from '../../src/actors/queue-monitor.ts';
@@ -7,7 +7,7 @@ import { Scheduler } from '../../src/actors/scheduler.ts';
 import { PgSchedulerDb } from '../../src/db/scheduler-db.ts';
 import { MemoryStore } from '../sim/memory-store.ts';
 import { SimulatedBuilder } from '../sim/simulated-builder.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
 import { machineRecord, quietLog, TEST_CONFIG, waitFor } from '../helpers/runtime.ts';
 
@@ -25,11 +25,9 @@ class HeldPreparer implements StepPreparer {
 }
 
 describe('the prepare-step point', () => {
-  let db: TestDatabase | undefined;
-  afterAll(() => db?.drop());
+  const db = useTestDatabase();
 
   it('queues a step only once its preparation ends; a failed preparation builds it as it is; a step released meanwhile is never queued', async () => {
-    db = await createTestDatabase();
     const jobset = await createJobset(db.pool, 'prep', 'main');
     const pool = db.pool;
     const store = new MemoryStore();

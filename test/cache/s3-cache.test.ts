@@ -55,6 +55,18 @@ async function openS3(bucket: string, params: string): Promise<BinaryCache> {
   return BinaryCache.open(s3Uri(bucket, params), pool, { awsCredentialsFile: credentials });
 }
 
+/** Caches opened before a describe's tests and each filled by `fill`, closed after them. */
+function filledCaches(open: () => Promise<BinaryCache[]>, fill: (c: BinaryCache) => Promise<void>, timeout: number): void {
+  let caches: BinaryCache[] = [];
+  beforeAll(async () => {
+    caches = await open();
+    for (const c of caches) await fill(c);
+  }, timeout);
+  afterAll(async () => {
+    for (const c of caches) await c.close();
+  });
+}
+
 async function keysOf(cache: BinaryCache): Promise<string[]> {
   const keys: string[] = [];
   for await (const e of cache.storage.list('')) keys.push(e.key);
@@ -113,21 +125,20 @@ describe('the same format over a directory and a bucket', () => {
   let dir: BinaryCache;
   let bucket: BinaryCache;
 
-  beforeAll(async () => {
-    await s3.createBucket('same-format', { publicRead: true });
-    dir = await BinaryCache.open(`file://${join(tmp, 'same-format')}?${params()}`, pool);
-    bucket = await openS3('same-format', params());
-    for (const c of [dir, bucket]) {
+  filledCaches(
+    async () => {
+      await s3.createBucket('same-format', { publicRead: true });
+      dir = await BinaryCache.open(`file://${join(tmp, 'same-format')}?${params()}`, pool);
+      bucket = await openS3('same-format', params());
+      return [dir, bucket];
+    },
+    async (c) => {
       await uploadClosure(c, fx.all);
       await c.uploadLogText(fx.drvs.tree, Buffer.from('building tree\n'));
       await c.uploadRealisations(fx.drvs.ca);
-    }
-  }, 120_000);
-
-  afterAll(async () => {
-    await dir?.close();
-    await bucket?.close();
-  });
+    },
+    120_000,
+  );
 
   it('writes the same keys with the same bytes', async () => {
     const keys = await keysOf(dir);
@@ -203,21 +214,20 @@ describe('narinfo-, ls- and log-compression', () => {
   let plain: BinaryCache;
   let packed: BinaryCache;
 
-  beforeAll(async () => {
-    await s3.createBucket('plain-meta');
-    await s3.createBucket('packed-meta', { publicRead: true });
-    plain = await openS3('plain-meta', `compression=zstd&write-nar-listing=1&secret-key=${key.secretFile}`);
-    packed = await openS3('packed-meta', `compression=zstd&write-nar-listing=1&narinfo-compression=br&ls-compression=xz&log-compression=bzip2&secret-key=${key.secretFile}`);
-    for (const c of [plain, packed]) {
+  filledCaches(
+    async () => {
+      await s3.createBucket('plain-meta');
+      await s3.createBucket('packed-meta', { publicRead: true });
+      plain = await openS3('plain-meta', `compression=zstd&write-nar-listing=1&secret-key=${key.secretFile}`);
+      packed = await openS3('packed-meta', `compression=zstd&write-nar-listing=1&narinfo-compression=br&ls-compression=xz&log-compression=bzip2&secret-key=${key.secretFile}`);
+      return [plain, packed];
+    },
+    async (c) => {
       await uploadClosure(c, [fx.paths.user]);
       await c.uploadLogText(fx.drvs.user, Buffer.from('a log line\n'.repeat(100)));
-    }
-  }, 60_000);
-
-  afterAll(async () => {
-    await plain?.close();
-    await packed?.close();
-  });
+    },
+    60_000,
+  );
 
   it('compresses each as configured and says so in Content-Encoding, never on NARs', async () => {
     const keys = await keysOf(packed);

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { redactUrl } from '../../src/config/runner-config.ts';
 import { HYDRA_SCHEMA_VERSION } from '../../src/db/required-schema.ts';
 import { runCli, startCli } from '../helpers/cli.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { createTestDatabase, useTestDatabase } from '../helpers/db.ts';
 import { startRunner, type CliProcess } from '../helpers/fleet.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
 
@@ -22,11 +22,7 @@ const plainLines = (stderr: string): string[] => stderr.split('\n').filter((l) =
 
 describe('mistakes an operator can make get one line naming what to change', () => {
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-operr-'));
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(() => db.drop());
+  const db = useTestDatabase();
 
   it('hydrant --version prints the package version', async () => {
     const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };

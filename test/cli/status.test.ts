@@ -3,10 +3,10 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { hostSystem } from '../../src/nix/host-system.ts';
 import { runCli } from '../helpers/cli.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { InProcessRunner } from '../helpers/in-process-runner.ts';
 import { MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
@@ -32,15 +32,11 @@ function provisionerView(doc: Json, machineName: string) {
 }
 
 describe('hydrant status', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   let runner: InProcessRunner | undefined;
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-status-cli-'));
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
   afterAll(async () => {
     await runner?.stop();
-    await db.drop();
   });
 
   it('prints the --status document hydra-provisioner reads, from a running runner', async () => {

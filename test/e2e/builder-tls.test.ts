@@ -10,7 +10,7 @@ import { createRunnerServer, listen, type RunnerHandlers } from '../../src/proto
 import { serverCredentials } from '../../src/protocol/tls.ts';
 import { makeTestCerts, type TestCerts } from '../helpers/certs.ts';
 import { runCli, startCli } from '../helpers/cli.ts';
-import { createTestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { buildRow, joined, startBuilder, startRunner, submit, useFleet, type CliProcess, type RunnerProcess } from '../helpers/fleet.ts';
 import { MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
@@ -165,6 +165,8 @@ describe('a builder dialling a runner whose certificate has expired', () => {
 });
 
 describe('hydrant serve refuses unsafe builder-protocol settings at start', () => {
+  // One database for the runners these tests start, one after the other.
+  const db = useTestDatabase();
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-tls-serve-'));
 
   it('a non-loopback grpcListen without TLS, in one line naming the keys', async () => {
@@ -179,7 +181,6 @@ describe('hydrant serve refuses unsafe builder-protocol settings at start', () =
   });
 
   it('with grpcInsecure = true it serves plain gRPC off loopback, warning that tokens travel in clear', async () => {
-    const db = await createTestDatabase();
     const sub = mkdtempSync(join(dir, 'insecure-'));
     const token = join(sub, 'token');
     writeFileSync(token, 'insecure-test-token');
@@ -195,29 +196,23 @@ describe('hydrant serve refuses unsafe builder-protocol settings at start', () =
     } finally {
       r.child.kill('SIGTERM');
       await r.exited;
-      await db.drop();
     }
   }, 90_000);
 
   it('a grpcTls key file readable by others', async () => {
-    const db = await createTestDatabase();
-    try {
-      const certs = makeTestCerts(join(dir));
-      const loose = join(dir, 'loose-server.key');
-      copyFileSync(certs.serverKey, loose);
-      chmodSync(loose, 0o640);
-      const token = join(dir, 'token');
-      const config = join(dir, 'loose.toml');
-      writeFileSync(
-        config,
-        `dbUrl = "${db.url}"\nhydraDataDir = "${dir}"\ntokenPaths = ["${token}"]\ngrpcListen = "127.0.0.1:0"\nhttpListen = ""\nrootsDir = "${join(dir, 'roots')}"\n` +
-          `[grpcTls]\ncertFile = "${certs.serverCert}"\nkeyFile = "${loose}"\n`,
-      );
-      const r = startCli(['serve', '--config', config]);
-      expect(await r.exited).toBe(1);
-      expect(r.output()).toContain(`hydrant: CONFIG_INVALID: grpcTls.keyFile: ${loose} is readable by others (mode 640); chmod 600 it\n`);
-    } finally {
-      await db.drop();
-    }
+    const certs = makeTestCerts(join(dir));
+    const loose = join(dir, 'loose-server.key');
+    copyFileSync(certs.serverKey, loose);
+    chmodSync(loose, 0o640);
+    const token = join(dir, 'token');
+    const config = join(dir, 'loose.toml');
+    writeFileSync(
+      config,
+      `dbUrl = "${db.url}"\nhydraDataDir = "${dir}"\ntokenPaths = ["${token}"]\ngrpcListen = "127.0.0.1:0"\nhttpListen = ""\nrootsDir = "${join(dir, 'roots')}"\n` +
+        `[grpcTls]\ncertFile = "${certs.serverCert}"\nkeyFile = "${loose}"\n`,
+    );
+    const r = startCli(['serve', '--config', config]);
+    expect(await r.exited).toBe(1);
+    expect(r.output()).toContain(`hydrant: CONFIG_INVALID: grpcTls.keyFile: ${loose} is readable by others (mode 640); chmod 600 it\n`);
   }, 60_000);
 });

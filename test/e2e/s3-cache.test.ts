@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { type CephS3, startCephS3 } from '../helpers/ceph-s3.ts';
 import { runCli } from '../helpers/cli.ts';
 import { type CliProcess, joined, startBuilder, startRunner, submit } from '../helpers/fleet.ts';
@@ -34,7 +34,7 @@ function release(nonce: string): string {
 }
 
 describe('serve with an s3:// remoteStoreAddr', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   let s3: CephS3;
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-s3-'));
   const procs: CliProcess[] = [];
@@ -42,7 +42,7 @@ describe('serve with an s3:// remoteStoreAddr', () => {
   let credentials: string;
 
   beforeAll(async () => {
-    [db, s3] = await Promise.all([createTestDatabase(), startCephS3()]);
+    s3 = await startCephS3();
     await s3.createBucket('e2e-cache', { publicRead: true });
     credentials = join(dir, 'credentials');
     writeFileSync(
@@ -58,7 +58,6 @@ describe('serve with an s3:// remoteStoreAddr', () => {
       await runner.exited;
     }
     for (const p of procs) p.child.kill('SIGKILL');
-    await db?.drop();
     await s3?.stop();
     rmSync(dir, { recursive: true, force: true });
   });

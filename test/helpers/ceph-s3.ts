@@ -5,11 +5,11 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CreateBucketCommand, PutBucketPolicyCommand, S3Client } from '@aws-sdk/client-s3';
+import { freePort } from '../../src/db/embedded.ts';
 
 export interface CephS3 {
   /** `http://127.0.0.1:PORT` */
@@ -31,17 +31,6 @@ export interface CephS3 {
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 const SCRIPT = join(import.meta.dirname, 'ceph-s3.sh');
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 export async function startCephS3(): Promise<CephS3> {
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-ceph-'));

@@ -1,10 +1,11 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { parseMachines, type MachineSpec } from '../../src/config/machines-file.ts';
+import { freePort } from '../../src/db/embedded.ts';
 import { hostSystem } from '../../src/nix/host-system.ts';
 import { PrivateStore } from '../../src/nix/private-store.ts';
 
@@ -39,14 +40,6 @@ export interface Columns {
   /** Column 7, comma-separated: the machine takes only steps requiring them. */
   mandatoryFeatures?: string;
   hostKey?: string;
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
 }
 
 async function accepting(port: number): Promise<boolean> {

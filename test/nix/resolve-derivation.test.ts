@@ -56,6 +56,20 @@ const caseArb: fc.Arbitrary<Case> = fc.tuple(derivationArb, drvPathArb).chain(([
 /** Output names with characters a store path name cannot hold make deferred outputs unfillable, in Nix too. */
 const fillable = (c: Case): boolean => derivationType(c.drv) !== 'deferred' || [...c.drv.outputs.keys()].every((n) => /^[A-Za-z0-9+\-._?=]+$/.test(n));
 
+const IN_DRV = '/nix/store/00000000000000000000000000000000-in.drv';
+
+/** A floating content-addressed derivation taking IN_DRV's `out`, with `fields` over its defaults. */
+const floatingOnInput = (fields: Partial<Derivation> = {}): Derivation => ({
+  outputs: new Map([['out', { path: '', hashAlgo: 'r:sha256', hash: '' }]]),
+  inputDrvs: new Map([[IN_DRV, ['out']]]),
+  inputSrcs: [],
+  system: 's',
+  builder: 'b',
+  args: [],
+  env: new Map(),
+  ...fields,
+});
+
 const strings = (d: Derivation): string[] => [d.builder, ...d.args, ...d.env.keys(), ...d.env.values()];
 
 describe('resolveDerivation', () => {
@@ -89,17 +103,14 @@ describe('resolveDerivation', () => {
   });
 
   it('keeps the placeholders of its own floating outputs', () => {
-    const input = '/nix/store/00000000000000000000000000000000-in.drv';
+    const input = IN_DRV;
     const ph = downstreamPlaceholder(input, 'out');
-    const drv: Derivation = {
-      outputs: new Map([['out', { path: '', hashAlgo: 'r:sha256', hash: '' }]]),
-      inputDrvs: new Map([[input, ['out']]]),
-      inputSrcs: [],
+    const drv = floatingOnInput({
       system: 'x86_64-linux',
       builder: `${ph}/bin/sh`,
       args: ['-c', `cp ${ph} $out`],
       env: new Map([['out', hashPlaceholder('out')], ['dep', ph]]),
-    };
+    });
     const path = '/nix/store/11111111111111111111111111111111-in';
     const r = resolveDerivation('/nix/store/22222222222222222222222222222222-me.drv', drv, new Map([[realisedKey(input, 'out'), path]]));
     expect(r.changed).toBe(true);
@@ -110,18 +121,10 @@ describe('resolveDerivation', () => {
   });
 
   it('gives an env name two names rewrite to the value of the first in byte order, as Nix does', () => {
-    const input = '/nix/store/00000000000000000000000000000000-in.drv';
+    const input = IN_DRV;
     const ph = downstreamPlaceholder(input, 'out');
     const path = '/nix/store/11111111111111111111111111111111-in';
-    const drv: Derivation = {
-      outputs: new Map([['out', { path: '', hashAlgo: 'r:sha256', hash: '' }]]),
-      inputDrvs: new Map([[input, ['out']]]),
-      inputSrcs: [],
-      system: 's',
-      builder: 'b',
-      args: [],
-      env: new Map([[path, 'literal'], [ph, 'from-placeholder']]),
-    };
+    const drv = floatingOnInput({ env: new Map([[path, 'literal'], [ph, 'from-placeholder']]) });
     const first = ph < path ? 'from-placeholder' : 'literal';
     expect(resolveDerivation('/nix/store/22222222222222222222222222222222-me.drv', drv, new Map([[realisedKey(input, 'out'), path]])).drv.env).toEqual(
       new Map([[path, first]]),
@@ -154,16 +157,8 @@ describe('resolveDerivation', () => {
   });
 
   it('refuses a realised path that is not a store path, and ignores entries for outputs it does not use', () => {
-    const input = '/nix/store/00000000000000000000000000000000-in.drv';
-    const drv: Derivation = {
-      outputs: new Map([['out', { path: '', hashAlgo: 'r:sha256', hash: '' }]]),
-      inputDrvs: new Map([[input, ['out']]]),
-      inputSrcs: [],
-      system: 's',
-      builder: 'b',
-      args: [],
-      env: new Map(),
-    };
+    const input = IN_DRV;
+    const drv = floatingOnInput();
     const me = '/nix/store/22222222222222222222222222222222-me.drv';
     for (const bad of ['/etc/passwd', '/nix/store/../etc', 'relative', `${downstreamPlaceholder(input, 'out')}`]) {
       expect(() => resolveDerivation(me, drv, new Map([[realisedKey(input, 'out'), bad]]))).toThrow(
@@ -185,15 +180,8 @@ describe('resolveDerivation', () => {
   });
 
   it('is required for floating, deferred and impure derivations with inputs only', () => {
-    const base = (out: { path: string; hashAlgo: string; hash: string }, inputs: boolean): Derivation => ({
-      outputs: new Map([['out', out]]),
-      inputDrvs: new Map(inputs ? [['/nix/store/00000000000000000000000000000000-in.drv', ['out']]] : []),
-      inputSrcs: [],
-      system: 's',
-      builder: 'b',
-      args: [],
-      env: new Map(),
-    });
+    const base = (out: { path: string; hashAlgo: string; hash: string }, inputs: boolean): Derivation =>
+      floatingOnInput({ outputs: new Map([['out', out]]), ...(inputs ? {} : { inputDrvs: new Map() }) });
     const ia = { path: '/nix/store/11111111111111111111111111111111-x', hashAlgo: '', hash: '' };
     const fixed = { ...ia, hashAlgo: 'sha256', hash: '0'.repeat(64) };
     const floating = { path: '', hashAlgo: 'r:sha256', hash: '' };

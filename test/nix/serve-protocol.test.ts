@@ -10,7 +10,8 @@ import { parseDerivation } from '../../src/nix/derivation.ts';
 import { sha256 } from '../../src/nix/hash.ts';
 import { narChunks } from '../../src/nix/nar-writer.ts';
 import { hostStore, PrivateStore } from '../../src/nix/private-store.ts';
-import { NixBuildStatus, SERVE_MAGIC_2, ServeConnection } from '../../src/nix/serve-protocol.ts';
+import { ServeConnection } from '../../src/nix/serve-protocol.ts';
+import { NixBuildStatus, SERVE_MAGIC_2 } from '../../src/nix/serve-wire.ts';
 import { exportPaths, queryPathInfos } from '../../src/nix/transfer.ts';
 import { instantiate, MK_DRV, realise } from '../helpers/nix.ts';
 

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hostStore } from '../../src/nix/private-store.ts';
 import { runCli } from '../helpers/cli.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { useTestDatabase } from '../helpers/db.ts';
 import { InProcessRunner } from '../helpers/in-process-runner.ts';
 import { MK_DRV, runNix } from '../helpers/nix.ts';
 import { copyFromCache, generateKey } from '../cache/fixtures.ts';
@@ -16,7 +16,7 @@ type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-ex
 
 /** A runner whose only machine is an SSH machine of its machines file, edited while it runs. */
 describe('SSH machines of a machines file, in the runner', () => {
-  let db: TestDatabase;
+  const db = useTestDatabase();
   let sshd: SshdServe;
   let runner: InProcessRunner | undefined;
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-ssh-runner-'));
@@ -26,13 +26,11 @@ describe('SSH machines of a machines file, in the runner', () => {
     renameSync(`${machinesFile}.new`, machinesFile);
   };
   beforeAll(async () => {
-    db = await createTestDatabase();
     sshd = await startSshdServe();
   });
   afterAll(async () => {
     await runner?.stop();
     await sshd?.stop();
-    await db.drop();
   });
 
   it('builds a DAG there, drains a machine removed from the file, and takes it back when listed again', async () => {

@@ -1,27 +1,15 @@
 import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../../src/db/embedded.ts';
 import { startCli } from '../helpers/cli.ts';
 import { launchBrowser, newPage, resultPath } from './harness.ts';
 
 /* Code passed to page.evaluate runs in the browser; the project compiles without the DOM library. */
 declare const window: any; // eslint-disable-line @typescript-eslint/no-explicit-any
 declare const document: any; // eslint-disable-line @typescript-eslint/no-explicit-any
-
-/** A port nothing listens on right now. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /**
  * The visualizer against `hydrant demo --http-port N` (a child process: the

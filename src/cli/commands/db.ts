@@ -1,15 +1,12 @@
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { loadRunnerConfig } from '../../config/runner-config.ts';
 import { describeCatalog, diffCatalogs } from '../../db/catalog.ts';
 import { createPool } from '../../db/pool.ts';
 import { checkSchema, ensureSchema } from '../../db/schema.ts';
 import { HYDRA_SCHEMA_VERSION } from '../../db/required-schema.ts';
 import { withDatabase } from '../../db/url.ts';
-import {
-  databaseLine, DB_OPTIONS, openCommandDatabase, DB_OPTIONS_HELP, dbOverrides, EMBEDDED_OPTION, EMBEDDED_OPTION_HELP, requireNamedDatabase, type Command,
-} from '../command.ts';
+import { databaseLine, NAMED_DB_OPTIONS, NAMED_DB_OPTIONS_HELP, namedDatabaseConfig, openCommandDatabase, type Command } from '../command.ts';
 
 export const db: Command = {
   name: 'db',
@@ -26,16 +23,15 @@ export const db: Command = {
             functions and rules. Exit 1 when they differ.
 
 The first line of output names the database used.
-${DB_OPTIONS_HELP}${EMBEDDED_OPTION_HELP}`,
-  options: { ...DB_OPTIONS, ...EMBEDDED_OPTION, 'hydra-sql': { type: 'string' } },
+${NAMED_DB_OPTIONS_HELP}`,
+  options: { ...NAMED_DB_OPTIONS, 'hydra-sql': { type: 'string' } },
   async run({ values, positionals }) {
     const action = positionals[0];
     if (action !== 'check' && action !== 'init' && action !== 'compare') {
       process.stderr.write(`hydrant db: unknown action '${action ?? ''}' (check, init or compare)\n`);
       return 2;
     }
-    const config = loadRunnerConfig(values.config as string | undefined, dbOverrides(values));
-    requireNamedDatabase('db', values, config);
+    const config = namedDatabaseConfig('db', values);
     const database = await openCommandDatabase(config);
     process.stdout.write(databaseLine(database, config));
     try {

@@ -1,4 +1,3 @@
-import { loadRunnerConfig } from '../../config/runner-config.ts';
 import { ensureSchema } from '../../db/schema.ts';
 import { submitJobs, type SubmitJob } from '../../db/submit.ts';
 import { evaluateJobs, type EvaluatedJob } from '../../eval/evaluate.ts';
@@ -6,9 +5,7 @@ import { ConfigError } from '../../errors/index.ts';
 import { LocalNixStore } from '../../nix/local-store.ts';
 import { storePathName } from '../../nix/store-path.ts';
 import { writeReport } from './submit-report.ts';
-import {
-  databaseLine, DB_OPTIONS, openCommandDatabase, DB_OPTIONS_HELP, dbOverrides, EMBEDDED_OPTION, EMBEDDED_OPTION_HELP, requireNamedDatabase, type Command,
-} from '../command.ts';
+import { databaseLine, NAMED_DB_OPTIONS, NAMED_DB_OPTIONS_HELP, namedDatabaseConfig, openCommandDatabase, type Command } from '../command.ts';
 
 export const submit: Command = {
   name: 'submit',
@@ -35,10 +32,9 @@ built (docs/OPERATIONS.md).
       --attr A         only these attributes of --file (repeatable)
       DRV...           .drv paths to queue instead; the job name is the
                        derivation's name
-${DB_OPTIONS_HELP}${EMBEDDED_OPTION_HELP}`,
+${NAMED_DB_OPTIONS_HELP}`,
   options: {
-    ...DB_OPTIONS,
-    ...EMBEDDED_OPTION,
+    ...NAMED_DB_OPTIONS,
     project: { type: 'string' },
     jobset: { type: 'string' },
     create: { type: 'boolean' },
@@ -52,8 +48,7 @@ ${DB_OPTIONS_HELP}${EMBEDDED_OPTION_HELP}`,
     if (!project || !jobset) throw new ConfigError('hydrant submit needs --project and --jobset');
     if (!file && positionals.length === 0) throw new ConfigError('hydrant submit needs --file FILE or .drv paths');
     // Checked before evaluating, so a wrong flag costs no evaluation.
-    const config = loadRunnerConfig(values.config as string | undefined, dbOverrides(values));
-    requireNamedDatabase('submit', values, config);
+    const config = namedDatabaseConfig('submit', values);
     const store = new LocalNixStore();
     const t0 = Date.now();
     const evaluated: EvaluatedJob[] = file
