@@ -1,8 +1,7 @@
 import { updateGcRoots } from '../../cache/gc-roots-update.ts';
-import { loadRunnerConfig } from '../../config/runner-config.ts';
 import { defaultRootsDir } from '../../publish/gc-roots.ts';
 import {
-  databaseLine, DB_OPTIONS, DB_OPTIONS_HELP, dbOverrides, EMBEDDED_OPTION, EMBEDDED_OPTION_HELP, openCommandDatabase, requireNamedDatabase, type Command,
+  databaseLine, NAMED_DB_OPTIONS, NAMED_DB_OPTIONS_HELP, namedDatabaseConfig, openCommandDatabase, type Command,
 } from '../command.ts';
 
 export const gcRoots: Command = {
@@ -20,15 +19,14 @@ a timer (Hydra runs it at 02:15 and 14:15).
       --roots-dir DIR   the directory (default: the config's rootsDir, else
                         /nix/var/nix/gcroots/per-user/$USER/hydra-roots)
       --dry-run         print what would change; change nothing
-${DB_OPTIONS_HELP}${EMBEDDED_OPTION_HELP}`,
-  options: { ...DB_OPTIONS, ...EMBEDDED_OPTION, 'roots-dir': { type: 'string' }, 'dry-run': { type: 'boolean' } },
+${NAMED_DB_OPTIONS_HELP}`,
+  options: { ...NAMED_DB_OPTIONS, 'roots-dir': { type: 'string' }, 'dry-run': { type: 'boolean' } },
   async run({ values, positionals }) {
     if (positionals.length > 0) {
       process.stderr.write(`hydrant gc-roots: unexpected argument '${positionals[0]}'\n`);
       return 2;
     }
-    const config = loadRunnerConfig(values.config as string | undefined, dbOverrides(values));
-    requireNamedDatabase('gc-roots', values, config);
+    const config = namedDatabaseConfig('gc-roots', values);
     const rootsDir = (values['roots-dir'] as string | undefined) ?? config.rootsDir ?? defaultRootsDir();
     const dryRun = values['dry-run'] === true;
     const database = await openCommandDatabase(config);
