@@ -117,6 +117,11 @@ export class Scheduler implements SchedulerIntake {
     return actor;
   }
 
+  /** A machine by id (joined and not yet removed), for the services that own machines. */
+  machine(id: string): MachineActor | undefined {
+    return this.dispatcher.machines.get(id);
+  }
+
   /** A builder is done with a job whose outputs are still being published: its slot is free. */
   private builtOn(m: MachineRecord, jobId: string): void {
     const aj = this.active.ofJob(jobId);

@@ -85,7 +85,7 @@ export class SshMachines {
   }
 
   private drain(name: string, then: MachinesFileSpec | null): void {
-    const m = this.o.scheduler.dispatcher.machines.get(name);
+    const m = this.o.scheduler.machine(name);
     // Dispatch takes only ready machines: a draining one gets no new step.
     if (m && builderLifecycle.next(m.state, 'DRAIN')) m.send({ type: 'DRAIN' });
     this.draining.set(name, then);
@@ -100,7 +100,7 @@ export class SshMachines {
   /** Removes drained machines (no running step left), adding their new specs. */
   private sweep(): void {
     for (const [name, then] of [...this.draining]) {
-      const m = this.o.scheduler.dispatcher.machines.get(name);
+      const m = this.o.scheduler.machine(name);
       if (m && m.jobs.size > 0) continue;
       this.draining.delete(name);
       if (m) this.o.scheduler.removeMachine(name, m.state === 'draining' ? 'DRAINED' : 'REMOVE');
