@@ -48,3 +48,8 @@ export class EmbeddedConflictError extends HydrantError {
 export class EmbeddedPlacementError extends HydrantError {
   readonly code = 'EMBEDDED_DB_PLACEMENT';
 }
+
+/** Hydra's queue-runner lock file is held by another process: Hydra's own queue runner, or another Hydrant. */
+export class QueueRunnerLockFileError extends HydrantError {
+  readonly code = 'RUNNER_LOCK_FILE';
+}
