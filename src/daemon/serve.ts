@@ -85,6 +85,9 @@ export class RunnerDaemon {
     const { log } = this.options;
     const c = this.config;
     log.info({ state: 'starting' }, 'runner starting');
+    if (c.withoutEffect.length > 0) {
+      log.warn({ keys: c.withoutEffect }, `configuration keys of Hydra's queue runner that have no effect in Hydrant (docs/OPERATIONS.md): ${c.withoutEffect.join(', ')}`);
+    }
     this.db = await openDatabase(c);
     log.info({ db: redactUrl(this.db.url), embedded: this.db.embedded }, 'database connected');
     const schema = await ensureSchema(this.db.pool);
