@@ -131,7 +131,7 @@ export class StepResults {
     this.o.stats.counters.stepsUnsupported++;
     const buildId = this.rowBuild(step)?.id;
     if (buildId === undefined) return;
-    // Hydra's text (Rust runner state/mod.rs:3566, `unsupported system type '{system}'`), no machine, start = stop = now.
+    // Hydra's text (Rust runner state/mod.rs:3567, C++ dispatcher.cc:384, `unsupported system type '{system}'`), no machine, start = stop = now.
     const errorMsg = `unsupported system type '${step.platform.system}'`;
     this.o.writer.track(this.failedUnbuilt(step, { buildId, row: Promise.resolve(null) }, BuildStatus.Unsupported, errorMsg, '', this.o.clock.now()));
   }
