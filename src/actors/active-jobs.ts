@@ -66,7 +66,8 @@ export class ActiveJobs {
       outputs: step.outputs,
       ...stepTimeLimits(step, limits),
       maxLogSize: limits.maxLogSize,
-      maxOutputSize: limits.maxOutputSize,
+      // 0 sets no limit (upstream's default): every builder compares sizes against a number.
+      maxOutputSize: limits.maxOutputSize > 0 ? limits.maxOutputSize : Number.MAX_SAFE_INTEGER,
     };
     const aj: ActiveJob = { job, step, machine: m, port, buildId, row, startedAt: now, busy: StepBusy.Preparing, busyWritten: StepBusy.Preparing, busyWriteScheduled: false };
     this.bySteps.set(step, aj);
