@@ -124,8 +124,9 @@ export class RunnerDaemon {
       this.lifecycle.send('STANDBY');
       log.info({ state: 'standby' }, 'another runner holds the database; waiting as a hot standby');
       if (!(await lock.standby())) return; // stopped while waiting
-      log.warn('the active runner is gone; taking over');
       await this.takeLockFile();
+      if ((this.lifecycle.state as string) !== 'standby') return void (await this.lockFile?.release()); // stopped meanwhile
+      log.warn('the active runner is gone; taking over');
     }
     lock.on('state', (next: LockState, prev: LockState, err?: Error) => this.lockChanged(next, prev, err));
     // Its reconnects re-scan the queue; an outage of a minute must not leave it 30 s behind.
