@@ -23,6 +23,22 @@ export interface RunningStep {
   readonly busy: StepBusyCode;
 }
 
+/**
+ * A step's silence and time limits: the largest of the builds that need it
+ * (StepRecord.maxSilent/timeout), else the runner's defaults. A step that is
+ * only a dependency (no build's own derivation) gets at least the defaults:
+ * a build's meta.timeout is about its own derivation, and a test with a
+ * 3-minute timeout must not cut building its closure short. As Hydra's Rust
+ * runner (state/mod.rs:851-873); the C++ runner takes the maximum over the
+ * builds without that floor.
+ */
+export function stepTimeLimits(step: StepRecord, defaults: Pick<JobLimits, 'maxSilentTime' | 'buildTimeout'>): { maxSilentTime: number; buildTimeout: number } {
+  const maxSilentTime = step.maxSilent || defaults.maxSilentTime;
+  const buildTimeout = step.timeout || defaults.buildTimeout;
+  if (step.builds.length > 0) return { maxSilentTime, buildTimeout };
+  return { maxSilentTime: Math.max(maxSilentTime, defaults.maxSilentTime), buildTimeout: Math.max(buildTimeout, defaults.buildTimeout) };
+}
+
 /** The limits a job carries: the step's own, else the runner's. */
 export interface JobLimits {
   maxLogSize: number;
@@ -48,10 +64,10 @@ export class ActiveJobs {
       jobId: `${step.id}.${++this.seq}`,
       drvPath: step.drvPath,
       outputs: step.outputs,
-      maxSilentTime: step.maxSilent || limits.maxSilentTime,
-      buildTimeout: step.timeout || limits.buildTimeout,
+      ...stepTimeLimits(step, limits),
       maxLogSize: limits.maxLogSize,
-      maxOutputSize: limits.maxOutputSize,
+      // 0 sets no limit (upstream's default): every builder compares sizes against a number.
+      maxOutputSize: limits.maxOutputSize > 0 ? limits.maxOutputSize : Number.MAX_SAFE_INTEGER,
     };
     const aj: ActiveJob = { job, step, machine: m, port, buildId, row, startedAt: now, busy: StepBusy.Preparing, busyWritten: StepBusy.Preparing, busyWriteScheduled: false };
     this.bySteps.set(step, aj);

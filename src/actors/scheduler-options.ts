@@ -28,3 +28,14 @@ export interface SchedulerOptions {
   /** The "prepare step" point (src/actors/prepare-step.ts); without one, runnable steps are queued at once. */
   preparer?: StepPreparer;
 }
+
+/**
+ * Hydra's `maxRetries` counts attempts: a step that fails transiently is
+ * tried again while its tries stay below it, so 5 means five attempts in all
+ * (Rust runner state/mod.rs `tries < max_retries`; C++ builder.cc
+ * `tries + 1 < maxTries`). The dispatcher counts retries after the first
+ * attempt, one fewer.
+ */
+export function retriesAfterFirstAttempt(maxRetries: number): number {
+  return Math.max(0, maxRetries - 1);
+}

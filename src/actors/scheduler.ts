@@ -16,7 +16,7 @@ import { PrepareStep, type ResolvedStepPrepared } from './prepare-step.ts';
 import { ResolvedSteps } from './resolved-steps.ts';
 import { DispatchHolds } from './dispatch-holds.ts';
 import type { SchedulerIntake } from './scheduler-intake.ts';
-import type { SchedulerConfig, SchedulerOptions } from './scheduler-options.ts';
+import { retriesAfterFirstAttempt, type SchedulerConfig, type SchedulerOptions } from './scheduler-options.ts';
 
 export type { SchedulerConfig, SchedulerOptions } from './scheduler-options.ts';
 export type { WriteGate } from './result-writer.ts';
@@ -78,7 +78,7 @@ export class Scheduler implements SchedulerIntake {
     this.resolutions = new ResolvedSteps({ db: o.db, graph: this.graph, writer: this.writer, stats: this.stats, log: o.log, clock, buildFinished: (id) => this.onBuildFinished?.(id) });
     const { stepSortFn, machineSortFn, machineFreeFn, maxRetries, retryInterval, retryBackoff, maxUnsupportedTimeInS, dispatchTriggerTimerInS } = o.config;
     this.dispatcher = new Dispatcher({
-      clock, stepSortFn, machineSortFn, machineFreeFn, maxRetries, retryInterval, retryBackoff, maxUnsupportedTimeInS, dispatchTriggerTimerInS,
+      clock, stepSortFn, machineSortFn, machineFreeFn, maxRetries: retriesAfterFirstAttempt(maxRetries), retryInterval, retryBackoff, maxUnsupportedTimeInS, dispatchTriggerTimerInS,
       stepEvent: (s, e) => this.graph.transition(s, e),
       assign: (s, m) => this.assign(s, m),
       unsupported: (s) => this.results.unsupported(s),
@@ -91,7 +91,7 @@ export class Scheduler implements SchedulerIntake {
   reconfigure(c: SchedulerConfig): string[] {
     const old = this.o.config;
     const { maxRetries, retryInterval, retryBackoff, maxUnsupportedTimeInS, machineFreeFn } = c;
-    this.dispatcher.reconfigure({ maxRetries, retryInterval, retryBackoff, maxUnsupportedTimeInS, machineFreeFn });
+    this.dispatcher.reconfigure({ maxRetries: retriesAfterFirstAttempt(maxRetries), retryInterval, retryBackoff, maxUnsupportedTimeInS, machineFreeFn });
     const needRestart = (['stepSortFn', 'machineSortFn'] as const).filter((k) => old[k] !== c[k]);
     this.o.config = { ...c, stepSortFn: old.stepSortFn, machineSortFn: old.machineSortFn };
     return needRestart;

@@ -26,7 +26,7 @@ export interface GraphListener {
 export type AddBuildResult =
   | { kind: 'queued'; build: BuildRecord; step: StepRecord }
   | { kind: 'cached'; build: BuildRecord; outputs: readonly StepOutput[] }
-  | { kind: 'cachedFailure'; build: BuildRecord; failedDrvPath: string; failedSystem: string; own: boolean };
+  | { kind: 'cachedFailure'; build: BuildRecord; failedDrvPath: string; failedSystem: string; failedOutputs: readonly StepOutput[]; own: boolean };
 
 export interface QueuedBuild {
   id: number;
@@ -148,7 +148,7 @@ export class StepGraph {
     if (step.state === 'failed') {
       const cause = this.failureCause.get(step) ?? step;
       this.releaseHold(step);
-      return { kind: 'cachedFailure', build, failedDrvPath: cause.drvPath, failedSystem: cause.platform.system, own: cause === step };
+      return { kind: 'cachedFailure', build, failedDrvPath: cause.drvPath, failedSystem: cause.platform.system, failedOutputs: cause.outputs, own: cause === step };
     }
     this.builds.set(build.id, build);
     build.toplevel = step;

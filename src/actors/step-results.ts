@@ -69,7 +69,7 @@ export class StepResults {
     if (r.kind === 'cached') {
       if (await writer.persist(() => db.buildCached({ buildId: q.id, now, outputs: r.outputs }))) this.buildEnded(q.id, true, true);
     } else if (r.kind === 'cachedFailure') {
-      if (await this.cachedFailures.load({ buildId: q.id, failedDrvPath: r.failedDrvPath, system: r.failedSystem, own: r.own, now })) {
+      if (await this.cachedFailures.load({ buildId: q.id, failedDrvPath: r.failedDrvPath, system: r.failedSystem, own: r.own, now, outputs: r.failedOutputs })) {
         this.buildEnded(q.id, false, true);
       }
     }
@@ -131,10 +131,16 @@ export class StepResults {
     this.o.stats.counters.stepsUnsupported++;
     const buildId = this.rowBuild(step)?.id;
     if (buildId === undefined) return;
-    this.o.writer.track(this.failedUnbuilt(step, { buildId, row: Promise.resolve(null) }, BuildStatus.Unsupported, 'unsupported system type', '', this.o.clock.now()));
+    // Hydra's text (Rust runner state/mod.rs:3567, C++ dispatcher.cc:384, `unsupported system type '{system}'`), no machine, start = stop = now.
+    const errorMsg = `unsupported system type '${step.platform.system}'`;
+    this.o.writer.track(this.failedUnbuilt(step, { buildId, row: Promise.resolve(null) }, BuildStatus.Unsupported, errorMsg, '', this.o.clock.now()));
   }
 
-  /** No build needs the running step any more: its row ends as cancelled (4). */
+  /**
+   * No build needs the running step any more: its row ends as cancelled (4)
+   * from its real start, without an error text, as Hydra's runners write it
+   * (Rust state/mod.rs:1347-1355 fail_step(Cancelled, error_msg None)).
+   */
   noLongerNeeded(aj: ActiveJob): void {
     const { db, writer } = this.o;
     this.o.log.info({ build: aj.buildId, drv: aj.step.drvPath, machine: aj.machine.id }, 'step no longer needed; aborted');
@@ -143,7 +149,7 @@ export class StepResults {
         nr === null
           ? undefined
           : writer.closing(aj.buildId, nr, () =>
-              db.stepAborted({ buildId: aj.buildId, stepnr: nr, status: 4, errorMsg: 'no build needs this step any more', stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
+              db.stepAborted({ buildId: aj.buildId, stepnr: nr, status: 4, errorMsg: null, startTime: unixNow(aj.startedAt), stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
             ),
       ),
     );
@@ -193,7 +199,7 @@ export class StepResults {
       await this.failedUnbuilt(aj.step, { buildId: aj.buildId, row: Promise.resolve(stepnr) }, BuildStatus.Aborted, errorMsg, aj.machine.id, aj.startedAt);
     } else if (stepnr !== null) {
       await this.o.writer.closing(aj.buildId, stepnr, () =>
-        this.o.db.stepAborted({ buildId: aj.buildId, stepnr, status: 3, errorMsg, stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
+        this.o.db.stepAborted({ buildId: aj.buildId, stepnr, status: 3, errorMsg: errorMsg || null, startTime: unixNow(aj.startedAt), stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
       );
     }
   }
@@ -228,6 +234,7 @@ export class StepResults {
         logFile: f.logFile,
         builds: [...handled].map((b) => ({ id: b.id, own: b.toplevel === step })),
         cacheablePaths: f.cacheable ? step.outputs.flatMap((o) => (o.path ? [o.path] : [])) : [],
+        outputs: step.outputs,
       }),
     );
     for (;;) {
@@ -241,8 +248,11 @@ export class StepResults {
             drvPath: step.drvPath,
             system: step.platform.system,
             status: f.status,
+            errorMsg: f.errorMsg,
+            machine: f.machine,
             stopTime: f.stopTime,
             builds: late.map((b) => ({ id: b.id, own: b.toplevel === step })),
+            outputs: step.outputs,
           }),
         )),
       );

@@ -35,7 +35,7 @@ export class LocalNixBuilder implements BuilderPort {
         const outputs = await builtOutputs(job.drvPath, job.outputs, this.o.env);
         const sizes = await pathSizes([...outputs.values()], this.o.env);
         const built = [...outputs].map(([name, path]) => ({ name, path, ...(sizes.get(path) ?? { narSize: 0, closureSize: 0 }) }));
-        const tooBig = built.find((o) => o.narSize > job.maxOutputSize);
+        const tooBig = job.maxOutputSize > 0 ? built.find((o) => o.narSize > job.maxOutputSize) : undefined; // 0: no limit, as upstream
         if (tooBig) {
           return { kind: 'failure', status: 11, errorMsg: `output ${tooBig.name} is ${tooBig.narSize} bytes (limit ${job.maxOutputSize})`, startTime, stopTime, logFile };
         }

@@ -315,7 +315,7 @@ export class SshMachine implements BuilderPort {
       const absent = outputPaths.filter((o) => !infos.has(o.path));
       if (absent.length > 0) throw new UnexpectedStorePathError(absent[0]!.path, 'missing');
       const totalNar = [...infos.values()].reduce((n, i) => n + i.narSize, 0);
-      if (totalNar > job.maxOutputSize) {
+      if (job.maxOutputSize > 0 && totalNar > job.maxOutputSize) { // 0: no limit, as upstream
         this.release(link);
         return { kind: 'failure', status: 11, errorMsg: `the outputs are ${totalNar} bytes (limit ${job.maxOutputSize})`, startTime, stopTime, logFile };
       }

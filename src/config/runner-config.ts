@@ -10,6 +10,34 @@ const LISTEN = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/;
 const LISTEN_MESSAGE = 'must be HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)';
 
 /**
+ * Keys of Hydra's Rust queue runner (subprojects/hydra-queue-runner/src/config.rs,
+ * `AppConfig`) that Hydrant accepts, with upstream's defaults, but does not act
+ * on (docs/OPERATIONS.md says why for each). A configuration that sets one
+ * is warned about once at start, by name (`RunnerConfig.withoutEffect`).
+ */
+const UPSTREAM_WITHOUT_EFFECT = {
+  /** Upstream: builders substitute inputs from the caches. Hydrant's builders copy inputs from the runner. */
+  useSubstitutes: z.boolean().default(false),
+  /** Upstream: builders upload outputs to S3 through presigned URLs. Hydrant's runner uploads them. */
+  usePresignedUploads: z.boolean().default(false),
+  /** Upstream: a queue pass stops loading builds after this long. Hydrant's queue monitor loads in bounded batches without a pass deadline. */
+  stopQueueRunAfterInS: z.number().int().default(60),
+  /** Upstream: downloads a builder makes at once. */
+  maxConcurrentDownloads: z.number().int().nonnegative().default(5),
+  /** Upstream: uploads to the caches at once. */
+  concurrentUploadLimit: z.number().int().nonnegative().default(5),
+  /** Upstream: re-checks fixed-output derivations. */
+  enableFodChecker: z.boolean().default(false),
+  /** Upstream: substituters forced on builders with presigned uploads. */
+  forcedSubstituters: z.array(z.string()).default([]),
+  /** Upstream: an S3 store for steps only the listed jobsets need. */
+  overflowStore: z
+    .object({ store: z.string().regex(/^s3:\/\//, 'must be an s3:// store URI'), jobsets: z.array(z.string()) })
+    .strict()
+    .optional(),
+};
+
+/**
  * The runner's configuration: TOML with the Rust queue runner's camelCase
  * keys (REFERENCE §5), validated once into a frozen object. Unknown keys are
  * errors, so a typo never silently falls back to a default.
@@ -21,26 +49,24 @@ const RunnerConfigSchema = z
     stateDir: z.string().min(1).optional(),
     dbUrl: z.string().min(1).optional(),
     maxDbConnections: z.number().int().positive().default(128),
-    machineSortFn: z.enum(MACHINE_SORT_FNS).default('SpeedFactorOnly'),
+    machineSortFn: z.enum(MACHINE_SORT_FNS).default('BogomipsWithSpeedFactor'),
     machineFreeFn: z.enum(MACHINE_FREE_FNS).default('Static'),
-    stepSortFn: z.enum(STEP_SORT_FNS).default('Legacy'),
+    stepSortFn: z.enum(STEP_SORT_FNS).default('WithRdeps'),
     dispatchTriggerTimerInS: z.number().int().default(120),
     queueTriggerTimerInS: z.number().int().default(-1),
     remoteStoreAddr: z.array(z.string().min(1)).default([]),
     /** A shared AWS credentials file for s3:// caches (else AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials). */
     awsCredentialsFile: z.string().min(1).optional(),
-    useSubstitutes: z.boolean().default(false),
     rootsDir: z.string().optional(),
     maxRetries: z.number().int().nonnegative().default(5),
     retryInterval: z.number().nonnegative().default(60),
     retryBackoff: z.number().positive().default(3.0),
     maxUnsupportedTimeInS: z.number().int().nonnegative().default(120),
-    stopQueueRunAfterInS: z.number().int().default(60),
     tokenPaths: z.array(z.string().min(1)).default([]),
     /** Bearer tokens for the HTTP API's write endpoints (PUT /build); none: they are refused. */
     apiTokenPaths: z.array(z.string().min(1)).default([]),
-    usePresignedUploads: z.boolean().default(false),
-    maxOutputSize: z.number().int().positive().default(2 * 1024 ** 3),
+    /** Per-output NAR size limit in bytes; 0 (as upstream) sets none. */
+    maxOutputSize: z.number().int().nonnegative().default(0),
     maxSilentTime: z.number().int().positive().default(3600),
     buildTimeout: z.number().int().positive().default(36000),
     maxLogSize: z.number().int().positive().default(64 * 1024 * 1024),
@@ -115,6 +141,7 @@ const RunnerConfigSchema = z
     machinesFiles: z.array(z.string().min(1)).optional(),
     /** How often the machines files are checked for changes (Hydra: 30 s). */
     machinesFilesCheckInS: z.number().positive().default(30),
+    ...UPSTREAM_WITHOUT_EFFECT,
   })
   .strict()
   .superRefine((c, ctx) => {
@@ -139,7 +166,12 @@ export function isLoopbackListen(listen: string): boolean {
   return host === '::1';
 }
 
-export type RunnerConfig = Readonly<Omit<z.infer<typeof RunnerConfigSchema>, 'machinesFiles'>> & { readonly stateDir: string; readonly machinesFiles: readonly string[] };
+export type RunnerConfig = Readonly<Omit<z.infer<typeof RunnerConfigSchema>, 'machinesFiles'>> & {
+  readonly stateDir: string;
+  readonly machinesFiles: readonly string[];
+  /** Upstream keys this configuration sets that Hydrant does not act on (warned about at start). */
+  readonly withoutEffect: readonly string[];
+};
 
 
 /** The flag that sets each key (on serve; the database ones on every command that opens the database). */
@@ -179,6 +211,7 @@ export function validateRunnerConfig(input: unknown, source = NO_FILE, env: Node
     machinesFiles: Object.freeze([...(c.machinesFiles ?? defaultMachinesFiles(env))]) as string[],
     apiTokenPaths: Object.freeze([...c.apiTokenPaths]) as string[],
     grpcTls: c.grpcTls ? Object.freeze({ ...c.grpcTls }) : undefined,
+    withoutEffect: Object.freeze(Object.keys(UPSTREAM_WITHOUT_EFFECT).filter((k) => input !== null && typeof input === 'object' && k in input)),
   });
 }
 

@@ -19,6 +19,7 @@ import { HYDRA_CHANNELS } from '../db/channels.ts';
 import { openDatabase, type Database } from '../db/connect.ts';
 import { NotificationListener } from '../db/listener.ts';
 import { RunnerLock, type LockState } from '../db/runner-lock.ts';
+import { QueueRunnerLockFile } from './queue-runner-lock-file.ts';
 import { RunnerLockedError, type HydrantError } from '../errors/index.ts';
 import { PgSchedulerDb } from '../db/scheduler-db.ts';
 import { ensureSchema } from '../db/schema.ts';
@@ -62,6 +63,7 @@ export class RunnerDaemon {
   readonly lifecycle = new Lifecycle();
   private db: Database | null = null;
   private lock: RunnerLock | null = null;
+  private lockFile: QueueRunnerLockFile | null = null;
   private listener: NotificationListener | null = null;
   private pool: WorkerPool | null = null;
   private caches: readonly BinaryCache[] = [];
@@ -91,6 +93,9 @@ export class RunnerDaemon {
     const { log } = this.options;
     const c = this.config;
     log.info({ state: 'starting' }, 'runner starting');
+    if (c.withoutEffect.length > 0) {
+      log.warn({ keys: c.withoutEffect }, `configuration keys of Hydra's queue runner that have no effect in Hydrant (docs/OPERATIONS.md): ${c.withoutEffect.join(', ')}`);
+    }
     this.db = await openDatabase(c);
     log.info({ db: redactUrl(this.db.url), embedded: this.db.embedded }, 'database connected');
     const schema = await ensureSchema(this.db.pool);
@@ -103,6 +108,7 @@ export class RunnerDaemon {
       if (!(c.standby && err instanceof RunnerLockedError)) throw err;
       standby = true;
     }
+    if (!standby) await this.takeLockFile();
     const pool = (this.pool = new WorkerPool({ threads: c.workerThreads }));
     const store = new LocalNixStore(async (drvPath, bytes) => summarizeDerivation(drvPath, await withRoom(pool, () => pool.parseDerivation(bytes))));
     const caches = (this.caches = await openCaches(c.remoteStoreAddr, pool, { awsCredentialsFile: c.awsCredentialsFile }));
@@ -134,6 +140,8 @@ export class RunnerDaemon {
       this.lifecycle.send('STANDBY');
       log.info({ state: 'standby' }, 'another runner holds the database; waiting as a hot standby');
       if (!(await lock.standby())) return; // stopped while waiting
+      await this.takeLockFile();
+      if ((this.lifecycle.state as string) !== 'standby') return void (await this.lockFile?.release()); // stopped meanwhile
       log.warn('the active runner is gone; taking over');
     }
     lock.on('state', (next: LockState, prev: LockState, err?: Error) => this.lockChanged(next, prev, err));
@@ -277,6 +285,12 @@ export class RunnerDaemon {
     }
   }
 
+  /** Hydra's `queue-runner/lock` in hydraDataDir, which Hydra's own runner takes too (src/daemon/queue-runner-lock-file.ts). */
+  private async takeLockFile(): Promise<void> {
+    this.lockFile = await QueueRunnerLockFile.acquire(this.config.hydraDataDir);
+    this.options.log.info({ lockFile: this.lockFile.paths[0] }, 'holding the queue-runner lock file');
+  }
+
   async stop(): Promise<void> {
     if (this.lifecycle.state === 'stopped' || this.lifecycle.state === 'draining') return this.lifecycle.when('stopped');
     const { log } = this.options;
@@ -290,6 +304,7 @@ export class RunnerDaemon {
     this.grpc?.forceShutdown();
     await this.listener?.stop();
     await this.lock?.release();
+    await this.lockFile?.release();
     await this.pool?.close();
     await Promise.all(this.caches.map((cache) => cache.close()));
     await this.db?.close();

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { chunks, CHUNK_SIZE } from './chunks.ts';
 import type { StepOutput } from './step-rows.ts';
 import { prepared, sql } from './sql.ts';
-import { BuildStatus, buildStatusForFailedStep } from './status.ts';
+import { BuildStatus, buildStatusForFailedStep, dependentStatusForFailedStep } from './status.ts';
 
 export interface FinishBuildsFailed {
   /** The build under which the failing step ran, or null when it never ran under one. */
@@ -20,6 +20,11 @@ export interface FinishBuildsFailed {
   /** System and outputs of the failed step, for the propagated step rows. */
   system?: string | null;
   outputs?: readonly StepOutput[];
+  /**
+   * The build the propagated rows name in propagatedFrom, when not
+   * failedBuildId: for a cached failure, the build whose step failed first.
+   */
+  propagatedFrom?: number | null;
   /** Builds per statement (tests use small values to exercise chunking). */
   chunkSize?: number;
 }
@@ -27,8 +32,8 @@ export interface FinishBuildsFailed {
 /**
  * A step failed for good: every build needing it ends (if still unfinished),
  * the builds whose own derivation it is with the step's status mapped to a
- * build status (buildStatusForFailedStep), every other one with 2 (dependency
- * failed). Each build ended here other than `failedBuildId` gets a BuildSteps
+ * build status (buildStatusForFailedStep), every other one with
+ * dependentStatusForFailedStep. Each build ended here other than `failedBuildId` gets a BuildSteps
  * row for the failed derivation with the step's status and propagatedFrom =
  * failedBuildId (null when it never ran under a build); the failedBuildId's
  * own row is the caller's finishStep.
@@ -42,13 +47,14 @@ export interface FinishBuildsFailed {
  */
 export async function finishBuildsFailed(client: pg.ClientBase, a: FinishBuildsFailed): Promise<number[]> {
   const ownStatus = buildStatusForFailedStep(a.stepStatus);
+  const dependentStatus = dependentStatusForFailedStep(a.stepStatus);
   const isCachedBuild = a.isCachedBuild || a.stepStatus === BuildStatus.CachedFailure ? 1 : 0;
   // A build's start time must be non-zero once it is finished (check constraint).
   const startTime = a.startTime || a.stopTime;
   const statusOf = new Map<number, number>();
   for (const b of a.builds) {
     if (b.own) statusOf.set(b.id, ownStatus);
-    else if (!statusOf.has(b.id)) statusOf.set(b.id, BuildStatus.DepFailed);
+    else if (!statusOf.has(b.id)) statusOf.set(b.id, dependentStatus);
   }
   // Ascending ids across all chunks: a global lock order.
   const ids = [...statusOf.keys()].sort((x, y) => x - y);
@@ -84,7 +90,7 @@ export async function finishBuildsFailed(client: pg.ClientBase, a: FinishBuildsF
       a.errorMsg,
       a.machine,
       a.system ?? null,
-      a.failedBuildId,
+      a.propagatedFrom === undefined ? a.failedBuildId : a.propagatedFrom,
       outputs.map((o) => o.name),
       outputs.map((o) => o.path),
     ]);

@@ -2,6 +2,18 @@ import type { BuildProductRow, BuiltOutput } from './result-rows.ts';
 import type { ResolvedStep } from './resolved-steps.ts';
 
 export type { ResolvedStep } from './resolved-steps.ts';
+import type { StepOutput } from './step-rows.ts';
+
+/** A build that needs a derivation whose outputs are in FailedPaths (its own when `own`). */
+export interface CachedFailure {
+  buildId: number;
+  failedDrvPath: string;
+  system: string;
+  own: boolean;
+  now: number;
+  /** The failed derivation's outputs: its row's BuildStepOutputs, and how the original failing build is found. */
+  outputs: readonly StepOutput[];
+}
 
 /**
  * Everything the scheduler reads from and writes to Hydra's database, as
@@ -104,6 +116,8 @@ export interface SchedulerDb {
     logFile: string;
     builds: readonly { id: number; own: boolean }[];
     cacheablePaths: readonly string[];
+    /** The step's outputs, for the propagated rows' BuildStepOutputs. */
+    outputs: readonly StepOutput[];
   }): Promise<number[]>;
 
   /**
@@ -116,18 +130,21 @@ export interface SchedulerDb {
     drvPath: string;
     system: string;
     status: number;
+    errorMsg: string | null;
+    machine: string;
     stopTime: number;
     builds: readonly { id: number; own: boolean }[];
+    outputs: readonly StepOutput[];
   }): Promise<number[]>;
 
   /** A running attempt ended without a result: 3 aborted (retryable) or 4 cancelled. */
-  stepAborted(a: { buildId: number; stepnr: number; status: 3 | 4; errorMsg: string; stopTime: number; machine: string }): Promise<void>;
+  stepAborted(a: { buildId: number; stepnr: number; status: 3 | 4; errorMsg: string | null; startTime: number; stopTime: number; machine: string }): Promise<void>;
 
   /** All outputs already exist. */
   buildCached(a: { buildId: number; now: number; outputs: readonly { name: string; path: string | null }[] }): Promise<boolean>;
 
   /** The build needs a path in FailedPaths (its own when `own`). */
-  buildCachedFailure(a: { buildId: number; failedDrvPath: string; system: string; own: boolean; now: number }): Promise<boolean>;
+  buildCachedFailure(a: CachedFailure): Promise<boolean>;
 
   /**
    * A queued build whose derivation cannot be loaded, for a permanent cause:
@@ -140,7 +157,7 @@ export interface SchedulerDb {
    * buildCachedFailure for many builds in one transaction (loaders meeting a
    * failed step together). Returns the ids that ended.
    */
-  buildsCachedFailure(list: readonly { buildId: number; failedDrvPath: string; system: string; own: boolean; now: number }[]): Promise<number[]>;
+  buildsCachedFailure(list: readonly CachedFailure[]): Promise<number[]>;
 
   /**
    * A step resolved to another derivation (content-addressed inputs): its

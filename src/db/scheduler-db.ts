@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { JobsetRow, QueuedBuildRow, SchedulerDb } from './scheduler-db-interface.ts';
+import type { CachedFailure, JobsetRow, QueuedBuildRow, SchedulerDb } from './scheduler-db-interface.ts';
 import { finishBuildsFailed } from './build-failures.ts';
 import { finishBuildCached, finishBuildSucceeded } from './build-results.ts';
 import { addFailedPaths, isFailedPath } from './failed-paths.ts';
@@ -137,6 +137,7 @@ export class PgSchedulerDb implements SchedulerDb {
         machine: a.machine,
         isCachedBuild: false,
         system: a.system,
+        outputs: a.outputs,
       });
       if (a.cacheablePaths.length > 0) await addFailedPaths(c, a.cacheablePaths);
       await notifyBuildsFinished(c, ended);
@@ -153,10 +154,11 @@ export class PgSchedulerDb implements SchedulerDb {
         builds: a.builds,
         startTime: a.stopTime,
         stopTime: a.stopTime,
-        errorMsg: null,
-        machine: '',
+        errorMsg: a.errorMsg,
+        machine: a.machine,
         isCachedBuild: false,
         system: a.system,
+        outputs: a.outputs,
       });
       await notifyBuildsFinished(c, ended);
       return ended;
@@ -170,7 +172,7 @@ export class PgSchedulerDb implements SchedulerDb {
         stepnr: a.stepnr,
         status: a.status,
         errorMsg: a.errorMsg,
-        startTime: a.stopTime,
+        startTime: a.startTime,
         stopTime: a.stopTime,
         machine: a.machine,
         overhead: null,
@@ -199,25 +201,7 @@ export class PgSchedulerDb implements SchedulerDb {
 
   buildCachedFailure(a: Parameters<SchedulerDb['buildCachedFailure']>[0]): Promise<boolean> {
     return withTransaction(this.pool, async (c) => {
-      await recordStep(c, {
-        buildId: a.buildId,
-        drvPath: a.failedDrvPath,
-        status: BuildStatus.CachedFailure,
-        startTime: a.now,
-        stopTime: a.now,
-        system: a.system,
-      });
-      const ended = await finishBuildsFailed(c, {
-        failedBuildId: a.buildId,
-        failedStepDrvPath: a.failedDrvPath,
-        stepStatus: BuildStatus.CachedFailure,
-        builds: [{ id: a.buildId, own: a.own }],
-        startTime: a.now,
-        stopTime: a.now,
-        errorMsg: null,
-        machine: '',
-        isCachedBuild: true,
-      });
+      const ended = await finishCachedFailures(c, [a]);
       await notifyBuildsFinished(c, ended);
       return ended.length > 0;
     });
@@ -228,35 +212,8 @@ export class PgSchedulerDb implements SchedulerDb {
   }
 
   buildsCachedFailure(list: Parameters<SchedulerDb['buildsCachedFailure']>[0]): Promise<number[]> {
-    // One finishBuildsFailed per failed derivation: array statements per
-    // chunk of builds, each build with a cached-failure step row (8, as
-    // Hydra's, without times: no time was spent).
-    const groups = new Map<string, (typeof list)[number][]>();
-    for (const a of list) {
-      const key = `${a.failedDrvPath}\0${a.system}`;
-      const g = groups.get(key);
-      if (g) g.push(a);
-      else groups.set(key, [a]);
-    }
     return withTransaction(this.pool, async (c) => {
-      const ended: number[] = [];
-      for (const g of groups.values()) {
-        const { failedDrvPath, system, now } = g[0]!;
-        ended.push(
-          ...(await finishBuildsFailed(c, {
-            failedBuildId: null,
-            failedStepDrvPath: failedDrvPath,
-            stepStatus: BuildStatus.CachedFailure,
-            builds: g.map((a) => ({ id: a.buildId, own: a.own })),
-            startTime: now,
-            stopTime: now,
-            errorMsg: null,
-            machine: '',
-            isCachedBuild: true,
-            system,
-          })),
-        );
-      }
+      const ended = await finishCachedFailures(c, list);
       // One notification per build, as one at a time would send (they are unrelated builds).
       for (const id of ended) await notifyBuildsFinished(c, [id]);
       return ended;
@@ -282,4 +239,48 @@ export class PgSchedulerDb implements SchedulerDb {
   failedPaths(paths: readonly string[]): Promise<Set<string>> {
     return isFailedPath(this.pool, paths);
   }
+}
+
+/**
+ * Ends builds that need a derivation in FailedPaths, one finishBuildsFailed
+ * per failed derivation (array statements per chunk of builds): each build
+ * gets a cached-failure step row (8, without times: no time was spent) with
+ * the derivation's outputs, naming in propagatedFrom the build under which
+ * it last failed (original-failed-build.sql; Hydra's Rust runner
+ * state/mod.rs handle_previous_failure, C++ queue-monitor.cc:187-207).
+ */
+async function finishCachedFailures(c: pg.ClientBase, list: readonly CachedFailure[]): Promise<number[]> {
+  const groups = new Map<string, CachedFailure[]>();
+  for (const a of list) {
+    const key = `${a.failedDrvPath}\0${a.system}`;
+    const g = groups.get(key);
+    if (g) g.push(a);
+    else groups.set(key, [a]);
+  }
+  const ended: number[] = [];
+  for (const g of groups.values()) {
+    const { failedDrvPath, system, now, outputs } = g[0]!;
+    const { rows } = await c.query<{ build: number | null }>(sql('results/original-failed-build'), [
+      failedDrvPath,
+      outputs.flatMap((o) => (o.path ? [o.path] : [])),
+      outputs.filter((o) => !o.path).map((o) => o.name),
+    ]);
+    ended.push(
+      ...(await finishBuildsFailed(c, {
+        failedBuildId: null,
+        propagatedFrom: rows[0]?.build ?? null,
+        failedStepDrvPath: failedDrvPath,
+        stepStatus: BuildStatus.CachedFailure,
+        builds: g.map((a) => ({ id: a.buildId, own: a.own })),
+        startTime: now,
+        stopTime: now,
+        errorMsg: null,
+        machine: '',
+        isCachedBuild: true,
+        system,
+        outputs,
+      })),
+    );
+  }
+  return ended;
 }

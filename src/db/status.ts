@@ -38,7 +38,7 @@ export type StepTypeCode = (typeof StepType)[keyof typeof StepType];
  * Builds.buildStatus of a build whose own derivation's step failed for good
  * with `stepStatus`: the same code, except a cached failure (8, steps only)
  * which the build records as failed (1) with isCachedBuild = 1. Other builds
- * needing the step get DepFailed (2). Throws for codes that are not a
+ * needing the step get dependentStatusForFailedStep. Throws for codes that are not a
  * permanent step failure.
  */
 export function buildStatusForFailedStep(stepStatus: number): BuildStatusCode {
@@ -57,4 +57,18 @@ export function buildStatusForFailedStep(stepStatus: number): BuildStatusCode {
     default:
       throw new RangeError(`step status ${stepStatus} is not a build failure`);
   }
+}
+
+/**
+ * Builds.buildStatus of a build that needs a failed step for good without it
+ * being its own derivation. Hydra's runners write "dependency failed" (2)
+ * only when the step failed as a build (1); any other status is passed on as
+ * it is (a timeout 7, unsupported 9, aborted 3, log limit 10, ...): Rust
+ * runner state/mod.rs:2441-2449 (`update_build_after_failure`), C++ runner
+ * builder.cc:458. A cached failure counts as failed (C++ state.hh:78,
+ * `buildStatus()`), so its dependents get 2 as well.
+ */
+export function dependentStatusForFailedStep(stepStatus: number): BuildStatusCode {
+  const own = buildStatusForFailedStep(stepStatus);
+  return own === BuildStatus.Failed ? BuildStatus.DepFailed : own;
 }

@@ -31,3 +31,6 @@ export class EmbeddedConflictError extends errorKind('EMBEDDED_DB_CONFLICT') {}
 
 /** The embedded database's binaries or data cannot be placed safely where the `postgres` user reaches them. */
 export class EmbeddedPlacementError extends errorKind('EMBEDDED_DB_PLACEMENT') {}
+
+/** Hydra's queue-runner lock file is held by another process: Hydra's own queue runner, or another Hydrant. */
+export class QueueRunnerLockFileError extends errorKind('RUNNER_LOCK_FILE') {}

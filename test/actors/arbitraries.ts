@@ -61,15 +61,18 @@ export function replay(): { seed?: number; path?: string } {
 export type Behaviour = 'ok' | 'fail' | 'flaky' | 'broken' | 'withOutput';
 
 /**
- * The oracle of the property tests: the status Hydra gives a build, from the
- * DAG, the outputs valid before anything ran, each derivation's behaviour,
- * and the derivations no machine supports. Written independently of the
- * runner: a build is succeeded (0) if its output was valid,
- * dependency-failed (2) if any derivation it still had to build below it
- * fails (fails, is broken or unsupported), unsupported (9) if its own
- * derivation is, and otherwise as its own derivation behaves: failed (1),
- * aborted (3) when broken (transient failures until the retries run out),
- * failed with output (6), or succeeded (flaky ones fail once, then build).
+ * The oracle of the property tests: the statuses Hydra may give a build, from
+ * the DAG, the outputs valid before anything ran, each derivation's
+ * behaviour, and the derivations no machine supports. Written independently
+ * of the runner: a build is succeeded (0) if its output was valid. Otherwise,
+ * when derivations it still had to build fail first (ones whose own inputs
+ * all built), it takes the status of one of them as Hydra passes it on to
+ * dependents (Rust runner state/mod.rs:2441-2449: 2 for a failed build,
+ * else the step's own status): 2 (fails), 3 (broken: transient failures until
+ * the retries run out) or 9 (unsupported); which one depends on which fails
+ * first. Otherwise it is unsupported (9) if its own derivation is, else as it
+ * behaves: failed (1), aborted (3), failed with output (6), or succeeded
+ * (flaky ones fail once, then build).
  */
 export function expectedStatus(
   dag: RandomDag,
@@ -77,20 +80,30 @@ export function expectedStatus(
   validAtStart: ReadonlySet<string>,
   top: number,
   unsupported: ReadonlySet<number> = new Set(),
-): number {
+): readonly number[] {
   const valid = (i: number) => validAtStart.has(dag.drvs[i]!.outputs[0]!.path!);
   const index = new Map(dag.drvs.map((d, i) => [d.drvPath, i]));
-  const fails = (i: number) => unsupported.has(i) || behaviours[i] === 'fail' || behaviours[i] === 'broken';
-  if (valid(top)) return 0;
-  const seen = new Set<number>();
-  const stack = [...dag.drvs[top]!.inputDrvs.keys()].map((p) => index.get(p)!);
-  while (stack.length) {
-    const i = stack.pop()!;
-    if (seen.has(i) || valid(i)) continue;
-    seen.add(i);
-    if (fails(i)) return 2;
-    for (const p of dag.drvs[i]!.inputDrvs.keys()) stack.push(index.get(p)!);
-  }
-  if (unsupported.has(top)) return 9;
-  return { ok: 0, flaky: 0, withOutput: 6, fail: 1, broken: 3 }[behaviours[top]!];
+  const asDependency = (i: number): number | null =>
+    unsupported.has(i) ? 9 : behaviours[i] === 'fail' ? 2 : behaviours[i] === 'broken' ? 3 : null;
+  // The first failures below a derivation: its inputs' ones, else its own when its inputs all build.
+  const memo = new Map<number, Set<number>>();
+  const firstFailures = (i: number): Set<number> => {
+    const known = memo.get(i);
+    if (known) return known;
+    const found = new Set<number>();
+    memo.set(i, found);
+    if (valid(i)) return found;
+    for (const p of dag.drvs[i]!.inputDrvs.keys()) for (const s of firstFailures(index.get(p)!)) found.add(s);
+    if (found.size === 0) {
+      const own = asDependency(i);
+      if (own !== null) found.add(own);
+    }
+    return found;
+  };
+  if (valid(top)) return [0];
+  const below = new Set<number>();
+  for (const p of dag.drvs[top]!.inputDrvs.keys()) for (const s of firstFailures(index.get(p)!)) below.add(s);
+  if (below.size > 0) return [...below];
+  if (unsupported.has(top)) return [9];
+  return [{ ok: 0, flaky: 0, withOutput: 6, fail: 1, broken: 3 }[behaviours[top]!]];
 }

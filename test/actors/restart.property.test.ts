@@ -150,7 +150,7 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
           expect(rows.length).toBe(dag.builds.length);
           for (const r of rows) {
             const want = expectedStatus(dag, behaviours, validAtStart, topOf.get(r.id)!);
-            expect({ id: r.id, finished: r.finished, status: r.buildstatus }).toEqual({ id: r.id, finished: 1, status: want });
+            expect({ id: r.id, finished: r.finished, status: want.includes(r.buildstatus) ? r.buildstatus : want }).toEqual({ id: r.id, finished: 1, status: r.buildstatus });
           }
           expect((await db.pool.query('select s.build, s.stepnr, s.drvpath, s.busy, s.status, s.starttime, s.stoptime, b.finished, b.buildstatus, (select count(*) from buildsteps x where x.build = s.build)::int nsteps from buildsteps s join builds b on b.id = s.build where s.busy != 0')).rows).toEqual([]);
           // A finished build is consistent: Hydra's check constraints hold and status is set.

@@ -80,7 +80,7 @@ describe('scheduler on random DAGs (real PostgreSQL, simulated builders)', () =>
               const want = expectedStatus(dag, behaviours, dag.store.valid, topOf.get(r.id)!, unsupported);
               dag.store.valid.clear();
               for (const p of restoreValid) dag.store.valid.add(p);
-              expect({ id: r.id, status: r.buildstatus }).toEqual({ id: r.id, status: want });
+              expect({ id: r.id, status: want.includes(r.buildstatus) ? r.buildstatus : want }).toEqual({ id: r.id, status: r.buildstatus });
             }
           }
           // Exactly once: no build reported finished twice, and none of ours overwrote a cancellation.

@@ -11,7 +11,7 @@ describe('hydrant serve lifecycle', () => {
   it('creates the schema, runs, reloads on SIGHUP, keeps the old config on a bad reload, and drains on SIGTERM', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'hydrant-serve-'));
     const config = join(dir, 'runner.toml');
-    writeFileSync(config, `dbUrl = "${db.url}"\nmaxRetries = 3\nhttpListen = "127.0.0.1:0"\n`);
+    writeFileSync(config, `dbUrl = "${db.url}"\nhydraDataDir = "${dir}"\nmaxRetries = 3\nhttpListen = "127.0.0.1:0"\n`);
     const p = startCli(['serve', '--config', config]);
     await p.waitFor(/"msg":"runner running"/);
     expect(p.output()).toMatch(/"msg":"created Hydra schema"/);

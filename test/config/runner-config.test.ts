@@ -8,7 +8,7 @@ const file = (text: string): string => configFile(text, 'runner.toml');
 describe('runner configuration', () => {
   it('has the upstream defaults and is frozen', () => {
     const c = loadRunnerConfig(undefined, {}, {});
-    expect(c).toMatchObject({ maxRetries: 5, retryInterval: 60, retryBackoff: 3, maxUnsupportedTimeInS: 120, queueTriggerTimerInS: -1, dispatchTriggerTimerInS: 120, machineSortFn: 'SpeedFactorOnly', maxLogSize: 64 * 1024 * 1024 });
+    expect(c).toMatchObject({ maxRetries: 5, retryInterval: 60, retryBackoff: 3, maxUnsupportedTimeInS: 120, queueTriggerTimerInS: -1, dispatchTriggerTimerInS: 120, machineSortFn: 'BogomipsWithSpeedFactor', stepSortFn: 'WithRdeps', maxOutputSize: 0, maxLogSize: 64 * 1024 * 1024 });
     expect(c.stateDir).toBe('/var/lib/hydra/hydrant');
     expect(Object.isFrozen(c)).toBe(true);
   });

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { finishBuildsFailed, type FinishBuildsFailed } from '../../src/db/build-failures.ts';
 import { withTransaction } from '../../src/db/pool.ts';
 import { finishStep, startStep } from '../../src/db/step-rows.ts';
-import { buildStatusForFailedStep } from '../../src/db/status.ts';
+import { buildStatusForFailedStep, dependentStatusForFailedStep } from '../../src/db/status.ts';
 import { useTestDatabase } from '../helpers/db.ts';
 import { queueBuild, useJobset } from '../helpers/hydra-rows.ts';
 
@@ -35,7 +35,13 @@ describe('failing builds that need a failed step', () => {
     for (const s of [0, 2, 4, 5, 13, 99]) expect(() => buildStatusForFailedStep(s)).toThrow(RangeError);
   });
 
-  it('gives the own build the step status, the others 2, and propagated rows to all but the failed build', async () => {
+  it('maps step statuses to build statuses for the builds that need the failed step as a dependency', () => {
+    // Hydra's Rust runner state/mod.rs:2441-2449: DepFailed only when the step failed (1), else the step's status;
+    // a cached failure (8) counts as failed (C++ state.hh:78), so 2.
+    expect([1, 3, 6, 7, 8, 9, 10, 11, 12].map(dependentStatusForFailedStep)).toEqual([2, 3, 6, 7, 2, 9, 10, 11, 12]);
+  });
+
+  it('gives every build the timed-out step status (Hydra: 2 only for a failed build), and propagated rows to all but the failed build', async () => {
     const own = await queueBuild(db.pool, jobset.id, DRV);
     const ownToo = await queueBuild(db.pool, jobset.id, DRV); // a second build of the same derivation
     const [dep1, dep2, done] = (await queueMany(3)) as [number, number, number];
@@ -61,8 +67,9 @@ describe('failing builds that need a failed step', () => {
     const row = (id: number) => builds.find((b) => b.id === id);
     expect(row(own)).toEqual({ id: own, finished: 1, buildstatus: 7, starttime: 100, stoptime: 200, iscachedbuild: 0, notificationpendingsince: 200 });
     expect(row(ownToo)).toEqual({ id: ownToo, finished: 1, buildstatus: 7, starttime: 100, stoptime: 200, iscachedbuild: 0, notificationpendingsince: 200 });
-    expect(row(dep1)).toEqual({ id: dep1, finished: 1, buildstatus: 2, starttime: 100, stoptime: 200, iscachedbuild: 0, notificationpendingsince: 200 });
-    expect(row(dep2)).toMatchObject({ buildstatus: 2 });
+    // A timeout is passed on to dependents as 7 (Rust runner state/mod.rs:2441-2449, C++ builder.cc:458).
+    expect(row(dep1)).toEqual({ id: dep1, finished: 1, buildstatus: 7, starttime: 100, stoptime: 200, iscachedbuild: 0, notificationpendingsince: 200 });
+    expect(row(dep2)).toMatchObject({ buildstatus: 7 });
     expect(row(done)).toEqual({ id: done, finished: 1, buildstatus: 0, starttime: 5, stoptime: 6, iscachedbuild: null, notificationpendingsince: null });
 
     const { rows: steps } = await db.pool.query(
