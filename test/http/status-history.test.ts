@@ -1,0 +1,75 @@
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { runCli } from '../helpers/cli.ts';
+import { useInProcessRunner } from '../helpers/in-process-runner.ts';
+import { MK_DRV } from '../helpers/nix.ts';
+import { waitFor } from '../helpers/runtime.ts';
+
+type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+describe('status API of finished builds and their logs', () => {
+  const { db, dir, start } = useInProcessRunner('history');
+
+  it('answers finished builds from the database, with the failed step, its error and its log', async () => {
+    const runner = await start();
+    const base = runner.url;
+    const api = async (path: string): Promise<Json> => {
+      const r = await fetch(`${base}${path}`);
+      expect(r.status, path).toBe(200);
+      return (await r.json()) as Json;
+    };
+    runner.builder('b1');
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the builder to join');
+
+    const nonce = randomBytes(4).toString('hex');
+    const file = join(dir, 'release.nix');
+    writeFileSync(
+      file,
+      `{ }: let ${MK_DRV} in {
+        good = mk { name = "good-${nonce}"; script = "echo fine-${nonce}; echo ok > $out"; };
+        bad = mk { name = "bad-${nonce}"; script = "echo first line; echo boom-${nonce} >&2; exit 3"; };
+      }`,
+    );
+    expect((await runCli(['submit', '--db-url', db.url, '--project', 'hi', '--jobset', 'main', '--create', '--file', file])).code).toBe(0);
+    const ids = Object.fromEntries((await db.pool.query('select job, id from builds')).rows.map((r) => [r.job, r.id as number]));
+    await waitFor(async () => (await db.pool.query('select count(*)::int as n from builds where finished = 1')).rows[0].n === 2, 90_000, 'both builds to finish');
+    await waitFor(async () => (await api('/status')).buildsQueued === 0, 30_000, 'the runner to drop them');
+
+    const bad = await api(`/status/build/${ids.bad}`);
+    expect(bad).toMatchObject({ source: 'database', build: { id: ids.bad, project: 'hi', jobset: 'main', job: 'bad', finished: true, status: 'failed' } });
+    expect(bad.steps).toHaveLength(1);
+    const step = bad.steps[0];
+    expect(step).toMatchObject({ stepnr: 1, state: 'failed', machine: 'b1', log: `/status/build/${ids.bad}/step/1/log` });
+    expect(step.drvPath).toMatch(new RegExp(`bad-${nonce}\\.drv$`));
+    expect(step.errorMsg).toBeTruthy();
+    expect(step.stopTime).toBeGreaterThanOrEqual(step.startTime);
+    expect(bad.build.failedStep).toBe(1);
+
+    const good = await api(`/status/build/${ids.good}`);
+    expect(good.build).toMatchObject({ finished: true, status: 'success', failedStep: null });
+    expect(good.build.outputs).toEqual([{ name: 'out', path: expect.stringMatching(new RegExp(`good-${nonce}$`)) }]);
+    expect(good.steps[0]).toMatchObject({ state: 'success', errorMsg: null });
+
+    // The log, by the step's row and by its derivation path, decompressed (the runner stores it as .bz2).
+    const log = await fetch(`${base}${step.log}`);
+    expect(log.status).toBe(200);
+    expect(log.headers.get('x-log-stored')).toBe('bzip2');
+    const text = await log.text();
+    expect(text).toContain(`boom-${nonce}`);
+    expect(text).toContain('first line');
+    const byDrv = await fetch(`${base}/status/log?drv=${encodeURIComponent(step.drvPath)}&tail=200`);
+    expect(await byDrv.text()).toContain(`boom-${nonce}`);
+    // tail bounds the answer to the log's last bytes.
+    const tail = await fetch(`${base}${step.log}?tail=5`);
+    expect((await tail.arrayBuffer()).byteLength).toBe(5);
+    expect(Number(tail.headers.get('x-log-size'))).toBeGreaterThan(5);
+
+    // Bad requests: unknown build, unknown step, a path that is no derivation.
+    expect((await fetch(`${base}/status/build/999999`)).status).toBe(404);
+    expect((await fetch(`${base}/status/build/${ids.bad}/step/9/log`)).status).toBe(404);
+    expect((await fetch(`${base}/status/log?drv=${encodeURIComponent('/nix/store/../../etc/passwd')}`)).status).toBe(400);
+    expect((await fetch(`${base}/status/build/${ids.bad}/step/1/log?tail=0`)).status).toBe(400);
+  }, 180_000);
+});
