@@ -1,6 +1,26 @@
 import type { Queryable } from '../db/chunks.ts';
 import { readBuild, readBuildSteps } from '../db/build-history.ts';
+import { BuildStatus } from '../db/status.ts';
 import { busyName } from './views.ts';
+
+/** A row's status as the step graph's final state (the visualizer's colours): the status name keeps the detail. */
+function stateOfStatus(status: number | null): string {
+  switch (status) {
+    case null:
+      return 'queued';
+    case BuildStatus.Success:
+      return 'succeeded';
+    case BuildStatus.FailedWithOutput:
+      return 'failedWithOutput';
+    case BuildStatus.Resolved:
+      return 'resolved';
+    case BuildStatus.Cancelled:
+    case BuildStatus.Obsolete:
+      return 'cancelled';
+    default:
+      return 'failed';
+  }
+}
 
 /**
  * A build that is not queued in this runner (finished, or not yet loaded),
@@ -25,8 +45,9 @@ export async function buildHistory(db: Queryable, id: number, limit: number, sto
     stepnr: r.stepnr,
     drvPath: r.drvPath,
     // A row still busy is a running attempt; otherwise its final status.
-    state: r.busy !== 0 ? busyName(r.busy) : (r.statusName ?? 'unknown'),
+    state: r.busy !== 0 ? 'building' : stateOfStatus(r.status),
     status: r.status,
+    statusName: r.busy !== 0 ? busyName(r.busy) : r.statusName,
     type: r.type === 1 ? 'substitution' : 'build',
     system: r.system,
     machine: r.machine === '' ? null : r.machine,

@@ -41,7 +41,7 @@ describe('status API of finished builds and their logs', () => {
     expect(bad).toMatchObject({ source: 'database', build: { id: ids.bad, project: 'hi', jobset: 'main', job: 'bad', finished: true, status: 'failed' } });
     expect(bad.steps).toHaveLength(1);
     const step = bad.steps[0];
-    expect(step).toMatchObject({ stepnr: 1, state: 'failed', machine: 'b1', log: `/status/build/${ids.bad}/step/1/log` });
+    expect(step).toMatchObject({ stepnr: 1, state: 'failed', statusName: 'failed', machine: 'b1', log: `/status/build/${ids.bad}/step/1/log` });
     expect(step.drvPath).toMatch(new RegExp(`bad-${nonce}\\.drv$`));
     expect(step.errorMsg).toBeTruthy();
     expect(step.stopTime).toBeGreaterThanOrEqual(step.startTime);
@@ -50,7 +50,7 @@ describe('status API of finished builds and their logs', () => {
     const good = await api(`/status/build/${ids.good}`);
     expect(good.build).toMatchObject({ finished: true, status: 'success', failedStep: null });
     expect(good.build.outputs).toEqual([{ name: 'out', path: expect.stringMatching(new RegExp(`good-${nonce}$`)) }]);
-    expect(good.steps[0]).toMatchObject({ state: 'success', errorMsg: null });
+    expect(good.steps[0]).toMatchObject({ state: 'succeeded', statusName: 'success', errorMsg: null });
 
     // The log, by the step's row and by its derivation path, decompressed (the runner stores it as .bz2).
     const log = await fetch(`${base}${step.log}`);

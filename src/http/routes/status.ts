@@ -186,6 +186,7 @@ export function registerStatusRoutes(router: Router, ctx: StatusContext): void {
       deps: step.deps.map((d) => d.id),
       rdeps: step.rdeps.map((r) => r.id),
       builds: step.builds.map((b) => b.id),
+      resolvedTo: step.state === 'resolved' ? (s.graph.resolvedStep(step)?.id ?? null) : null,
       machine: run?.machine ?? null,
       busyName: run ? busyName(run.busy) : null,
       waiting: step.state === 'runnable' || step.state === 'retryWait' ? s.dispatcher.waitingReason(step) : null,
