@@ -510,7 +510,7 @@ function renderStepDetails() {
             badge(t.to, STEP_COLORS),
           ),
         )
-      : [h('li', { class: 'hint' }, app.detail ? 'no transition recorded yet (transitions are recorded while someone watches)' : 'loading…')]),
+      : [h('li', { class: 'hint' }, d?.fromDb ? 'a step row of a build not queued here: its final state is shown' : app.detail ? 'no transition recorded yet (transitions are recorded while someone watches)' : 'loading…')]),
   );
   renderStepDiagram();
 }

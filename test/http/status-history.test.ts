@@ -30,11 +30,24 @@ describe('status API of finished builds and their logs', () => {
       `{ }: let ${MK_DRV} in {
         good = mk { name = "good-${nonce}"; script = "echo fine-${nonce}; echo ok > $out"; };
         bad = mk { name = "bad-${nonce}"; script = "echo first line; echo boom-${nonce} >&2; exit 3"; };
+        slow = mk { name = "slow-${nonce}"; script = "echo started-${nonce}; /bin/sleep 20; echo > $out"; };
       }`,
     );
     expect((await runCli(['submit', '--db-url', db.url, '--project', 'hi', '--jobset', 'main', '--create', '--file', file])).code).toBe(0);
     const ids = Object.fromEntries((await db.pool.query('select job, id from builds')).rows.map((r) => [r.job, r.id as number]));
-    await waitFor(async () => (await db.pool.query('select count(*)::int as n from builds where finished = 1')).rows[0].n === 2, 90_000, 'both builds to finish');
+
+    // While slow builds, its log so far is readable, by its id in the graph and by its row.
+    await waitFor(async () => (await api('/status/steps')).steps.some((s: Json) => s.buildId === ids.slow && s.busyName === 'building'), 90_000, 'slow to build');
+    const running = (await api('/status/steps')).steps.find((s: Json) => s.buildId === ids.slow);
+    let live: Response | undefined;
+    await waitFor(async () => {
+      live = await fetch(`${base}/status/step/${running.id}/log`);
+      return live.status === 200 && (await live.clone().text()).includes(`started-${nonce}`);
+    }, 15_000, "slow's first line in its live log");
+    expect(live!.headers.get('x-log-stored')).toBe('live');
+    const slowRows = await api(`/status/build/${ids.slow}`);
+    expect(slowRows.source).toBeUndefined(); // queued: the live tree
+    await waitFor(async () => (await db.pool.query('select count(*)::int as n from builds where finished = 1')).rows[0].n === 3, 90_000, 'all builds to finish');
     await waitFor(async () => (await api('/status')).buildsQueued === 0, 30_000, 'the runner to drop them');
 
     const bad = await api(`/status/build/${ids.bad}`);
