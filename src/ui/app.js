@@ -359,8 +359,11 @@ async function refreshBuilds() {
   // Shown from the database while not queued here, and now queued: live.
   else if (app.buildId !== null && app.rows && listed) selectBuild(app.buildId, app.stepId);
   else if (app.buildId !== null && app.treeLoaded && !listed && !app.buildGone && !app.rows) {
-    // The build has ended here: its rows (final states, errors) are read from the database.
-    selectBuild(app.buildId, null);
+    // Ended while watched: the states and histories seen stay; its rows (final states, errors) are one click away.
+    app.buildGone = true;
+    const id = app.buildId;
+    setBuildInfo(`build ${id} has ended (no longer queued): the last states seen are shown `);
+    $('build-info').append(h('button', { class: 'chip', dataset: { testid: 'build-rows' }, onclick: () => selectBuild(id) }, 'show its rows'));
   }
 }
 
