@@ -1,26 +1,52 @@
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { Writable } from 'node:stream';
+import { afterAll, describe, expect, it } from 'vitest';
+import { RunnerDaemon } from '../../src/daemon/serve.ts';
+import { createLogger } from '../../src/util/logger.ts';
 import { runCli } from '../helpers/cli.ts';
-import { useInProcessRunner } from '../helpers/in-process-runner.ts';
+import { useTestDatabase } from '../helpers/db.ts';
+import { startBuilder, type CliProcess } from '../helpers/fleet.ts';
 import { MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 describe('status API of finished builds and their logs', () => {
-  const { db, dir, start } = useInProcessRunner('history');
+  const db = useTestDatabase();
+  const dir = mkdtempSync(join(tmpdir(), 'hydrant-history-'));
+  // The runner's log at the default level (info), as JSON lines.
+  const logLines: Record<string, unknown>[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const line of chunk.toString().split('\n')) if (line) logLines.push(JSON.parse(line) as Record<string, unknown>);
+      done();
+    },
+  });
+  let daemon: RunnerDaemon | undefined;
+  let builder: CliProcess | undefined;
+  afterAll(async () => {
+    builder?.child.kill('SIGKILL');
+    await daemon?.stop();
+  });
 
   it('answers finished builds from the database, with the failed step, its error and its log', async () => {
-    const runner = await start();
-    const base = runner.url;
+    const tokenFile = join(dir, 'builder-token');
+    writeFileSync(tokenFile, randomBytes(16).toString('hex'));
+    daemon = new RunnerDaemon({
+      overrides: { dbUrl: db.url, hydraDataDir: dir, rootsDir: join(dir, 'roots'), tokenPaths: [tokenFile], grpcListen: '127.0.0.1:0', httpListen: '127.0.0.1:0' },
+      log: createLogger({ level: 'info', destination }),
+    });
+    await daemon.start();
+    const base = `http://127.0.0.1:${daemon.http!.port}`;
     const api = async (path: string): Promise<Json> => {
       const r = await fetch(`${base}${path}`);
       expect(r.status, path).toBe(200);
       return (await r.json()) as Json;
     };
-    runner.builder('b1');
+    builder = startBuilder(dir, `127.0.0.1:${daemon.grpcPort}`, tokenFile, 'b1');
     await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the builder to join');
 
     const nonce = randomBytes(4).toString('hex');
@@ -59,6 +85,10 @@ describe('status API of finished builds and their logs', () => {
     expect(step.errorMsg).toBeTruthy();
     expect(step.stopTime).toBeGreaterThanOrEqual(step.startTime);
     expect(bad.build.failedStep).toBe(1);
+
+    // The runner said so at its default level: one WARN line naming the build, derivation, machine and error.
+    const warned = logLines.filter((l) => l.msg === 'step failed' && l.drv === step.drvPath);
+    expect(warned).toEqual([expect.objectContaining({ level: 40, build: ids.bad, machine: 'b1', err: step.errorMsg })]);
 
     const good = await api(`/status/build/${ids.good}`);
     expect(good.build).toMatchObject({ finished: true, status: 'success', failedStep: null });
