@@ -217,6 +217,7 @@ export class StepResults {
    * a follow-up write, so none is left waiting on a failed step.
    */
   private async failed(step: StepRecord, at: { buildId: number; row: Promise<number | null> }, f: Failure): Promise<void> {
+    this.o.log.warn({ build: at.buildId, drv: step.drvPath, machine: f.machine, status: f.status, err: f.errorMsg }, 'step failed');
     const { db, graph, writer } = this.o;
     const handled = new Set(graph.dependentBuilds(step));
     const stepnr = await at.row;

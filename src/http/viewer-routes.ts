@@ -2,6 +2,7 @@ import type { Scheduler } from '../actors/scheduler.ts';
 import type { DaemonState } from '../machines/index.ts';
 import { LiveFeed } from '../status/live-feed.ts';
 import { machineDiagrams } from '../status/machine-diagrams.ts';
+import type { Queryable } from '../db/chunks.ts';
 import type { Router } from './router.ts';
 import { eventsHandler } from './routes/events.ts';
 import { staticUi } from './routes/static-ui.ts';
@@ -13,6 +14,10 @@ export interface ViewerContext {
   /** null until the scheduler runs. */
   scheduler(): Scheduler | null;
   readonly startedAt: number;
+  /** Hydra's database, for builds that are not queued (finished ones) and step rows' logs. */
+  readonly db?: Queryable;
+  /** Where build logs are written (`<hydraDataDir>/build-logs`). */
+  readonly hydraDataDir?: string;
 }
 
 /**
@@ -30,7 +35,7 @@ export async function registerViewerRoutes(router: Router, ctx: ViewerContext): 
     .get('/', ui)
     .get('/ui', ui)
     .get('/ui/:file', ui);
-  registerStatusRoutes(router, { lifecycle: ctx.lifecycle, scheduler: () => ctx.scheduler(), startedAt: ctx.startedAt, feed });
+  registerStatusRoutes(router, { lifecycle: ctx.lifecycle, scheduler: () => ctx.scheduler(), startedAt: ctx.startedAt, feed, db: ctx.db, hydraDataDir: ctx.hydraDataDir });
   registerProvisionerStatusRoutes(router, { scheduler: () => ctx.scheduler(), startedAt: ctx.startedAt });
   return feed;
 }

@@ -1,5 +1,5 @@
-import type { CompiledMachine } from '../machines/compile.ts';
-import { builderLifecycle, stepLifecycle } from '../machines/index.ts';
+import { compileMachine, type CompiledMachine } from '../machines/compile.ts';
+import { builderLifecycle, PROVISIONED_EVENTS, PROVISIONED_STATES, provisionedMachine, stepLifecycle, type ProvisionedEventType, type ProvisionedState } from '../machines/index.ts';
 
 /** A machine definition as a graph the visualizer draws: states and labelled transitions. */
 export function machineDiagram<S extends string, E extends string>(id: string, m: CompiledMachine<S, E>) {
@@ -14,4 +14,9 @@ export function machineDiagram<S extends string, E extends string>(id: string, m
 /** The step and builder lifecycles, read from the XState definitions the runtime compiles. */
 export function machineDiagrams() {
   return { step: machineDiagram('step', stepLifecycle), builder: machineDiagram('builder', builderLifecycle) };
+}
+
+/** The lifecycle of a machine `hydrant provision` made (its status page draws it). */
+export function provisionedDiagram() {
+  return machineDiagram('provisioned', compileMachine<ProvisionedState, ProvisionedEventType>(provisionedMachine, PROVISIONED_STATES, PROVISIONED_EVENTS));
 }

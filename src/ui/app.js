@@ -3,7 +3,9 @@
 // framework and nothing from the network but the runner's own API:
 //
 //   GET /status, /status/machines, /status/queues, /status/queues/jobs, /status/builds
-//   GET /status/build/ID   a build's steps (re-read on `resync`)
+//   GET /status/build/ID   a build's steps (re-read on `resync`); a build that is not queued
+//                          comes from the database (`source: 'database'`, steps = its rows)
+//   GET /status/step/ID/log, /status/build/ID/step/NR/log   a step's log (its tail)
 //   GET /status/step/ID    one step, with the history of its transitions
 //   GET /ui/machines.json  the XState definitions as graphs
 //   GET /events?build=ID   server-sent `steps`, `machines` and `resync` events
@@ -35,6 +37,10 @@ const app = {
   events: 0,
   firstRenderMs: null,
   timings: {},
+  /** A finished build's step rows by stepnr (its tree came from the database), else null. */
+  rows: null,
+  /** The log panel: the step it shows, and its refresh timer while the step runs. */
+  log: { stepId: null, timer: null },
 };
 
 /** Element helper: h('div', { class: 'x', dataset: { testid: 'y' } }, 'text', child). */
@@ -195,6 +201,8 @@ function selectBuild(id, stepId = null) {
   app.treeLoaded = false;
   app.buildGone = false;
   app.detail = null;
+  app.rows = null;
+  closeLog();
   app.treeGen++;
   dag.clear();
   dag.requestDraw();
@@ -294,14 +302,16 @@ async function loadTree() {
     for (const e of buffered) dag.setState(e.id, e.state);
     if (err.status === 404) {
       app.buildGone = true;
-      setBuildInfo(app.treeLoaded ? `build ${id} has ended (no longer queued): the last states seen are shown` : `build ${id} is not queued in this runner (ended, or not loaded yet)`);
+      setBuildInfo(app.treeLoaded ? `build ${id} has ended (no longer queued): the last states seen are shown` : `build ${id}: ${err.message}`);
     } else setBuildInfo(`build ${id}: ${err.message}`);
     return;
   }
   if (gen !== app.treeGen) return;
   const t1 = performance.now();
   const fresh = !app.treeLoaded;
-  dag.setSteps(tree.steps, fresh);
+  app.rows = tree.source === 'database' ? new Map(tree.steps.map((st) => [st.id, st])) : null;
+  // A resolved step links to the step built instead (an edge from it).
+  dag.setSteps(tree.steps.map((st) => (st.resolvedTo != null ? { ...st, deps: [...(st.deps ?? []), st.resolvedTo] } : st)), fresh);
   const buffered = app.buffered;
   app.buffered = null;
   for (const e of buffered) if (tree.at === undefined || e.at > tree.at) dag.setState(e.id, e.state);
@@ -315,7 +325,13 @@ async function loadTree() {
     }
   }
   const b = tree.build;
-  setBuildInfo(`build ${b.id} · ${b.project}:${b.jobset} · ${tree.stepCount} unfinished steps${tree.truncated ? ' (cut)' : ''}`);
+  if (app.rows) {
+    const how = b.finished ? `finished: ${b.status}${b.isCachedBuild ? ' (cached)' : ''}` : 'not queued in this runner';
+    setBuildInfo(`build ${b.id} · ${b.project}:${b.jobset}:${b.job} · ${how} · ${tree.stepCount} step rows${tree.truncated ? ' (cut)' : ''}`);
+    $('build-info').dataset.status = b.status ?? '';
+    // Open on the step that failed it.
+    if (fresh && app.stepId === null && b.failedStep !== null) selectStep(b.failedStep, true);
+  } else setBuildInfo(`build ${b.id} · ${b.project}:${b.jobset} · ${tree.stepCount} unfinished steps${tree.truncated ? ' (cut)' : ''}`);
   // Layout and the first frame are measured where they happen (afterDraw).
   dag.requestDraw();
 }
@@ -340,9 +356,14 @@ async function refreshBuilds() {
   const listed = r.builds.some((b) => b.id === app.buildId);
   if (app.buildId === null && r.builds.length > 0) selectBuild(pickBuild(r.builds));
   else if (app.buildId !== null && app.buildGone && !app.treeLoaded && listed) selectBuild(app.buildId, app.stepId);
-  else if (app.buildId !== null && app.treeLoaded && !listed && !app.buildGone) {
+  // Shown from the database while not queued here, and now queued: live.
+  else if (app.buildId !== null && app.rows && listed) selectBuild(app.buildId, app.stepId);
+  else if (app.buildId !== null && app.treeLoaded && !listed && !app.buildGone && !app.rows) {
+    // Ended while watched: the states and histories seen stay; its rows (final states, errors) are one click away.
     app.buildGone = true;
-    setBuildInfo(`build ${app.buildId} has ended (no longer queued): the last states seen are shown`);
+    const id = app.buildId;
+    setBuildInfo(`build ${id} has ended (no longer queued): the last states seen are shown `);
+    $('build-info').append(h('button', { class: 'chip', dataset: { testid: 'build-rows' }, onclick: () => selectBuild(id) }, 'show its rows'));
   }
 }
 
@@ -389,6 +410,12 @@ function scheduleStepReload() {
 async function loadStep() {
   const id = app.stepId;
   if (id === null) return;
+  if (app.rows) {
+    const r = app.rows.get(id);
+    app.detail = r ? { ...r, fromDb: true, history: [] } : { missing: true, error: `no step row ${id}` };
+    renderStepDetails();
+    return;
+  }
   try {
     const d = await api(`/status/step/${id}`);
     if (id !== app.stepId) return;
@@ -419,8 +446,27 @@ function renderStepDetails() {
   row('step', h('span', { dataset: { testid: 'step-id' } }, String(id)));
   row('name', h('b', { dataset: { testid: 'step-name' } }, dag.nameOf(id) ?? drvName(d?.drvPath)));
   row('state', badge(state, STEP_COLORS, 'step-state'));
-  if (d) {
+  if (d?.fromDb) {
+    row('status', h('span', { dataset: { testid: 'step-status' } }, d.statusName ?? '—'));
     row('derivation', h('code', { class: 'path' }, d.drvPath));
+    row('type', d.type);
+    if (d.system) row('system', d.system);
+    if (d.machine) row('machine', h('span', { dataset: { testid: 'step-machine' } }, d.machine));
+    if (d.startTime) row('time', `${secClock(d.startTime)} – ${d.stopTime ? secClock(d.stopTime) : '…'}${d.stopTime ? ` (${duration((d.stopTime - d.startTime) * 1000)})` : ''}`);
+    if (d.errorMsg) row('error', h('pre', { class: 'error', dataset: { testid: 'step-error' } }, d.errorMsg));
+    if (d.propagatedFrom) row('failed by', h('button', { class: 'chip', dataset: { testid: 'step-propagated' }, onclick: () => selectBuild(d.propagatedFrom) }, `build ${d.propagatedFrom}`));
+    if (d.resolvedDrvPath) {
+      row(
+        'resolved to',
+        d.resolvedTo != null
+          ? h('button', { class: 'chip', dataset: { testid: 'step-resolved-to' }, onclick: () => selectStep(d.resolvedTo, true) }, `step ${d.resolvedTo} ${drvName(d.resolvedDrvPath)}`)
+          : h('code', { class: 'path', dataset: { testid: 'step-resolved-to' } }, d.resolvedDrvPath),
+      );
+    }
+    row('outputs', ...d.outputs.map((o) => h('div', {}, `${o.name}: `, h('code', { class: 'path' }, o.path ?? '(content-addressed)'))));
+  } else if (d) {
+    row('derivation', h('code', { class: 'path' }, d.drvPath));
+    if (d.resolvedTo != null) row('resolved to', h('button', { class: 'chip', dataset: { testid: 'step-resolved-to' }, onclick: () => selectStep(d.resolvedTo, true) }, dag.nameOf(d.resolvedTo) ?? `step ${d.resolvedTo}`));
     row('system', `${d.system}${d.features?.length ? ` (${d.features.join(', ')})` : ''}`);
     row('builds', d.builds.join(', ') || '—');
     row('priority', `global ${d.globalPriority}, local ${d.localPriority}`);
@@ -443,9 +489,13 @@ function renderStepDetails() {
   const union = (a, b) => [...new Set([...(a ?? []), ...b])];
   const deps = union(d?.deps, dag.depsOf(id));
   const rdeps = union(d?.rdeps, dag.rdepsOf(id));
-  row(`needs (${deps.length})`, ...chips(deps));
-  row(`needed by (${rdeps.length})`, ...chips(rdeps));
+  if (!d?.fromDb) {
+    row(`needs (${deps.length})`, ...chips(deps));
+    row(`needed by (${rdeps.length})`, ...chips(rdeps));
+  }
+  row('log', h('button', { class: 'chip', dataset: { testid: 'step-log-button' }, onclick: () => openLog(id) }, app.log.stepId === id ? 'reload log' : 'show log'));
   box.replaceChildren(h('table', { class: 'kv' }, rows));
+  if (app.log.stepId !== id) closeLog();
 
   const hist = d?.history ?? [];
   $('step-history').replaceChildren(
@@ -463,9 +513,53 @@ function renderStepDetails() {
             badge(t.to, STEP_COLORS),
           ),
         )
-      : [h('li', { class: 'hint' }, app.detail ? 'no transition recorded yet (transitions are recorded while someone watches)' : 'loading…')]),
+      : [h('li', { class: 'hint' }, d?.fromDb ? 'a step row of a build not queued here: its final state is shown' : app.detail ? 'no transition recorded yet (transitions are recorded while someone watches)' : 'loading…')]),
   );
   renderStepDiagram();
+}
+
+// ---------------------------------------------------------------- a step's log
+
+/** Where the selected step's log is: its row's (a finished build's) or its live step's. */
+function logUrl(id) {
+  const row = app.rows?.get(id);
+  return `${row ? row.log : `/status/step/${id}/log`}?tail=65536`;
+}
+
+async function openLog(id) {
+  clearTimeout(app.log.timer);
+  app.log.stepId = id;
+  const pre = $('step-log');
+  pre.hidden = false;
+  let text;
+  let live = false;
+  try {
+    const r = await fetch(logUrl(id), { cache: 'no-store' });
+    if (r.ok) {
+      live = r.headers.get('x-log-stored') === 'live';
+      const size = Number(r.headers.get('x-log-size'));
+      text = await r.text();
+      if (size > text.length) text = `… (last ${text.length} of ${size} bytes)\n${text}`;
+    } else text = ((await r.json().catch(() => null))?.error ?? `HTTP ${r.status}`);
+  } catch (err) {
+    text = err.message;
+  }
+  if (app.log.stepId !== id) return;
+  pre.textContent = text || '(empty log)';
+  pre.dataset.stored = live ? 'live' : 'ended';
+  pre.scrollTop = pre.scrollHeight;
+  // While the step runs, the log follows what it writes.
+  if (live) app.log.timer = setTimeout(() => void openLog(id), 2000);
+}
+
+function closeLog() {
+  clearTimeout(app.log.timer);
+  app.log.stepId = null;
+  const pre = $('step-log');
+  if (pre) {
+    pre.hidden = true;
+    pre.textContent = '';
+  }
 }
 
 function renderStepDiagram() {

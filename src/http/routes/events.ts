@@ -7,8 +7,8 @@ import type { Handler } from '../router.ts';
 /**
  * `GET /events?build=ID`: server-sent events for a viewer: `steps` (the
  * build's steps that changed state), `machines` (machine states and jobs),
- * `resync` (too much changed: re-read the build). Without `build`, machine
- * events only.
+ * `resync` (too much changed: re-read the build). Without `build`, or for
+ * a build that is not queued in this runner, machine events only.
  */
 export function eventsHandler(feed: LiveFeed, scheduler: () => Scheduler | null): Handler {
   return (req, res) => {
@@ -18,8 +18,8 @@ export function eventsHandler(feed: LiveFeed, scheduler: () => Scheduler | null)
     const build = req.url.searchParams.get('build');
     if (build !== null) {
       const b = s.graph.builds.get(Number(build));
-      if (!b) throw new HttpError(404, `build ${build} is not queued in this runner`);
-      steps = new Set(buildClosure(b).steps.map((step) => step.id));
+      // A build not queued here (finished, or not loaded yet) has no step events: machine events only.
+      if (b) steps = new Set(buildClosure(b).steps.map((step) => step.id));
     }
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive' });
     res.write('retry: 2000\n\n');

@@ -8,6 +8,12 @@ import { busyName, machineView, seconds, stepView, urgencyOrder } from '../../st
 import type { Router } from '../router.ts';
 import type { LiveFeed } from '../../status/live-feed.ts';
 import { stepLifecycle } from '../../machines/index.ts';
+import type { Queryable } from '../../db/chunks.ts';
+import { STORE_DIR } from '../../nix/store-path.ts';
+import { buildHistory } from '../../status/build-history.ts';
+import { isDrvPath, LOG_TAIL_DEFAULT, LOG_TAIL_MAX, readLogTail } from '../../status/build-log.ts';
+import { readStepDrv } from '../../db/build-history.ts';
+import type { ServerResponse } from 'node:http';
 
 export interface StatusContext {
   /** The daemon's lifecycle (an actor of the daemon machine): only its state is read. */
@@ -17,6 +23,25 @@ export interface StatusContext {
   /** null until the scheduler runs. */
   scheduler(): Scheduler | null;
   readonly startedAt: number;
+  /** Hydra's database: builds that are not queued here (finished, or unknown to this runner) are read from it. */
+  readonly db?: Queryable;
+  /** Where the runner writes build logs (`<hydraDataDir>/build-logs/…`). */
+  readonly hydraDataDir?: string;
+}
+
+const intParam = (v: string | undefined, what: string): number => {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw new HttpError(400, `${what} must be a non-negative integer`);
+  return n;
+};
+
+/** `tail=BYTES` (default 64 KiB, at most 4 MiB). */
+function tailOf(url: URL): number {
+  const t = url.searchParams.get('tail');
+  if (t === null) return LOG_TAIL_DEFAULT;
+  const n = Number(t);
+  if (!Number.isSafeInteger(n) || n < 1) throw new HttpError(400, 'tail must be a positive integer (bytes)');
+  return Math.min(n, LOG_TAIL_MAX);
 }
 
 /** Steps of one state, in the graph's (insertion) order. */
@@ -161,6 +186,7 @@ export function registerStatusRoutes(router: Router, ctx: StatusContext): void {
       deps: step.deps.map((d) => d.id),
       rdeps: step.rdeps.map((r) => r.id),
       builds: step.builds.map((b) => b.id),
+      resolvedTo: step.state === 'resolved' ? (s.graph.resolvedStep(step)?.id ?? null) : null,
       machine: run?.machine ?? null,
       busyName: run ? busyName(run.busy) : null,
       waiting: step.state === 'runnable' || step.state === 'retryWait' ? s.dispatcher.waitingReason(step) : null,
@@ -169,13 +195,59 @@ export function registerStatusRoutes(router: Router, ctx: StatusContext): void {
     };
   });
 
-  router.get('/status/build/:id', (req) => {
+  router.get('/status/build/:id', async (req) => {
     const s = sched();
     const id = Number(req.params.id);
     if (!Number.isSafeInteger(id)) throw new HttpError(400, 'build id must be an integer');
     const b = s.graph.builds.get(id);
-    if (!b) throw new HttpError(404, `build ${id} is not queued in this runner`);
     const { limit } = pageOf(req.url, 20_000, 100_000);
-    return buildTree(s, b, limit);
+    if (b) return buildTree(s, b, limit);
+    if (!ctx.db) throw new HttpError(404, `build ${id} is not queued in this runner`);
+    const h = await buildHistory(ctx.db, id, limit, STORE_DIR);
+    if (!h) throw new HttpError(404, `build ${id} does not exist`);
+    return h;
+  });
+
+  const sendLog = async (res: ServerResponse, drvPath: string, url: URL): Promise<void> => {
+    if (ctx.hydraDataDir === undefined) throw new HttpError(404, 'this server has no build logs');
+    if (!isDrvPath(drvPath, STORE_DIR)) throw new HttpError(400, 'not a derivation path');
+    const log = await readLogTail(ctx.hydraDataDir, drvPath, tailOf(url));
+    if (!log) throw new HttpError(404, `no log for ${drvPath} (yet)`);
+    res.writeHead(200, {
+      'content-type': 'text/plain; charset=utf-8',
+      'content-length': log.text.length,
+      'cache-control': 'no-store',
+      'x-log-size': String(log.size),
+      'x-log-stored': log.stored,
+    });
+    res.end(log.text);
+  };
+
+  // A build step's log by its row (BuildSteps.build, stepnr): any attempt, finished or running.
+  router.get('/status/build/:id/step/:nr/log', async (req, res) => {
+    const id = intParam(req.params.id, 'build id');
+    const nr = intParam(req.params.nr, 'step number');
+    if (!ctx.db) throw new HttpError(404, 'this server reads no database');
+    const row = await readStepDrv(ctx.db, id, nr);
+    if (!row) throw new HttpError(404, `build ${id} has no step ${nr}`);
+    await sendLog(res, row.drvPath, req.url);
+  });
+
+  // A queued step's log by its id in the runner's graph (the live tree's ids).
+  router.get('/status/step/:id/log', async (req, res) => {
+    const s = sched();
+    const id = intParam(req.params.id, 'step id');
+    let step: StepRecord | undefined;
+    for (const x of s.graph.steps.values()) if (x.id === id) step = x;
+    step ??= ctx.feed?.recentStep(id);
+    if (!step) throw new HttpError(404, `step ${id} is not in the queue`);
+    await sendLog(res, step.drvPath, req.url);
+  });
+
+  // A log by derivation path (`?drv=/nix/store/….drv`), as Hydra's /log/ links name it.
+  router.get('/status/log', async (req, res) => {
+    const drv = req.url.searchParams.get('drv');
+    if (drv === null) throw new HttpError(400, 'drv is required');
+    await sendLog(res, drv, req.url);
   });
 }

@@ -1,0 +1,111 @@
+import type { Queryable } from './chunks.ts';
+import { sql } from './sql.ts';
+import { BuildStatus } from './status.ts';
+
+/** Status code → name (`failed`, `timedOut`, …) for readers of the status API. */
+const STATUS_NAMES = new Map<number, string>(Object.entries(BuildStatus).map(([k, v]) => [v, k[0]!.toLowerCase() + k.slice(1)]));
+export const statusName = (code: number | null): string | null => (code === null ? null : (STATUS_NAMES.get(code) ?? String(code)));
+
+export interface OutputRow {
+  name: string;
+  path: string | null;
+}
+
+export interface BuildHistoryRow {
+  id: number;
+  finished: boolean;
+  buildStatus: number | null;
+  buildStatusName: string | null;
+  project: string;
+  jobset: string;
+  job: string;
+  drvPath: string;
+  system: string;
+  nixName: string | null;
+  timestamp: number;
+  startTime: number | null;
+  stopTime: number | null;
+  isCachedBuild: boolean;
+  size: number | null;
+  closureSize: number | null;
+  outputs: OutputRow[];
+}
+
+export interface StepHistoryRow {
+  stepnr: number;
+  type: number;
+  drvPath: string;
+  busy: number;
+  status: number | null;
+  statusName: string | null;
+  errorMsg: string | null;
+  startTime: number | null;
+  stopTime: number | null;
+  machine: string;
+  system: string | null;
+  propagatedFrom: number | null;
+  overhead: number | null;
+  timesBuilt: number | null;
+  /** Status 13: the derivation this step was resolved to (a full store path). */
+  resolvedDrvPath: string | null;
+  outputs: OutputRow[];
+}
+
+const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+
+/** A build's row as the status API shows a build that is not queued (finished, or held by another runner). Null: no such build. */
+export async function readBuild(db: Queryable, id: number): Promise<BuildHistoryRow | null> {
+  const { rows } = await db.query(sql('history/build'), [id]);
+  const r = rows[0];
+  if (!r) return null;
+  return {
+    id: r.id,
+    finished: r.finished === 1,
+    buildStatus: r.buildstatus,
+    buildStatusName: r.finished === 1 ? statusName(r.buildstatus) : null,
+    project: r.project,
+    jobset: r.jobset,
+    job: r.job,
+    drvPath: r.drvpath,
+    system: r.system,
+    nixName: r.nixname,
+    timestamp: r.timestamp,
+    startTime: r.starttime,
+    stopTime: r.stoptime,
+    isCachedBuild: r.iscachedbuild === 1,
+    size: num(r.size),
+    closureSize: num(r.closuresize),
+    outputs: r.outputs,
+  };
+}
+
+/** A build's step rows (every attempt) in stepnr order, at most `limit`. */
+export async function readBuildSteps(db: Queryable, buildId: number, limit: number, storeDir: string): Promise<StepHistoryRow[]> {
+  const { rows } = await db.query(sql('history/build-steps'), [buildId, limit]);
+  return rows.map((r) => ({
+    stepnr: r.stepnr,
+    type: r.type,
+    drvPath: r.drvpath,
+    busy: r.busy,
+    status: r.status,
+    statusName: statusName(r.status),
+    errorMsg: r.errormsg,
+    startTime: r.starttime,
+    stopTime: r.stoptime,
+    machine: r.machine,
+    system: r.system,
+    propagatedFrom: r.propagatedfrom,
+    overhead: r.overhead,
+    timesBuilt: r.timesbuilt,
+    // Stored without the store directory (Hydra's Rust runner does the same).
+    resolvedDrvPath: r.resolveddrvpath === null ? null : r.resolveddrvpath.startsWith('/') ? r.resolveddrvpath : `${storeDir}/${r.resolveddrvpath}`,
+    outputs: r.outputs,
+  }));
+}
+
+/** One step row's derivation (what its log file is named by); null when the build has no such step. */
+export async function readStepDrv(db: Queryable, buildId: number, stepnr: number): Promise<{ drvPath: string; busy: number; status: number | null } | null> {
+  const { rows } = await db.query(sql('history/build-step'), [buildId, stepnr]);
+  const r = rows[0];
+  return r ? { drvPath: r.drvpath, busy: r.busy, status: r.status } : null;
+}
