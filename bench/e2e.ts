@@ -19,6 +19,7 @@ import { LocalNixStore } from '../src/nix/local-store.ts';
 import { runNix, runNixLines } from '../src/nix/tools.ts';
 import { runnerToml } from '../test/helpers/fleet.ts';
 import { prng } from '../test/sim/synthetic-dag.ts';
+import { startSshdServe, type SshdServe } from '../test/helpers/sshd-serve.ts';
 import { benchOptions, log, round } from './common.ts';
 
 export const describe = 'build one DAG of trivial derivations with plain nix-store --realise and with Hydrant (runner + 2 builders + cache)';
@@ -303,6 +304,105 @@ function uploadTimes(runnerLog: string): number[] {
   return ms;
 }
 
+// ---- the SSH phase --------------------------------------------------------------------
+
+interface SshPhase {
+  dir: string;
+  pool: ReturnType<typeof createPool>;
+  dbUrl: string;
+  dag: Dag;
+  machines: number;
+  maxJobs: number;
+  tokenFile: string;
+  cacheDir: string;
+  secretKey: string;
+  timeoutMs: number;
+  procs: Proc[];
+  env: NodeJS.ProcessEnv;
+  nodeArgs: string[];
+}
+
+/**
+ * The same DAG under fresh names through `machines` SSH machines (real sshd,
+ * each with its private store, `nix-store --serve --write` as the forced
+ * command) and a runner with no gRPC builder, into the same cache.
+ */
+async function sshPhase(o: SshPhase): Promise<Record<string, unknown>> {
+  const n = o.dag.deps.length;
+  const servers: SshdServe[] = [];
+  try {
+    for (let i = 0; i < o.machines; i++) servers.push(await startSshdServe());
+    const nonce = randomBytes(4).toString('hex');
+    const inst = await instantiateDag(o.dir, o.dag, nonce);
+    log(`ssh: instantiated ${inst.drvs.length} derivations in ${round(inst.seconds, 2)} s; ${o.machines} SSH machines × ${o.maxJobs} jobs`);
+    const local = new LocalNixStore();
+    const jobs: SubmitJob[] = await Promise.all(
+      inst.drvs.map(async (drvPath, i) => {
+        const d = await local.readDerivation(drvPath);
+        return {
+          job: `d${i}`, drvPath, nixName: `e2e-ssh-${nonce}-${i}`, system: d.system, description: null, license: null, homepage: null,
+          maintainers: null, priority: JOB_DEFAULTS.priority, timeout: JOB_DEFAULTS.timeout, maxSilent: JOB_DEFAULTS.maxSilent,
+          isChannel: false, outputs: d.outputs,
+        };
+      }),
+    );
+    const machinesFile = join(o.dir, 'machines');
+    writeFileSync(machinesFile, servers.map((s) => s.line({ maxJobs: o.maxJobs })).join('\n') + '\n');
+    const config = join(o.dir, 'runner-ssh.toml');
+    writeFileSync(
+      config,
+      runnerToml(
+        { dbUrl: o.dbUrl, hydraDataDir: join(o.dir, 'hydra'), tokenFile: o.tokenFile, rootsDir: join(o.dir, 'roots') },
+        `remoteStoreAddr = ["file://${o.cacheDir}?compression=zstd&secret-key=${o.secretKey}"]\nmachinesFiles = ["${machinesFile}"]`,
+      ),
+    );
+    const runner = startHydrant(o.dir, 'runner-ssh', ['serve', '--config', config], o.nodeArgs, o.env);
+    o.procs.push(runner);
+    await runner.waitFor(/"msg":"runner running"/, 120_000);
+    const cpu0 = cpuOf(process.pid).children;
+    const t0 = performance.now();
+    const submitted = await submitJobs(o.pool, { project: 'bench', jobset: 'e2e-ssh', create: true, jobs, now: Math.floor(Date.now() / 1000), evalSeconds: 0, source: 'bench e2e --ssh' });
+    if (submitted.added.length !== n) throw new Error(`ssh: queued ${submitted.added.length} builds, expected ${n}`);
+    let left = n;
+    let lastReport = performance.now();
+    while (left > 0) {
+      await new Promise((r) => setTimeout(r, 50));
+      left = (await o.pool.query<{ n: number }>('select count(*)::int n from builds where finished = 0')).rows[0]!.n;
+      const now = performance.now();
+      if (now - lastReport > 5000) {
+        lastReport = now;
+        log(`ssh: ${n - left}/${n} builds finished after ${round((now - t0) / 1000, 1)} s`);
+      }
+      if (now - t0 > o.timeoutMs) throw new Error(`ssh: ${left} of ${n} builds still queued after ${o.timeoutMs / 1000} s (logs in ${o.dir})`);
+      if (runner.child.exitCode !== null || runner.child.signalCode !== null) throw new Error(`runner-ssh exited:\n${runner.output().slice(-2000)}`);
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const cpuSeconds = cpuOf(process.pid).children - cpu0;
+    log(`ssh: ${round(seconds, 2)} s (${round(n / seconds, 1)} drvs/s)`);
+    const statuses = await o.pool.query<{ buildstatus: number; n: number }>(
+      "select b.buildstatus, count(*)::int n from builds b join jobsets j on j.id = b.jobset_id where j.name = 'e2e-ssh' group by b.buildstatus",
+    );
+    if (statuses.rows.some((r) => r.buildstatus !== 0)) throw new Error(`ssh: builds did not all succeed: ${JSON.stringify(statuses.rows)} (logs in ${o.dir})`);
+    const perMachine = (
+      await o.pool.query<{ machine: string; n: number }>(
+        "select s.machine, count(*)::int n from buildsteps s join builds b on b.id = s.build join jobsets j on j.id = b.jobset_id where j.name = 'e2e-ssh' and s.status = 0 group by s.machine",
+      )
+    ).rows;
+    return {
+      seconds: round(seconds, 2),
+      instantiateSeconds: round(inst.seconds, 2),
+      stepsPerSecond: round(n / seconds, 1),
+      machines: o.machines,
+      stepsPerMachine: Object.fromEntries(perMachine.map((r) => [r.machine, r.n])),
+      // Runner, its ssh clients and tools, the sshd namespaces' nix-store and builds, PostgreSQL.
+      cpuSecondsTotal: round(cpuSeconds, 1),
+    };
+  } finally {
+    await stopAll(o.procs);
+    for (const s of servers) await s.stop().catch(() => {});
+  }
+}
+
 // ---- the benchmark -------------------------------------------------------------------
 
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
@@ -322,6 +422,8 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     'trace-tools': false,
     /** Extra Node flags for the runner and the builders, space-separated (e.g. V8 tuning to compare). */
     'node-args': '',
+    /** Then the same DAG (fresh names) through SSH machines (nix-store --serve over real sshd), as many as --builders. */
+    ssh: false,
   });
   const { builders } = values;
   const n = values.drvs;
@@ -510,6 +612,14 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       cpuMsPerStep: round((cpuTotal * 1000) / n, 1),
       ...(values['trace-tools'] ? { toolCalls: toolTrace(traceLog, new Map(procs.map((p) => [p.child.pid!, p.name === 'runner' ? 'runner' : 'builders'])), n) } : {}),
     };
+    // ---- SSH machines ---------------------------------------------------------------
+    let ssh: Record<string, unknown> | null = null;
+    if (values.ssh) {
+      // The gRPC fleet leaves first: one runner holds the database at a time.
+      await stopAll(procs);
+      ssh = await sshPhase({ dir, pool, dbUrl: pg.url, dag, machines: builders, maxJobs, tokenFile, cacheDir, secretKey, timeoutMs, procs, env, nodeArgs });
+    }
+
     return {
       drvs: n,
       layers: dag.layers,
@@ -532,6 +642,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
           }
         : null,
       hydrant,
+      ...(ssh ? { sshSeconds: ssh.seconds, sshRatio: nix ? round((ssh.seconds as number) / nix.seconds, 2) : null, ssh } : {}),
       machine: { ...machine, loadAvg1AtEnd: round(loadavg()[0]!, 2) },
     };
   } finally {

@@ -32,6 +32,8 @@ export interface DispatcherOptions {
    * delay); `waitMs` from runnable to hand-over (includes waiting for room).
    */
   onDispatch?(latencyMs: number, waitMs: number): void;
+  /** Draws in [0, 1) for the jitter of machine backoffs (default Math.random). */
+  random?: () => number;
 }
 
 /** Why a step waits (see Dispatcher.waitingReason); times are epoch milliseconds. */
@@ -274,12 +276,17 @@ export class Dispatcher {
     return [...m.jobs];
   }
 
-  /** A job failed in a way that points at the machine: its actor disables it for a backoff. */
+  /**
+   * A job failed in a way that points at the machine: its actor disables it
+   * with Hydra's formula (builder-machine.ts: one counted failure per window,
+   * count capped at 4, jitter), the same for gRPC builders and SSH machines.
+   */
   machineFailed(m: MachineRecord): void {
     (m as MachineActor).send({
       type: 'FAILURES_EXCEEDED',
       at: this.o.clock.now(),
       policy: { intervalS: this.o.retryInterval, factor: this.o.retryBackoff },
+      jitter: (this.o.random ?? Math.random)(),
     });
   }
 

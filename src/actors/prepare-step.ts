@@ -24,13 +24,30 @@ export interface BuiltStepPrepared {
 }
 
 /**
- * What preparing a runnable step decided: `'dispatch'` (queue the step for a
- * machine as it is), `resolved` (build its resolved derivation instead) or
- * `built` (its outputs exist).
- * Substitution (the outputs fetched from a cache instead of built) will add
- * its own answer here, with the graph event and rows it means.
+ * The step's missing outputs were fetched from a binary cache, verified and
+ * imported into the runner's store (docs/SUBSTITUTION.md): nothing to build.
+ * It ends like a step found built, with Hydra's substitution rows.
  */
-export type Prepared = 'dispatch' | ResolvedStepPrepared | BuiltStepPrepared;
+export interface SubstitutedStepPrepared {
+  readonly kind: 'substituted';
+  /** Every output of the step (all valid now). */
+  readonly outputs: readonly { readonly name: string; readonly path: string }[];
+  /** The outputs that were substituted (the others were valid already). */
+  readonly substituted: readonly { readonly name: string; readonly path: string }[];
+  /** Unix seconds around the fetching. */
+  readonly startTime: number;
+  readonly stopTime: number;
+}
+
+/**
+ * What preparing a runnable step decided: `'dispatch'` (queue the step for a
+ * machine as it is), `resolved` (build its resolved derivation instead),
+ * `built` (its outputs exist) or `substituted` (its outputs came from a cache).
+ */
+export type Prepared = 'dispatch' | ResolvedStepPrepared | BuiltStepPrepared | SubstitutedStepPrepared;
+
+/** The outcomes PrepareStep hands to its `apply`. */
+export type PreparedWork = Exclude<Prepared, 'dispatch'>;
 
 /**
  * The "prepare step" point: work on a step between its becoming runnable in
@@ -54,7 +71,7 @@ export interface PrepareStepOptions {
   /** Queues a prepared step for dispatch. */
   enqueue(step: StepRecord): void;
   /** Applies a resolution or a step found built (rows, graph); a rejection builds the step as it is. */
-  apply(step: StepRecord, r: ResolvedStepPrepared | BuiltStepPrepared): Promise<void>;
+  apply(step: StepRecord, r: PreparedWork): Promise<void>;
   log: Logger;
 }
 

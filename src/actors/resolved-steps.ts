@@ -3,7 +3,7 @@ import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
 import { unixNow } from './builder-port.ts';
 import type { ActiveJob } from './active-jobs.ts';
 import type { BuildRecord, Clock, StepOutput, StepRecord } from './model.ts';
-import type { ResolvedStepPrepared } from './prepare-step.ts';
+import type { ResolvedStepPrepared, SubstitutedStepPrepared } from './prepare-step.ts';
 import type { ResultWriter } from './result-writer.ts';
 import type { SchedulerStats } from './scheduler-stats.ts';
 import type { StepGraph } from './step-graph.ts';
@@ -67,6 +67,21 @@ export class ResolvedSteps {
   }
 
   /** A step found built before (ALREADY_BUILT): its builds end as cached with `outputs`, its dependents run. */
+  /**
+   * A step whose outputs were substituted: Hydra's substitution rows (one per
+   * substituted output, type 1) under the build its rows go under, then it
+   * ends like a step found built (its builds cached, dependents released).
+   */
+  async substituted(step: StepRecord, r: SubstitutedStepPrepared): Promise<void> {
+    if (step.state !== 'runnable') return;
+    const build = this.rowBuild(step);
+    if (build && r.substituted.length > 0) {
+      await this.o.writer.persist(() => this.o.db.stepSubstituted({ buildId: build.id, drvPath: step.drvPath, startTime: r.startTime, stopTime: r.stopTime, outputs: r.substituted }));
+    }
+    this.o.log.info({ drv: step.drvPath, build: build?.id, paths: r.substituted.map((o) => o.path) }, 'step substituted');
+    return this.complete(step, r.outputs, 'ALREADY_BUILT');
+  }
+
   alreadyBuilt(step: StepRecord, outputs: readonly StepOutput[]): Promise<void> {
     return this.complete(step, outputs, 'ALREADY_BUILT');
   }

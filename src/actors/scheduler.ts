@@ -62,7 +62,7 @@ export class Scheduler implements SchedulerIntake {
       backpressure: (on) => (on ? this.holdDispatch('backpressure') : this.releaseDispatch('backpressure')),
       running: (aj) => this.active.isRunning(aj),
     });
-    this.prepare = new PrepareStep({ preparer: o.preparer, enqueue: (s) => this.dispatcher.enqueue(s), apply: (s, r) => (r.kind === 'built' ? this.resolutions.alreadyBuilt(s, r.outputs) : this.resolved(s, r)), log: o.log });
+    this.prepare = new PrepareStep({ preparer: o.preparer, enqueue: (s) => this.dispatcher.enqueue(s), apply: (s, r) => (r.kind === 'built' ? this.resolutions.alreadyBuilt(s, r.outputs) : r.kind === 'substituted' ? this.resolutions.substituted(s, r) : this.resolved(s, r)), log: o.log });
     this.graph = new StepGraph({
       store: o.store,
       failures: failedPathsCache(o.db),

@@ -16,8 +16,6 @@ const LISTEN_MESSAGE = 'must be HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.
  * is warned about once at start, by name (`RunnerConfig.withoutEffect`).
  */
 const UPSTREAM_WITHOUT_EFFECT = {
-  /** Upstream: builders substitute inputs from the caches. Hydrant's builders copy inputs from the runner. */
-  useSubstitutes: z.boolean().default(false),
   /** Upstream: builders upload outputs to S3 through presigned URLs. Hydrant's runner uploads them. */
   usePresignedUploads: z.boolean().default(false),
   /** Upstream: a queue pass stops loading builds after this long. Hydrant's queue monitor loads in bounded batches without a pass deadline. */
@@ -57,6 +55,15 @@ const RunnerConfigSchema = z
     remoteStoreAddr: z.array(z.string().min(1)).default([]),
     /** A shared AWS credentials file for s3:// caches (else AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials). */
     awsCredentialsFile: z.string().min(1).optional(),
+    // Substitution (docs/SUBSTITUTION.md): a step's outputs fetched from these caches instead of built.
+    useSubstitutes: z.boolean().default(false),
+    /** `file://`, `http(s)://` and `s3://` caches asked in order (Nix: substituters). */
+    substituters: z.array(z.string().min(1)).default([]),
+    /** `name:base64` keys; a substituted path needs a signature by one (Nix: trusted-public-keys). */
+    trustedPublicKeys: z.array(z.string().min(1)).default([]),
+    /** How long a narinfo found or missing is remembered (Nix's narinfo-cache-positive-ttl / -negative-ttl). */
+    substitutePositiveTtlInS: z.number().nonnegative().default(30 * 86400),
+    substituteNegativeTtlInS: z.number().nonnegative().default(3600),
     rootsDir: z.string().optional(),
     maxRetries: z.number().int().nonnegative().default(5),
     retryInterval: z.number().nonnegative().default(60),

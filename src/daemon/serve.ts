@@ -7,6 +7,10 @@ import { hostStore } from '../nix/private-store.ts';
 import { resolvedRootsDir } from '../nix/resolved-roots.ts';
 import { CaResolver } from '../actors/ca-resolver.ts';
 import { CaRealisations } from '../actors/ca-realisations.ts';
+import type { StepPreparer } from '../actors/prepare-step.ts';
+import { SubstitutingPreparer } from '../actors/substituting-preparer.ts';
+import { Substituter } from '../cache/substituter.ts';
+import type { NixStoreHandle } from '../nix/private-store.ts';
 import { queryPathInfos } from '../nix/transfer.ts';
 import { TokenAuth } from '../protocol/auth.ts';
 import { JobOwnership } from '../protocol/job-ownership.ts';
@@ -67,6 +71,7 @@ export class RunnerDaemon {
   private listener: NotificationListener | null = null;
   private pool: WorkerPool | null = null;
   private caches: readonly BinaryCache[] = [];
+  private substituter: Substituter | null = null;
   private backups: BackupUploader | null = null;
   private signalHandlers: [NodeJS.Signals, () => void][] = [];
   runtime: RunnerRuntime | null = null;
@@ -160,7 +165,7 @@ export class RunnerDaemon {
     const staleRoots = await preparer.clearStaleRoots();
     if (staleRoots > 0) log.info({ roots: staleRoots }, 'removed resolved-derivation roots a previous run left');
     this.runtime = await startRunnerRuntime({
-      preparer,
+      preparer: await this.withSubstitution(preparer, pool, hostStore, store, log),
       config: c, db: schedulerDb, store, listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,
       gate: { whenOpen: () => lock.whenHeld() }, maxPendingWrites: c.maxPendingDbWrites,
     });
@@ -173,6 +178,19 @@ export class RunnerDaemon {
     log.info({ state: 'running' }, 'runner running');
     // The lock may have been lost while starting.
     if (lock.state !== 'held') this.lockChanged(lock.state, 'held');
+  }
+
+  /** With useSubstitutes and substituters: steps are looked up in the caches first, then resolved (docs/SUBSTITUTION.md). */
+  private async withSubstitution(next: StepPreparer, pool: WorkerPool, hostStore: NixStoreHandle, store: Pick<SchedulerStore, 'queryValid'>, log: Logger): Promise<StepPreparer> {
+    const c = this.config;
+    if (!c.useSubstitutes || c.substituters.length === 0) return next;
+    const substituter = await Substituter.open({
+      urls: c.substituters, trustedPublicKeys: c.trustedPublicKeys, pool, store: hostStore, queryValid: (paths) => store.queryValid(paths), log,
+      positiveTtlMs: c.substitutePositiveTtlInS * 1000, negativeTtlMs: c.substituteNegativeTtlInS * 1000, awsCredentialsFile: c.awsCredentialsFile,
+    });
+    this.substituter = substituter;
+    log.info({ substituters: c.substituters }, 'substitution on');
+    return new SubstitutingPreparer({ substituter, next, valid: store, clock: { now: Date.now }, log });
   }
 
   /**
@@ -307,6 +325,8 @@ export class RunnerDaemon {
     await this.lockFile?.release();
     await this.pool?.close();
     await Promise.all(this.caches.map((cache) => cache.close()));
+    await this.substituter?.close();
+    this.substituter = null;
     await this.db?.close();
     this.lifecycle.send('STOPPED');
     log.info({ state: 'stopped' }, 'runner stopped');

@@ -166,6 +166,13 @@ export interface SchedulerDb {
    */
   stepResolved(a: ResolvedStep): Promise<{ stepnr: number; inserted: boolean }>;
 
+  /**
+   * A step whose outputs were substituted from a cache: as Hydra's C++ runner
+   * (`createSubstitutionStep`), one finished row per output under the build,
+   * type 1 (substitution), status 0, busy 0, with the output's name and path.
+   */
+  stepSubstituted(a: { buildId: number; drvPath: string; startTime: number; stopTime: number; outputs: readonly { name: string; path: string }[] }): Promise<void>;
+
   /** The realised output paths of built derivations, as their steps recorded them. */
   realisedOutputs(drvPaths: readonly string[]): Promise<{ drvPath: string; name: string; path: string }[]>;
 

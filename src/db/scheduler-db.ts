@@ -9,7 +9,7 @@ import { sql } from './sql.ts';
 import { queuedBuildIds, readBuildsByIds, readJobsetShares, streamQueuedBuilds } from './queue-reads.ts';
 import { BuildStatus, StepBusy, StepType } from './status.ts';
 import { abortUnloadableBuild } from './unloadable-builds.ts';
-import { abortLeftoverSteps, finishStep, recordStep, setStepBusy, startStep } from './step-rows.ts';
+import { abortLeftoverSteps, finishStep, lockBuild, recordStep, setStepBusy, startStep } from './step-rows.ts';
 import { buildSizes } from './output-sizes.ts';
 import { readRealisedOutputs, recordResolvedStep } from './resolved-steps.ts';
 import { STORE_DIR } from '../nix/store-path.ts';
@@ -185,6 +185,15 @@ export class PgSchedulerDb implements SchedulerDb {
 
   stepResolved(a: Parameters<SchedulerDb['stepResolved']>[0]): Promise<{ stepnr: number; inserted: boolean }> {
     return withTransaction(this.pool, (c) => recordResolvedStep(c, a));
+  }
+
+  stepSubstituted(a: Parameters<SchedulerDb['stepSubstituted']>[0]): Promise<void> {
+    return withTransaction(this.pool, async (c) => {
+      await lockBuild(c, a.buildId);
+      for (const o of a.outputs) {
+        await recordStep(c, { buildId: a.buildId, type: StepType.Substitution, drvPath: a.drvPath, status: BuildStatus.Success, startTime: a.startTime, stopTime: a.stopTime, outputs: [o] });
+      }
+    });
   }
 
   realisedOutputs(drvPaths: readonly string[]): Promise<{ drvPath: string; name: string; path: string }[]> {

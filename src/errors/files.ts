@@ -51,6 +51,16 @@ export class CacheReferenceMissingError extends errorKind('CACHE_REFERENCE_MISSI
   }
 }
 
+/** A binary cache's path was not accepted for substitution (no trusted signature). */
+export class SubstituteUntrustedError extends errorKind('SUBSTITUTE_UNTRUSTED') {
+  constructor(
+    readonly cache: string,
+    readonly storePath: string,
+  ) {
+    super(`${cache}: ${storePath} has no signature by a key of trustedPublicKeys`);
+  }
+}
+
 /** What the codes a misconfiguration produces mean, for servers that send no message. */
 const S3_HINTS: Record<string, string> = {
   SignatureDoesNotMatch: ': the secret access key does not match the access key id',

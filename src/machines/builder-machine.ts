@@ -56,16 +56,36 @@ export const IDLE_LOAD: MachineLoad = Object.freeze({
   storeFreePercent: 100,
 });
 
-/** Hydra's machine backoff: retryInterval × retryBackoff^(failures − 1) seconds, at most an hour. */
+/**
+ * Hydra's machine disable formula (C++ runner, `builder.cc`): a failure counts
+ * only if it is the first or the last counted one is more than a window ago;
+ * a counted failure raises the count (at most 4) and disables the machine for
+ * retryInterval × retryBackoff^(count − 1) s plus a random jitter. Hydra's
+ * constants are interval 60 s, factor 3, window 30 s and jitter `rand() % 30`
+ * s; the window and the jitter bound are half the interval here, which is
+ * exactly Hydra's at the default interval and keeps a short test interval short.
+ */
 export interface BackoffPolicy {
   intervalS: number;
   factor: number;
 }
 const DEFAULT_BACKOFF: BackoffPolicy = { intervalS: 60, factor: 3 };
-const MAX_BACKOFF_MS = 3600 * 1000;
+export const MAX_COUNTED_FAILURES = 4;
 
-export function backoffMs(failures: number, p: BackoffPolicy): number {
-  return Math.min(p.intervalS * p.factor ** Math.max(failures - 1, 0) * 1000, MAX_BACKOFF_MS);
+/** Failures closer than this to the last counted one are not counted (Hydra: 30 s). */
+export function failureWindowMs(p: BackoffPolicy): number {
+  return (p.intervalS * 1000) / 2;
+}
+
+/** The disable time after the `failures`-th counted failure; `jitter` ∈ [0, 1) spreads it over half an interval. */
+export function backoffMs(failures: number, p: BackoffPolicy, jitter = 0): number {
+  const n = Math.min(Math.max(failures, 1), MAX_COUNTED_FAILURES);
+  return Math.round(p.intervalS * p.factor ** (n - 1) * 1000) + Math.floor(jitter * failureWindowMs(p));
+}
+
+/** Whether a failure at `at` counts (Hydra: the first one, or more than the window after the last counted one). */
+export function failureCounts(ctx: Pick<BuilderContext, 'failures' | 'lastFailure'>, at: number, p: BackoffPolicy): boolean {
+  return !ctx.failures || at - ctx.lastFailure > failureWindowMs(p);
 }
 
 export interface BuilderContext {
@@ -90,13 +110,14 @@ export interface BuilderInput {
 
 /** Events; `at` is epoch ms (the sender's clock: the definition stays pure). */
 export type BuilderEvent =
-  | { type: 'FAILURES_EXCEEDED'; at?: number; policy?: BackoffPolicy }
+  | { type: 'FAILURES_EXCEEDED'; at?: number; policy?: BackoffPolicy; /** ∈ [0, 1): the sender's random draw for the jitter. */ jitter?: number }
   | { type: 'REPORTED'; at?: number; load: MachineLoad }
   | { type: 'SUCCEEDED' }
   | { type: Exclude<BuilderEventType, 'FAILURES_EXCEEDED'> };
 
 const usable = {
-  FAILURES_EXCEEDED: { target: 'disabled', actions: 'recordFailure' },
+  // A failure inside the window after the last counted one changes nothing (Hydra).
+  FAILURES_EXCEEDED: { guard: 'failureCounts', target: 'disabled', actions: 'recordFailure' },
   DISCONNECTED: 'unreachable',
   DRAIN: 'draining',
   REMOVE: 'gone',
@@ -108,10 +129,17 @@ export const builderMachine = setup({
     recordFailure: assign(({ context, event }) => {
       const e = event as Extract<BuilderEvent, { type: 'FAILURES_EXCEEDED' }>;
       const at = e.at ?? 0;
-      const failures = (context.failures ?? 0) + 1;
-      const delay = backoffMs(failures, e.policy ?? DEFAULT_BACKOFF);
+      const failures = Math.min((context.failures ?? 0) + 1, MAX_COUNTED_FAILURES);
+      const delay = backoffMs(failures, e.policy ?? DEFAULT_BACKOFF, e.jitter ?? 0);
       return { failures, lastFailure: at, backoffMs: delay, disabledUntil: at + delay };
     }),
+  },
+  guards: {
+    failureCounts: ({ context, event }) => {
+      const e = event as Extract<BuilderEvent, { type: 'FAILURES_EXCEEDED' }>;
+      // Without a time there is no window to apply: the failure counts.
+      return e.at === undefined || failureCounts(context, e.at, e.policy ?? DEFAULT_BACKOFF);
+    },
   },
   delays: {
     backoff: ({ context }) => context.backoffMs ?? 0,
@@ -142,7 +170,7 @@ export const builderMachine = setup({
       on: {
         BACKOFF_ELAPSED: 'ready',
         // Another failure restarts the backoff, longer (Hydra sets disabledUntil anew on each failure it counts).
-        FAILURES_EXCEEDED: { target: 'disabled', reenter: true, actions: 'recordFailure' },
+        FAILURES_EXCEEDED: { guard: 'failureCounts', target: 'disabled', reenter: true, actions: 'recordFailure' },
         DISCONNECTED: 'unreachable',
         DRAIN: 'draining',
         REMOVE: 'gone',

@@ -47,6 +47,7 @@ function setup(over: Partial<DispatcherOptions> = {}) {
     // Date.now is faked (below): the dispatcher's clock and its timers move only when a test says so.
     clock: { now: () => Date.now() }, stepSortFn: 'Legacy', machineSortFn: 'SpeedFactorOnly', machineFreeFn: 'Static',
     maxRetries: 2, retryInterval: 0.01, retryBackoff: 2, maxUnsupportedTimeInS: 0.05,
+    random: () => 0, // machine backoffs without jitter
     stepEvent: (s, e) => (s.state = stepLifecycle.next(s.state, e)!),
     assign: (s, m) => assigned.push([s.drvPath, m.id]),
     unsupported: (s) => unsupported.push(s),

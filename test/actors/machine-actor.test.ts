@@ -18,12 +18,14 @@ function step(): StepRecord {
 }
 
 /** A dispatcher whose steps follow the step machine by hand; assignments are recorded. */
-function dispatcher(machineFreeFn: MachineFreeFn = 'Static') {
+function dispatcher(machineFreeFn: MachineFreeFn = 'Static', over: { retryInterval?: number; retryBackoff?: number; random?: () => number } = {}) {
   const assigned: StepRecord[] = [];
   const d = new Dispatcher({
     clock: { now: () => Date.now() }, stepSortFn: 'Legacy', machineSortFn: 'SpeedFactorOnly', machineFreeFn,
     // Machine backoff: retryInterval · retryBackoff^(failures − 1) s, so 10 ms after the first failure.
     maxRetries: 2, retryInterval: 0.01, retryBackoff: 2, maxUnsupportedTimeInS: 3600,
+    random: () => 0, // no jitter unless a test brings its own draw
+    ...over,
     stepEvent: (s, e) => {
       s.state = e === 'DISPATCH' ? 'dispatched' : e === 'TRANSIENT_FAILURE' ? 'retryWait' : e === 'RETRY_DUE' ? 'runnable' : 'failed';
     },
@@ -148,6 +150,47 @@ describe('MachineActor', () => {
       'busy -SUCCEEDED-> busy',
       'busy -REMOVE-> gone',
     ]);
+    expectDefinitionAgrees(seen);
+    d.close();
+  });
+
+  it("is disabled by Hydra's formula: one counted failure per 30 s, count capped at 4, up to 30 s of jitter", async () => {
+    let draw = 0;
+    const { d } = dispatcher('Static', { retryInterval: 60, retryBackoff: 3, random: () => draw });
+    const m = machine(0);
+    const seen = record(m);
+    d.addMachine(m);
+    m.send({ type: 'JOINED' });
+    const t0 = Date.now();
+    d.machineFailed(m);
+    expect(m.state).toBe('disabled');
+    expect([m.consecutiveFailures, m.disabledUntil - t0]).toEqual([1, 60_000]);
+    // 10 s later: inside the window, not counted; the machine stays disabled until the same time.
+    await vi.advanceTimersByTimeAsync(10_000);
+    d.machineFailed(m);
+    expect([m.consecutiveFailures, m.disabledUntil - t0]).toEqual([1, 60_000]);
+    // 31 s after the counted one: counted, 60 · 3 s, with the jitter's draw (0.5 of 30 s).
+    draw = 0.5;
+    await vi.advanceTimersByTimeAsync(21_000);
+    d.machineFailed(m);
+    expect([m.consecutiveFailures, m.disabledUntil - Date.now()]).toEqual([2, 180_000 + 15_000]);
+    // Counted failures go on up to 4 (60 · 27 s), and stay there; the jitter stays under 30 s.
+    draw = 0.999;
+    for (const want of [3, 4, 4]) {
+      await vi.advanceTimersByTimeAsync(31_000);
+      d.machineFailed(m);
+      expect(m.consecutiveFailures).toBe(want);
+    }
+    const left = m.disabledUntil - Date.now();
+    expect(left).toBeGreaterThanOrEqual(1_620_000);
+    expect(left).toBeLessThan(1_650_000);
+    // Re-enabled by its own timer once that time is over; a failure soon after the last counted one is not counted.
+    await vi.advanceTimersByTimeAsync(left);
+    expect(m.state).toBe('ready');
+    d.machineSucceeded(m);
+    expect(m.consecutiveFailures).toBe(0);
+    d.machineFailed(m); // the first after a success always counts
+    expect([m.state, m.consecutiveFailures]).toEqual(['disabled', 1]);
     expectDefinitionAgrees(seen);
     d.close();
   });
