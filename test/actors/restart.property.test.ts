@@ -178,9 +178,7 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
           const resolvedDrvs = new Set((await db.pool.query('select drvpath from buildsteps where status = 13')).rows.map((r) => r.drvpath as string));
           if (resolvedDrvs.size > 0) withResolution++;
           // A CA derivation with inputs built unresolved (its preparation fell back: an input's output
-          // not recorded). Counted, not failed: see docs/CA-DERIVATIONS.md, "Not done yet" — a
-          // dependent can be linked to an original in state `resolved` whose resolved step is not
-          // the graph's, and is then runnable before that resolved step has built.
+          // not recorded). Counted, not failed: a rare case remains (docs/CA-DERIVATIONS.md, "Not done yet").
           const builtOriginals = (await db.pool.query('select distinct drvpath from buildsteps where status != 13')).rows.map((r) => r.drvpath as string);
           for (const d of builtOriginals) {
             const drv = dag.store.derivations.get(d);
