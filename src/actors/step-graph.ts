@@ -356,8 +356,16 @@ export class StepGraph {
     const deps = settled.map((r) => (r as PromiseFulfilledResult<StepRecord | null>).value);
     let failedDep: StepRecord | null = null;
     const linked: StepRecord[] = [];
-    for (const dep of deps) {
+    for (let dep of deps) {
       if (!dep) continue;
+      // Resolved while this step's other inputs loaded (its dependents moved without this one):
+      // it stands for its resolved step, not for a success.
+      const to = dep.state === 'resolved' ? this.resolvedTo.get(dep) : undefined;
+      if (to && this.steps.get(to.drvPath) === to) {
+        to.refs++;
+        this.releaseHold(dep);
+        dep = to;
+      }
       if (SUCCESS_STATES.has(dep.state)) {
         this.releaseHold(dep);
       } else if (dep.state === 'failed' || dep.state === 'cancelled') {

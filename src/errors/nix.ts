@@ -66,6 +66,20 @@ export class UnexpectedStorePathError extends errorKind('UNEXPECTED_STORE_PATH')
   }
 }
 
+/**
+ * A floating content-addressed output's reported path is not the one its
+ * content gives (checkFloatingOutput): a builder that lies or a broken one.
+ * The output is refused; nothing is imported.
+ */
+export class FloatingOutputMismatchError extends errorKind('CA_OUTPUT_MISMATCH') {
+  constructor(
+    readonly storePath: string,
+    readonly expected: string,
+  ) {
+    super(`refusing content-addressed output ${storePath}: its content puts it at ${expected}`);
+  }
+}
+
 /** A builder's private Nix store could not be set up or entered (unshare/mount failed, Nix lives under /nix, ...). */
 export class PrivateStoreError extends subjectErrorKind('PRIVATE_STORE', 'dir', 'private store ') {}
 

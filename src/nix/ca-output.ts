@@ -106,3 +106,67 @@ export async function checkFloatingOutput(o: FloatingOutput, storeDir: string = 
   const expected = makeFixedOutputPath(o.method, hash, outputPathName(o.drvName, o.outputName), others, self, storeDir);
   return { ok: expected === o.storePath, expected, hash };
 }
+
+/** A NAR string: its length (u64, little-endian), its bytes, zero padding to 8. */
+function narString(s: string): Buffer {
+  const b = Buffer.from(s, 'utf8');
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(b.length));
+  return Buffer.concat([len, b, Buffer.alloc((8 - (b.length % 8)) % 8)]);
+}
+
+/** The NAR of a non-executable regular file up to its contents' length: the only NAR a flat output can have. */
+const FLAT_NAR_HEADER = Buffer.concat(['nix-archive-1', '(', 'type', 'regular', 'contents'].map(narString));
+const FLAT_NAR_PREFIX = FLAT_NAR_HEADER.length + 8;
+
+/**
+ * checkFloatingOutput over the output's NAR as it streams (an upload, before
+ * anything is imported): `update` with every NAR chunk in order, then
+ * `result`. A flat output's content is the file's bytes inside its NAR; a
+ * NAR that is not a non-executable regular file gives `ok: false`.
+ */
+export class FloatingNarCheck {
+  private readonly sink: HashModulo;
+  private head: Buffer = Buffer.alloc(0);
+  /** Flat: the byte offset in the NAR where the file's contents end, once the header is read. */
+  private contentsEnd = -1;
+  private pos = 0;
+  private notFlat = false;
+
+  constructor(private readonly o: Omit<FloatingOutput, 'fsPath'>) {
+    this.sink = new HashModulo(o.algo, parseStorePath(o.storePath).hashPart);
+  }
+
+  update(chunk: Uint8Array): void {
+    if (this.o.method === 'recursive') {
+      this.sink.update(chunk);
+      return;
+    }
+    let c = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    if (this.contentsEnd < 0 && !this.notFlat) {
+      const need = FLAT_NAR_PREFIX - this.head.length;
+      this.head = Buffer.concat([this.head, c.subarray(0, need)]);
+      this.pos += Math.min(need, c.length);
+      c = c.subarray(need);
+      if (this.head.length < FLAT_NAR_PREFIX) return;
+      if (!this.head.subarray(0, FLAT_NAR_HEADER.length).equals(FLAT_NAR_HEADER)) {
+        this.notFlat = true;
+        return;
+      }
+      this.contentsEnd = this.pos + Number(this.head.readBigUInt64LE(FLAT_NAR_HEADER.length));
+    }
+    if (this.notFlat || c.length === 0) return;
+    const take = Math.max(0, Math.min(c.length, this.contentsEnd - this.pos));
+    if (take > 0) this.sink.update(c.subarray(0, take));
+    this.pos += c.length;
+  }
+
+  result(): FloatingOutputCheck {
+    const hash = this.sink.digest();
+    const self = this.o.references.includes(this.o.storePath);
+    const others = this.o.references.filter((r) => r !== this.o.storePath);
+    const expected = makeFixedOutputPath(this.o.method, hash, outputPathName(this.o.drvName, this.o.outputName), others, self, STORE_DIR);
+    const flatOk = this.o.method === 'recursive' || (!this.notFlat && this.contentsEnd >= 0);
+    return { ok: flatOk && expected === this.o.storePath, expected, hash };
+  }
+}

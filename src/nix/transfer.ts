@@ -37,6 +37,8 @@ export interface ImportOptions {
   spoolDir?: string;
   /** Bytes spooled in memory before a file is used (default SPOOL_MEMORY_LIMIT). */
   spoolMemoryLimit?: number;
+  /** Called once the whole stream is verified, before anything is imported: throwing refuses the transfer. */
+  beforeImport?: () => void | Promise<void>;
 }
 
 /** Bytes of an export stream held in memory while it is verified; more go to a file. */
@@ -146,6 +148,7 @@ export async function importVerified(
     } finally {
       await spool.finish();
     }
+    await options.beforeImport?.();
     if (entries.length > 0) await servePool(store).use((session) => session.importExport(spool.read()));
     return entries;
   } finally {

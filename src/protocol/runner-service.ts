@@ -11,9 +11,10 @@ import { buildLogPath } from '../nix/build-logs.ts';
 import type { NixStoreHandle } from '../nix/private-store.ts';
 import { importVerified, queryPathInfos, type StorePathInfo } from '../nix/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
-import { NarHashMismatchError, NixFormatError, ProtocolError, UnexpectedStorePathError, type DiskWriteError } from '../errors/index.ts';
+import { FloatingOutputMismatchError, NarHashMismatchError, NixFormatError, ProtocolError, UnexpectedStorePathError, type DiskWriteError } from '../errors/index.ts';
 import { basicDerivation } from '../nix/basic-derivation.ts';
-import { parseDerivation } from '../nix/derivation.ts';
+import { derivationName, isFloatingCA, outputHashMethod, parseDerivation } from '../nix/derivation.ts';
+import { FloatingNarCheck } from '../nix/ca-output.ts';
 import { exportOrder, writeExport } from '../nix/export.ts';
 import { servePool } from '../nix/serve-session.ts';
 import { narChunks } from '../nix/nar-writer.ts';
@@ -339,11 +340,14 @@ export class BuilderService implements RunnerHandlers {
         yield c;
       }
     };
+    const ca = out.path === null ? await this.floatingCheck(j.job.drvPath, h) : null;
     const nar = decompressChunks(counted(this.transfers), h.compression);
-    const exportStream = writeExport([{ path: h.storePath, references: h.references, deriver: h.deriver ?? null, nar }]);
+    const exportStream = writeExport([{ path: h.storePath, references: h.references, deriver: h.deriver ?? null, nar: ca ? checkedNar(nar, ca) : nar }]);
     try {
-      await importVerified(this.o.store, exportStream, new Map([[h.storePath, { narHash: h.narHash, narSize: h.narSize }]]));
+      const beforeImport = ca ? () => this.refuseMisplaced(ctx, j.job, h, ca) : undefined;
+      await importVerified(this.o.store, exportStream, new Map([[h.storePath, { narHash: h.narHash, narSize: h.narSize }]]), { beforeImport });
     } catch (err) {
+      if (err instanceof FloatingOutputMismatchError) throw new ProtocolError(status.INVALID_ARGUMENT, `output ${h.outputName}: ${err.message}`, { cause: err });
       // What the builder sent is at fault, not the runner: say so (nothing was imported).
       if (err instanceof NarHashMismatchError) {
         throw new ProtocolError(status.INVALID_ARGUMENT, `output ${h.outputName}: the NAR sent does not match the hash and size in its header (${err.actual.narHash}, ${err.actual.narSize} bytes)`, { cause: err });
@@ -356,6 +360,27 @@ export class BuilderService implements RunnerHandlers {
     j.uploaded.set(h.outputName, h.storePath);
     this.transfers.receivedNarBytes += h.narSize;
     return { bytesReceived: h.narSize, verified: true };
+  }
+
+  /**
+   * The check a floating content-addressed output goes through as it is
+   * uploaded (docs/CA-DERIVATIONS.md): null for an output whose path does not
+   * follow from its content (deferred, impure).
+   */
+  private async floatingCheck(drvPath: string, h: OutputHeader): Promise<FloatingNarCheck | null> {
+    const drv = parseDerivation(await readFile(this.o.store.realPath(drvPath)));
+    const o = drv.outputs.get(h.outputName);
+    if (!o || !isFloatingCA(o)) return null;
+    const { method, algo } = outputHashMethod(o)!;
+    return new FloatingNarCheck({ storePath: h.storePath, references: h.references, drvName: derivationName(drv, drvPath), outputName: h.outputName, method, algo });
+  }
+
+  /** Refuses (before anything is imported) a floating output whose content puts it elsewhere. */
+  private refuseMisplaced(ctx: CallContext, job: StepJob, h: OutputHeader, ca: FloatingNarCheck): void {
+    const r = ca.result();
+    if (r.ok) return;
+    this.o.log.error({ machine: ctx.machineId, job: job.jobId, drv: job.drvPath, output: h.outputName, path: h.storePath, expected: r.expected }, 'refusing a content-addressed output whose content does not match its path');
+    throw new FloatingOutputMismatchError(h.storePath, r.expected);
   }
 
   async complete(ctx: CallContext, req: CompleteRequest) {
@@ -375,6 +400,14 @@ const LOG_WAIT_MS = 10_000;
 
 /** Requisites beyond this many are left to FetchRequisites: an order stays well under gRPC's message size limit. */
 const MAX_REQUISITES_IN_ORDER = 2000;
+
+/** The NAR passed on unchanged, each chunk shown to the floating output's check. */
+async function* checkedNar(nar: AsyncIterable<Uint8Array>, ca: FloatingNarCheck): AsyncGenerator<Uint8Array> {
+  for await (const c of nar) {
+    ca.update(c);
+    yield c;
+  }
+}
 
 /** A path's metadata as the protocol carries it. */
 function wireInfo(i: StorePathInfo) {

@@ -12,7 +12,12 @@ export interface RandomDag {
 
 export const SYSTEMS = ['x86_64-linux', 'aarch64-linux'] as const;
 
-export function dagArbitrary(opts: { maxNodes?: number; systems?: readonly string[]; features?: readonly string[] } = {}): fc.Arbitrary<RandomDag> {
+/**
+ * `ca`: some derivations are floating content-addressed (no output path
+ * before the build, never valid at start), resolved when their inputs are
+ * built (test/sim/simulated-resolver.ts).
+ */
+export function dagArbitrary(opts: { maxNodes?: number; systems?: readonly string[]; features?: readonly string[]; ca?: boolean } = {}): fc.Arbitrary<RandomDag> {
   const maxNodes = opts.maxNodes ?? 25;
   const systems = opts.systems ?? ['x86_64-linux'];
   const features = opts.features ?? [];
@@ -25,9 +30,10 @@ export function dagArbitrary(opts: { maxNodes?: number; systems?: readonly strin
         feature: fc.array(fc.option(fc.constantFrom(...(features.length ? features : ['none'])), { freq: 4 }), { minLength: n, maxLength: n }),
         valid: fc.array(fc.boolean(), { minLength: n, maxLength: n }),
         builds: fc.array(fc.nat(n - 1), { minLength: 1, maxLength: Math.min(n, 10) }),
+        ca: fc.array(opts.ca ? fc.boolean() : fc.constant(false), { minLength: n, maxLength: n }),
       }),
     )
-    .map(({ deps, system, feature, valid, builds }) => {
+    .map(({ deps, system, feature, valid, builds, ca }) => {
       const store = new MemoryStore();
       const drvs: DerivationSummary[] = [];
       deps.forEach((ds, i) => {
@@ -38,14 +44,14 @@ export function dagArbitrary(opts: { maxNodes?: number; systems?: readonly strin
           system: systems[system[i]!]!,
           requiredFeatures: f && f !== 'none' ? [f] : [],
           preferLocalBuild: false,
-          outputs: [{ name: 'out', path: `/nix/store/${String(i).padStart(32, '1')}-n${i}` }],
+          outputs: [{ name: 'out', path: ca[i] ? null : `/nix/store/${String(i).padStart(32, '1')}-n${i}` }],
           inputDrvs: new Map(inputs.map((j) => [drvs[j]!.drvPath, ['out']])),
-          isCA: false,
+          isCA: ca[i]!,
         };
         drvs.push(drv);
         store.add(drv);
         // A valid output stands for a path already built earlier.
-        if (valid[i] && i % 3 === 0) store.valid.add(drv.outputs[0]!.path!);
+        if (valid[i] && i % 3 === 0 && !ca[i]) store.valid.add(drv.outputs[0]!.path!);
       });
       return { store, drvs, builds };
     });
@@ -81,7 +87,11 @@ export function expectedStatus(
   top: number,
   unsupported: ReadonlySet<number> = new Set(),
 ): readonly number[] {
-  const valid = (i: number) => validAtStart.has(dag.drvs[i]!.outputs[0]!.path!);
+  // A floating CA output (no path) is never valid at start.
+  const valid = (i: number) => {
+    const p = dag.drvs[i]!.outputs[0]!.path;
+    return p !== null && validAtStart.has(p);
+  };
   const index = new Map(dag.drvs.map((d, i) => [d.drvPath, i]));
   const asDependency = (i: number): number | null =>
     unsupported.has(i) ? 9 : behaviours[i] === 'fail' ? 2 : behaviours[i] === 'broken' ? 3 : null;

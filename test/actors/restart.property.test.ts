@@ -2,6 +2,8 @@ import fc from 'fast-check';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { createPool } from '../../src/db/pool.ts';
+import { PgSchedulerDb } from '../../src/db/scheduler-db.ts';
+import { SimulatedResolver } from '../sim/simulated-resolver.ts';
 import { SimulatedBuilder, type SimBehaviour } from '../sim/simulated-builder.ts';
 import { useTestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
@@ -63,9 +65,13 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
     let runs = 0;
     let crashes = 0;
     let midway = 0;
+    let afterResolution = 0;
+    let withResolution = 0;
+    let builtUnresolved = 0;
     await fc.assert(
       fc.asyncProperty(
-        dagArbitrary({ maxNodes: 15 }),
+        // Some derivations floating CA: resolved at the prepare step, a status-13 row each (SimulatedResolver).
+        dagArbitrary({ maxNodes: 15, ca: true }),
         // Not yet 'withOutput': a build whose output exists is recorded succeeded (0) even when that
         // output failed (Hydra copies the 6), so after a crash the oracle rightly disagrees.
         fc.array(fc.constantFrom<Behaviour>('ok', 'ok', 'ok', 'fail', 'flaky', 'broken'), { minLength: 15, maxLength: 15 }),
@@ -84,14 +90,15 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
             return topOf;
           };
           const behaviour = (drvPath: string, attempt: number): SimBehaviour => {
-            const b = behaviours[index.get(drvPath)!];
+            // A resolved derivation builds as its original would.
+            const b = behaviours[index.get(drvPath) ?? index.get(drvPath.replace(/-resolved\.drv$/, '.drv'))!];
             if (b === 'fail') return { kind: 'failure', status: 1 };
             if (b === 'flaky' && attempt === 1) return { kind: 'transient' };
             if (b === 'broken') return { kind: 'transient' };
             return { kind: 'success', failedWithOutput: b === 'withOutput' };
           };
           const run = async (pool: pg.Pool) => {
-            const { runtime } = await startRuntime(pool, dag.store);
+            const { runtime } = await startRuntime(pool, dag.store, {}, undefined, new SimulatedResolver({ store: dag.store, db: new PgSchedulerDb(pool) }));
             runtime.scheduler.addMachine(machineRecord('m1', { maxJobs: 2 }), new SimulatedBuilder({ store: dag.store, behaviour: (j, a) => behaviour(j.drvPath, a) }));
             return runtime;
           };
@@ -125,6 +132,8 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
             // Some builds already ended and others not: the restart has both kinds to handle.
             const left = await unfinished();
             if (left > 0 && left < dag.builds.length) midway++;
+            // Died with a status-13 row written and builds still waiting on what it resolved to.
+            if (left > 0 && (await db.pool.query('select 1 from buildsteps where status = 13')).rowCount! > 0) afterResolution++;
           }
           for (const crashAt of crashPoints.slice(1)) {
             if ((await unfinished()) === 0) break;
@@ -161,6 +170,20 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
           expect(dupOk.rows).toEqual([]);
           const dupProp = await db.pool.query('select build, drvpath from buildsteps where propagatedfrom is not null group by build, drvpath having count(*) > 1');
           expect(dupProp.rows).toEqual([]);
+          // Exactly one status-13 row per (build, original derivation), each naming what it resolved to.
+          const dupResolved = await db.pool.query('select build, drvpath from buildsteps where status = 13 group by build, drvpath having count(*) > 1');
+          expect(dupResolved.rows).toEqual([]);
+          const unnamed = await db.pool.query('select build, stepnr from buildsteps where status = 13 and resolveddrvpath is null');
+          expect(unnamed.rows).toEqual([]);
+          const resolvedDrvs = new Set((await db.pool.query('select drvpath from buildsteps where status = 13')).rows.map((r) => r.drvpath as string));
+          if (resolvedDrvs.size > 0) withResolution++;
+          // A CA derivation with inputs built unresolved (its preparation fell back: an input's output
+          // not recorded). Counted, not failed: a rare case remains (docs/CA-DERIVATIONS.md, "Not done yet").
+          const builtOriginals = (await db.pool.query('select distinct drvpath from buildsteps where status != 13')).rows.map((r) => r.drvpath as string);
+          for (const d of builtOriginals) {
+            const drv = dag.store.derivations.get(d);
+            if (drv?.isCA && drv.inputDrvs.size > 0 && !d.endsWith('-resolved.drv')) builtUnresolved++;
+          }
           // Builds that failed have a failing step row of their own or a propagated one (3: a
           // 'broken' step aborted once its retries ran out).
           const orphanFailures = await db.pool.query(
@@ -176,6 +199,8 @@ describe('restart resilience (real PostgreSQL, simulated builders)', () => {
     // and some with builds both ended and pending.
     expect(crashes).toBeGreaterThanOrEqual(runs * 0.9);
     expect(midway).toBeGreaterThan(0);
-    if (process.env.RUNS) console.log(JSON.stringify({ runs, crashes, midway }));
+    // Runs resolved CA steps, and some died after a status-13 row with builds still to finish.
+    expect(withResolution).toBeGreaterThan(0);
+    if (process.env.RUNS) console.log(JSON.stringify({ runs, crashes, midway, withResolution, afterResolution, builtUnresolved }));
   }, 300_000 + RUNS * 500);
 });

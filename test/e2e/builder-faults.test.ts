@@ -5,6 +5,7 @@ import { credentials, Metadata, status, type ClientDuplexStream, type ClientRead
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hostSystem } from '../../src/nix/host-system.ts';
 import { narChunks } from '../../src/nix/nar-writer.ts';
+import { FloatingNarCheck } from '../../src/nix/ca-output.ts';
 import { Join, OutputHeader, Ping, ResultState, RunnerClient, type BuilderMessage, type NarChunk, type BuildOrder, type RunnerMessage, type UploadOutputMessage, type UploadReceipt } from '../../src/protocol/gen/runner.ts';
 import { createBuilderClient, PROTOCOL_VERSION, type BuilderClient } from '../../src/protocol/server.ts';
 import type { TestDatabase } from '../helpers/db.ts';
@@ -222,6 +223,67 @@ describe('a builder that outlives its runner', () => {
     expect(await validInRunnerStore(await outputPath(db, id!))).toBe(true);
     second.proc.child.kill('SIGTERM');
     expect(await second.proc.exited).toBe(0);
+  }, 180_000);
+});
+
+describe('a builder that lies about a content-addressed output', () => {
+  const { db, dir, procs } = useFleet('ca-forged');
+  const clients: { close(): void }[] = [];
+  afterAll(() => {
+    for (const c of clients) c.close();
+  });
+
+  it("refuses an output whose content is not what its path says, imports nothing, and builds it elsewhere", async () => {
+    const nonce = randomBytes(4).toString('hex');
+    const runner = await startRunner(dir, db.url, 'builderGraceInS = 1\nretryInterval = 1\nretryBackoff = 1', { env: { HYDRANT_LOG_LEVEL: 'debug' } });
+    procs.push(runner.proc);
+    const address = `127.0.0.1:${runner.port}`;
+    const forger = await HandMadeBuilder.join(address, runner.token, 'ca-forger', { supportedFeatures: ['ca-derivations'] });
+    clients.push(forger);
+    await joined(runner.proc, ['ca-forger']);
+    const file = join(dir, 'release.nix');
+    writeFileSync(
+      file,
+      `{ }: { x = derivation { name = "ca-forged-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo honest > $out" ];
+        __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }; }`,
+    );
+    const { x } = await submit(db.url, file, 'ca-forged', ['x']);
+    const order = await forger.nextOrder();
+    expect(order.outputs.find((o) => o.name === 'out')?.path || null).toBeNull(); // floating: no path before the build
+    // The forger claims the path the honest content has, and sends other bytes under it (NAR hash and size consistent).
+    const honest = await narOf(dir, 'honest\n');
+    const drvName = `ca-forged-${nonce}`;
+    const honestCheck = new FloatingNarCheck({ storePath: `/nix/store/${'0'.repeat(32)}-${drvName}`, references: [], drvName, outputName: 'out', method: 'recursive', algo: 'sha256' });
+    honestCheck.update(honest.bytes);
+    const claimedPath = honestCheck.result().expected;
+    const forged = await narOf(dir, 'forged\n');
+    const c = forger.b.client;
+    const refused = await expectCode(upload(c, { jobId: order.jobId, outputName: 'out', storePath: claimedPath, narHash: forged.hash, narSize: forged.size }, forged.bytes), status.INVALID_ARGUMENT);
+    expect(refused.details).toContain(claimedPath);
+    expect(refused.details).toMatch(/content/);
+    expect(await validInRunnerStore(claimedPath)).toBe(false);
+    const logged = records(runner.proc, 'refusing a content-addressed output whose content does not match its path');
+    expect(logged).toHaveLength(1);
+    expect(logged[0]).toMatchObject({ machine: 'ca-forger', path: claimedPath, drv: order.drvPath });
+    await unary((cb) =>
+      c.complete(
+        { jobId: order.jobId, state: ResultState.RESULT_STATE_SUCCESS, errorMsg: '', outputs: [{ name: 'out', storePath: claimedPath, narHash: forged.hash, narSize: forged.size, closureSize: forged.size }], nixSupport: undefined, timings: undefined },
+        cb,
+      ),
+    );
+    // The attempt fails (aborted, retried); nothing of it is recorded as the output.
+    await waitFor(async () => (await stepRows(db.pool, x!)).some((r) => r.machine === 'ca-forger' && r.busy === 0), 30_000, "the forger's step row to end");
+    expect((await stepRows(db.pool, x!)).find((r) => r.machine === 'ca-forger')!.status).toBe(3);
+    expect(await validInRunnerStore(claimedPath)).toBe(false);
+    forger.close();
+
+    // An honest builder builds it: the same path, with the honest content.
+    procs.push(startBuilder(dir, address, runner.tokenFile, 'b1'));
+    await waitFor(() => allFinished(db), 90_000, 'the build to finish');
+    expect((await buildRow(db.pool, x!)).buildstatus).toBe(0);
+    expect(await outputPath(db, x!)).toBe(claimedPath);
+    expect(readFileSync(claimedPath, 'utf8')).toBe('honest\n');
+    expect(await busySteps(db.pool)).toBe(0);
   }, 180_000);
 });
 

@@ -5,6 +5,7 @@ import type { BuilderPort, StepFinisher, StepJob } from '../../src/actors/builde
 import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineRecord } from '../../src/actors/machine-record.ts';
 import type { SchedulerStore, StepRecord } from '../../src/actors/model.ts';
 import type { SchedulerConfig } from '../../src/actors/scheduler.ts';
+import type { StepPreparer } from '../../src/actors/prepare-step.ts';
 import { startRunnerRuntime, type RunnerRuntime } from '../../src/daemon/runner-runtime.ts';
 import { PgSchedulerDb } from '../../src/db/scheduler-db.ts';
 import { stepMachine, type StepEventType } from '../../src/machines/index.ts';
@@ -41,9 +42,10 @@ export async function startRuntime(
   store: SchedulerStore,
   config: Partial<typeof TEST_CONFIG> = {},
   finisher?: StepFinisher,
+  preparer?: StepPreparer,
 ): Promise<{ runtime: RunnerRuntime; listener: EventEmitter }> {
   const listener = new EventEmitter();
-  const runtime = await startRunnerRuntime({ config: { ...TEST_CONFIG, ...config }, db: new PgSchedulerDb(pool), store, listener, log: quietLog, finisher });
+  const runtime = await startRunnerRuntime({ config: { ...TEST_CONFIG, ...config }, db: new PgSchedulerDb(pool), store, listener, log: quietLog, finisher, preparer });
   return { runtime, listener };
 }
 

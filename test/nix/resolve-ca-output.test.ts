@@ -5,11 +5,12 @@
  * hashing; a changed byte gives another path.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { cpSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkFloatingOutput, HashModulo } from '../../src/nix/ca-output.ts';
+import { checkFloatingOutput, FloatingNarCheck, HashModulo } from '../../src/nix/ca-output.ts';
+import { narChunks } from '../../src/nix/nar-writer.ts';
 import { parseDerivation } from '../../src/nix/derivation.ts';
 import { parseStorePath } from '../../src/nix/store-path.ts';
 import { runNix, runNixLines } from '../helpers/nix.ts';
@@ -91,6 +92,54 @@ describe('checkFloatingOutput against Nix 2.8', () => {
     expect(tampered.expected).not.toBe(self.out);
     const r = await check({ ...self, references: self.references.filter((p) => p !== self.out) });
     expect(r.ok).toBe(false);
+  });
+  /** FloatingNarCheck over the NAR of `fsPath`, cut into chunks of `size` bytes (as an upload streams it). */
+  const checkNar = async (b: Built, fsPath = b.out, size = 7) => {
+    const o = parseDerivation(readFileSync(b.drv)).outputs.get('out')!;
+    const c = new FloatingNarCheck({
+      storePath: b.out,
+      references: b.references,
+      drvName: parseStorePath(b.drv).name.slice(0, -4),
+      outputName: 'out',
+      method: o.hashAlgo.startsWith('r:') ? 'recursive' : 'flat',
+      algo: 'sha256',
+    });
+    const nar: Buffer[] = [];
+    for await (const chunk of narChunks(fsPath)) nar.push(chunk);
+    const all = Buffer.concat(nar);
+    for (let i = 0; i < all.length; i += size) c.update(all.subarray(i, i + size));
+    return c.result();
+  };
+
+  it('checks an output the same from its NAR as it streams (an upload), whatever the chunking', async () => {
+    for (const b of built.values()) {
+      const fromFiles = await check(b);
+      for (const size of [1, 7, 96, 1 << 20]) {
+        const r = await checkNar(b, b.out, size);
+        expect(r.ok, `${b.out} in ${size}-byte chunks`).toBe(true);
+        expect(r.expected).toBe(fromFiles.expected);
+        expect(r.hash.format('base32')).toBe(fromFiles.hash.format('base32'));
+      }
+    }
+  });
+
+  it('refuses from the NAR a tampered output, a dropped self-reference, and a flat output that is not a plain file', async () => {
+    const self = built.get('selfref')!;
+    const copy = join(dir, 'copy-nar');
+    cpSync(self.out, copy, { recursive: true });
+    writeFileSync(join(copy, 'dep'), `${built.get('dep')!.out.replace(/.$/, 'x')}\n`);
+    expect((await checkNar(self, copy)).ok).toBe(false);
+    expect((await checkNar({ ...self, references: self.references.filter((p) => p !== self.out) })).ok).toBe(false);
+    const flat = built.get('flat')!;
+    const exe = join(dir, 'flat-exe');
+    cpSync(flat.out, exe);
+    chmodSync(exe, 0o755);
+    expect((await checkNar(flat, exe)).ok).toBe(false);
+    // Same bytes as a directory's file: not the NAR of a flat output.
+    const inDir = join(dir, 'flat-dir');
+    mkdirSync(inDir);
+    cpSync(flat.out, join(inDir, 'f'));
+    expect((await checkNar(flat, inDir)).ok).toBe(false);
   });
 });
 

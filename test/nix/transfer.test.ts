@@ -109,6 +109,22 @@ describe('store path transfer', () => {
     expect(await valid(priv, fx.app)).toBe(true);
   });
 
+  it('imports nothing when the check before import refuses a verified stream, and runs it once everything is verified', async () => {
+    const priv = await freshStore();
+    const both = await collect(exportPaths(hostStore, [fx.dep, fx.app]));
+    const all = await expectedFrom(hostStore, [fx.dep, fx.app]);
+    await expect(importVerified(priv, [both], all, { beforeImport: () => Promise.reject(new Error('refused by the check')) })).rejects.toThrow('refused by the check');
+    expect(await valid(priv, fx.dep)).toBe(false);
+    expect(await valid(priv, fx.app)).toBe(false);
+    // Not run for a stream that fails verification.
+    let checked = 0;
+    await expect(importVerified(priv, [both.subarray(0, both.length - 8)], all, { beforeImport: () => void checked++ })).rejects.toBeInstanceOf(NixFormatError);
+    expect(checked).toBe(0);
+    await importVerified(priv, [both], all, { beforeImport: () => void checked++ });
+    expect(checked).toBe(1);
+    expect(await valid(priv, fx.app)).toBe(true);
+  });
+
   it('private → private store, the host never involved', async () => {
     const a = await freshStore();
     const b = await freshStore();
