@@ -1,23 +1,10 @@
-import type { Logger } from '../util/logger.ts';
-import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
 import { unixNow } from './builder-port.ts';
-import type { ActiveJob } from './active-jobs.ts';
-import type { BuildRecord, Clock, StepOutput, StepRecord } from './model.ts';
+import type { BuildRecord, StepOutput, StepRecord } from './model.ts';
 import type { ResolvedStepPrepared, SubstitutedStepPrepared } from './prepare-step.ts';
-import type { ResultWriter } from './result-writer.ts';
-import type { SchedulerStats } from './scheduler-stats.ts';
-import type { StepGraph } from './step-graph.ts';
+import type { StepResultsOptions } from './step-results.ts';
 
-export interface ResolvedStepsOptions {
-  db: SchedulerDb;
-  graph: StepGraph;
-  writer: ResultWriter<ActiveJob>;
-  stats: SchedulerStats;
-  log: Logger;
-  clock: Clock;
-  /** A build's final row committed. */
-  buildFinished(id: number): void;
-}
+/** The same collaborators as StepResults. */
+export type ResolvedStepsOptions = StepResultsOptions;
 
 /**
  * The rows of a step resolved to another derivation (docs/CA-DERIVATIONS.md):

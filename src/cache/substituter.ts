@@ -13,6 +13,7 @@ import type { WorkerPool } from '../workers/pool.ts';
 import { withRoom } from '../workers/with-room.ts';
 import { BinaryCache } from './binary-cache.ts';
 import { narInfoFile } from './layout.ts';
+import { mapLimit } from '../util/map-limit.ts';
 
 /** One configured substituter: reads a cache's files by their relative name (null: no such file). */
 interface CacheSource {
@@ -219,15 +220,3 @@ export class Substituter {
   }
 }
 
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}

@@ -1,6 +1,7 @@
 import { NixFormatError } from '../errors/index.ts';
 import type { BinaryCache, PathUpload } from './binary-cache.ts';
 import { type LocalPathInfo, queryPathInfos } from './local-path-info.ts';
+import { mapLimit } from '../util/map-limit.ts';
 
 export interface UploadClosureOptions {
   /** Paths uploaded at once (default 4). Compression itself is bounded by the worker pool. */
@@ -21,18 +22,6 @@ export interface ClosureUpload {
 /** stat()s in flight while checking which paths the cache has. */
 const PROBE_CONCURRENCY = 32;
 
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (x: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}
 
 /**
  * Publishes the closure of `paths` (output paths in the local store): what

@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
+import { pidsWithArg } from '../../src/provision/process-list.ts';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -193,20 +194,7 @@ export function readBuildLog(hydraDataDir: string, drvPath: string): Buffer | nu
 }
 
 /** Pids of processes whose argument list contains `arg` as one whole argument. */
-export function processesWithArg(arg: string): number[] {
-  const pids: number[] = [];
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    let cmdline: string;
-    try {
-      cmdline = readFileSync(`/proc/${name}/cmdline`, 'utf8');
-    } catch {
-      continue; // gone meanwhile
-    }
-    if (cmdline.split('\0').includes(arg)) pids.push(Number(name));
-  }
-  return pids;
-}
+export const processesWithArg = pidsWithArg;
 
 /**
  * A TCP proxy on a free local port: each connection it accepts gets a
