@@ -135,3 +135,19 @@ export class PresignedUploads {
     }
   }
 }
+
+/** The presigned uploads of `usePresignedUploads`: into the first s3:// cache (the others are published by the runner as before). */
+export function presignedUploads(
+  enabled: boolean,
+  caches: readonly BinaryCache[],
+  log: { warn(o: object, msg: string): void; info(o: object, msg: string): void },
+): PresignedUploads | undefined {
+  if (!enabled) return undefined;
+  const cache = caches.find((c) => c.storage instanceof S3Storage);
+  if (!cache) {
+    log.warn({}, 'usePresignedUploads is set but no remoteStoreAddr is an s3:// cache; outputs are uploaded by the runner');
+    return undefined;
+  }
+  log.info({ cache: cache.location }, 'builders upload outputs straight to the S3 cache (presigned URLs)');
+  return new PresignedUploads(cache);
+}
