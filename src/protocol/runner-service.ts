@@ -406,6 +406,7 @@ export class BuilderService implements RunnerHandlers {
       }
       throw err;
     }
+    this.o.log.info({ machine: ctx.machineId, job: req.jobId, path: req.storePath }, 'output published by builder-direct upload');
     return { published: true };
   }
 
