@@ -14,6 +14,10 @@ import { S3Storage } from '../../src/cache/s3-storage.ts';
 import { type DeclaredPart, MIN_PART_SIZE, S3Presigner, partSizes, type PresignedRequest } from '../../src/cache/s3-presign.ts';
 import { parseStoreUri, type S3StoreUri } from '../../src/cache/store-uri.ts';
 import { PresignedUploadError } from '../../src/errors/index.ts';
+import { BinaryCache } from '../../src/cache/binary-cache.ts';
+import { PresignedUploads } from '../../src/cache/presigned-uploads.ts';
+import { WorkerPool } from '../../src/workers/pool.ts';
+import { buildFixtures, generateKey, runNix, type Fixtures } from '../cache/fixtures.ts';
 
 const md5 = (b: Uint8Array): Buffer => createHash('md5').update(b).digest();
 
@@ -26,6 +30,10 @@ describe('presigned uploads to radosgw', () => {
   let s3: CephS3;
   let storage: S3Storage;
   let presigner: S3Presigner;
+  let pool: WorkerPool;
+  let fx: Fixtures;
+  let cache: BinaryCache;
+  let uploads: PresignedUploads;
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-presign-'));
 
   beforeAll(async () => {
@@ -37,9 +45,21 @@ describe('presigned uploads to radosgw', () => {
       credentialsFile: credentials,
     });
     presigner = new S3Presigner(storage);
-  }, 180_000);
+    await s3.createBucket('presigned-cache');
+    pool = new WorkerPool({ threads: 1 });
+    const key = await generateKey(dir, 'presigned-unit-1');
+    fx = await buildFixtures(dir);
+    cache = await BinaryCache.open(
+      `s3://presigned-cache?endpoint=${s3.hostPort}&scheme=http&compression=none&secret-key=${key.secretFile}`,
+      pool,
+      { awsCredentialsFile: credentials },
+    );
+    uploads = new PresignedUploads(cache);
+  }, 300_000);
 
   afterAll(async () => {
+    await cache?.close();
+    await pool?.close();
     await storage?.close();
     await s3?.stop();
     rmSync(dir, { recursive: true, force: true });
@@ -128,5 +148,55 @@ describe('presigned uploads to radosgw', () => {
     expect(await presigner.storedSize(key)).toBeNull();
     const open = await s3.client.send(new ListMultipartUploadsCommand({ Bucket: 'presigned', Prefix: key }));
     expect(open.Uploads ?? []).toEqual([]);
+  });
+
+  /** The path's NAR as the builder would compress it (compression=none: the NAR itself). */
+  const narOf = async (path: string): Promise<Buffer> => (await runNix('nix-store', ['--dump', path])).stdout as Buffer;
+  const declare = (storePath: string, body: Buffer) => ({
+    storePath,
+    fileSha256: createHash('sha256').update(body).digest(),
+    fileSize: body.length,
+    parts: [{ partNumber: 1, size: body.length, md5: md5(body) }],
+  });
+
+  it('a builder that declares one NAR and uploads other bytes is refused, and nothing is signed', async () => {
+    const path = fx.paths.single;
+    const nar = await narOf(path);
+    const grant = await uploads.grant('job-1', declare(path, nar));
+    expect(grant.present).toBe(false);
+    const other = Buffer.from(nar);
+    other[other.length - 1]! ^= 1;
+    expect((await put(grant.puts[0]!, other)).status).toBeGreaterThanOrEqual(400);
+    await expect(uploads.complete('job-1', path, [''])).rejects.toBeInstanceOf(PresignedUploadError);
+    expect(await cache.has(path)).toBe(false);
+    // A completion for a path nobody presigned is refused alike.
+    await expect(uploads.complete('job-2', path, [''])).rejects.toBeInstanceOf(PresignedUploadError);
+    expect(await cache.has(path)).toBe(false);
+  });
+
+  it('a declaration that does not cut the file as the cache does is refused before anything is presigned', async () => {
+    const path = fx.paths.single;
+    const nar = await narOf(path);
+    const d = declare(path, nar);
+    await expect(uploads.grant('job-3', { ...d, parts: [{ ...d.parts[0]!, size: nar.length - 1 }] })).rejects.toBeInstanceOf(PresignedUploadError);
+    await expect(uploads.grant('job-3', { ...d, fileSha256: Buffer.alloc(5) })).rejects.toBeInstanceOf(PresignedUploadError);
+  });
+
+  it('an honest upload is completed and published with a narinfo from the runner\'s own store, signed', async () => {
+    const path = fx.paths.single;
+    const nar = await narOf(path);
+    const grant = await uploads.grant('job-4', declare(path, nar));
+    const r = await put(grant.puts[0]!, nar);
+    expect(r.status).toBe(200);
+    const published = await uploads.complete('job-4', path, [r.headers.get('etag')!]);
+    expect(published.uploaded).toBe(true);
+    const info = (await cache.readNarInfo(path))!;
+    expect(info.fileSize).toBe(nar.length);
+    expect(info.sigs.some((s) => s.startsWith('presigned-unit-1:'))).toBe(true);
+    expect((await storage.get(info.url)) ?? null).toBeNull(); // another bucket
+    const stored = await cache.storage.get(info.url);
+    expect(stored!.body.equals(nar)).toBe(true);
+    // Now the cache has it: a second builder is told so and gets no URL.
+    expect(await uploads.grant('job-5', declare(path, nar))).toEqual({ present: true, puts: [] });
   });
 });
