@@ -16,6 +16,9 @@ import { type CliProcess, joined, startBuilder, startRunner, submit } from '../h
 import { MK_DRV, runNix } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 import { failureOf, generateKey, trusting } from '../cache/fixtures.ts';
+import { status, type ServiceError } from '@grpc/grpc-js';
+import { Join, type RunnerMessage } from '../../src/protocol/gen/runner.ts';
+import { createBuilderClient, PROTOCOL_VERSION } from '../../src/protocol/server.ts';
 
 const PART = 5 * 1024 * 1024;
 
@@ -37,6 +40,9 @@ describe('serve with usePresignedUploads and an s3:// cache', () => {
   const procs: CliProcess[] = [];
   let runner: CliProcess | undefined;
   let credentials: string;
+  let grpcPort = 0;
+  let tokenFile = '';
+  let outputs: string[] = [];
 
   beforeAll(async () => {
     s3 = await startCephS3();
@@ -61,6 +67,8 @@ describe('serve with usePresignedUploads and an s3:// cache', () => {
     const uri = `s3://presigned-cache?endpoint=${s3.hostPort}&scheme=http&compression=none&write-nar-listing=1&buffer-size=${PART}&secret-key=${key.secretFile}`;
     const started = await startRunner(dir, db.url, `remoteStoreAddr = ["${uri}"]\nawsCredentialsFile = "${credentials}"\nusePresignedUploads = true`);
     runner = started.proc;
+    grpcPort = started.port;
+    tokenFile = started.tokenFile;
     await runner.waitFor(/"msg":"builders upload outputs straight to the S3 cache \(presigned URLs\)"/);
     for (const id of ['b1', 'b2']) procs.push(startBuilder(dir, `127.0.0.1:${started.port}`, started.tokenFile, id));
     await joined(runner, ['b1', 'b2']);
@@ -86,6 +94,7 @@ describe('serve with usePresignedUploads and an s3:// cache', () => {
     expect((await s3.client.send(new ListMultipartUploadsCommand({ Bucket: 'presigned-cache' }))).Uploads ?? []).toEqual([]);
 
     const paths = outs.map((o) => o.path);
+    outputs = paths;
     const copy = (root: string, publicKey: string) =>
       runNix('nix', ['copy', '--from', `${s3.endpoint}/presigned-cache`, '--to', join(dir, root), ...paths], { extraConfig: trusting(publicKey) });
     const refused = await failureOf(copy('untrusting', other.publicKey));
@@ -94,4 +103,39 @@ describe('serve with usePresignedUploads and an s3:// cache', () => {
     const { stdout } = await runNix('nix-store', ['--store', join(dir, 'elsewhere'), '--check-validity', '--print-invalid', ...paths]);
     expect(stdout.toString()).toBe('');
   }, 300_000);
+
+  it('a builder asking for URLs for a job it does not own is refused', async () => {
+    expect(outputs.length).toBeGreaterThan(0);
+    const { readFileSync } = await import('node:fs');
+    const evil = createBuilderClient(`127.0.0.1:${grpcPort}`, readFileSync(tokenFile, 'utf8').trim());
+    const stream = evil.client.control();
+    stream.on('error', () => {});
+    try {
+      stream.write({
+        kind: { $case: 'join', value: Join.fromPartial({ protocolVersion: PROTOCOL_VERSION, machineId: 'evil', hostname: 'evil', systems: ['none'], maxJobs: 1 }) },
+      });
+      const joinedMsg = await new Promise<RunnerMessage>((resolve, reject) => {
+        stream.once('data', resolve);
+        stream.once('error', reject);
+      });
+      if (joinedMsg.kind?.$case !== 'joined') throw new Error('not joined');
+      // The runner announces builder-direct uploads.
+      expect(joinedMsg.kind.value.presignedUploads).toEqual({ compression: 'none', partSize: PART });
+      evil.setSession(joinedMsg.kind.value.sessionId);
+      const err = await new Promise<ServiceError | null>((resolve) =>
+        evil.client.requestPresignedUpload(
+          { jobId: 'someone-elses-job', storePath: outputs[0]!, fileSha256: Buffer.alloc(32), fileSize: 1, parts: [{ partNumber: 1, size: 1, md5: Buffer.alloc(16) }] },
+          (e) => resolve(e),
+        ),
+      );
+      expect(err?.code).toBe(status.PERMISSION_DENIED);
+      const done = await new Promise<ServiceError | null>((resolve) =>
+        evil.client.completePresignedUpload({ jobId: 'someone-elses-job', storePath: outputs[0]!, etags: [] }, (e) => resolve(e)),
+      );
+      expect(done?.code).toBe(status.PERMISSION_DENIED);
+    } finally {
+      stream.cancel();
+      evil.client.close();
+    }
+  }, 60_000);
 });
