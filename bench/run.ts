@@ -17,6 +17,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   viz: () => import('./viz.ts'),
   demo: () => import('./demo.ts'),
   abort: () => import('./abort.ts'),
+  s3: () => import('./s3.ts'),
 };
 
 async function main(): Promise<void> {
