@@ -18,6 +18,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   demo: () => import('./demo.ts'),
   abort: () => import('./abort.ts'),
   resolve: () => import('./resolve.ts'),
+  s3: () => import('./s3.ts'),
 };
 
 async function main(): Promise<void> {

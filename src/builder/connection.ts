@@ -20,7 +20,7 @@ import {
   type AgentConnectionState,
 } from '../machines/agent-connection-machine.ts';
 import { CLIENT_CERTIFICATE_MESSAGE } from '../protocol/auth.ts';
-import type { BuildOrder, BuilderMessage, Compression, RunnerMessage } from '../protocol/gen/runner.ts';
+import type { BuildOrder, BuilderMessage, Compression, PresignedUploads, RunnerMessage } from '../protocol/gen/runner.ts';
 import { createBuilderClient, PROTOCOL_VERSION, type BuilderClient } from '../protocol/server.ts';
 import { certificateFailure } from '../protocol/tls.ts';
 import { hostFacts, hostMetrics } from './host-metrics.ts';
@@ -61,6 +61,8 @@ export class AgentConnection {
   #control: ClientDuplexStream<BuilderMessage, RunnerMessage> | undefined;
   /** What the runner reads in uploads (from the join). */
   #uploadCompressions: Compression[] = [];
+  /** Builder-direct uploads, when the runner announced them in the last Joined. */
+  #presignedUploads: PresignedUploads | undefined;
   /** Resolves when a session is joined; replaced when it is lost. */
   #joined!: Promise<void>;
   #resolveJoined!: () => void;
@@ -113,6 +115,10 @@ export class AgentConnection {
   /** What the runner reads in uploads, as it said in the last Joined. */
   get uploadCompressions(): readonly Compression[] {
     return this.#uploadCompressions;
+  }
+
+  get presignedUploads(): PresignedUploads | undefined {
+    return this.#presignedUploads;
   }
 
   /** Resolves once a session is joined. */
@@ -264,6 +270,7 @@ export class AgentConnection {
         this.#client!.setSession(j.sessionId);
         this.#sessionGeneration++;
         this.#uploadCompressions = j.uploadCompressions;
+        this.#presignedUploads = j.presignedUploads;
         sendBack({ type: 'JOINED', pingIntervalMs: j.pingIntervalMs });
         this.#isJoined = true;
         this.#resolveJoined();

@@ -17,6 +17,7 @@ import {
 import { Builds } from './build.ts';
 import { ensureDerivation, fetchRequisites, importMissing } from './inputs.ts';
 import { JobAbortedError, sleep, unary, type Job, type JobContext } from './job.ts';
+import { uploadPresigned } from './presigned-upload.ts';
 import { nixSupport as nixSupportOf, outputInfos, outputPaths, uploadOutput, type OutputInfo } from './outputs.ts';
 
 /**
@@ -251,10 +252,12 @@ export class Jobs {
     });
     await this.#stepStatus(job, StepBusy.STEP_BUSY_RECEIVING_OUTPUTS);
     const t2 = performance.now();
+    // With builder-direct uploads the job completes after them (its outputs must still be its own).
+    const presigned = ctx.connection.presignedUploads;
     for (const [k, o] of outputs.entries()) {
       const info = infos.get(o.path)!;
       const last = k === outputs.length - 1;
-      const final = last
+      const final = last && !presigned
         ? (): CompleteRequest => {
             timings.uploadMs = performance.now() - t2;
             return completion({ outputs: results, nixSupport });
@@ -265,6 +268,16 @@ export class Jobs {
       } catch (err) {
         if (err instanceof JobAbortedError || job.aborted) throw new JobAbortedError();
         throw new BuilderJobError(ResultState.RESULT_STATE_UPLOAD_FAILURE, `uploading ${o.path}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+    if (presigned) {
+      for (const o of outputs) {
+        try {
+          await uploadPresigned(ctx, job, o.path, presigned);
+        } catch (err) {
+          if (err instanceof JobAbortedError || job.aborted) throw new JobAbortedError();
+          throw new BuilderJobError(ResultState.RESULT_STATE_UPLOAD_FAILURE, `uploading ${o.path} to the cache: ${(err as Error).message}`, { cause: err });
+        }
       }
     }
     timings.uploadMs = performance.now() - t2;

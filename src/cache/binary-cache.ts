@@ -249,6 +249,25 @@ export class BinaryCache {
     // An existing file of that name has the same bytes (it is named by their hash): keep it.
     await this.storage.put(url, { file: tmp }, { contentType: CONTENT_TYPES.nar });
 
+    return this.finishPublish(info, url, fileHash, w.fileSize, started);
+  }
+
+  /**
+   * Publishes a path whose NAR object someone else stored at `url`
+   * (builder-direct uploads, s3-presign.ts): the caller has checked the
+   * object against `fileHash`/`fileSize`, and `info` is what the runner's
+   * own store verified. Listing, then the signed narinfo.
+   */
+  publishStoredNar(info: LocalPathInfo, url: string, fileHash: Hash, fileSize: number): Promise<PathUpload> {
+    return this.pathFlight(info.path, async () => {
+      if (await this.has(info.path)) return skipped(info.path);
+      return this.finishPublish(info, url, fileHash, fileSize, performance.now());
+    });
+  }
+
+  private async finishPublish(info: LocalPathInfo, url: string, fileHash: Hash, fileSize: number, started: number): Promise<PathUpload> {
+    const { path } = info;
+    const { compression } = this.store;
     // 2. The listing, before the narinfo that makes the path visible.
     if (this.store.writeNarListing) await this.writeListing(path);
 
@@ -258,7 +277,7 @@ export class BinaryCache {
       url,
       compression,
       fileHash,
-      fileSize: w.fileSize,
+      fileSize,
       narHash: info.narHash,
       narSize: info.narSize,
       references: info.references.map((r) => parseStorePath(r).baseName),
@@ -272,7 +291,7 @@ export class BinaryCache {
     this.remember(path);
     // !wrote: another runner published the path meanwhile; its narinfo stands.
     if (!wrote) return skipped(path, started);
-    return { storePath: path, uploaded: true, narInfo, narSize: w.narSize, fileSize: w.fileSize, durationMs: performance.now() - started };
+    return { storePath: path, uploaded: true, narInfo, narSize: info.narSize, fileSize, durationMs: performance.now() - started };
   }
 
   private compressOptions(): CompressOptions {

@@ -56,9 +56,13 @@ function endpointUrl(s: S3StoreUri): string | undefined {
  * go up as a multipart upload, aborted when any part fails.
  */
 export class S3Storage implements CacheStorage {
-  private readonly client: S3Client;
+  /** Also used by the presigner (s3-presign.ts), which signs with the same credentials. */
+  readonly client: S3Client;
   readonly bucket: string;
   readonly partSize: number;
+  /** The custom endpoint (`http://host:port`), or undefined for AWS. */
+  readonly endpoint: string | undefined;
+  readonly region: string;
 
   private constructor(
     store: S3StoreUri,
@@ -68,6 +72,8 @@ export class S3Storage implements CacheStorage {
     this.bucket = store.bucket;
     this.partSize = store.bufferSize ?? DEFAULT_PART_SIZE;
     const endpoint = endpointUrl(store);
+    this.endpoint = endpoint;
+    this.region = store.region ?? 'us-east-1';
     // The SDK warns (over eight lines of stderr) that its releases after January 2027 need Node 22;
     // the version in package-lock.json runs on Node 20, which this project targets.
     process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
@@ -99,6 +105,11 @@ export class S3Storage implements CacheStorage {
 
   get location(): string {
     return `s3://${this.bucket}`;
+  }
+
+  /** An S3 failure as an S3RequestError naming bucket, key and S3's error code. */
+  requestError(operation: string, key: string, e: unknown): S3RequestError {
+    return this.fail(operation, key, e);
   }
 
   private fail(operation: string, key: string, e: unknown): S3RequestError {

@@ -16,8 +16,6 @@ const LISTEN_MESSAGE = 'must be HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.
  * is warned about once at start, by name (`RunnerConfig.withoutEffect`).
  */
 const UPSTREAM_WITHOUT_EFFECT = {
-  /** Upstream: builders upload outputs to S3 through presigned URLs. Hydrant's runner uploads them. */
-  usePresignedUploads: z.boolean().default(false),
   /** Upstream: a queue pass stops loading builds after this long. Hydrant's queue monitor loads in bounded batches without a pass deadline. */
   stopQueueRunAfterInS: z.number().int().default(60),
   /** Upstream: downloads a builder makes at once. */
@@ -55,6 +53,8 @@ const RunnerConfigSchema = z
     remoteStoreAddr: z.array(z.string().min(1)).default([]),
     /** A shared AWS credentials file for s3:// caches (else AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials). */
     awsCredentialsFile: z.string().min(1).optional(),
+    /** Builders upload outputs straight to the first s3:// cache through presigned URLs (docs/CACHES.md). */
+    usePresignedUploads: z.boolean().default(false),
     // Substitution (docs/SUBSTITUTION.md): a step's outputs fetched from these caches instead of built.
     useSubstitutes: z.boolean().default(false),
     /** `file://`, `http(s)://` and `s3://` caches asked in order (Nix: substituters). */

@@ -34,6 +34,7 @@ import { WorkerPool } from '../workers/pool.ts';
 import { withRoom } from '../workers/with-room.ts';
 import type { BinaryCache } from '../cache/binary-cache.ts';
 import { openCaches } from '../cache/open-caches.ts';
+import { presignedUploads } from '../cache/presigned-uploads.ts';
 import { defaultRootsDir } from '../publish/gc-roots.ts';
 import { OutputPublisher } from '../publish/output-publisher.ts';
 import { BackupUploader, type BackupTarget, resolveBackupTargets } from '../publish/backups.ts';
@@ -238,6 +239,7 @@ export class RunnerDaemon {
       log: this.options.log,
       graceMs: c.builderGraceInS * 1000,
       pingTimeoutMs: c.builderPingTimeoutInS * 1000,
+      presigned: presignedUploads(c.usePresignedUploads, this.caches, this.options.log),
     });
     this.builderService = service;
     const rejections = new RejectionLog((r) => this.options.log.warn(r, 'builder authentication rejected'));

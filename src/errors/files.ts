@@ -91,3 +91,17 @@ export class S3RequestError extends errorKind('S3_REQUEST') {
     super(`S3 ${operation} of s3://${bucket}/${key} failed: ${s3Code}${status}${text}`, { cause });
   }
 }
+
+/**
+ * What a builder uploaded straight to an S3 cache (usePresignedUploads) is
+ * not what it declared: a part's ETag is not its presigned MD5, or the stored
+ * object's size differs. Nothing is signed for it.
+ */
+export class PresignedUploadError extends errorKind('PRESIGNED_UPLOAD') {
+  constructor(
+    readonly key: string,
+    detail: string,
+  ) {
+    super(`the builder's upload of ${key} is refused: ${detail}`);
+  }
+}

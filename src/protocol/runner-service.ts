@@ -20,8 +20,10 @@ import { servePool } from '../nix/serve-session.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { isStorePath } from '../nix/store-path.ts';
 import type { Logger } from '../util/logger.ts';
-import { Compression, ResultState, type CompleteRequest, type Join, type NarChunk, type OutputHeader, type PathInfo } from './gen/runner.ts';
+import { Compression, ResultState, type CompleteRequest, type PresignedUploadDone, type PresignedUploadRequest, type Join, type NarChunk, type OutputHeader, type PathInfo } from './gen/runner.ts';
 import type { JobOwnership } from './job-ownership.ts';
+import type { PresignedUploads } from '../cache/presigned-uploads.ts';
+import { PresignedUploadError } from '../errors/index.ts';
 import { resolvable, toResolved } from './resolved-derivation.ts';
 import { chooseCompression, compressChunks, decompressChunks, readableCompressions } from './wire-compression.ts';
 import type { CallContext, ControlSession, RunnerHandlers } from './server.ts';
@@ -37,6 +39,8 @@ export interface BuilderServiceOptions {
   graceMs: number;
   /** A builder silent for this long is treated as disconnected. */
   pingTimeoutMs: number;
+  /** Builder-direct uploads into this S3 cache (usePresignedUploads); absent: off. */
+  presigned?: PresignedUploads | undefined;
 }
 
 /**
@@ -383,9 +387,60 @@ export class BuilderService implements RunnerHandlers {
     throw new FloatingOutputMismatchError(h.storePath, r.expected);
   }
 
+  /** What a builder is told of builder-direct uploads when it joins (none without usePresignedUploads). */
+  presignedUploads() {
+    const p = this.o.presigned;
+    return p ? { compression: p.announcement.compression, partSize: p.announcement.partSize } : undefined;
+  }
+
+  /** The presigned uploads, and the output, of a job this builder owns (the server checked ownership). */
+  private presignedFor(ctx: CallContext, jobId: string, storePath: string): PresignedUploads {
+    const p = this.o.presigned;
+    if (!p) throw new ProtocolError(status.FAILED_PRECONDITION, 'this runner takes no builder-direct uploads');
+    const j = this.job(ctx, jobId);
+    // Only an output this builder uploaded and the runner verified: its NAR hash is the runner's, not the builder's word.
+    if (![...j.uploaded.values()].includes(storePath)) {
+      throw new ProtocolError(status.PERMISSION_DENIED, `${storePath} is not a verified output of job ${jobId}`);
+    }
+    return p;
+  }
+
+  async requestPresignedUpload(ctx: CallContext, req: PresignedUploadRequest) {
+    const p = this.presignedFor(ctx, req.jobId, req.storePath);
+    try {
+      const g = await p.grant(req.jobId, {
+        storePath: req.storePath,
+        fileSha256: req.fileSha256,
+        fileSize: Number(req.fileSize),
+        parts: req.parts.map((x) => ({ partNumber: x.partNumber, size: Number(x.size), md5: x.md5 })),
+      });
+      return { present: g.present, puts: g.puts.map((u) => ({ url: u.url, headers: u.headers })) };
+    } catch (err) {
+      if (err instanceof PresignedUploadError) throw new ProtocolError(status.INVALID_ARGUMENT, err.message, { cause: err });
+      throw err;
+    }
+  }
+
+  async completePresignedUpload(ctx: CallContext, req: PresignedUploadDone) {
+    const p = this.presignedFor(ctx, req.jobId, req.storePath);
+    try {
+      await p.complete(req.jobId, req.storePath, req.etags);
+    } catch (err) {
+      if (err instanceof PresignedUploadError) {
+        this.o.log.warn({ machine: ctx.machineId, job: req.jobId, path: req.storePath, err: err.message }, 'builder-direct upload refused');
+        throw new ProtocolError(status.INVALID_ARGUMENT, err.message, { cause: err });
+      }
+      throw err;
+    }
+    this.o.log.info({ machine: ctx.machineId, job: req.jobId, path: req.storePath }, 'output published by builder-direct upload');
+    return { published: true };
+  }
+
   async complete(ctx: CallContext, req: CompleteRequest) {
     const s = this.sessions.get(ctx.machineId);
     const j = this.job(ctx, req.jobId);
+    // Multipart uploads the builder began and never completed are discarded with the job.
+    await this.o.presigned?.discard(req.jobId).catch(() => {});
     await this.logWritten(j);
     // The log's write may have failed meanwhile, which ended the job already.
     if (s?.jobs.get(req.jobId) !== j) return {};

@@ -39,6 +39,11 @@ import {
   type StepStatusUpdate,
   type UploadOutputMessage,
   type UploadReceipt,
+  type PresignedUploadDone,
+  type PresignedUploadGrant,
+  type PresignedUploadReceipt,
+  type PresignedUploadRequest,
+  type PresignedUploads,
 } from './gen/runner.ts';
 import type { JobOwnership } from './job-ownership.ts';
 
@@ -83,6 +88,11 @@ export interface RunnerHandlers {
   uploadOutput(ctx: CallContext, header: OutputHeader, data: AsyncIterable<Uint8Array>): Promise<UploadReceipt>;
   /** The job is released from its machine once this resolves. */
   complete(ctx: CallContext, req: CompleteRequest): Promise<Ack>;
+  /** Builder-direct uploads to an S3 cache; without them the calls are refused (FAILED_PRECONDITION). */
+  requestPresignedUpload?(ctx: CallContext, req: PresignedUploadRequest): Promise<PresignedUploadGrant>;
+  completePresignedUpload?(ctx: CallContext, req: PresignedUploadDone): Promise<PresignedUploadReceipt>;
+  /** What Joined announces of builder-direct uploads (undefined: off). */
+  presignedUploads?(): PresignedUploads | undefined;
 }
 
 export interface RunnerServerOptions {
@@ -295,6 +305,7 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
                 pingTimeoutMs,
                 protocolVersion: PROTOCOL_VERSION,
                 uploadCompressions: readableCompressions(),
+                presignedUploads: handlers.presignedUploads?.(),
               },
             },
           });
@@ -312,6 +323,14 @@ export function runnerImplementation(opts: RunnerServerOptions): RunnerServer {
     hasPath: unary('HasPath', (ctx, req) => handlers.hasPath(ctx, req)),
     stepStatus: unary('StepStatus', (ctx, req) => handlers.stepStatus(ctx, req)),
     complete: unary('Complete', completeJob),
+    requestPresignedUpload: unary('RequestPresignedUpload', (ctx, req: PresignedUploadRequest) => {
+      if (!handlers.requestPresignedUpload) throw new ProtocolError(status.FAILED_PRECONDITION, 'this runner takes no builder-direct uploads');
+      return handlers.requestPresignedUpload(ctx, req);
+    }),
+    completePresignedUpload: unary('CompletePresignedUpload', (ctx, req: PresignedUploadDone) => {
+      if (!handlers.completePresignedUpload) throw new ProtocolError(status.FAILED_PRECONDITION, 'this runner takes no builder-direct uploads');
+      return handlers.completePresignedUpload(ctx, req);
+    }),
 
     fetchNar(call: ServerWritableStream<FetchNarRequest, NarChunk>): void {
       const abort = new AbortController();

@@ -58,7 +58,7 @@ describe("Hydra's Rust queue runner keys", () => {
     const c = loadRunnerConfig(file(mkdtempSync(join(tmpdir(), 'hydrant-cfg-')), UPSTREAM_TOML), {}, {});
     expect(c).toMatchObject({ maxRetries: 3, stepSortFn: 'WithCriticalPath', machineFreeFn: 'Dynamic', maxOutputSize: 1073741824, maxSilentTime: 600, buildTimeout: 7200 });
     expect([...c.withoutEffect].sort()).toEqual(
-      ['concurrentUploadLimit', 'enableFodChecker', 'forcedSubstituters', 'maxConcurrentDownloads', 'overflowStore', 'stopQueueRunAfterInS', 'usePresignedUploads'].sort(),
+      ['concurrentUploadLimit', 'enableFodChecker', 'forcedSubstituters', 'maxConcurrentDownloads', 'overflowStore', 'stopQueueRunAfterInS'].sort(),
     );
   });
 
@@ -80,14 +80,14 @@ describe("Hydra's Rust queue runner keys", () => {
 
   it('warns once at start, by name, about the keys that have no effect', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'hydrant-cfg-'));
-    const config = file(dir, `dbUrl = "${db.url}"\nhydraDataDir = "${dir}"\nhttpListen = "127.0.0.1:0"\nusePresignedUploads = true\nenableFodChecker = true\nmaxRetries = 3\n`);
+    const config = file(dir, `dbUrl = "${db.url}"\nhydraDataDir = "${dir}"\nhttpListen = "127.0.0.1:0"\nstopQueueRunAfterInS = 30\nenableFodChecker = true\nmaxRetries = 3\n`);
     const p = startCli(['serve', '--config', config]);
     await p.waitFor(/"msg":"runner running"/);
     p.child.kill('SIGTERM');
     expect(await p.exited).toBe(0);
     const warnings = p.output().split('\n').filter((l) => l.includes('have no effect in Hydrant'));
     expect(warnings).toHaveLength(1);
-    expect(warnings[0]).toContain('usePresignedUploads, enableFodChecker');
+    expect(warnings[0]).toContain('stopQueueRunAfterInS, enableFodChecker');
     expect(warnings[0]).not.toContain('maxRetries');
   });
 });

@@ -343,6 +343,15 @@ export interface Joined {
   protocolVersion: number;
   /** Compressions the runner reads in UploadOutput (empty: none only). */
   uploadCompressions: Compression[];
+  /** Set when the runner wants outputs' NARs uploaded straight to its S3 cache. */
+  presignedUploads?: PresignedUploads | undefined;
+}
+
+export interface PresignedUploads {
+  /** The cache's NAR compression ("xz", "zstd", "bzip2", "br", "none"). */
+  compression: string;
+  /** Parts of this size (the last smaller); an object no larger is one PUT. */
+  partSize: number;
 }
 
 export interface BuildOrder {
@@ -507,6 +516,53 @@ export interface UploadReceipt {
   bytesReceived: number;
   /** The NAR's hash and size matched the header. */
   verified: boolean;
+}
+
+export interface PresignedUploadRequest {
+  jobId: string;
+  storePath: string;
+  /** SHA-256 of the compressed NAR (the narinfo's FileHash), 32 bytes. */
+  fileSha256: Buffer;
+  fileSize: number;
+  /** In order, part_size each but the last; one entry: a single PUT. */
+  parts: DeclaredPart[];
+}
+
+export interface DeclaredPart {
+  partNumber: number;
+  size: number;
+  /** MD5 of the part's bytes (16 bytes); signed into its URL as Content-MD5. */
+  md5: Buffer;
+}
+
+export interface PresignedUploadGrant {
+  /** The cache has the path (or the NAR object) already: nothing to upload. */
+  present: boolean;
+  /** One per declared part, in order. */
+  puts: PresignedPut[];
+}
+
+export interface PresignedPut {
+  url: string;
+  /** Send exactly these headers with the PUT. */
+  headers: { [key: string]: string };
+}
+
+export interface PresignedPut_HeadersEntry {
+  key: string;
+  value: string;
+}
+
+export interface PresignedUploadDone {
+  jobId: string;
+  storePath: string;
+  /** The ETag S3 answered to each part's PUT, in order. */
+  etags: string[];
+}
+
+export interface PresignedUploadReceipt {
+  /** The narinfo is written (or was there already). */
+  published: boolean;
 }
 
 export interface CompleteRequest {
@@ -1904,6 +1960,7 @@ function createBaseJoined(): Joined {
     pingTimeoutMs: 0,
     protocolVersion: 0,
     uploadCompressions: [],
+    presignedUploads: undefined,
   };
 }
 
@@ -1930,6 +1987,9 @@ export const Joined: MessageFns<Joined> = {
         writer.int32(v);
       }
       writer.join();
+    }
+    if (message.presignedUploads !== undefined) {
+      PresignedUploads.encode(message.presignedUploads, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -2005,6 +2065,14 @@ export const Joined: MessageFns<Joined> = {
 
             break;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.presignedUploads = PresignedUploads.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2049,6 +2117,11 @@ export const Joined: MessageFns<Joined> = {
         : globalThis.Array.isArray(object?.upload_compressions)
         ? object.upload_compressions.map((e: any) => compressionFromJSON(e))
         : [],
+      presignedUploads: isSet(object.presignedUploads)
+        ? PresignedUploads.fromJSON(object.presignedUploads)
+        : isSet(object.presigned_uploads)
+        ? PresignedUploads.fromJSON(object.presigned_uploads)
+        : undefined,
     };
   },
 
@@ -2072,6 +2145,9 @@ export const Joined: MessageFns<Joined> = {
     if (message.uploadCompressions?.length) {
       obj.uploadCompressions = message.uploadCompressions.map((e) => compressionToJSON(e));
     }
+    if (message.presignedUploads !== undefined) {
+      obj.presignedUploads = PresignedUploads.toJSON(message.presignedUploads);
+    }
     return obj;
   },
 
@@ -2086,6 +2162,98 @@ export const Joined: MessageFns<Joined> = {
     message.pingTimeoutMs = object.pingTimeoutMs ?? 0;
     message.protocolVersion = object.protocolVersion ?? 0;
     message.uploadCompressions = object.uploadCompressions?.map((e) => e) || [];
+    message.presignedUploads = (object.presignedUploads !== undefined && object.presignedUploads !== null)
+      ? PresignedUploads.fromPartial(object.presignedUploads)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePresignedUploads(): PresignedUploads {
+  return { compression: "", partSize: 0 };
+}
+
+export const PresignedUploads: MessageFns<PresignedUploads> = {
+  encode(message: PresignedUploads, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.compression !== "") {
+      writer.uint32(10).string(message.compression);
+    }
+    if (message.partSize !== 0) {
+      writer.uint32(16).uint64(message.partSize);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PresignedUploads {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePresignedUploads();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.compression = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.partSize = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PresignedUploads {
+    return {
+      compression: isSet(object.compression) ? globalThis.String(object.compression) : "",
+      partSize: isSet(object.partSize)
+        ? globalThis.Number(object.partSize)
+        : isSet(object.part_size)
+        ? globalThis.Number(object.part_size)
+        : 0,
+    };
+  },
+
+  toJSON(message: PresignedUploads): unknown {
+    const obj: any = {};
+    if (message.compression !== "") {
+      obj.compression = message.compression;
+    }
+    if (message.partSize !== 0) {
+      obj.partSize = Math.round(message.partSize);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PresignedUploads>, I>>(base?: I): PresignedUploads {
+    return PresignedUploads.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PresignedUploads>, I>>(object: I): PresignedUploads {
+    const message = createBasePresignedUploads();
+    message.compression = object.compression ?? "";
+    message.partSize = object.partSize ?? 0;
     return message;
   },
 };
@@ -4646,6 +4814,723 @@ export const UploadReceipt: MessageFns<UploadReceipt> = {
   },
 };
 
+function createBasePresignedUploadRequest(): PresignedUploadRequest {
+  return { jobId: "", storePath: "", fileSha256: Buffer.alloc(0), fileSize: 0, parts: [] };
+}
+
+export const PresignedUploadRequest: MessageFns<PresignedUploadRequest> = {
+  encode(message: PresignedUploadRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.storePath !== "") {
+      writer.uint32(18).string(message.storePath);
+    }
+    if (message.fileSha256.length !== 0) {
+      writer.uint32(26).bytes(message.fileSha256);
+    }
+    if (message.fileSize !== 0) {
+      writer.uint32(32).uint64(message.fileSize);
+    }
+    for (const v of message.parts) {
+      DeclaredPart.encode(v!, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PresignedUploadRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePresignedUploadRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.storePath = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.fileSha256 = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.fileSize = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.parts.push(DeclaredPart.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PresignedUploadRequest {
+    return {
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      storePath: isSet(object.storePath)
+        ? globalThis.String(object.storePath)
+        : isSet(object.store_path)
+        ? globalThis.String(object.store_path)
+        : "",
+      fileSha256: isSet(object.fileSha256)
+        ? Buffer.from(bytesFromBase64(object.fileSha256))
+        : isSet(object.file_sha256)
+        ? Buffer.from(bytesFromBase64(object.file_sha256))
+        : Buffer.alloc(0),
+      fileSize: isSet(object.fileSize)
+        ? globalThis.Number(object.fileSize)
+        : isSet(object.file_size)
+        ? globalThis.Number(object.file_size)
+        : 0,
+      parts: globalThis.Array.isArray(object?.parts)
+        ? object.parts.map((e: any) => DeclaredPart.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: PresignedUploadRequest): unknown {
+    const obj: any = {};
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    if (message.storePath !== "") {
+      obj.storePath = message.storePath;
+    }
+    if (message.fileSha256.length !== 0) {
+      obj.fileSha256 = base64FromBytes(message.fileSha256);
+    }
+    if (message.fileSize !== 0) {
+      obj.fileSize = Math.round(message.fileSize);
+    }
+    if (message.parts?.length) {
+      obj.parts = message.parts.map((e) => DeclaredPart.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PresignedUploadRequest>, I>>(base?: I): PresignedUploadRequest {
+    return PresignedUploadRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PresignedUploadRequest>, I>>(object: I): PresignedUploadRequest {
+    const message = createBasePresignedUploadRequest();
+    message.jobId = object.jobId ?? "";
+    message.storePath = object.storePath ?? "";
+    message.fileSha256 = object.fileSha256 ?? Buffer.alloc(0);
+    message.fileSize = object.fileSize ?? 0;
+    message.parts = object.parts?.map((e) => DeclaredPart.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDeclaredPart(): DeclaredPart {
+  return { partNumber: 0, size: 0, md5: Buffer.alloc(0) };
+}
+
+export const DeclaredPart: MessageFns<DeclaredPart> = {
+  encode(message: DeclaredPart, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.partNumber !== 0) {
+      writer.uint32(8).uint32(message.partNumber);
+    }
+    if (message.size !== 0) {
+      writer.uint32(16).uint64(message.size);
+    }
+    if (message.md5.length !== 0) {
+      writer.uint32(26).bytes(message.md5);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeclaredPart {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeclaredPart();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.partNumber = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.size = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.md5 = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeclaredPart {
+    return {
+      partNumber: isSet(object.partNumber)
+        ? globalThis.Number(object.partNumber)
+        : isSet(object.part_number)
+        ? globalThis.Number(object.part_number)
+        : 0,
+      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+      md5: isSet(object.md5) ? Buffer.from(bytesFromBase64(object.md5)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: DeclaredPart): unknown {
+    const obj: any = {};
+    if (message.partNumber !== 0) {
+      obj.partNumber = Math.round(message.partNumber);
+    }
+    if (message.size !== 0) {
+      obj.size = Math.round(message.size);
+    }
+    if (message.md5.length !== 0) {
+      obj.md5 = base64FromBytes(message.md5);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeclaredPart>, I>>(base?: I): DeclaredPart {
+    return DeclaredPart.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeclaredPart>, I>>(object: I): DeclaredPart {
+    const message = createBaseDeclaredPart();
+    message.partNumber = object.partNumber ?? 0;
+    message.size = object.size ?? 0;
+    message.md5 = object.md5 ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBasePresignedUploadGrant(): PresignedUploadGrant {
+  return { present: false, puts: [] };
+}
+
+export const PresignedUploadGrant: MessageFns<PresignedUploadGrant> = {
+  encode(message: PresignedUploadGrant, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.present !== false) {
+      writer.uint32(8).bool(message.present);
+    }
+    for (const v of message.puts) {
+      PresignedPut.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PresignedUploadGrant {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePresignedUploadGrant();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.present = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.puts.push(PresignedPut.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PresignedUploadGrant {
+    return {
+      present: isSet(object.present) ? globalThis.Boolean(object.present) : false,
+      puts: globalThis.Array.isArray(object?.puts) ? object.puts.map((e: any) => PresignedPut.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: PresignedUploadGrant): unknown {
+    const obj: any = {};
+    if (message.present !== false) {
+      obj.present = message.present;
+    }
+    if (message.puts?.length) {
+      obj.puts = message.puts.map((e) => PresignedPut.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PresignedUploadGrant>, I>>(base?: I): PresignedUploadGrant {
+    return PresignedUploadGrant.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PresignedUploadGrant>, I>>(object: I): PresignedUploadGrant {
+    const message = createBasePresignedUploadGrant();
+    message.present = object.present ?? false;
+    message.puts = object.puts?.map((e) => PresignedPut.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePresignedPut(): PresignedPut {
+  return { url: "", headers: {} };
+}
+
+export const PresignedPut: MessageFns<PresignedPut> = {
+  encode(message: PresignedPut, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.url !== "") {
+      writer.uint32(10).string(message.url);
+    }
+    globalThis.Object.entries(message.headers).forEach(([key, value]: [string, string]) => {
+      PresignedPut_HeadersEntry.encode({ key: key as any, value }, writer.uint32(18).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PresignedPut {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePresignedPut();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.url = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            const entry2 = PresignedPut_HeadersEntry.decode(reader, reader.uint32());
+            if (entry2.value !== undefined) {
+              message.headers[entry2.key] = entry2.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PresignedPut {
+    return {
+      url: isSet(object.url) ? globalThis.String(object.url) : "",
+      headers: isObject(object.headers)
+        ? (globalThis.Object.entries(object.headers) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: PresignedPut): unknown {
+    const obj: any = {};
+    if (message.url !== "") {
+      obj.url = message.url;
+    }
+    if (message.headers) {
+      const entries = globalThis.Object.entries(message.headers) as [string, string][];
+      if (entries.length > 0) {
+        obj.headers = {};
+        entries.forEach(([k, v]) => {
+          obj.headers[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PresignedPut>, I>>(base?: I): PresignedPut {
+    return PresignedPut.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PresignedPut>, I>>(object: I): PresignedPut {
+    const message = createBasePresignedPut();
+    message.url = object.url ?? "";
+    message.headers = (globalThis.Object.entries(object.headers ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBasePresignedPut_HeadersEntry(): PresignedPut_HeadersEntry {
+  return { key: "", value: "" };
+}
+
+export const PresignedPut_HeadersEntry: MessageFns<PresignedPut_HeadersEntry> = {
+  encode(message: PresignedPut_HeadersEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PresignedPut_HeadersEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePresignedPut_HeadersEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PresignedPut_HeadersEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: PresignedPut_HeadersEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PresignedPut_HeadersEntry>, I>>(base?: I): PresignedPut_HeadersEntry {
+    return PresignedPut_HeadersEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PresignedPut_HeadersEntry>, I>>(object: I): PresignedPut_HeadersEntry {
+    const message = createBasePresignedPut_HeadersEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBasePresignedUploadDone(): PresignedUploadDone {
+  return { jobId: "", storePath: "", etags: [] };
+}
+
+export const PresignedUploadDone: MessageFns<PresignedUploadDone> = {
+  encode(message: PresignedUploadDone, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.storePath !== "") {
+      writer.uint32(18).string(message.storePath);
+    }
+    for (const v of message.etags) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PresignedUploadDone {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePresignedUploadDone();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.storePath = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.etags.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PresignedUploadDone {
+    return {
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      storePath: isSet(object.storePath)
+        ? globalThis.String(object.storePath)
+        : isSet(object.store_path)
+        ? globalThis.String(object.store_path)
+        : "",
+      etags: globalThis.Array.isArray(object?.etags) ? object.etags.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: PresignedUploadDone): unknown {
+    const obj: any = {};
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    if (message.storePath !== "") {
+      obj.storePath = message.storePath;
+    }
+    if (message.etags?.length) {
+      obj.etags = message.etags;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PresignedUploadDone>, I>>(base?: I): PresignedUploadDone {
+    return PresignedUploadDone.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PresignedUploadDone>, I>>(object: I): PresignedUploadDone {
+    const message = createBasePresignedUploadDone();
+    message.jobId = object.jobId ?? "";
+    message.storePath = object.storePath ?? "";
+    message.etags = object.etags?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBasePresignedUploadReceipt(): PresignedUploadReceipt {
+  return { published: false };
+}
+
+export const PresignedUploadReceipt: MessageFns<PresignedUploadReceipt> = {
+  encode(message: PresignedUploadReceipt, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.published !== false) {
+      writer.uint32(8).bool(message.published);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PresignedUploadReceipt {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePresignedUploadReceipt();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.published = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PresignedUploadReceipt {
+    return { published: isSet(object.published) ? globalThis.Boolean(object.published) : false };
+  },
+
+  toJSON(message: PresignedUploadReceipt): unknown {
+    const obj: any = {};
+    if (message.published !== false) {
+      obj.published = message.published;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PresignedUploadReceipt>, I>>(base?: I): PresignedUploadReceipt {
+    return PresignedUploadReceipt.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PresignedUploadReceipt>, I>>(object: I): PresignedUploadReceipt {
+    const message = createBasePresignedUploadReceipt();
+    message.published = object.published ?? false;
+    return message;
+  },
+};
+
 function createBaseCompleteRequest(): CompleteRequest {
   return { jobId: "", state: 0, errorMsg: "", outputs: [], nixSupport: undefined, timings: undefined };
 }
@@ -5618,6 +6503,36 @@ export const RunnerService = {
     responseSerialize: (value: Ack): Buffer => Buffer.from(Ack.encode(value).finish()),
     responseDeserialize: (value: Buffer): Ack => Ack.decode(value),
   },
+  /**
+   * Builder-direct uploads (Joined.presigned_uploads set): URLs to PUT an
+   * uploaded and verified output's compressed NAR straight into the S3
+   * cache. Before Complete; the output must have gone up by UploadOutput.
+   */
+  requestPresignedUpload: {
+    path: "/hydrant.runner.v1.Runner/RequestPresignedUpload" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PresignedUploadRequest): Buffer =>
+      Buffer.from(PresignedUploadRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PresignedUploadRequest => PresignedUploadRequest.decode(value),
+    responseSerialize: (value: PresignedUploadGrant): Buffer =>
+      Buffer.from(PresignedUploadGrant.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PresignedUploadGrant => PresignedUploadGrant.decode(value),
+  },
+  /**
+   * The builder has PUT every part: the runner completes the upload, checks
+   * what S3 stored against the declaration and writes the signed narinfo.
+   */
+  completePresignedUpload: {
+    path: "/hydrant.runner.v1.Runner/CompletePresignedUpload" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PresignedUploadDone): Buffer => Buffer.from(PresignedUploadDone.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PresignedUploadDone => PresignedUploadDone.decode(value),
+    responseSerialize: (value: PresignedUploadReceipt): Buffer =>
+      Buffer.from(PresignedUploadReceipt.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PresignedUploadReceipt => PresignedUploadReceipt.decode(value),
+  },
 } as const;
 
 export interface RunnerServer extends UntypedServiceImplementation {
@@ -5647,6 +6562,17 @@ export interface RunnerServer extends UntypedServiceImplementation {
   uploadOutput: handleClientStreamingCall<UploadOutputMessage, UploadReceipt>;
   /** A job's final result; after it the job no longer belongs to the builder. */
   complete: handleUnaryCall<CompleteRequest, Ack>;
+  /**
+   * Builder-direct uploads (Joined.presigned_uploads set): URLs to PUT an
+   * uploaded and verified output's compressed NAR straight into the S3
+   * cache. Before Complete; the output must have gone up by UploadOutput.
+   */
+  requestPresignedUpload: handleUnaryCall<PresignedUploadRequest, PresignedUploadGrant>;
+  /**
+   * The builder has PUT every part: the runner completes the upload, checks
+   * what S3 stored against the declaration and writes the signed narinfo.
+   */
+  completePresignedUpload: handleUnaryCall<PresignedUploadDone, PresignedUploadReceipt>;
 }
 
 export interface RunnerClient extends Client {
@@ -5760,6 +6686,45 @@ export interface RunnerClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: Ack) => void,
+  ): ClientUnaryCall;
+  /**
+   * Builder-direct uploads (Joined.presigned_uploads set): URLs to PUT an
+   * uploaded and verified output's compressed NAR straight into the S3
+   * cache. Before Complete; the output must have gone up by UploadOutput.
+   */
+  requestPresignedUpload(
+    request: PresignedUploadRequest,
+    callback: (error: ServiceError | null, response: PresignedUploadGrant) => void,
+  ): ClientUnaryCall;
+  requestPresignedUpload(
+    request: PresignedUploadRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PresignedUploadGrant) => void,
+  ): ClientUnaryCall;
+  requestPresignedUpload(
+    request: PresignedUploadRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PresignedUploadGrant) => void,
+  ): ClientUnaryCall;
+  /**
+   * The builder has PUT every part: the runner completes the upload, checks
+   * what S3 stored against the declaration and writes the signed narinfo.
+   */
+  completePresignedUpload(
+    request: PresignedUploadDone,
+    callback: (error: ServiceError | null, response: PresignedUploadReceipt) => void,
+  ): ClientUnaryCall;
+  completePresignedUpload(
+    request: PresignedUploadDone,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PresignedUploadReceipt) => void,
+  ): ClientUnaryCall;
+  completePresignedUpload(
+    request: PresignedUploadDone,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PresignedUploadReceipt) => void,
   ): ClientUnaryCall;
 }
 
