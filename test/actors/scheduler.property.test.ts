@@ -31,7 +31,12 @@ describe('scheduler on random DAGs (real PostgreSQL, simulated builders)', () =>
           const index = new Map(dag.drvs.map((d, i) => [d.drvPath, i]));
           const exclusive = new ExclusiveCheck();
           const early: string[] = [];
-          const behaviour = (drvPath: string, attempt: number): SimBehaviour => {
+          // Attempts per derivation across every machine: a flaky step fails its first attempt
+          // anywhere, then builds (each simulated builder counts only its own attempts).
+          const attempts = new Map<string, number>();
+          const behaviour = (drvPath: string): SimBehaviour => {
+            const attempt = (attempts.get(drvPath) ?? 0) + 1;
+            attempts.set(drvPath, attempt);
             const i = index.get(drvPath)!;
             for (const dep of dag.drvs[i]!.inputDrvs.keys()) {
               if (!dag.store.valid.has(dag.drvs[index.get(dep)!]!.outputs[0]!.path!)) early.push(`${drvPath} before ${dep}`);
@@ -50,7 +55,7 @@ describe('scheduler on random DAGs (real PostgreSQL, simulated builders)', () =>
           const endedIds: number[] = [];
           runtime.scheduler.onBuildFinished = (id) => endedIds.push(id);
           for (let m = 0; m < machineCount; m++) {
-            const sim = new SimulatedBuilder({ store: dag.store, behaviour: (job, attempt) => behaviour(job.drvPath, attempt) });
+            const sim = new SimulatedBuilder({ store: dag.store, behaviour: (job) => behaviour(job.drvPath) });
             const systems = m % 2 === 0 ? ['x86_64-linux', 'aarch64-linux'] : ['x86_64-linux'];
             runtime.scheduler.addMachine(machineRecord(`m${m}`, { systems: new Set(systems), maxJobs: 1 + m }), exclusive.wrap(`m${m}`, sim));
           }
