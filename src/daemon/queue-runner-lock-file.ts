@@ -62,6 +62,9 @@ export class QueueRunnerLockFile {
   async release(): Promise<void> {
     if (this.holder.exitCode !== null || this.holder.signalCode !== null) return;
     const exited = new Promise<void>((resolve) => this.holder.once('exit', () => resolve()));
+    // Waited for while stopping: an unreferenced child would let the event loop run dry and
+    // end the process (exit code 0) before the runner's own exit code is returned.
+    this.holder.ref();
     this.holder.stdin!.end();
     await exited;
   }
