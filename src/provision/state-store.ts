@@ -53,6 +53,12 @@ export class StateStore {
   load(onBad: (file: string, why: string) => void): PersistedMachine[] {
     const out: PersistedMachine[] = [];
     for (const name of readdirSync(this.dir)) {
+      // A snapshot half written when a provisioner was killed: never renamed into place, so
+      // never acted on (save comes before the backend is asked); the backend's list has the rest.
+      if (name.endsWith('.json.tmp')) {
+        rmSync(join(this.dir, name), { force: true });
+        continue;
+      }
       if (!name.endsWith('.json')) continue;
       try {
         const m = JSON.parse(readFileSync(join(this.dir, name), 'utf8')) as PersistedMachine;
