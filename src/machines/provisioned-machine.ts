@@ -9,7 +9,7 @@ import { setup } from 'xstate';
  *   requested ─CREATE─► creating ─CREATED─► joining ─JOINED─► active ⇄ idle (IDLE / BUSY)
  *   creating ─FAILED─► backoff ─RETRY─► creating          (backoff ─DESTROY─► destroying)
  *   idle ─STOP─► stopping ─STOPPED─► stopped ─START─► starting ─STARTED─► joining
- *   joining|idle|stopped|backoff ─DESTROY─► destroying ─DESTROYED─► gone
+ *   joining|active|idle|stopped|backoff ─DESTROY─► destroying ─DESTROYED─► gone (active: it stopped behind our back)
  *   requested ─ADOPT─► joining   (found by the backend's list, no snapshot of it)
  *   requested ─CANCEL─► gone;  any made machine ─LOST─► gone (the backend no longer lists it)
  *
@@ -56,7 +56,7 @@ export const provisionedMachine = setup({
     creating: { on: { CREATED: 'joining', FAILED: 'backoff', LOST: 'gone' } },
     backoff: { on: { RETRY: 'creating', DESTROY: 'destroying', CREATED: 'joining' } },
     joining: { on: { JOINED: 'active', DESTROY: 'destroying', LOST: 'gone' } },
-    active: { on: { IDLE: 'idle', LOST: 'gone' } },
+    active: { on: { IDLE: 'idle', DESTROY: 'destroying', LOST: 'gone' } },
     idle: { on: { BUSY: 'active', STOP: 'stopping', DESTROY: 'destroying', LOST: 'gone' } },
     stopping: { on: { STOPPED: 'stopped', FAILED: 'idle', LOST: 'gone' } },
     stopped: { on: { START: 'starting', DESTROY: 'destroying', LOST: 'gone' } },
