@@ -30,6 +30,10 @@ export interface SchedulerCounters {
   stepsFailed: number;
   /** Attempts that ended transiently (machine lost, preparation or upload failed). */
   stepsTransient: number;
+  /** The most attempts a step had made when it was scheduled for another (Rust runner `max_nr_retries`). */
+  maxTries: number;
+  /** Times the queue monitor woke up: a notification, a LISTEN reconnect or the poll timer (Hydra's `nrQueueWakeups`). */
+  queueWakeups: number;
 }
 
 /** How far back build time counts against a jobset's share (Hydra: 24 h). */
@@ -45,6 +49,7 @@ export class SchedulerStats {
   readonly counters: SchedulerCounters = {
     buildsLoaded: 0, buildsFinished: 0, buildsSucceeded: 0, buildsFailed: 0, buildsCached: 0,
     stepsStarted: 0, stepsFinished: 0, stepsRetried: 0, stepsUnsupported: 0, stepsSucceeded: 0, stepsFailed: 0, stepsTransient: 0,
+    maxTries: 0, queueWakeups: 0,
   };
   readonly machineStats = new Map<string, MachineStats>();
   readonly jobsets = new Map<number, JobsetRecord>();
@@ -71,6 +76,12 @@ export class SchedulerStats {
     m.lastStepAt = now;
     this.charge(step, outcome.stopTime - outcome.startTime, now);
     this.counters.stepsFinished++;
+  }
+
+  /** A step is scheduled for another attempt after `step.tries` attempts. */
+  retried(step: StepRecord): void {
+    this.counters.stepsRetried++;
+    this.counters.maxTries = Math.max(this.counters.maxTries, step.tries);
   }
 
   buildEnded(succeeded: boolean, cached: boolean): void {

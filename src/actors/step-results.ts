@@ -121,7 +121,7 @@ export class StepResults {
     this.o.log.warn({ build: aj.buildId, drv: aj.step.drvPath, machine: aj.machine.id, err: outcome.errorMsg }, 'step failed transiently');
     counters.stepsTransient++;
     if (outcome.machineFault) this.o.stats.machine(aj.machine.id).machineFailures++;
-    if (next === 'retrying') counters.stepsRetried++;
+    if (next === 'retrying') this.o.stats.retried(aj.step);
     this.o.writer.track(this.aborted(aj, outcome.errorMsg, next === 'abandoned'));
   }
 
