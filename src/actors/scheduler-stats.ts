@@ -108,12 +108,19 @@ export class SchedulerStats {
     if (j.charges.length === 0) j.seconds = row.recentSeconds;
   }
 
-  /** Fair share: a finished step's build time is charged to each of its jobsets. */
+  /**
+   * Fair share: a finished step's build time is divided among the jobsets
+   * that need it, in whole seconds (C++ builder.cc:236-245 at cf9f38e4,
+   * `(stopTime - startTime) / step_->jobsets.size()` in time_t), so a step
+   * shared by n jobsets costs each 1/n of it.
+   */
   private charge(step: StepRecord, seconds: number, now: number): void {
-    if (seconds <= 0) return;
+    if (seconds <= 0 || step.jobsets.length === 0) return;
+    const share = Math.floor(seconds / step.jobsets.length);
+    if (share <= 0) return;
     for (const j of step.jobsets) {
-      j.seconds += seconds;
-      j.charges.push({ at: now, seconds });
+      j.seconds += share;
+      j.charges.push({ at: now, seconds: share });
       while (j.charges.length > 0 && j.charges[0]!.at < now - FAIR_SHARE_WINDOW_S * 1000) j.seconds -= j.charges.shift()!.seconds;
     }
   }
