@@ -222,8 +222,9 @@ export class Scheduler implements SchedulerIntake {
    */
   private async resolved(step: StepRecord, r: ResolvedStepPrepared): Promise<void> {
     if (!(await this.resolutions.resolved(step, r))) return;
+    if (r.failedBefore) return this.resolutions.failedBefore(step, r);
     const res = r.built ? { kind: 'built' as const } : await this.graph.resolveTo(step, r.drvPath);
-    if (res.kind === 'failed') throw new Error(`resolved derivation ${r.drvPath} failed`);
+    if (res.kind === 'failed') return this.results.failedAs(step, res.step);
     if (res.kind === 'built' && step.state === 'runnable') await this.resolutions.resolvedBuilt(step, r);
     if (res.kind === 'step' && this.debug) this.o.log.debug({ drv: step.drvPath, resolved: r.drvPath }, 'step resolved');
   }

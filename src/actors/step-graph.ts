@@ -26,7 +26,7 @@ export interface GraphListener {
 export type AddBuildResult =
   | { kind: 'queued'; build: BuildRecord; step: StepRecord }
   | { kind: 'cached'; build: BuildRecord; outputs: readonly StepOutput[] }
-  | { kind: 'cachedFailure'; build: BuildRecord; failedDrvPath: string; failedSystem: string; failedOutputs: readonly StepOutput[]; own: boolean };
+  | { kind: 'cachedFailure'; build: BuildRecord; failedDrvPath: string; failedSystem: string; failedOutputs: readonly StepOutput[]; own: boolean; failedStep: StepRecord };
 
 export interface QueuedBuild {
   id: number;
@@ -66,6 +66,13 @@ export class StepGraph {
   private readonly jobsetSets = new JobsetSets();
   /** A resolved step → the step of its resolved derivation. */
   private readonly resolvedTo = new WeakMap<StepRecord, StepRecord>();
+  /**
+   * Steps that succeeded in memory whose rows are still being written
+   * (completeSuccess not yet called): a step created meanwhile waits for
+   * them, since a content-addressed output is known to its dependents'
+   * preparation only from the committed rows.
+   */
+  private readonly awaitingRows = new WeakSet<StepRecord>();
 
   /** Sees every step transition while set (the live feed); null costs one check on the hot path. */
   observer: ((step: StepRecord, event: StepEventType, from: StepState, to: StepState) => void) | null = null;
@@ -78,6 +85,7 @@ export class StepGraph {
     if (next === undefined) throw new Error(`step ${step.drvPath}: ${event} not accepted in ${step.state}`);
     const from = step.state;
     step.state = next;
+    if (event === 'SUCCEED' || event === 'FAIL_WITH_OUTPUT' || event === 'ALREADY_BUILT' || event === 'RESOLVE') this.awaitingRows.add(step);
     if (this.observer) this.observer(step, event, from, next);
     if (next === 'failed' && event !== 'DEP_FAILED') this.failDependents(step);
     return next;
@@ -148,7 +156,7 @@ export class StepGraph {
     if (step.state === 'failed') {
       const cause = this.failureCause.get(step) ?? step;
       this.releaseHold(step);
-      return { kind: 'cachedFailure', build, failedDrvPath: cause.drvPath, failedSystem: cause.platform.system, failedOutputs: cause.outputs, own: cause === step };
+      return { kind: 'cachedFailure', build, failedDrvPath: cause.drvPath, failedSystem: cause.platform.system, failedOutputs: cause.outputs, own: cause === step, failedStep: cause };
     }
     this.builds.set(build.id, build);
     build.toplevel = step;
@@ -176,6 +184,7 @@ export class StepGraph {
    * wait for it. Returns the builds whose own step it was.
    */
   completeSuccess(step: StepRecord): BuildRecord[] {
+    this.awaitingRows.delete(step);
     for (const r of step.rdeps) {
       const i = r.deps.indexOf(step);
       if (i >= 0) swapRemove(r.deps, i);
@@ -233,7 +242,7 @@ export class StepGraph {
    * derivation's outputs exist or it has just built: the caller completes
    * the original with them), `failed` (the resolved step failed).
    */
-  async resolveTo(original: StepRecord, resolvedDrvPath: string): Promise<{ kind: 'step'; step: StepRecord } | { kind: 'gone' | 'built' | 'failed' }> {
+  async resolveTo(original: StepRecord, resolvedDrvPath: string): Promise<{ kind: 'step' | 'failed'; step: StepRecord } | { kind: 'gone' | 'built' }> {
     const resolved = await this.acquire(resolvedDrvPath);
     if (original.state !== 'runnable' || this.steps.get(original.drvPath) !== original) {
       if (resolved) this.releaseHold(resolved);
@@ -243,9 +252,10 @@ export class StepGraph {
     if (resolved === original) throw new Error(`step ${original.drvPath} resolved to itself`);
     if (SUCCESS_STATES.has(resolved.state) || resolved.state === 'failed') {
       this.releaseHold(resolved);
-      return { kind: resolved.state === 'failed' ? 'failed' : 'built' };
+      return resolved.state === 'failed' ? { kind: 'failed', step: resolved } : { kind: 'built' };
     }
     this.transition(original, 'RESOLVE');
+    this.awaitingRows.delete(original); // its dependents move to the resolved step
     this.resolvedTo.set(original, resolved);
     const moved = original.rdeps.length + original.builds.length;
     for (const r of original.rdeps) {
@@ -270,6 +280,12 @@ export class StepGraph {
       this.releaseHold(original);
     }
     return { kind: 'step', step: resolved };
+  }
+
+  /** A runnable step fails because `cause` failed (the step it resolved to): a build loaded meanwhile meets `cause`. */
+  failAs(step: StepRecord, cause: StepRecord): void {
+    this.failureCause.set(step, this.causeOf(cause));
+    this.transition(step, 'CACHED_FAILURE');
   }
 
   /** The step a resolved step was resolved to (while the graph holds it). */
@@ -366,7 +382,7 @@ export class StepGraph {
         this.releaseHold(dep);
         dep = to;
       }
-      if (SUCCESS_STATES.has(dep.state)) {
+      if (SUCCESS_STATES.has(dep.state) && !this.awaitingRows.has(dep)) {
         this.releaseHold(dep);
       } else if (dep.state === 'failed' || dep.state === 'cancelled') {
         failedDep ??= dep;

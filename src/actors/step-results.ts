@@ -50,6 +50,13 @@ export class StepResults {
    */
   /** Builds that have had an attempt's row: the first one's start also starts the build. */
   private readonly startedBuilds = new Set<number>();
+  /**
+   * Steps that failed for good in this run with a status FailedPaths does not
+   * record (3, 9, …), while the graph still holds them: a build loaded then
+   * ends with that status propagated (as a dependent of the write would),
+   * not as a cached failure (whose status for a dependent is always 2).
+   */
+  private readonly uncachedFailures = new WeakMap<StepRecord, { buildId: number } & Failure>();
   private readonly cachedFailures: Coalescer<Parameters<SchedulerDb['buildsCachedFailure']>[0][number], boolean>;
 
   constructor(private readonly o: StepResultsOptions) {
@@ -69,10 +76,60 @@ export class StepResults {
     if (r.kind === 'cached') {
       if (await writer.persist(() => db.buildCached({ buildId: q.id, now, outputs: r.outputs }))) this.buildEnded(q.id, true, true);
     } else if (r.kind === 'cachedFailure') {
+      const f = this.uncachedFailures.get(r.failedStep);
+      if (f) return this.propagatedFailure(q, r, f);
       if (await this.cachedFailures.load({ buildId: q.id, failedDrvPath: r.failedDrvPath, system: r.failedSystem, own: r.own, now, outputs: r.failedOutputs })) {
         this.buildEnded(q.id, false, true);
       }
     }
+  }
+
+  /**
+   * A runnable step fails because `failed` did (its resolved derivation's
+   * step, failed in this run and still in the graph): its dependents fail
+   * with it in memory, and the builds that need it end as a build loaded
+   * then would (the status propagated, or a cached failure of `failed`).
+   */
+  async failedAs(step: StepRecord, failed: StepRecord): Promise<void> {
+    const { graph } = this.o;
+    if (step.state !== 'runnable') return;
+    graph.failAs(step, failed);
+    const builds = graph.dependentBuilds(step);
+    const f = this.uncachedFailures.get(failed);
+    this.o.log.info({ drv: step.drvPath, failed: failed.drvPath, builds: builds.map((b) => b.id) }, 'step fails with the step it resolved to');
+    const now = unixNow(this.o.clock.now());
+    const ended = f
+      ? await this.o.writer.persist(() =>
+          this.o.db.dependentsFailed({
+            failedBuildId: f.buildId, drvPath: failed.drvPath, system: failed.platform.system, status: f.status, errorMsg: f.errorMsg, machine: f.machine, stopTime: f.stopTime,
+            builds: builds.map((b) => ({ id: b.id, own: b.toplevel === step })), outputs: failed.outputs,
+          }),
+        )
+      : builds.length === 0
+        ? []
+        : await this.o.writer.persist(() =>
+            this.o.db.buildsCachedFailure(builds.map((b) => ({ buildId: b.id, failedDrvPath: failed.drvPath, system: failed.platform.system, own: b.toplevel === step, now, outputs: failed.outputs }))),
+          );
+    for (const id of ended) this.buildEnded(id, false, !f);
+    for (const b of builds) graph.removeBuild(b);
+  }
+
+  /** A build loaded while a step it needs had failed (not cacheable): the step's status, propagated from its build. */
+  private async propagatedFailure(q: QueuedBuild, r: Extract<AddBuildResult, { kind: 'cachedFailure' }>, f: { buildId: number } & Failure): Promise<void> {
+    const ended = await this.o.writer.persist(() =>
+      this.o.db.dependentsFailed({
+        failedBuildId: f.buildId,
+        drvPath: r.failedDrvPath,
+        system: r.failedSystem,
+        status: f.status,
+        errorMsg: f.errorMsg,
+        machine: f.machine,
+        stopTime: f.stopTime,
+        builds: [{ id: q.id, own: r.own }],
+        outputs: r.failedOutputs,
+      }),
+    );
+    if (ended.includes(q.id)) this.buildEnded(q.id, false, false);
   }
 
   /**
@@ -122,6 +179,10 @@ export class StepResults {
     counters.stepsTransient++;
     if (outcome.machineFault) this.o.stats.machine(aj.machine.id).machineFailures++;
     if (next === 'retrying') this.o.stats.retried(aj.step);
+    if (next === 'abandoned') {
+      const stopTime = unixNow(this.o.clock.now());
+      this.uncachedFailures.set(aj.step, { buildId: aj.buildId, status: BuildStatus.Aborted, errorMsg: outcome.errorMsg, machine: aj.machine.id, startTime: unixNow(aj.startedAt), stopTime, logFile: '', cacheable: false });
+    }
     this.o.writer.track(this.aborted(aj, outcome.errorMsg, next === 'abandoned'));
   }
 
@@ -218,6 +279,7 @@ export class StepResults {
    */
   private async failed(step: StepRecord, at: { buildId: number; row: Promise<number | null> }, f: Failure): Promise<void> {
     this.o.log.warn({ build: at.buildId, drv: step.drvPath, machine: f.machine, status: f.status, err: f.errorMsg }, 'step failed');
+    if (!f.cacheable) this.uncachedFailures.set(step, { buildId: at.buildId, ...f });
     const { db, graph, writer } = this.o;
     const handled = new Set(graph.dependentBuilds(step));
     const stepnr = await at.row;

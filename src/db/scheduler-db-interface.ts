@@ -176,6 +176,9 @@ export interface SchedulerDb {
   /** The realised output paths of built derivations, as their steps recorded them. */
   realisedOutputs(drvPaths: readonly string[]): Promise<{ drvPath: string; name: string; path: string }[]>;
 
+  /** A resolved derivation's newest permanent failure (its step's status and build), or null: its builds end as a cached failure. */
+  failedBefore(drvPath: string): Promise<{ build: number; status: number } | null>;
+
   jobsets(windowSeconds: number): Promise<JobsetRow[]>;
   /** Unfinished builds with id > afterId, by id, in batches. */
   queuedBuilds(afterId: number): AsyncIterable<QueuedBuildRow[]>;

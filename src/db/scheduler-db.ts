@@ -11,7 +11,7 @@ import { BuildStatus, StepBusy, StepType } from './status.ts';
 import { abortUnloadableBuild } from './unloadable-builds.ts';
 import { abortLeftoverSteps, finishStep, lockBuild, recordStep, setStepBusy, startStep } from './step-rows.ts';
 import { buildSizes } from './output-sizes.ts';
-import { readRealisedOutputs, recordResolvedStep } from './resolved-steps.ts';
+import { readFailedBefore, readRealisedOutputs, recordResolvedStep } from './resolved-steps.ts';
 import { STORE_DIR } from '../nix/store-path.ts';
 
 /**
@@ -198,6 +198,10 @@ export class PgSchedulerDb implements SchedulerDb {
 
   realisedOutputs(drvPaths: readonly string[]): Promise<{ drvPath: string; name: string; path: string }[]> {
     return readRealisedOutputs(this.pool, drvPaths, STORE_DIR);
+  }
+
+  failedBefore(drvPath: string): Promise<{ build: number; status: number } | null> {
+    return readFailedBefore(this.pool, drvPath);
   }
 
   buildCached(a: Parameters<SchedulerDb['buildCached']>[0]): Promise<boolean> {
