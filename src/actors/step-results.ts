@@ -8,6 +8,7 @@ import type { BuildRecord, Clock, FailureCache, StepRecord } from './model.ts';
 import type { ResultWriter } from './result-writer.ts';
 import type { SchedulerStats } from './scheduler-stats.ts';
 import type { AddBuildResult, QueuedBuild, StepGraph } from './step-graph.ts';
+import { rowBuild } from './row-build.ts';
 
 export interface StepResultsOptions {
   db: SchedulerDb;
@@ -77,7 +78,7 @@ export class StepResults {
 
   /**
    * An attempt of `step` on `machine` begins (`now`, ms): its row goes under
-   * the lowest-id build that needs the step, written with the other starts
+   * its row build (src/actors/row-build.ts), written with the other starts
    * of the dispatch round (ResultWriter.started).
    */
   started(step: StepRecord, machine: string, now: number): { buildId: number; row: Promise<number | null> } {
@@ -155,9 +156,9 @@ export class StepResults {
     );
   }
 
-  /** The build a step's row is recorded under: the lowest-id build that needs it. */
+  /** The build a step's rows go under (src/actors/row-build.ts). */
   private rowBuild(step: StepRecord): BuildRecord | undefined {
-    return this.o.graph.builds.get(step.lowestBuildId) ?? this.o.graph.dependentBuilds(step)[0];
+    return rowBuild(this.o.graph, step);
   }
 
   private buildEnded(id: number, succeeded: boolean, cached: boolean): void {
