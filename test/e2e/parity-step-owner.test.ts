@@ -69,6 +69,7 @@ describe('the build a step row goes under', () => {
     const { runtime } = await startRuntime(db.pool, store);
     try {
       // Both builds are in the graph before any machine can take dep (else the first loaded would simply be the only one).
+      await runtime.initialLoad;
       await waitFor(() => runtime.scheduler.graph.builds.has(x) && runtime.scheduler.graph.builds.has(y), 30_000, 'both builds to load');
       runtime.scheduler.addMachine(machineRecord('local', { maxJobs: 2 }), new LocalNixBuilder({ hydraDataDir: dir }));
       await waitFor(async () => (await unfinished()) === 0, 60_000, 'builds to finish');
@@ -127,6 +128,7 @@ describe('the build a step row goes under', () => {
     const { runtime } = await startRuntime(db.pool, store);
     try {
       // Both builds are in the graph before any machine can take dep (else the first loaded would simply be the only one).
+      await runtime.initialLoad;
       await waitFor(() => runtime.scheduler.graph.builds.has(x) && runtime.scheduler.graph.builds.has(y), 30_000, 'both builds to load');
       runtime.scheduler.addMachine(machineRecord('local', { maxJobs: 2 }), new LocalNixBuilder({ hydraDataDir: dir }));
       await waitFor(async () => (await unfinished()) === 0, 60_000, 'builds to finish');
