@@ -1,7 +1,7 @@
 import type { Logger } from '../util/logger.ts';
 import { BuildStatus } from '../db/status.ts';
 import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
-import { unixNow, type StepOutcome } from './builder-port.ts';
+import { unixNow, type StepFinisher, type StepOutcome } from './builder-port.ts';
 import { Coalescer } from './coalescer.ts';
 import type { ActiveJob } from './active-jobs.ts';
 import type { BuildRecord, Clock, FailureCache, StepRecord } from './model.ts';
@@ -17,6 +17,8 @@ export interface StepResultsOptions {
   stats: SchedulerStats;
   log: Logger;
   clock: Clock;
+  /** Roots and publishes the outputs of a build queued already built. */
+  finisher?: StepFinisher;
   /** A build's final row committed. */
   buildFinished(id: number): void;
 }
@@ -68,6 +70,7 @@ export class StepResults {
     const { db, writer } = this.o;
     const now = unixNow(this.o.clock.now());
     if (r.kind === 'cached') {
+      await this.ensurePublished(q.id, r.outputs);
       if (await writer.persist(() => db.buildCached({ buildId: q.id, now, outputs: r.outputs }))) this.buildEnded(q.id, true, true);
     } else if (r.kind === 'cachedFailure') {
       if (await this.cachedFailures.load({ buildId: q.id, failedDrvPath: r.failedDrvPath, system: r.failedSystem, own: r.own, now, outputs: r.failedOutputs })) {
@@ -154,6 +157,22 @@ export class StepResults {
             ),
       ),
     );
+  }
+
+  /**
+   * The outputs of a build queued already built are rooted and put in every
+   * cache before it ends. A failure (a full disk, a cache away) is logged
+   * and the build still ends as cached: its outputs are valid here, and the
+   * next build of them publishes them again.
+   */
+  private async ensurePublished(buildId: number, outputs: readonly { name: string; path: string | null }[]): Promise<void> {
+    const paths = outputs.flatMap((o) => (o.path === null ? [] : [o.path]));
+    if (!this.o.finisher?.alreadyBuilt || paths.length === 0) return;
+    try {
+      await this.o.finisher.alreadyBuilt(paths);
+    } catch (err) {
+      this.o.log.error({ build: buildId, outputs: paths, err: String((err as Error)?.message ?? err) }, 'cannot root or publish the outputs of a build queued already built');
+    }
   }
 
   /** The build a step's rows go under (src/actors/row-build.ts). */
