@@ -2,6 +2,7 @@ import { unixNow } from './builder-port.ts';
 import type { BuildRecord, StepOutput, StepRecord } from './model.ts';
 import type { ResolvedStepPrepared, SubstitutedStepPrepared } from './prepare-step.ts';
 import type { StepResultsOptions } from './step-results.ts';
+import { rowBuild } from './row-build.ts';
 
 /** The same collaborators as StepResults. */
 export type ResolvedStepsOptions = StepResultsOptions;
@@ -113,8 +114,8 @@ export class ResolvedSteps {
     for (const b of graph.completeSuccess(step)) graph.removeBuild(b);
   }
 
-  /** The build a step's rows go under: the lowest-id build that needs it. */
+  /** The build a step's rows go under (src/actors/row-build.ts). */
   private rowBuild(step: StepRecord): BuildRecord | undefined {
-    return this.o.graph.builds.get(step.lowestBuildId) ?? this.o.graph.dependentBuilds(step)[0];
+    return rowBuild(this.o.graph, step);
   }
 }

@@ -1,13 +1,14 @@
 import type { Logger } from '../util/logger.ts';
 import { BuildStatus } from '../db/status.ts';
 import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
-import { unixNow, type StepOutcome } from './builder-port.ts';
+import { unixNow, type StepFinisher, type StepOutcome } from './builder-port.ts';
 import { Coalescer } from './coalescer.ts';
 import type { ActiveJob } from './active-jobs.ts';
 import type { BuildRecord, Clock, FailureCache, StepRecord } from './model.ts';
 import type { ResultWriter } from './result-writer.ts';
 import type { SchedulerStats } from './scheduler-stats.ts';
 import type { AddBuildResult, QueuedBuild, StepGraph } from './step-graph.ts';
+import { rowBuild } from './row-build.ts';
 
 export interface StepResultsOptions {
   db: SchedulerDb;
@@ -16,6 +17,8 @@ export interface StepResultsOptions {
   stats: SchedulerStats;
   log: Logger;
   clock: Clock;
+  /** Roots and publishes the outputs of a build queued already built. */
+  finisher?: StepFinisher;
   /** A build's final row committed. */
   buildFinished(id: number): void;
 }
@@ -74,6 +77,7 @@ export class StepResults {
     const { db, writer } = this.o;
     const now = unixNow(this.o.clock.now());
     if (r.kind === 'cached') {
+      await this.ensurePublished(q.id, r.outputs);
       if (await writer.persist(() => db.buildCached({ buildId: q.id, now, outputs: r.outputs }))) this.buildEnded(q.id, true, true);
     } else if (r.kind === 'cachedFailure') {
       const f = this.uncachedFailures.get(r.failedStep);
@@ -134,7 +138,7 @@ export class StepResults {
 
   /**
    * An attempt of `step` on `machine` begins (`now`, ms): its row goes under
-   * the lowest-id build that needs the step, written with the other starts
+   * its row build (src/actors/row-build.ts), written with the other starts
    * of the dispatch round (ResultWriter.started).
    */
   started(step: StepRecord, machine: string, now: number): { buildId: number; row: Promise<number | null> } {
@@ -216,9 +220,25 @@ export class StepResults {
     );
   }
 
-  /** The build a step's row is recorded under: the lowest-id build that needs it. */
+  /**
+   * The outputs of a build queued already built are rooted and put in every
+   * cache before it ends. A failure (a full disk, a cache away) is logged
+   * and the build still ends as cached: its outputs are valid here, and the
+   * next build of them publishes them again.
+   */
+  private async ensurePublished(buildId: number, outputs: readonly { name: string; path: string | null }[]): Promise<void> {
+    const paths = outputs.flatMap((o) => (o.path === null ? [] : [o.path]));
+    if (!this.o.finisher?.alreadyBuilt || paths.length === 0) return;
+    try {
+      await this.o.finisher.alreadyBuilt(paths);
+    } catch (err) {
+      this.o.log.error({ build: buildId, outputs: paths, err: String((err as Error)?.message ?? err) }, 'cannot root or publish the outputs of a build queued already built');
+    }
+  }
+
+  /** The build a step's rows go under (src/actors/row-build.ts). */
   private rowBuild(step: StepRecord): BuildRecord | undefined {
-    return this.o.graph.builds.get(step.lowestBuildId) ?? this.o.graph.dependentBuilds(step)[0];
+    return rowBuild(this.o.graph, step);
   }
 
   private buildEnded(id: number, succeeded: boolean, cached: boolean): void {

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { CachedFailure, JobsetRow, QueuedBuildRow, SchedulerDb } from './scheduler-db-interface.ts';
+import { findEarlierBuild } from './earlier-build.ts';
 import { finishBuildsFailed } from './build-failures.ts';
 import { finishBuildCached, finishBuildSucceeded } from './build-results.ts';
 import { addFailedPaths, isFailedPath } from './failed-paths.ts';
@@ -206,7 +207,12 @@ export class PgSchedulerDb implements SchedulerDb {
 
   buildCached(a: Parameters<SchedulerDb['buildCached']>[0]): Promise<boolean> {
     return withTransaction(this.pool, async (c) => {
-      const done = await finishBuildCached(c, a);
+      // As Hydra: products, metrics, sizes, release name and status of the build that made these outputs.
+      const earlier = await findEarlierBuild(c, a.outputs.flatMap((o) => (o.path === null ? [] : [o.path])));
+      const copied = earlier
+        ? { status: earlier.status, size: earlier.size, closureSize: earlier.closureSize, releaseName: earlier.releaseName, products: earlier.products, metrics: earlier.metrics }
+        : {};
+      const done = await finishBuildCached(c, { ...a, ...copied });
       if (done) await notifyBuildsFinished(c, [a.buildId]);
       return done;
     });
