@@ -30,6 +30,8 @@ export type StepOutcome =
       readonly stopTime: number;
       readonly overheadMs: number;
       readonly logFile: string;
+      /** The NAR sizes of the outputs' joint closure, when the runner's store could tell (a build's `closuresize`). */
+      readonly closureSize?: number;
     }
   | {
       /** A permanent failure: 1 build failed, 7 timed out, 10 log limit, 11 NAR size limit, 12 not deterministic. */

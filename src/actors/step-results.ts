@@ -262,6 +262,7 @@ export class StepResults {
         overheadMs: outcome.overheadMs,
         logFile: outcome.logFile,
         outputs: outcome.outputs,
+        closureSize: outcome.closureSize,
         failedWithOutput: outcome.nixSupport.failed,
         releaseName: outcome.nixSupport.releaseName,
         products: outcome.nixSupport.products,

@@ -18,7 +18,7 @@ import { Builds } from './build.ts';
 import { ensureDerivation, fetchRequisites, importMissing } from './inputs.ts';
 import { JobAbortedError, sleep, unary, type Job, type JobContext } from './job.ts';
 import { uploadPresigned } from './presigned-upload.ts';
-import { nixSupport as nixSupportOf, outputInfos, outputPaths, uploadOutput, type OutputInfo } from './outputs.ts';
+import { nixSupport as nixSupportOf, outputInfos, outputPaths, uploadOrder, uploadOutput, type OutputInfo } from './outputs.ts';
 
 /**
  * How long a phase other than building must last before it is reported: a
@@ -254,9 +254,10 @@ export class Jobs {
     const t2 = performance.now();
     // With builder-direct uploads the job completes after them (its outputs must still be its own).
     const presigned = ctx.connection.presignedUploads;
-    for (const [k, o] of outputs.entries()) {
+    const ordered = uploadOrder(outputs, infos);
+    for (const [k, o] of ordered.entries()) {
       const info = infos.get(o.path)!;
-      const last = k === outputs.length - 1;
+      const last = k === ordered.length - 1;
       const final = last && !presigned
         ? (): CompleteRequest => {
             timings.uploadMs = performance.now() - t2;
@@ -271,7 +272,7 @@ export class Jobs {
       }
     }
     if (presigned) {
-      for (const o of outputs) {
+      for (const o of ordered) {
         try {
           await uploadPresigned(ctx, job, o.path, presigned);
         } catch (err) {

@@ -3,7 +3,7 @@ import { unixNow } from '../actors/builder-port.ts';
 import { StepBusy, type StepBusyCode } from '../db/status.ts';
 import { BuildLogWriter } from '../nix/build-log-writer.ts';
 import { buildLogPath } from '../nix/build-logs.ts';
-import { builtOutputs, pathSizes, runNixBuild, type NixBuildHandle } from './nix-build.ts';
+import { builtOutputs, jointClosureSize, pathSizes, runNixBuild, type NixBuildHandle } from './nix-build.ts';
 import { stepSuccess } from './step-success.ts';
 
 /**
@@ -39,7 +39,8 @@ export class LocalNixBuilder implements BuilderPort {
         if (tooBig) {
           return { kind: 'failure', status: 11, errorMsg: `output ${tooBig.name} is ${tooBig.narSize} bytes (limit ${job.maxOutputSize})`, startTime, stopTime, logFile };
         }
-        return stepSuccess({ outputs: built, startTime, stopTime, overheadMs: 0, logFile });
+        const closureSize = await jointClosureSize([...outputs.values()], this.o.env);
+        return stepSuccess({ outputs: built, startTime, stopTime, overheadMs: 0, logFile, closureSize });
       })
       .catch((err: unknown): StepOutcome => ({ kind: 'transient', errorMsg: String((err as Error)?.message ?? err), machineFault: false }))
       .then((outcome) => {

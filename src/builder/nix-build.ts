@@ -125,6 +125,16 @@ export async function builtOutputs(
   return result;
 }
 
+/** The NAR sizes of the joint closure of valid paths, summed (a multi-output build's closuresize). */
+export async function jointClosureSize(paths: readonly string[], env?: NodeJS.ProcessEnv): Promise<number> {
+  if (paths.length === 0) return 0;
+  const { stdout } = await runNix('nix', ['path-info', '--json', '--recursive', ...paths], { env });
+  // An array up to Nix 2.18, an object keyed by path after.
+  const parsed = JSON.parse(stdout.toString('utf8')) as { narSize: number }[] | Record<string, { narSize: number }>;
+  const list = Array.isArray(parsed) ? parsed : Object.values(parsed);
+  return list.reduce((n, i) => n + i.narSize, 0);
+}
+
 /** NAR size and closure size of a valid path (Hydra's BuildSteps/Builds size columns). */
 export async function pathSizes(paths: readonly string[], env?: NodeJS.ProcessEnv): Promise<Map<string, { narSize: number; closureSize: number }>> {
   if (paths.length === 0) return new Map();

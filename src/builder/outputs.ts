@@ -13,6 +13,7 @@
 import { createHash } from 'node:crypto';
 import type { ServiceError } from '@grpc/grpc-js';
 import { NarHashMismatchError, PathNotInStoreError } from '../errors/index.ts';
+import { exportOrder } from '../nix/export.ts';
 import { parseHash } from '../nix/hash.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { readBuildNixSupport } from '../nix/nix-support.ts';
@@ -49,6 +50,18 @@ export async function outputPaths(ctx: JobContext, order: BuildOrder, built: Map
     for (const p of built.keys()) result.set(i++ === 0 ? 'out' : `out${i}`, p);
   }
   return [...result].map(([name, path]) => ({ name, path }));
+}
+
+/**
+ * The outputs in the order they can be uploaded: an output another output
+ * refers to goes first. The runner imports each upload into its store as it
+ * arrives, and a store path can only be registered once its references are
+ * valid; the order of the derivation's output names (`bin` before `out`, say)
+ * does not follow references.
+ */
+export function uploadOrder<T extends { path: string }>(outputs: readonly T[], infos: ReadonlyMap<string, { references: readonly string[] }>): T[] {
+  const byPath = new Map(outputs.map((o) => [o.path, o]));
+  return exportOrder(byPath.keys(), (p) => infos.get(p)?.references ?? []).map((p) => byPath.get(p)!);
 }
 
 /** Each output's NAR hash and size, references, deriver and closure size, from the store. */

@@ -347,11 +347,24 @@ export class BinaryCache {
     return this.uploadLogText(drvPath, data);
   }
 
+  /**
+   * A build log the cache holds (`log/<drv basename>`), decompressed; null
+   * when it has none. A directory keeps no Content-Encoding: a body that
+   * starts with bzip2's, xz's or zstd's magic is taken as compressed.
+   */
+  async readLog(drvPath: string): Promise<Buffer | null> {
+    const got = await this.storage.get(logFile(drvPath));
+    if (!got) return null;
+    return this.decode(got.body, got.contentEncoding ?? sniffEncoding(got.body));
+  }
+
   /** uploadLog for a log already in memory (plain text). */
   uploadLogText(drvPath: string, text: Buffer): Promise<boolean> {
     const rel = logFile(drvPath);
     // Storage writes are write-once: a log the cache has (from an earlier attempt) is kept.
-    return this.fileFlight(rel, () => this.putSmall(rel, text, { contentType: CONTENT_TYPES.log }, this.store.logCompression));
+    // Compressing transfers the buffer to a worker, detaching it: the caller's
+    // text (which Hydra's .bz2 copy and the other caches are made from) is copied.
+    return this.fileFlight(rel, () => this.putSmall(rel, this.store.logCompression === 'none' ? text : Buffer.from(text), { contentType: CONTENT_TYPES.log }, this.store.logCompression));
   }
 
   /**
@@ -393,4 +406,12 @@ export class BinaryCache {
 
 function skipped(storePath: string, started = performance.now()): PathUpload {
   return { storePath, uploaded: false, narSize: 0, fileSize: 0, durationMs: performance.now() - started };
+}
+
+/** The compression a stored body's first bytes show (xz, bzip2, zstd), else none. */
+function sniffEncoding(body: Buffer): string | undefined {
+  if (body.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) return 'xz';
+  if (body.subarray(0, 3).toString('latin1') === 'BZh' && body.length >= 10 && body.subarray(4, 10).equals(Buffer.from([0x31, 0x41, 0x59, 0x26, 0x53, 0x59]))) return 'bzip2';
+  if (body.subarray(0, 4).equals(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]))) return 'zstd';
+  return undefined;
 }

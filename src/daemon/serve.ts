@@ -271,7 +271,7 @@ export class RunnerDaemon {
       .put('/build', putBuild(this.database.pool, store))
       .get('/metrics', metricsHandler(this.metrics!.registry))
       .get('/status/backups', backupsHandler(() => this.backups));
-    await registerViewerRoutes(router, { lifecycle: this.lifecycle, scheduler: () => this.runtime?.scheduler ?? null, startedAt: this.startedAt, db: this.database.pool, hydraDataDir: c.hydraDataDir });
+    await registerViewerRoutes(router, { lifecycle: this.lifecycle, scheduler: () => this.runtime?.scheduler ?? null, startedAt: this.startedAt, db: this.database.pool, hydraDataDir: c.hydraDataDir, caches: this.caches });
     this.http = await startHttpApi(router, c.httpListen, this.options.log);
     this.options.log.info({ listen: c.httpListen, port: this.http.port, writes: auth !== null }, 'HTTP API listening');
   }

@@ -109,3 +109,63 @@ export async function readStepDrv(db: Queryable, buildId: number, stepnr: number
   const r = rows[0];
   return r ? { drvPath: r.drvpath, busy: r.busy, status: r.status } : null;
 }
+
+export interface RecentBuildsFilter {
+  project?: string | undefined;
+  jobset?: string | undefined;
+  /** Part of the job's name. */
+  job?: string | undefined;
+  /** 0: queued (not finished), 1: finished. */
+  finished?: 0 | 1 | undefined;
+  /** Finished with this Builds.buildStatus. */
+  buildStatus?: number | undefined;
+  /** Finished with any status but success. */
+  failedOnly?: boolean | undefined;
+}
+
+export interface RecentBuildRow {
+  id: number;
+  finished: boolean;
+  buildStatus: number | null;
+  statusName: string | null;
+  project: string;
+  jobset: string;
+  job: string;
+  nixName: string | null;
+  system: string;
+  drvPath: string;
+  timestamp: number;
+  startTime: number | null;
+  stopTime: number | null;
+  isCachedBuild: boolean;
+}
+
+/** Builds newest first, filtered, one page (`limit` rows from `offset`). */
+export async function readRecentBuilds(db: Queryable, f: RecentBuildsFilter, limit: number, offset: number): Promise<RecentBuildRow[]> {
+  const { rows } = await db.query(sql('history/recent-builds'), [
+    f.project ?? null,
+    f.jobset ?? null,
+    f.job ?? null,
+    f.finished ?? null,
+    f.buildStatus ?? null,
+    f.failedOnly ?? null,
+    limit,
+    offset,
+  ]);
+  return rows.map((r) => ({
+    id: r.id,
+    finished: r.finished === 1,
+    buildStatus: r.finished === 1 ? r.buildstatus : null,
+    statusName: r.finished === 1 ? statusName(r.buildstatus) : null,
+    project: r.project,
+    jobset: r.jobset,
+    job: r.job,
+    nixName: r.nixname,
+    system: r.system,
+    drvPath: r.drvpath,
+    timestamp: r.timestamp,
+    startTime: r.starttime,
+    stopTime: r.stoptime,
+    isCachedBuild: r.iscachedbuild === 1,
+  }));
+}

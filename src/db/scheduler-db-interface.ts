@@ -91,6 +91,8 @@ export interface SchedulerDb {
     overheadMs: number;
     logFile: string;
     outputs: readonly BuiltOutput[];
+    /** The outputs' joint closure's NAR sizes, when known (else the per-output closures summed). */
+    closureSize?: number;
     failedWithOutput: boolean;
     releaseName: string | null;
     products: readonly BuildProductRow[];

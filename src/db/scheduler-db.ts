@@ -76,7 +76,7 @@ export class PgSchedulerDb implements SchedulerDb {
       };
       if (a.stepnr !== null) await finishStep(c, { ...row, stepnr: a.stepnr, logFile: a.logFile });
       else await recordStep(c, { ...row, drvPath: a.drvPath, system: a.system });
-      const { size, closureSize } = buildSizes(a.outputs);
+      const { size, closureSize } = buildSizes(a.outputs, a.closureSize);
       const ended: number[] = [];
       for (const b of a.builds) {
         const done = await finishBuildSucceeded(c, {

@@ -71,7 +71,8 @@ export async function evaluateJobs(file: string, only: readonly string[] = []): 
     const m = meta[job]!;
     return {
       job,
-      drvPath: drvs[i]!,
+      // nix-instantiate prints `<drv>!<output>` for a derivation whose first output is not `out`.
+      drvPath: drvs[i]!.replace(/![^/]*$/, ''),
       nixName: m.name,
       system: m.system,
       description: m.description,

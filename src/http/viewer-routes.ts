@@ -4,10 +4,12 @@ import { LiveFeed } from '../status/live-feed.ts';
 import { machineDiagrams } from '../status/machine-diagrams.ts';
 import type { Queryable } from '../db/chunks.ts';
 import type { Router } from './router.ts';
+import type { LogCache } from '../status/build-log.ts';
 import { eventsHandler } from './routes/events.ts';
 import { staticUi } from './routes/static-ui.ts';
 import { registerProvisionerStatusRoutes } from './routes/provisioner-status.ts';
 import { registerStatusRoutes } from './routes/status.ts';
+import { registerHistoryRoutes } from './routes/history.ts';
 
 export interface ViewerContext {
   readonly lifecycle: { readonly state: DaemonState };
@@ -18,6 +20,8 @@ export interface ViewerContext {
   readonly db?: Queryable;
   /** Where build logs are written (`<hydraDataDir>/build-logs`). */
   readonly hydraDataDir?: string;
+  /** Binary caches whose `log/<drv>` is served when a log is not in hydraDataDir. */
+  readonly caches?: readonly LogCache[];
 }
 
 /**
@@ -35,7 +39,8 @@ export async function registerViewerRoutes(router: Router, ctx: ViewerContext): 
     .get('/', ui)
     .get('/ui', ui)
     .get('/ui/:file', ui);
-  registerStatusRoutes(router, { lifecycle: ctx.lifecycle, scheduler: () => ctx.scheduler(), startedAt: ctx.startedAt, feed, db: ctx.db, hydraDataDir: ctx.hydraDataDir });
+  registerStatusRoutes(router, { lifecycle: ctx.lifecycle, scheduler: () => ctx.scheduler(), startedAt: ctx.startedAt, feed, db: ctx.db, hydraDataDir: ctx.hydraDataDir, caches: ctx.caches });
+  registerHistoryRoutes(router, { db: ctx.db, scheduler: () => ctx.scheduler() });
   registerProvisionerStatusRoutes(router, { scheduler: () => ctx.scheduler(), startedAt: ctx.startedAt });
   return feed;
 }

@@ -181,6 +181,21 @@ export async function queryPathInfos(store: NixStoreHandle, paths: readonly stri
   });
 }
 
+/**
+ * The NAR sizes of the joint closure of `paths` in `store`, summed: a
+ * multi-output build's `closuresize` as Hydra records it (a path two
+ * outputs both reach is counted once, so it is never below the outputs'
+ * own sizes summed).
+ */
+export async function jointClosureSize(store: NixStoreHandle, paths: readonly string[]): Promise<number> {
+  if (paths.length === 0) return 0;
+  return servePool(store).use(async (session) => {
+    const closure = await session.queryClosure(paths, false);
+    const infos = await session.queryPathInfos(closure);
+    return infos.reduce((n, i) => n + i.narSize, 0);
+  });
+}
+
 export interface ExportOptions {
   /** Export the closure of `paths` rather than just them (default false). */
   closure?: boolean;

@@ -10,7 +10,7 @@ import type { Scheduler } from '../actors/scheduler.ts';
 import { BuildLogWriter } from '../nix/build-log-writer.ts';
 import { buildLogPath } from '../nix/build-logs.ts';
 import type { NixStoreHandle } from '../nix/private-store.ts';
-import { importVerified, queryPathInfos, type StorePathInfo } from '../nix/transfer.ts';
+import { importVerified, jointClosureSize, queryPathInfos, type StorePathInfo } from '../nix/transfer.ts';
 import type { StepBusyCode } from '../db/status.ts';
 import { FloatingOutputMismatchError, NarHashMismatchError, NixFormatError, ProtocolError, UnexpectedStorePathError, type DiskWriteError } from '../errors/index.ts';
 import { basicDerivation } from '../nix/basic-derivation.ts';
@@ -455,7 +455,13 @@ export class BuilderService implements RunnerHandlers {
     await this.logWritten(j);
     // The log's write may have failed meanwhile, which ended the job already.
     if (s?.jobs.get(req.jobId) !== j) return {};
-    const outcome = toOutcome(req, j.uploaded, buildLogPath(this.o.hydraDataDir, j.job.drvPath), j.job.outputs.length);
+    let outcome = toOutcome(req, j.uploaded, buildLogPath(this.o.hydraDataDir, j.job.drvPath), j.job.outputs.length);
+    if (outcome.kind === 'success') {
+      // The outputs were imported into the runner's store with their closures: the joint closure is read there.
+      const closureSize = await jointClosureSize(this.o.store, outcome.outputs.map((o) => o.path)).catch(() => undefined);
+      outcome = { ...outcome, closureSize };
+    }
+    if (s?.jobs.get(req.jobId) !== j) return {};
     s!.finish(req.jobId, outcome);
     return {};
   }

@@ -16,4 +16,10 @@ describe("a build's size and closure size from its outputs", () => {
   it('a closure reported below its own NAR (a builder that could not size it) still counts the NAR', () => {
     expect(buildSizes([{ narSize: 10, closureSize: 0 }])).toEqual({ size: 10, closureSize: 10 });
   });
+
+  it('the joint closure, when the runner could read it, is the closure size (never below size)', () => {
+    const outs = [{ narSize: 100, closureSize: 400 }, { narSize: 50, closureSize: 350 }];
+    expect(buildSizes(outs, 420)).toEqual({ size: 150, closureSize: 420 });
+    expect(buildSizes(outs, 10)).toEqual({ size: 150, closureSize: 150 });
+  });
 });

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -36,7 +36,11 @@ describe('status API of finished builds and their logs', () => {
     const tokenFile = join(dir, 'builder-token');
     writeFileSync(tokenFile, randomBytes(16).toString('hex'));
     daemon = new RunnerDaemon({
-      overrides: { dbUrl: db.url, hydraDataDir: dir, rootsDir: join(dir, 'roots'), tokenPaths: [tokenFile], grpcListen: '127.0.0.1:0', httpListen: '127.0.0.1:0' },
+      overrides: {
+        dbUrl: db.url, hydraDataDir: dir, rootsDir: join(dir, 'roots'), tokenPaths: [tokenFile], grpcListen: '127.0.0.1:0', httpListen: '127.0.0.1:0',
+        // Logs are published to the cache too (log/<drv>, bzip2): read from there once the local file is gone.
+        remoteStoreAddr: [`file://${join(dir, 'cache')}?log-compression=bzip2`],
+      },
       log: createLogger({ level: 'info', destination }),
     });
     await daemon.start();
@@ -56,7 +60,7 @@ describe('status API of finished builds and their logs', () => {
       `{ }: let ${MK_DRV} in {
         good = mk { name = "good-${nonce}"; script = "echo fine-${nonce}; echo ok > $out"; };
         bad = mk { name = "bad-${nonce}"; script = "echo first line; echo boom-${nonce} >&2; exit 3"; };
-        slow = mk { name = "slow-${nonce}"; script = "echo started-${nonce}; /bin/sleep 20; echo > $out"; };
+        slow = mk { name = "slow-${nonce}"; script = "echo started-${nonce}; /bin/sleep 8; echo later-${nonce}; /bin/sleep 12; echo > $out"; };
       }`,
     );
     expect((await runCli(['submit', '--db-url', db.url, '--project', 'hi', '--jobset', 'main', '--create', '--file', file])).code).toBe(0);
@@ -71,6 +75,23 @@ describe('status API of finished builds and their logs', () => {
       return live.status === 200 && (await live.clone().text()).includes(`started-${nonce}`);
     }, 15_000, "slow's first line in its live log");
     expect(live!.headers.get('x-log-stored')).toBe('live');
+    expect(live!.headers.get('x-log-offset')).toBe('0');
+    // Following it: each read asks from where the last one ended, and gets only what was written since.
+    let at = Number(live!.headers.get('x-log-size'));
+    let followed = '';
+    await waitFor(async () => {
+      const r = await fetch(`${base}/status/step/${running.id}/log?offset=${at}&length=65536`);
+      expect(r.status).toBe(200);
+      expect(Number(r.headers.get('x-log-offset'))).toBe(at);
+      const chunk = await r.text();
+      followed += chunk;
+      at += Buffer.byteLength(chunk);
+      return followed.includes(`later-${nonce}`);
+    }, 30_000, "slow's later line, followed");
+    expect(followed).not.toContain(`started-${nonce}`);
+    // While it builds, the history lists it as queued, with its step's state in the runner.
+    const queuedNow = await api('/status/history?status=queued');
+    expect(queuedNow.builds.find((b: Json) => b.id === ids.slow)).toMatchObject({ finished: false, statusName: null, state: 'building' });
     const slowRows = await api(`/status/build/${ids.slow}`);
     expect(slowRows.source).toBeUndefined(); // queued: the live tree
     await waitFor(async () => (await db.pool.query('select count(*)::int as n from builds where finished = 1')).rows[0].n === 3, 90_000, 'all builds to finish');
@@ -108,6 +129,43 @@ describe('status API of finished builds and their logs', () => {
     const tail = await fetch(`${base}${step.log}?tail=5`);
     expect((await tail.arrayBuffer()).byteLength).toBe(5);
     expect(Number(tail.headers.get('x-log-size'))).toBeGreaterThan(5);
+
+    // A part of the log: offset and length, the answer saying where it starts.
+    const whole = Buffer.from(text);
+    const part = await fetch(`${base}${step.log}?offset=3&length=7`);
+    expect(part.headers.get('x-log-offset')).toBe('3');
+    expect(Buffer.from(await part.arrayBuffer())).toEqual(whole.subarray(3, 10));
+    const pastEnd = await fetch(`${base}${step.log}?offset=${whole.length + 100}`);
+    expect(pastEnd.headers.get('x-log-offset')).toBe(String(whole.length));
+    expect((await pastEnd.arrayBuffer()).byteLength).toBe(0);
+    expect((await fetch(`${base}${step.log}?offset=0&tail=3`)).status).toBe(400);
+
+    // The recent builds, newest first, searchable by project, jobset, job and status, paged.
+    const recent = await api('/status/history');
+    expect(recent.builds.map((b: Json) => b.id)).toEqual([ids.bad, ids.good, ids.slow].sort((a, b) => b - a));
+    expect(recent.builds.find((b: Json) => b.id === ids.bad)).toMatchObject({ project: 'hi', jobset: 'main', job: 'bad', finished: true, buildStatus: 1, statusName: 'failed', link: `/status/build/${ids.bad}` });
+    expect(recent.more).toBe(false);
+    expect((await api('/status/history?status=failed')).builds.map((b: Json) => b.job)).toEqual(['bad']);
+    expect((await api('/status/history?status=success')).builds.map((b: Json) => b.job).sort()).toEqual(['good', 'slow']);
+    expect((await api('/status/history?status=queued')).builds).toEqual([]);
+    expect((await api('/status/history?job=oo')).builds.map((b: Json) => b.job)).toEqual(['good']);
+    expect((await api('/status/history?project=hi&jobset=main&status=1')).builds.map((b: Json) => b.job)).toEqual(['bad']);
+    expect((await api('/status/history?project=elsewhere')).builds).toEqual([]);
+    const page1 = await api('/status/history?limit=2');
+    const page2 = await api('/status/history?limit=2&offset=2');
+    expect(page1.more).toBe(true);
+    expect(page2.more).toBe(false);
+    expect([...page1.builds, ...page2.builds].map((b: Json) => b.id)).toEqual(recent.builds.map((b: Json) => b.id));
+    expect((await fetch(`${base}/status/history?status=exploded`)).status).toBe(400);
+
+    // Once the runner's own file is gone, the log is read from the cache's log/<drv> (decompressed).
+    const drvBase = step.drvPath.split('/').pop() as string;
+    const cached = readFileSync(join(dir, 'cache', 'log', drvBase));
+    expect(cached.subarray(0, 3).toString()).toBe('BZh');
+    rmSync(join(dir, 'build-logs', drvBase.slice(0, 2), `${drvBase.slice(2)}.bz2`));
+    const fromCache = await fetch(`${base}${step.log}`);
+    expect(fromCache.headers.get('x-log-stored')).toBe('cache');
+    expect(await fromCache.text()).toBe(text);
 
     // Bad requests: unknown build, unknown step, a path that is no derivation.
     expect((await fetch(`${base}/status/build/999999`)).status).toBe(404);

@@ -12,7 +12,7 @@ import type { Queryable } from '../../db/chunks.ts';
 import { STORE_DIR } from '../../nix/store-path.ts';
 import { buildHistory } from '../../status/build-history.ts';
 import { queueRunnerStats } from '../../status/queue-runner-stats.ts';
-import { isDrvPath, LOG_TAIL_DEFAULT, LOG_TAIL_MAX, readLogTail } from '../../status/build-log.ts';
+import { isDrvPath, LOG_TAIL_DEFAULT, LOG_TAIL_MAX, readLog, type LogCache, type LogRange } from '../../status/build-log.ts';
 import { readStepDrv } from '../../db/build-history.ts';
 import type { ServerResponse } from 'node:http';
 
@@ -28,6 +28,8 @@ export interface StatusContext {
   readonly db?: Queryable;
   /** Where the runner writes build logs (`<hydraDataDir>/build-logs/…`). */
   readonly hydraDataDir?: string;
+  /** Binary caches whose `log/<drv>` is read when the log is not here. */
+  readonly caches?: readonly LogCache[];
 }
 
 const intParam = (v: string | undefined, what: string): number => {
@@ -36,13 +38,25 @@ const intParam = (v: string | undefined, what: string): number => {
   return n;
 };
 
-/** `tail=BYTES` (default 64 KiB, at most 4 MiB). */
-function tailOf(url: URL): number {
-  const t = url.searchParams.get('tail');
-  if (t === null) return LOG_TAIL_DEFAULT;
-  const n = Number(t);
-  if (!Number.isSafeInteger(n) || n < 1) throw new HttpError(400, 'tail must be a positive integer (bytes)');
-  return Math.min(n, LOG_TAIL_MAX);
+/**
+ * `tail=BYTES` (the default: the last 64 KiB), or `offset=BYTE` with
+ * `length=BYTES` (default 64 KiB); at most 4 MiB either way.
+ */
+function rangeOf(url: URL): LogRange {
+  const q = url.searchParams;
+  const bytes = (name: string, min: number): number | null => {
+    const v = q.get(name);
+    if (v === null) return null;
+    const n = Number(v);
+    if (!Number.isSafeInteger(n) || n < min) throw new HttpError(400, `${name} must be ${min === 0 ? 'a non-negative' : 'a positive'} integer (bytes)`);
+    return n;
+  };
+  const tail = bytes('tail', 1);
+  const offset = bytes('offset', 0);
+  const length = bytes('length', 1);
+  if (tail !== null && (offset !== null || length !== null)) throw new HttpError(400, 'give tail, or offset and length, not both');
+  if (offset !== null || length !== null) return { offset: offset ?? 0, length: Math.min(length ?? LOG_TAIL_DEFAULT, LOG_TAIL_MAX) };
+  return { tail: Math.min(tail ?? LOG_TAIL_DEFAULT, LOG_TAIL_MAX) };
 }
 
 /** Steps of one state, in the graph's (insertion) order. */
@@ -220,13 +234,14 @@ export function registerStatusRoutes(router: Router, ctx: StatusContext): void {
   const sendLog = async (res: ServerResponse, drvPath: string, url: URL): Promise<void> => {
     if (ctx.hydraDataDir === undefined) throw new HttpError(404, 'this server has no build logs');
     if (!isDrvPath(drvPath, STORE_DIR)) throw new HttpError(400, 'not a derivation path');
-    const log = await readLogTail(ctx.hydraDataDir, drvPath, tailOf(url));
+    const log = await readLog(ctx.hydraDataDir, drvPath, rangeOf(url), ctx.caches);
     if (!log) throw new HttpError(404, `no log for ${drvPath} (yet)`);
     res.writeHead(200, {
       'content-type': 'text/plain; charset=utf-8',
       'content-length': log.text.length,
       'cache-control': 'no-store',
       'x-log-size': String(log.size),
+      'x-log-offset': String(log.offset),
       'x-log-stored': log.stored,
     });
     res.end(log.text);
