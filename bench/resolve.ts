@@ -18,7 +18,7 @@ import { downstreamPlaceholder, hashPlaceholder } from '../src/nix/derivation-pa
 import type { Derivation } from '../src/nix/derivation.ts';
 import { realisedKey, resolveDerivation } from '../src/nix/resolve-derivation.ts';
 import { WorkerPool } from '../src/workers/pool.ts';
-import { benchOptions, feedPool, log, median, round, timeModes } from './common.ts';
+import { benchOptions, feedPool, median, round, timeModes } from './common.ts';
 
 export const describe = 'CA derivation resolution rate (drvs/s): worker pool (batched, per drv) vs main thread';
 
