@@ -13,6 +13,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   'nar-hash': () => import('./nar-hash.ts'),
   'drv-parse': () => import('./drv-parse.ts'),
   dispatch: () => import('./dispatch.ts'),
+  'dispatch-core': () => import('./dispatch-core.ts'),
   e2e: () => import('./e2e.ts'),
   viz: () => import('./viz.ts'),
   demo: () => import('./demo.ts'),
