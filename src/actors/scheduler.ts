@@ -274,6 +274,11 @@ export class Scheduler implements SchedulerIntake {
     return this.writer.pending;
   }
 
+  /** Write backpressure: held now, how often dispatch was held, the most writes pending at once. */
+  get writePressure(): { held: boolean; holds: number; maxPending: number } {
+    return { held: this.writer.backpressured, ...this.writer.pressure };
+  }
+
   get activeJobs(): number {
     return this.active.size;
   }

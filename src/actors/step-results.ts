@@ -210,12 +210,10 @@ export class StepResults {
     const { db, writer } = this.o;
     this.o.log.info({ build: aj.buildId, drv: aj.step.drvPath, machine: aj.machine.id }, 'step no longer needed; aborted');
     writer.track(
-      aj.row.then((nr) =>
+      writer.closing(aj.buildId, aj.row, (nr) =>
         nr === null
-          ? undefined
-          : writer.closing(aj.buildId, nr, () =>
-              db.stepAborted({ buildId: aj.buildId, stepnr: nr, status: 4, errorMsg: null, startTime: unixNow(aj.startedAt), stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
-            ),
+          ? Promise.resolve()
+          : db.stepAborted({ buildId: aj.buildId, stepnr: nr, status: 4, errorMsg: null, startTime: unixNow(aj.startedAt), stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
       ),
     );
   }
@@ -249,8 +247,7 @@ export class StepResults {
   private async succeeded(aj: ActiveJob, outcome: Extract<StepOutcome, { kind: 'success' }>, builds: BuildRecord[]): Promise<void> {
     const { step } = aj;
     const { db, graph } = this.o;
-    const stepnr = await aj.row;
-    const ended = await this.o.writer.closing(aj.buildId, stepnr, () =>
+    const ended = await this.o.writer.closing(aj.buildId, aj.row, (stepnr) =>
       db.stepSucceeded({
         buildId: aj.buildId,
         stepnr,
@@ -275,13 +272,14 @@ export class StepResults {
   }
 
   private async aborted(aj: ActiveJob, errorMsg: string, abandoned: boolean): Promise<void> {
-    const stepnr = await aj.row;
     if (abandoned) {
       // Retries used up: this attempt's row carries the final status 3.
-      await this.failedUnbuilt(aj.step, { buildId: aj.buildId, row: Promise.resolve(stepnr) }, BuildStatus.Aborted, errorMsg, aj.machine.id, aj.startedAt);
-    } else if (stepnr !== null) {
-      await this.o.writer.closing(aj.buildId, stepnr, () =>
-        this.o.db.stepAborted({ buildId: aj.buildId, stepnr, status: 3, errorMsg: errorMsg || null, startTime: unixNow(aj.startedAt), stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
+      await this.failedUnbuilt(aj.step, { buildId: aj.buildId, row: aj.row }, BuildStatus.Aborted, errorMsg, aj.machine.id, aj.startedAt);
+    } else {
+      await this.o.writer.closing(aj.buildId, aj.row, (stepnr) =>
+        stepnr === null
+          ? Promise.resolve()
+          : this.o.db.stepAborted({ buildId: aj.buildId, stepnr, status: 3, errorMsg: errorMsg || null, startTime: unixNow(aj.startedAt), stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
       );
     }
   }
@@ -303,8 +301,7 @@ export class StepResults {
     if (!f.cacheable) this.uncachedFailures.set(step, { buildId: at.buildId, ...f });
     const { db, graph, writer } = this.o;
     const handled = new Set(graph.dependentBuilds(step));
-    const stepnr = await at.row;
-    const ended = await writer.closing(at.buildId, stepnr, () =>
+    const ended = await writer.closing(at.buildId, at.row, (stepnr) =>
       db.stepFailed({
         buildId: at.buildId,
         stepnr,
