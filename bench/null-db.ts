@@ -91,6 +91,9 @@ export class NullDb implements SchedulerDb {
   async buildsByIds(ids: readonly number[]): Promise<QueuedBuildRow[]> {
     return ids.flatMap((id) => this.queued.get(id) ?? []);
   }
+  async failedBefore(): Promise<{ build: number; status: number } | null> {
+    return null;
+  }
   async failedPaths(): Promise<Set<string>> {
     return new Set();
   }
