@@ -3,6 +3,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseMeminfo, pressureLine } from '../../src/builder/host-metrics.ts';
+import { queueRunnerStats } from '../../src/status/queue-runner-stats.ts';
 import { runCli } from '../helpers/cli.ts';
 import { useInProcessRunner } from '../helpers/in-process-runner.ts';
 import { MK_DRV } from '../helpers/nix.ts';
@@ -149,4 +150,11 @@ describe("the status Hydra's web UI and hydra-send-stats read", () => {
       'hydraqueuerunner_machine_current_jobs{hostname="b1"}': 1, 'hydraqueuerunner_machine_steps_done{hostname="b1"}': 1,
     });
   }, 180_000);
+
+  it('a runner that does not schedule (standby, starting) is not "up": hydra-send-stats then sends hydra.queue.up 0 and nothing else', () => {
+    for (const state of ['standby', 'starting', 'reconnecting']) {
+      const qr = queueRunnerStats(null, state, 1_000, 61_500);
+      expect(qr).toEqual({ status: state, time: new Date(61_500).toISOString(), uptime: 60.5 });
+    }
+  });
 });
