@@ -73,6 +73,8 @@ export class StepGraph {
    * preparation only from the committed rows.
    */
   private readonly awaitingRows = new WeakSet<StepRecord>();
+  /** Waiting for an awaitingRows step's rows (rowsWritten). */
+  private readonly rowWaiters = new WeakMap<StepRecord, (() => void)[]>();
 
   /** Sees every step transition while set (the live feed); null costs one check on the hot path. */
   observer: ((step: StepRecord, event: StepEventType, from: StepState, to: StepState) => void) | null = null;
@@ -184,7 +186,7 @@ export class StepGraph {
    * wait for it. Returns the builds whose own step it was.
    */
   completeSuccess(step: StepRecord): BuildRecord[] {
-    this.awaitingRows.delete(step);
+    this.rowsDone(step);
     for (const r of step.rdeps) {
       const i = r.deps.indexOf(step);
       if (i >= 0) swapRemove(r.deps, i);
@@ -252,7 +254,10 @@ export class StepGraph {
     if (resolved === original) throw new Error(`step ${original.drvPath} resolved to itself`);
     if (SUCCESS_STATES.has(resolved.state) || resolved.state === 'failed') {
       this.releaseHold(resolved);
-      return resolved.state === 'failed' ? { kind: 'failed', step: resolved } : { kind: 'built' };
+      if (resolved.state === 'failed') return { kind: 'failed', step: resolved };
+      // Just built: the caller reads its outputs from its rows, so they must be written.
+      await this.rowsWritten(resolved);
+      return { kind: 'built' };
     }
     this.transition(original, 'RESOLVE');
     this.awaitingRows.delete(original); // its dependents move to the resolved step
@@ -280,6 +285,24 @@ export class StepGraph {
       this.releaseHold(original);
     }
     return { kind: 'step', step: resolved };
+  }
+
+  /** Resolves once a step that succeeded in memory has its rows written (completeSuccess) or is released. */
+  private rowsWritten(step: StepRecord): Promise<void> {
+    if (!this.awaitingRows.has(step) || step.refs <= 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const list = this.rowWaiters.get(step);
+      if (list) list.push(resolve);
+      else this.rowWaiters.set(step, [resolve]);
+    });
+  }
+
+  private rowsDone(step: StepRecord): void {
+    this.awaitingRows.delete(step);
+    const list = this.rowWaiters.get(step);
+    if (!list) return;
+    this.rowWaiters.delete(step);
+    for (const resolve of list) resolve();
   }
 
   /** A runnable step fails because `cause` failed (the step it resolved to): a build loaded meanwhile meets `cause`. */
@@ -433,6 +456,7 @@ export class StepGraph {
       if (--step.refs > 0) continue;
       if (step.refs < 0) throw new Error(`step ${step.drvPath}: reference count below zero`);
       if (this.steps.get(step.drvPath) === step) this.steps.delete(step.drvPath);
+      this.rowsDone(step);
       const previous = step.state;
       if (!stepLifecycle.finals.has(previous)) this.transition(step, 'CANCEL');
       this.o.listener.released(step, previous);

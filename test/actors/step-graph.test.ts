@@ -250,4 +250,36 @@ describe('StepGraph.resolveTo', () => {
     graph.removeBuild(graph.builds.get(1)!);
     expect(graph.steps.size).toBe(0);
   });
+
+  it('a step created while an input that succeeded still has its rows to write waits for them', async () => {
+    const store = new MemoryStore();
+    const add = adder(store);
+    const a = add('a', []);
+    const b = add('b', [a]);
+    const runnable: string[] = [];
+    const graph = new StepGraph({
+      store,
+      failures: { isFailed: async () => false },
+      clock: { now: () => 0 },
+      listener: { runnable: (s) => runnable.push(s.drvPath), reprioritized: () => {}, released: () => {} },
+    });
+    expect((await graph.addBuild(queued(1, a))).kind).toBe('queued');
+    const stepA = graph.steps.get(a)!;
+    graph.transition(stepA, 'DISPATCH');
+    graph.transition(stepA, 'START');
+    graph.transition(stepA, 'SUCCEED'); // in memory; its rows are being written
+    const r = await graph.addBuild(queued(2, b));
+    expect(r.kind).toBe('queued');
+    const stepB = graph.steps.get(b)!;
+    // Not runnable yet: a content-addressed output would be known to b's preparation only from a's rows.
+    expect(stepB.state).toBe('queued');
+    expect(stepB.deps).toEqual([stepA]);
+    expect(runnable).toEqual([a]);
+    // a's rows committed: b runs.
+    for (const x of graph.completeSuccess(stepA)) graph.removeBuild(x);
+    expect(stepB.state).toBe('runnable');
+    expect(runnable).toEqual([a, b]);
+    graph.removeBuild(graph.builds.get(2)!);
+    expect(graph.steps.size).toBe(0);
+  });
 });
