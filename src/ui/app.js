@@ -428,9 +428,9 @@ function renderHistory() {
       ? list.map((b) =>
           h(
             'li',
-            { class: b.id === app.buildId ? 'selected' : '', dataset: { testid: 'history-row', build: String(b.id), outcome: outcomeOf(b) } },
+            { class: b.id === app.buildId ? 'selected' : '', dataset: { testid: 'history-row', build: String(b.id), job: b.job, outcome: b.finished ? b.statusName : (b.state ?? 'queued') } },
             h('button', { class: 'link', title: b.drvPath, onclick: () => selectBuild(b.id) }, `#${b.id} ${b.project}:${b.jobset}:${b.job}`),
-            badge(outcomeOf(b), OUTCOME_COLORS, 'history-outcome'),
+            h('span', { class: 'badge', style: `background:${OUTCOME_COLORS[b.finished ? b.statusName : (b.state ?? 'queued')] ?? '#718096'}`, dataset: { testid: 'history-outcome' } }, outcomeOf(b)),
           ),
         )
       : [h('li', { class: 'hint' }, 'no builds')]),
