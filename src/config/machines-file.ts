@@ -219,10 +219,14 @@ export class MachinesFileWatcher {
       .join('|');
   }
 
-  /** Re-reads the files if any changed since the last look; returns whether they had. */
-  check(): boolean {
+  /**
+   * Re-reads the files if any changed since the last look; returns whether
+   * they had. `force` (SIGHUP) re-reads them whatever their stamps say (an
+   * edit within the same mtime tick keeps inode, size and mtime).
+   */
+  check(force = false): boolean {
     const stamp = this.#stamp();
-    if (stamp === this.#stamps) return false;
+    if (stamp === this.#stamps && !force) return false;
     this.#stamps = stamp;
     const { machines, errors } = loadMachinesFiles(this.files);
     const before = this.#current;

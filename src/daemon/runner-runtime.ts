@@ -44,6 +44,8 @@ export interface RunnerRuntime {
    * re-scanned (notifications and loads were lost meanwhile).
    */
   recover(): Promise<void>;
+  /** Re-reads the machines files (SIGHUP); nothing without any. */
+  rereadMachines(): void;
   /** Drains: stop loading, stop dispatching, let running steps end or abort them after graceMs. */
   stop(graceMs: number): Promise<void>;
 }
@@ -73,6 +75,9 @@ export async function startRunnerRuntime(o: RunnerRuntimeOptions): Promise<Runne
     initialLoad,
     interrupted() {
       scheduler.holdDispatch('database');
+    },
+    rereadMachines() {
+      sshMachines?.reread();
     },
     async recover() {
       const orphans = await scheduler.reconcile();

@@ -299,7 +299,10 @@ export class RunnerDaemon {
       for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 's3Backup', 'awsCredentialsFile', 'rootsDir', 'tokenPaths', 'apiTokenPaths', 'dbGiveUpAfterInS', 'maxPendingDbWrites', 'standby', 'grpcTls', 'grpcInsecure'] as const) {
         if (JSON.stringify(next[k]) !== JSON.stringify(this.config[k])) restart.push(k);
       }
+      // The machines files are re-read too (a changed list of files needs a restart, as above).
+      if (JSON.stringify(next.machinesFiles) !== JSON.stringify(this.config.machinesFiles)) restart.push('machinesFiles');
       this.config = next;
+      this.runtime?.rereadMachines();
       log.info({ needRestart: restart }, 'configuration reloaded');
     } catch (err) {
       log.error({ err: (err as Error).message }, 'configuration reload failed; keeping the previous one');

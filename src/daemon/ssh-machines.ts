@@ -52,6 +52,12 @@ export class SshMachines {
     this.watcher.start(this.o.checkIntervalS * 1000);
   }
 
+  /** Re-reads the machines files now (SIGHUP), whether or not they look changed. */
+  reread(): void {
+    this.o.log.info({ files: this.o.files }, 're-reading machines files');
+    this.watcher.check(true);
+  }
+
   /** Stops following the files (running steps go on). */
   stopWatching(): void {
     this.watcher.stop();

@@ -5,7 +5,8 @@
 //   GET /status, /status/machines, /status/queues, /status/queues/jobs, /status/builds
 //   GET /status/build/ID   a build's steps (re-read on `resync`); a build that is not queued
 //                          comes from the database (`source: 'database'`, steps = its rows)
-//   GET /status/step/ID/log, /status/build/ID/step/NR/log   a step's log (its tail)
+//   GET /status/step/ID/log, /status/build/ID/step/NR/log   a step's log (its tail, then from an offset while it runs)
+//   GET /status/history   recent builds, finished or not (the Builds panel)
 //   GET /status/step/ID    one step, with the history of its transitions
 //   GET /ui/machines.json  the XState definitions as graphs
 //   GET /events?build=ID   server-sent `steps`, `machines` and `resync` events
@@ -39,8 +40,10 @@ const app = {
   timings: {},
   /** A finished build's step rows by stepnr (its tree came from the database), else null. */
   rows: null,
-  /** The log panel: the step it shows, and its refresh timer while the step runs. */
-  log: { stepId: null, timer: null },
+  /** The log panel: the step it shows, its refresh timer while the step runs, and where the text shown ends. */
+  log: { stepId: null, timer: null, end: 0 },
+  /** The Builds panel: recent builds from /status/history, and its filter. */
+  history: { builds: [], key: '', find: '', status: '' },
 };
 
 /** Element helper: h('div', { class: 'x', dataset: { testid: 'y' } }, 'text', child). */
@@ -92,6 +95,10 @@ function duration(ms) {
 }
 const badge = (state, colors, testid) =>
   h('span', { class: 'badge', style: `background:${colors[state] ?? '#718096'}`, dataset: testid ? { testid } : undefined }, state);
+
+/** A build's outcome in the Builds panel: its status name once finished, else its step's state here. */
+const OUTCOME_COLORS = { success: '#38a169', failed: '#e53e3e', depFailed: '#dd6b20', timedOut: '#c53030', aborted: '#a0aec0', cancelled: '#a0aec0', failedWithOutput: '#d69e2e', queued: '#4299e1', building: '#3182ce' };
+const outcomeOf = (b) => (b.finished ? `${b.statusName}${b.isCachedBuild ? ' (cached)' : ''}` : (b.state ?? 'queued'));
 
 /** Why a step waits (Dispatcher.waitingReason), in a few words. */
 export function describeWaiting(w) {
@@ -208,6 +215,8 @@ function selectBuild(id, stepId = null) {
   dag.requestDraw();
   updateUrl();
   renderBuildSelect();
+  app.history.key = '';
+  renderHistory();
   renderStepDetails();
   setBuildInfo(`loading build ${id}…`);
   openFeed(id);
@@ -382,6 +391,52 @@ function renderBuildSelect() {
   );
 }
 
+// ---------------------------------------------------------------- the Builds panel
+
+/** The filter box: a word matching the project, jobset or job (project:jobset:job parts, in that order). */
+function historyQuery() {
+  const q = new URLSearchParams({ limit: '50' });
+  const parts = app.history.find.trim().split(':').filter(Boolean);
+  if (parts.length === 1) q.set('job', parts[0]);
+  else if (parts.length >= 2) {
+    q.set('project', parts[0]);
+    q.set('jobset', parts[1]);
+    if (parts[2]) q.set('job', parts[2]);
+  }
+  if (app.history.status) q.set('status', app.history.status);
+  return q.toString();
+}
+
+async function refreshHistory() {
+  let r;
+  try {
+    r = await api(`/status/history?${historyQuery()}`);
+  } catch {
+    return;
+  }
+  app.history.builds = r.builds;
+  const key = `${app.buildId}|${r.builds.map((b) => `${b.id}:${outcomeOf(b)}`).join(',')}`;
+  if (key === app.history.key) return;
+  app.history.key = key;
+  renderHistory();
+}
+
+function renderHistory() {
+  const list = app.history.builds;
+  $('history').replaceChildren(
+    ...(list.length
+      ? list.map((b) =>
+          h(
+            'li',
+            { class: b.id === app.buildId ? 'selected' : '', dataset: { testid: 'history-row', build: String(b.id), job: b.job, outcome: b.finished ? b.statusName : (b.state ?? 'queued') } },
+            h('button', { class: 'link', title: b.drvPath, onclick: () => selectBuild(b.id) }, `#${b.id} ${b.project}:${b.jobset}:${b.job}`),
+            h('span', { class: 'badge', style: `background:${OUTCOME_COLORS[b.finished ? b.statusName : (b.state ?? 'queued')] ?? '#718096'}`, dataset: { testid: 'history-outcome' } }, outcomeOf(b)),
+          ),
+        )
+      : [h('li', { class: 'hint' }, 'no builds')]),
+  );
+}
+
 // ---------------------------------------------------------------- the selected step
 
 /** `at`: when the user asked (performance.now() time), to measure how long the details take. */
@@ -521,11 +576,12 @@ function renderStepDetails() {
 // ---------------------------------------------------------------- a step's log
 
 /** Where the selected step's log is: its row's (a finished build's) or its live step's. */
-function logUrl(id) {
+function logUrl(id, query) {
   const row = app.rows?.get(id);
-  return `${row ? row.log : `/status/step/${id}/log`}?tail=65536`;
+  return `${row ? row.log : `/status/step/${id}/log`}?${query}`;
 }
 
+/** Shows the last 64 KiB of a step's log; while the step runs, follows it (only what was written since is fetched). */
 async function openLog(id) {
   clearTimeout(app.log.timer);
   app.log.stepId = id;
@@ -534,12 +590,14 @@ async function openLog(id) {
   let text;
   let live = false;
   try {
-    const r = await fetch(logUrl(id), { cache: 'no-store' });
+    const r = await fetch(logUrl(id, 'tail=65536'), { cache: 'no-store' });
     if (r.ok) {
       live = r.headers.get('x-log-stored') === 'live';
-      const size = Number(r.headers.get('x-log-size'));
-      text = await r.text();
-      if (size > text.length) text = `… (last ${text.length} of ${size} bytes)\n${text}`;
+      const offset = Number(r.headers.get('x-log-offset'));
+      const body = new Uint8Array(await r.arrayBuffer());
+      app.log.end = offset + body.length;
+      text = new TextDecoder().decode(body);
+      if (offset > 0) text = `… (last ${body.length} of ${Number(r.headers.get('x-log-size'))} bytes)\n${text}`;
     } else text = ((await r.json().catch(() => null))?.error ?? `HTTP ${r.status}`);
   } catch (err) {
     text = err.message;
@@ -548,8 +606,34 @@ async function openLog(id) {
   pre.textContent = text || '(empty log)';
   pre.dataset.stored = live ? 'live' : 'ended';
   pre.scrollTop = pre.scrollHeight;
-  // While the step runs, the log follows what it writes.
-  if (live) app.log.timer = setTimeout(() => void openLog(id), 2000);
+  if (live) app.log.timer = setTimeout(() => void followLog(id), 1000);
+}
+
+/** One step of following a live log: what was written after the text shown, appended. */
+async function followLog(id) {
+  let live = true;
+  try {
+    const r = await fetch(logUrl(id, `offset=${app.log.end}&length=1048576`), { cache: 'no-store' });
+    if (app.log.stepId !== id) return;
+    if (r.ok) {
+      live = r.headers.get('x-log-stored') === 'live';
+      const body = new Uint8Array(await r.arrayBuffer());
+      if (app.log.stepId !== id) return;
+      const pre = $('step-log');
+      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      if (body.length > 0) {
+        if (pre.textContent === '(empty log)') pre.textContent = '';
+        pre.append(new TextDecoder().decode(body));
+        app.log.end += body.length;
+      }
+      pre.dataset.stored = live ? 'live' : 'ended';
+      pre.dataset.followed = String(app.log.end);
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+    }
+  } catch {
+    // A failed poll is tried again.
+  }
+  if (app.log.stepId === id && live) app.log.timer = setTimeout(() => void followLog(id), 1000);
 }
 
 function closeLog() {
@@ -792,6 +876,14 @@ async function start() {
     if (e.key === 'Enter') $('find-results').querySelector('button')?.click();
     if (e.key === 'Escape') $('find-results').hidden = true;
   });
+  $('history-find').addEventListener('input', (e) => {
+    app.history.find = e.target.value;
+    void refreshHistory();
+  });
+  $('history-status').addEventListener('change', (e) => {
+    app.history.status = e.target.value;
+    void refreshHistory();
+  });
   $('zoom-in').addEventListener('click', () => dag.setZoom(dag.zoom * 1.25));
   $('zoom-out').addEventListener('click', () => dag.setZoom(dag.zoom / 1.25));
   const params = new URLSearchParams(location.search);
@@ -801,9 +893,10 @@ async function start() {
   else openFeed(null);
   app.diagrams = await api('/ui/machines.json').catch(() => null);
   renderStepDiagram();
-  await Promise.all([refreshMachines(), refreshQueues(), refreshBuilds()]);
+  await Promise.all([refreshMachines(), refreshQueues(), refreshBuilds(), refreshHistory()]);
   setInterval(refreshQueues, QUEUE_POLL_MS);
   setInterval(refreshBuilds, BUILDS_POLL_MS);
+  setInterval(refreshHistory, BUILDS_POLL_MS);
   setInterval(refreshMachines, MACHINES_POLL_MS);
 }
 

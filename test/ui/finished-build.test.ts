@@ -25,14 +25,34 @@ describe('visualizer of a finished build', () => {
     await waitFor(async () => ((await (await fetch(`${runner.url}/status/machines`)).json()) as { machinesCount: number }).machinesCount === 1, 30_000, 'the builder');
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, 'release.nix');
-    writeFileSync(file, `{ }: let ${MK_DRV} in { bad = mk { name = "bad-${nonce}"; script = "echo compiling; echo kaboom-${nonce} >&2; exit 2"; }; }`);
+    writeFileSync(
+      file,
+      `{ }: let ${MK_DRV}
+        bad = mk { name = "bad-${nonce}"; script = "echo compiling; echo kaboom-${nonce} >&2; exit 2"; };
+      in { inherit bad; dependent = mk { name = "dependent-${nonce}"; script = "/bin/cat \${bad} > $out"; }; }`,
+    );
     expect((await runCli(['submit', '--db-url', db.url, '--project', 'vf', '--jobset', 'main', '--create', '--file', file])).code).toBe(0);
     const id = (await db.pool.query("select id from builds where job = 'bad'")).rows[0].id as number;
-    await waitFor(async () => (await db.pool.query('select finished from builds where id = $1', [id])).rows[0].finished === 1, 90_000, 'the build to fail');
+    const dependent = (await db.pool.query("select id from builds where job = 'dependent'")).rows[0].id as number;
+    await waitFor(async () => (await db.pool.query('select count(*)::int as n from builds where finished = 0')).rows[0].n === 0, 90_000, 'the builds to fail');
 
     const errors: string[] = [];
     const page = await newPage(browser, errors);
-    await page.goto(`${runner.url}/?build=${id}`);
+    // The first screen, nothing chosen: the Builds panel lists both builds with their outcome.
+    await page.goto(runner.url);
+    const rowOf = (b: number) => page.locator(`[data-testid="history-row"][data-build="${b}"]`);
+    await expect.poll(() => rowOf(id).getAttribute('data-outcome'), { timeout: 20_000 }).toBe('failed');
+    expect(await rowOf(dependent).getAttribute('data-outcome')).toBe('depFailed');
+    expect(await page.getByTestId('history-row').count()).toBe(2);
+    // Filtered by outcome and by name.
+    await page.getByTestId('history-status').selectOption('failed');
+    await expect.poll(() => page.getByTestId('history-row').count(), { timeout: 10_000 }).toBe(2);
+    await page.getByTestId('history-find').fill('dependent');
+    await expect.poll(() => page.getByTestId('history-row').count(), { timeout: 10_000 }).toBe(1);
+    // The dependent build's row names the build whose failure took it down, and links to it.
+    await rowOf(dependent).locator('button').click();
+    await expect.poll(() => page.getByTestId('build-info').textContent(), { timeout: 20_000 }).toContain('finished: depFailed');
+    await page.getByTestId('step-propagated').click({ timeout: 20_000 });
     const info = page.getByTestId('build-info');
     await expect.poll(() => info.textContent(), { timeout: 20_000 }).toContain('finished: failed');
     // The step that failed the build is drawn and selected, with its row's status, machine and error.

@@ -102,4 +102,40 @@ describe('visualizer on hydrant demo', () => {
     if (process.env.HYDRANT_UI_SCREENSHOT) copyFileSync(shot, process.env.HYDRANT_UI_SCREENSHOT);
     expect(errors).toEqual([]);
   }, 120_000);
+
+  it('after the demo: the first screen lists the builds and their outcome; the failed build shows its graph, step row and log; the dependent build links to it', async () => {
+    await demo.waitFor(/outcome: as expected/, 240_000);
+    const url = /http:\/\/\S+\//.exec(demo.output().match(/visualizer on http:\/\/127\.0\.0\.1:\d+\//)![0])![0];
+    const errors: string[] = [];
+    const page = await newPage(browser, errors);
+    await page.goto(url);
+    // Nothing chosen: every build of the jobset, with its outcome.
+    await expect.poll(() => page.getByTestId('history-row').count(), { timeout: 20_000 }).toBe(12);
+    const outcomes = await page.$$eval('[data-testid="history-row"]', (els) => els.map((e) => [e.getAttribute('data-job'), e.getAttribute('data-outcome')]));
+    expect(Object.fromEntries(outcomes)).toEqual({
+      toolchain: 'success', libcore: 'success', libnet: 'success', libui: 'success', cli: 'success', assets: 'success', app: 'success',
+      manual: 'success', checks: 'success', release: 'success', broken: 'failed', plugin: 'depFailed',
+    });
+    const rowOf = (job: string) => page.locator(`[data-testid="history-row"][data-job="${job}"]`);
+    const brokenId = Number(await rowOf('broken').getAttribute('data-build'));
+
+    // The dependent build's failing step row links to the build that failed.
+    await rowOf('plugin').locator('button').click();
+    await expect.poll(() => page.getByTestId('build-info').textContent(), { timeout: 20_000 }).toContain('finished: depFailed');
+    await page.getByTestId('step-propagated').waitFor({ timeout: 20_000 });
+    expect(await page.getByTestId('step-propagated').textContent()).toBe(`build ${brokenId}`);
+    await page.getByTestId('step-propagated').click();
+
+    // The failed build: its graph, the failed step's row, its log text.
+    await expect.poll(() => page.getByTestId('build-info').textContent(), { timeout: 20_000 }).toContain(`build ${brokenId}`);
+    await expect.poll(() => page.getByTestId('build-info').textContent(), { timeout: 20_000 }).toContain('finished: failed');
+    await expect.poll(async () => Number(await page.getByTestId('dag').getAttribute('data-steps')), { timeout: 20_000 }).toBeGreaterThan(0);
+    await expect.poll(() => page.getByTestId('step-status').textContent(), { timeout: 20_000 }).toBe('failed');
+    expect((await page.getByTestId('step-error').textContent())?.length).toBeGreaterThan(0);
+    await page.getByTestId('step-log-button').click();
+    await expect.poll(() => page.getByTestId('step-log').textContent(), { timeout: 20_000 }).toContain('error: this job fails on purpose');
+    expect(await page.getByTestId('step-log').getAttribute('data-stored')).toBe('ended');
+    await page.screenshot({ path: resultPath('visualizer-finished.png') });
+    expect(errors).toEqual([]);
+  }, 300_000);
 });
