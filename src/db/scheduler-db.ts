@@ -10,7 +10,7 @@ import { sql } from './sql.ts';
 import { queuedBuildIds, readBuildsByIds, readJobsetShares, streamQueuedBuilds } from './queue-reads.ts';
 import { BuildStatus, StepBusy, StepType } from './status.ts';
 import { abortUnloadableBuild } from './unloadable-builds.ts';
-import { abortLeftoverSteps, finishStep, lockBuild, recordStep, setStepBusy, startStep } from './step-rows.ts';
+import { abortLeftoverSteps, finishStep, lockBuild, recordStep, setStepBusy, startStep, unbuiltStep } from './step-rows.ts';
 import { buildSizes } from './output-sizes.ts';
 import { readFailedBefore, readRealisedOutputs, recordResolvedStep } from './resolved-steps.ts';
 import { STORE_DIR } from '../nix/store-path.ts';
@@ -102,19 +102,7 @@ export class PgSchedulerDb implements SchedulerDb {
   stepFailed(a: Parameters<SchedulerDb['stepFailed']>[0]): Promise<number[]> {
     return withTransaction(this.pool, async (c) => {
       if (a.stepnr !== null) {
-        await finishStep(c, {
-          buildId: a.buildId,
-          stepnr: a.stepnr,
-          status: a.status,
-          errorMsg: a.errorMsg,
-          startTime: a.startTime,
-          stopTime: a.stopTime,
-          machine: a.machine,
-          overhead: null,
-          timesBuilt: 1,
-          isNonDeterministic: null,
-          logFile: a.logFile,
-        });
+        await finishStep(c, unbuiltStep(a, a.stepnr, 1, a.logFile));
       } else {
         await recordStep(c, {
           buildId: a.buildId,
@@ -127,19 +115,7 @@ export class PgSchedulerDb implements SchedulerDb {
           system: a.system,
         });
       }
-      const ended = await finishBuildsFailed(c, {
-        failedBuildId: a.buildId,
-        failedStepDrvPath: a.drvPath,
-        stepStatus: a.status,
-        builds: a.builds,
-        startTime: a.startTime,
-        stopTime: a.stopTime,
-        errorMsg: a.errorMsg,
-        machine: a.machine,
-        isCachedBuild: false,
-        system: a.system,
-        outputs: a.outputs,
-      });
+      const ended = await failBuilds(c, a.buildId, a.startTime, a);
       if (a.cacheablePaths.length > 0) await addFailedPaths(c, a.cacheablePaths);
       await notifyBuildsFinished(c, ended);
       return ended;
@@ -148,40 +124,14 @@ export class PgSchedulerDb implements SchedulerDb {
 
   dependentsFailed(a: Parameters<SchedulerDb['dependentsFailed']>[0]): Promise<number[]> {
     return withTransaction(this.pool, async (c) => {
-      const ended = await finishBuildsFailed(c, {
-        failedBuildId: a.failedBuildId,
-        failedStepDrvPath: a.drvPath,
-        stepStatus: a.status,
-        builds: a.builds,
-        startTime: a.stopTime,
-        stopTime: a.stopTime,
-        errorMsg: a.errorMsg,
-        machine: a.machine,
-        isCachedBuild: false,
-        system: a.system,
-        outputs: a.outputs,
-      });
+      const ended = await failBuilds(c, a.failedBuildId, a.stopTime, a);
       await notifyBuildsFinished(c, ended);
       return ended;
     });
   }
 
   async stepAborted(a: Parameters<SchedulerDb['stepAborted']>[0]): Promise<void> {
-    await withTransaction(this.pool, (c) =>
-      finishStep(c, {
-        buildId: a.buildId,
-        stepnr: a.stepnr,
-        status: a.status,
-        errorMsg: a.errorMsg,
-        startTime: a.startTime,
-        stopTime: a.stopTime,
-        machine: a.machine,
-        overhead: null,
-        timesBuilt: null,
-        isNonDeterministic: null,
-        logFile: null,
-      }),
-    );
+    await withTransaction(this.pool, (c) => finishStep(c, unbuiltStep(a, a.stepnr, null, null)));
   }
 
   stepResolved(a: Parameters<SchedulerDb['stepResolved']>[0]): Promise<{ stepnr: number; inserted: boolean }> {
@@ -302,4 +252,21 @@ async function finishCachedFailures(c: pg.ClientBase, list: readonly CachedFailu
     );
   }
   return ended;
+}
+
+/** Ends `a.builds` over the failure of the step of `a.drvPath` (failed in build `failedBuildId`). */
+function failBuilds(c: pg.ClientBase, failedBuildId: number, startTime: number, a: Omit<Parameters<SchedulerDb['dependentsFailed']>[0], 'failedBuildId'>): Promise<number[]> {
+  return finishBuildsFailed(c, {
+    failedBuildId,
+    failedStepDrvPath: a.drvPath,
+    stepStatus: a.status,
+    builds: a.builds,
+    startTime,
+    stopTime: a.stopTime,
+    errorMsg: a.errorMsg,
+    machine: a.machine,
+    isCachedBuild: false,
+    system: a.system,
+    outputs: a.outputs,
+  });
 }

@@ -8,14 +8,12 @@
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand } from '@aws-sdk/client-s3';
 import { describe, expect, it } from 'vitest';
-import { PART, s3Release, useS3Fleet } from '../helpers/s3-cache.ts';
+import { expectPublished, PART, s3Release, useS3Fleet } from '../helpers/s3-cache.ts';
 import { runCli } from '../helpers/cli.ts';
 import { type CliProcess, joined, startBuilder, startRunner, submit } from '../helpers/fleet.ts';
-import { runNix } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
-import { failureOf, generateKey, trusting } from '../cache/fixtures.ts';
+import { generateKey } from '../cache/fixtures.ts';
 
 const release = (nonce: string): string => s3Release('s3', nonce, `other = mk { name = "s3-other-${nonce}"; script = "/bin/cat \${base} > $out; echo other >> $out"; };`);
 
@@ -63,23 +61,6 @@ describe('serve with an s3:// remoteStoreAddr', () => {
     ]);
     const outs = (await db.pool.query('select o.path, b.job from buildoutputs o join builds b on b.id = o.build')).rows as { path: string; job: string }[];
 
-    // Every output's narinfo is in the bucket, signed with the cache's key.
-    const narinfo = async (p: string) =>
-      Buffer.from(await (await fleet.s3.client.send(new GetObjectCommand({ Bucket: 'e2e-cache', Key: `${p.slice(11, 43)}.narinfo` }))).Body!.transformToByteArray()).toString('utf8');
-    for (const o of outs) expect(await narinfo(o.path)).toMatch(/^Sig: e2e-s3-1:/m);
-    // The large NAR went up in parts (S3's multipart ETag ends in -<parts>), and none is left unfinished.
-    const big = outs.find((o) => o.job === 'big')!.path;
-    const url = /^URL: (.*)$/m.exec(await narinfo(big))![1]!;
-    expect((await fleet.s3.client.send(new HeadObjectCommand({ Bucket: 'e2e-cache', Key: url }))).ETag).toMatch(/-2"?$/);
-    expect((await fleet.s3.client.send(new ListMultipartUploadsCommand({ Bucket: 'e2e-cache' }))).Uploads ?? []).toEqual([]);
-
-    const paths = outs.map((o) => o.path);
-    const copy = (root: string, publicKey: string) =>
-      runNix('nix', ['copy', '--from', `${fleet.s3.endpoint}/e2e-cache`, '--to', join(dir, root), ...paths], { extraConfig: trusting(publicKey) });
-    const refused = await failureOf(copy('untrusting', other.publicKey));
-    expect(refused.stderr).toMatch(/signature/);
-    await copy('elsewhere', key.publicKey);
-    const { stdout } = await runNix('nix-store', ['--store', join(dir, 'elsewhere'), '--check-validity', '--print-invalid', ...paths]);
-    expect(stdout.toString()).toBe('');
+    await expectPublished(fleet, 'e2e-cache', outs, key, other);
   }, 300_000);
 });

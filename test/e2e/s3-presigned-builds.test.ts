@@ -7,13 +7,11 @@
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand } from '@aws-sdk/client-s3';
 import { describe, expect, it } from 'vitest';
-import { PART, s3Release, useS3Fleet } from '../helpers/s3-cache.ts';
+import { expectPublished, PART, s3Release, useS3Fleet } from '../helpers/s3-cache.ts';
 import { type CliProcess, joined, startBuilder, startRunner, submit } from '../helpers/fleet.ts';
-import { runNix } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
-import { failureOf, generateKey, trusting } from '../cache/fixtures.ts';
+import { generateKey } from '../cache/fixtures.ts';
 import { status, type ServiceError } from '@grpc/grpc-js';
 import { Join, type RunnerMessage } from '../../src/protocol/gen/runner.ts';
 import { createBuilderClient, PROTOCOL_VERSION } from '../../src/protocol/server.ts';
@@ -52,23 +50,8 @@ describe('serve with usePresignedUploads and an s3:// cache', () => {
     // Each output (and the dependency base) went up from its builder, not from the runner.
     for (const o of outs) expect(runner.output()).toContain(`"path":"${o.path}","msg":"output published by builder-direct upload"`);
 
-    const narinfo = async (p: string) =>
-      Buffer.from(await (await fleet.s3.client.send(new GetObjectCommand({ Bucket: 'presigned-cache', Key: `${p.slice(11, 43)}.narinfo` }))).Body!.transformToByteArray()).toString('utf8');
-    for (const o of outs) expect(await narinfo(o.path)).toMatch(/^Sig: presigned-1:/m);
-    const big = outs.find((o) => o.job === 'big')!.path;
-    const url = /^URL: (.*)$/m.exec(await narinfo(big))![1]!;
-    expect((await fleet.s3.client.send(new HeadObjectCommand({ Bucket: 'presigned-cache', Key: url }))).ETag).toMatch(/-2"?$/);
-    expect((await fleet.s3.client.send(new ListMultipartUploadsCommand({ Bucket: 'presigned-cache' }))).Uploads ?? []).toEqual([]);
-
-    const paths = outs.map((o) => o.path);
-    outputs = paths;
-    const copy = (root: string, publicKey: string) =>
-      runNix('nix', ['copy', '--from', `${fleet.s3.endpoint}/presigned-cache`, '--to', join(dir, root), ...paths], { extraConfig: trusting(publicKey) });
-    const refused = await failureOf(copy('untrusting', other.publicKey));
-    expect(refused.stderr).toMatch(/signature/);
-    await copy('elsewhere', key.publicKey);
-    const { stdout } = await runNix('nix-store', ['--store', join(dir, 'elsewhere'), '--check-validity', '--print-invalid', ...paths]);
-    expect(stdout.toString()).toBe('');
+    await expectPublished(fleet, 'presigned-cache', outs, key, other);
+    outputs = outs.map((o) => o.path);
   }, 300_000);
 
   it('a builder asking for URLs for a job it does not own is refused', async () => {

@@ -6,10 +6,12 @@
  */
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { beforeAll } from 'vitest';
+import { GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand } from '@aws-sdk/client-s3';
+import { beforeAll, expect } from 'vitest';
 import { type CephS3, startCephS3 } from './ceph-s3.ts';
 import { type Fleet, useFleet } from './fleet.ts';
-import { MK_DRV } from './nix.ts';
+import { MK_DRV, runNix } from './nix.ts';
+import { failureOf, trusting } from '../cache/fixtures.ts';
 
 /** The S3 part size the tests' caches use (`buffer-size=`): S3's smallest. */
 export const PART = 5 * 1024 * 1024;
@@ -65,4 +67,38 @@ export function s3Release(prefix: string, nonce: string, more = ''): string {
     ${more}
     inherit big;
   }`;
+}
+
+/**
+ * What an S3 test checks of the outputs of s3Release's builds (`outs`, with
+ * their job names) in `bucket`: every narinfo signed with `key`; big's NAR
+ * uploaded in two parts (S3's multipart ETag ends in -<parts>) and no
+ * upload left unfinished; real Nix copying them all over HTTP with `key`
+ * trusted, and refusing them with only `other` trusted.
+ */
+export async function expectPublished(
+  fleet: S3Fleet,
+  bucket: string,
+  outs: readonly { path: string; job: string }[],
+  key: { publicKey: string },
+  other: { publicKey: string },
+): Promise<void> {
+  const { s3, dir } = fleet;
+  const narinfo = async (p: string) =>
+    Buffer.from(await (await s3.client.send(new GetObjectCommand({ Bucket: bucket, Key: `${p.slice(11, 43)}.narinfo` }))).Body!.transformToByteArray()).toString('utf8');
+  const keyName = key.publicKey.slice(0, key.publicKey.indexOf(':'));
+  for (const o of outs) expect(await narinfo(o.path)).toMatch(new RegExp(`^Sig: ${keyName}:`, 'm'));
+  const big = outs.find((o) => o.job === 'big')!.path;
+  const url = /^URL: (.*)$/m.exec(await narinfo(big))![1]!;
+  expect((await s3.client.send(new HeadObjectCommand({ Bucket: bucket, Key: url }))).ETag).toMatch(/-2"?$/);
+  expect((await s3.client.send(new ListMultipartUploadsCommand({ Bucket: bucket }))).Uploads ?? []).toEqual([]);
+
+  const paths = outs.map((o) => o.path);
+  const copy = (root: string, publicKey: string) =>
+    runNix('nix', ['copy', '--from', `${s3.endpoint}/${bucket}`, '--to', join(dir, root), ...paths], { extraConfig: trusting(publicKey) });
+  const refused = await failureOf(copy('untrusting', other.publicKey));
+  expect(refused.stderr).toMatch(/signature/);
+  await copy('elsewhere', key.publicKey);
+  const { stdout } = await runNix('nix-store', ['--store', join(dir, 'elsewhere'), '--check-validity', '--print-invalid', ...paths]);
+  expect(stdout.toString()).toBe('');
 }
