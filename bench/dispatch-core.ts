@@ -73,26 +73,48 @@ interface Probe {
   latencies: number[];
   waits: number[];
   rounds: number[];
+  /** Process CPU time (µs) of each round: the machine is shared, so wall time inside a round overstates its cost. */
+  roundCpuUs: number;
   assigned: number[];
   firstDispatchAt: number;
+  /** Burst: when the root's result reached the graph (wall ms, process CPU), and wall times of every assignment. */
+  rootAt: number;
+  rootCpu: NodeJS.CpuUsage | null;
+  dispatchedAt: number[];
+  lastCpu: NodeJS.CpuUsage | null;
 }
 
 /** Times every round (synchronous, so wall time is main-thread CPU) and records every assignment's latency. */
 function probe(runtime: RunnerRuntime): Probe {
-  const p: Probe = { latencies: [], waits: [], rounds: [], assigned: [], firstDispatchAt: 0 };
+  const p: Probe = { latencies: [], waits: [], rounds: [], roundCpuUs: 0, assigned: [], firstDispatchAt: 0, rootAt: 0, rootCpu: null, dispatchedAt: [], lastCpu: null };
   const d = runtime.scheduler.dispatcher;
   const original = d.round.bind(d);
   d.round = () => {
     const before = d.stats.assignments;
+    const c = process.cpuUsage();
     const t = performance.now();
     original();
     p.rounds.push(performance.now() - t);
+    const dc = process.cpuUsage(c);
+    p.roundCpuUs += dc.user + dc.system;
     p.assigned.push(d.stats.assignments - before);
   };
   (d as unknown as { o: { onDispatch?: (l: number, w: number) => void } }).o.onDispatch = (l, w) => {
-    if (p.firstDispatchAt === 0) p.firstDispatchAt = performance.now();
+    const now = performance.now();
+    if (p.firstDispatchAt === 0) p.firstDispatchAt = now;
     p.latencies.push(l);
     p.waits.push(w);
+    p.dispatchedAt.push(now);
+    if (p.rootCpu) p.lastCpu = process.cpuUsage(p.rootCpu);
+  };
+  const g = runtime.scheduler.graph;
+  const complete = g.completeSuccess.bind(g);
+  g.completeSuccess = (step) => {
+    if (p.rootAt === 0) {
+      p.rootAt = performance.now();
+      p.rootCpu = process.cpuUsage();
+    }
+    return complete(step);
   };
   return p;
 }
@@ -206,6 +228,13 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     dispatchLatencyMs: latencySummary(burst > 0 ? p.latencies.slice(1) : p.latencies),
     queueWaitMsP50: latencySummary(p.waits).p50,
     roundUsPerAssignment: round((roundMs * 1000) / Math.max(1, assignments), 2),
+    roundCpuUsPerAssignment: round(p.roundCpuUs / Math.max(1, assignments), 2),
+    ...(burst > 0 && {
+      // From the root's result reaching the graph: the wait of each of the N steps, and the whole burst's wall and CPU time.
+      sinceRootDoneMs: latencySummary(p.dispatchedAt.slice(1).map((t) => t - p.rootAt)),
+      burstMs: round((p.dispatchedAt.at(-1) ?? 0) - p.rootAt, 1),
+      burstCpuUsPerAssignment: p.lastCpu ? round((p.lastCpu.user + p.lastCpu.system) / burst, 2) : null,
+    }),
     rounds: p.rounds.length,
     roundMsMax: round(Math.max(0, ...busy), 3),
     eventLoopGapMs: loop.summary(),

@@ -49,6 +49,9 @@ export interface StepGraphOptions {
   trackCriticalPath?: boolean;
 }
 
+/** Dependents made runnable per turn of the event loop after a step built (see makeReadyRunnable). */
+export const RUNNABLE_SLICE = 256;
+
 const SUCCESS_STATES: ReadonlySet<StepState> = new Set(['succeeded', 'failedWithOutput', 'resolved']);
 
 export class StepGraph {
@@ -75,6 +78,11 @@ export class StepGraph {
   private readonly awaitingRows = new WeakSet<StepRecord>();
   /** Waiting for an awaitingRows step's rows (rowsWritten). */
   private readonly rowWaiters = new WeakMap<StepRecord, (() => void)[]>();
+
+  /** Dependents to make runnable (makeReadyRunnable), from readyHead on, and the turn that goes on with them. */
+  private readonly ready: StepRecord[] = [];
+  private readyHead = 0;
+  private readyLater: NodeJS.Immediate | null = null;
 
   /** Sees every step transition while set (the live feed); null costs one check on the hot path. */
   observer: ((step: StepRecord, event: StepEventType, from: StepState, to: StepState) => void) | null = null;
@@ -190,13 +198,40 @@ export class StepGraph {
     for (const r of step.rdeps) {
       const i = r.deps.indexOf(step);
       if (i >= 0) swapRemove(r.deps, i);
-      if (r.deps.length === 0 && r.state === 'queued') this.becomeRunnable(r);
+      if (r.deps.length === 0 && r.state === 'queued') this.ready.push(r);
     }
+    this.makeReadyRunnable();
     const holds = step.rdeps.length;
     step.rdeps = [];
     const builds = [...step.builds];
     for (let k = 0; k < holds; k++) this.releaseHold(step);
     return builds;
+  }
+
+  /**
+   * Dependents whose last dependency built become runnable RUNNABLE_SLICE at
+   * a time, the rest from later turns of the event loop: a step many depend
+   * on (stdenv) frees ~100k at once, and doing them in one callback held the
+   * loop for ~0.4 s before the dispatcher could fill the first free slot.
+   * Between slices each waits as `queued` with no dependency left; one
+   * cancelled meanwhile is skipped. Hydra's dispatcher also starts on the
+   * first ones while the others are still being made runnable.
+   */
+  private makeReadyRunnable(): void {
+    const end = Math.min(this.ready.length, this.readyHead + RUNNABLE_SLICE);
+    for (; this.readyHead < end; this.readyHead++) {
+      const r = this.ready[this.readyHead]!;
+      if (r.deps.length === 0 && r.state === 'queued' && this.steps.get(r.drvPath) === r) this.becomeRunnable(r);
+    }
+    if (this.readyHead < this.ready.length) {
+      this.readyLater ??= setImmediate(() => {
+        this.readyLater = null;
+        this.makeReadyRunnable();
+      });
+    } else {
+      this.ready.length = 0;
+      this.readyHead = 0;
+    }
   }
 
   /** Every unfinished build that needs `step`, directly or through dependents. */
