@@ -42,7 +42,7 @@ export const BUSY_WRITE_DELAY_MS = 500;
 const START_BATCH = 500;
 
 /** Successes per transaction. */
-const SUCCESS_BATCH = 200;
+const SUCCESS_BATCH = 50;
 
 export type StepSuccess = Parameters<SchedulerDb['stepSucceeded']>[0];
 
@@ -91,10 +91,12 @@ export class ResultWriter<A extends AttemptRow> {
   private pendingStarts: { start: StepStart; resolve: (nr: number | null) => void }[] = [];
 
   /**
-   * Successes share transactions: one goes at once, those arriving while two
+   * Successes share transactions: one goes at once, those arriving while four
    * are being written go together in the next (one commit, one WAL flush,
    * one NOTIFY for all), so under load the number of commits follows the
-   * database's pace rather than the builders'.
+   * database's pace rather than the builders'. A transaction's statements
+   * run one after another on one connection, so batches stay small and four
+   * run at once (the pool's other connections serve start rows and reads).
    */
   private readonly successes: Coalescer<StepSuccess, number[] | { failed: unknown }>;
 
@@ -109,7 +111,7 @@ export class ResultWriter<A extends AttemptRow> {
           return Promise.all(list.map((a) => o.db.stepsSucceeded([a]).then((r) => r[0]!, (e: unknown) => ({ failed: e }))));
         }
       },
-      { maxBatch: SUCCESS_BATCH, maxInFlight: 2, lingerMs: 0 },
+      { maxBatch: SUCCESS_BATCH, maxInFlight: 4, lingerMs: 0 },
     );
   }
 

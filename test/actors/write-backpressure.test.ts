@@ -144,11 +144,11 @@ describe('result-write backpressure', () => {
       outputs: [{ name: 'out', path: `/nix/store/${'9'.repeat(4)}${String(i).padStart(28, '0')}-tx`, narSize: 1, closureSize: 1 }],
       failedWithOutput: false, releaseName: null, products: [], metrics: [], builds: buildId > 0 ? [{ id: buildId, isCachedBuild: false }] : [],
     });
-    // 40 good results at once: two go at once, the other 38 wait for them and share the next transaction.
+    // 40 good results at once: four go at once, the other 36 wait for them and share the next transaction.
     const good = 40;
     const first = await Promise.all(ids.slice(0, good).map((id, i) => writer.succeeded(success(id, i))));
     expect(first).toEqual(ids.slice(0, good).map((id) => [id]));
-    expect(transactions).toBe(3);
+    expect(transactions).toBe(5);
     // The rest with one bad result among them (a build that does not exist: its step row violates the foreign key).
     const results = await Promise.allSettled([...ids.slice(good).map((id, i) => writer.succeeded(success(id, good + i))), writer.succeeded(success(-1, n))]);
     expect(results.slice(0, n - good).map((r) => (r.status === 'fulfilled' ? r.value : r.reason))).toEqual(ids.slice(good).map((id) => [id]));
