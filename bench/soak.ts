@@ -96,7 +96,8 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
 
     const config = {
       stepSortFn: 'Legacy' as const, machineSortFn: 'SpeedFactorOnly' as const, machineFreeFn: 'Static' as const,
-      maxRetries: 5, retryInterval: 60, retryBackoff: 3, maxUnsupportedTimeInS: 120, maxLogSize: 64 << 20,
+      // No machine joins before the ingest ends (minutes at 300k on a loaded machine): steps must not fail as unsupported meanwhile.
+      maxRetries: 5, retryInterval: 60, retryBackoff: 3, maxUnsupportedTimeInS: 86400, maxLogSize: 64 << 20,
       maxOutputSize: 2 ** 31, maxSilentTime: 3600, buildTimeout: 36000, queueTriggerTimerInS: -1,
     };
     const rssBefore = settledRss();
@@ -218,7 +219,8 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
         maxSeen: maxPendingSeen,
         // The writer's own high-water mark (every change counted).
         maxEver: pressure.maxPending,
-        bound: maxPending + machines * jobsPerMachine,
+        // The mark, plus per slot its start row and its result (a round in progress when the mark is hit finishes).
+        bound: maxPending + 2 * machines * jobsPerMachine,
         backpressureHolds: pressure.holds,
         shareOfPollsHeld: round(backpressureSamples / Math.max(1, polls), 3),
       },
