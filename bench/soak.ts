@@ -184,15 +184,17 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     // RSS after warm-up: flat means no trend with builds finished (the graph only shrinks as builds end).
     const warm = samples.filter((x) => x.stepsFinished >= values['warm-up'] * held && x.buildsLeft > 0);
     const rss = warm.map((x) => x.rssMB);
-    const slope = ((): number | null => {
+    const slopeOf = (ys: number[]): number | null => {
       if (warm.length < 3) return null;
       const xs = warm.map((x) => x.stepsFinished / 1000);
       const mx = xs.reduce((a, b) => a + b, 0) / xs.length;
-      const my = rss.reduce((a, b) => a + b, 0) / rss.length;
-      const num = xs.reduce((a, x, i) => a + (x - mx) * (rss[i]! - my), 0);
+      const my = ys.reduce((a, b) => a + b, 0) / ys.length;
+      const num = xs.reduce((a, x, i) => a + (x - mx) * (ys[i]! - my), 0);
       const den = xs.reduce((a, x) => a + (x - mx) ** 2, 0);
       return den === 0 ? null : num / den;
-    })();
+    };
+    const slope = slopeOf(rss);
+    const heapSlope = slopeOf(warm.map((x) => x.heapMB));
     // RSS per step while builds finish: the runner's growth over the bench's baseline, per step it held at ingest.
     const perStepWhileBuilding = samples.filter((x) => x.buildsLeft > 0).map((x) => (x.rssMB * 2 ** 20 - rssBefore) / held);
     return {
@@ -236,11 +238,15 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
         warmLastMB: rss[rss.length - 1] ?? null,
         // Linear trend of settled RSS against steps finished after warm-up; ≤ 0 when flat or shrinking.
         warmSlopeMBPer1000Steps: slope === null ? null : round(slope, 3),
+        // The same for the V8 heap after collection (RSS also keeps pages V8 freed but did not return).
+        warmHeapMinMB: warm.length ? Math.min(...warm.map((x) => x.heapMB)) : null,
+        warmHeapMaxMB: warm.length ? Math.max(...warm.map((x) => x.heapMB)) : null,
+        warmHeapSlopeMBPer1000Steps: heapSlope === null ? null : round(heapSlope, 3),
         endMB: samples[samples.length - 1]!.rssMB,
       },
       cpuMsPerStep: round((cpu.user + cpu.system) / 1000 / Math.max(1, stepsFinished), 3),
-      samples: samples.map((x) => [x.t, x.stepsFinished, x.stepsHeld, x.rssMB, x.pendingWrites, x.backpressure ? 1 : 0]),
-      sampleFields: ['t', 'stepsFinished', 'stepsHeld', 'rssMB', 'pendingWrites', 'backpressure'],
+      samples: samples.map((x) => [x.t, x.stepsFinished, x.stepsHeld, x.rssMB, x.heapMB, x.pendingWrites, x.backpressure ? 1 : 0]),
+      sampleFields: ['t', 'stepsFinished', 'stepsHeld', 'rssMB', 'heapMB', 'pendingWrites', 'backpressure'],
     };
   } finally {
     await pool.end();
