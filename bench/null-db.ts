@@ -45,6 +45,9 @@ export class NullDb implements SchedulerDb {
     this.writes.succeeded++;
     return this.ended(a.builds.map((b) => b.id));
   }
+  async stepsSucceeded(list: readonly { builds: readonly { id: number }[] }[]): Promise<number[][]> {
+    return Promise.all(list.map((a) => this.stepSucceeded(a)));
+  }
   async stepFailed(a: { builds: readonly { id: number }[] }): Promise<number[]> {
     this.writes.failed++;
     return this.ended(a.builds.map((b) => b.id));

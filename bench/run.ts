@@ -20,6 +20,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   abort: () => import('./abort.ts'),
   resolve: () => import('./resolve.ts'),
   s3: () => import('./s3.ts'),
+  soak: () => import('./soak.ts'),
 };
 
 async function main(): Promise<void> {

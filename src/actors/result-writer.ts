@@ -3,6 +3,7 @@ import type { StepBusyCode } from '../db/status.ts';
 import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
 import { isConnectionError } from '../db/errors.ts';
 import { unixNow } from './builder-port.ts';
+import { Coalescer } from './coalescer.ts';
 import type { Clock } from './model.ts';
 
 /**
@@ -39,6 +40,11 @@ export const BUSY_WRITE_DELAY_MS = 500;
 
 /** Start rows per transaction. */
 const START_BATCH = 500;
+
+/** Successes per transaction. */
+const SUCCESS_BATCH = 50;
+
+export type StepSuccess = Parameters<SchedulerDb['stepSucceeded']>[0];
 
 export interface ResultWriterOptions<A extends AttemptRow> {
   db: SchedulerDb;
@@ -84,7 +90,37 @@ export class ResultWriter<A extends AttemptRow> {
   private readonly liveRows = new Map<string, { buildId: number; stepnr: number }>();
   private pendingStarts: { start: StepStart; resolve: (nr: number | null) => void }[] = [];
 
-  constructor(private readonly o: ResultWriterOptions<A>) {}
+  /**
+   * Successes share transactions: one goes at once, those arriving while four
+   * are being written go together in the next (one commit, one WAL flush,
+   * one NOTIFY for all), so under load the number of commits follows the
+   * database's pace rather than the builders'. A transaction's statements
+   * run one after another on one connection, so batches stay small and four
+   * run at once (the pool's other connections serve start rows and reads).
+   */
+  private readonly successes: Coalescer<StepSuccess, number[] | { failed: unknown }>;
+
+  constructor(private readonly o: ResultWriterOptions<A>) {
+    this.successes = new Coalescer(
+      async (list) => {
+        try {
+          return await o.db.stepsSucceeded(list);
+        } catch (err) {
+          if (list.length === 1 || isConnectionError(err)) throw err;
+          // One bad result must not fail the others (their retries would batch it with them again): each alone.
+          return Promise.all(list.map((a) => o.db.stepsSucceeded([a]).then((r) => r[0]!, (e: unknown) => ({ failed: e }))));
+        }
+      },
+      { maxBatch: SUCCESS_BATCH, maxInFlight: 4, lingerMs: 0 },
+    );
+  }
+
+  /** A step's success rows (under `closing`), sharing a transaction with the successes that arrive with it; returns the builds that ended. */
+  async succeeded(a: StepSuccess): Promise<number[]> {
+    const r = await this.successes.load(a);
+    if ('failed' in r) throw r.failed;
+    return r;
+  }
 
   /**
    * Records an attempt's start. The row is written right after the current

@@ -246,9 +246,9 @@ export class StepResults {
 
   private async succeeded(aj: ActiveJob, outcome: Extract<StepOutcome, { kind: 'success' }>, builds: BuildRecord[]): Promise<void> {
     const { step } = aj;
-    const { db, graph } = this.o;
+    const { graph } = this.o;
     const ended = await this.o.writer.closing(aj.buildId, aj.row, (stepnr) =>
-      db.stepSucceeded({
+      this.o.writer.succeeded({
         buildId: aj.buildId,
         stepnr,
         drvPath: step.drvPath,

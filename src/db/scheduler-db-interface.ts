@@ -102,6 +102,13 @@ export interface SchedulerDb {
   }): Promise<number[]>;
 
   /**
+   * Several steps built, in one transaction (each as stepSucceeded, in build
+   * id order, their NOTIFYs in one statement): results that arrive together
+   * share one commit. Returns each one's ended builds, in order.
+   */
+  stepsSucceeded(list: readonly Parameters<SchedulerDb['stepSucceeded']>[0][]): Promise<number[][]>;
+
+  /**
    * The step failed for good: its row (inserted when `stepnr` is null: it
    * never ran), every build that needs it, FailedPaths when cacheable.
    */

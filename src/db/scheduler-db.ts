@@ -60,42 +60,18 @@ export class PgSchedulerDb implements SchedulerDb {
     await setStepBusy(this.pool, buildId, stepnr, busy);
   }
 
-  stepSucceeded(a: Parameters<SchedulerDb['stepSucceeded']>[0]): Promise<number[]> {
+  async stepSucceeded(a: Parameters<SchedulerDb['stepSucceeded']>[0]): Promise<number[]> {
+    return (await this.stepsSucceeded([a]))[0]!;
+  }
+
+  stepsSucceeded(list: readonly Parameters<SchedulerDb['stepSucceeded']>[0][]): Promise<number[][]> {
+    // Rows are locked in build id order, as the start and failure paths do, so that concurrent transactions cannot deadlock.
+    const order = list.map((_, i) => i).sort((x, y) => list[x]!.buildId - list[y]!.buildId);
     return withTransaction(this.pool, async (c) => {
-      const row = {
-        buildId: a.buildId,
-        status: BuildStatus.Success,
-        errorMsg: null,
-        startTime: a.startTime,
-        stopTime: a.stopTime,
-        machine: a.machine,
-        overhead: a.overheadMs,
-        timesBuilt: 1,
-        isNonDeterministic: false,
-        outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
-      };
-      if (a.stepnr !== null) await finishStep(c, { ...row, stepnr: a.stepnr, logFile: a.logFile });
-      else await recordStep(c, { ...row, drvPath: a.drvPath, system: a.system });
-      const { size, closureSize } = buildSizes(a.outputs, a.closureSize);
-      const ended: number[] = [];
-      for (const b of a.builds) {
-        const done = await finishBuildSucceeded(c, {
-          buildId: b.id,
-          status: a.failedWithOutput ? BuildStatus.FailedWithOutput : BuildStatus.Success,
-          startTime: a.startTime,
-          stopTime: a.stopTime,
-          size,
-          closureSize,
-          releaseName: a.releaseName,
-          isCachedBuild: b.isCachedBuild,
-          outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
-          products: a.products,
-          metrics: a.metrics,
-        });
-        if (done) ended.push(b.id);
-      }
-      await notifyBuildsFinished(c, ended);
-      return ended;
+      const out = new Array<number[]>(list.length);
+      for (const i of order) out[i] = await succeededIn(c, list[i]!);
+      await notifyBuildsFinished(c, out.flat());
+      return out;
     });
   }
 
@@ -269,4 +245,41 @@ function failBuilds(c: pg.ClientBase, failedBuildId: number, startTime: number, 
     system: a.system,
     outputs: a.outputs,
   });
+}
+
+/** One built step's rows inside a transaction (stepsSucceeded); returns the builds that ended. */
+async function succeededIn(c: pg.PoolClient, a: Parameters<SchedulerDb['stepSucceeded']>[0]): Promise<number[]> {
+  const row = {
+    buildId: a.buildId,
+    status: BuildStatus.Success,
+    errorMsg: null,
+    startTime: a.startTime,
+    stopTime: a.stopTime,
+    machine: a.machine,
+    overhead: a.overheadMs,
+    timesBuilt: 1,
+    isNonDeterministic: false,
+    outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
+  };
+  if (a.stepnr !== null) await finishStep(c, { ...row, stepnr: a.stepnr, logFile: a.logFile });
+  else await recordStep(c, { ...row, drvPath: a.drvPath, system: a.system });
+  const { size, closureSize } = buildSizes(a.outputs, a.closureSize);
+  const ended: number[] = [];
+  for (const b of a.builds) {
+    const done = await finishBuildSucceeded(c, {
+      buildId: b.id,
+      status: a.failedWithOutput ? BuildStatus.FailedWithOutput : BuildStatus.Success,
+      startTime: a.startTime,
+      stopTime: a.stopTime,
+      size,
+      closureSize,
+      releaseName: a.releaseName,
+      isCachedBuild: b.isCachedBuild,
+      outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
+      products: a.products,
+      metrics: a.metrics,
+    });
+    if (done) ended.push(b.id);
+  }
+  return ended;
 }

@@ -119,4 +119,41 @@ describe('result-write backpressure', () => {
       { numRuns: 12 },
     );
   });
+
+  it('successes that arrive together share transactions; a bad one fails alone', async () => {
+    const n = 60;
+    const drvs = Array.from({ length: n }, (_, i) => `/nix/store/${'9'.repeat(4)}${String(i).padStart(28, '0')}-tx.drv`);
+    const ids = (
+      await db.pool.query<{ id: number }>(
+        `insert into builds (finished, timestamp, jobset_id, job, drvpath, system)
+         select 0, 0, $1, 'tx' || ord, d, 'x86_64-linux' from unnest($2::text[]) with ordinality as t(d, ord) order by ord returning id`,
+        [jobset.id, drvs],
+      )
+    ).rows.map((r) => r.id);
+    // The real database, its transactions of successes counted.
+    const pgDb = new PgSchedulerDb(db.pool);
+    let transactions = 0;
+    const real = pgDb.stepsSucceeded.bind(pgDb);
+    pgDb.stepsSucceeded = (list) => {
+      transactions++;
+      return real(list);
+    };
+    const writer = new ResultWriter<AttemptRow>({ db: pgDb, log, clock: { now: () => 0 }, backpressure: () => {}, running: () => true });
+    const success = (buildId: number, i: number) => ({
+      buildId, stepnr: null, drvPath: drvs[i] ?? '/nix/store/00000000000000000000000000000000-bad.drv', system: 'x86_64-linux', machine: 'm', startTime: 1, stopTime: 2, overheadMs: 0, logFile: '',
+      outputs: [{ name: 'out', path: `/nix/store/${'9'.repeat(4)}${String(i).padStart(28, '0')}-tx`, narSize: 1, closureSize: 1 }],
+      failedWithOutput: false, releaseName: null, products: [], metrics: [], builds: buildId > 0 ? [{ id: buildId, isCachedBuild: false }] : [],
+    });
+    // 40 good results at once: four go at once, the other 36 wait for them and share the next transaction.
+    const good = 40;
+    const first = await Promise.all(ids.slice(0, good).map((id, i) => writer.succeeded(success(id, i))));
+    expect(first).toEqual(ids.slice(0, good).map((id) => [id]));
+    expect(transactions).toBe(5);
+    // The rest with one bad result among them (a build that does not exist: its step row violates the foreign key).
+    const results = await Promise.allSettled([...ids.slice(good).map((id, i) => writer.succeeded(success(id, good + i))), writer.succeeded(success(-1, n))]);
+    expect(results.slice(0, n - good).map((r) => (r.status === 'fulfilled' ? r.value : r.reason))).toEqual(ids.slice(good).map((id) => [id]));
+    expect(results[n - good]!.status).toBe('rejected');
+    const rows = await db.pool.query<{ n: number }>('select count(*)::int n from builds where id = any($1) and finished = 1 and buildstatus = 0', [ids]);
+    expect(rows.rows[0]!.n).toBe(n);
+  });
 });
