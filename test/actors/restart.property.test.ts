@@ -14,7 +14,8 @@ import { dagArbitrary, expectedStatus, replay, type Behaviour } from './arbitrar
  * Recorded run (2 shared cores, 2026-12-02): `RUNS=1000 npx vitest run test/actors/restart.property.test.ts`
  * passed in 169 s: 1000 runs, 1142 crash points hit (309 with builds both ended and pending at the crash).
  * 2026-12-03, with no CA derivation built unresolved asserted: `RUNS=400` passed (464 crash points,
- * 164 runs with resolutions, 50 died after a status-13 row with builds to finish, builtUnresolved 0).
+ * 164 runs with resolutions, 50 died after a status-13 row with builds to finish, builtUnresolved 0);
+ * `RUNS=300` with failedBefore: 344 crash points, 122 with resolutions, 7 failedBefore, builtUnresolved 0.
  */
 
 
