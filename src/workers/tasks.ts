@@ -110,25 +110,27 @@ export function hashCompressedNar(t: HashCompressedNarTask): Promise<TaskReply<C
     const narH = createHash('sha256');
     let fileSize = 0;
     let narSize = 0;
+    const body = Readable.fromWeb(r.body as never);
     try {
-      await pipeline(
-        Readable.fromWeb(r.body as never),
-        async function* (source: AsyncIterable<Buffer>) {
-          for await (const c of source) {
+      // The source is a Readable of its own, as in writeNar: lzma-native's
+      // stream stalls behind a generator stage once the data passes ~16 KiB.
+      const stored = Readable.from(
+        (async function* () {
+          for await (const c of body as AsyncIterable<Buffer>) {
             fileH.update(c);
             fileSize += c.length;
             yield c;
           }
-        },
-        createDecompressor(t.method),
-        async function (source: AsyncIterable<Buffer>) {
-          for await (const c of source) {
-            narH.update(c);
-            narSize += c.length;
-          }
-        },
+        })(),
       );
+      await pipeline(stored, createDecompressor(t.method), async function (source: AsyncIterable<Buffer>) {
+        for await (const c of source) {
+          narH.update(c);
+          narSize += c.length;
+        }
+      });
     } catch (e) {
+      body.destroy();
       if (e instanceof HydrantError) throw e;
       throw asCompressionError(t.method, e);
     }

@@ -196,6 +196,13 @@ describe('WorkerPool tasks agree with the in-thread implementations', () => {
         }),
         { numRuns: 18 },
       );
+      // A NAR of megabytes through every streaming decompressor (xz once stalled past ~16 KiB behind a generator stage).
+      const big = randomBytes(3 * 1024 * 1024 + 17);
+      for (const method of COMPRESSION_METHODS) {
+        served.set(`/big-${method}`, await compressBuffer(big, method));
+        const got = await pool.hashCompressedNar(`${base}/big-${method}`, method);
+        expect([method, got.narSize, got.narHash.toString('hex')]).toEqual([method, big.length, createHash('sha256').update(big).digest('hex')]);
+      }
       // Bytes that do not decompress: a CompressionError; a missing object: the upload is refused.
       served.set('/garbage', randomBytes(1000));
       await expect(pool.hashCompressedNar(`${base}/garbage`, 'xz')).rejects.toBeInstanceOf(CompressionError);
