@@ -16,6 +16,35 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
+/**
+ * Hands `items` to a worker pool in chunks of `batch` as fast as its
+ * backpressure allows (`ready()`, then submit with no await in between),
+ * then waits for every answer.
+ */
+export async function feedPool<T>(pool: { ready(): Promise<void> }, items: readonly T[], batch: number, submit: (chunk: T[]) => Promise<unknown>): Promise<void> {
+  const pending: Promise<unknown>[] = [];
+  for (let i = 0; i < items.length; i += batch) {
+    await pool.ready();
+    pending.push(submit(items.slice(i, i + batch)));
+  }
+  await Promise.all(pending);
+}
+
+/**
+ * Runs every mode once to warm up (JIT, page cache, worker module load),
+ * then `reps` rounds of all of them in turn; returns each mode's times in ms.
+ */
+export async function timeModes<K extends string>(modes: Record<K, () => Promise<unknown>>, reps: number): Promise<Record<K, number[]>> {
+  const entries = Object.entries(modes) as [K, () => Promise<unknown>][];
+  const runs = Object.fromEntries(entries.map(([k]) => [k, [] as number[]])) as Record<K, number[]>;
+  for (const [, fn] of entries) await fn();
+  for (let i = 0; i < reps; i++) {
+    log(`rep ${i + 1}/${reps}`);
+    for (const [k, fn] of entries) runs[k].push((await time(fn)).ms);
+  }
+  return runs;
+}
+
 export const round = (x: number, digits = 1): number => Math.round(x * 10 ** digits) / 10 ** digits;
 
 /** A bench's options and their defaults: a number, a flag, or a string (null: a string given or not). */

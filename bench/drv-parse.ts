@@ -16,7 +16,7 @@ import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { parseDerivation } from '../src/nix/derivation.ts';
 import { WorkerPool } from '../src/workers/pool.ts';
-import { benchOptions, MK, instantiateExpr, log, median, round, time } from './common.ts';
+import { benchOptions, feedPool, MK, instantiateExpr, log, median, round, time, timeModes } from './common.ts';
 
 export const describe = '.drv read+parse rate (drvs/s): main thread vs worker pool (batched and one task per drv)';
 
@@ -52,30 +52,11 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const mainParseOnly = async () => {
     for (const t of texts) parseDerivation(t);
   };
-  const poolBatched = async () => {
-    const pending: Promise<unknown>[] = [];
-    for (let i = 0; i < paths.length; i += batch) {
-      await pool.ready();
-      pending.push(pool.parseDerivationFiles(paths.slice(i, i + batch)));
-    }
-    await Promise.all(pending);
-  };
-  const poolPerDrv = async () => {
-    const pending: Promise<unknown>[] = [];
-    for (const p of paths) {
-      await pool.ready();
-      pending.push(pool.parseDerivationFiles([p]));
-    }
-    await Promise.all(pending);
-  };
+  const poolBatched = () => feedPool(pool, paths, batch, (chunk) => pool.parseDerivationFiles(chunk));
+  const poolPerDrv = () => feedPool(pool, paths, 1, (one) => pool.parseDerivationFiles(one));
 
   const modes = { mainReadParse, mainReadSyncParse, mainParseOnly, poolBatched, poolPerDrv };
-  const runs: Record<string, number[]> = Object.fromEntries(Object.keys(modes).map((k) => [k, []]));
-  for (const fn of Object.values(modes)) await fn(); // warm-up (JIT, page cache, worker module load)
-  for (let i = 0; i < reps; i++) {
-    log(`rep ${i + 1}/${reps}`);
-    for (const [k, fn] of Object.entries(modes)) runs[k]!.push((await time(fn)).ms);
-  }
+  const runs = await timeModes(modes, reps);
 
   // How busy does the main thread stay while the pool parses? (event-loop delay)
   const { monitorEventLoopDelay } = await import('node:perf_hooks');
@@ -102,7 +83,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     batch,
     reps,
     results,
-    speedupPoolBatchedVsMain: round(median(runs.mainReadParse!) / median(runs.poolBatched!), 2),
+    speedupPoolBatchedVsMain: round(median(runs.mainReadParse) / median(runs.poolBatched), 2),
     eventLoopDelay: { duringPoolBatched: loopDelayPoolMs, duringMainThreadParse: loopDelayMainMs },
   };
 }

@@ -4,7 +4,7 @@
  * `hydrant serve` runner with two `hydrant builder` agents, each with its own
  * private store, and a signed directory cache). Prints one JSON object.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -405,6 +405,19 @@ async function sshPhase(o: SshPhase): Promise<Record<string, unknown>> {
 
 // ---- the benchmark -------------------------------------------------------------------
 
+/** What one repetition measured: plain Nix, then Hydrant, each on the DAG under fresh names. */
+interface Rep {
+  nix: { seconds: number; instantiateSeconds: number; cpuSeconds: number } | null;
+  hydrant: Record<string, unknown> & { seconds: number; cpuSecondsTotal: number; cpuMsPerStepBy: Record<string, number> };
+  loadAvg1: [number, number];
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const values = benchOptions(argv, {
     drvs: 500,
@@ -413,6 +426,10 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     seed: 1,
     builders: 2,
     'max-jobs': 2,
+    /** Repetitions, each plain Nix then Hydrant (one runner and its builders serve them all); medians reported. */
+    reps: 1,
+    /** Seconds to wait (after `sync`) before each timed run: deleted inodes slow file creation for a while (bench/README.md). */
+    'pause-s': 0,
     'timeout-s': 1800,
     'skip-nix': false,
     keep: false,
@@ -425,14 +442,14 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     /** Then the same DAG (fresh names) through SSH machines (nix-store --serve over real sshd), as many as --builders. */
     ssh: false,
   });
-  const { builders } = values;
+  const { builders, reps } = values;
   const n = values.drvs;
   const maxJobs = values['max-jobs'];
   const slots = builders * maxJobs;
   const timeoutMs = values['timeout-s'] * 1000;
   const nodeArgs = [...(values['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof']}`] : []), ...values['node-args'].split(' ').filter(Boolean)];
   const dag = layeredDag(n, values.layers, values['max-deps'], values.seed);
-  log(`DAG: ${n} derivations, ${dag.layers} layers, ${dag.edges} edges; ${builders} builders × ${maxJobs} jobs = ${slots} slots`);
+  log(`DAG: ${n} derivations, ${dag.layers} layers, ${dag.edges} edges; ${builders} builders × ${maxJobs} jobs = ${slots} slots; ${reps} rep(s)`);
 
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-bench-e2e-'));
   // The embedded PostgreSQL runs as the postgres user and must reach its data directory.
@@ -454,41 +471,15 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   let pg: EmbeddedDatabase | null = null;
   let pool: ReturnType<typeof createPool> | null = null;
   const machine = { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown', loadAvg1AtStart: round(loadavg()[0]!, 2), nix: '' };
+  const pause = async (): Promise<void> => {
+    if (values['pause-s'] <= 0) return;
+    spawnSync('sync');
+    await new Promise((r) => setTimeout(r, values['pause-s'] * 1000));
+  };
   try {
     machine.nix = (await runNix('nix-store', ['--version'])).stdout.toString('utf8').trim();
 
-    // ---- plain Nix --------------------------------------------------------------
-    let nix: { seconds: number; instantiateSeconds: number; cpuSeconds: number } | null = null;
-    if (!values['skip-nix']) {
-      const nonce = randomBytes(4).toString('hex');
-      const inst = await instantiateDag(dir, dag, nonce);
-      log(`nix: instantiated ${inst.drvs.length} derivations in ${round(inst.seconds, 2)} s; realising with --max-jobs ${slots}`);
-      const childCpu0 = cpuOf(process.pid).children;
-      const t0 = performance.now();
-      const outs = await runNixLines('nix-store', ['--realise', '--max-jobs', String(slots), ...inst.drvs]);
-      const seconds = (performance.now() - t0) / 1000;
-      const childCpu = cpuOf(process.pid).children - childCpu0;
-      if (outs.length !== n) throw new Error(`nix-store --realise printed ${outs.length} outputs for ${n} derivations`);
-      nix = { seconds, instantiateSeconds: inst.seconds, cpuSeconds: childCpu };
-      log(`nix: ${round(seconds, 2)} s (${round(n / seconds, 1)} drvs/s)`);
-    }
-
-    // ---- Hydrant ------------------------------------------------------------------
-    const nonce = randomBytes(4).toString('hex');
-    const inst = await instantiateDag(dir, dag, nonce);
-    log(`hydrant: instantiated ${inst.drvs.length} derivations in ${round(inst.seconds, 2)} s`);
-    const local = new LocalNixStore();
-    const jobs: SubmitJob[] = await Promise.all(
-      inst.drvs.map(async (drvPath, i) => {
-        const d = await local.readDerivation(drvPath);
-        return {
-          job: `d${i}`, drvPath, nixName: `e2e-${nonce}-${i}`, system: d.system, description: null, license: null, homepage: null,
-          maintainers: null, priority: JOB_DEFAULTS.priority, timeout: JOB_DEFAULTS.timeout, maxSilent: JOB_DEFAULTS.maxSilent,
-          isChannel: false, outputs: d.outputs,
-        };
-      }),
-    );
-
+    // ---- the Hydrant fleet, started once ------------------------------------------
     log('hydrant: starting PostgreSQL, runner and builders');
     pg = await startEmbeddedPostgres({ stateDir: dir });
     pool = createPool(pg.url, { max: 4 });
@@ -531,87 +522,142 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       procs.push(startHydrant(dir, id, ['builder', '--config', config], nodeArgs, env));
     }
     for (const id of ids) await runner.waitFor(new RegExp(`"machine":"${id}"[^\\n]*"msg":"builder joined"|"msg":"builder joined"[^\\n]*"machine":"${id}"`), 60_000);
-    log(`hydrant: ${builders} builders joined; queueing ${n} builds`);
+    log(`hydrant: ${builders} builders joined`);
+    const db = pool;
 
-    // Everything this process started (PostgreSQL included), and each Hydrant process with its tools.
-    const cpuAt = (): Record<string, { self: number; children: number }> => ({
-      ...Object.fromEntries(procs.map((p) => [p.name, cpuOf(p.child.pid)])),
-      all: cpuOf(process.pid),
-    });
-    const cpuBefore = cpuAt();
-    const threadsAt = (): Record<string, Record<string, { user: number; sys: number }>> => Object.fromEntries(procs.map((p) => [p.name, threadCpu(p.child.pid)]));
-    const threadsBefore = threadsAt();
-    rmSync(traceLog, { force: true }); // only what happens from the queueing on
-    const t0 = performance.now();
-    const submitted = await submitJobs(pool, { project: 'bench', jobset: 'e2e', create: true, jobs, now: Math.floor(Date.now() / 1000), evalSeconds: 0, source: 'bench e2e' });
-    const queuedMs = performance.now() - t0;
-    if (submitted.added.length !== n) throw new Error(`queued ${submitted.added.length} builds, expected ${n}`);
-    let left = n;
-    let lastReport = performance.now();
-    let firstDone: number | null = null;
-    while (left > 0) {
-      await new Promise((r) => setTimeout(r, 50));
-      left = (await pool.query<{ n: number }>('select count(*)::int n from builds where finished = 0')).rows[0]!.n;
-      if (firstDone === null && left < n) firstDone = performance.now() - t0;
-      const now = performance.now();
-      if (now - lastReport > 5000) {
-        lastReport = now;
-        log(`hydrant: ${n - left}/${n} builds finished after ${round((now - t0) / 1000, 1)} s`);
+    // ---- one repetition: plain Nix, then Hydrant --------------------------------------
+    const oneRep = async (rep: number): Promise<Rep> => {
+      const load0 = loadavg()[0]!;
+      let nix: Rep['nix'] = null;
+      if (!values['skip-nix']) {
+        const nonce = randomBytes(4).toString('hex');
+        const inst = await instantiateDag(dir, dag, nonce);
+        await pause();
+        log(`rep ${rep}: nix: instantiated ${inst.drvs.length} derivations in ${round(inst.seconds, 2)} s; realising with --max-jobs ${slots}`);
+        const childCpu0 = cpuOf(process.pid).children;
+        const t0 = performance.now();
+        const outs = await runNixLines('nix-store', ['--realise', '--max-jobs', String(slots), ...inst.drvs]);
+        const seconds = (performance.now() - t0) / 1000;
+        const childCpu = cpuOf(process.pid).children - childCpu0;
+        if (outs.length !== n) throw new Error(`nix-store --realise printed ${outs.length} outputs for ${n} derivations`);
+        nix = { seconds, instantiateSeconds: inst.seconds, cpuSeconds: childCpu };
+        log(`rep ${rep}: nix: ${round(seconds, 2)} s (${round(n / seconds, 1)} drvs/s)`);
       }
-      if (now - t0 > timeoutMs) throw new Error(`hydrant: ${left} of ${n} builds still queued after ${timeoutMs / 1000} s (logs in ${dir})`);
-      for (const p of procs) if (p.child.exitCode !== null || p.child.signalCode !== null) throw new Error(`${p.name} exited (${p.child.exitCode ?? p.child.signalCode}):\n${p.output().slice(-2000)}`);
-    }
-    const hydrantSeconds = (performance.now() - t0) / 1000;
-    const cpuAfter = cpuAt();
-    const threadsAfter = threadsAt();
-    log(`hydrant: ${round(hydrantSeconds, 2)} s (${round(n / hydrantSeconds, 1)} drvs/s)`);
 
-    // ---- checks -------------------------------------------------------------------
-    const statuses = await pool.query<{ buildstatus: number; n: number }>('select buildstatus, count(*)::int n from builds group by buildstatus');
-    const failed = statuses.rows.filter((r) => r.buildstatus !== 0);
-    if (failed.length > 0) throw new Error(`hydrant: builds did not all succeed: ${JSON.stringify(statuses.rows)} (logs in ${dir})`);
-    const outputs = (await pool.query<{ path: string }>('select path from buildoutputs')).rows.map((r) => r.path);
-    if (outputs.length !== n) throw new Error(`hydrant: ${outputs.length} build outputs, expected ${n}`);
-    const missing = outputs.filter((p) => !existsSync(join(cacheDir, `${p.slice('/nix/store/'.length, '/nix/store/'.length + 32)}.narinfo`)));
-    if (missing.length > 0) throw new Error(`hydrant: ${missing.length} outputs have no narinfo in the cache, e.g. ${missing[0]}`);
+      const nonce = randomBytes(4).toString('hex');
+      const inst = await instantiateDag(dir, dag, nonce);
+      log(`rep ${rep}: hydrant: instantiated ${inst.drvs.length} derivations in ${round(inst.seconds, 2)} s`);
+      const local = new LocalNixStore();
+      const jobs: SubmitJob[] = await Promise.all(
+        inst.drvs.map(async (drvPath, i) => {
+          const d = await local.readDerivation(drvPath);
+          return {
+            job: `d${i}`, drvPath, nixName: `e2e-${nonce}-${i}`, system: d.system, description: null, license: null, homepage: null,
+            maintainers: null, priority: JOB_DEFAULTS.priority, timeout: JOB_DEFAULTS.timeout, maxSilent: JOB_DEFAULTS.maxSilent,
+            isChannel: false, outputs: d.outputs,
+          };
+        }),
+      );
+      await pause();
+      // Everything this process started (PostgreSQL included), and each Hydrant process with its tools.
+      const cpuAt = (): Record<string, { self: number; children: number }> => ({
+        ...Object.fromEntries(procs.map((p) => [p.name, cpuOf(p.child.pid)])),
+        all: cpuOf(process.pid),
+      });
+      const cpuBefore = cpuAt();
+      const threadsAt = (): Record<string, Record<string, { user: number; sys: number }>> => Object.fromEntries(procs.map((p) => [p.name, threadCpu(p.child.pid)]));
+      const threadsBefore = threadsAt();
+      rmSync(traceLog, { force: true }); // only what happens from the queueing on
+      const runnerLogAt = readFileSync(join(dir, 'runner.log')).length;
+      const jobset = `e2e-${rep}`;
+      const t0 = performance.now();
+      const submitted = await submitJobs(db, { project: 'bench', jobset, create: true, jobs, now: Math.floor(Date.now() / 1000), evalSeconds: 0, source: 'bench e2e' });
+      const queuedMs = performance.now() - t0;
+      if (submitted.added.length !== n) throw new Error(`queued ${submitted.added.length} builds, expected ${n}`);
+      const ids = submitted.added.map((a) => a.id);
+      let left = n;
+      let lastReport = performance.now();
+      let firstDone: number | null = null;
+      while (left > 0) {
+        await new Promise((r) => setTimeout(r, 50));
+        left = (await db.query<{ n: number }>('select count(*)::int n from builds where finished = 0 and id = any($1)', [ids])).rows[0]!.n;
+        if (firstDone === null && left < n) firstDone = performance.now() - t0;
+        const now = performance.now();
+        if (now - lastReport > 5000) {
+          lastReport = now;
+          log(`rep ${rep}: hydrant: ${n - left}/${n} builds finished after ${round((now - t0) / 1000, 1)} s`);
+        }
+        if (now - t0 > timeoutMs) throw new Error(`hydrant: ${left} of ${n} builds still queued after ${timeoutMs / 1000} s (logs in ${dir})`);
+        for (const p of procs) if (p.child.exitCode !== null || p.child.signalCode !== null) throw new Error(`${p.name} exited (${p.child.exitCode ?? p.child.signalCode}):\n${p.output().slice(-2000)}`);
+      }
+      const hydrantSeconds = (performance.now() - t0) / 1000;
+      const cpuAfter = cpuAt();
+      const threadsAfter = threadsAt();
+      log(`rep ${rep}: hydrant: ${round(hydrantSeconds, 2)} s (${round(n / hydrantSeconds, 1)} drvs/s)${nix ? `; ratio ${round(hydrantSeconds / nix.seconds, 2)}` : ''}`);
+
+      // ---- checks -------------------------------------------------------------------
+      const statuses = await db.query<{ buildstatus: number; n: number }>('select buildstatus, count(*)::int n from builds where id = any($1) group by buildstatus', [ids]);
+      const failed = statuses.rows.filter((r) => r.buildstatus !== 0);
+      if (failed.length > 0) throw new Error(`hydrant: builds did not all succeed: ${JSON.stringify(statuses.rows)} (logs in ${dir})`);
+      const outputs = (await db.query<{ path: string }>('select path from buildoutputs where build = any($1)', [ids])).rows.map((r) => r.path);
+      if (outputs.length !== n) throw new Error(`hydrant: ${outputs.length} build outputs, expected ${n}`);
+      const missing = outputs.filter((p) => !existsSync(join(cacheDir, `${p.slice('/nix/store/'.length, '/nix/store/'.length + 32)}.narinfo`)));
+      if (missing.length > 0) throw new Error(`hydrant: ${missing.length} outputs have no narinfo in the cache, e.g. ${missing[0]}`);
+
+      // ---- breakdown ------------------------------------------------------------------
+      const steps = await db.query<{ machine: string; starttime: number; stoptime: number; overhead: number | null; status: number }>(
+        'select machine, starttime, stoptime, overhead, status from buildsteps where build = any($1)',
+        [ids],
+      );
+      const ok = steps.rows.filter((s) => s.status === 0);
+      const perMachine: Record<string, number> = {};
+      for (const s of ok) perMachine[s.machine] = (perMachine[s.machine] ?? 0) + 1;
+      const uploads = uploadTimes(readFileSync(join(dir, 'runner.log')).subarray(runnerLogAt).toString('utf8'));
+      // Per process: its own CPU (Node: main thread, worker pool, gRPC) and its Nix and compression tools'.
+      const delta = (k: string, f: 'self' | 'children'): number => cpuAfter[k]![f] - cpuBefore[k]![f];
+      const cpu: Record<string, { node: number; tools: number }> = Object.fromEntries(procs.map((p) => [p.name, { node: round(delta(p.name, 'self'), 1), tools: round(delta(p.name, 'children'), 1) }]));
+      const cpuTotal = delta('all', 'children');
+      const cpuPostgres = cpuTotal - procs.reduce((a, p) => a + delta(p.name, 'self') + delta(p.name, 'children'), 0);
+      const perStep = (sec: number): number => round((sec * 1000) / n, 1);
+      const builderProcs = procs.filter((p) => p.name !== 'runner');
+      const cpuMsPerStepBy = {
+        runnerNode: perStep(delta('runner', 'self')),
+        runnerTools: perStep(delta('runner', 'children')),
+        buildersNode: perStep(builderProcs.reduce((a, p) => a + delta(p.name, 'self'), 0)),
+        buildersTools: perStep(builderProcs.reduce((a, p) => a + delta(p.name, 'children'), 0)),
+        postgres: perStep(cpuPostgres),
+      };
+
+      const hydrant = {
+        seconds: round(hydrantSeconds, 2),
+        instantiateSeconds: round(inst.seconds, 2),
+        stepsPerSecond: round(n / hydrantSeconds, 1),
+        queueInsertMs: Math.round(queuedMs),
+        firstBuildFinishedMs: firstDone === null ? null : Math.round(firstDone),
+        steps: steps.rows.length,
+        stepsSucceeded: ok.length,
+        stepsPerMachine: perMachine,
+        // Builder-side import of requisites + upload of outputs (BuildSteps.overhead).
+        builderOverheadMsPerStep: stats(ok.map((s) => s.overhead ?? 0)),
+        // Runner-side: GC roots + closure upload to the cache, per step.
+        cacheUploadMsPerStep: stats(uploads),
+        cpuSeconds: cpu,
+        // Each Hydrant process's own CPU by thread (main thread, worker pool, libuv, V8), user and system.
+        threadCpuSeconds: Object.fromEntries(procs.map((p) => [p.name, threadCpuDelta(threadsBefore[p.name]!, threadsAfter[p.name]!)])),
+        cpuSecondsPostgres: round(cpuPostgres, 1),
+        cpuSecondsTotal: round(cpuTotal, 1),
+        cpuMsPerStep: round((cpuTotal * 1000) / n, 1),
+        // The runner and the builders separately: Node (all threads) and the Nix processes each runs; PostgreSQL.
+        cpuMsPerStepBy,
+        ...(values['trace-tools'] ? { toolCalls: toolTrace(traceLog, new Map(procs.map((p) => [p.child.pid!, p.name === 'runner' ? 'runner' : 'builders'])), n) } : {}),
+      };
+      return { nix, hydrant, loadAvg1: [round(load0, 2), round(loadavg()[0]!, 2)] };
+    };
+
+    const runs: Rep[] = [];
+    for (let rep = 1; rep <= reps; rep++) runs.push(await oneRep(rep));
     const narinfos = readdirSync(cacheDir).filter((f) => f.endsWith('.narinfo')).length;
 
-    // ---- breakdown ------------------------------------------------------------------
-    const steps = await pool.query<{ machine: string; starttime: number; stoptime: number; overhead: number | null; status: number }>(
-      'select machine, starttime, stoptime, overhead, status from buildsteps',
-    );
-    const ok = steps.rows.filter((s) => s.status === 0);
-    const perMachine: Record<string, number> = {};
-    for (const s of ok) perMachine[s.machine] = (perMachine[s.machine] ?? 0) + 1;
-    const uploads = uploadTimes(readFileSync(join(dir, 'runner.log'), 'utf8'));
-    // Per process: its own CPU (Node: main thread, worker pool, gRPC) and its Nix and compression tools'.
-    const delta = (k: string, f: 'self' | 'children'): number => cpuAfter[k]![f] - cpuBefore[k]![f];
-    const cpu: Record<string, { node: number; tools: number }> = Object.fromEntries(procs.map((p) => [p.name, { node: round(delta(p.name, 'self'), 1), tools: round(delta(p.name, 'children'), 1) }]));
-    const cpuTotal = delta('all', 'children');
-    const cpuPostgres = cpuTotal - procs.reduce((a, p) => a + delta(p.name, 'self') + delta(p.name, 'children'), 0);
-
-    const hydrant = {
-      seconds: round(hydrantSeconds, 2),
-      instantiateSeconds: round(inst.seconds, 2),
-      stepsPerSecond: round(n / hydrantSeconds, 1),
-      queueInsertMs: Math.round(queuedMs),
-      firstBuildFinishedMs: firstDone === null ? null : Math.round(firstDone),
-      steps: steps.rows.length,
-      stepsSucceeded: ok.length,
-      stepsPerMachine: perMachine,
-      // Builder-side import of requisites + upload of outputs (BuildSteps.overhead).
-      builderOverheadMsPerStep: stats(ok.map((s) => s.overhead ?? 0)),
-      // Runner-side: GC roots + closure upload to the cache, per step.
-      cacheUploadMsPerStep: stats(uploads),
-      cacheNarinfos: narinfos,
-      cpuSeconds: cpu,
-      // Each Hydrant process's own CPU by thread (main thread, worker pool, libuv, V8), user and system.
-      threadCpuSeconds: Object.fromEntries(procs.map((p) => [p.name, threadCpuDelta(threadsBefore[p.name]!, threadsAfter[p.name]!)])),
-      cpuSecondsPostgres: round(cpuPostgres, 1),
-      cpuSecondsTotal: round(cpuTotal, 1),
-      cpuMsPerStep: round((cpuTotal * 1000) / n, 1),
-      ...(values['trace-tools'] ? { toolCalls: toolTrace(traceLog, new Map(procs.map((p) => [p.child.pid!, p.name === 'runner' ? 'runner' : 'builders'])), n) } : {}),
-    };
     // ---- SSH machines ---------------------------------------------------------------
     let ssh: Record<string, unknown> | null = null;
     if (values.ssh) {
@@ -620,6 +666,12 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       ssh = await sshPhase({ dir, pool, dbUrl: pg.url, dag, machines: builders, maxJobs, tokenFile, cacheDir, secretKey, timeoutMs, procs, env, nodeArgs });
     }
 
+    const nixRuns = runs.flatMap((r) => (r.nix ? [r.nix] : []));
+    const ratios = runs.flatMap((r) => (r.nix ? [round(r.hydrant.seconds / r.nix.seconds, 2)] : []));
+    const cpuRatios = runs.flatMap((r) => (r.nix ? [round(r.hydrant.cpuSecondsTotal / r.nix.cpuSeconds, 2)] : []));
+    const last = runs[runs.length - 1]!;
+    const nixSeconds = nixRuns.length ? round(median(nixRuns.map((r) => r.seconds)), 2) : null;
+    const by = Object.fromEntries(Object.keys(last.hydrant.cpuMsPerStepBy).map((k) => [k, round(median(runs.map((r) => r.hydrant.cpuMsPerStepBy[k]!)), 1)]));
     return {
       drvs: n,
       layers: dag.layers,
@@ -627,22 +679,25 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       builders,
       maxJobs,
       slots,
-      nixSeconds: nix ? round(nix.seconds, 2) : null,
-      hydrantSeconds: round(hydrantSeconds, 2),
-      ratio: nix ? round(hydrantSeconds / nix.seconds, 2) : null,
+      reps,
+      // Medians over the repetitions (each rep: plain Nix, then Hydrant).
+      nixSeconds,
+      hydrantSeconds: round(median(runs.map((r) => r.hydrant.seconds)), 2),
+      ratio: ratios.length ? round(median(ratios), 2) : null,
+      ratios,
       // CPU time is what a shared machine distorts least: the same ratio in CPU seconds.
-      cpuRatio: nix ? round(hydrant.cpuSecondsTotal / nix.cpuSeconds, 1) : null,
-      nix: nix
-        ? {
-            seconds: round(nix.seconds, 2),
-            instantiateSeconds: round(nix.instantiateSeconds, 2),
-            stepsPerSecond: round(n / nix.seconds, 1),
-            cpuSeconds: round(nix.cpuSeconds, 1),
-            cpuMsPerStep: round((nix.cpuSeconds * 1000) / n, 1),
-          }
-        : null,
-      hydrant,
-      ...(ssh ? { sshSeconds: ssh.seconds, sshRatio: nix ? round((ssh.seconds as number) / nix.seconds, 2) : null, ssh } : {}),
+      cpuRatio: cpuRatios.length ? round(median(cpuRatios), 2) : null,
+      nixCpuMsPerStep: nixRuns.length ? round(median(nixRuns.map((r) => (r.cpuSeconds * 1000) / n)), 1) : null,
+      hydrantCpuMsPerStep: round(median(runs.map((r) => r.hydrant.cpuMsPerStep as number)), 1),
+      hydrantCpuMsPerStepBy: by,
+      cacheNarinfos: narinfos,
+      runs: runs.map((r) => ({
+        loadAvg1: r.loadAvg1,
+        nix: r.nix ? { seconds: round(r.nix.seconds, 2), instantiateSeconds: round(r.nix.instantiateSeconds, 2), cpuSeconds: round(r.nix.cpuSeconds, 1), cpuMsPerStep: round((r.nix.cpuSeconds * 1000) / n, 1) } : null,
+        hydrant: r.hydrant,
+        ratio: r.nix ? round(r.hydrant.seconds / r.nix.seconds, 2) : null,
+      })),
+      ...(ssh ? { sshSeconds: ssh.seconds, sshRatio: nixSeconds ? round((ssh.seconds as number) / nixSeconds, 2) : null, ssh } : {}),
       machine: { ...machine, loadAvg1AtEnd: round(loadavg()[0]!, 2) },
     };
   } finally {

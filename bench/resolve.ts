@@ -18,7 +18,7 @@ import { downstreamPlaceholder, hashPlaceholder } from '../src/nix/derivation-pa
 import type { Derivation } from '../src/nix/derivation.ts';
 import { realisedKey, resolveDerivation } from '../src/nix/resolve-derivation.ts';
 import { WorkerPool } from '../src/workers/pool.ts';
-import { benchOptions, log, median, round, time } from './common.ts';
+import { benchOptions, feedPool, median, round, timeModes } from './common.ts';
 
 export const describe = 'CA derivation resolution rate (drvs/s): worker pool (batched, per drv) vs main thread';
 
@@ -64,33 +64,14 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const main = async () => {
     for (const it of items) resolveDerivation(it.drvPath, it.drv, it.realised);
   };
-  const poolBatched = async () => {
-    const pending: Promise<unknown>[] = [];
-    for (let i = 0; i < items.length; i += batch) {
-      await pool.ready();
-      pending.push(pool.resolveDerivations(items.slice(i, i + batch)));
-    }
-    await Promise.all(pending);
-  };
-  const poolPerDrv = async () => {
-    const pending: Promise<unknown>[] = [];
-    for (const it of items) {
-      await pool.ready();
-      pending.push(pool.resolveDerivation(it.drvPath, it.drv, it.realised));
-    }
-    await Promise.all(pending);
-  };
+  const poolBatched = () => feedPool(pool, items, batch, (chunk) => pool.resolveDerivations(chunk));
+  const poolPerDrv = () => feedPool(pool, items, 1, ([it]) => pool.resolveDerivation(it!.drvPath, it!.drv, it!.realised));
   // The same answers either way: a bench of a wrong result is worth nothing.
   const [first] = await pool.resolveDerivations(items.slice(0, 1));
   if (first!.drv.args[1] !== resolveDerivation(items[0]!.drvPath, items[0]!.drv, realised).drv.args[1]) throw new Error('pool and main thread resolve differently');
 
   const modes = { main, poolBatched, poolPerDrv };
-  const runs: Record<string, number[]> = Object.fromEntries(Object.keys(modes).map((k) => [k, []]));
-  for (const fn of Object.values(modes)) await fn(); // warm-up (JIT, worker module load)
-  for (let i = 0; i < reps; i++) {
-    log(`rep ${i + 1}/${reps}`);
-    for (const [k, fn] of Object.entries(modes)) runs[k]!.push((await time(fn)).ms);
-  }
+  const runs = await timeModes(modes, reps);
 
   // How long the main thread stays blocked: the event-loop delay while each runs.
   const delay = async (fn: () => Promise<void>) => {
@@ -102,7 +83,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     return { p50: round(h.percentile(50) / 1e6, 2), p99: round(h.percentile(99) / 1e6, 2), max: round(h.max / 1e6, 2) };
   };
   // The main-thread loop never yields: it blocks the event loop for its whole run.
-  const eventLoopDelayMs = { main: { blockedMs: round(median(runs.main!)) }, poolBatched: await delay(poolBatched), poolPerDrv: await delay(poolPerDrv) };
+  const eventLoopDelayMs = { main: { blockedMs: round(median(runs.main)) }, poolBatched: await delay(poolBatched), poolPerDrv: await delay(poolPerDrv) };
   await pool.close();
 
   const results = Object.fromEntries(
@@ -115,8 +96,8 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     reps,
     baseline: 'main',
     results,
-    speedupPoolBatchedVsMain: round(median(runs.main!) / median(runs.poolBatched!), 2),
-    speedupPoolPerDrvVsMain: round(median(runs.main!) / median(runs.poolPerDrv!), 2),
+    speedupPoolBatchedVsMain: round(median(runs.main) / median(runs.poolBatched), 2),
+    speedupPoolPerDrvVsMain: round(median(runs.main) / median(runs.poolPerDrv), 2),
     eventLoopDelayMs,
   };
 }

@@ -13,12 +13,14 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   'nar-hash': () => import('./nar-hash.ts'),
   'drv-parse': () => import('./drv-parse.ts'),
   dispatch: () => import('./dispatch.ts'),
+  'dispatch-core': () => import('./dispatch-core.ts'),
   e2e: () => import('./e2e.ts'),
   viz: () => import('./viz.ts'),
   demo: () => import('./demo.ts'),
   abort: () => import('./abort.ts'),
   resolve: () => import('./resolve.ts'),
   s3: () => import('./s3.ts'),
+  soak: () => import('./soak.ts'),
 };
 
 async function main(): Promise<void> {

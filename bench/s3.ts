@@ -80,10 +80,12 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     const direct = await BinaryCache.open(uri('direct'), pool, { awsCredentialsFile: credentials });
     const uploads = new PresignedUploads(direct);
     let directCpu = 0;
+    let readBackBytes = 0;
     for (const p of paths) {
       // The builder's share, outside the measured windows: compress and hash (here with the xz CLI).
       const nar = (await runNix('nix-store', ['--dump', p])).stdout as Buffer;
       const file = o.compression === 'xz' ? (await import('node:child_process')).execFileSync('xz', ['-c', '-6'], { input: nar, maxBuffer: 1 << 30 }) : nar;
+      readBackBytes += file.length;
       const sizes = partSizes(file.length, 5 * 1024 * 1024);
       const parts = sizes.map((size, i) => {
         const off = sizes.slice(0, i).reduce((a, b) => a + b, 0);
@@ -120,6 +122,8 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
         presignedMs: round(directCpu / paths.length),
         // The plain NAR still reaches the runner over gRPC in both modes (it imports and verifies it); these are the bytes it sends to S3.
         runnerBytesToS3: { runnerPublishes: 'the compressed NARs', presigned: 0 },
+        // With presigned uploads the runner reads each object back (its check before signing, docs/CACHES.md).
+        runnerBytesFromS3: { runnerPublishes: 0, presigned: readBackBytes },
       },
     };
   } finally {

@@ -68,4 +68,11 @@ export function unixNow(ms = Date.now()): number {
  */
 export interface StepFinisher {
   finish(job: StepJob, outcome: Exclude<StepOutcome, { kind: 'transient' }>): Promise<StepOutcome>;
+  /**
+   * A build was queued with every output already valid: its outputs become
+   * GC roots and their closure is put in every cache that lacks it, as
+   * Hydra does for such a build (C++ queue-monitor.cc:240-245 addRoot,
+   * :485-530 copyClosure to the destination store).
+   */
+  alreadyBuilt?(outputPaths: readonly string[]): Promise<void>;
 }

@@ -6,6 +6,7 @@ import { type Derivation, derivationName, derivationType } from '../nix/derivati
 import type { NixStoreHandle } from '../nix/private-store.ts';
 import { addResolvedDrvRoot, listResolvedDrvRoots, removeResolvedDrvRoot } from '../nix/resolved-roots.ts';
 import { mustResolve, realisedKey } from '../nix/resolve-derivation.ts';
+import { storeRealisations } from '../nix/store-realisations.ts';
 import { writeDerivationToStore } from '../nix/write-derivation.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import type { SchedulerStore, StepOutput, StepRecord } from './model.ts';
@@ -19,7 +20,7 @@ export interface CaResolverOptions {
   store: NixStoreHandle;
   /** Output validity, as the scheduler sees it. */
   valid: Pick<SchedulerStore, 'queryValid'>;
-  db: Pick<SchedulerDb, 'realisedOutputs'>;
+  db: Pick<SchedulerDb, 'realisedOutputs' | 'failedBefore'>;
   /** Where the resolved .drv files' GC roots go (resolvedRootsDir). */
   rootsDir: string;
   log: Logger;
@@ -91,10 +92,16 @@ export class CaResolver implements StepPreparer {
     await writeDerivationToStore(this.o.store, r.drv, name);
     this.o.realisations?.resolvedFrom(drvPath, step.drvPath, realised);
     const declared: StepOutput[] = [...r.drv.outputs].map(([n, out]) => ({ name: n, path: out.path === '' ? null : out.path }));
+    if (await this.o.db.failedBefore(drvPath)) {
+      // Not built again: the original's builds end as a cached failure, no step needs the .drv.
+      if (this.rooted.delete(drvPath)) this.unroot(drvPath);
+      this.o.log.debug({ drv: step.drvPath, resolved: drvPath }, 'resolved derivation failed before');
+      return { kind: 'resolved', drvPath, outputs: declared, built: false, failedBefore: true };
+    }
     let outputs = declared;
     if (outputs.some((out) => out.path === null)) {
       // Floating outputs: known when a step built this resolved derivation before.
-      const known = new Map((await this.o.db.realisedOutputs([drvPath])).map((k) => [k.name, k.path]));
+      const known = new Map((await this.realised([drvPath])).map((k) => [k.name, k.path]));
       if (outputs.every((out) => out.path !== null || known.has(out.name))) outputs = outputs.map((out) => ({ name: out.name, path: out.path ?? known.get(out.name)! }));
     }
     const paths = outputs.flatMap((out) => (out.path === null ? [] : [out.path]));
@@ -109,7 +116,7 @@ export class CaResolver implements StepPreparer {
 
   /** A floating CA derivation that an earlier step built, its outputs still valid, is not built again. */
   private async builtBefore(step: StepRecord): Promise<Prepared> {
-    const known = await this.o.db.realisedOutputs([step.drvPath]);
+    const known = await this.realised([step.drvPath]);
     const paths = step.outputs.map((o) => o.path ?? known.find((k) => k.name === o.name)?.path);
     if (paths.some((p) => p === undefined)) return 'dispatch';
     if ((await this.o.valid.queryValid(paths as string[])).size !== paths.length) return 'dispatch';
@@ -133,8 +140,21 @@ export class CaResolver implements StepPreparer {
       }
       if (floating) unknown.push(inputDrv);
     }
-    for (const k of await this.o.db.realisedOutputs(unknown)) realised.set(realisedKey(k.drvPath, k.name), k.path);
+    for (const k of await this.realised(unknown)) realised.set(realisedKey(k.drvPath, k.name), k.path);
     return realised;
+  }
+
+  /**
+   * The realised outputs of floating CA derivations: as their steps recorded
+   * them, else (no row names any output of one) as the runner's store's
+   * realisations record them (built or substituted outside Hydra).
+   */
+  private async realised(drvPaths: readonly string[]): Promise<{ drvPath: string; name: string; path: string }[]> {
+    const rows = await this.o.db.realisedOutputs(drvPaths);
+    const recorded = new Set(rows.map((k) => k.drvPath));
+    const missing = drvPaths.filter((d) => !recorded.has(d));
+    const fromStore = await Promise.all(missing.map(async (drvPath) => (await storeRealisations(this.o.store, drvPath)).map((r) => ({ drvPath, ...r }))));
+    return [...rows, ...fromStore.flat()];
   }
 
   /** The original's realisations, for a resolved derivation built earlier (no step will publish them). */

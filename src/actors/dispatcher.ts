@@ -34,6 +34,8 @@ export interface DispatcherOptions {
   onDispatch?(latencyMs: number, waitMs: number): void;
   /** Draws in [0, 1) for the jitter of machine backoffs (default Math.random). */
   random?: () => number;
+  /** How long one round may assign before it yields to the event loop (default ROUND_SLICE_MS). */
+  roundSliceMs?: number;
 }
 
 /** Why a step waits (see Dispatcher.waitingReason); times are epoch milliseconds. */
@@ -84,6 +86,8 @@ export class Dispatcher {
   private unsupportedTimer: NodeJS.Timeout | null = null;
   private scheduled = false;
   private paused = false;
+  /** A round that used its time slice left work: it goes on from a later turn of the event loop. */
+  private continuation: NodeJS.Immediate | null = null;
   readonly stats: DispatcherStats = { runnable: 0, retryWaiting: 0, rounds: 0, assignments: 0, roundMs: 0 };
 
   private readonly o: DispatcherOptions;
@@ -475,7 +479,14 @@ export class Dispatcher {
     this.kick();
   }
 
-  /** One dispatch round: assign the globally best step to the best free machine, until none fits. */
+  /**
+   * One dispatch round: assign the globally best step to the best free
+   * machine, until none fits or the round used its slice of time
+   * (ROUND_SLICE_MS): then it goes on from a later turn of the event loop,
+   * so a burst of thousands of assignments never holds the loop for long
+   * and results, pings and other I/O that arrive meanwhile are handled
+   * between slices (each in its own round).
+   */
   round(): void {
     this.scheduled = false;
     if (this.paused) {
@@ -485,15 +496,26 @@ export class Dispatcher {
     this.stats.rounds++;
     const t0 = performance.now();
     try {
-      this.assignAll();
+      if (!this.assignAll(t0 + (this.o.roundSliceMs ?? ROUND_SLICE_MS))) this.continueLater();
       this.syncTouched();
     } finally {
       this.stats.roundMs += performance.now() - t0;
     }
   }
 
-  private assignAll(): void {
-    for (;;) {
+  private continueLater(): void {
+    if (this.continuation) return;
+    this.continuation = setImmediate(() => {
+      this.continuation = null;
+      this.kick();
+    });
+  }
+
+  /** Assigns until nothing fits (true) or `deadline` (performance.now()) passes with work left (false). */
+  private assignAll(deadline: number): boolean {
+    for (let n = 1; ; n++) {
+      // The clock is read every 16 assignments (each costs a few µs).
+      if ((n & 15) === 0 && performance.now() >= deadline) return false;
       let bestQ: RunnableQueue | null = null;
       let bestTop: ReturnType<RunnableQueue['peek']> = null;
       for (const q of this.active) {
@@ -509,7 +531,7 @@ export class Dispatcher {
           bestTop = top;
         }
       }
-      if (!bestQ) return;
+      if (!bestQ) return true;
       const step = bestQ.pop()!;
       const m = this.topFree(bestQ)!;
       this.stats.runnable--;
@@ -539,6 +561,8 @@ export class Dispatcher {
     this.backstop = null;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.unsupportedTimer) clearTimeout(this.unsupportedTimer);
+    if (this.continuation) clearImmediate(this.continuation);
+    this.continuation = null;
     for (const m of this.machines.values()) m.stop();
     this.retryTimer = null;
     this.unsupportedTimer = null;
@@ -551,6 +575,9 @@ export class Dispatcher {
     return n;
   }
 }
+
+/** How long one dispatch round may assign before it yields to the event loop. */
+export const ROUND_SLICE_MS = 1;
 
 /** States in which a machine takes jobs (busy may have room again before the round's end syncs it). */
 function usable(s: BuilderState): boolean {

@@ -1,5 +1,8 @@
-import { createActor, type Actor, type SnapshotFrom } from 'xstate';
-import { builderMachine, IDLE_LOAD, type BuilderContext, type BuilderEvent, type BuilderState, type MachineLoad } from '../machines/index.ts';
+import { createActor, transition, type Actor, type SnapshotFrom } from 'xstate';
+import {
+  builderLifecycle, builderMachine, BUILDER_STATES, IDLE_LOAD,
+  type BuilderContext, type BuilderEvent, type BuilderState, type MachineLoad,
+} from '../machines/index.ts';
 import type { MachineRecord, MachineSpec, MachineThresholds } from './machine-record.ts';
 import type { StepRecord } from './model.ts';
 
@@ -45,6 +48,17 @@ export interface MachineActorOptions {
  *
  * The latest snapshot's state and context are cached in fields, so reading
  * them costs what reading a record's field does.
+ *
+ * FULL and SLOT_FREE (ready ⇄ busy) take a fast path: the definition gives
+ * them no guard, action, timer or context change (checked below when this
+ * module loads), so the next state is read from the compiled table
+ * (`builderLifecycle`) and listeners hear the change at once, without the
+ * XState actor (an `actor.send` cost 20–50 µs here, on every round that
+ * filled or freed a machine). The actor catches up with one FULL or
+ * SLOT_FREE, unobserved, before the next other event, so it always decides
+ * that event from the state the machine is really in. ready and busy accept
+ * the same other events with the same effects, so the catch-up could even be
+ * skipped; it is kept so that the actor's own snapshot is never stale.
  */
 export class MachineActor implements MachineRecord {
   readonly id: string;
@@ -67,6 +81,8 @@ export class MachineActor implements MachineRecord {
   private value: BuilderState;
   private ctx: BuilderContext;
   private stopped = false;
+  /** Set while the actor replays a fast-path transition (its listeners heard it already). */
+  private catchingUp = false;
   /** The named event of the latest microstep (delayed transitions raise BACKOFF_ELAPSED / GRACE_EXPIRED). */
   private lastEvent: BuilderEvent | null = null;
   private readonly listeners = new Set<MachineListener>();
@@ -124,7 +140,29 @@ export class MachineActor implements MachineRecord {
   /** The only way the machine's lifecycle, health or load changes. Events to a gone or stopped machine are dropped. */
   send(event: BuilderEvent): void {
     if (this.stopped || this.value === 'gone') return;
+    if (event.type === 'FULL' || event.type === 'SLOT_FREE') {
+      const to = builderLifecycle.next(this.value, event.type);
+      if (to === undefined) return; // not accepted: XState would leave the snapshot as it is
+      const from = this.value;
+      this.value = to;
+      this.notify({ from, event, to });
+      return;
+    }
+    this.catchUp();
     this.actor.send(event);
+  }
+
+  /** Brings the XState actor to the state the fast path moved the machine to (one event, heard by no listener). */
+  private catchUp(): void {
+    const inner = this.current.value as BuilderState;
+    if (inner === this.value) return;
+    this.catchingUp = true;
+    try {
+      this.actor.send({ type: inner === 'ready' ? 'FULL' : 'SLOT_FREE' });
+    } finally {
+      this.catchingUp = false;
+    }
+    if (this.current.value !== this.value) throw new Error(`machine ${this.id}: actor in ${String(this.current.value)}, expected ${this.value}`);
   }
 
   /** Calls `l` on every change from now on (after the cached state is updated). */
@@ -172,13 +210,42 @@ export class MachineActor implements MachineRecord {
     const prev = this.current;
     if (s === prev) return; // an event the state does not accept
     this.current = s;
+    if (this.catchingUp) {
+      this.lastEvent = null;
+      return;
+    }
     const from = this.value;
     this.value = s.value as BuilderState;
     this.ctx = s.context;
     const event = this.lastEvent;
     this.lastEvent = null;
     if (!event || this.stopped) return;
-    const change: MachineChange = { from, event, to: this.value };
+    this.notify({ from, event, to: this.value });
+  }
+
+  private notify(change: MachineChange): void {
     for (const l of this.listeners) l(this, change);
   }
 }
+
+/**
+ * The fast path is exact only for transitions that are a bare change of
+ * state: checked once against the definition, for every state that accepts
+ * FULL or SLOT_FREE, so a later edit of builder-machine.ts that gives them an
+ * action, a guard or a timer fails loudly here instead of being skipped.
+ */
+function checkFastPath(): void {
+  const probe = builderMachine.resolveState({ value: 'joining', context: {} as BuilderContext });
+  for (const state of BUILDER_STATES) {
+    for (const type of ['FULL', 'SLOT_FREE'] as const) {
+      const to = builderLifecycle.next(state, type);
+      if (to === undefined) continue;
+      const before = builderMachine.resolveState({ value: state, context: probe.context });
+      const [after, actions] = transition(builderMachine, before, { type });
+      if (after.value !== to || after.context !== before.context || actions.length > 0) {
+        throw new Error(`builder machine: ${state} -${type}-> ${to} is not a bare change of state; MachineActor's fast path does not apply`);
+      }
+    }
+  }
+}
+checkFastPath();

@@ -90,12 +90,22 @@ export function supportsPlatform(m: MachineRecord, p: PlatformRecord): boolean {
 export function hasRoom(m: MachineRecord, fn: MachineFreeFn): boolean {
   const t = m.thresholds;
   if (m.load.buildDirFreePercent < t.minFreeDiskPercent || m.load.storeFreePercent < t.minFreeDiskPercent) return false;
-  const staticFree = m.jobs.size < m.maxJobs;
-  if (fn === 'Static') return staticFree;
-  const dynamicFree =
+  if (fn === 'Static') return hasStaticRoom(m);
+  return fn === 'Dynamic' ? hasDynamicRoom(m) : hasDynamicRoom(m) && hasStaticRoom(m);
+}
+
+/** A free job slot (Hydra's `hasStaticCapacity`). */
+export function hasStaticRoom(m: MachineRecord): boolean {
+  return m.jobs.size < m.maxJobs;
+}
+
+/** Load and pressure under the machine's thresholds (Hydra's `hasDynamicCapacity`; free disk is checked apart). */
+export function hasDynamicRoom(m: MachineRecord): boolean {
+  const t = m.thresholds;
+  return (
     m.load.load1 / Math.max(m.cpuCount, 1) < t.maxLoad1PerCpu &&
     m.load.cpuPressure < t.maxCpuPressure &&
     m.load.memPressure < t.maxMemPressure &&
-    m.load.ioPressure < t.maxIoPressure;
-  return fn === 'Dynamic' ? dynamicFree : dynamicFree && staticFree;
+    m.load.ioPressure < t.maxIoPressure
+  );
 }

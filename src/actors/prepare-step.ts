@@ -15,6 +15,11 @@ export interface ResolvedStepPrepared {
   readonly outputs: readonly StepOutput[];
   /** Every output path is known and valid: nothing to build. */
   readonly built: boolean;
+  /**
+   * A step of the resolved derivation failed for good before (its builds
+   * end as a cached failure, as Hydra's Rust runner's PreviousFailure).
+   */
+  readonly failedBefore?: boolean;
 }
 
 /** The step's outputs were built before (known from earlier steps' rows, valid): nothing to build. */

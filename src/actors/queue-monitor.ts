@@ -62,7 +62,7 @@ export class QueueMonitor {
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
   private readonly onNotification = (n: Notification) => this.notified(n.channel, n.payload);
-  private readonly onReconnected = () => this.request('added', 'scan', 'shares');
+  private readonly onReconnected = () => this.wake('added', 'scan', 'shares');
   /** Running time vs waiting time, for metrics. */
   readonly time = { runningMs: 0, passes: 0 };
   /** Builds this monitor ended as aborted because their derivation cannot be loaded. */
@@ -76,7 +76,7 @@ export class QueueMonitor {
     this.o.listener.on('reconnected', this.onReconnected);
     await this.request('shares', 'added');
     if (this.o.pollIntervalS > 0) {
-      this.timer = setInterval(() => void this.request('added', 'scan'), this.o.pollIntervalS * 1000);
+      this.timer = setInterval(() => void this.wake('added', 'scan'), this.o.pollIntervalS * 1000);
       this.timer.unref();
     }
   }
@@ -90,20 +90,26 @@ export class QueueMonitor {
     return this.running ?? Promise.resolve();
   }
 
+  /** A wake-up from outside (a notification, a LISTEN reconnect, the poll timer): counted, then its work flagged. */
+  private wake(...work: Work[]): Promise<void> {
+    this.o.scheduler.counters.queueWakeups++;
+    return this.request(...work);
+  }
+
   private notified(channel: string, payload = ''): void {
     switch (channel) {
       case 'builds_added':
         this.addedHint(payload);
-        void this.request('added');
+        void this.wake('added');
         break;
       case 'builds_restarted':
       case 'builds_cancelled':
       case 'builds_deleted':
       case 'builds_bumped':
-        void this.request('scan');
+        void this.wake('scan');
         break;
       case 'jobset_shares_changed':
-        void this.request('shares');
+        void this.wake('shares');
         break;
     }
   }

@@ -2,6 +2,7 @@ import { unixNow } from './builder-port.ts';
 import type { BuildRecord, StepOutput, StepRecord } from './model.ts';
 import type { ResolvedStepPrepared, SubstitutedStepPrepared } from './prepare-step.ts';
 import type { StepResultsOptions } from './step-results.ts';
+import { rowBuild } from './row-build.ts';
 
 /** The same collaborators as StepResults. */
 export type ResolvedStepsOptions = StepResultsOptions;
@@ -53,7 +54,31 @@ export class ResolvedSteps {
     await this.complete(step, outputs, 'RESOLVE');
   }
 
-  /** A step found built before (ALREADY_BUILT): its builds end as cached with `outputs`, its dependents run. */
+  /**
+   * The resolved derivation failed for good before: the original takes
+   * CACHED_FAILURE (its dependents fail with it in memory) and every build
+   * that needs it ends as a cached failure of the resolved derivation (a
+   * status-8 row naming the build it failed under). A build whose own step
+   * the original is gets 1, not the 2 of Hydra's Rust runner: the resolved
+   * derivation is the build's own derivation with its inputs filled in
+   * (docs/CA-DERIVATIONS.md).
+   */
+  async failedBefore(step: StepRecord, r: ResolvedStepPrepared): Promise<void> {
+    const { db, graph, writer } = this.o;
+    if (step.state !== 'runnable') return;
+    graph.transition(step, 'CACHED_FAILURE');
+    const builds = graph.dependentBuilds(step);
+    const now = unixNow(this.o.clock.now());
+    const list = builds.map((b) => ({ buildId: b.id, failedDrvPath: r.drvPath, system: step.platform.system, own: b.toplevel === step, now, outputs: r.outputs }));
+    this.o.log.info({ drv: step.drvPath, resolved: r.drvPath, builds: builds.map((b) => b.id) }, 'resolved derivation failed before; cached failure');
+    const ended = list.length === 0 ? [] : await writer.persist(() => db.buildsCachedFailure(list));
+    for (const id of ended) {
+      this.o.stats.buildEnded(false, true);
+      this.o.buildFinished(id);
+    }
+    for (const b of builds) graph.removeBuild(b);
+  }
+
   /**
    * A step whose outputs were substituted: Hydra's substitution rows (one per
    * substituted output, type 1) under the build its rows go under, then it
@@ -69,6 +94,7 @@ export class ResolvedSteps {
     return this.complete(step, r.outputs, 'ALREADY_BUILT');
   }
 
+  /** A step found built before (ALREADY_BUILT): its builds end as cached with `outputs`, its dependents run. */
   alreadyBuilt(step: StepRecord, outputs: readonly StepOutput[]): Promise<void> {
     return this.complete(step, outputs, 'ALREADY_BUILT');
   }
@@ -88,8 +114,8 @@ export class ResolvedSteps {
     for (const b of graph.completeSuccess(step)) graph.removeBuild(b);
   }
 
-  /** The build a step's rows go under: the lowest-id build that needs it. */
+  /** The build a step's rows go under (src/actors/row-build.ts). */
   private rowBuild(step: StepRecord): BuildRecord | undefined {
-    return this.o.graph.builds.get(step.lowestBuildId) ?? this.o.graph.dependentBuilds(step)[0];
+    return rowBuild(this.o.graph, step);
   }
 }

@@ -3,6 +3,7 @@ import type { StepBusyCode } from '../db/status.ts';
 import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
 import { isConnectionError } from '../db/errors.ts';
 import { unixNow } from './builder-port.ts';
+import { Coalescer } from './coalescer.ts';
 import type { Clock } from './model.ts';
 
 /**
@@ -40,13 +41,22 @@ export const BUSY_WRITE_DELAY_MS = 500;
 /** Start rows per transaction. */
 const START_BATCH = 500;
 
+/** Successes per transaction. */
+const SUCCESS_BATCH = 50;
+
+export type StepSuccess = Parameters<SchedulerDb['stepSucceeded']>[0];
+
 export interface ResultWriterOptions<A extends AttemptRow> {
   db: SchedulerDb;
   log: Logger;
   clock: Clock;
   /** Writes wait for it to open (the runner holds its lock); without it they go at once. */
   gate?: WriteGate;
-  /** Writes waiting or in flight at which `backpressure(true)` is called (and `false` once below). */
+  /**
+   * Writes waiting or in flight at which `backpressure(true)` is called;
+   * `backpressure(false)` follows once they are down to three quarters of it
+   * (hysteresis: dispatch does not flap on every write at the mark).
+   */
   maxPendingWrites?: number;
   backpressure(on: boolean): void;
   /** Whether the attempt still runs: once its result is in, the result's write sets busy itself. */
@@ -61,7 +71,16 @@ export interface ResultWriterOptions<A extends AttemptRow> {
  * attempts, so that after an outage it can abort the others.
  */
 export class ResultWriter<A extends AttemptRow> {
+  /**
+   * Writes counted from the moment they exist, not from the moment they
+   * reach the database: a start row from its assignment (it waits for the
+   * end of the dispatch round, then for its batch), a result from its
+   * arrival (it may wait for its start row first).
+   */
   private writes = 0;
+  private held = false;
+  /** Backpressure: how often dispatch was held, and the most writes pending at once. */
+  readonly pressure = { holds: 0, maxPending: 0 };
   private stopping = false;
   private stopped!: () => void;
   /** Resolves when stopping begins: writes waiting for the gate then give up. */
@@ -71,7 +90,37 @@ export class ResultWriter<A extends AttemptRow> {
   private readonly liveRows = new Map<string, { buildId: number; stepnr: number }>();
   private pendingStarts: { start: StepStart; resolve: (nr: number | null) => void }[] = [];
 
-  constructor(private readonly o: ResultWriterOptions<A>) {}
+  /**
+   * Successes share transactions: one goes at once, those arriving while four
+   * are being written go together in the next (one commit, one WAL flush,
+   * one NOTIFY for all), so under load the number of commits follows the
+   * database's pace rather than the builders'. A transaction's statements
+   * run one after another on one connection, so batches stay small and four
+   * run at once (the pool's other connections serve start rows and reads).
+   */
+  private readonly successes: Coalescer<StepSuccess, number[] | { failed: unknown }>;
+
+  constructor(private readonly o: ResultWriterOptions<A>) {
+    this.successes = new Coalescer(
+      async (list) => {
+        try {
+          return await o.db.stepsSucceeded(list);
+        } catch (err) {
+          if (list.length === 1 || isConnectionError(err)) throw err;
+          // One bad result must not fail the others (their retries would batch it with them again): each alone.
+          return Promise.all(list.map((a) => o.db.stepsSucceeded([a]).then((r) => r[0]!, (e: unknown) => ({ failed: e }))));
+        }
+      },
+      { maxBatch: SUCCESS_BATCH, maxInFlight: 4, lingerMs: 0 },
+    );
+  }
+
+  /** A step's success rows (under `closing`), sharing a transaction with the successes that arrive with it; returns the builds that ended. */
+  async succeeded(a: StepSuccess): Promise<number[]> {
+    const r = await this.successes.load(a);
+    if ('failed' in r) throw r.failed;
+    return r;
+  }
 
   /**
    * Records an attempt's start. The row is written right after the current
@@ -79,6 +128,7 @@ export class ResultWriter<A extends AttemptRow> {
    * it stays live (busy on purpose) until a `closing` write ends it.
    */
   started(start: StepStart): Promise<number | null> {
+    this.enter(1);
     return new Promise((resolve) => {
       if (this.pendingStarts.length === 0) setImmediate(() => this.flushStarts());
       this.pendingStarts.push({ start, resolve });
@@ -90,7 +140,10 @@ export class ResultWriter<A extends AttemptRow> {
     this.pendingStarts = [];
     for (let i = 0; i < all.length; i += START_BATCH) {
       const batch = all.slice(i, i + START_BATCH);
-      const write = this.persist(() => this.o.db.stepsStarted(batch.map((b) => b.start))).then(
+      // Counted since `started`: one pending write per row, however they are batched.
+      const write = this.attempt(() => this.o.db.stepsStarted(batch.map((b) => b.start)))
+        .finally(() => this.leave(batch.length))
+        .then(
         (nrs) =>
           batch.forEach((b, k) => {
             const nr = nrs[k] ?? null;
@@ -125,32 +178,71 @@ export class ResultWriter<A extends AttemptRow> {
    * retried a few times, then given up (a restart recomputes from the store).
    */
   async persist<T>(write: () => Promise<T>): Promise<T> {
-    const max = this.o.maxPendingWrites ?? Infinity;
-    if (++this.writes >= max) this.o.backpressure(true);
+    this.enter(1);
     try {
-      for (let attempt = 1; ; attempt++) {
-        await this.gateOpen();
-        try {
-          return await write();
-        } catch (err) {
-          const lost = isConnectionError(err);
-          if (this.stopping || (!lost && attempt >= 3)) throw err;
-          // Short: while the database is away the gate holds writes back, not this delay.
-          const delay = Math.min(5_000, 100 * 2 ** attempt);
-          this.o.log.warn({ err: String((err as Error)?.message ?? err), attempt, delayMs: delay }, 'result write failed; retrying');
-          await new Promise((r) => setTimeout(r, delay));
-        }
-      }
+      return await this.attempt(write);
     } finally {
-      if (--this.writes < max) this.o.backpressure(false);
+      this.leave(1);
     }
   }
 
-  /** A write that ends an attempt's row: the row stops being live once it is done (or given up). */
-  async closing<T>(buildId: number, stepnr: number | null, write: () => Promise<T>): Promise<T> {
+  private async attempt<T>(write: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      await this.gateOpen();
+      try {
+        return await write();
+      } catch (err) {
+        const lost = isConnectionError(err);
+        if (this.stopping || (!lost && attempt >= 3)) throw err;
+        // Short: while the database is away the gate holds writes back, not this delay.
+        const delay = Math.min(5_000, 100 * 2 ** attempt);
+        this.o.log.warn({ err: String((err as Error)?.message ?? err), attempt, delayMs: delay }, 'result write failed; retrying');
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+  }
+
+  /** `n` more writes pending: dispatch is held once they reach the high mark. */
+  private enter(n: number): void {
+    this.writes += n;
+    if (this.writes > this.pressure.maxPending) this.pressure.maxPending = this.writes;
+    const max = this.o.maxPendingWrites ?? Infinity;
+    if (!this.held && this.writes >= max) {
+      this.held = true;
+      this.pressure.holds++;
+      this.o.backpressure(true);
+    }
+  }
+
+  /** `n` writes done (or given up): dispatch resumes once they are down to three quarters of the mark. */
+  private leave(n: number): void {
+    this.writes -= n;
+    const max = this.o.maxPendingWrites ?? Infinity;
+    if (this.held && this.writes <= Math.floor((max * 3) / 4)) {
+      this.held = false;
+      this.o.backpressure(false);
+    }
+  }
+
+  /** Whether dispatch is held for pending writes now. */
+  get backpressured(): boolean {
+    return this.held;
+  }
+
+  /**
+   * A write that ends an attempt's row, counted from now: it waits for the
+   * row's start to be written (`row`, its stepnr or null), then goes. The
+   * row stops being live once it is done (or given up).
+   */
+  async closing<T>(buildId: number, row: Promise<number | null>, write: (stepnr: number | null) => Promise<T>): Promise<T> {
+    this.enter(1);
+    let stepnr: number | null = null;
     try {
-      return await this.persist(write);
+      stepnr = await row;
+      const nr = stepnr;
+      return await this.attempt(() => write(nr));
     } finally {
+      this.leave(1);
       if (stepnr !== null) this.liveRows.delete(`${buildId}:${stepnr}`);
     }
   }

@@ -20,7 +20,8 @@ export function shareUsed(j: JobsetRecord): number {
 }
 
 function extraKey(step: StepRecord, fn: StepSortFn): number {
-  if (fn === 'WithRdeps') return step.rdeps.length + step.builds.length;
+  // Direct reverse dependencies only, as the Rust runner's `rdeps_len` (state/step.rs make_rdep).
+  if (fn === 'WithRdeps') return step.rdeps.length;
   if (fn === 'WithCriticalPath') return step.criticalPath;
   return 0;
 }

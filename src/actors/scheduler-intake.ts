@@ -21,4 +21,6 @@ export interface SchedulerIntake {
   jobsetRecord(row: { jobsetId: number; project: string; jobset: string }): JobsetRecord;
   /** A jobset's scheduling shares and recent build seconds, as the database has them. */
   jobsetShares(row: JobsetRow): void;
+  /** The monitor counts its wake-ups here (status and metrics read them). */
+  readonly counters: { queueWakeups: number };
 }

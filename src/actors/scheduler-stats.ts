@@ -30,6 +30,10 @@ export interface SchedulerCounters {
   stepsFailed: number;
   /** Attempts that ended transiently (machine lost, preparation or upload failed). */
   stepsTransient: number;
+  /** The most attempts a step had made when it was scheduled for another (Rust runner `max_nr_retries`). */
+  maxTries: number;
+  /** Times the queue monitor woke up: a notification, a LISTEN reconnect or the poll timer (Hydra's `nrQueueWakeups`). */
+  queueWakeups: number;
 }
 
 /** How far back build time counts against a jobset's share (Hydra: 24 h). */
@@ -45,6 +49,7 @@ export class SchedulerStats {
   readonly counters: SchedulerCounters = {
     buildsLoaded: 0, buildsFinished: 0, buildsSucceeded: 0, buildsFailed: 0, buildsCached: 0,
     stepsStarted: 0, stepsFinished: 0, stepsRetried: 0, stepsUnsupported: 0, stepsSucceeded: 0, stepsFailed: 0, stepsTransient: 0,
+    maxTries: 0, queueWakeups: 0,
   };
   readonly machineStats = new Map<string, MachineStats>();
   readonly jobsets = new Map<number, JobsetRecord>();
@@ -73,6 +78,12 @@ export class SchedulerStats {
     this.counters.stepsFinished++;
   }
 
+  /** A step is scheduled for another attempt after `step.tries` attempts. */
+  retried(step: StepRecord): void {
+    this.counters.stepsRetried++;
+    this.counters.maxTries = Math.max(this.counters.maxTries, step.tries);
+  }
+
   buildEnded(succeeded: boolean, cached: boolean): void {
     this.counters.buildsFinished++;
     if (cached) this.counters.buildsCached++;
@@ -97,12 +108,19 @@ export class SchedulerStats {
     if (j.charges.length === 0) j.seconds = row.recentSeconds;
   }
 
-  /** Fair share: a finished step's build time is charged to each of its jobsets. */
+  /**
+   * Fair share: a finished step's build time is divided among the jobsets
+   * that need it, in whole seconds (C++ builder.cc:236-245 at cf9f38e4,
+   * `(stopTime - startTime) / step_->jobsets.size()` in time_t), so a step
+   * shared by n jobsets costs each 1/n of it.
+   */
   private charge(step: StepRecord, seconds: number, now: number): void {
-    if (seconds <= 0) return;
+    if (seconds <= 0 || step.jobsets.length === 0) return;
+    const share = Math.floor(seconds / step.jobsets.length);
+    if (share <= 0) return;
     for (const j of step.jobsets) {
-      j.seconds += seconds;
-      j.charges.push({ at: now, seconds });
+      j.seconds += share;
+      j.charges.push({ at: now, seconds: share });
       while (j.charges.length > 0 && j.charges[0]!.at < now - FAIR_SHARE_WINDOW_S * 1000) j.seconds -= j.charges.shift()!.seconds;
     }
   }

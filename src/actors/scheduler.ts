@@ -74,7 +74,7 @@ export class Scheduler implements SchedulerIntake {
         released: (s, prev) => this.released(s, prev),
       },
     });
-    this.results = new StepResults({ db: o.db, graph: this.graph, writer: this.writer, stats: this.stats, log: o.log, clock, buildFinished: (id) => this.onBuildFinished?.(id) });
+    this.results = new StepResults({ db: o.db, graph: this.graph, writer: this.writer, stats: this.stats, log: o.log, clock, finisher: o.finisher, buildFinished: (id) => this.onBuildFinished?.(id) });
     this.resolutions = new ResolvedSteps({ db: o.db, graph: this.graph, writer: this.writer, stats: this.stats, log: o.log, clock, buildFinished: (id) => this.onBuildFinished?.(id) });
     const { stepSortFn, machineSortFn, machineFreeFn, maxRetries, retryInterval, retryBackoff, maxUnsupportedTimeInS, dispatchTriggerTimerInS } = o.config;
     this.dispatcher = new Dispatcher({
@@ -222,8 +222,9 @@ export class Scheduler implements SchedulerIntake {
    */
   private async resolved(step: StepRecord, r: ResolvedStepPrepared): Promise<void> {
     if (!(await this.resolutions.resolved(step, r))) return;
+    if (r.failedBefore) return this.resolutions.failedBefore(step, r);
     const res = r.built ? { kind: 'built' as const } : await this.graph.resolveTo(step, r.drvPath);
-    if (res.kind === 'failed') throw new Error(`resolved derivation ${r.drvPath} failed`);
+    if (res.kind === 'failed') return this.results.failedAs(step, res.step);
     if (res.kind === 'built' && step.state === 'runnable') await this.resolutions.resolvedBuilt(step, r);
     if (res.kind === 'step' && this.debug) this.o.log.debug({ drv: step.drvPath, resolved: r.drvPath }, 'step resolved');
   }
@@ -271,6 +272,11 @@ export class Scheduler implements SchedulerIntake {
   /** Result writes waiting for the database or in flight. */
   get pendingWrites(): number {
     return this.writer.pending;
+  }
+
+  /** Write backpressure: held now, how often dispatch was held, the most writes pending at once. */
+  get writePressure(): { held: boolean; holds: number; maxPending: number } {
+    return { held: this.writer.backpressured, ...this.writer.pressure };
   }
 
   get activeJobs(): number {

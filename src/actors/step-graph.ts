@@ -26,7 +26,7 @@ export interface GraphListener {
 export type AddBuildResult =
   | { kind: 'queued'; build: BuildRecord; step: StepRecord }
   | { kind: 'cached'; build: BuildRecord; outputs: readonly StepOutput[] }
-  | { kind: 'cachedFailure'; build: BuildRecord; failedDrvPath: string; failedSystem: string; failedOutputs: readonly StepOutput[]; own: boolean };
+  | { kind: 'cachedFailure'; build: BuildRecord; failedDrvPath: string; failedSystem: string; failedOutputs: readonly StepOutput[]; own: boolean; failedStep: StepRecord };
 
 export interface QueuedBuild {
   id: number;
@@ -49,6 +49,9 @@ export interface StepGraphOptions {
   trackCriticalPath?: boolean;
 }
 
+/** Dependents made runnable per turn of the event loop after a step built (see makeReadyRunnable). */
+export const RUNNABLE_SLICE = 256;
+
 const SUCCESS_STATES: ReadonlySet<StepState> = new Set(['succeeded', 'failedWithOutput', 'resolved']);
 
 export class StepGraph {
@@ -66,6 +69,20 @@ export class StepGraph {
   private readonly jobsetSets = new JobsetSets();
   /** A resolved step → the step of its resolved derivation. */
   private readonly resolvedTo = new WeakMap<StepRecord, StepRecord>();
+  /**
+   * Steps that succeeded in memory whose rows are still being written
+   * (completeSuccess not yet called): a step created meanwhile waits for
+   * them, since a content-addressed output is known to its dependents'
+   * preparation only from the committed rows.
+   */
+  private readonly awaitingRows = new WeakSet<StepRecord>();
+  /** Waiting for an awaitingRows step's rows (rowsWritten). */
+  private readonly rowWaiters = new WeakMap<StepRecord, (() => void)[]>();
+
+  /** Dependents to make runnable (makeReadyRunnable), from readyHead on, and the turn that goes on with them. */
+  private readonly ready: StepRecord[] = [];
+  private readyHead = 0;
+  private readyLater: NodeJS.Immediate | null = null;
 
   /** Sees every step transition while set (the live feed); null costs one check on the hot path. */
   observer: ((step: StepRecord, event: StepEventType, from: StepState, to: StepState) => void) | null = null;
@@ -78,6 +95,7 @@ export class StepGraph {
     if (next === undefined) throw new Error(`step ${step.drvPath}: ${event} not accepted in ${step.state}`);
     const from = step.state;
     step.state = next;
+    if (event === 'SUCCEED' || event === 'FAIL_WITH_OUTPUT' || event === 'ALREADY_BUILT' || event === 'RESOLVE') this.awaitingRows.add(step);
     if (this.observer) this.observer(step, event, from, next);
     if (next === 'failed' && event !== 'DEP_FAILED') this.failDependents(step);
     return next;
@@ -148,7 +166,7 @@ export class StepGraph {
     if (step.state === 'failed') {
       const cause = this.failureCause.get(step) ?? step;
       this.releaseHold(step);
-      return { kind: 'cachedFailure', build, failedDrvPath: cause.drvPath, failedSystem: cause.platform.system, failedOutputs: cause.outputs, own: cause === step };
+      return { kind: 'cachedFailure', build, failedDrvPath: cause.drvPath, failedSystem: cause.platform.system, failedOutputs: cause.outputs, own: cause === step, failedStep: cause };
     }
     this.builds.set(build.id, build);
     build.toplevel = step;
@@ -176,16 +194,44 @@ export class StepGraph {
    * wait for it. Returns the builds whose own step it was.
    */
   completeSuccess(step: StepRecord): BuildRecord[] {
+    this.rowsDone(step);
     for (const r of step.rdeps) {
       const i = r.deps.indexOf(step);
       if (i >= 0) swapRemove(r.deps, i);
-      if (r.deps.length === 0 && r.state === 'queued') this.becomeRunnable(r);
+      if (r.deps.length === 0 && r.state === 'queued') this.ready.push(r);
     }
+    this.makeReadyRunnable();
     const holds = step.rdeps.length;
     step.rdeps = [];
     const builds = [...step.builds];
     for (let k = 0; k < holds; k++) this.releaseHold(step);
     return builds;
+  }
+
+  /**
+   * Dependents whose last dependency built become runnable RUNNABLE_SLICE at
+   * a time, the rest from later turns of the event loop: a step many depend
+   * on (stdenv) frees ~100k at once, and doing them in one callback held the
+   * loop for ~0.4 s before the dispatcher could fill the first free slot.
+   * Between slices each waits as `queued` with no dependency left; one
+   * cancelled meanwhile is skipped. Hydra's dispatcher also starts on the
+   * first ones while the others are still being made runnable.
+   */
+  private makeReadyRunnable(): void {
+    const end = Math.min(this.ready.length, this.readyHead + RUNNABLE_SLICE);
+    for (; this.readyHead < end; this.readyHead++) {
+      const r = this.ready[this.readyHead]!;
+      if (r.deps.length === 0 && r.state === 'queued' && this.steps.get(r.drvPath) === r) this.becomeRunnable(r);
+    }
+    if (this.readyHead < this.ready.length) {
+      this.readyLater ??= setImmediate(() => {
+        this.readyLater = null;
+        this.makeReadyRunnable();
+      });
+    } else {
+      this.ready.length = 0;
+      this.readyHead = 0;
+    }
   }
 
   /** Every unfinished build that needs `step`, directly or through dependents. */
@@ -233,7 +279,7 @@ export class StepGraph {
    * derivation's outputs exist or it has just built: the caller completes
    * the original with them), `failed` (the resolved step failed).
    */
-  async resolveTo(original: StepRecord, resolvedDrvPath: string): Promise<{ kind: 'step'; step: StepRecord } | { kind: 'gone' | 'built' | 'failed' }> {
+  async resolveTo(original: StepRecord, resolvedDrvPath: string): Promise<{ kind: 'step' | 'failed'; step: StepRecord } | { kind: 'gone' | 'built' }> {
     const resolved = await this.acquire(resolvedDrvPath);
     if (original.state !== 'runnable' || this.steps.get(original.drvPath) !== original) {
       if (resolved) this.releaseHold(resolved);
@@ -243,9 +289,13 @@ export class StepGraph {
     if (resolved === original) throw new Error(`step ${original.drvPath} resolved to itself`);
     if (SUCCESS_STATES.has(resolved.state) || resolved.state === 'failed') {
       this.releaseHold(resolved);
-      return { kind: resolved.state === 'failed' ? 'failed' : 'built' };
+      if (resolved.state === 'failed') return { kind: 'failed', step: resolved };
+      // Just built: the caller reads its outputs from its rows, so they must be written.
+      await this.rowsWritten(resolved);
+      return { kind: 'built' };
     }
     this.transition(original, 'RESOLVE');
+    this.awaitingRows.delete(original); // its dependents move to the resolved step
     this.resolvedTo.set(original, resolved);
     const moved = original.rdeps.length + original.builds.length;
     for (const r of original.rdeps) {
@@ -270,6 +320,30 @@ export class StepGraph {
       this.releaseHold(original);
     }
     return { kind: 'step', step: resolved };
+  }
+
+  /** Resolves once a step that succeeded in memory has its rows written (completeSuccess) or is released. */
+  private rowsWritten(step: StepRecord): Promise<void> {
+    if (!this.awaitingRows.has(step) || step.refs <= 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const list = this.rowWaiters.get(step);
+      if (list) list.push(resolve);
+      else this.rowWaiters.set(step, [resolve]);
+    });
+  }
+
+  private rowsDone(step: StepRecord): void {
+    this.awaitingRows.delete(step);
+    const list = this.rowWaiters.get(step);
+    if (!list) return;
+    this.rowWaiters.delete(step);
+    for (const resolve of list) resolve();
+  }
+
+  /** A runnable step fails because `cause` failed (the step it resolved to): a build loaded meanwhile meets `cause`. */
+  failAs(step: StepRecord, cause: StepRecord): void {
+    this.failureCause.set(step, this.causeOf(cause));
+    this.transition(step, 'CACHED_FAILURE');
   }
 
   /** The step a resolved step was resolved to (while the graph holds it). */
@@ -366,7 +440,7 @@ export class StepGraph {
         this.releaseHold(dep);
         dep = to;
       }
-      if (SUCCESS_STATES.has(dep.state)) {
+      if (SUCCESS_STATES.has(dep.state) && !this.awaitingRows.has(dep)) {
         this.releaseHold(dep);
       } else if (dep.state === 'failed' || dep.state === 'cancelled') {
         failedDep ??= dep;
@@ -417,6 +491,7 @@ export class StepGraph {
       if (--step.refs > 0) continue;
       if (step.refs < 0) throw new Error(`step ${step.drvPath}: reference count below zero`);
       if (this.steps.get(step.drvPath) === step) this.steps.delete(step.drvPath);
+      this.rowsDone(step);
       const previous = step.state;
       if (!stepLifecycle.finals.has(previous)) this.transition(step, 'CANCEL');
       this.o.listener.released(step, previous);

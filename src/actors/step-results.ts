@@ -1,13 +1,14 @@
 import type { Logger } from '../util/logger.ts';
 import { BuildStatus } from '../db/status.ts';
 import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
-import { unixNow, type StepOutcome } from './builder-port.ts';
+import { unixNow, type StepFinisher, type StepOutcome } from './builder-port.ts';
 import { Coalescer } from './coalescer.ts';
 import type { ActiveJob } from './active-jobs.ts';
 import type { BuildRecord, Clock, FailureCache, StepRecord } from './model.ts';
 import type { ResultWriter } from './result-writer.ts';
 import type { SchedulerStats } from './scheduler-stats.ts';
 import type { AddBuildResult, QueuedBuild, StepGraph } from './step-graph.ts';
+import { rowBuild } from './row-build.ts';
 
 export interface StepResultsOptions {
   db: SchedulerDb;
@@ -16,6 +17,8 @@ export interface StepResultsOptions {
   stats: SchedulerStats;
   log: Logger;
   clock: Clock;
+  /** Roots and publishes the outputs of a build queued already built. */
+  finisher?: StepFinisher;
   /** A build's final row committed. */
   buildFinished(id: number): void;
 }
@@ -50,6 +53,13 @@ export class StepResults {
    */
   /** Builds that have had an attempt's row: the first one's start also starts the build. */
   private readonly startedBuilds = new Set<number>();
+  /**
+   * Steps that failed for good in this run with a status FailedPaths does not
+   * record (3, 9, …), while the graph still holds them: a build loaded then
+   * ends with that status propagated (as a dependent of the write would),
+   * not as a cached failure (whose status for a dependent is always 2).
+   */
+  private readonly uncachedFailures = new WeakMap<StepRecord, { buildId: number } & Failure>();
   private readonly cachedFailures: Coalescer<Parameters<SchedulerDb['buildsCachedFailure']>[0][number], boolean>;
 
   constructor(private readonly o: StepResultsOptions) {
@@ -67,8 +77,11 @@ export class StepResults {
     const { db, writer } = this.o;
     const now = unixNow(this.o.clock.now());
     if (r.kind === 'cached') {
+      await this.ensurePublished(q.id, r.outputs);
       if (await writer.persist(() => db.buildCached({ buildId: q.id, now, outputs: r.outputs }))) this.buildEnded(q.id, true, true);
     } else if (r.kind === 'cachedFailure') {
+      const f = this.uncachedFailures.get(r.failedStep);
+      if (f) return this.propagatedFailure(q, r, f);
       if (await this.cachedFailures.load({ buildId: q.id, failedDrvPath: r.failedDrvPath, system: r.failedSystem, own: r.own, now, outputs: r.failedOutputs })) {
         this.buildEnded(q.id, false, true);
       }
@@ -76,8 +89,56 @@ export class StepResults {
   }
 
   /**
+   * A runnable step fails because `failed` did (its resolved derivation's
+   * step, failed in this run and still in the graph): its dependents fail
+   * with it in memory, and the builds that need it end as a build loaded
+   * then would (the status propagated, or a cached failure of `failed`).
+   */
+  async failedAs(step: StepRecord, failed: StepRecord): Promise<void> {
+    const { graph } = this.o;
+    if (step.state !== 'runnable') return;
+    graph.failAs(step, failed);
+    const builds = graph.dependentBuilds(step);
+    const f = this.uncachedFailures.get(failed);
+    this.o.log.info({ drv: step.drvPath, failed: failed.drvPath, builds: builds.map((b) => b.id) }, 'step fails with the step it resolved to');
+    const now = unixNow(this.o.clock.now());
+    const ended = f
+      ? await this.o.writer.persist(() =>
+          this.o.db.dependentsFailed({
+            failedBuildId: f.buildId, drvPath: failed.drvPath, system: failed.platform.system, status: f.status, errorMsg: f.errorMsg, machine: f.machine, stopTime: f.stopTime,
+            builds: builds.map((b) => ({ id: b.id, own: b.toplevel === step })), outputs: failed.outputs,
+          }),
+        )
+      : builds.length === 0
+        ? []
+        : await this.o.writer.persist(() =>
+            this.o.db.buildsCachedFailure(builds.map((b) => ({ buildId: b.id, failedDrvPath: failed.drvPath, system: failed.platform.system, own: b.toplevel === step, now, outputs: failed.outputs }))),
+          );
+    for (const id of ended) this.buildEnded(id, false, !f);
+    for (const b of builds) graph.removeBuild(b);
+  }
+
+  /** A build loaded while a step it needs had failed (not cacheable): the step's status, propagated from its build. */
+  private async propagatedFailure(q: QueuedBuild, r: Extract<AddBuildResult, { kind: 'cachedFailure' }>, f: { buildId: number } & Failure): Promise<void> {
+    const ended = await this.o.writer.persist(() =>
+      this.o.db.dependentsFailed({
+        failedBuildId: f.buildId,
+        drvPath: r.failedDrvPath,
+        system: r.failedSystem,
+        status: f.status,
+        errorMsg: f.errorMsg,
+        machine: f.machine,
+        stopTime: f.stopTime,
+        builds: [{ id: q.id, own: r.own }],
+        outputs: r.failedOutputs,
+      }),
+    );
+    if (ended.includes(q.id)) this.buildEnded(q.id, false, false);
+  }
+
+  /**
    * An attempt of `step` on `machine` begins (`now`, ms): its row goes under
-   * the lowest-id build that needs the step, written with the other starts
+   * its row build (src/actors/row-build.ts), written with the other starts
    * of the dispatch round (ResultWriter.started).
    */
   started(step: StepRecord, machine: string, now: number): { buildId: number; row: Promise<number | null> } {
@@ -121,7 +182,11 @@ export class StepResults {
     this.o.log.warn({ build: aj.buildId, drv: aj.step.drvPath, machine: aj.machine.id, err: outcome.errorMsg }, 'step failed transiently');
     counters.stepsTransient++;
     if (outcome.machineFault) this.o.stats.machine(aj.machine.id).machineFailures++;
-    if (next === 'retrying') counters.stepsRetried++;
+    if (next === 'retrying') this.o.stats.retried(aj.step);
+    if (next === 'abandoned') {
+      const stopTime = unixNow(this.o.clock.now());
+      this.uncachedFailures.set(aj.step, { buildId: aj.buildId, status: BuildStatus.Aborted, errorMsg: outcome.errorMsg, machine: aj.machine.id, startTime: unixNow(aj.startedAt), stopTime, logFile: '', cacheable: false });
+    }
     this.o.writer.track(this.aborted(aj, outcome.errorMsg, next === 'abandoned'));
   }
 
@@ -145,19 +210,33 @@ export class StepResults {
     const { db, writer } = this.o;
     this.o.log.info({ build: aj.buildId, drv: aj.step.drvPath, machine: aj.machine.id }, 'step no longer needed; aborted');
     writer.track(
-      aj.row.then((nr) =>
+      writer.closing(aj.buildId, aj.row, (nr) =>
         nr === null
-          ? undefined
-          : writer.closing(aj.buildId, nr, () =>
-              db.stepAborted({ buildId: aj.buildId, stepnr: nr, status: 4, errorMsg: null, startTime: unixNow(aj.startedAt), stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
-            ),
+          ? Promise.resolve()
+          : db.stepAborted({ buildId: aj.buildId, stepnr: nr, status: 4, errorMsg: null, startTime: unixNow(aj.startedAt), stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
       ),
     );
   }
 
-  /** The build a step's row is recorded under: the lowest-id build that needs it. */
+  /**
+   * The outputs of a build queued already built are rooted and put in every
+   * cache before it ends. A failure (a full disk, a cache away) is logged
+   * and the build still ends as cached: its outputs are valid here, and the
+   * next build of them publishes them again.
+   */
+  private async ensurePublished(buildId: number, outputs: readonly { name: string; path: string | null }[]): Promise<void> {
+    const paths = outputs.flatMap((o) => (o.path === null ? [] : [o.path]));
+    if (!this.o.finisher?.alreadyBuilt || paths.length === 0) return;
+    try {
+      await this.o.finisher.alreadyBuilt(paths);
+    } catch (err) {
+      this.o.log.error({ build: buildId, outputs: paths, err: String((err as Error)?.message ?? err) }, 'cannot root or publish the outputs of a build queued already built');
+    }
+  }
+
+  /** The build a step's rows go under (src/actors/row-build.ts). */
   private rowBuild(step: StepRecord): BuildRecord | undefined {
-    return this.o.graph.builds.get(step.lowestBuildId) ?? this.o.graph.dependentBuilds(step)[0];
+    return rowBuild(this.o.graph, step);
   }
 
   private buildEnded(id: number, succeeded: boolean, cached: boolean): void {
@@ -167,10 +246,9 @@ export class StepResults {
 
   private async succeeded(aj: ActiveJob, outcome: Extract<StepOutcome, { kind: 'success' }>, builds: BuildRecord[]): Promise<void> {
     const { step } = aj;
-    const { db, graph } = this.o;
-    const stepnr = await aj.row;
-    const ended = await this.o.writer.closing(aj.buildId, stepnr, () =>
-      db.stepSucceeded({
+    const { graph } = this.o;
+    const ended = await this.o.writer.closing(aj.buildId, aj.row, (stepnr) =>
+      this.o.writer.succeeded({
         buildId: aj.buildId,
         stepnr,
         drvPath: step.drvPath,
@@ -194,13 +272,14 @@ export class StepResults {
   }
 
   private async aborted(aj: ActiveJob, errorMsg: string, abandoned: boolean): Promise<void> {
-    const stepnr = await aj.row;
     if (abandoned) {
       // Retries used up: this attempt's row carries the final status 3.
-      await this.failedUnbuilt(aj.step, { buildId: aj.buildId, row: Promise.resolve(stepnr) }, BuildStatus.Aborted, errorMsg, aj.machine.id, aj.startedAt);
-    } else if (stepnr !== null) {
-      await this.o.writer.closing(aj.buildId, stepnr, () =>
-        this.o.db.stepAborted({ buildId: aj.buildId, stepnr, status: 3, errorMsg: errorMsg || null, startTime: unixNow(aj.startedAt), stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
+      await this.failedUnbuilt(aj.step, { buildId: aj.buildId, row: aj.row }, BuildStatus.Aborted, errorMsg, aj.machine.id, aj.startedAt);
+    } else {
+      await this.o.writer.closing(aj.buildId, aj.row, (stepnr) =>
+        stepnr === null
+          ? Promise.resolve()
+          : this.o.db.stepAborted({ buildId: aj.buildId, stepnr, status: 3, errorMsg: errorMsg || null, startTime: unixNow(aj.startedAt), stopTime: unixNow(this.o.clock.now()), machine: aj.machine.id }),
       );
     }
   }
@@ -219,10 +298,10 @@ export class StepResults {
    */
   private async failed(step: StepRecord, at: { buildId: number; row: Promise<number | null> }, f: Failure): Promise<void> {
     this.o.log.warn({ build: at.buildId, drv: step.drvPath, machine: f.machine, status: f.status, err: f.errorMsg }, 'step failed');
+    if (!f.cacheable) this.uncachedFailures.set(step, { buildId: at.buildId, ...f });
     const { db, graph, writer } = this.o;
     const handled = new Set(graph.dependentBuilds(step));
-    const stepnr = await at.row;
-    const ended = await writer.closing(at.buildId, stepnr, () =>
+    const ended = await writer.closing(at.buildId, at.row, (stepnr) =>
       db.stepFailed({
         buildId: at.buildId,
         stepnr,

@@ -23,8 +23,20 @@ export interface HostMetrics {
   cpuPressure: Pressure;
   memPressure: Pressure;
   ioPressure: Pressure;
+  /** Every PSI line Hydra's machine status shows; null where the host has no such file or line. */
+  psi: PressureState;
   buildDirFreePercent: number;
   storeFreePercent: number;
+}
+
+/** Hydra's pressure set (the Rust builder's PressureState): `some` and `full` lines of /proc/pressure/*. */
+export interface PressureState {
+  cpuSome: Pressure | null;
+  memSome: Pressure | null;
+  memFull: Pressure | null;
+  ioSome: Pressure | null;
+  ioFull: Pressure | null;
+  irqFull: Pressure | null;
 }
 
 export interface HostFacts {
@@ -46,8 +58,13 @@ export function parseMeminfo(text: string): { total: number; available: number }
 }
 
 export function parsePressure(text: string): Pressure {
-  const line = text.split('\n').find((l) => l.startsWith('some '));
-  if (!line) return NO_PRESSURE;
+  return pressureLine(text, 'some') ?? NO_PRESSURE;
+}
+
+/** One line (`some` or `full`) of a /proc/pressure file; null when the file has no such line. */
+export function pressureLine(text: string, kind: 'some' | 'full'): Pressure | null {
+  const line = text.split('\n').find((l) => l.startsWith(`${kind} `));
+  if (!line) return null;
   const get = (k: string) => Number(new RegExp(`${k}=([0-9.]+)`).exec(line)?.[1] ?? 0);
   return { avg10: get('avg10'), avg60: get('avg60'), avg300: get('avg300') };
 }
@@ -81,12 +98,14 @@ export async function hostFacts(): Promise<HostFacts> {
 }
 
 export async function hostMetrics(dirs: { buildDir: string; storeDir: string }): Promise<HostMetrics> {
-  const [loadavg, meminfo, cpu, memory, io, buildDirFreePercent, storeFreePercent] = await Promise.all([
+  const [loadavg, meminfo, cpu, memory, io, irq, buildDirFreePercent, storeFreePercent] = await Promise.all([
     readOr('/proc/loadavg', '0 0 0'),
     readOr('/proc/meminfo', ''),
     readOr('/proc/pressure/cpu', ''),
     readOr('/proc/pressure/memory', ''),
     readOr('/proc/pressure/io', ''),
+    // Only kernels built with CONFIG_IRQ_TIME_ACCOUNTING have it (6.1+).
+    readOr('/proc/pressure/irq', ''),
     freePercent(dirs.buildDir),
     freePercent(dirs.storeDir),
   ]);
@@ -99,6 +118,14 @@ export async function hostMetrics(dirs: { buildDir: string; storeDir: string }):
     cpuPressure: parsePressure(cpu),
     memPressure: parsePressure(memory),
     ioPressure: parsePressure(io),
+    psi: {
+      cpuSome: pressureLine(cpu, 'some'),
+      memSome: pressureLine(memory, 'some'),
+      memFull: pressureLine(memory, 'full'),
+      ioSome: pressureLine(io, 'some'),
+      ioFull: pressureLine(io, 'full'),
+      irqFull: pressureLine(irq, 'full'),
+    },
     buildDirFreePercent,
     storeFreePercent,
   };

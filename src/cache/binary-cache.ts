@@ -74,7 +74,8 @@ export class BinaryCache {
   private constructor(
     readonly store: StoreUri,
     readonly storage: CacheStorage,
-    private readonly pool: WorkerPool,
+    /** The CPU-work pool this cache compresses and hashes on. */
+    readonly pool: WorkerPool,
     options: BinaryCacheOptions,
   ) {
     this.checkReferences = options.checkReferences ?? true;

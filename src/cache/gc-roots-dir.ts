@@ -2,6 +2,7 @@ import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { GcRootsDirError } from '../errors/index.ts';
 import { parseStorePathBaseName } from '../nix/store-path.ts';
+import { accepts } from '../util/accepts.ts';
 
 /**
  * Hydra's GC roots directory: one entry per root, named by the store path's
@@ -50,10 +51,5 @@ export async function readRootsDir(dir: string): Promise<RootsDirListing> {
 }
 
 export function isRootName(name: string): boolean {
-  try {
-    parseStorePathBaseName(name);
-    return true;
-  } catch {
-    return false;
-  }
+  return accepts(parseStorePathBaseName, name);
 }

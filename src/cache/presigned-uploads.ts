@@ -8,10 +8,11 @@
  * narinfo, signed, from what its own store verified.
  */
 import { Hash } from '../nix/hash.ts';
-import { PresignedUploadError } from '../errors/index.ts';
+import { HydrantError, PresignedUploadError } from '../errors/index.ts';
+import { withRoom } from '../workers/with-room.ts';
 import type { BinaryCache, PathUpload } from './binary-cache.ts';
 import { CONTENT_TYPES, narFile } from './layout.ts';
-import { queryPathInfos } from './local-path-info.ts';
+import { type LocalPathInfo, queryPathInfos } from './local-path-info.ts';
 import { type DeclaredPart, type PresignedRequest, S3Presigner, partSizes } from './s3-presign.ts';
 import { S3Storage } from './s3-storage.ts';
 import { uploadClosure } from './upload.ts';
@@ -122,8 +123,36 @@ export class PresignedUploads {
     if (size !== p.fileSize) throw new PresignedUploadError(p.key, `${size} bytes stored, ${p.fileSize} declared`);
     // The narinfo comes from the runner's store (imported and verified), never from the builder.
     const [info] = await queryPathInfos([storePath]);
+    await this.readBack(p, info!);
     await uploadClosure(this.cache, info!.references.filter((r) => r !== storePath));
     return this.cache.publishStoredNar(info!, p.key, p.fileHash, p.fileSize);
+  }
+
+  /**
+   * Reads the stored object back on the worker pool and requires its
+   * FileHash/FileSize to be the declared ones and, decompressed, the
+   * NarHash/NarSize of the runner's verified copy. Otherwise the object is
+   * deleted (it is named by the declared FileHash: a refused object would
+   * otherwise block the honest one, S3 writes being If-None-Match) and
+   * nothing is signed.
+   */
+  private async readBack(p: Pending, info: LocalPathInfo): Promise<void> {
+    const get = await this.presigner.presignGet(p.key);
+    const pool = this.cache.pool;
+    let why: string | null = null;
+    try {
+      const got = await withRoom(pool, () => pool.hashCompressedNar(get.url, this.cache.store.compression, get.headers));
+      if (got.fileSize !== p.fileSize) why = `${got.fileSize} bytes read back, ${p.fileSize} declared`;
+      else if (!Buffer.from(got.fileHash).equals(p.fileHash.bytes)) why = 'its SHA-256 is not the declared FileHash';
+      else if (got.narSize !== info.narSize) why = `it decompresses to ${got.narSize} bytes, the output's NAR has ${info.narSize}`;
+      else if (!Buffer.from(got.narHash).equals(info.narHash.bytes)) why = "it does not decompress to the output's NAR (NarHash differs)";
+    } catch (e) {
+      if (!(e instanceof HydrantError)) throw e;
+      why = `reading it back failed: ${e.message}`;
+    }
+    if (why === null) return;
+    await this.cache.storage.delete(p.key).catch(() => {});
+    throw new PresignedUploadError(p.key, why);
   }
 
   /** A job ended: its unfinished multipart uploads are aborted (no stored parts are left behind). */

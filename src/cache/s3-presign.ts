@@ -98,13 +98,13 @@ export class S3Presigner {
     void bucket;
   }
 
-  private async presign(key: string, query: Record<string, string>, headers: Record<string, string>): Promise<PresignedRequest> {
+  private async presign(key: string, query: Record<string, string>, headers: Record<string, string>, method: 'PUT' | 'GET' = 'PUT'): Promise<PresignedRequest> {
     const port = this.base.port ? Number(this.base.port) : undefined;
     const host = this.base.host;
     const path = `${this.base.pathname.replace(/\/$/, '')}/${this.storage.bucket}/${key.split('/').map(encodeURIComponent).join('/')}`;
     const signed = await this.signer.presign(
       {
-        method: 'PUT',
+        method,
         protocol: this.base.protocol,
         hostname: this.base.hostname,
         ...(port ? { port } : {}),
@@ -140,6 +140,14 @@ export class S3Presigner {
       'content-type': contentType,
       'if-none-match': '*',
     });
+  }
+
+  /**
+   * A GET of `key`: the runner's read-back of what a builder uploaded runs on
+   * a worker thread, which has no S3 client; a URL is all it needs.
+   */
+  presignGet(key: string): Promise<PresignedRequest> {
+    return this.presign(key, {}, {}, 'GET');
   }
 
   /** Begins a multipart upload (the runner's credentials, not a URL: the builder never learns them). */

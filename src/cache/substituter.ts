@@ -1,75 +1,25 @@
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { SubstituteUntrustedError } from '../errors/index.ts';
 import { exportOrder, writeExport } from '../nix/export.ts';
-import { type NarInfo, parseNarInfo } from '../nix/narinfo.ts';
+import type { NarInfo } from '../nix/narinfo.ts';
 import type { NixStoreHandle } from '../nix/private-store.ts';
 import { countValidSignatures, parsePublicKey, type PublicKey } from '../nix/signing.ts';
 import { STORE_DIR } from '../nix/store-path.ts';
 import { importVerified } from '../nix/transfer.ts';
 import type { Logger } from '../util/logger.ts';
-import type { CompressionMethod } from '../workers/compression.ts';
 import type { WorkerPool } from '../workers/pool.ts';
-import { withRoom } from '../workers/with-room.ts';
-import { BinaryCache } from './binary-cache.ts';
-import { narInfoFile } from './layout.ts';
 import { mapLimit } from '../util/map-limit.ts';
-
-/** One configured substituter: reads a cache's files by their relative name (null: no such file). */
-interface CacheSource {
-  readonly url: string;
-  get(rel: string): Promise<Buffer | null>;
-  close(): Promise<void>;
-}
-
-function fileSource(url: string, dir: string): CacheSource {
-  return {
-    url,
-    get: async (rel) => {
-      try {
-        return await readFile(join(dir, rel));
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-        throw e;
-      }
-    },
-    close: async () => {},
-  };
-}
-
-function httpSource(url: string): CacheSource {
-  const base = url.replace(/\/+$/, '');
-  return {
-    url,
-    get: async (rel) => {
-      const res = await fetch(`${base}/${rel}`);
-      if (res.status === 404 || res.status === 403) return null;
-      if (!res.ok) throw new Error(`${base}/${rel}: HTTP ${res.status}`);
-      return Buffer.from(await res.arrayBuffer());
-    },
-    close: async () => {},
-  };
-}
-
-async function s3Source(url: string, pool: WorkerPool, awsCredentialsFile: string | undefined): Promise<CacheSource> {
-  const cache = await BinaryCache.open(url, pool, { awsCredentialsFile });
-  return {
-    url,
-    get: async (rel) => (await cache.storage.get(rel))?.body ?? null,
-    close: () => cache.close(),
-  };
-}
+import { openSubstituteSource, type SubstituteSource } from './substitute-source.ts';
 
 /** A path's narinfo and the cache that holds it. */
 interface Found {
-  readonly source: CacheSource;
+  readonly source: SubstituteSource;
   readonly info: NarInfo;
 }
 
 type Memo = { found: Found | null; until: number };
 
 export interface SubstituterOptions {
-  /** `file://dir`, `http(s)://…`, `s3://bucket…` caches, asked in order. */
+  /** `file://dir`, `http(s)://…`, `s3://bucket…` caches and `ssh://` serve peers, asked in order. */
   urls: readonly string[];
   /** `name:base64` keys; a path needs a signature by one of them. */
   trustedPublicKeys: readonly string[];
@@ -107,20 +57,15 @@ export class Substituter {
 
   private constructor(
     private readonly o: SubstituterOptions,
-    private readonly sources: readonly CacheSource[],
+    private readonly sources: readonly SubstituteSource[],
   ) {
     this.keys = o.trustedPublicKeys.map(parsePublicKey);
     this.now = o.now ?? Date.now;
   }
 
   static async open(o: SubstituterOptions): Promise<Substituter> {
-    const sources: CacheSource[] = [];
-    for (const url of o.urls) {
-      if (url.startsWith('file://')) sources.push(fileSource(url, url.slice('file://'.length).replace(/\?.*$/, '')));
-      else if (/^https?:\/\//.test(url)) sources.push(httpSource(url));
-      else if (url.startsWith('s3://')) sources.push(await s3Source(url, o.pool, o.awsCredentialsFile));
-      else throw new Error(`substituter '${url}': only file://, http(s):// and s3:// caches are supported`);
-    }
+    const sources: SubstituteSource[] = [];
+    for (const url of o.urls) sources.push(await openSubstituteSource(url, o.pool, o.awsCredentialsFile));
     return new Substituter(o, sources);
   }
 
@@ -143,9 +88,9 @@ export class Substituter {
   private async ask(path: string): Promise<Found | null> {
     let found: Found | null = null;
     for (const source of this.sources) {
-      const body = await source.get(narInfoFile(path));
-      if (body) {
-        found = { source, info: parseNarInfo(body.toString('utf8'), `${source.url}/${narInfoFile(path)}`) };
+      const info = await source.narInfo(path);
+      if (info) {
+        found = { source, info };
         break;
       }
     }
@@ -186,6 +131,8 @@ export class Substituter {
     if (infos.size === 0) return true;
     const refsOf = (p: string) => infos.get(p)!.info.references.map((r) => `${STORE_DIR}/${r}`).filter((r) => r !== p);
     for (const [p, f] of infos) {
+      // Nix's rule: a source marked trusted needs no signature; any other, one by a key of trustedPublicKeys.
+      if (f.source.trusted) continue;
       const signed = countValidSignatures(this.keys, { storePath: p, narHash: f.info.narHash, narSize: f.info.narSize, references: f.info.references.map((r) => `${STORE_DIR}/${r}`) }, f.info.sigs);
       if (signed === 0) {
         this.refuse(p);
@@ -210,13 +157,8 @@ export class Substituter {
     return true;
   }
 
-  /** A path's NAR from its cache, uncompressed. */
-  private async nar(f: Found): Promise<Buffer> {
-    const body = await f.source.get(f.info.url);
-    if (!body) throw new Error(`${f.source.url}: ${f.info.url} (the NAR of ${f.info.storePath}) is missing`);
-    const c = f.info.compression;
-    if (c === 'none' || c === '') return body;
-    return withRoom(this.o.pool, () => this.o.pool.decompress(body, c as CompressionMethod));
+  /** A path's NAR from its source, uncompressed. */
+  private nar(f: Found): Promise<Buffer> {
+    return f.source.nar(f.info);
   }
 }
-

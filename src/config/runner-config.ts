@@ -57,7 +57,7 @@ const RunnerConfigSchema = z
     usePresignedUploads: z.boolean().default(false),
     // Substitution (docs/SUBSTITUTION.md): a step's outputs fetched from these caches instead of built.
     useSubstitutes: z.boolean().default(false),
-    /** `file://`, `http(s)://` and `s3://` caches asked in order (Nix: substituters). */
+    /** `file://`, `http(s)://`, `s3://` caches and `ssh://` serve peers, asked in order (Nix: substituters). */
     substituters: z.array(z.string().min(1)).default([]),
     /** `name:base64` keys; a substituted path needs a signature by one (Nix: trusted-public-keys). */
     trustedPublicKeys: z.array(z.string().min(1)).default([]),

@@ -35,6 +35,7 @@ import { withRoom } from '../workers/with-room.ts';
 import type { BinaryCache } from '../cache/binary-cache.ts';
 import { openCaches } from '../cache/open-caches.ts';
 import { presignedUploads } from '../cache/presigned-uploads.ts';
+import { validInCaches } from '../cache/cache-valid-store.ts';
 import { defaultRootsDir } from '../publish/gc-roots.ts';
 import { OutputPublisher } from '../publish/output-publisher.ts';
 import { BackupUploader, type BackupTarget, resolveBackupTargets } from '../publish/backups.ts';
@@ -167,7 +168,7 @@ export class RunnerDaemon {
     if (staleRoots > 0) log.info({ roots: staleRoots }, 'removed resolved-derivation roots a previous run left');
     this.runtime = await startRunnerRuntime({
       preparer: await this.withSubstitution(preparer, pool, hostStore, store, log),
-      config: c, db: schedulerDb, store, listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,
+      config: c, db: schedulerDb, store: validInCaches(store, caches), listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,
       gate: { whenOpen: () => lock.whenHeld() }, maxPendingWrites: c.maxPendingDbWrites,
     });
     await this.startBackups(pool, backupTargets);

@@ -1,6 +1,7 @@
 import type { Queryable } from './chunks.ts';
 import { sql } from './sql.ts';
 import { BuildStatus } from './status.ts';
+import type { StepColumns } from './step-rows.ts';
 
 /** Status code → name (`failed`, `timedOut`, …) for readers of the status API. */
 const STATUS_NAMES = new Map<number, string>(Object.entries(BuildStatus).map(([k, v]) => [v, k[0]!.toLowerCase() + k.slice(1)]));
@@ -31,21 +32,9 @@ export interface BuildHistoryRow {
   outputs: OutputRow[];
 }
 
-export interface StepHistoryRow {
+export interface StepHistoryRow extends StepColumns {
   stepnr: number;
-  type: number;
-  drvPath: string;
-  busy: number;
-  status: number | null;
   statusName: string | null;
-  errorMsg: string | null;
-  startTime: number | null;
-  stopTime: number | null;
-  machine: string;
-  system: string | null;
-  propagatedFrom: number | null;
-  overhead: number | null;
-  timesBuilt: number | null;
   /** Status 13: the derivation this step was resolved to (a full store path). */
   resolvedDrvPath: string | null;
   outputs: OutputRow[];

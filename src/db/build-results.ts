@@ -38,6 +38,8 @@ export interface FinishBuildCached {
   buildId: number;
   now: number;
   outputs: readonly { readonly name: string; readonly path: string | null }[];
+  /** 0 (default), or 6 when the earlier build of the same outputs failed with output. */
+  status?: number;
   /** Known from an earlier build of the same outputs; left as they are when omitted. */
   size?: number | null;
   closureSize?: number | null;
@@ -142,6 +144,7 @@ export async function finishBuildCached(client: pg.ClientBase, a: FinishBuildCac
     a.size ?? null,
     a.closureSize ?? null,
     a.releaseName ?? null,
+    a.status ?? BuildStatus.Success,
   ]);
   if (res.rowCount !== 1) return false;
   await setOutputPaths(client, a.buildId, a.outputs);

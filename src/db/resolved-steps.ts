@@ -54,3 +54,9 @@ export async function readRealisedOutputs(client: Queryable, drvPaths: readonly 
   const { rows } = await client.query<{ drvpath: string; name: string; path: string }>(sql('resolve/realised-outputs'), [drvPaths, storeDir]);
   return rows.map((r) => ({ drvPath: r.drvpath, name: r.name, path: r.path }));
 }
+
+/** The newest permanent failure of a resolved derivation's step (failed-before.sql), or null. */
+export async function readFailedBefore(client: Queryable, drvPath: string): Promise<{ build: number; status: number } | null> {
+  const { rows } = await client.query<{ build: number; status: number }>(sql('resolve/failed-before'), [drvPath]);
+  return rows[0] ?? null;
+}

@@ -102,6 +102,13 @@ export interface SchedulerDb {
   }): Promise<number[]>;
 
   /**
+   * Several steps built, in one transaction (each as stepSucceeded, in build
+   * id order, their NOTIFYs in one statement): results that arrive together
+   * share one commit. Returns each one's ended builds, in order.
+   */
+  stepsSucceeded(list: readonly Parameters<SchedulerDb['stepSucceeded']>[0][]): Promise<number[][]>;
+
+  /**
    * The step failed for good: its row (inserted when `stepnr` is null: it
    * never ran), every build that needs it, FailedPaths when cacheable.
    */
@@ -177,6 +184,9 @@ export interface SchedulerDb {
 
   /** The realised output paths of built derivations, as their steps recorded them. */
   realisedOutputs(drvPaths: readonly string[]): Promise<{ drvPath: string; name: string; path: string }[]>;
+
+  /** A resolved derivation's newest permanent failure (its step's status and build), or null: its builds end as a cached failure. */
+  failedBefore(drvPath: string): Promise<{ build: number; status: number } | null>;
 
   jobsets(windowSeconds: number): Promise<JobsetRow[]>;
   /** Unfinished builds with id > afterId, by id, in batches. */

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { CachedFailure, JobsetRow, QueuedBuildRow, SchedulerDb } from './scheduler-db-interface.ts';
+import { findEarlierBuild } from './earlier-build.ts';
 import { finishBuildsFailed } from './build-failures.ts';
 import { finishBuildCached, finishBuildSucceeded } from './build-results.ts';
 import { addFailedPaths, isFailedPath } from './failed-paths.ts';
@@ -9,9 +10,9 @@ import { sql } from './sql.ts';
 import { queuedBuildIds, readBuildsByIds, readJobsetShares, streamQueuedBuilds } from './queue-reads.ts';
 import { BuildStatus, StepBusy, StepType } from './status.ts';
 import { abortUnloadableBuild } from './unloadable-builds.ts';
-import { abortLeftoverSteps, finishStep, lockBuild, recordStep, setStepBusy, startStep } from './step-rows.ts';
+import { abortLeftoverSteps, finishStep, lockBuild, recordStep, setStepBusy, startStep, unbuiltStep } from './step-rows.ts';
 import { buildSizes } from './output-sizes.ts';
-import { readRealisedOutputs, recordResolvedStep } from './resolved-steps.ts';
+import { readFailedBefore, readRealisedOutputs, recordResolvedStep } from './resolved-steps.ts';
 import { STORE_DIR } from '../nix/store-path.ts';
 
 /**
@@ -59,61 +60,25 @@ export class PgSchedulerDb implements SchedulerDb {
     await setStepBusy(this.pool, buildId, stepnr, busy);
   }
 
-  stepSucceeded(a: Parameters<SchedulerDb['stepSucceeded']>[0]): Promise<number[]> {
+  async stepSucceeded(a: Parameters<SchedulerDb['stepSucceeded']>[0]): Promise<number[]> {
+    return (await this.stepsSucceeded([a]))[0]!;
+  }
+
+  stepsSucceeded(list: readonly Parameters<SchedulerDb['stepSucceeded']>[0][]): Promise<number[][]> {
+    // Rows are locked in build id order, as the start and failure paths do, so that concurrent transactions cannot deadlock.
+    const order = list.map((_, i) => i).sort((x, y) => list[x]!.buildId - list[y]!.buildId);
     return withTransaction(this.pool, async (c) => {
-      const row = {
-        buildId: a.buildId,
-        status: BuildStatus.Success,
-        errorMsg: null,
-        startTime: a.startTime,
-        stopTime: a.stopTime,
-        machine: a.machine,
-        overhead: a.overheadMs,
-        timesBuilt: 1,
-        isNonDeterministic: false,
-        outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
-      };
-      if (a.stepnr !== null) await finishStep(c, { ...row, stepnr: a.stepnr, logFile: a.logFile });
-      else await recordStep(c, { ...row, drvPath: a.drvPath, system: a.system });
-      const { size, closureSize } = buildSizes(a.outputs, a.closureSize);
-      const ended: number[] = [];
-      for (const b of a.builds) {
-        const done = await finishBuildSucceeded(c, {
-          buildId: b.id,
-          status: a.failedWithOutput ? BuildStatus.FailedWithOutput : BuildStatus.Success,
-          startTime: a.startTime,
-          stopTime: a.stopTime,
-          size,
-          closureSize,
-          releaseName: a.releaseName,
-          isCachedBuild: b.isCachedBuild,
-          outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
-          products: a.products,
-          metrics: a.metrics,
-        });
-        if (done) ended.push(b.id);
-      }
-      await notifyBuildsFinished(c, ended);
-      return ended;
+      const out = new Array<number[]>(list.length);
+      for (const i of order) out[i] = await succeededIn(c, list[i]!);
+      await notifyBuildsFinished(c, out.flat());
+      return out;
     });
   }
 
   stepFailed(a: Parameters<SchedulerDb['stepFailed']>[0]): Promise<number[]> {
     return withTransaction(this.pool, async (c) => {
       if (a.stepnr !== null) {
-        await finishStep(c, {
-          buildId: a.buildId,
-          stepnr: a.stepnr,
-          status: a.status,
-          errorMsg: a.errorMsg,
-          startTime: a.startTime,
-          stopTime: a.stopTime,
-          machine: a.machine,
-          overhead: null,
-          timesBuilt: 1,
-          isNonDeterministic: null,
-          logFile: a.logFile,
-        });
+        await finishStep(c, unbuiltStep(a, a.stepnr, 1, a.logFile));
       } else {
         await recordStep(c, {
           buildId: a.buildId,
@@ -126,19 +91,7 @@ export class PgSchedulerDb implements SchedulerDb {
           system: a.system,
         });
       }
-      const ended = await finishBuildsFailed(c, {
-        failedBuildId: a.buildId,
-        failedStepDrvPath: a.drvPath,
-        stepStatus: a.status,
-        builds: a.builds,
-        startTime: a.startTime,
-        stopTime: a.stopTime,
-        errorMsg: a.errorMsg,
-        machine: a.machine,
-        isCachedBuild: false,
-        system: a.system,
-        outputs: a.outputs,
-      });
+      const ended = await failBuilds(c, a.buildId, a.startTime, a);
       if (a.cacheablePaths.length > 0) await addFailedPaths(c, a.cacheablePaths);
       await notifyBuildsFinished(c, ended);
       return ended;
@@ -147,40 +100,14 @@ export class PgSchedulerDb implements SchedulerDb {
 
   dependentsFailed(a: Parameters<SchedulerDb['dependentsFailed']>[0]): Promise<number[]> {
     return withTransaction(this.pool, async (c) => {
-      const ended = await finishBuildsFailed(c, {
-        failedBuildId: a.failedBuildId,
-        failedStepDrvPath: a.drvPath,
-        stepStatus: a.status,
-        builds: a.builds,
-        startTime: a.stopTime,
-        stopTime: a.stopTime,
-        errorMsg: a.errorMsg,
-        machine: a.machine,
-        isCachedBuild: false,
-        system: a.system,
-        outputs: a.outputs,
-      });
+      const ended = await failBuilds(c, a.failedBuildId, a.stopTime, a);
       await notifyBuildsFinished(c, ended);
       return ended;
     });
   }
 
   async stepAborted(a: Parameters<SchedulerDb['stepAborted']>[0]): Promise<void> {
-    await withTransaction(this.pool, (c) =>
-      finishStep(c, {
-        buildId: a.buildId,
-        stepnr: a.stepnr,
-        status: a.status,
-        errorMsg: a.errorMsg,
-        startTime: a.startTime,
-        stopTime: a.stopTime,
-        machine: a.machine,
-        overhead: null,
-        timesBuilt: null,
-        isNonDeterministic: null,
-        logFile: null,
-      }),
-    );
+    await withTransaction(this.pool, (c) => finishStep(c, unbuiltStep(a, a.stepnr, null, null)));
   }
 
   stepResolved(a: Parameters<SchedulerDb['stepResolved']>[0]): Promise<{ stepnr: number; inserted: boolean }> {
@@ -200,9 +127,18 @@ export class PgSchedulerDb implements SchedulerDb {
     return readRealisedOutputs(this.pool, drvPaths, STORE_DIR);
   }
 
+  failedBefore(drvPath: string): Promise<{ build: number; status: number } | null> {
+    return readFailedBefore(this.pool, drvPath);
+  }
+
   buildCached(a: Parameters<SchedulerDb['buildCached']>[0]): Promise<boolean> {
     return withTransaction(this.pool, async (c) => {
-      const done = await finishBuildCached(c, a);
+      // As Hydra: products, metrics, sizes, release name and status of the build that made these outputs.
+      const earlier = await findEarlierBuild(c, a.outputs.flatMap((o) => (o.path === null ? [] : [o.path])));
+      const copied = earlier
+        ? { status: earlier.status, size: earlier.size, closureSize: earlier.closureSize, releaseName: earlier.releaseName, products: earlier.products, metrics: earlier.metrics }
+        : {};
+      const done = await finishBuildCached(c, { ...a, ...copied });
       if (done) await notifyBuildsFinished(c, [a.buildId]);
       return done;
     });
@@ -290,6 +226,60 @@ async function finishCachedFailures(c: pg.ClientBase, list: readonly CachedFailu
         outputs,
       })),
     );
+  }
+  return ended;
+}
+
+/** Ends `a.builds` over the failure of the step of `a.drvPath` (failed in build `failedBuildId`). */
+function failBuilds(c: pg.ClientBase, failedBuildId: number, startTime: number, a: Omit<Parameters<SchedulerDb['dependentsFailed']>[0], 'failedBuildId'>): Promise<number[]> {
+  return finishBuildsFailed(c, {
+    failedBuildId,
+    failedStepDrvPath: a.drvPath,
+    stepStatus: a.status,
+    builds: a.builds,
+    startTime,
+    stopTime: a.stopTime,
+    errorMsg: a.errorMsg,
+    machine: a.machine,
+    isCachedBuild: false,
+    system: a.system,
+    outputs: a.outputs,
+  });
+}
+
+/** One built step's rows inside a transaction (stepsSucceeded); returns the builds that ended. */
+async function succeededIn(c: pg.PoolClient, a: Parameters<SchedulerDb['stepSucceeded']>[0]): Promise<number[]> {
+  const row = {
+    buildId: a.buildId,
+    status: BuildStatus.Success,
+    errorMsg: null,
+    startTime: a.startTime,
+    stopTime: a.stopTime,
+    machine: a.machine,
+    overhead: a.overheadMs,
+    timesBuilt: 1,
+    isNonDeterministic: false,
+    outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
+  };
+  if (a.stepnr !== null) await finishStep(c, { ...row, stepnr: a.stepnr, logFile: a.logFile });
+  else await recordStep(c, { ...row, drvPath: a.drvPath, system: a.system });
+  const { size, closureSize } = buildSizes(a.outputs, a.closureSize);
+  const ended: number[] = [];
+  for (const b of a.builds) {
+    const done = await finishBuildSucceeded(c, {
+      buildId: b.id,
+      status: a.failedWithOutput ? BuildStatus.FailedWithOutput : BuildStatus.Success,
+      startTime: a.startTime,
+      stopTime: a.stopTime,
+      size,
+      closureSize,
+      releaseName: a.releaseName,
+      isCachedBuild: b.isCachedBuild,
+      outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
+      products: a.products,
+      metrics: a.metrics,
+    });
+    if (done) ended.push(b.id);
   }
   return ended;
 }

@@ -65,6 +65,20 @@ export interface FinishStep {
   logFile: string | null;
 }
 
+/**
+ * finishStep's arguments for a step that ended without a build result
+ * (failed or aborted): no overhead, determinism unknown.
+ */
+export function unbuiltStep(
+  a: { buildId: number; status: number; errorMsg: string | null; startTime: number; stopTime: number; machine: string },
+  stepnr: number,
+  timesBuilt: number | null,
+  logFile: string | null,
+): FinishStep {
+  const { buildId, status, errorMsg, startTime, stopTime, machine } = a;
+  return { buildId, stepnr, status, errorMsg, startTime, stopTime, machine, overhead: null, timesBuilt, isNonDeterministic: null, logFile };
+}
+
 export interface RecordStep {
   buildId: number;
   drvPath: string;
@@ -85,8 +99,8 @@ export interface RecordStep {
   outputs?: readonly StepOutput[];
 }
 
-interface StepRow {
-  buildId: number;
+/** The columns of a BuildSteps row that both its writers and its readers name. */
+export interface StepColumns {
   type: number;
   drvPath: string;
   busy: number;
@@ -99,8 +113,12 @@ interface StepRow {
   propagatedFrom: number | null;
   overhead: number | null;
   timesBuilt: number | null;
-  isNonDeterministic: boolean | null;
   resolvedDrvPath: string | null;
+}
+
+interface StepRow extends StepColumns {
+  buildId: number;
+  isNonDeterministic: boolean | null;
   outputs: readonly StepOutput[];
 }
 

@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../errors/index.ts';
 import { runNix } from '../nix/tools.ts';
+import { accepts } from '../util/accepts.ts';
 
 /** The bundled demo jobset (a Nix function of `{ nonce }`). */
 export const DEMO_JOBSET = fileURLToPath(new URL('./jobset.nix', import.meta.url));
@@ -81,14 +82,7 @@ export async function prepareStateDir(dir: string): Promise<DemoPaths> {
 
 /** Whether an executable `tool` is on the PATH. */
 export function onPath(tool: string): boolean {
-  return (process.env.PATH ?? '').split(':').some((d) => {
-    try {
-      accessSync(join(d || '.', tool), constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
+  return (process.env.PATH ?? '').split(':').some((d) => accepts((f: string) => accessSync(f, constants.X_OK), join(d || '.', tool)));
 }
 
 /**

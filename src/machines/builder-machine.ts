@@ -37,14 +37,39 @@ export type BuilderEventType = (typeof BUILDER_EVENTS)[number];
 export const BUILDER_STATES = ['joining', 'ready', 'busy', 'disabled', 'unreachable', 'draining', 'gone'] as const;
 export type BuilderState = (typeof BUILDER_STATES)[number];
 
-/** The latest figures a builder reported (dynamic capacity, disk space). */
+/** One PSI line, percent (avg10/60/300 as /proc/pressure writes them). */
+export interface PsiFigures {
+  avg10: number;
+  avg60: number;
+  avg300: number;
+}
+
+/** The PSI lines Hydra's machine status shows; null where the builder reported none. */
+export interface PsiState {
+  cpuSome: PsiFigures | null;
+  memSome: PsiFigures | null;
+  memFull: PsiFigures | null;
+  ioSome: PsiFigures | null;
+  ioFull: PsiFigures | null;
+  irqFull: PsiFigures | null;
+}
+
+/** The latest figures a builder reported (dynamic capacity, disk space, and what the status shows). */
 export interface MachineLoad {
   load1: number;
+  /** avg10 of the `some` lines: what the dynamic capacity rule compares. */
   cpuPressure: number;
   memPressure: number;
   ioPressure: number;
   buildDirFreePercent: number;
   storeFreePercent: number;
+  load5: number;
+  load15: number;
+  memUsedBytes: number;
+  /** 0: not reported yet (the Join's figure stands). */
+  memTotalBytes: number;
+  /** null until a builder reports PSI. */
+  psi: PsiState | null;
 }
 
 export const IDLE_LOAD: MachineLoad = Object.freeze({
@@ -54,6 +79,11 @@ export const IDLE_LOAD: MachineLoad = Object.freeze({
   ioPressure: 0,
   buildDirFreePercent: 100,
   storeFreePercent: 100,
+  load5: 0,
+  load15: 0,
+  memUsedBytes: 0,
+  memTotalBytes: 0,
+  psi: null,
 });
 
 /**

@@ -3,6 +3,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { QueueMonitor } from '../actors/queue-monitor.ts';
 import type { Scheduler } from '../actors/scheduler.ts';
 import type { WorkerPool } from '../workers/pool.ts';
+import { registerHydraCompatMetrics } from './hydra-compat-metrics.ts';
 
 export interface MetricsSources {
   scheduler(): Scheduler | null;
@@ -193,9 +194,13 @@ export function createRunnerMetrics(src: MetricsSources): RunnerMetrics {
   ]);
 
   computedGauge(registry, 'hydrant_db_pending_writes', 'Result writes waiting for the database or in flight (dispatch pauses at maxPendingDbWrites).', [], () => one(s()?.pendingWrites ?? 0));
+  computedGauge(registry, 'hydrant_db_write_backpressure', 'Whether dispatch is held now because result writes reached maxPendingDbWrites (1) or not (0); it resumes at three quarters of it.', [], () => one(s()?.writePressure.held ? 1 : 0));
+  mirroredCounter(registry, 'hydrant_db_write_backpressure_holds_total', 'How often dispatch was held because result writes reached maxPendingDbWrites.', [], () => one(s()?.writePressure.holds ?? 0));
   computedGauge(registry, 'hydrant_runner_state', "The runner's lifecycle state: 1 for the current one (standby: waiting for the active runner's lock).", ['state'], () =>
     ['starting', 'standby', 'running', 'reconnecting', 'draining', 'stopped'].map((st): [Labels, number] => [{ state: st }, src.state?.() === st ? 1 : 0]),
   );
+
+  registerHydraCompatMetrics(registry, s);
 
   const latency = new Histogram({
     name: 'hydrant_dispatch_latency_seconds',

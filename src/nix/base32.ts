@@ -1,4 +1,5 @@
 import { NixFormatError } from '../errors/index.ts';
+import { accepts } from '../util/accepts.ts';
 
 /**
  * Nix's base32: its own alphabet (no e, o, u, t) and its own bit order.
@@ -39,12 +40,7 @@ export function encodeBase32(bytes: Uint8Array): string {
 
 /** True when decodeBase32 would accept `s`. */
 export function isBase32(s: string): boolean {
-  try {
-    decodeBase32(s);
-    return true;
-  } catch {
-    return false;
-  }
+  return accepts(decodeBase32, s);
 }
 
 /**

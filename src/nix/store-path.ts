@@ -1,5 +1,6 @@
 import { NixFormatError } from '../errors/index.ts';
 import { encodeBase32, isBase32 } from './base32.ts';
+import { accepts } from '../util/accepts.ts';
 import { compressHash, Hash, sha256 } from './hash.ts';
 
 export const STORE_DIR = '/nix/store';
@@ -77,12 +78,7 @@ export function parseDerivationPath(path: string, storeDir: string = STORE_DIR):
 }
 
 export function isStorePath(path: string, storeDir: string = STORE_DIR): boolean {
-  try {
-    parseStorePath(path, storeDir);
-    return true;
-  } catch {
-    return false;
-  }
+  return accepts((p: string) => parseStorePath(p, storeDir), path);
 }
 
 /** The store path that contains `path` (which may point inside it), like Nix's toStorePath. */

@@ -4,7 +4,8 @@ import { status } from '@grpc/grpc-js';
 import { BuilderSession, type RemoteJob } from './builder-session.ts';
 import type { BuilderPort, StepJob, StepOutcome } from '../actors/builder-port.ts';
 import { MachineActor } from '../actors/machine-actor.ts';
-import { DEFAULT_THRESHOLDS, type MachineSpec } from '../actors/machine-record.ts';
+import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineSpec } from '../actors/machine-record.ts';
+import type { PsiFigures, PsiState } from '../machines/index.ts';
 import type { Scheduler } from '../actors/scheduler.ts';
 import { BuildLogWriter } from '../nix/build-log-writer.ts';
 import { buildLogPath } from '../nix/build-logs.ts';
@@ -20,7 +21,7 @@ import { servePool } from '../nix/serve-session.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { isStorePath } from '../nix/store-path.ts';
 import type { Logger } from '../util/logger.ts';
-import { Compression, ResultState, type CompleteRequest, type PresignedUploadDone, type PresignedUploadRequest, type Join, type NarChunk, type OutputHeader, type PathInfo } from './gen/runner.ts';
+import { Compression, ResultState, type CompleteRequest, type PresignedUploadDone, type PresignedUploadRequest, type Join, type NarChunk, type OutputHeader, type PathInfo, type Ping } from './gen/runner.ts';
 import type { JobOwnership } from './job-ownership.ts';
 import type { PresignedUploads } from '../cache/presigned-uploads.ts';
 import { PresignedUploadError } from '../errors/index.ts';
@@ -89,7 +90,12 @@ export class BuilderService implements RunnerHandlers {
       this.rejoin(s, cs);
     } else {
       s = new BuilderSession(
-        new MachineActor(specFromJoin(cs.machineId, cs.join), { graceMs: this.o.graceMs, idleSince: Date.now() }),
+        new MachineActor(specFromJoin(cs.machineId, cs.join), {
+          graceMs: this.o.graceMs,
+          idleSince: Date.now(),
+          // Memory is shown from the join on; pings update it.
+          load: { ...IDLE_LOAD, memTotalBytes: cs.join.totalMemoryBytes },
+        }),
         this.o.ownership,
         (err) => log.warn({ machine: cs.machineId, err: errorText(err) }, 'send to builder failed'),
         (job) => this.requisites(job, MAX_REQUISITES_IN_ORDER),
@@ -129,6 +135,11 @@ export class BuilderService implements RunnerHandlers {
               ioPressure: p.ioPressure?.avg10 ?? 0,
               buildDirFreePercent: p.buildDirFreePercent,
               storeFreePercent: p.storeFreePercent,
+              load5: p.load5,
+              load15: p.load15,
+              memUsedBytes: p.memoryUsedBytes,
+              memTotalBytes: p.memoryTotalBytes || session.machine.load.memTotalBytes,
+              psi: psiOf(p),
             },
           });
         } else if (k?.$case === 'stepStatus') {
@@ -519,6 +530,20 @@ function toOutcome(req: CompleteRequest, uploaded: ReadonlyMap<string, string>, 
 function errorText(err: unknown): string {
   const e = err as { message?: unknown; details?: unknown } | null | undefined;
   return String(e?.message ?? e?.details ?? err);
+}
+
+/** A ping's PSI lines; null when it carries none (a host without PSI, or an older builder). */
+function psiOf(p: Ping): PsiState | null {
+  const f = (x: Ping['cpuPressure']): PsiFigures | null => (x ? { avg10: x.avg10, avg60: x.avg60, avg300: x.avg300 } : null);
+  const psi: PsiState = {
+    cpuSome: f(p.cpuPressure),
+    memSome: f(p.memoryPressure),
+    memFull: f(p.memoryFullPressure),
+    ioSome: f(p.ioPressure),
+    ioFull: f(p.ioFullPressure),
+    irqFull: f(p.irqFullPressure),
+  };
+  return Object.values(psi).some((x) => x !== null) ? psi : null;
 }
 
 function specFromJoin(id: string, j: Join): MachineSpec {

@@ -52,6 +52,13 @@ export class OutputPublisher implements StepFinisher {
     return { ...outcome, logFile };
   }
 
+  /** Outputs of a build queued already built: GC roots, then their closure in every cache (what a cache has is skipped). */
+  async alreadyBuilt(outputPaths: readonly string[]): Promise<void> {
+    const paths = [...outputPaths];
+    await addGcRoots(this.o.rootsDir, paths);
+    for (const cache of this.o.caches) await this.upload({ jobId: 'already-built', drvPath: '' }, cache, paths);
+  }
+
   /**
    * The caches get the log's text, Hydra gets it compressed; returns the
    * log's final name. A part that fails (a full disk) is only logged, as in
@@ -106,7 +113,7 @@ export class OutputPublisher implements StepFinisher {
   }
 
   /** Uploads the closure of `paths` to `cache`; a failure is logged and thrown (the attempt is retried). */
-  private async upload(job: StepJob, cache: BinaryCache, paths: string[]): Promise<void> {
+  private async upload(job: Pick<StepJob, 'jobId' | 'drvPath'>, cache: BinaryCache, paths: string[]): Promise<void> {
     const started = performance.now();
     let r: Awaited<ReturnType<typeof uploadClosure>>;
     try {

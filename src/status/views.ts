@@ -1,5 +1,5 @@
 import type { MachineActor } from '../actors/machine-actor.ts';
-import { hasRoom, machineScore } from '../actors/machine-record.ts';
+import { hasDynamicRoom, hasRoom, hasStaticRoom, machineScore } from '../actors/machine-record.ts';
 import type { StepRecord } from '../actors/model.ts';
 import type { Scheduler } from '../actors/scheduler.ts';
 import { StepBusy } from '../db/status.ts';
@@ -13,25 +13,38 @@ export function busyName(code: number): string {
   return BUSY_NAMES.get(code) ?? String(code);
 }
 
-/** One machine as `/status/machines` reports it (field names as Hydra's queue runner uses), from its actor's snapshot. */
+/**
+ * One machine as `/status/machines` reports it, keyed by the name written to
+ * BuildSteps.machine: every field of the Rust runner's `io/machine.rs`
+ * Machine that Hydra's web UI reads (Helper/Nix.pm getMachines,
+ * root/machine-status.tt) with its type and meaning — the feature lists
+ * always arrays (the UI dereferences them), `stats.pressure` null until the
+ * builder reports PSI (the UI then hides it) — plus Hydrant's own state,
+ * thresholds and failure figures.
+ */
 export function machineView(s: Scheduler, m: MachineActor) {
   const snap = m.snapshot();
   const load = snap.load;
   const st = s.machineStats.get(m.id);
   const done = st?.stepsDone ?? 0;
   const cfg = s.dispatcherConfig;
+  const psi = load.psi;
   return {
     hostname: m.id,
     state: snap.state,
     systems: [...m.systems],
-    supportedFeatures: [...m.features],
+    // Without the mandatory ones: the UI lists supportedFeatures followed by mandatoryFeatures.
+    supportedFeatures: [...m.features].filter((f) => !m.mandatoryFeatures.has(f)),
     mandatoryFeatures: [...m.mandatoryFeatures],
     maxJobs: m.maxJobs,
     speedFactor: m.speedFactor,
     cpuCount: m.cpuCount,
     bogomips: m.bogomips,
     score: machineScore(m, cfg.machineSortFn),
+    totalMem: load.memTotalBytes,
     hasCapacity: hasRoom(m, cfg.machineFreeFn),
+    hasStaticCapacity: hasStaticRoom(m),
+    hasDynamicCapacity: hasDynamicRoom(m),
     thresholds: m.thresholds,
     jobs: [...m.jobs].map((j) => j.drvPath),
     stats: {
@@ -48,7 +61,17 @@ export function machineView(s: Scheduler, m: MachineActor) {
       disabledUntil: seconds(snap.disabledUntil),
       consecutiveFailures: snap.failures,
       load1: load.load1,
-      pressure: { cpu: load.cpuPressure, memory: load.memPressure, io: load.ioPressure },
+      load5: load.load5,
+      load15: load.load15,
+      memUsage: load.memUsedBytes,
+      pressure: psi && {
+        cpuSome: psi.cpuSome,
+        memSome: psi.memSome,
+        memFull: psi.memFull,
+        ioSome: psi.ioSome,
+        ioFull: psi.ioFull,
+        irqFull: psi.irqFull,
+      },
       buildDirFreePercent: load.buildDirFreePercent,
       storeFreePercent: load.storeFreePercent,
     },

@@ -735,12 +735,12 @@ function renderMachines() {
             h(
               'div',
               { class: 'small' },
-              `${m.systems.join(', ')}${m.supportedFeatures.length ? ` · ${m.supportedFeatures.join(', ')}` : ''} · speed ${m.speedFactor} · ${st.nrStepsDone} steps done (${st.succeededBuilds} ok, ${st.failedBuilds} failed)${st.nrStepsDone ? ` · avg ${duration(st.avgStepTimeMs)}` : ''}`,
+              `${m.systems.join(', ')}${m.supportedFeatures.length + m.mandatoryFeatures.length ? ` · ${[...m.supportedFeatures, ...m.mandatoryFeatures].join(', ')}` : ''} · speed ${m.speedFactor} · ${st.nrStepsDone} steps done (${st.succeededBuilds} ok, ${st.failedBuilds} failed)${st.nrStepsDone ? ` · avg ${duration(st.avgStepTimeMs)}` : ''}`,
             ),
             h(
               'div',
               { class: 'small' },
-              `load ${st.load1.toFixed(2)} · pressure cpu ${Math.round(st.pressure.cpu)} mem ${Math.round(st.pressure.memory)} io ${Math.round(st.pressure.io)} · free: store ${Math.round(st.storeFreePercent)} %, build dir ${Math.round(st.buildDirFreePercent)} %`,
+              `load ${st.load1.toFixed(2)} · pressure cpu ${Math.round(st.pressure?.cpuSome?.avg10 ?? 0)} mem ${Math.round(st.pressure?.memSome?.avg10 ?? 0)} io ${Math.round(st.pressure?.ioSome?.avg10 ?? 0)} · free: store ${Math.round(st.storeFreePercent)} %, build dir ${Math.round(st.buildDirFreePercent)} %`,
             ),
             m.jobs.length
               ? h(

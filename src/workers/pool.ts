@@ -9,7 +9,7 @@ import type { RealisedOutputs, Resolution } from '../nix/resolve-derivation.ts';
 import type { CompressOptions, CompressionMethod } from './compression.ts';
 import { deserializeError } from './task-errors.ts';
 import type { TaskReply } from './task-errors.ts';
-import type { WriteNarResult } from './tasks.ts';
+import type { CompressedNarHashes, WriteNarResult } from './tasks.ts';
 import { asBuffer, forTransfer } from './transfer.ts';
 
 export interface WorkerPoolOptions {
@@ -144,6 +144,20 @@ export class WorkerPool {
   async hashFile(path: string, algorithm: HashAlgo = 'sha256'): Promise<{ digest: Buffer; size: number }> {
     const r = await this.run<{ digest: Uint8Array; size: number }>('hashFile', { path, algorithm });
     return { digest: asBuffer(r.digest), size: r.size };
+  }
+
+  /**
+   * GETs a compressed NAR from `url` in a worker and returns the hashes and
+   * sizes of its bytes as stored and decompressed (FileHash/FileSize,
+   * NarHash/NarSize), streaming.
+   */
+  async hashCompressedNar(
+    url: string,
+    method: CompressionMethod,
+    headers: Record<string, string> = {},
+  ): Promise<{ fileHash: Buffer; fileSize: number; narHash: Buffer; narSize: number }> {
+    const r = await this.run<CompressedNarHashes>('hashCompressedNar', { url, method, headers });
+    return { fileHash: asBuffer(r.fileHash), fileSize: r.fileSize, narHash: asBuffer(r.narHash), narSize: r.narSize };
   }
 
   async compress(data: Uint8Array, method: CompressionMethod, options: CompressOptions = {}): Promise<Buffer> {

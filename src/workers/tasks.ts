@@ -13,13 +13,13 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { threadId } from 'node:worker_threads';
 import { Piscina } from 'piscina';
-import { HydrantError } from '../errors/index.ts';
+import { HydrantError, PresignedUploadError } from '../errors/index.ts';
 import type { Derivation } from '../nix/derivation.ts';
 import type { HashAlgo } from '../nix/hash.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { narHash } from '../nix/nar-hash.ts';
 import type { Resolution } from '../nix/resolve-derivation.ts';
-import { asCompressionError, compressBuffer, createCompressor, decompressBuffer } from './compression.ts';
+import { asCompressionError, compressBuffer, createCompressor, createDecompressor, decompressBuffer } from './compression.ts';
 import { IN_MEMORY_LIMIT } from './wasm-codecs.ts';
 import type { CompressOptions, CompressionMethod } from './compression.ts';
 import { serializeError } from './task-errors.ts';
@@ -77,6 +77,62 @@ export function hashFile(t: HashFileTask): Promise<TaskReply<{ digest: Uint8Arra
       size += (chunk as Buffer).length;
     }
     return { digest: h.digest(), size };
+  });
+}
+
+export interface HashCompressedNarTask {
+  /** Where to GET the compressed NAR (a presigned URL: a worker has no S3 client). */
+  url: string;
+  headers?: Record<string, string>;
+  method: CompressionMethod;
+}
+
+export interface CompressedNarHashes {
+  /** sha256 and size of the bytes as stored (the narinfo's FileHash, FileSize). */
+  fileHash: Uint8Array;
+  fileSize: number;
+  /** sha256 and size once decompressed (NarHash, NarSize). */
+  narHash: Uint8Array;
+  narSize: number;
+}
+
+/**
+ * Reads a compressed NAR back from a URL, streaming, and hashes it twice:
+ * as stored and decompressed. The runner's check of a builder-direct upload
+ * before it signs a narinfo (docs/CACHES.md "Builder-direct uploads").
+ * Constant memory; a body that does not decompress fails with a CompressionError.
+ */
+export function hashCompressedNar(t: HashCompressedNarTask): Promise<TaskReply<CompressedNarHashes>> {
+  return guard(async () => {
+    const r = await fetch(t.url, { headers: t.headers ?? {} });
+    if (!r.ok || !r.body) throw new PresignedUploadError(new URL(t.url).pathname, `reading it back: HTTP ${r.status}`);
+    const fileH = createHash('sha256');
+    const narH = createHash('sha256');
+    let fileSize = 0;
+    let narSize = 0;
+    try {
+      await pipeline(
+        Readable.fromWeb(r.body as never),
+        async function* (source: AsyncIterable<Buffer>) {
+          for await (const c of source) {
+            fileH.update(c);
+            fileSize += c.length;
+            yield c;
+          }
+        },
+        createDecompressor(t.method),
+        async function (source: AsyncIterable<Buffer>) {
+          for await (const c of source) {
+            narH.update(c);
+            narSize += c.length;
+          }
+        },
+      );
+    } catch (e) {
+      if (e instanceof HydrantError) throw e;
+      throw asCompressionError(t.method, e);
+    }
+    return { fileHash: fileH.digest(), fileSize, narHash: narH.digest(), narSize };
   });
 }
 

@@ -99,6 +99,23 @@ describe('Dispatcher', () => {
     d.close();
   });
 
+  it('cuts a long round into slices that go on from later turns of the event loop, in the same order', async () => {
+    // A slice of 0 ms: every round stops at its first look at the clock (after 15 assignments).
+    const { d, assigned, round } = setup({ roundSliceMs: 0 });
+    add(d, machine('m', { maxJobs: 100 }));
+    const steps = Array.from({ length: 100 }, (_, i) => step({ drvPath: `s${i}`, globalPriority: (i * 37) % 100 }));
+    for (const s of steps) d.enqueue(s);
+    round();
+    expect(assigned.length).toBe(15);
+    expect(d.stats.runnable).toBe(85);
+    await vi.runAllTimersAsync(); // the slices that follow
+    const byPriority = [...steps].sort((a, b) => b.globalPriority - a.globalPriority).map((s) => s.drvPath);
+    expect(assigned.map(([s]) => s)).toEqual(byPriority);
+    expect(d.stats.runnable).toBe(0);
+    expect(d.stats.rounds).toBeGreaterThanOrEqual(7);
+    d.close();
+  });
+
   it('picks the machine with the best score and never exceeds maxJobs', () => {
     const { d, assigned, round } = setup({ machineSortFn: 'CpuCoreCountWithSpeedFactor' });
     add(d, machine('slow', { maxJobs: 2, cpuCount: 2, speedFactor: 1 }));

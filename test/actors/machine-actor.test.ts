@@ -1,10 +1,11 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import fc from 'fast-check';
 import { transition } from 'xstate';
 import { Dispatcher } from '../../src/actors/dispatcher.ts';
 import { MachineActor, type MachineChange } from '../../src/actors/machine-actor.ts';
 import { DEFAULT_THRESHOLDS, IDLE_LOAD, type MachineFreeFn } from '../../src/actors/machine-record.ts';
 import type { PlatformRecord, StepRecord } from '../../src/actors/model.ts';
-import { builderMachine, type BuilderContext } from '../../src/machines/index.ts';
+import { builderMachine, type BuilderContext, type BuilderEvent } from '../../src/machines/index.ts';
 
 const platform: PlatformRecord = { key: 'x86_64-linux||false', system: 'x86_64-linux', features: [], preferLocal: false };
 let nextId = 1;
@@ -258,5 +259,71 @@ describe('MachineActor', () => {
     ]);
     expectDefinitionAgrees(seen);
     d.close();
+  });
+});
+
+describe('MachineActor fast path (FULL / SLOT_FREE from the compiled table)', () => {
+  beforeEach(() => vi.useFakeTimers({ now: 1_700_000_000_000 }));
+  afterEach(() => vi.useRealTimers());
+
+  const simple = (type: Exclude<BuilderEvent['type'], 'FAILURES_EXCEEDED' | 'REPORTED' | 'SUCCEEDED'>) => fc.constant({ type } as BuilderEvent);
+  const anyEvent: fc.Arbitrary<BuilderEvent> = fc.oneof(
+    // ready ⇄ busy dominates real runs: weight the fast path's events
+    { weight: 6, arbitrary: fc.constantFrom<BuilderEvent>({ type: 'FULL' }, { type: 'SLOT_FREE' }) },
+    { weight: 2, arbitrary: simple('JOINED') },
+    { weight: 1, arbitrary: fc.record({ type: fc.constant('FAILURES_EXCEEDED' as const), at: fc.integer({ min: 0, max: 200_000 }), policy: fc.constant({ intervalS: 60, factor: 3 }), jitter: fc.double({ min: 0, max: 0.999, noNaN: true }) }) },
+    { weight: 1, arbitrary: fc.record({ type: fc.constant('REPORTED' as const), at: fc.integer({ min: 0, max: 10 }), load: fc.constant({ ...IDLE_LOAD, cpuPressure: 50 }) }) },
+    { weight: 1, arbitrary: fc.constant<BuilderEvent>({ type: 'SUCCEEDED' }) },
+    { weight: 1, arbitrary: fc.constantFrom(...(['BACKOFF_ELAPSED', 'DISCONNECTED', 'RECONNECTED', 'GRACE_EXPIRED', 'DRAIN', 'DRAINED'] as const).map((type) => ({ type }) as BuilderEvent)) },
+    { weight: 1, arbitrary: fc.constant<BuilderEvent>({ type: 'REMOVE' }) },
+  );
+
+  it("gives the state, the context and the changes heard that XState's transition() gives, on any event sequence", () => {
+    fc.assert(
+      fc.property(fc.array(anyEvent, { maxLength: 60 }), (events) => {
+        const m = machine(1000);
+        const heard: string[] = [];
+        m.subscribe((_m, c) => heard.push(`${c.from} -${c.event.type}-> ${c.to}`));
+        let ref = builderMachine.resolveState({ value: 'joining', context: m.context as BuilderContext });
+        const expected: string[] = [];
+        for (const e of events) {
+          // A gone machine is final: its actor takes no more events (transition() would still apply root-level ones).
+          const [next] = ref.status === 'done' ? [ref] : transition(builderMachine, ref, e);
+          if (next !== ref) expected.push(`${String(ref.value)} -${e.type}-> ${String(next.value)}`);
+          ref = next;
+          m.send(e);
+          expect(m.state).toBe(ref.value);
+          expect(m.context).toEqual(ref.context);
+        }
+        expect(heard).toEqual(expected);
+        m.stop();
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('reaches the XState actor before any other event: a backoff armed from busy still fires from the state it was sent in', async () => {
+    const m = machine(0);
+    const seen = record(m);
+    m.send({ type: 'JOINED' });
+    m.send({ type: 'FULL' }); // fast path: the actor itself is still in ready
+    m.send({ type: 'SLOT_FREE' });
+    m.send({ type: 'FULL' });
+    expect(m.state).toBe('busy');
+    m.send({ type: 'FAILURES_EXCEEDED', at: Date.now(), policy: { intervalS: 0.01, factor: 2 }, jitter: 0 });
+    expect(m.state).toBe('disabled');
+    await vi.advanceTimersByTimeAsync(10);
+    expect(m.state).toBe('ready');
+    m.send({ type: 'SLOT_FREE' }); // not accepted in ready: nothing heard
+    expect(path(seen)).toEqual([
+      'joining -JOINED-> ready',
+      'ready -FULL-> busy',
+      'busy -SLOT_FREE-> ready',
+      'ready -FULL-> busy',
+      'busy -FAILURES_EXCEEDED-> disabled',
+      'disabled -BACKOFF_ELAPSED-> ready',
+    ]);
+    expectDefinitionAgrees(seen);
+    m.stop();
   });
 });

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { JobsetRecord, StepRecord } from '../../src/actors/model.ts';
-import { StepGraph, type QueuedBuild } from '../../src/actors/step-graph.ts';
+import { RUNNABLE_SLICE, StepGraph, type QueuedBuild } from '../../src/actors/step-graph.ts';
 import { MemoryStore } from '../sim/memory-store.ts';
 import { dagArbitrary } from './arbitraries.ts';
 
@@ -21,6 +21,46 @@ function queued(id: number, drvPath: string, globalPriority = 0): QueuedBuild {
 }
 
 describe('StepGraph', () => {
+  it('makes the dependents of a step many need runnable a slice per turn of the event loop, skipping one cancelled meanwhile', async () => {
+    const store = new MemoryStore();
+    const add = adder(store);
+    const root = add('root', []);
+    const n = 2 * RUNNABLE_SLICE + 10;
+    const leaves = Array.from({ length: n }, (_, i) => add(`leaf${i}`, [root]));
+    const runnable: StepRecord[] = [];
+    const graph = new StepGraph({
+      store,
+      failures: { isFailed: async () => false },
+      clock: { now: () => 1 },
+      listener: { runnable: (s) => runnable.push(s), reprioritized: () => {}, released: () => {} },
+    });
+    const builds = [];
+    for (let i = 0; i < n; i++) {
+      const r = await graph.addBuild(queued(i + 1, leaves[i]!));
+      if (r.kind === 'queued') builds.push(r.build);
+    }
+    const rootStep = graph.steps.get(root)!;
+    runnable.length = 0;
+    for (const e of ['DISPATCH', 'START', 'SUCCEED'] as const) graph.transition(rootStep, e);
+    graph.completeSuccess(rootStep);
+    // The first slice at once, in the same callback.
+    expect(runnable.length).toBe(RUNNABLE_SLICE);
+    const pending = builds.filter((b) => b.toplevel!.state === 'queued');
+    expect(pending.length).toBe(n - RUNNABLE_SLICE);
+    expect(pending.every((b) => b.toplevel!.deps.length === 0)).toBe(true);
+    // One build of a waiting step is cancelled before its turn.
+    const cancelled = pending[0]!.toplevel!;
+    graph.removeBuild(pending[0]!);
+    expect(cancelled.state).toBe('cancelled');
+    await new Promise((r) => setImmediate(r));
+    expect(runnable.length).toBe(2 * RUNNABLE_SLICE - 1);
+    await new Promise((r) => setImmediate(r));
+    expect(runnable.length).toBe(n - 1);
+    expect(new Set(runnable).size).toBe(n - 1);
+    expect(runnable).not.toContain(cancelled);
+    expect(builds.filter((b) => !b.done).every((b) => b.toplevel!.state === 'runnable')).toBe(true);
+  });
+
   it('on random DAGs: steps become runnable only after their dependencies, every build ends once, and all references are released', async () => {
     await fc.assert(
       fc.asyncProperty(dagArbitrary({ maxNodes: 30 }), fc.array(fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }), { minLength: 200, maxLength: 200 }), async (dag, coins) => {
@@ -248,6 +288,38 @@ describe('StepGraph.resolveTo', () => {
     expect(topStep.state).toBe('runnable');
     for (const b of builds) graph.removeBuild(b);
     graph.removeBuild(graph.builds.get(1)!);
+    expect(graph.steps.size).toBe(0);
+  });
+
+  it('a step created while an input that succeeded still has its rows to write waits for them', async () => {
+    const store = new MemoryStore();
+    const add = adder(store);
+    const a = add('a', []);
+    const b = add('b', [a]);
+    const runnable: string[] = [];
+    const graph = new StepGraph({
+      store,
+      failures: { isFailed: async () => false },
+      clock: { now: () => 0 },
+      listener: { runnable: (s) => runnable.push(s.drvPath), reprioritized: () => {}, released: () => {} },
+    });
+    expect((await graph.addBuild(queued(1, a))).kind).toBe('queued');
+    const stepA = graph.steps.get(a)!;
+    graph.transition(stepA, 'DISPATCH');
+    graph.transition(stepA, 'START');
+    graph.transition(stepA, 'SUCCEED'); // in memory; its rows are being written
+    const r = await graph.addBuild(queued(2, b));
+    expect(r.kind).toBe('queued');
+    const stepB = graph.steps.get(b)!;
+    // Not runnable yet: a content-addressed output would be known to b's preparation only from a's rows.
+    expect(stepB.state).toBe('queued');
+    expect(stepB.deps).toEqual([stepA]);
+    expect(runnable).toEqual([a]);
+    // a's rows committed: b runs.
+    for (const x of graph.completeSuccess(stepA)) graph.removeBuild(x);
+    expect(stepB.state).toBe('runnable');
+    expect(runnable).toEqual([a, b]);
+    graph.removeBuild(graph.builds.get(2)!);
     expect(graph.steps.size).toBe(0);
   });
 });

@@ -44,4 +44,27 @@ describe('status-13 rows and realised outputs', () => {
     const other = await queueBuild(db.pool, jobsetId, ORIG);
     expect((await sdb.stepResolved({ ...a, buildId: other })).inserted).toBe(true);
   });
+
+  it('a resolved derivation failed before is found by its permanent failures only, the newest first', async () => {
+    const sdb = new PgSchedulerDb(db.pool);
+    const drv = '/nix/store/0000000000000000000000000000000e-ca-f.drv';
+    const build = await queueBuild(db.pool, jobsetId, drv);
+    const step = async (status: number, t: number) => {
+      const nr = await withTransaction(db.pool, (c) =>
+        startStep(c, { buildId: build, drvPath: drv, system: 'x86_64-linux', machine: 'm', startTime: t, busy: StepBusy.Building, type: StepType.Build, outputs: [{ name: 'out', path: null }] }),
+      );
+      await withTransaction(db.pool, (c) =>
+        finishStep(c, { buildId: build, stepnr: nr, status, errorMsg: 'x', startTime: t, stopTime: t + 1, machine: 'm', overhead: null, timesBuilt: 1, isNonDeterministic: false, logFile: null, outputs: [] }),
+      );
+    };
+    expect(await sdb.failedBefore(drv)).toBeNull();
+    // Aborted (3) and cancelled (4) attempts say nothing about the derivation.
+    await step(BuildStatus.Aborted, 100);
+    await step(4, 110);
+    expect(await sdb.failedBefore(drv)).toBeNull();
+    await step(BuildStatus.Failed, 120);
+    await step(BuildStatus.TimedOut, 130);
+    expect(await sdb.failedBefore(drv)).toEqual({ build, status: BuildStatus.TimedOut });
+    expect(await sdb.failedBefore(drv.replace('ca-f', 'ca-g'))).toBeNull();
+  });
 });

@@ -2,10 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { joined, startBuilder, startRunner, submit, type CliProcess } from '../helpers/fleet.ts';
-import { runNix, runNixLines } from '../helpers/nix.ts';
+import { describe, expect, it } from 'vitest';
+import { joined, startBuilder, startRunner, submit, useFleet } from '../helpers/fleet.ts';
+import { CA_MK_DRV, runNix, runNixLines } from '../helpers/nix.ts';
 import { PrivateStore } from '../../src/nix/private-store.ts';
 import { parseRealisation, realisationSignedBy } from '../../src/nix/realisation.ts';
 import { parsePublicKey } from '../../src/nix/signing.ts';
@@ -28,13 +27,7 @@ import { generateKey, trusting } from '../cache/fixtures.ts';
 function release(nonce: string, gate: string): string {
   return `{ }:
 let
-  ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
-  mk = { name, script, extra ? {} }: derivation ({
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  } // extra);
+  ${CA_MK_DRV}
   a = mk { name = "ca-a-${nonce}"; script = "echo a > $out"; extra = ca; };
   a2 = mk { name = "ca-a-${nonce}"; script = "echo a  > $out"; extra = ca; };
   # The resolved b waits for the gate: the runner dies while it runs.
@@ -56,16 +49,7 @@ interface Step {
 }
 
 describe('content-addressed derivations resolved by the scheduler', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-ca-'));
-  const procs: CliProcess[] = [];
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    await db.drop();
-  });
+  const { db, dir, procs } = useFleet('ca');
 
   const steps = async (): Promise<Step[]> =>
     (await db.pool.query<Step>('select build, stepnr, drvpath, status, busy, resolveddrvpath from buildsteps order by build, stepnr')).rows;
@@ -177,8 +161,7 @@ describe('content-addressed derivations resolved by the scheduler', () => {
     writeFileSync(
       failing,
       `{ }: let
-        ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
-        mk = { name, script, extra ? {} }: derivation ({ inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; } // extra);
+        ${CA_MK_DRV}
         fa = mk { name = "fail-a-${nonce}"; script = "echo fa > $out"; extra = ca; };
         fb = mk { name = "fail-b-${nonce}"; script = "read x < \${fa}; echo failing on $x; exit 1"; extra = ca; };
       in { inherit fb; fc = mk { name = "fail-c-${nonce}"; script = "read x < \${fb}; echo $x > $out"; }; }`,

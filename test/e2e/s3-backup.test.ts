@@ -6,14 +6,12 @@
  * status alone, and one cut short by SIGKILL is uploaded after a restart.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { type CephS3, startCephS3 } from '../helpers/ceph-s3.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { useS3Fleet } from '../helpers/s3-cache.ts';
 import { type CliProcess, joined, startBuilder, startRunner, submit, TcpProxy } from '../helpers/fleet.ts';
 import { MK_DRV, runNix } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
@@ -52,14 +50,11 @@ interface TargetStatus {
 }
 
 describe('backup buckets on radosgw', () => {
-  let db: TestDatabase;
-  let s3: CephS3;
+  const fleet = useS3Fleet('backup', ['backup-a', 'backup-b']);
+  const { db, dir, procs, credentials } = fleet;
   let proxy: TcpProxy;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-backup-'));
-  const procs: CliProcess[] = [];
   let runner: CliProcess | undefined;
   let httpPort = 0;
-  let credentials: string;
   let key: { secretFile: string; publicKey: string };
   let extra: string;
   let token: string;
@@ -68,13 +63,9 @@ describe('backup buckets on radosgw', () => {
   const B = 's3://backup-b/';
 
   beforeAll(async () => {
-    [db, s3] = await Promise.all([createTestDatabase(), startCephS3()]);
-    await s3.createBucket('backup-a', { publicRead: true });
-    await s3.createBucket('backup-b', { publicRead: true });
     // Bucket A is reached through a proxy that can be pointed at nothing.
-    proxy = await TcpProxy.start(Number(s3.hostPort.split(':')[1]));
-    credentials = join(dir, 'credentials');
-    writeFileSync(credentials, `[default]\naws_access_key_id = ${s3.accessKey}\naws_secret_access_key = ${s3.secretKey}\n`);
+    proxy = await TcpProxy.start(Number(fleet.s3.hostPort.split(':')[1]));
+    fleet.proxies.push(proxy);
     key = await generateKey(dir, 'runner-key-1');
     extra = [
       `remoteStoreAddr = ["file://${join(dir, 'cache')}?secret-key=${key.secretFile}"]`,
@@ -86,28 +77,17 @@ describe('backup buckets on radosgw', () => {
       'prefix = "cache/"',
       'retryInS = 1',
       '[[s3Backup]]',
-      `store = "s3://backup-b?endpoint=${s3.hostPort}&scheme=http"`,
+      `store = "s3://backup-b?endpoint=${fleet.s3.hostPort}&scheme=http"`,
       'jobs = ".*:other"',
     ].join('\n');
     const started = await startRunner(dir, db.url, extra);
     runner = started.proc;
+    fleet.graceful.push(runner);
     token = started.token;
     httpPort = await httpPortOf(runner);
     procs.push(startBuilder(dir, `127.0.0.1:${started.port}`, started.tokenFile, 'b1'));
     await joined(runner, ['b1']);
   }, 180_000);
-
-  afterAll(async () => {
-    if (runner) {
-      runner.child.kill('SIGTERM');
-      await runner.exited;
-    }
-    for (const p of procs) p.child.kill('SIGKILL');
-    await proxy?.close();
-    await db?.drop();
-    await s3?.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
 
   async function httpPortOf(proc: CliProcess): Promise<number> {
     const line = await proc.waitFor(/"port":(\d+),"writes":\w+,"msg":"HTTP API listening"/, 60_000);
@@ -120,12 +100,12 @@ describe('backup buckets on radosgw', () => {
   }
 
   async function keys(bucket: string): Promise<string[]> {
-    const r = await s3.client.send(new ListObjectsV2Command({ Bucket: bucket }));
+    const r = await fleet.s3.client.send(new ListObjectsV2Command({ Bucket: bucket }));
     return (r.Contents ?? []).map((c) => c.Key!).sort();
   }
 
   async function narinfo(bucket: string, k: string): Promise<string> {
-    const r = await s3.client.send(new GetObjectCommand({ Bucket: bucket, Key: k }));
+    const r = await fleet.s3.client.send(new GetObjectCommand({ Bucket: bucket, Key: k }));
     return Buffer.from(await r.Body!.transformToByteArray()).toString('utf8');
   }
 
@@ -172,7 +152,7 @@ describe('backup buckets on radosgw', () => {
     // Real Nix copies from the bucket with the runner's key trusted, and refuses without it.
     const other = await generateKey(dir, 'someone-else-1');
     const copy = (root: string, publicKey: string) =>
-      runNix('nix', ['copy', '--from', `${s3.endpoint}/backup-a/cache`, '--to', join(dir, root), out.top!], { extraConfig: trusting(publicKey) });
+      runNix('nix', ['copy', '--from', `${fleet.s3.endpoint}/backup-a/cache`, '--to', join(dir, root), out.top!], { extraConfig: trusting(publicKey) });
     expect((await failureOf(copy('untrusting', other.publicKey))).stderr).toMatch(/signature/);
     await copy('elsewhere', key.publicKey);
     const { stdout } = await runNix('nix-store', ['--store', join(dir, 'elsewhere'), '--check-validity', '--print-invalid', out.top!, out.base!]);
@@ -209,11 +189,12 @@ describe('backup buckets on radosgw', () => {
     proxy.target = rgw;
     // As if the runner had died between other's end and its queueing: no queue row, nothing in B.
     const otherPath = (await outputs('second')).other!;
-    await s3.client.send(new DeleteObjectCommand({ Bucket: 'backup-b', Key: `${hashOf(otherPath)}.narinfo` }));
+    await fleet.s3.client.send(new DeleteObjectCommand({ Bucket: 'backup-b', Key: `${hashOf(otherPath)}.narinfo` }));
     const removed = await db.pool.query("delete from hydrant.backup_queue q using builds b, jobsets j where q.build = b.id and j.id = b.jobset_id and j.name = 'second' and b.job = 'other' and q.target = $1", [B]);
     expect(removed.rowCount).toBe(1);
     const restarted = await startRunner(dir, db.url, extra, { token });
     runner = restarted.proc;
+    fleet.graceful.push(runner);
     httpPort = await httpPortOf(runner);
     await waitFor(async () => (await keys('backup-a')).includes(`cache/${hashOf(top)}.narinfo`), 120_000, 'the pending backup to be uploaded');
     await waitFor(async () => {

@@ -5,68 +5,33 @@
  * key trusted and refuses without.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { useTestDatabase } from '../helpers/db.ts';
-import { type CephS3, startCephS3 } from '../helpers/ceph-s3.ts';
+import { describe, expect, it } from 'vitest';
+import { expectPublished, PART, s3Release, useS3Fleet } from '../helpers/s3-cache.ts';
 import { type CliProcess, joined, startBuilder, startRunner, submit } from '../helpers/fleet.ts';
-import { MK_DRV, runNix } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
-import { failureOf, generateKey, trusting } from '../cache/fixtures.ts';
+import { generateKey } from '../cache/fixtures.ts';
 import { status, type ServiceError } from '@grpc/grpc-js';
 import { Join, type RunnerMessage } from '../../src/protocol/gen/runner.ts';
 import { createBuilderClient, PROTOCOL_VERSION } from '../../src/protocol/server.ts';
 
-const PART = 5 * 1024 * 1024;
-
-function release(nonce: string): string {
-  return `{ }: let ${MK_DRV}
-    base = mk { name = "ps-base-${nonce}"; script = "echo base ${nonce} > $out"; };
-    # 17 bytes doubled 19 times: 8.5 MiB, above the 5 MiB part size with compression=none.
-    big = mk { name = "ps-big-${nonce}"; script = "echo 0123456789abcdef > $out; i=0; while [ $i -lt 19 ]; do /bin/cat $out $out > $out.t; /bin/mv $out.t $out; i=$((i+1)); done"; };
-  in {
-    top = mk { name = "ps-top-${nonce}"; script = "/bin/mkdir $out; /bin/cat \${base} > $out/base; echo top >> $out/base"; };
-    inherit big;
-  }`;
-}
-
 describe('serve with usePresignedUploads and an s3:// cache', () => {
-  const db = useTestDatabase();
-  let s3: CephS3;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-presigned-'));
-  const procs: CliProcess[] = [];
+  const fleet = useS3Fleet('presigned', ['presigned-cache']);
+  const { db, dir, procs, credentials } = fleet;
   let runner: CliProcess | undefined;
-  let credentials: string;
   let grpcPort = 0;
   let tokenFile = '';
   let outputs: string[] = [];
 
-  beforeAll(async () => {
-    s3 = await startCephS3();
-    await s3.createBucket('presigned-cache', { publicRead: true });
-    credentials = join(dir, 'credentials');
-    writeFileSync(credentials, `[default]\naws_access_key_id = ${s3.accessKey}\naws_secret_access_key = ${s3.secretKey}\n`);
-  }, 180_000);
-
-  afterAll(async () => {
-    if (runner) {
-      runner.child.kill('SIGTERM');
-      await runner.exited;
-    }
-    for (const p of procs) p.child.kill('SIGKILL');
-    await s3?.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
 
   it('builders upload every output straight to the bucket; the runner signs; Nix substitutes', async () => {
     const key = await generateKey(dir, 'presigned-1');
     const other = await generateKey(dir, 'someone-else-1');
-    const uri = `s3://presigned-cache?endpoint=${s3.hostPort}&scheme=http&compression=none&write-nar-listing=1&buffer-size=${PART}&secret-key=${key.secretFile}`;
+    const uri = `s3://presigned-cache?endpoint=${fleet.s3.hostPort}&scheme=http&compression=none&write-nar-listing=1&buffer-size=${PART}&secret-key=${key.secretFile}`;
     const started = await startRunner(dir, db.url, `remoteStoreAddr = ["${uri}"]\nawsCredentialsFile = "${credentials}"\nusePresignedUploads = true`);
     runner = started.proc;
+    fleet.graceful.push(runner);
     grpcPort = started.port;
     tokenFile = started.tokenFile;
     await runner.waitFor(/"msg":"builders upload outputs straight to the S3 cache \(presigned URLs\)"/);
@@ -74,7 +39,7 @@ describe('serve with usePresignedUploads and an s3:// cache', () => {
     await joined(runner, ['b1', 'b2']);
 
     const file = join(dir, 'release.nix');
-    writeFileSync(file, release(randomBytes(4).toString('hex')));
+    writeFileSync(file, s3Release('ps', randomBytes(4).toString('hex')));
     await submit(db.url, file, 'main');
     await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 180_000, 'builds to finish');
     expect((await db.pool.query('select job, buildstatus from builds order by job')).rows).toEqual([
@@ -85,23 +50,8 @@ describe('serve with usePresignedUploads and an s3:// cache', () => {
     // Each output (and the dependency base) went up from its builder, not from the runner.
     for (const o of outs) expect(runner.output()).toContain(`"path":"${o.path}","msg":"output published by builder-direct upload"`);
 
-    const narinfo = async (p: string) =>
-      Buffer.from(await (await s3.client.send(new GetObjectCommand({ Bucket: 'presigned-cache', Key: `${p.slice(11, 43)}.narinfo` }))).Body!.transformToByteArray()).toString('utf8');
-    for (const o of outs) expect(await narinfo(o.path)).toMatch(/^Sig: presigned-1:/m);
-    const big = outs.find((o) => o.job === 'big')!.path;
-    const url = /^URL: (.*)$/m.exec(await narinfo(big))![1]!;
-    expect((await s3.client.send(new HeadObjectCommand({ Bucket: 'presigned-cache', Key: url }))).ETag).toMatch(/-2"?$/);
-    expect((await s3.client.send(new ListMultipartUploadsCommand({ Bucket: 'presigned-cache' }))).Uploads ?? []).toEqual([]);
-
-    const paths = outs.map((o) => o.path);
-    outputs = paths;
-    const copy = (root: string, publicKey: string) =>
-      runNix('nix', ['copy', '--from', `${s3.endpoint}/presigned-cache`, '--to', join(dir, root), ...paths], { extraConfig: trusting(publicKey) });
-    const refused = await failureOf(copy('untrusting', other.publicKey));
-    expect(refused.stderr).toMatch(/signature/);
-    await copy('elsewhere', key.publicKey);
-    const { stdout } = await runNix('nix-store', ['--store', join(dir, 'elsewhere'), '--check-validity', '--print-invalid', ...paths]);
-    expect(stdout.toString()).toBe('');
+    await expectPublished(fleet, 'presigned-cache', outs, key, other);
+    outputs = outs.map((o) => o.path);
   }, 300_000);
 
   it('a builder asking for URLs for a job it does not own is refused', async () => {

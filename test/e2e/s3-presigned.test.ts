@@ -174,6 +174,57 @@ describe('presigned uploads to radosgw', () => {
     expect(await cache.has(path)).toBe(false);
   });
 
+  const narObjects = async (): Promise<string[]> => {
+    const keys: string[] = [];
+    for await (const e of cache.storage.list('nar/')) keys.push(e.key);
+    return keys;
+  };
+
+  it('a hostile builder that declares its own bytes consistently (hashes, size, MD5) gets them stored, but the read-back refuses them: no narinfo, no object left, the honest upload then succeeds', async () => {
+    const path = fx.paths.tree;
+    const nar = await narOf(path);
+    expect(await cache.has(path)).toBe(false);
+    // Each forgery passes S3's checks (the declaration matches the bytes sent) and fails one of the runner's.
+    const flipped = Buffer.from(nar);
+    flipped[flipped.length - 1]! ^= 1;
+    const forgeries: [string, Buffer][] = [
+      ['same size, other NAR bytes (NarHash)', flipped],
+      ['a longer body (NarSize)', Buffer.concat([nar, Buffer.from('trailing')])],
+      ['random bytes', randomBytes(777)],
+    ];
+    for (const [i, [, body]] of forgeries.entries()) {
+      const owner = `hostile-${i}`;
+      const grant = await uploads.grant(owner, declare(path, body));
+      expect(grant.present).toBe(false);
+      const r = await put(grant.puts[0]!, body);
+      expect(r.status).toBe(200);
+      const err = await uploads.complete(owner, path, [r.headers.get('etag')!]).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(PresignedUploadError);
+      expect((err as Error).message).toMatch(/NarHash|bytes, the output's NAR has|does not decompress/);
+      expect(await cache.has(path)).toBe(false);
+      // The refused object is gone: it would otherwise stand, write-once, where an honest NAR of those bytes goes.
+      expect(await narObjects()).toEqual([]);
+    }
+    // A builder whose declared FileHash is not the hash of what it sends (MD5 and size right) is refused too.
+    const liar = { ...declare(path, nar), fileSha256: createHash('sha256').update('something else').digest() };
+    const g = await uploads.grant('liar', liar);
+    const r = await put(g.puts[0]!, nar);
+    expect(r.status).toBe(200);
+    await expect(uploads.complete('liar', path, [r.headers.get('etag')!])).rejects.toThrow(/not the declared FileHash/);
+    expect(await cache.has(path)).toBe(false);
+    expect(await narObjects()).toEqual([]);
+    // Nothing lost: an honest builder (or the runner's own publisher) still gets the path in.
+    const honest = await uploads.grant('honest', declare(path, nar));
+    expect(honest.present).toBe(false);
+    const ok = await put(honest.puts[0]!, nar);
+    expect((await uploads.complete('honest', path, [ok.headers.get('etag')!])).uploaded).toBe(true);
+    const info = (await cache.readNarInfo(path))!;
+    expect(info.narSize).toBe(nar.length);
+    expect(info.fileHash!.toBase16()).toBe(createHash('sha256').update(nar).digest('hex'));
+    expect(info.sigs.some((x) => x.startsWith('presigned-unit-1:'))).toBe(true);
+    expect(await narObjects()).toEqual([info.url]);
+  });
+
   it('a declaration that does not cut the file as the cache does is refused before anything is presigned', async () => {
     const path = fx.paths.single;
     const nar = await narOf(path);

@@ -1,10 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { joined, startBuilder, startRunner, submit, type CliProcess } from '../helpers/fleet.ts';
+import { describe, expect, it } from 'vitest';
+import { joined, startBuilder, startRunner, submit, useFleet } from '../helpers/fleet.ts';
 import { runNix, runNixLines } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 import { generateKey } from '../cache/fixtures.ts';
@@ -40,16 +38,7 @@ interface Row {
 }
 
 describe('substitution from binary caches', () => {
-  let db: TestDatabase;
-  const dir = mkdtempSync(join(tmpdir(), 'hydrant-e2e-subst-'));
-  const procs: CliProcess[] = [];
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
-    await db.drop();
-  });
+  const { db, dir, procs } = useFleet('subst');
 
   it('substitutes a build from a signed cache, and builds those whose cache has a wrong signature or a corrupted NAR', async () => {
     const nonce = randomBytes(4).toString('hex');

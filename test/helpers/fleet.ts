@@ -23,6 +23,12 @@ export interface Fleet {
   readonly dir: string;
   /** Processes to SIGKILL after the block's tests. */
   readonly procs: CliProcess[];
+  /**
+   * Processes to stop gracefully after the block's tests, before the others
+   * are SIGKILLed: SIGTERM, then their exit awaited (a runner stopping closes
+   * its caches: an S3 cache's staging directory goes).
+   */
+  readonly graceful: CliProcess[];
   /** Proxies to close after the block's tests. */
   readonly proxies: ForwardingProxy[];
 }
@@ -31,12 +37,16 @@ export interface Fleet {
  * What an end-to-end describe block runs on: a fresh database, a directory
  * of its own (`hydrant-e2e-<name>-…`), and the processes and proxies it
  * starts. After its tests (and after the block's own afterAll hooks) the
- * processes are SIGKILLed, the proxies closed, then `cleanup` runs, then
- * the database is dropped.
+ * graceful processes are stopped, the others SIGKILLed, the proxies closed,
+ * then `cleanup` runs, then the database is dropped.
  */
 export function useFleet(name: string, cleanup?: () => unknown): Fleet {
-  const fleet: Fleet = { db: useTestDatabase(), dir: mkdtempSync(join(tmpdir(), `hydrant-e2e-${name}-`)), procs: [], proxies: [] };
+  const fleet: Fleet = { db: useTestDatabase(), dir: mkdtempSync(join(tmpdir(), `hydrant-e2e-${name}-`)), procs: [], graceful: [], proxies: [] };
   afterAll(async () => {
+    for (const p of fleet.graceful) {
+      p.child.kill('SIGTERM');
+      await p.exited;
+    }
     for (const p of fleet.procs) p.child.kill('SIGKILL');
     for (const p of fleet.proxies) await p.close();
     await cleanup?.();

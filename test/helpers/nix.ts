@@ -35,3 +35,18 @@ export const MK_DRV = `
     deps = deps;
   } // extra);
 `;
+
+/**
+ * `ca`, the attributes that make a derivation content-addressed (sha256,
+ * recursive), and `mk`, a trivial derivation builder taking them as `extra`
+ * (no `deps` attribute, unlike MK_DRV): for the `let` of CA test expressions.
+ */
+export const CA_MK_DRV = `
+  ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
+  mk = { name, script, extra ? {} }: derivation ({
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+  } // extra);
+`;

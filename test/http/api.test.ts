@@ -56,7 +56,7 @@ describe('HTTP API of a running runner', () => {
 
     const status = (await (await fetch(`${url}/status`)).json()) as Record<string, unknown>;
     expect(status.status).toBe('running');
-    expect(status.machines).toBe(1);
+    expect(status.machinesCount).toBe(1);
     expect((status.counters as { buildsSucceeded: number }).buildsSucceeded).toBeGreaterThanOrEqual(1);
     expect((await fetch(`${url}/nothing-here`)).status).toBe(404);
     expect((await fetch(`${url}/status`, { method: 'DELETE' })).status).toBe(405);

@@ -46,7 +46,10 @@ describe('status API of a runner with a real builder', () => {
     await waitFor(async () => (await api('/status')).buildsQueued === 2, 30_000, 'both builds to load');
 
     const status = await api('/status');
-    expect(status).toMatchObject({ status: 'running', machines: 1, buildsQueued: 2, running: 1, runnable: 1 });
+    expect(status).toMatchObject({ status: 'running', machinesCount: 1, buildsQueued: 2, running: 1, runnable: 1 });
+    // As Hydra's Rust runner's /status: machines keyed by name, and the queueRunner totals.
+    expect(Object.keys(status.machines)).toEqual(['b1']);
+    expect(status.queueRunner).toMatchObject({ status: 'up', nrStepsBuilding: 1, nrBuildsUnfinished: 2, machinesTotal: 1, machinesInUse: 1 });
     expect(status.counters.buildsSucceeded).toBe(1);
 
     const machines = await api('/status/machines');

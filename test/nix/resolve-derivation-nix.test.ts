@@ -26,18 +26,12 @@ import { mustResolve, realisedKey, resolveDerivation } from '../../src/nix/resol
 import { formatSecretKey, generateSecretKey } from '../../src/nix/signing.ts';
 import { STORE_DIR } from '../../src/nix/store-path.ts';
 import { writeDerivationToStore } from '../../src/nix/write-derivation.ts';
-import { runNix, runNixLines } from '../helpers/nix.ts';
+import { CA_MK_DRV, runNix, runNixLines } from '../helpers/nix.ts';
 import { tempDir } from './util.ts';
 
 const CHAIN = `{ nonce }:
 let
-  ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
-  mk = { name, script, extra ? {} }: derivation ({
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  } // extra);
+  ${CA_MK_DRV}
   a = mk { name = "resolve-ca-a"; script = "echo a-\${nonce} > $out; echo dev > $dev"; extra = ca // { outputs = [ "out" "dev" ]; }; };
   # b's env holds a's placeholders in a value and in a name.
   b = mk {

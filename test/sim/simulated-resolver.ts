@@ -10,7 +10,8 @@ import type { MemoryStore } from './memory-store.ts';
  * the real query), to a resolved derivation named after it — the same for
  * every build, as a real resolution is — which is "written" by adding it to
  * the MemoryStore. A CA derivation without inputs that a step built before
- * answers `built` (its outputs from the rows). The resolved one's outputs are known when a step built it before (the
+ * answers `built` (its outputs from the rows); a resolved derivation whose
+ * step failed before answers `failedBefore`, as CaResolver does. The resolved one's outputs are known when a step built it before (the
  * rows again, and valid in the store): then it answers `built`. The rows,
  * the graph move and the crash safety are the scheduler's, under test.
  */
@@ -19,7 +20,7 @@ export class SimulatedResolver implements StepPreparer {
   resolved = 0;
   unresolvable = 0;
 
-  constructor(private readonly o: { store: MemoryStore; db: Pick<SchedulerDb, 'realisedOutputs'> }) {}
+  constructor(private readonly o: { store: MemoryStore; db: Pick<SchedulerDb, 'realisedOutputs' | 'failedBefore'> }) {}
 
   /** The resolved derivation of `drvPath` (a floating CA one with inputs). */
   static resolvedPath(drvPath: string): string {
@@ -47,6 +48,7 @@ export class SimulatedResolver implements StepPreparer {
     this.o.store.add({ ...drv, drvPath, inputDrvs: new Map() });
     this.resolved++;
     const declared = drv.outputs.map((o) => ({ name: o.name, path: null }));
+    if (await this.o.db.failedBefore(drvPath)) return { kind: 'resolved', drvPath, outputs: declared, built: false, failedBefore: true };
     const rows = new Map((await this.o.db.realisedOutputs([drvPath])).map((k) => [k.name, k.path]));
     const paths = declared.map((o) => rows.get(o.name));
     const built = paths.every((p) => p !== undefined) && (await this.o.store.queryValid(paths as string[])).size === paths.length;

@@ -1,6 +1,8 @@
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
@@ -167,6 +169,40 @@ describe('WorkerPool tasks agree with the in-thread implementations', () => {
     const err = await pool.parseDerivation('Derive(garbage').catch((e: unknown) => e);
     expect(err).toBeInstanceOf(NixFormatError);
     expect(err).toMatchObject({ code: 'NIX_FORMAT', format: 'derivation' });
+  });
+
+  it('reads a compressed NAR back from a URL and hashes it as stored and decompressed, for every compression', async () => {
+    const served = new Map<string, Buffer>();
+    const server = createServer((req, res) => {
+      const body = served.get(req.url!);
+      res.statusCode = body ? 200 : 404;
+      res.end(body ?? '');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      let n = 0;
+      await fc.assert(
+        fc.asyncProperty(fc.uint8Array({ maxLength: 200_000 }), fc.constantFrom(...COMPRESSION_METHODS), async (data, method) => {
+          const file = await compressBuffer(Buffer.from(data), method);
+          const url = `/o${n++}`;
+          served.set(url, file);
+          const sha = (b: Uint8Array) => createHash('sha256').update(b).digest();
+          const got = await pool.hashCompressedNar(`${base}${url}`, method);
+          expect(got.fileSize).toBe(file.length);
+          expect(got.fileHash.equals(sha(file))).toBe(true);
+          expect(got.narSize).toBe(data.length);
+          expect(got.narHash.equals(sha(data))).toBe(true);
+        }),
+        { numRuns: 18 },
+      );
+      // Bytes that do not decompress: a CompressionError; a missing object: the upload is refused.
+      served.set('/garbage', randomBytes(1000));
+      await expect(pool.hashCompressedNar(`${base}/garbage`, 'xz')).rejects.toBeInstanceOf(CompressionError);
+      await expect(pool.hashCompressedNar(`${base}/missing`, 'none')).rejects.toMatchObject({ code: 'PRESIGNED_UPLOAD' });
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 
   it('exposes utilization statistics', async () => {

@@ -11,6 +11,7 @@ import { stepLifecycle } from '../../machines/index.ts';
 import type { Queryable } from '../../db/chunks.ts';
 import { STORE_DIR } from '../../nix/store-path.ts';
 import { buildHistory } from '../../status/build-history.ts';
+import { queueRunnerStats } from '../../status/queue-runner-stats.ts';
 import { isDrvPath, LOG_TAIL_DEFAULT, LOG_TAIL_MAX, readLog, type LogCache, type LogRange } from '../../status/build-log.ts';
 import { readStepDrv } from '../../db/build-history.ts';
 import type { ServerResponse } from 'node:http';
@@ -63,6 +64,11 @@ function* stepsIn(s: Scheduler, state: StepRecord['state']): IterableIterator<St
   for (const step of s.graph.steps.values()) if (step.state === state) yield step;
 }
 
+/** Machines keyed by the name their steps' BuildSteps.machine rows carry (the machine id). */
+function machinesByName(s: Scheduler) {
+  return Object.fromEntries([...s.dispatcher.machines.values()].map((m) => [m.id, machineView(s, m)]));
+}
+
 /**
  * The read-only status endpoints (REFERENCE §4). Every list is bounded
  * (`offset`/`limit`), so a 300k-step queue costs one pass over the graph at
@@ -75,14 +81,18 @@ export function registerStatusRoutes(router: Router, ctx: StatusContext): void {
     return s;
   };
 
+  // Hydra's web UI shows this document (queue-runner-status) and hydra-send-stats reads its
+  // `queueRunner` (Rust runner io/response_types.rs DumpResponse: queueRunner, machines, jobsets).
   router.get('/status', () => {
     const s = ctx.scheduler();
     return {
       status: ctx.lifecycle.state,
       startedAt: seconds(ctx.startedAt),
       uptime: Math.floor((Date.now() - ctx.startedAt) / 1000),
+      queueRunner: queueRunnerStats(s, ctx.lifecycle.state, ctx.startedAt),
       ...(s && {
-        machines: s.dispatcher.machines.size,
+        machines: machinesByName(s),
+        machinesCount: s.dispatcher.machines.size,
         buildsQueued: s.graph.builds.size,
         steps: s.graph.steps.size,
         runnable: s.dispatcher.stats.runnable,
@@ -96,8 +106,7 @@ export function registerStatusRoutes(router: Router, ctx: StatusContext): void {
 
   router.get('/status/machines', () => {
     const s = sched();
-    const machines = Object.fromEntries([...s.dispatcher.machines.values()].map((m) => [m.id, machineView(s, m)]));
-    return { machines, machinesCount: s.dispatcher.machines.size };
+    return { machines: machinesByName(s), machinesCount: s.dispatcher.machines.size };
   });
 
   router.get('/status/jobsets', () => {

@@ -312,7 +312,20 @@ export interface Ping {
   ioPressure: Pressure | undefined;
   buildDirFreePercent: number;
   storeFreePercent: number;
-  transfers: Transfers | undefined;
+  transfers:
+    | Transfers
+    | undefined;
+  /**
+   * "full" lines of /proc/pressure/{memory,io,irq}, percent. Each pressure
+   * field is unset when the host does not report it (no PSI, no irq file).
+   */
+  memoryFullPressure: Pressure | undefined;
+  ioFullPressure: Pressure | undefined;
+  irqFullPressure:
+    | Pressure
+    | undefined;
+  /** MemTotal now (a VM's memory can change while it runs; Join has it too). */
+  memoryTotalBytes: number;
 }
 
 export interface Pressure {
@@ -1433,6 +1446,10 @@ function createBasePing(): Ping {
     buildDirFreePercent: 0,
     storeFreePercent: 0,
     transfers: undefined,
+    memoryFullPressure: undefined,
+    ioFullPressure: undefined,
+    irqFullPressure: undefined,
+    memoryTotalBytes: 0,
   };
 }
 
@@ -1467,6 +1484,18 @@ export const Ping: MessageFns<Ping> = {
     }
     if (message.transfers !== undefined) {
       Transfers.encode(message.transfers, writer.uint32(82).fork()).join();
+    }
+    if (message.memoryFullPressure !== undefined) {
+      Pressure.encode(message.memoryFullPressure, writer.uint32(90).fork()).join();
+    }
+    if (message.ioFullPressure !== undefined) {
+      Pressure.encode(message.ioFullPressure, writer.uint32(98).fork()).join();
+    }
+    if (message.irqFullPressure !== undefined) {
+      Pressure.encode(message.irqFullPressure, writer.uint32(106).fork()).join();
+    }
+    if (message.memoryTotalBytes !== 0) {
+      writer.uint32(112).uint64(message.memoryTotalBytes);
     }
     return writer;
   },
@@ -1564,6 +1593,38 @@ export const Ping: MessageFns<Ping> = {
             message.transfers = Transfers.decode(reader, reader.uint32());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.memoryFullPressure = Pressure.decode(reader, reader.uint32());
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.ioFullPressure = Pressure.decode(reader, reader.uint32());
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.irqFullPressure = Pressure.decode(reader, reader.uint32());
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.memoryTotalBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1612,6 +1673,26 @@ export const Ping: MessageFns<Ping> = {
         ? globalThis.Number(object.store_free_percent)
         : 0,
       transfers: isSet(object.transfers) ? Transfers.fromJSON(object.transfers) : undefined,
+      memoryFullPressure: isSet(object.memoryFullPressure)
+        ? Pressure.fromJSON(object.memoryFullPressure)
+        : isSet(object.memory_full_pressure)
+        ? Pressure.fromJSON(object.memory_full_pressure)
+        : undefined,
+      ioFullPressure: isSet(object.ioFullPressure)
+        ? Pressure.fromJSON(object.ioFullPressure)
+        : isSet(object.io_full_pressure)
+        ? Pressure.fromJSON(object.io_full_pressure)
+        : undefined,
+      irqFullPressure: isSet(object.irqFullPressure)
+        ? Pressure.fromJSON(object.irqFullPressure)
+        : isSet(object.irq_full_pressure)
+        ? Pressure.fromJSON(object.irq_full_pressure)
+        : undefined,
+      memoryTotalBytes: isSet(object.memoryTotalBytes)
+        ? globalThis.Number(object.memoryTotalBytes)
+        : isSet(object.memory_total_bytes)
+        ? globalThis.Number(object.memory_total_bytes)
+        : 0,
     };
   },
 
@@ -1647,6 +1728,18 @@ export const Ping: MessageFns<Ping> = {
     if (message.transfers !== undefined) {
       obj.transfers = Transfers.toJSON(message.transfers);
     }
+    if (message.memoryFullPressure !== undefined) {
+      obj.memoryFullPressure = Pressure.toJSON(message.memoryFullPressure);
+    }
+    if (message.ioFullPressure !== undefined) {
+      obj.ioFullPressure = Pressure.toJSON(message.ioFullPressure);
+    }
+    if (message.irqFullPressure !== undefined) {
+      obj.irqFullPressure = Pressure.toJSON(message.irqFullPressure);
+    }
+    if (message.memoryTotalBytes !== 0) {
+      obj.memoryTotalBytes = Math.round(message.memoryTotalBytes);
+    }
     return obj;
   },
 
@@ -1673,6 +1766,16 @@ export const Ping: MessageFns<Ping> = {
     message.transfers = (object.transfers !== undefined && object.transfers !== null)
       ? Transfers.fromPartial(object.transfers)
       : undefined;
+    message.memoryFullPressure = (object.memoryFullPressure !== undefined && object.memoryFullPressure !== null)
+      ? Pressure.fromPartial(object.memoryFullPressure)
+      : undefined;
+    message.ioFullPressure = (object.ioFullPressure !== undefined && object.ioFullPressure !== null)
+      ? Pressure.fromPartial(object.ioFullPressure)
+      : undefined;
+    message.irqFullPressure = (object.irqFullPressure !== undefined && object.irqFullPressure !== null)
+      ? Pressure.fromPartial(object.irqFullPressure)
+      : undefined;
+    message.memoryTotalBytes = object.memoryTotalBytes ?? 0;
     return message;
   },
 };

@@ -1,9 +1,11 @@
 -- Every output already exists, so the build succeeds without running. Same
--- exactly-once guard as a built success. Size, closure size and release name
--- are only overwritten when the caller knows them.
+-- exactly-once guard as a built success. Its status is the earlier build's
+-- (0, or 6 failed with output; Hydra's markSucceededBuild with res.failed).
+-- Size, closure size and release name are only overwritten when the caller
+-- knows them.
 update builds
 set finished = 1,
-    buildstatus = 0,
+    buildstatus = $6,
     starttime = $2,
     stoptime = $2,
     iscachedbuild = 1,

@@ -1,0 +1,100 @@
+/**
+ * Where a substituter's paths come from (docs/SUBSTITUTION.md): a binary
+ * cache (`file://`, `http(s)://`, `s3://`) read by its files, or a
+ * `nix-store --serve` peer over SSH (`ssh://`, serve-source.ts). Each answers
+ * a path's metadata as a narinfo and its NAR, uncompressed; the Substituter
+ * checks signatures (unless the source is `trusted`) and NAR hashes.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type NarInfo, parseNarInfo } from '../nix/narinfo.ts';
+import type { CompressionMethod } from '../workers/compression.ts';
+import type { WorkerPool } from '../workers/pool.ts';
+import { withRoom } from '../workers/with-room.ts';
+import { BinaryCache } from './binary-cache.ts';
+import { narInfoFile } from './layout.ts';
+import { openServeSource } from './serve-source.ts';
+
+export interface SubstituteSource {
+  /** As configured, for messages. */
+  readonly url: string;
+  /**
+   * Nix's `trusted` store setting (`?trusted=1`): its paths are accepted
+   * without a signature by a trusted key. NAR hashes are checked all the same.
+   */
+  readonly trusted: boolean;
+  /** The path's metadata, or null when the source lacks it. */
+  narInfo(storePath: string): Promise<NarInfo | null>;
+  /** The path's NAR, uncompressed (not yet checked: the caller does). */
+  nar(info: NarInfo): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+/** A binary cache's files by their relative name (null: no such file). */
+interface CacheFiles {
+  get(rel: string): Promise<Buffer | null>;
+  close(): Promise<void>;
+}
+
+function directoryFiles(dir: string): CacheFiles {
+  return {
+    get: async (rel) => {
+      try {
+        return await readFile(join(dir, rel));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+        throw e;
+      }
+    },
+    close: async () => {},
+  };
+}
+
+function httpFiles(url: string): CacheFiles {
+  const base = url.replace(/\/+$/, '');
+  return {
+    get: async (rel) => {
+      const res = await fetch(`${base}/${rel}`);
+      if (res.status === 404 || res.status === 403) return null;
+      if (!res.ok) throw new Error(`${base}/${rel}: HTTP ${res.status}`);
+      return Buffer.from(await res.arrayBuffer());
+    },
+    close: async () => {},
+  };
+}
+
+async function s3Files(url: string, pool: WorkerPool, awsCredentialsFile: string | undefined): Promise<CacheFiles> {
+  const cache = await BinaryCache.open(url, pool, { awsCredentialsFile });
+  return {
+    get: async (rel) => (await cache.storage.get(rel))?.body ?? null,
+    close: () => cache.close(),
+  };
+}
+
+function binaryCacheSource(url: string, files: CacheFiles, pool: WorkerPool): SubstituteSource {
+  return {
+    url,
+    trusted: false,
+    narInfo: async (storePath) => {
+      const body = await files.get(narInfoFile(storePath));
+      return body ? parseNarInfo(body.toString('utf8'), `${url}/${narInfoFile(storePath)}`) : null;
+    },
+    nar: async (info) => {
+      const body = await files.get(info.url);
+      if (!body) throw new Error(`${url}: ${info.url} (the NAR of ${info.storePath}) is missing`);
+      const c = info.compression;
+      if (c === 'none' || c === '') return body;
+      return withRoom(pool, () => pool.decompress(body, c as CompressionMethod));
+    },
+    close: () => files.close(),
+  };
+}
+
+/** Opens one `substituters` entry. */
+export async function openSubstituteSource(url: string, pool: WorkerPool, awsCredentialsFile: string | undefined): Promise<SubstituteSource> {
+  if (url.startsWith('file://')) return binaryCacheSource(url, directoryFiles(url.slice('file://'.length).replace(/\?.*$/, '')), pool);
+  if (/^https?:\/\//.test(url)) return binaryCacheSource(url, httpFiles(url), pool);
+  if (url.startsWith('s3://')) return binaryCacheSource(url, await s3Files(url, pool, awsCredentialsFile), pool);
+  if (url.startsWith('ssh://')) return openServeSource(url);
+  throw new Error(`substituter '${url}': only file://, http(s)://, s3:// caches and ssh:// serve peers are supported`);
+}
