@@ -32,7 +32,7 @@ import { hostStore, type NixStoreHandle } from '../nix/private-store.ts';
 import { servePool } from '../nix/serve-session.ts';
 import { ServeConnection } from '../nix/serve-protocol.ts';
 import { NixBuildStatus, type ServeBuildResult } from '../nix/serve-wire.ts';
-import { exportPaths, importVerified, queryPathInfos } from '../nix/transfer.ts';
+import { exportPaths, importVerified, jointClosureSize, queryPathInfos } from '../nix/transfer.ts';
 import type { Logger } from '../util/logger.ts';
 import { stepSuccess } from './step-success.ts';
 
@@ -326,7 +326,9 @@ export class SshMachine implements BuilderPort {
       progress(StepBusy.PostProcessing);
       const closureSizes = await this.closureSizes(outputPaths.map((o) => o.path));
       const built = outputPaths.map((o) => ({ name: o.name, path: o.path, narSize: infos.get(o.path)!.narSize, closureSize: closureSizes.get(o.path) ?? 0 }));
-      return await stepSuccess({ outputs: built, startTime, stopTime, overheadMs, logFile }, (p) => local.realPath(p));
+      // The outputs are in the runner's store now, with their closures: the joint closure is read there.
+      const closureSize = await jointClosureSize(this.localStore, outputPaths.map((o) => o.path)).catch(() => undefined);
+      return await stepSuccess({ outputs: built, startTime, stopTime, overheadMs, logFile, closureSize }, (p) => local.realPath(p));
     } catch (e) {
       this.hangUp(link);
       throw e;

@@ -408,10 +408,16 @@ function historyQuery() {
 }
 
 async function refreshHistory() {
+  if (app.history.off) return;
   let r;
   try {
     r = await api(`/status/history?${historyQuery()}`);
-  } catch {
+  } catch (err) {
+    // A server without a database has no history: the panel says so, and is not asked again.
+    if (err.status === 404) {
+      app.history.off = true;
+      $('history').replaceChildren(h('li', { class: 'hint' }, err.message));
+    }
     return;
   }
   app.history.builds = r.builds;

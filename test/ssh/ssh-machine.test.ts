@@ -112,6 +112,9 @@ describe('an SSH build machine', () => {
     expect((await sshd.store.run('nix-store', ['--check-validity', depOut!])).exitCode).toBe(0);
     expect(readFileSync(r.logFile, 'utf8')).toContain('building top on the machine');
     expect(r.outputs.find((o) => o.name === 'doc')!.closureSize).toBeGreaterThan(r.outputs.find((o) => o.name === 'doc')!.narSize);
+    // The build's closure: the outputs' joint closure in the runner's store, as Nix counts it.
+    const joint = JSON.parse((await runNix('nix', ['path-info', '--json', '--recursive', ...outs.values()])).stdout.toString()) as { narSize: number }[];
+    expect(r.closureSize).toBe(joint.reduce((n, i) => n + i.narSize, 0));
 
     // The next step reuses the connection.
     expect((await runJob(m, jobFor(second!)).outcome).kind).toBe('success');

@@ -67,6 +67,27 @@ describe('visualizer of a finished build', () => {
     await expect.poll(() => log.textContent(), { timeout: 20_000 }).toContain(`kaboom-${nonce}`);
     expect(await log.textContent()).toContain('compiling');
     await page.screenshot({ path: resultPath('finished-build.png') });
+
+    // A running step's log panel follows what the step writes.
+    writeFileSync(join(dir, 'slow.nix'), `{ }: let ${MK_DRV} in { slow = mk { name = "slow-${nonce}"; script = "echo started-${nonce}; /bin/sleep 6; echo later-${nonce}; /bin/sleep 4; echo > $out"; }; }`);
+    expect((await runCli(['submit', '--db-url', db.url, '--project', 'vf', '--jobset', 'slow', '--create', '--file', join(dir, 'slow.nix')])).code).toBe(0);
+    const slow = (await db.pool.query("select id from builds where job = 'slow'")).rows[0].id as number;
+    type Steps = { steps: { id: number; buildId: number; busyName: string }[] };
+    let stepId = 0;
+    await waitFor(async () => {
+      const running = ((await (await fetch(`${runner.url}/status/steps`)).json()) as Steps).steps.find((st) => st.buildId === slow && st.busyName === 'building');
+      stepId = running?.id ?? 0;
+      return stepId > 0;
+    }, 60_000, 'slow to build');
+    await page.goto(`${runner.url}/?build=${slow}&step=${stepId}`);
+    await page.getByTestId('step-log-button').click({ timeout: 20_000 });
+    const live = page.getByTestId('step-log');
+    await expect.poll(() => live.textContent(), { timeout: 20_000 }).toContain(`started-${nonce}`);
+    expect(await live.getAttribute('data-stored')).toBe('live');
+    await expect.poll(() => live.textContent(), { timeout: 30_000 }).toContain(`later-${nonce}`);
+    // Appended once, by offset: the first line is not fetched again.
+    expect((await live.textContent())!.split(`started-${nonce}`).length).toBe(2);
+    expect(Number(await live.getAttribute('data-followed'))).toBeGreaterThan(0);
     expect(errors).toEqual([]);
   }, 180_000);
 });

@@ -83,7 +83,7 @@ export async function startSimRunner(pool: pg.Pool, steps: number, seed = 1): Pr
   const router = new Router(() => {
     throw new HttpError(403, 'read-only');
   });
-  const feed = await registerViewerRoutes(router, { lifecycle, scheduler: () => runtime.scheduler, startedAt: Date.now() });
+  const feed = await registerViewerRoutes(router, { lifecycle, scheduler: () => runtime.scheduler, startedAt: Date.now(), db: pool });
   const http: HttpApi = await startHttpApi(router, '127.0.0.1:0', quietLog);
   let machines = 0;
   return {

@@ -55,6 +55,10 @@ describe('visualizer with a 10k-step build', () => {
       };
     });
     expect(layout).toMatchObject({ onPage: 0, laidOut: true, same: true });
+    // The Builds panel lists it, queued, and marks it as the one shown.
+    const row = page.locator(`[data-testid="history-row"][data-build="${runner.buildId}"]`);
+    await expect.poll(() => row.getAttribute('data-outcome'), { timeout: 20_000 }).toMatch(/^(queued|runnable|building)$/);
+    expect(await row.getAttribute('class')).toBe('selected');
     expect(layout.byWorker).toBeGreaterThan(0);
     expect(layout.layers).toBeGreaterThan(1);
 
