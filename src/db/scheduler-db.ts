@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { CachedFailure, JobsetRow, QueuedBuildRow, SchedulerDb } from './scheduler-db-interface.ts';
 import { findEarlierBuild } from './earlier-build.ts';
+import { roundsColumns } from './rounds.ts';
 import { finishBuildsFailed } from './build-failures.ts';
 import { finishBuildCached, finishBuildSucceeded } from './build-results.ts';
 import { addFailedPaths, isFailedPath } from './failed-paths.ts';
@@ -70,8 +71,7 @@ export class PgSchedulerDb implements SchedulerDb {
         stopTime: a.stopTime,
         machine: a.machine,
         overhead: a.overheadMs,
-        timesBuilt: 1,
-        isNonDeterministic: false,
+        ...roundsColumns(a),
         outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
       };
       if (a.stepnr !== null) await finishStep(c, { ...row, stepnr: a.stepnr, logFile: a.logFile });
@@ -111,8 +111,7 @@ export class PgSchedulerDb implements SchedulerDb {
           stopTime: a.stopTime,
           machine: a.machine,
           overhead: null,
-          timesBuilt: 1,
-          isNonDeterministic: null,
+          ...roundsColumns(a),
           logFile: a.logFile,
         });
       } else {
