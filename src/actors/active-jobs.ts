@@ -2,6 +2,7 @@ import { StepBusy, type StepBusyCode } from '../db/status.ts';
 import type { BuilderPort, StepJob } from './builder-port.ts';
 import type { MachineRecord } from './machine-record.ts';
 import type { StepRecord } from './model.ts';
+import { determinismOf } from './determinism.ts';
 import type { AttemptRow } from './result-writer.ts';
 
 /** One attempt of a step on a machine, from hand-over to its result (or abort). */
@@ -43,6 +44,8 @@ export function stepTimeLimits(step: StepRecord, defaults: Pick<JobLimits, 'maxS
 export interface JobLimits {
   maxLogSize: number;
   maxOutputSize: number;
+  /** Hydra's jobset repeats, `project:jobset:N` (src/actors/determinism.ts). */
+  jobsetRepeats?: readonly string[];
   maxSilentTime: number;
   buildTimeout: number;
 }
@@ -60,7 +63,7 @@ export class ActiveJobs {
 
   /** Registers a new attempt of `step` on `m`; its job id is unique per attempt. */
   start(step: StepRecord, m: MachineRecord, port: BuilderPort, buildId: number, row: Promise<number | null>, limits: JobLimits, now: number): ActiveJob {
-    const job: StepJob = {
+    let job: StepJob = {
       jobId: `${step.id}.${++this.seq}`,
       drvPath: step.drvPath,
       outputs: step.outputs,
@@ -69,6 +72,8 @@ export class ActiveJobs {
       // 0 sets no limit (upstream's default): every builder compares sizes against a number.
       maxOutputSize: limits.maxOutputSize > 0 ? limits.maxOutputSize : Number.MAX_SAFE_INTEGER,
     };
+    const d = determinismOf(step, limits.jobsetRepeats);
+    if (d.repeats > 0) job = { ...job, ...d };
     const aj: ActiveJob = { job, step, machine: m, port, buildId, row, startedAt: now, busy: StepBusy.Preparing, busyWritten: StepBusy.Preparing, busyWriteScheduled: false };
     this.bySteps.set(step, aj);
     this.byJobs.set(job.jobId, aj);

@@ -19,6 +19,19 @@ export interface StepJob {
   readonly buildTimeout: number;
   readonly maxLogSize: number;
   readonly maxOutputSize: number;
+  /**
+   * Determinism check (src/actors/determinism.ts): build this many times more
+   * and compare; with `enforceDeterminism` a difference fails the step (12).
+   * Absent: built once.
+   */
+  readonly repeats?: number;
+  readonly enforceDeterminism?: boolean;
+}
+
+/** How often a step was built and whether its rounds differed (BuildSteps.timesBuilt, isNonDeterministic). */
+export interface BuildRounds {
+  readonly timesBuilt?: number;
+  readonly isNonDeterministic?: boolean;
 }
 
 export type StepOutcome =
@@ -32,7 +45,7 @@ export type StepOutcome =
       readonly logFile: string;
       /** The NAR sizes of the outputs' joint closure, when the runner's store could tell (a build's `closuresize`). */
       readonly closureSize?: number;
-    }
+    } & BuildRounds
   | {
       /** A permanent failure: 1 build failed, 7 timed out, 10 log limit, 11 NAR size limit, 12 not deterministic. */
       readonly kind: 'failure';
@@ -41,7 +54,7 @@ export type StepOutcome =
       readonly startTime: number;
       readonly stopTime: number;
       readonly logFile: string;
-    }
+    } & BuildRounds
   | {
       /** Retryable: preparing, import, upload or post-processing failed, or the machine was lost. */
       readonly kind: 'transient';

@@ -53,6 +53,8 @@ export interface StepRecord {
   readonly platform: PlatformRecord;
   readonly outputs: readonly StepOutput[];
   readonly isCA: boolean;
+  /** The derivation asks for a determinism check (`isDetermistic = "1"`). */
+  readonly isDeterministic?: boolean;
   state: StepState;
   /**
    * Unfinished dependencies (this step holds each), dependents (each holds

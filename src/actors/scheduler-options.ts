@@ -9,7 +9,7 @@ import type { WriteGate } from './result-writer.ts';
 export type SchedulerConfig = Pick<
   DispatcherOptions,
   'stepSortFn' | 'machineSortFn' | 'machineFreeFn' | 'maxRetries' | 'retryInterval' | 'retryBackoff' | 'maxUnsupportedTimeInS'
-> & { dispatchTriggerTimerInS?: number; maxLogSize: number; maxOutputSize: number; maxSilentTime: number; buildTimeout: number };
+> & { dispatchTriggerTimerInS?: number; maxLogSize: number; maxOutputSize: number; maxSilentTime: number; buildTimeout: number; jobsetRepeats?: readonly string[] };
 
 export interface SchedulerOptions {
   config: SchedulerConfig;

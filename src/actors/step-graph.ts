@@ -392,6 +392,7 @@ export class StepGraph {
       platform: this.platform(drv.system, drv.requiredFeatures, drv.preferLocalBuild),
       outputs: drv.outputs,
       isCA: drv.isCA,
+      isDeterministic: drv.isDeterministic === true,
       state: stepLifecycle.initial,
       deps: [],
       rdeps: [],

@@ -1,7 +1,7 @@
 import type { Logger } from '../util/logger.ts';
 import { BuildStatus } from '../db/status.ts';
 import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
-import { unixNow, type StepFinisher, type StepOutcome } from './builder-port.ts';
+import { unixNow, type BuildRounds, type StepFinisher, type StepOutcome } from './builder-port.ts';
 import { Coalescer } from './coalescer.ts';
 import type { ActiveJob } from './active-jobs.ts';
 import type { BuildRecord, Clock, FailureCache, StepRecord } from './model.ts';
@@ -32,6 +32,8 @@ interface Failure {
   stopTime: number;
   logFile: string;
   cacheable: boolean;
+  /** Rounds the builder ran (determinism checks), when it built. */
+  rounds?: BuildRounds;
 }
 
 type Finished = Exclude<StepOutcome, { kind: 'transient' }>;
@@ -166,7 +168,9 @@ export class StepResults {
           startTime: outcome.startTime,
           stopTime: outcome.stopTime,
           logFile: outcome.logFile,
-          cacheable: outcome.status === BuildStatus.Failed,
+          // A build failure and a non-deterministic build are cached (C++ build-remote.cc:383-410 canCache).
+          cacheable: outcome.status === BuildStatus.Failed || outcome.status === BuildStatus.NotDeterministic,
+          rounds: { timesBuilt: outcome.timesBuilt, isNonDeterministic: outcome.isNonDeterministic },
         }),
       );
     }
@@ -264,6 +268,8 @@ export class StepResults {
         releaseName: outcome.nixSupport.releaseName,
         products: outcome.nixSupport.products,
         metrics: outcome.nixSupport.metrics,
+        timesBuilt: outcome.timesBuilt,
+        isNonDeterministic: outcome.isNonDeterministic,
         builds: builds.map((b) => ({ id: b.id, isCachedBuild: b.id !== aj.buildId })),
       }),
     );
@@ -313,6 +319,7 @@ export class StepResults {
         startTime: f.startTime,
         stopTime: f.stopTime,
         logFile: f.logFile,
+        ...f.rounds,
         builds: [...handled].map((b) => ({ id: b.id, own: b.toplevel === step })),
         cacheablePaths: f.cacheable ? step.outputs.flatMap((o) => (o.path ? [o.path] : [])) : [],
         outputs: step.outputs,

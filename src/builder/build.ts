@@ -36,6 +36,8 @@ export class Builds {
       maxSilentTime: order.limits?.maxSilentTimeS ?? 0,
       buildTimeout: order.limits?.buildTimeoutS ?? 0,
       maxLogSize: Number(order.limits?.maxLogSize ?? 0) || Number.POSITIVE_INFINITY,
+      repeats: order.repeats ?? 0,
+      enforceDeterminism: order.enforceDeterminism === true,
     };
     const logs = new LogSender(this.#ctx.connection, job);
     // Nix stops the build at the log limit; nothing past it is forwarded either way.
@@ -57,6 +59,7 @@ export class Builds {
     job.build = undefined;
     await logs.finish();
     if (job.aborted) throw new JobAbortedError();
+    if (result.kind !== 'error' && result.timesBuilt !== undefined) job.rounds = { timesBuilt: result.timesBuilt, isNonDeterministic: result.isNonDeterministic };
     if (result.kind === 'built') return result.outputs;
     if (result.kind === 'error') throw new BuilderJobError(ResultState.RESULT_STATE_PREPARING_FAILURE, result.errorMsg);
     const state =

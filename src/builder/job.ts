@@ -23,6 +23,8 @@ export interface Job {
   readonly order: BuildOrder;
   aborted: boolean;
   build?: NixBuildHandle;
+  /** Determinism checks: the rounds Nix ran, once the build ended (reported with the result). */
+  rounds?: { timesBuilt?: number; isNonDeterministic?: boolean };
   /** Cancels the job's calls in flight (FetchNar, UploadOutput), run on abort. */
   readonly cancels: Set<() => void>;
   done?: Promise<void>;

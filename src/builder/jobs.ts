@@ -135,6 +135,7 @@ export class Jobs {
       outputs: o.outputs,
       nixSupport: o.nixSupport,
       timings: timingsNow(),
+      ...job.rounds,
     });
     let result: CompleteRequest;
     // A success is reported at the end of the last output's upload (one call fewer).
@@ -155,7 +156,7 @@ export class Jobs {
       }
       const state = err instanceof BuilderJobError ? err.resultState : ResultState.RESULT_STATE_PREPARING_FAILURE;
       this.#ctx.log(`job ${order.jobId} failed (${ResultState[state]}): ${(err as Error).message}`);
-      result = { jobId: order.jobId, state, errorMsg: (err as Error).message || String(err), outputs: [], nixSupport: undefined, timings: undefined };
+      result = { jobId: order.jobId, state, errorMsg: (err as Error).message || String(err), outputs: [], nixSupport: undefined, timings: undefined, ...job.rounds };
     } finally {
       release();
     }

@@ -30,7 +30,8 @@ export class LocalNixBuilder implements BuilderPort {
         if (logError) return { kind: 'transient', errorMsg: logError.message, machineFault: false };
         const stopTime = unixNow();
         if (r.kind === 'error') return { kind: 'transient', errorMsg: r.errorMsg, machineFault: false };
-        if (r.kind === 'failed') return { kind: 'failure', status: r.status, errorMsg: r.errorMsg, startTime, stopTime, logFile };
+        const rounds = { timesBuilt: r.timesBuilt, isNonDeterministic: r.isNonDeterministic };
+        if (r.kind === 'failed') return { kind: 'failure', status: r.status, errorMsg: r.errorMsg, startTime, stopTime, logFile, ...rounds };
         progress(StepBusy.PostProcessing);
         const outputs = await builtOutputs(job.drvPath, job.outputs, this.o.env);
         const sizes = await pathSizes([...outputs.values()], this.o.env);
@@ -40,7 +41,7 @@ export class LocalNixBuilder implements BuilderPort {
           return { kind: 'failure', status: 11, errorMsg: `output ${tooBig.name} is ${tooBig.narSize} bytes (limit ${job.maxOutputSize})`, startTime, stopTime, logFile };
         }
         const closureSize = await jointClosureSize([...outputs.values()], this.o.env);
-        return stepSuccess({ outputs: built, startTime, stopTime, overheadMs: 0, logFile, closureSize });
+        return stepSuccess({ outputs: built, startTime, stopTime, overheadMs: 0, logFile, closureSize, ...rounds });
       })
       .catch((err: unknown): StepOutcome => ({ kind: 'transient', errorMsg: String((err as Error)?.message ?? err), machineFault: false }))
       .then((outcome) => {

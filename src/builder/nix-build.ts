@@ -12,11 +12,20 @@ export interface NixBuildLimits {
   maxSilentTime: number;
   buildTimeout: number;
   maxLogSize: number;
+  /** Determinism check: rounds after the first (Nix's `repeat`), and whether a difference fails the build. */
+  repeats?: number;
+  enforceDeterminism?: boolean;
+}
+
+/** Rounds Nix ran and whether an output differed from the previous round (only with repeats). */
+export interface NixBuildRounds {
+  timesBuilt?: number;
+  isNonDeterministic?: boolean;
 }
 
 export type NixBuildResult =
-  | { kind: 'built'; outputs: Map<string, string> }
-  | { kind: 'failed'; status: 1 | 7 | 10 | 12; errorMsg: string }
+  | ({ kind: 'built'; outputs: Map<string, string> } & NixBuildRounds)
+  | ({ kind: 'failed'; status: 1 | 7 | 10 | 12; errorMsg: string } & NixBuildRounds)
   | { kind: 'error'; errorMsg: string };
 
 export interface NixBuildHandle {
@@ -35,6 +44,34 @@ function statusFor(code: number | null): 1 | 7 | 12 | null {
   if (code === 101) return 7;
   if (code === 104) return 12;
   return null;
+}
+
+/**
+ * What Nix's log says about the rounds of a repeated build: "building
+ * '<drv>' (round k/n)..." per round, and "output '<path>' of '<drv>'
+ * differs from previous round" when a round differed (Nix 2.8
+ * build/derivation-goal.cc). Lines may be split across chunks.
+ */
+class RoundsSeen {
+  private partial = '';
+  timesBuilt = 0;
+  differed = false;
+
+  see(text: string): void {
+    const lines = (this.partial + text).split('\n');
+    this.partial = lines.pop()!.slice(-1000);
+    for (const l of lines) {
+      const m = / \(round (\d+)\/\d+\)\.\.\.$/.exec(l);
+      if (m) this.timesBuilt = Math.max(this.timesBuilt, Number(m[1]));
+      if (/ differs from previous round$/.test(l)) this.differed = true;
+    }
+  }
+
+  result(repeats: number): NixBuildRounds {
+    if (repeats === 0) return {};
+    this.see('\n');
+    return { timesBuilt: this.timesBuilt, isNonDeterministic: this.differed };
+  }
 }
 
 /**
@@ -58,6 +95,8 @@ export function runNixBuild(
     '--option', 'max-silent-time', String(limits.maxSilentTime),
     '--option', 'timeout', String(limits.buildTimeout),
   ];
+  const repeats = limits.repeats ?? 0;
+  if (repeats > 0) args.push('--option', 'repeat', String(repeats), '--option', 'enforce-determinism', limits.enforceDeterminism ? 'true' : 'false');
   const child = spawner('nix-store', args, env);
   if (!child.stdout || !child.stderr) throw new TypeError('runNixBuild: the spawner must pipe stdout and stderr');
   // SIGINT first: Nix then kills the build's process group itself, whereas a
@@ -75,6 +114,7 @@ export function runNixBuild(
   let logBytes = 0;
   let logLimitHit = false;
   let tail = '';
+  const rounds = new RoundsSeen();
   const out: Buffer[] = [];
   child.stdout.on('data', (b: Buffer) => out.push(b));
   child.stdin?.end();
@@ -86,7 +126,9 @@ export function runNixBuild(
       stop();
       return;
     }
-    tail = (tail + b.toString('utf8')).slice(-2000);
+    const text = b.toString('utf8');
+    if (repeats > 0) rounds.see(text);
+    tail = (tail + text).slice(-2000);
     onLog(b);
   });
   const done = new Promise<NixBuildResult>((resolve) => {
@@ -96,10 +138,14 @@ export function runNixBuild(
       if (logLimitHit) return resolve({ kind: 'failed', status: 10, errorMsg: `log limit of ${limits.maxLogSize} bytes exceeded` });
       if (code === 0) {
         const paths = Buffer.concat(out).toString('utf8').split('\n').filter(Boolean);
-        return resolve({ kind: 'built', outputs: new Map(paths.map((p) => [p, p])) });
+        return resolve({ kind: 'built', outputs: new Map(paths.map((p) => [p, p])), ...rounds.result(repeats) });
+      }
+      // Nix 2.8 exits 1 when an enforced check finds a difference; its message tells it apart.
+      if (repeats > 0 && limits.enforceDeterminism && rounds.differed) {
+        return resolve({ kind: 'failed', status: 12, errorMsg: lastLines, ...rounds.result(repeats) });
       }
       const status = statusFor(code);
-      if (status !== null) return resolve({ kind: 'failed', status, errorMsg: lastLines });
+      if (status !== null) return resolve({ kind: 'failed', status, errorMsg: lastLines, ...rounds.result(repeats) });
       resolve({ kind: 'error', errorMsg: `nix-store exited with ${code}: ${lastLines}` });
     });
   });

@@ -27,11 +27,13 @@ const ANSI_ESCAPE = /\x1b\[[0-9;]*[A-Za-z]/g;
 
 function toBuildResult(served: ServeBuildResult, limits: NixBuildLimits, outputs: Map<string, string>): NixBuildResult {
   const r = { ...served, errorMsg: served.errorMsg.replace(ANSI_ESCAPE, '') };
-  if (BUILT.has(r.status)) return { kind: 'built', outputs };
-  if (r.status === NixBuildStatus.TimedOut) return { kind: 'failed', status: 7, errorMsg: r.errorMsg };
-  if (r.status === NixBuildStatus.LogLimitExceeded) return { kind: 'failed', status: 10, errorMsg: `log limit of ${limits.maxLogSize} bytes exceeded` };
-  if (r.status === NixBuildStatus.NotDeterministic) return { kind: 'failed', status: 12, errorMsg: r.errorMsg };
-  if (BUILD_FAILURE.has(r.status)) return { kind: 'failed', status: 1, errorMsg: r.errorMsg };
+  // The rounds Nix ran, reported when a determinism check was asked for.
+  const rounds = (limits.repeats ?? 0) > 0 ? { timesBuilt: r.timesBuilt, isNonDeterministic: r.isNonDeterministic } : {};
+  if (BUILT.has(r.status)) return { kind: 'built', outputs, ...rounds };
+  if (r.status === NixBuildStatus.TimedOut) return { kind: 'failed', status: 7, errorMsg: r.errorMsg, ...rounds };
+  if (r.status === NixBuildStatus.LogLimitExceeded) return { kind: 'failed', status: 10, errorMsg: `log limit of ${limits.maxLogSize} bytes exceeded`, ...rounds };
+  if (r.status === NixBuildStatus.NotDeterministic) return { kind: 'failed', status: 12, errorMsg: r.errorMsg, ...rounds };
+  if (BUILD_FAILURE.has(r.status)) return { kind: 'failed', status: 1, errorMsg: r.errorMsg, ...rounds };
   // Inputs rejected or missing, transient and miscellaneous failures: not the derivation's fault.
   return { kind: 'error', errorMsg: `nix-store --serve: build status ${r.status}: ${r.errorMsg}` };
 }
@@ -53,6 +55,8 @@ export class ServeBuilds {
       maxSilentTime: limits.maxSilentTime,
       buildTimeout: limits.buildTimeout,
       maxLogSize: Number.isFinite(limits.maxLogSize) ? limits.maxLogSize : 0,
+      repeats: limits.repeats,
+      enforceDeterminism: limits.enforceDeterminism,
     };
     const done = this.pool
       .use((session) => {

@@ -288,7 +288,13 @@ export class SshMachine implements BuilderPort {
         result = await link.conn.buildDerivation(
           job.drvPath,
           basic,
-          { maxSilentTime: job.maxSilentTime, buildTimeout: job.buildTimeout, maxLogSize: Number.isFinite(job.maxLogSize) ? job.maxLogSize : 0 },
+          {
+            maxSilentTime: job.maxSilentTime,
+            buildTimeout: job.buildTimeout,
+            maxLogSize: Number.isFinite(job.maxLogSize) ? job.maxLogSize : 0,
+            repeats: job.repeats,
+            enforceDeterminism: job.enforceDeterminism,
+          },
           (chunk) => void log.write(chunk),
         );
       } finally {
@@ -299,9 +305,11 @@ export class SshMachine implements BuilderPort {
       const stopTime = result.stopTime || unixNow();
       const errorMsg = result.errorMsg.replace(ANSI_ESCAPE, '');
       const verdict = remoteVerdict(result.status);
+      // Determinism checks: the rounds the machine's Nix ran (Hydra's build-remote.cc:358-359).
+      const rounds = (job.repeats ?? 0) > 0 ? { timesBuilt: result.timesBuilt, isNonDeterministic: result.isNonDeterministic } : {};
       if (verdict.kind === 'failure') {
         this.release(link);
-        return { kind: 'failure', status: verdict.status, errorMsg, startTime, stopTime, logFile };
+        return { kind: 'failure', status: verdict.status, errorMsg, startTime, stopTime, logFile, ...rounds };
       }
       if (verdict.kind === 'transient') {
         this.release(link);
@@ -328,7 +336,7 @@ export class SshMachine implements BuilderPort {
       const built = outputPaths.map((o) => ({ name: o.name, path: o.path, narSize: infos.get(o.path)!.narSize, closureSize: closureSizes.get(o.path) ?? 0 }));
       // The outputs are in the runner's store now, with their closures: the joint closure is read there.
       const closureSize = await jointClosureSize(this.localStore, outputPaths.map((o) => o.path)).catch(() => undefined);
-      return await stepSuccess({ outputs: built, startTime, stopTime, overheadMs, logFile, closureSize }, (p) => local.realPath(p));
+      return await stepSuccess({ outputs: built, startTime, stopTime, overheadMs, logFile, closureSize, ...rounds }, (p) => local.realPath(p));
     } catch (e) {
       this.hangUp(link);
       throw e;

@@ -148,6 +148,11 @@ const RunnerConfigSchema = z
     machinesFiles: z.array(z.string().min(1)).optional(),
     /** How often the machines files are checked for changes (Hydra: 30 s). */
     machinesFilesCheckInS: z.number().positive().default(30),
+    /**
+     * Determinism checks: steps needed by a build of `project:jobset` are built N more
+     * times (Hydra's C++ runner `xxx-jobset-repeats`; src/actors/determinism.ts).
+     */
+    jobsetRepeats: z.array(z.string().regex(/^[^:\s]+:[^:\s]+:\d+$/, 'must be project:jobset:N')).default([]),
     ...UPSTREAM_WITHOUT_EFFECT,
   })
   .strict()
@@ -217,6 +222,7 @@ export function validateRunnerConfig(input: unknown, source = NO_FILE, env: Node
     tokenPaths: Object.freeze([...c.tokenPaths]) as string[],
     machinesFiles: Object.freeze([...(c.machinesFiles ?? defaultMachinesFiles(env))]) as string[],
     apiTokenPaths: Object.freeze([...c.apiTokenPaths]) as string[],
+    jobsetRepeats: Object.freeze([...c.jobsetRepeats]) as string[],
     grpcTls: c.grpcTls ? Object.freeze({ ...c.grpcTls }) : undefined,
     withoutEffect: Object.freeze(Object.keys(UPSTREAM_WITHOUT_EFFECT).filter((k) => input !== null && typeof input === 'object' && k in input)),
   });

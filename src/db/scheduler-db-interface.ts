@@ -97,6 +97,9 @@ export interface SchedulerDb {
     releaseName: string | null;
     products: readonly BuildProductRow[];
     metrics: readonly { name: string; value: number; unit: string | null }[];
+    /** Rounds built and whether they differed (determinism checks); absent: built once. */
+    timesBuilt?: number;
+    isNonDeterministic?: boolean;
     /** Builds to finish; isCachedBuild for those other than the one the step ran under. */
     builds: readonly { id: number; isCachedBuild: boolean }[];
   }): Promise<number[]>;
@@ -123,6 +126,9 @@ export interface SchedulerDb {
     startTime: number;
     stopTime: number;
     logFile: string;
+    /** Rounds built and whether they differed (determinism checks); absent: built once. */
+    timesBuilt?: number;
+    isNonDeterministic?: boolean;
     builds: readonly { id: number; own: boolean }[];
     cacheablePaths: readonly string[];
     /** The step's outputs, for the propagated rows' BuildStepOutputs. */

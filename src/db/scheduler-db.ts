@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { CachedFailure, JobsetRow, QueuedBuildRow, SchedulerDb } from './scheduler-db-interface.ts';
 import { findEarlierBuild } from './earlier-build.ts';
+import { roundsColumns } from './rounds.ts';
 import { finishBuildsFailed } from './build-failures.ts';
 import { finishBuildCached, finishBuildSucceeded } from './build-results.ts';
 import { addFailedPaths, isFailedPath } from './failed-paths.ts';
@@ -78,7 +79,7 @@ export class PgSchedulerDb implements SchedulerDb {
   stepFailed(a: Parameters<SchedulerDb['stepFailed']>[0]): Promise<number[]> {
     return withTransaction(this.pool, async (c) => {
       if (a.stepnr !== null) {
-        await finishStep(c, unbuiltStep(a, a.stepnr, 1, a.logFile));
+        await finishStep(c, { ...unbuiltStep(a, a.stepnr, 1, a.logFile), ...roundsColumns(a) });
       } else {
         await recordStep(c, {
           buildId: a.buildId,
@@ -257,8 +258,7 @@ async function succeededIn(c: pg.PoolClient, a: Parameters<SchedulerDb['stepSucc
     stopTime: a.stopTime,
     machine: a.machine,
     overhead: a.overheadMs,
-    timesBuilt: 1,
-    isNonDeterministic: false,
+    ...roundsColumns(a),
     outputs: a.outputs.map((o) => ({ name: o.name, path: o.path })),
   };
   if (a.stepnr !== null) await finishStep(c, { ...row, stepnr: a.stepnr, logFile: a.logFile });

@@ -1,5 +1,5 @@
 import {
-  derivationType, isBuiltin, outputKind, preferLocalBuild, requiredSystemFeatures, type Derivation,
+  derivationType, isBuiltin, isDeterministic, outputKind, preferLocalBuild, requiredSystemFeatures, type Derivation,
 } from './derivation.ts';
 
 /** What a scheduler needs from a .drv, in a compact form kept per step. */
@@ -14,6 +14,8 @@ export interface DerivationSummary {
   readonly inputDrvs: ReadonlyMap<string, readonly string[]>;
   /** Content-addressed (floating or deferred): resolved after its inputs are built. */
   readonly isCA: boolean;
+  /** `isDetermistic = "1"`: built twice and required to be the same (src/actors/determinism.ts). */
+  readonly isDeterministic?: boolean;
 }
 
 export function summarizeDerivation(drvPath: string, drv: Derivation): DerivationSummary {
@@ -29,5 +31,6 @@ export function summarizeDerivation(drvPath: string, drv: Derivation): Derivatio
     })),
     inputDrvs: drv.inputDrvs,
     isCA: kind === 'floating' || kind === 'deferred',
+    isDeterministic: isDeterministic(drv),
   };
 }

@@ -133,6 +133,15 @@ export function preferLocalBuild(drv: Derivation): boolean {
   return boolAttr(drv, 'preferLocalBuild', false);
 }
 
+/**
+ * Whether the derivation asks for a determinism check: env `isDetermistic`
+ * = "1", with Hydra's spelling (C++ queue runner queue-monitor.cc:463; read
+ * from env only, as there).
+ */
+export function isDeterministic(drv: Derivation): boolean {
+  return drv.env.get('isDetermistic') === '1';
+}
+
 export function allowSubstitutes(drv: Derivation): boolean {
   return boolAttr(drv, 'allowSubstitutes', true);
 }

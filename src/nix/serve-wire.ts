@@ -57,6 +57,9 @@ export interface ServeBuildSettings {
   maxSilentTime: number;
   buildTimeout: number;
   maxLogSize: number;
+  /** Determinism check: rounds after the first (`build-repeat`), and whether a difference fails the build. */
+  repeats?: number;
+  enforceDeterminism?: boolean;
 }
 
 /** BuildDerivation's reply. */
@@ -121,12 +124,12 @@ const byKey = <T>(m: ReadonlyMap<string, T>): [string, T][] => [...m].sort((a, b
 /**
  * BuildDerivation of a basic derivation (its inputs among `inputSrcs`). The
  * server reads the settings by the client's version (2.6): maxLogSize from
- * 2.2, repeats and enforceDeterminism (sent as 0) from 2.3.
+ * 2.2, repeats and enforceDeterminism from 2.3 (Hydra's build-remote.cc:343-344).
  */
 export function buildDerivationRequest(drvPath: string, drv: Derivation, settings: ServeBuildSettings): ServeFrame {
   const f = new ServeFrame().num(ServeCommand.BuildDerivation).str(drvPath).num(drv.outputs.size);
   for (const [name, o] of byKey(drv.outputs)) f.str(name).str(o.path).str(o.hashAlgo).str(o.hash);
   f.strs([...new Set(drv.inputSrcs)].sort()).str(drv.system).str(drv.builder).strs(drv.args).num(drv.env.size);
   for (const [k, v] of byKey(drv.env)) f.str(k).str(v);
-  return f.num(settings.maxSilentTime).num(settings.buildTimeout).num(settings.maxLogSize).num(0).num(false);
+  return f.num(settings.maxSilentTime).num(settings.buildTimeout).num(settings.maxLogSize).num(settings.repeats ?? 0).num(settings.enforceDeterminism === true);
 }

@@ -81,6 +81,7 @@ export class BuilderSession implements BuilderPort {
               resolved: r.resolved ?? undefined,
               requisites: r.ordered ?? [],
               requisitesIncluded: r.ordered !== null,
+              ...(job.repeats ? { repeats: job.repeats, enforceDeterminism: job.enforceDeterminism === true } : {}),
             },
           },
         });

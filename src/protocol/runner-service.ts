@@ -490,7 +490,9 @@ function toOutcome(req: CompleteRequest, uploaded: ReadonlyMap<string, string>, 
   const t = req.timings;
   const startTime = Number(t?.startTime ?? 0) || Math.floor(Date.now() / 1000);
   const stopTime = Number(t?.stopTime ?? 0) || startTime;
-  const failure = (s: 1 | 7 | 10 | 11 | 12): StepOutcome => ({ kind: 'failure', status: s, errorMsg: req.errorMsg, startTime, stopTime, logFile });
+  // Determinism checks: the rounds the builder ran, when it reports them.
+  const rounds = req.timesBuilt ? { timesBuilt: req.timesBuilt, isNonDeterministic: req.isNonDeterministic === true } : {};
+  const failure = (s: 1 | 7 | 10 | 11 | 12): StepOutcome => ({ kind: 'failure', status: s, errorMsg: req.errorMsg, startTime, stopTime, logFile, ...rounds });
   switch (req.state) {
     case ResultState.RESULT_STATE_SUCCESS: {
       if (uploaded.size < outputCount) return { kind: 'transient', errorMsg: 'not every output was uploaded', machineFault: false };
@@ -501,6 +503,7 @@ function toOutcome(req: CompleteRequest, uploaded: ReadonlyMap<string, string>, 
         stopTime,
         overheadMs: Number(t?.importMs ?? 0) + Number(t?.uploadMs ?? 0),
         logFile,
+        ...rounds,
         outputs: req.outputs.map((o) => ({ name: o.name, path: uploaded.get(o.name) ?? o.storePath, narSize: Number(o.narSize), closureSize: Number(o.closureSize) })),
         nixSupport: {
           failed: ns?.failed ?? false,

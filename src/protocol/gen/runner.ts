@@ -390,6 +390,12 @@ export interface BuildOrder {
    */
   requisites: PathInfo[];
   requisitesIncluded: boolean;
+  /**
+   * Determinism check: build this many times more (Nix's `repeat`); with
+   * enforce_determinism a round that differs fails the build (NOT_DETERMINISTIC).
+   */
+  repeats?: number | undefined;
+  enforceDeterminism?: boolean | undefined;
 }
 
 export interface OrderedOutput {
@@ -586,7 +592,15 @@ export interface CompleteRequest {
   /** Success only: one entry per output of the derivation. */
   outputs: OutputResult[];
   nixSupport: NixSupport | undefined;
-  timings: Timings | undefined;
+  timings:
+    | Timings
+    | undefined;
+  /**
+   * Rounds built (absent: built once) and whether one differed from
+   * the one before (only meaningful with repeats).
+   */
+  timesBuilt?: number | undefined;
+  isNonDeterministic?: boolean | undefined;
 }
 
 export interface OutputResult {
@@ -2371,6 +2385,8 @@ function createBaseBuildOrder(): BuildOrder {
     resolved: undefined,
     requisites: [],
     requisitesIncluded: false,
+    repeats: undefined,
+    enforceDeterminism: undefined,
   };
 }
 
@@ -2399,6 +2415,12 @@ export const BuildOrder: MessageFns<BuildOrder> = {
     }
     if (message.requisitesIncluded !== false) {
       writer.uint32(64).bool(message.requisitesIncluded);
+    }
+    if (message.repeats !== undefined) {
+      writer.uint32(72).uint32(message.repeats);
+    }
+    if (message.enforceDeterminism !== undefined) {
+      writer.uint32(80).bool(message.enforceDeterminism);
     }
     return writer;
   },
@@ -2480,6 +2502,22 @@ export const BuildOrder: MessageFns<BuildOrder> = {
             message.requisitesIncluded = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.repeats = reader.uint32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.enforceDeterminism = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2518,6 +2556,12 @@ export const BuildOrder: MessageFns<BuildOrder> = {
         : isSet(object.requisites_included)
         ? globalThis.Boolean(object.requisites_included)
         : false,
+      repeats: isSet(object.repeats) ? globalThis.Number(object.repeats) : undefined,
+      enforceDeterminism: isSet(object.enforceDeterminism)
+        ? globalThis.Boolean(object.enforceDeterminism)
+        : isSet(object.enforce_determinism)
+        ? globalThis.Boolean(object.enforce_determinism)
+        : undefined,
     };
   },
 
@@ -2547,6 +2591,12 @@ export const BuildOrder: MessageFns<BuildOrder> = {
     if (message.requisitesIncluded !== false) {
       obj.requisitesIncluded = message.requisitesIncluded;
     }
+    if (message.repeats !== undefined) {
+      obj.repeats = Math.round(message.repeats);
+    }
+    if (message.enforceDeterminism !== undefined) {
+      obj.enforceDeterminism = message.enforceDeterminism;
+    }
     return obj;
   },
 
@@ -2567,6 +2617,8 @@ export const BuildOrder: MessageFns<BuildOrder> = {
       : undefined;
     message.requisites = object.requisites?.map((e) => PathInfo.fromPartial(e)) || [];
     message.requisitesIncluded = object.requisitesIncluded ?? false;
+    message.repeats = object.repeats ?? undefined;
+    message.enforceDeterminism = object.enforceDeterminism ?? undefined;
     return message;
   },
 };
@@ -5635,7 +5687,16 @@ export const PresignedUploadReceipt: MessageFns<PresignedUploadReceipt> = {
 };
 
 function createBaseCompleteRequest(): CompleteRequest {
-  return { jobId: "", state: 0, errorMsg: "", outputs: [], nixSupport: undefined, timings: undefined };
+  return {
+    jobId: "",
+    state: 0,
+    errorMsg: "",
+    outputs: [],
+    nixSupport: undefined,
+    timings: undefined,
+    timesBuilt: undefined,
+    isNonDeterministic: undefined,
+  };
 }
 
 export const CompleteRequest: MessageFns<CompleteRequest> = {
@@ -5657,6 +5718,12 @@ export const CompleteRequest: MessageFns<CompleteRequest> = {
     }
     if (message.timings !== undefined) {
       Timings.encode(message.timings, writer.uint32(50).fork()).join();
+    }
+    if (message.timesBuilt !== undefined) {
+      writer.uint32(56).uint32(message.timesBuilt);
+    }
+    if (message.isNonDeterministic !== undefined) {
+      writer.uint32(64).bool(message.isNonDeterministic);
     }
     return writer;
   },
@@ -5722,6 +5789,22 @@ export const CompleteRequest: MessageFns<CompleteRequest> = {
             message.timings = Timings.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.timesBuilt = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.isNonDeterministic = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5756,6 +5839,16 @@ export const CompleteRequest: MessageFns<CompleteRequest> = {
         ? NixSupport.fromJSON(object.nix_support)
         : undefined,
       timings: isSet(object.timings) ? Timings.fromJSON(object.timings) : undefined,
+      timesBuilt: isSet(object.timesBuilt)
+        ? globalThis.Number(object.timesBuilt)
+        : isSet(object.times_built)
+        ? globalThis.Number(object.times_built)
+        : undefined,
+      isNonDeterministic: isSet(object.isNonDeterministic)
+        ? globalThis.Boolean(object.isNonDeterministic)
+        : isSet(object.is_non_deterministic)
+        ? globalThis.Boolean(object.is_non_deterministic)
+        : undefined,
     };
   },
 
@@ -5779,6 +5872,12 @@ export const CompleteRequest: MessageFns<CompleteRequest> = {
     if (message.timings !== undefined) {
       obj.timings = Timings.toJSON(message.timings);
     }
+    if (message.timesBuilt !== undefined) {
+      obj.timesBuilt = Math.round(message.timesBuilt);
+    }
+    if (message.isNonDeterministic !== undefined) {
+      obj.isNonDeterministic = message.isNonDeterministic;
+    }
     return obj;
   },
 
@@ -5797,6 +5896,8 @@ export const CompleteRequest: MessageFns<CompleteRequest> = {
     message.timings = (object.timings !== undefined && object.timings !== null)
       ? Timings.fromPartial(object.timings)
       : undefined;
+    message.timesBuilt = object.timesBuilt ?? undefined;
+    message.isNonDeterministic = object.isNonDeterministic ?? undefined;
     return message;
   },
 };
