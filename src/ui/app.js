@@ -267,7 +267,19 @@ function openFeed(buildId) {
   });
 }
 
-let resyncTimer = null;
+/** A function that runs `fn` `ms` after its first call; calls until then join that run. */
+function coalesced(fn, ms) {
+  let timer = null;
+  return () => {
+    if (timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      void fn();
+    }, ms);
+  };
+}
+
+const scheduleResync = coalesced(() => loadTree(), 1000);
 function onSteps(list) {
   app.events += list.length;
   $('feed-events').textContent = `${app.events} step events`;
@@ -286,12 +298,7 @@ function onSteps(list) {
   }
   if (selectedChanged) scheduleStepReload();
   // A step the view lacks (a cut tree): read the build again, at most once a second.
-  if (unknown > 0 && !resyncTimer) {
-    resyncTimer = setTimeout(() => {
-      resyncTimer = null;
-      void loadTree();
-    }, 1000);
-  }
+  if (unknown > 0) scheduleResync();
 }
 
 /** Reads the build's steps; events that arrived meanwhile are applied if they are newer than the read. */
@@ -459,14 +466,7 @@ function selectStep(id, reveal, at = performance.now()) {
   });
 }
 
-let stepTimer = null;
-function scheduleStepReload() {
-  if (stepTimer) return;
-  stepTimer = setTimeout(() => {
-    stepTimer = null;
-    void loadStep();
-  }, 150);
-}
+const scheduleStepReload = coalesced(() => loadStep(), 150);
 
 async function loadStep() {
   const id = app.stepId;

@@ -30,6 +30,13 @@ describe("Hydra's rows for failures and limits", () => {
   afterAll(() => db.drop());
 
   /** Queues a build as Hydra's evaluator does, with its meta.maxSilent and meta.timeout. */
+  /** Instantiates one trivial derivation `<job>-<random>` running `script` and queues it as `job`, with an hour's timeouts. */
+  async function queueJob(job: string, script: string): Promise<number> {
+    const n = randomBytes(4).toString('hex');
+    const [drv] = await instantiate(`let ${MK_DRV} in { ${job} = mk { name = "${job}-${n}"; script = "${script}"; }; }`, [job]);
+    return queue(drv!, job, { maxsilent: 3600, timeout: 3600 });
+  }
+
   async function queue(drvPath: string, job: string, limits: { maxsilent: number; timeout: number }): Promise<number> {
     const d = await store.readDerivation(drvPath);
     const { rows } = await db.pool.query<{ id: number }>(
@@ -141,9 +148,7 @@ describe("Hydra's rows for failures and limits", () => {
   });
 
   it('makes maxRetries attempts in all, each aborted row keeping its start time', async () => {
-    const n = randomBytes(4).toString('hex');
-    const [flaky] = await instantiate(`let ${MK_DRV} in { flaky = mk { name = "flaky-${n}"; script = "echo > $out"; }; }`, ['flaky']);
-    const id = await queue(flaky!, 'flaky', { maxsilent: 3600, timeout: 3600 });
+    const id = await queueJob('flaky', 'echo > $out');
     // The build succeeds, then every upload of its outputs fails: a retryable failure
     // (Rust build.rs:238-245, UploadFailure => can_retry, Aborted).
     const uploadFails: StepFinisher = { finish: async () => ({ kind: 'transient', errorMsg: 'upload failed', machineFault: false }) };
@@ -170,9 +175,7 @@ describe("Hydra's rows for failures and limits", () => {
   });
 
   it('cancels a running step as Hydra does: status 4, its start time kept, no error text', async () => {
-    const n = randomBytes(4).toString('hex');
-    const [long] = await instantiate(`let ${MK_DRV} in { long = mk { name = "long-${n}"; script = "/bin/sleep 120; echo > $out"; }; }`, ['long']);
-    const id = await queue(long!, 'long', { maxsilent: 3600, timeout: 3600 });
+    const id = await queueJob('long', '/bin/sleep 120; echo > $out');
     const { runtime, listener } = await startRuntime(db.pool, store);
     try {
       runtime.scheduler.addMachine(machineRecord('local', { maxJobs: 1 }), new LocalNixBuilder({ hydraDataDir: dataDir }));

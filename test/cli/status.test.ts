@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,7 +8,7 @@ import { hostSystem } from '../../src/nix/host-system.ts';
 import { runCli } from '../helpers/cli.ts';
 import { useTestDatabase } from '../helpers/db.ts';
 import { InProcessRunner } from '../helpers/in-process-runner.ts';
-import { MK_DRV } from '../helpers/nix.ts';
+import { writeRelease } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -44,13 +44,10 @@ describe('hydrant status', () => {
     runner.builder('b1');
     await waitFor(async () => ((await (await fetch(`${runner!.url}/status/machines`)).json()) as Json).machinesCount === 1, 30_000, 'the builder to join');
     const nonce = randomBytes(4).toString('hex');
-    const file = join(dir, 'release.nix');
-    writeFileSync(
-      file,
-      `{ }: let ${MK_DRV} in {
-        slow = mk { name = "st-slow-${nonce}"; script = "/bin/sleep 600; echo slow > $out"; };
-        elsewhere = mk { name = "st-elsewhere-${nonce}"; script = "echo > $out"; extra = { system = "riscv64-linux"; requiredSystemFeatures = [ "kvm" "big-parallel" ]; }; };
-      }`,
+    const file = writeRelease(
+      dir,
+      `slow = mk { name = "st-slow-${nonce}"; script = "/bin/sleep 600; echo slow > $out"; };
+        elsewhere = mk { name = "st-elsewhere-${nonce}"; script = "echo > $out"; extra = { system = "riscv64-linux"; requiredSystemFeatures = [ "kvm" "big-parallel" ]; }; };`,
     );
     expect((await runCli(['submit', '--db-url', db.url, '--project', 'st', '--jobset', 'main', '--create', '--file', file])).code).toBe(0);
     await waitFor(async () => ((await (await fetch(`${runner!.url}/status/steps`)).json()) as Json).steps.some((s: Json) => s.busyName === 'building'), 60_000, 'slow to build');

@@ -27,7 +27,7 @@ import {
   type CliProcess,
   type RunnerProcess,
 } from '../helpers/fleet.ts';
-import { MK_DRV, runNix } from '../helpers/nix.ts';
+import { MK_DRV, writeRelease, runNix } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
 /**
@@ -463,13 +463,10 @@ describe('builders that are not who they claim to be', () => {
   });
 
   it("refuses calls for another builder's job, and an upload whose NAR does not match its hash; nothing is imported or published", async () => {
-    const file = join(dir, 'release.nix');
-    writeFileSync(
-      file,
-      `{ }: let ${MK_DRV} in {
-        slow = mk { name = "slow-${nonce}"; script = "echo honest log; /bin/sleep 5; echo slow > $out"; };
-        quick = mk { name = "quick-${nonce}"; script = "echo quick > $out"; };
-      }`,
+    const file = writeRelease(
+      dir,
+      `slow = mk { name = "slow-${nonce}"; script = "echo honest log; /bin/sleep 5; echo slow > $out"; };
+        quick = mk { name = "quick-${nonce}"; script = "echo quick > $out"; };`,
     );
     // A real builder, preferred over the forger while it is free (higher speed factor).
     procs.push(startBuilder(dir, address, runner.tokenFile, 'b1'));

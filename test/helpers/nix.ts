@@ -50,3 +50,14 @@ export const CA_MK_DRV = `
     args = [ "-c" script ];
   } // extra);
 `;
+
+/**
+ * Writes `dir/<name>` (release.nix unless named): the Nix file
+ * `{ }: let MK_DRV in { <jobs> }`, `jobs` being bindings that use `mk`.
+ * Returns its path.
+ */
+export function writeRelease(dir: string, jobs: string, name = 'release.nix'): string {
+  const file = join(dir, name);
+  writeFileSync(file, `{ }: let ${MK_DRV} in {\n${jobs}\n}\n`);
+  return file;
+}

@@ -9,7 +9,7 @@ import { createLogger } from '../../src/util/logger.ts';
 import { runCli } from '../helpers/cli.ts';
 import { useTestDatabase } from '../helpers/db.ts';
 import { startBuilder, type CliProcess } from '../helpers/fleet.ts';
-import { MK_DRV } from '../helpers/nix.ts';
+import { writeRelease } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -54,14 +54,11 @@ describe('status API of finished builds and their logs', () => {
     await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the builder to join');
 
     const nonce = randomBytes(4).toString('hex');
-    const file = join(dir, 'release.nix');
-    writeFileSync(
-      file,
-      `{ }: let ${MK_DRV} in {
-        good = mk { name = "good-${nonce}"; script = "echo fine-${nonce}; echo ok > $out"; };
+    const file = writeRelease(
+      dir,
+      `good = mk { name = "good-${nonce}"; script = "echo fine-${nonce}; echo ok > $out"; };
         bad = mk { name = "bad-${nonce}"; script = "echo first line; echo boom-${nonce} >&2; exit 3"; };
-        slow = mk { name = "slow-${nonce}"; script = "echo started-${nonce}; /bin/sleep 8; echo later-${nonce}; /bin/sleep 12; echo > $out"; };
-      }`,
+        slow = mk { name = "slow-${nonce}"; script = "echo started-${nonce}; /bin/sleep 8; echo later-${nonce}; /bin/sleep 12; echo > $out"; };`,
     );
     expect((await runCli(['submit', '--db-url', db.url, '--project', 'hi', '--jobset', 'main', '--create', '--file', file])).code).toBe(0);
     const ids = Object.fromEntries((await db.pool.query('select job, id from builds')).rows.map((r) => [r.job, r.id as number]));
