@@ -236,7 +236,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       burstCpuUsPerAssignment: p.lastCpu ? round((p.lastCpu.user + p.lastCpu.system) / burst, 2) : null,
     }),
     rounds: p.rounds.length,
-    roundMsMax: round(Math.max(0, ...busy), 3),
+    roundMsMax: round(busy.reduce((a, b) => Math.max(a, b), 0), 3),
     eventLoopGapMs: loop.summary(),
     stepResults: finished,
     // The whole runner path per step (result applied, graph updated, dispatch, hand-over), no database.
