@@ -47,7 +47,7 @@ class CopyingStore extends MemoryStore {
 }
 
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
-  const values = benchOptions(argv, { steps: 10000, machines: 10, 'jobs-per-machine': 4, 'build-ms': 0, seconds: 30, seed: 1, feed: false });
+  const values = benchOptions(argv, { steps: 10000, machines: 10, 'jobs-per-machine': 4, 'build-ms': 0, seconds: 30, seed: 1, feed: false, 'cold-start': false });
   const { steps, machines, seconds } = values;
   const jobsPerMachine = values['jobs-per-machine'];
   const buildMs = values['build-ms'];
@@ -81,6 +81,17 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     const heapBefore = process.memoryUsage().heapUsed;
     const t0 = performance.now();
     const runtime = await startRunnerRuntime({ config, db: new PgSchedulerDb(pool), store, listener: new EventEmitter(), log: createLogger({ level: 'warn' }) });
+    const sim = new SimulatedBuilder({ store, durationMs: () => buildMs });
+    // --cold-start: a restart with the fleet reconnecting at once; how long until the first assignment while the queue loads.
+    let firstDispatchAt = 0;
+    const cold = values['cold-start'];
+    if (cold) {
+      const o = (runtime.scheduler.dispatcher as unknown as { o: { onDispatch?: (l: number, w: number) => void } }).o;
+      o.onDispatch = () => {
+        if (firstDispatchAt === 0) firstDispatchAt = performance.now();
+      };
+      addMachines();
+    }
     await runtime.initialLoad;
     const ingestSeconds = (performance.now() - t0) / 1000;
     const graph = runtime.scheduler.graph;
@@ -147,21 +158,24 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       assignmentsInRounds.push(d.stats.assignments - before);
     };
     (d as unknown as { o: { onDispatch?: (l: number, w: number) => void } }).o.onDispatch = (l, w) => {
+      if (firstDispatchAt === 0) firstDispatchAt = performance.now();
       latencies.push(l);
       waits.push(w);
     };
-    const sim = new SimulatedBuilder({ store, durationMs: () => buildMs });
     const start = performance.now();
     const cpuStart = process.cpuUsage();
-    for (let m = 0; m < machines; m++) {
-      runtime.scheduler.addMachine(
-        {
-          id: `m${m}`, systems: new Set(['x86_64-linux']), features: new Set(), mandatoryFeatures: new Set(), maxJobs: jobsPerMachine,
-          speedFactor: 1 + (m % 3), cpuCount: 4, bogomips: 1, state: 'joining', jobs: new Set(), consecutiveFailures: 0, lastFailure: 0,
-          disabledUntil: 0, idleSince: 0, roomSince: 0, load: { ...IDLE_LOAD }, thresholds: DEFAULT_THRESHOLDS,
-        },
-        sim,
-      );
+    if (!cold) addMachines();
+    function addMachines(): void {
+      for (let m = 0; m < machines; m++) {
+        runtime.scheduler.addMachine(
+          {
+            id: `m${m}`, systems: new Set(['x86_64-linux']), features: new Set(), mandatoryFeatures: new Set(), maxJobs: jobsPerMachine,
+            speedFactor: 1 + (m % 3), cpuCount: 4, bogomips: 1, state: 'joining', jobs: new Set(), consecutiveFailures: 0, lastFailure: 0,
+            disabledUntil: 0, idleSince: 0, roomSince: 0, load: { ...IDLE_LOAD }, thresholds: DEFAULT_THRESHOLDS,
+          },
+          sim,
+        );
+      }
     }
     const deadline = start + seconds * 1000;
     while (runtime.scheduler.graph.builds.size > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
@@ -185,6 +199,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       machines,
       slots: machines * jobsPerMachine,
       ingestSeconds: round(ingestSeconds, 2),
+      ...(cold && { firstDispatchSeconds: round((firstDispatchAt - t0) / 1000, 3) }),
       rssBytesPerStep: Math.round((rssAfter - rssBefore) / held),
       heapBytesPerStep: Math.round((heapAfter - heapBefore) / held),
       dispatchLatencyMs: { p50: round(percentile(lat, 0.5), 3), p99: round(percentile(lat, 0.99), 3), max: round(lat[lat.length - 1] ?? 0, 3), samples: lat.length },
