@@ -110,7 +110,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     const s = runtime.scheduler;
     const held = s.graph.steps.size;
     const rssIngested = settledRss();
-    log(`ingested ${s.graph.builds.size} builds, ${held} steps in ${round(ingestSeconds, 2)} s; RSS +${round((rssIngested - rssBefore) / 2 ** 20, 1)} MB`);
+    log(`ingested ${s.graph.builds.size} builds, ${held} steps in ${round(ingestSeconds, 2)} s; RSS ${round(rssBefore / 2 ** 20, 1)} → ${round(rssIngested / 2 ** 20, 1)} MB`);
 
     const sim = new SimulatedBuilder({ store, durationMs: () => 0 });
     const start = performance.now();
@@ -162,12 +162,12 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     const resultsSeconds = buildSeconds;
     const stepsFinished = s.counters.stepsFinished;
     const done = s.graph.builds.size === 0;
-    await s.settle();
+    // Dispatch stops first (a step still running is aborted, as a stop leaves it), then every write lands.
+    await runtime.stop(0);
     const drainedSeconds = (performance.now() - start) / 1000;
     sample();
     const cpu = process.cpuUsage(cpuStart);
     const pressure = s.writePressure;
-    await runtime.stop(0);
 
     // Nothing lost: every build finished and succeeded, one succeeded row per step, no row left busy.
     const rows = (
