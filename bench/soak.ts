@@ -110,7 +110,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     const s = runtime.scheduler;
     const held = s.graph.steps.size;
     const rssIngested = settledRss();
-    log(`ingested ${s.graph.builds.size} builds, ${held} steps in ${round(ingestSeconds, 2)} s; RSS +${round((rssIngested - rssBefore) / 2 ** 20, 1)} MB`);
+    log(`ingested ${s.graph.builds.size} builds, ${held} steps in ${round(ingestSeconds, 2)} s; RSS ${round(rssBefore / 2 ** 20, 1)} → ${round(rssIngested / 2 ** 20, 1)} MB`);
 
     const sim = new SimulatedBuilder({ store, durationMs: () => 0 });
     const start = performance.now();
@@ -160,14 +160,14 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     }
     const buildSeconds = (performance.now() - start) / 1000;
     const resultsSeconds = buildSeconds;
-    const stepsFinished = s.counters.stepsFinished;
     const done = s.graph.builds.size === 0;
-    await s.settle();
+    // Dispatch stops first (a step still running is aborted, as a stop leaves it), then every write lands.
+    await runtime.stop(0);
+    const stepsFinished = s.counters.stepsFinished;
     const drainedSeconds = (performance.now() - start) / 1000;
     sample();
     const cpu = process.cpuUsage(cpuStart);
     const pressure = s.writePressure;
-    await runtime.stop(0);
 
     // Nothing lost: every build finished and succeeded, one succeeded row per step, no row left busy.
     const rows = (
@@ -207,9 +207,13 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       finishedAll: done,
       buildSeconds: round(buildSeconds, 1),
       drainedSeconds: round(drainedSeconds, 1),
-      stepResultsPerSecond: Math.round(stepsFinished / resultsSeconds),
+      stepResultsPerSecond: Math.round(s.counters.stepsFinished / resultsSeconds),
       persistedStepsPerSecond: Math.round(rows.stepsOk / drainedSeconds),
+      stepResults: stepsFinished,
       lost: {
+        // Results the runner received (all successes here) without their succeeded row: 0 whether or not the run ended early.
+        resultsWithoutRow: stepsFinished - rows.stepsOk,
+        // These are also 0 when the queue ran to the end.
         buildsNotFinished: drvs.length - rows.builds,
         buildsNotSucceeded: rows.builds - rows.succeeded,
         stepsWithoutSucceededRow: held - rows.stepsOk,
