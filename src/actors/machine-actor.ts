@@ -3,7 +3,7 @@ import {
   builderLifecycle, builderMachine, BUILDER_STATES, IDLE_LOAD,
   type BuilderContext, type BuilderEvent, type BuilderState, type MachineLoad,
 } from '../machines/index.ts';
-import type { MachineRecord, MachineSpec, MachineThresholds } from './machine-record.ts';
+import { specFields, type MachineRecord, type MachineSpec } from './machine-record.ts';
 import type { StepRecord } from './model.ts';
 
 /** One change of a machine actor: a lifecycle transition, or (from === to) a change of its context only. */
@@ -60,16 +60,10 @@ export interface MachineActorOptions {
  * the same other events with the same effects, so the catch-up could even be
  * skipped; it is kept so that the actor's own snapshot is never stale.
  */
+// The spec's fields are declared once, in MachineSpec, and merged into the class
+// (the constructor copies them); a class field list would repeat that interface.
+export interface MachineActor extends MachineSpec {}
 export class MachineActor implements MachineRecord {
-  readonly id: string;
-  readonly systems: ReadonlySet<string>;
-  readonly features: ReadonlySet<string>;
-  readonly mandatoryFeatures: ReadonlySet<string>;
-  readonly maxJobs: number;
-  readonly speedFactor: number;
-  readonly cpuCount: number;
-  readonly bogomips: number;
-  readonly thresholds: MachineThresholds;
   readonly jobs: Set<StepRecord>;
   idleSince: number;
   roomSince = 0;
@@ -88,15 +82,7 @@ export class MachineActor implements MachineRecord {
   private readonly listeners = new Set<MachineListener>();
 
   constructor(spec: MachineSpec, o: MachineActorOptions = {}) {
-    this.id = spec.id;
-    this.systems = spec.systems;
-    this.features = spec.features;
-    this.mandatoryFeatures = spec.mandatoryFeatures;
-    this.maxJobs = spec.maxJobs;
-    this.speedFactor = spec.speedFactor;
-    this.cpuCount = spec.cpuCount;
-    this.bogomips = spec.bogomips;
-    this.thresholds = spec.thresholds;
+    Object.assign(this, specFields(spec));
     this.jobs = o.jobs ?? new Set();
     this.idleSince = o.idleSince ?? 0;
     this.actor = createActor(builderMachine, {

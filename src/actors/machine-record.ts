@@ -17,6 +17,12 @@ export interface MachineSpec {
   readonly thresholds: MachineThresholds;
 }
 
+/** Only the MachineSpec fields of `m` (which may be a whole record), in one fixed order. */
+export function specFields(m: MachineSpec): MachineSpec {
+  const { id, systems, features, mandatoryFeatures, maxJobs, speedFactor, cpuCount, bogomips, thresholds } = m;
+  return { id, systems, features, mandatoryFeatures, maxJobs, speedFactor, cpuCount, bogomips, thresholds };
+}
+
 /**
  * A build machine as the dispatcher reads it (Hydra's "machine"; a
  * connected builder agent): a MachineActor (machine-actor.ts), whose
