@@ -11,11 +11,7 @@ describe('finishing a step (publishing its outputs)', () => {
 
   it("frees the machine's slot as soon as the builder is done, and ends the build only once the outputs are published", async () => {
     const store = new MemoryStore();
-    const drv = (n: string) => {
-      const d = { drvPath: `/nix/store/${n.padStart(32, '0')}-${n}.drv`, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false, outputs: [{ name: 'out', path: `/nix/store/${n.padStart(32, '1')}-${n}` }], inputDrvs: new Map(), isCA: false };
-      store.add(d);
-      return d.drvPath;
-    };
+    const drv = (n: string) => store.addTrivial(n);
     const a = drv('a');
     const b = drv('b');
     // Publishing waits until the test lets it go.

@@ -31,14 +31,7 @@ describe('the prepare-step point', () => {
     const jobset = await createJobset(db.pool, 'prep', 'main');
     const pool = db.pool;
     const store = new MemoryStore();
-    const drv = (n: string, deps: string[] = []) => {
-      const d = {
-        drvPath: `/nix/store/${n.padStart(32, '0')}-${n}.drv`, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false,
-        outputs: [{ name: 'out', path: `/nix/store/${n.padStart(32, '1')}-${n}` }], inputDrvs: new Map(deps.map((p) => [p, ['out']])), isCA: false,
-      };
-      store.add(d);
-      return d.drvPath;
-    };
+    const drv = (n: string, deps: string[] = []) => store.addTrivial(n, deps);
     const a = drv('a');
     const b = drv('b', [a]);
     const c = drv('c');

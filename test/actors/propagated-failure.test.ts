@@ -26,14 +26,7 @@ describe('a build loaded while a step it needs has failed for good', () => {
   it('ends with the step\'s status propagated (3 once retries ran out), not the 2 of a cached failure', async () => {
     const jobset = await createJobset(db.pool, 'prop', 'main');
     const store = new MemoryStore();
-    const drv = (n: string, deps: string[] = []) => {
-      const d = {
-        drvPath: `/nix/store/${n.padStart(32, '0')}-${n}.drv`, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false,
-        outputs: [{ name: 'out', path: `/nix/store/${n.padStart(32, '1')}-${n}` }], inputDrvs: new Map(deps.map((p) => [p, ['out']])), isCA: false,
-      };
-      store.add(d);
-      return d.drvPath;
-    };
+    const drv = (n: string, deps: string[] = []) => store.addTrivial(n, deps);
     const x = drv('x');
     const y = drv('y', [x]);
     const z = drv('z', [x]);

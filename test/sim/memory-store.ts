@@ -15,6 +15,16 @@ export class MemoryStore implements SchedulerStore {
     this.derivations.set(drv.drvPath, drv);
   }
 
+  /** Adds a one-output x86_64-linux derivation named `n` needing the `out` of each of `deps`; returns its .drv path. */
+  addTrivial(n: string, deps: readonly string[] = []): string {
+    const drvPath = `/nix/store/${n.padStart(32, '0')}-${n}.drv`;
+    this.add({
+      drvPath, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false,
+      outputs: [{ name: 'out', path: `/nix/store/${n.padStart(32, '1')}-${n}` }], inputDrvs: new Map(deps.map((p) => [p, ['out']])), isCA: false,
+    });
+    return drvPath;
+  }
+
   async readDerivation(drvPath: string): Promise<DerivationSummary> {
     const d = this.derivations.get(drvPath);
     if (!d) throw new NixFormatError('derivation', `no such derivation ${drvPath}`);
