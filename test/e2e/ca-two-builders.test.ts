@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { joined, startBuilder, startRunner, submit, useFleet } from '../helpers/fleet.ts';
-import { runNix, runNixLines } from '../helpers/nix.ts';
+import { CA_MK_DRV, runNix, runNixLines } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 import { PrivateStore } from '../../src/nix/private-store.ts';
 import { parseRealisation, realisationSignedBy } from '../../src/nix/realisation.ts';
@@ -29,14 +29,7 @@ import { generateKey, trusting } from '../cache/fixtures.ts';
 function release(nonce: string): string {
   return `{ }:
 let
-  ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
-  mk = { name, script, extra ? {} }: derivation ({
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  } // extra);
-  cam = name: script: mk { name = "\${name}-${nonce}"; inherit script; extra = ca; };
+${CA_MK_DRV}  cam = name: script: mk { name = "\${name}-${nonce}"; inherit script; extra = ca; };
   # Each takes a moment, so that both builders have work at once.
   a = cam "a" "/bin/sleep 1; echo a > $out";
   b = cam "b" "read x < \${a}; echo b $x > $out";
