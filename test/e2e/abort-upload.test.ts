@@ -3,7 +3,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { attempts, buildRow, expectSucceeded, ForwardingProxy, joined, startRunner, startRunnerWithProxiedBuilder, submit, useFleet, type CliProcess, type RunnerProcess } from '../helpers/fleet.ts';
+import { attempts, buildRow, expectSucceeded, PairedProxy, joined, startRunner, startRunnerWithProxiedBuilder, submit, useFleet, type CliProcess, type RunnerProcess } from '../helpers/fleet.ts';
 import { MK_DRV } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
@@ -21,8 +21,7 @@ import { waitFor } from '../helpers/runtime.ts';
  * mid-stream once HTTP/2 flow control runs out of window, and stays in
  * flight for as long as the test likes.
  */
-class HoldingProxy extends ForwardingProxy {
-  readonly #sockets = new Set<Socket>();
+class HoldingProxy extends PairedProxy {
   /** While held: what each builder connection sent, in order, with where it goes. */
   #held: [Socket, Buffer][] | null = null;
   /** Bytes from the builder kept since hold(). */
@@ -33,15 +32,7 @@ class HoldingProxy extends ForwardingProxy {
   }
 
   protected relay(client: Socket, upstream: Socket): void {
-    for (const s of [client, upstream]) {
-      this.#sockets.add(s);
-      s.on('error', () => {});
-      s.on('close', () => {
-        this.#sockets.delete(s);
-        client.destroy();
-        upstream.destroy();
-      });
-    }
+    this.pair(client, upstream);
     upstream.on('data', (b: Buffer) => client.write(b));
     client.on('data', (b: Buffer) => {
       if (this.#held) {
@@ -61,10 +52,6 @@ class HoldingProxy extends ForwardingProxy {
     const held = this.#held ?? [];
     this.#held = null;
     for (const [upstream, b] of held) if (!upstream.destroyed) upstream.write(b);
-  }
-
-  protected destroyAll(): void {
-    for (const s of this.#sockets) s.destroy();
   }
 }
 

@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { useTestDatabase } from '../helpers/db.ts';
 import { type CephS3, startCephS3 } from '../helpers/ceph-s3.ts';
 import { runCli } from '../helpers/cli.ts';
-import { type CliProcess, ForwardingProxy, QUICK_RECONNECT, joined, startBuilder, startRunner, submit } from '../helpers/fleet.ts';
+import { type CliProcess, PairedProxy, QUICK_RECONNECT, joined, startBuilder, startRunner, submit } from '../helpers/fleet.ts';
 import { MK_DRV, runNix } from '../helpers/nix.ts';
 import { waitFor } from '../helpers/runtime.ts';
 import { generateKey, trusting } from '../cache/fixtures.ts';
@@ -27,21 +27,12 @@ const PART = 5 * 1024 * 1024;
 const RATE = 4 * 1024 * 1024;
 
 /** A proxy that forwards at most RATE bytes a second towards the target (answers pass freely). */
-class ThrottleProxy extends ForwardingProxy {
-  readonly #sockets = new Set<Socket>();
+class ThrottleProxy extends PairedProxy {
   static start(target: number): Promise<ThrottleProxy> {
     return new ThrottleProxy(target).listen();
   }
   protected relay(client: Socket, upstream: Socket): void {
-    for (const s of [client, upstream]) {
-      this.#sockets.add(s);
-      s.on('error', () => {});
-      s.on('close', () => {
-        this.#sockets.delete(s);
-        client.destroy();
-        upstream.destroy();
-      });
-    }
+    this.pair(client, upstream);
     upstream.pipe(client);
     const tick = 100;
     let budget = (RATE * tick) / 1000;
@@ -55,11 +46,7 @@ class ThrottleProxy extends ForwardingProxy {
       budget -= chunk.length;
       if (budget <= 0) client.pause();
     });
-  }
-  protected destroyAll(): void {
-    for (const s of this.#sockets) s.destroy();
-  }
-}
+  }}
 
 function release(nonce: string): string {
   return `{ }: let ${MK_DRV}

@@ -244,6 +244,31 @@ export abstract class ForwardingProxy {
 }
 
 /**
+ * A ForwardingProxy whose subclass relays bytes its own way, with the
+ * bookkeeping shared: `pair` keeps both sockets, ignores their errors, and
+ * ends both when either closes; close() destroys what is still open.
+ */
+export abstract class PairedProxy extends ForwardingProxy {
+  readonly #sockets = new Set<Socket>();
+
+  protected pair(client: Socket, upstream: Socket): void {
+    for (const s of [client, upstream]) {
+      this.#sockets.add(s);
+      s.on('error', () => {});
+      s.on('close', () => {
+        this.#sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+  }
+
+  protected destroyAll(): void {
+    for (const s of this.#sockets) s.destroy();
+  }
+}
+
+/**
  * A TCP proxy from a local port to `targetPort`: builders dial the proxy.
  * `cut()` destroys every connection open through it, as a network failure
  * seen by both ends would; `cutBuilderSide()` destroys only the dialling
