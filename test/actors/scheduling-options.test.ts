@@ -50,6 +50,16 @@ function dispatcher(over: Partial<DispatcherOptions> = {}) {
   return { d, assigned, add };
 }
 
+/** Enqueues `steps` in order, adds machine `m`, runs one round: the assignments it made. */
+function oneSlotRound(over: Partial<DispatcherOptions>, ...steps: StepRecord[]): [string, string][] {
+  const { d, assigned, add } = dispatcher(over);
+  for (const s of steps) d.enqueue(s);
+  add(machine('m'));
+  d.round();
+  d.close();
+  return assigned;
+}
+
 let nextStep = 1;
 function step(over: Partial<StepRecord> = {}): StepRecord {
   const id = nextStep++;
@@ -99,12 +109,7 @@ describe('scheduling options', () => {
     // Which of two equally urgent runnable steps a one-slot machine gets first.
     async function first(fn: StepSortFn): Promise<string> {
       const { a, b } = await leavesOfGraph();
-      const { d, assigned, add } = dispatcher({ stepSortFn: fn });
-      d.enqueue(b);
-      d.enqueue(a);
-      add(machine('m'));
-      d.round();
-      d.close();
+      const assigned = oneSlotRound({ stepSortFn: fn }, b, a);
       expect(assigned).toHaveLength(1);
       return assigned[0]![0] === a.drvPath ? 'a' : 'b';
     }
@@ -144,12 +149,7 @@ describe('scheduling options', () => {
       for (const [id, top] of [[1, c], [2, c], [3, c], [4, x]] as const) await graph.addBuild(queued(id, top));
       const [sa, sc] = [runnable.get(a)!, runnable.get(c)!];
       expect([sa.rdeps.length, sc.rdeps.length, sc.builds.length]).toEqual([1, 0, 3]);
-      const { d, assigned, add } = dispatcher({ stepSortFn: 'WithRdeps' });
-      d.enqueue(sc);
-      d.enqueue(sa);
-      add(machine('m'));
-      d.round();
-      d.close();
+      const assigned = oneSlotRound({ stepSortFn: 'WithRdeps' }, sc, sa);
       expect(assigned).toEqual([[a, 'm']]);
     });
 
@@ -160,12 +160,7 @@ describe('scheduling options', () => {
     it('priorities and fair share still come first: a higher global priority beats more dependents', async () => {
       const { a, b } = await leavesOfGraph();
       a.globalPriority = 10;
-      const { d, assigned, add } = dispatcher({ stepSortFn: 'WithRdeps' });
-      d.enqueue(b);
-      d.enqueue(a);
-      add(machine('m'));
-      d.round();
-      d.close();
+      const assigned = oneSlotRound({ stepSortFn: 'WithRdeps' }, b, a);
       expect(assigned).toEqual([[a.drvPath, 'm']]);
     });
   });
@@ -297,15 +292,9 @@ describe('scheduling options', () => {
       done([shared1, shared2], 100);
       done([alone], 60);
       expect([shared1.seconds, shared2.seconds, alone.seconds]).toEqual([50, 50, 60]);
-      const { d, assigned, add } = dispatcher();
       const fromAlone = step({ jobsets: [alone], lowestBuildId: 1 });
       const fromShared = step({ jobsets: [shared1], lowestBuildId: 2 });
-      d.enqueue(fromAlone);
-      d.enqueue(fromShared);
-      add(machine('m'));
-      d.round();
-      d.close();
-      expect(assigned).toEqual([[fromShared.drvPath, 'm']]);
+      expect(oneSlotRound({}, fromAlone, fromShared)).toEqual([[fromShared.drvPath, 'm']]);
     });
   });
 

@@ -61,6 +61,13 @@ describe('the build a step row goes under', () => {
     return { dep: dep!, top: top! };
   }
 
+  /** A pair whose `dep` waits for the returned `gate` file, with the dependent build of `top` (x) queued first. */
+  async function gatedPairQueued(): Promise<{ gate: string; dep: string; top: string; x: number }> {
+    const gate = join(dir, `gate-${randomBytes(4).toString('hex')}`);
+    const { dep, top } = await pair(gate);
+    return { gate, dep, top, x: await queue(top, 'top') };
+  }
+
   it('goes under the build whose top-level derivation the step is, not the lowest-id build needing it', async () => {
     const { dep, top } = await pair();
     // The dependent job has the lower id, as when an evaluation queues `top` before `dep`.
@@ -85,9 +92,7 @@ describe('the build a step row goes under', () => {
   }, 180_000);
 
   it('stays under the build it started under when the owning build is loaded while it runs', async () => {
-    const gate = join(dir, `gate-${randomBytes(4).toString('hex')}`);
-    const { dep, top } = await pair(gate);
-    const x = await queue(top, 'top');
+    const { gate, dep, top, x } = await gatedPairQueued();
     const { runtime, listener } = await startRuntime(db.pool, store);
     try {
       runtime.scheduler.addMachine(machineRecord('local', { maxJobs: 2 }), new LocalNixBuilder({ hydraDataDir: dir }));
@@ -112,9 +117,7 @@ describe('the build a step row goes under', () => {
   }, 180_000);
 
   it('moves to the owning build when the runner restarts after it was queued', async () => {
-    const gate = join(dir, `gate-${randomBytes(4).toString('hex')}`);
-    const { dep, top } = await pair(gate);
-    const x = await queue(top, 'top');
+    const { gate, dep, top, x } = await gatedPairQueued();
     const first = await startRuntime(db.pool, store);
     try {
       first.runtime.scheduler.addMachine(machineRecord('local', { maxJobs: 2 }), new LocalNixBuilder({ hydraDataDir: dir }));
