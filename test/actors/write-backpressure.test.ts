@@ -33,6 +33,15 @@ class Gate implements WriteGate {
 describe('result-write backpressure', () => {
   const db = useTestDatabase();
   const jobset = useJobset(db);
+  /** Queues one build per .drv path (jobs named `<prefix><n>`), in order; their ids. */
+  const queueAll = async (prefix: string, drvs: readonly string[]): Promise<number[]> =>
+    (
+      await db.pool.query<{ id: number }>(
+        `insert into builds (finished, timestamp, jobset_id, job, drvpath, system)
+         select 0, 0, $1, $2 || ord, d, 'x86_64-linux' from unnest($3::text[]) with ordinality as t(d, ord) order by ord returning id`,
+        [jobset.id, prefix, drvs],
+      )
+    ).rows.map((r) => r.id);
   const log = createLogger({ level: 'silent' });
 
   it('holds dispatch at the high mark, resumes at 3/4, loses nothing', async () => {
@@ -41,13 +50,7 @@ describe('result-write backpressure', () => {
       fc.asyncProperty(fc.integer({ min: 2, max: 12 }), fc.integer({ min: 1, max: 40 }), async (max, steps) => {
         run++;
         const drvs = Array.from({ length: steps }, (_, i) => `/nix/store/${String(run).padStart(4, '0')}${String(i).padStart(28, '0')}-bp.drv`);
-        const ids = (
-          await db.pool.query<{ id: number }>(
-            `insert into builds (finished, timestamp, jobset_id, job, drvpath, system)
-             select 0, 0, $1, 'bp' || ord, d, 'x86_64-linux' from unnest($2::text[]) with ordinality as t(d, ord) order by ord returning id`,
-            [jobset.id, drvs],
-          )
-        ).rows.map((r) => r.id);
+        const ids = await queueAll('bp', drvs);
 
         const gate = new Gate();
         const events: { on: boolean; pending: number }[] = [];
@@ -123,13 +126,7 @@ describe('result-write backpressure', () => {
   it('successes that arrive together share transactions; a bad one fails alone', async () => {
     const n = 60;
     const drvs = Array.from({ length: n }, (_, i) => `/nix/store/${'9'.repeat(4)}${String(i).padStart(28, '0')}-tx.drv`);
-    const ids = (
-      await db.pool.query<{ id: number }>(
-        `insert into builds (finished, timestamp, jobset_id, job, drvpath, system)
-         select 0, 0, $1, 'tx' || ord, d, 'x86_64-linux' from unnest($2::text[]) with ordinality as t(d, ord) order by ord returning id`,
-        [jobset.id, drvs],
-      )
-    ).rows.map((r) => r.id);
+    const ids = await queueAll('tx', drvs);
     // The real database, its transactions of successes counted.
     const pgDb = new PgSchedulerDb(db.pool);
     let transactions = 0;
