@@ -81,11 +81,7 @@ const jobset: JobsetRecord = { id: 1, project: 'p', name: 'j', shares: 100, seco
  */
 async function leavesOfGraph(): Promise<{ a: StepRecord; b: StepRecord }> {
   const store = new MemoryStore();
-  const drv = (name: string, deps: string[]) => {
-    const drvPath = `/nix/store/${name.padStart(32, 'a')}-${name}.drv`;
-    store.add({ drvPath, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false, outputs: [{ name: 'out', path: `/nix/store/${name.padStart(32, 'b')}-${name}` }], inputDrvs: new Map(deps.map((x) => [x, ['out']])), isCA: false });
-    return drvPath;
-  };
+  const drv = (name: string, deps: string[]) => store.addTrivial(name, deps);
   const a = drv('a', []);
   const z = drv('z', [drv('y', [drv('x', [a])])]);
   const b = drv('b', []);
@@ -130,11 +126,7 @@ describe('scheduling options', () => {
 
     it('WithRdeps counts dependent steps, not the builds a step is the top of (Rust rdeps_len grows in make_rdep only)', async () => {
       const store = new MemoryStore();
-      const drv = (name: string, deps: string[]) => {
-        const drvPath = `/nix/store/${name.padStart(32, 'a')}-${name}.drv`;
-        store.add({ drvPath, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false, outputs: [{ name: 'out', path: `/nix/store/${name.padStart(32, 'b')}-${name}` }], inputDrvs: new Map(deps.map((x) => [x, ['out']])), isCA: false });
-        return drvPath;
-      };
+      const drv = (name: string, deps: string[]) => store.addTrivial(name, deps);
       // c is the top-level derivation of three builds and needed by no step; a is needed by one step.
       const a = drv('a', []);
       const x = drv('x', [a]);

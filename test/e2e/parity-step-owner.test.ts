@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalNixBuilder } from '../../src/builder/local-builder.ts';
 import { LocalNixStore } from '../../src/nix/local-store.ts';
+import type { RunnerRuntime } from '../../src/daemon/runner-runtime.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { createJobset } from '../helpers/hydra-rows.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
@@ -61,6 +62,18 @@ describe('the build a step row goes under', () => {
     return { dep: dep!, top: top! };
   }
 
+  /**
+   * Waits until builds x and y are both in the graph, and only then adds a machine (else the first
+   * loaded would simply be the only one to take dep); returns once every build has ended.
+   */
+  async function buildWithBothLoaded(runtime: RunnerRuntime, x: number, y: number): Promise<void> {
+    await runtime.initialLoad;
+    await waitFor(() => runtime.scheduler.graph.builds.has(x) && runtime.scheduler.graph.builds.has(y), 30_000, 'both builds to load');
+    runtime.scheduler.addMachine(machineRecord('local', { maxJobs: 2 }), new LocalNixBuilder({ hydraDataDir: dir }));
+    await waitFor(async () => (await unfinished()) === 0, 60_000, 'builds to finish');
+    await runtime.scheduler.settle();
+  }
+
   /** A pair whose `dep` waits for the returned `gate` file, with the dependent build of `top` (x) queued first. */
   async function gatedPairQueued(): Promise<{ gate: string; dep: string; top: string; x: number }> {
     const gate = join(dir, `gate-${randomBytes(4).toString('hex')}`);
@@ -75,12 +88,7 @@ describe('the build a step row goes under', () => {
     const y = await queue(dep, 'dep');
     const { runtime } = await startRuntime(db.pool, store);
     try {
-      // Both builds are in the graph before any machine can take dep (else the first loaded would simply be the only one).
-      await runtime.initialLoad;
-      await waitFor(() => runtime.scheduler.graph.builds.has(x) && runtime.scheduler.graph.builds.has(y), 30_000, 'both builds to load');
-      runtime.scheduler.addMachine(machineRecord('local', { maxJobs: 2 }), new LocalNixBuilder({ hydraDataDir: dir }));
-      await waitFor(async () => (await unfinished()) === 0, 60_000, 'builds to finish');
-      await runtime.scheduler.settle();
+      await buildWithBothLoaded(runtime, x, y);
       expect(await steps(y)).toEqual([{ drvpath: dep, status: 0, busy: 0, machine: 'local', propagatedfrom: null, starttime: expect.any(Number), stoptime: expect.any(Number) }]);
       expect((await steps(x)).map((s) => [s.drvpath, s.status])).toEqual([[top, 0]]);
       // Each build ran its own derivation: neither is cached (Rust state/mod.rs:2100).
@@ -130,12 +138,7 @@ describe('the build a step row goes under', () => {
     writeFileSync(gate, '');
     const { runtime } = await startRuntime(db.pool, store);
     try {
-      // Both builds are in the graph before any machine can take dep (else the first loaded would simply be the only one).
-      await runtime.initialLoad;
-      await waitFor(() => runtime.scheduler.graph.builds.has(x) && runtime.scheduler.graph.builds.has(y), 30_000, 'both builds to load');
-      runtime.scheduler.addMachine(machineRecord('local', { maxJobs: 2 }), new LocalNixBuilder({ hydraDataDir: dir }));
-      await waitFor(async () => (await unfinished()) === 0, 60_000, 'builds to finish');
-      await runtime.scheduler.settle();
+      await buildWithBothLoaded(runtime, x, y);
       // The first attempt's row stays under x, aborted (3) and not busy (Rust state/mod.rs:611 abort_orphaned_build_step;
       // C++ hydra-queue-runner.cc clearBusy); the attempt that built dep is under y.
       expect((await steps(x)).map((s) => [s.drvpath, s.status, s.busy])).toEqual([[dep, 3, 0], [top, 0, 0]]);
