@@ -10,12 +10,12 @@
  */
 import { EventEmitter } from 'node:events';
 import type { DerivationSummary } from '../src/actors/model.ts';
-import { DEFAULT_THRESHOLDS, IDLE_LOAD } from '../src/actors/machine-record.ts';
 import { startRunnerRuntime, type RunnerRuntime } from '../src/daemon/runner-runtime.ts';
 import { MemoryStore } from '../test/sim/memory-store.ts';
 import { SimulatedBuilder } from '../test/sim/simulated-builder.ts';
 import { syntheticDag } from '../test/sim/synthetic-dag.ts';
 import { createLogger } from '../src/util/logger.ts';
+import { simMachine } from './sim-fleet.ts';
 import { benchOptions, log, round } from './common.ts';
 import { NullDb } from './null-db.ts';
 
@@ -118,11 +118,7 @@ function probe(runtime: RunnerRuntime, burstTotal: number): Probe {
 function addMachines(runtime: RunnerRuntime, sim: SimulatedBuilder, machines: number, jobs: number): void {
   for (let m = 0; m < machines; m++) {
     runtime.scheduler.addMachine(
-      {
-        id: `m${m}`, systems: new Set(['x86_64-linux']), features: new Set(), mandatoryFeatures: new Set(), maxJobs: jobs,
-        speedFactor: 1 + (m % 3), cpuCount: 4, bogomips: 1, state: 'joining', jobs: new Set(), consecutiveFailures: 0, lastFailure: 0,
-        disabledUntil: 0, idleSince: 0, roomSince: 0, load: { ...IDLE_LOAD }, thresholds: DEFAULT_THRESHOLDS,
-      },
+      simMachine(m, jobs, 1 + (m % 3)),
       sim,
     );
   }

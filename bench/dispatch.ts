@@ -7,10 +7,7 @@ import { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import type { DerivationSummary } from '../src/actors/model.ts';
-import { DEFAULT_THRESHOLDS, IDLE_LOAD } from '../src/actors/machine-record.ts';
 import { startRunnerRuntime } from '../src/daemon/runner-runtime.ts';
 import { startEmbeddedPostgres } from '../src/db/embedded.ts';
 import { createPool } from '../src/db/pool.ts';
@@ -21,17 +18,10 @@ import { SimulatedBuilder } from '../test/sim/simulated-builder.ts';
 import { syntheticDag } from '../test/sim/synthetic-dag.ts';
 import { LiveFeed } from '../src/status/live-feed.ts';
 import { createLogger } from '../src/util/logger.ts';
+import { simMachine, settledRss } from './sim-fleet.ts';
 import { benchOptions, log, round } from './common.ts';
 
 export const describe = 'ingest and dispatch a synthetic nixpkgs-shaped queue with simulated builders';
-
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
-
-function settle(): number {
-  for (let i = 0; i < 3; i++) gc();
-  return process.memoryUsage().rss;
-}
 
 function percentile(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return 0;
@@ -77,7 +67,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       maxRetries: 5, retryInterval: 60, retryBackoff: 3, maxUnsupportedTimeInS: 120, maxLogSize: 64 << 20,
       maxOutputSize: 2 ** 31, maxSilentTime: 3600, buildTimeout: 36000, queueTriggerTimerInS: -1,
     };
-    const rssBefore = settle();
+    const rssBefore = settledRss();
     const heapBefore = process.memoryUsage().heapUsed;
     const t0 = performance.now();
     const runtime = await startRunnerRuntime({ config, db: new PgSchedulerDb(pool), store, listener: new EventEmitter(), log: createLogger({ level: 'warn' }) });
@@ -96,7 +86,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     const ingestSeconds = (performance.now() - t0) / 1000;
     const graph = runtime.scheduler.graph;
     const held = graph.steps.size;
-    const rssAfter = settle();
+    const rssAfter = settledRss();
     const heapAfter = process.memoryUsage().heapUsed;
     log(`ingested ${graph.builds.size} builds, ${held} steps in ${round(ingestSeconds, 2)} s`);
 
@@ -168,11 +158,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     function addMachines(): void {
       for (let m = 0; m < machines; m++) {
         runtime.scheduler.addMachine(
-          {
-            id: `m${m}`, systems: new Set(['x86_64-linux']), features: new Set(), mandatoryFeatures: new Set(), maxJobs: jobsPerMachine,
-            speedFactor: 1 + (m % 3), cpuCount: 4, bogomips: 1, state: 'joining', jobs: new Set(), consecutiveFailures: 0, lastFailure: 0,
-            disabledUntil: 0, idleSince: 0, roomSince: 0, load: { ...IDLE_LOAD }, thresholds: DEFAULT_THRESHOLDS,
-          },
+          simMachine(m, jobsPerMachine, 1 + (m % 3)),
           sim,
         );
       }

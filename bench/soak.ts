@@ -8,10 +8,7 @@ import { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import type { DerivationSummary } from '../src/actors/model.ts';
-import { DEFAULT_THRESHOLDS, IDLE_LOAD } from '../src/actors/machine-record.ts';
 import { startRunnerRuntime } from '../src/daemon/runner-runtime.ts';
 import { startEmbeddedPostgres } from '../src/db/embedded.ts';
 import { createPool } from '../src/db/pool.ts';
@@ -21,18 +18,10 @@ import { MemoryStore } from '../test/sim/memory-store.ts';
 import { SimulatedBuilder } from '../test/sim/simulated-builder.ts';
 import { syntheticDag } from '../test/sim/synthetic-dag.ts';
 import { createLogger } from '../src/util/logger.ts';
+import { simMachine, settledRss } from './sim-fleet.ts';
 import { benchOptions, log, median, round } from './common.ts';
 
 export const describe = 'run a queue to the end through simulated builders faster than PostgreSQL: memory, pending writes, backpressure, nothing lost';
-
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
-
-/** RSS after full collections: what the runner holds, not garbage not yet collected. */
-function settledRss(): number {
-  for (let i = 0; i < 2; i++) gc();
-  return process.memoryUsage().rss;
-}
 
 /** Each read returns a fresh copy, as parsing a .drv would, so the runner's memory is counted fairly. */
 class CopyingStore extends MemoryStore {
@@ -100,7 +89,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       maxRetries: 5, retryInterval: 60, retryBackoff: 3, maxUnsupportedTimeInS: 86400, maxLogSize: 64 << 20,
       maxOutputSize: 2 ** 31, maxSilentTime: 3600, buildTimeout: 36000, queueTriggerTimerInS: -1,
     };
-    const rssBefore = settledRss();
+    const rssBefore = settledRss(2);
     const t0 = performance.now();
     const runtime = await startRunnerRuntime({
       config, db: new PgSchedulerDb(pool), store, listener: new EventEmitter(), log: createLogger({ level: 'warn' }), maxPendingWrites: maxPending,
@@ -109,7 +98,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     const ingestSeconds = (performance.now() - t0) / 1000;
     const s = runtime.scheduler;
     const held = s.graph.steps.size;
-    const rssIngested = settledRss();
+    const rssIngested = settledRss(2);
     log(`ingested ${s.graph.builds.size} builds, ${held} steps in ${round(ingestSeconds, 2)} s; RSS ${round(rssBefore / 2 ** 20, 1)} → ${round(rssIngested / 2 ** 20, 1)} MB`);
 
     const sim = new SimulatedBuilder({ store, durationMs: () => 0 });
@@ -117,11 +106,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     const cpuStart = process.cpuUsage();
     for (let m = 0; m < machines; m++) {
       s.addMachine(
-        {
-          id: `m${m}`, systems: new Set(['x86_64-linux']), features: new Set(), mandatoryFeatures: new Set(), maxJobs: jobsPerMachine,
-          speedFactor: 1, cpuCount: 4, bogomips: 1, state: 'joining', jobs: new Set(), consecutiveFailures: 0, lastFailure: 0,
-          disabledUntil: 0, idleSince: 0, roomSince: 0, load: { ...IDLE_LOAD }, thresholds: DEFAULT_THRESHOLDS,
-        },
+        simMachine(m, jobsPerMachine, 1),
         sim,
       );
     }
@@ -130,7 +115,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     let backpressureSamples = 0;
     let polls = 0;
     const sample = (): Sample => {
-      const rss = settledRss();
+      const rss = settledRss(2);
       const x: Sample = {
         t: round((performance.now() - start) / 1000, 1),
         stepsFinished: s.counters.stepsFinished,
