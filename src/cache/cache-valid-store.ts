@@ -12,7 +12,9 @@
 import { mapLimit } from '../util/map-limit.ts';
 import type { BinaryCache } from './binary-cache.ts';
 
-export interface ValidityStore {
+/** The store as the scheduler reads it (actors/model.ts SchedulerStore, restated here below the actors layer). */
+export interface ValidityStore<D> {
+  readDerivation(drvPath: string): Promise<D>;
   queryValid(paths: readonly string[]): Promise<Set<string>>;
 }
 
@@ -21,19 +23,19 @@ const LOOKUPS_IN_FLIGHT = 16;
 
 /**
  * `store` with queryValid narrowed to the paths present in every cache too;
- * every other member is the store's own. No caches: the store itself.
+ * derivations are read from the store itself. No caches: the store itself.
  */
-export function validInCaches<S extends ValidityStore>(store: S, caches: readonly Pick<BinaryCache, 'has'>[]): S {
+export function validInCaches<D>(store: ValidityStore<D>, caches: readonly Pick<BinaryCache, 'has'>[]): ValidityStore<D> {
   if (caches.length === 0) return store;
-  const queryValid = async (paths: readonly string[]): Promise<Set<string>> => {
-    const local = [...(await store.queryValid(paths))];
-    const inAll = await mapLimit(local, LOOKUPS_IN_FLIGHT, async (p) => {
-      for (const c of caches) if (!(await c.has(p))) return false;
-      return true;
-    });
-    return new Set(local.filter((_, i) => inAll[i]));
+  return {
+    readDerivation: (drvPath) => store.readDerivation(drvPath),
+    async queryValid(paths) {
+      const local = [...(await store.queryValid(paths))];
+      const inAll = await mapLimit(local, LOOKUPS_IN_FLIGHT, async (p) => {
+        for (const c of caches) if (!(await c.has(p))) return false;
+        return true;
+      });
+      return new Set(local.filter((_, i) => inAll[i]));
+    },
   };
-  return new Proxy(store, {
-    get: (target, key) => (key === 'queryValid' ? queryValid : Reflect.get(target, key, target)),
-  });
 }

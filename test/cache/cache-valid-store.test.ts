@@ -6,15 +6,12 @@ import { validInCaches } from '../../src/cache/cache-valid-store.ts';
 describe('validInCaches', () => {
   const path = fc.integer({ min: 0, max: 30 }).map((i) => `/nix/store/${String(i).padStart(32, 'a')}-p`);
 
-  it('answers the paths valid in the store and present in every cache, and leaves the other members alone', async () => {
+  it('answers the paths valid in the store and present in every cache, and reads derivations from the store', async () => {
     await fc.assert(
       fc.asyncProperty(fc.uniqueArray(path), fc.uniqueArray(path), fc.array(fc.uniqueArray(path), { maxLength: 3 }), async (asked, valid, caches) => {
         const store = {
-          marker: 42,
           queryValid: async (paths: readonly string[]) => new Set(paths.filter((p) => valid.includes(p))),
-          readDerivation(this: { marker: number }) {
-            return this.marker;
-          },
+          readDerivation: async (drvPath: string) => ({ read: drvPath }),
         };
         const looked: string[] = [];
         const wrapped = validInCaches(
@@ -25,7 +22,7 @@ describe('validInCaches', () => {
         expect([...(await wrapped.queryValid(asked))].sort()).toEqual(want.sort());
         // Only paths the store has are looked up in the caches.
         expect(looked.every((p) => valid.includes(p))).toBe(true);
-        expect(wrapped.readDerivation()).toBe(42);
+        expect(await wrapped.readDerivation('/nix/store/x.drv')).toEqual({ read: '/nix/store/x.drv' });
         if (caches.length === 0) expect(wrapped).toBe(store);
       }),
     );
