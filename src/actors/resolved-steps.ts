@@ -102,7 +102,7 @@ export class ResolvedSteps {
   private async complete(step: StepRecord, outputs: readonly StepOutput[], event: 'RESOLVE' | 'ALREADY_BUILT'): Promise<void> {
     const { db, graph, writer } = this.o;
     if (step.state !== 'runnable') return;
-    graph.transition(step, event);
+    graph.transition(step, event, outputs);
     const builds = step.builds.filter((b) => !b.done);
     const now = unixNow(this.o.clock.now());
     for (const b of builds) {

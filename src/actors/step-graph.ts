@@ -76,6 +76,12 @@ export class StepGraph {
    * preparation only from the committed rows.
    */
   private readonly awaitingRows = new WeakSet<StepRecord>();
+  /**
+   * The outputs a succeeded step was built to, as its result gave them:
+   * a build loaded before the rows are written ends with these, since a
+   * floating content-addressed output's path is null in the step itself.
+   */
+  private readonly builtOutputs = new WeakMap<StepRecord, readonly StepOutput[]>();
   /** Waiting for an awaitingRows step's rows (rowsWritten). */
   private readonly rowWaiters = new WeakMap<StepRecord, (() => void)[]>();
 
@@ -89,12 +95,17 @@ export class StepGraph {
 
   constructor(private readonly o: StepGraphOptions) {}
 
-  /** Applies a lifecycle event; throws if the step machine does not accept it. */
-  transition(step: StepRecord, event: StepEventType): StepState {
+  /**
+   * Applies a lifecycle event; throws if the step machine does not accept it.
+   * `outputs`: for a success, the paths the step's outputs have (a build
+   * loaded before its rows are written ends with them).
+   */
+  transition(step: StepRecord, event: StepEventType, outputs?: readonly StepOutput[]): StepState {
     const next = stepLifecycle.next(step.state, event);
     if (next === undefined) throw new Error(`step ${step.drvPath}: ${event} not accepted in ${step.state}`);
     const from = step.state;
     step.state = next;
+    if (outputs) this.builtOutputs.set(step, outputs.map((o) => ({ name: o.name, path: o.path })));
     if (event === 'SUCCEED' || event === 'FAIL_WITH_OUTPUT' || event === 'ALREADY_BUILT' || event === 'RESOLVE') this.awaitingRows.add(step);
     if (this.observer) this.observer(step, event, from, next);
     if (next === 'failed' && event !== 'DEP_FAILED') this.failDependents(step);
@@ -159,9 +170,10 @@ export class StepGraph {
     }
     if (!step) return { kind: 'cached', build, outputs };
     if (SUCCESS_STATES.has(step.state)) {
-      // Built a moment ago and still held by the builds that wanted it.
+      // Built a moment ago and still held by the builds that wanted it: its
+      // rows may not be written yet, so the outputs come from its result.
       this.releaseHold(step);
-      return { kind: 'cached', build, outputs: step.outputs };
+      return { kind: 'cached', build, outputs: this.builtOutputs.get(step) ?? step.outputs };
     }
     if (step.state === 'failed') {
       const cause = this.failureCause.get(step) ?? step;

@@ -156,7 +156,7 @@ export class StepResults {
     const { graph, writer } = this.o;
     this.o.stats.stepDone(aj.step, aj.machine.id, aj.startedAt, outcome, this.o.clock.now());
     if (outcome.kind === 'success') {
-      graph.transition(aj.step, outcome.nixSupport.failed ? 'FAIL_WITH_OUTPUT' : 'SUCCEED');
+      graph.transition(aj.step, outcome.nixSupport.failed ? 'FAIL_WITH_OUTPUT' : 'SUCCEED', outcome.outputs);
       writer.track(this.succeeded(aj, outcome, aj.step.builds.filter((b) => !b.done)));
     } else {
       graph.transition(aj.step, 'FAIL');
