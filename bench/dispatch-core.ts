@@ -9,6 +9,8 @@
  * (N steps and N free slots at once).
  */
 import { EventEmitter } from 'node:events';
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector';
 import type { DerivationSummary } from '../src/actors/model.ts';
 import { startRunnerRuntime, type RunnerRuntime } from '../src/daemon/runner-runtime.ts';
 import { MemoryStore } from '../test/sim/memory-store.ts';
@@ -82,8 +84,30 @@ interface Probe {
   lastCpu: NodeJS.CpuUsage | null;
 }
 
+/**
+ * A CPU profile of the burst alone (`--profile-burst FILE`): from the root's
+ * result reaching the graph to the last hand-over, without the ingest and
+ * the stop around it (which `node --cpu-prof` would mix in).
+ */
+function burstProfiler(file: string | undefined): { start(): void; stop(): void } {
+  if (!file) return { start() {}, stop() {} };
+  const session = new Session();
+  session.connect();
+  // An in-thread session answers synchronously: the profile covers exactly the calls between start and stop.
+  session.post('Profiler.enable');
+  session.post('Profiler.setSamplingInterval', { interval: 100 });
+  return {
+    start: () => session.post('Profiler.start'),
+    stop: () =>
+      session.post('Profiler.stop', (err, r) => {
+        if (!err) writeFileSync(file, JSON.stringify(r.profile));
+        session.disconnect();
+      }),
+  };
+}
+
 /** Times every round (synchronous, so wall time is main-thread CPU) and records every assignment's latency. */
-function probe(runtime: RunnerRuntime, burstTotal: number): Probe {
+function probe(runtime: RunnerRuntime, burstTotal: number, profiler: ReturnType<typeof burstProfiler>): Probe {
   const p: Probe = { latencies: [], waits: [], rounds: [], assigned: [], firstDispatchAt: 0, rootAt: 0, rootCpu: null, dispatchedAt: [], lastCpu: null };
   const d = runtime.scheduler.dispatcher;
   const original = d.round.bind(d);
@@ -101,7 +125,10 @@ function probe(runtime: RunnerRuntime, burstTotal: number): Probe {
     p.waits.push(w);
     p.dispatchedAt.push(now);
     // One getrusage at the burst's end only: per assignment or per round it cost 20–40 µs on a loaded machine.
-    if (p.rootCpu && p.dispatchedAt.length === burstTotal) p.lastCpu = process.cpuUsage(p.rootCpu);
+    if (p.rootCpu && p.dispatchedAt.length === burstTotal) {
+      p.lastCpu = process.cpuUsage(p.rootCpu);
+      profiler.stop();
+    }
   };
   const g = runtime.scheduler.graph;
   const complete = g.completeSuccess.bind(g);
@@ -109,6 +136,7 @@ function probe(runtime: RunnerRuntime, burstTotal: number): Probe {
     if (p.rootAt === 0) {
       p.rootAt = performance.now();
       p.rootCpu = process.cpuUsage();
+      profiler.start();
     }
     return complete(step);
   };
@@ -152,7 +180,7 @@ function loopMonitor(): { enable(): void; disable(): void; summary(): { p99: num
 
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const values = benchOptions(argv, {
-    steps: 100000, machines: 1000, 'jobs-per-machine': 4, seconds: 10, seed: 1, 'cold-start': false, burst: 0,
+    steps: 100000, machines: 1000, 'jobs-per-machine': 4, seconds: 10, seed: 1, 'cold-start': false, burst: 0, 'profile-burst': null,
   });
   const { machines, seconds } = values;
   const jobs = values['jobs-per-machine'];
@@ -175,7 +203,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const t0 = performance.now();
   const cpu0 = process.cpuUsage();
   const runtime = await startRunnerRuntime({ config, db, store, listener: new EventEmitter(), log: createLogger({ level: 'warn' }) });
-  const p = probe(runtime, burst + 1);
+  const p = probe(runtime, burst + 1, burstProfiler(values['profile-burst']));
   const cold = values['cold-start'];
   if (cold) {
     // A restart: the fleet is there (builders reconnect at once) while the queue loads.

@@ -63,17 +63,20 @@ export class ActiveJobs {
 
   /** Registers a new attempt of `step` on `m`; its job id is unique per attempt. */
   start(step: StepRecord, m: MachineRecord, port: BuilderPort, buildId: number, row: Promise<number | null>, limits: JobLimits, now: number): ActiveJob {
+    // One literal of a fixed shape, no spreads: this runs once per assignment, inside the dispatch round.
+    const { maxSilentTime, buildTimeout } = stepTimeLimits(step, limits);
     let job: StepJob = {
       jobId: `${step.id}.${++this.seq}`,
       drvPath: step.drvPath,
       outputs: step.outputs,
-      ...stepTimeLimits(step, limits),
+      maxSilentTime,
+      buildTimeout,
       maxLogSize: limits.maxLogSize,
       // 0 sets no limit (upstream's default): every builder compares sizes against a number.
       maxOutputSize: limits.maxOutputSize > 0 ? limits.maxOutputSize : Number.MAX_SAFE_INTEGER,
     };
     const d = determinismOf(step, limits.jobsetRepeats);
-    if (d.repeats > 0) job = { ...job, ...d };
+    if (d.repeats > 0) job = { ...job, ...d }; // rare: the common shape stays fixed
     const aj: ActiveJob = { job, step, machine: m, port, buildId, row, startedAt: now, busy: StepBusy.Preparing, busyWritten: StepBusy.Preparing, busyWriteScheduled: false };
     this.bySteps.set(step, aj);
     this.byJobs.set(job.jobId, aj);

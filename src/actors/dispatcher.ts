@@ -5,7 +5,7 @@ import {
   hasRoom, machineScore, supportsPlatform, type MachineFreeFn, type MachineRecord, type MachineSortFn,
 } from './machine-record.ts';
 import type { Clock, StepRecord } from './model.ts';
-import { globalLess, RunnableQueue, type StepSortFn } from './runnable-queue.ts';
+import { globalLess, RunnableQueue, type Entry, type StepSortFn } from './runnable-queue.ts';
 import type { StepEventType } from '../machines/index.ts';
 
 export interface DispatcherOptions {
@@ -519,25 +519,30 @@ export class Dispatcher {
       // handful, and each slice has its own fixed cost (the machines' sync, a turn of the event loop).
       if (n >= MIN_SLICE && (n & 15) === 0 && performance.now() >= deadline) return false;
       let bestQ: RunnableQueue | null = null;
-      let bestTop: ReturnType<RunnableQueue['peek']> = null;
+      let bestTop: Entry | null = null;
+      let bestShare = 0;
+      let bestM: MachineRecord | undefined;
       for (const q of this.active) {
         if (q.live === 0) {
           this.active.delete(q);
           continue;
         }
-        if (!this.topFree(q)) continue;
-        const top = q.peek();
+        const m = this.topFree(q);
+        if (!m) continue;
+        const top = q.top();
         if (!top) continue;
-        if (!bestTop || globalLess(top.entry, top.share, bestTop.entry, bestTop.share)) {
+        if (!bestTop || globalLess(top, q.topShare, bestTop, bestShare)) {
           bestQ = q;
           bestTop = top;
+          bestShare = q.topShare;
+          bestM = m;
         }
       }
       if (!bestQ) return true;
-      const step = bestQ.pop()!;
-      const m = this.topFree(bestQ)!;
+      // Nothing ran between the queue's top() and take(): the entry and machine are still its best.
+      const step = bestQ.take(bestTop!);
       this.stats.runnable--;
-      this.dispatchTo(step, m);
+      this.dispatchTo(step, bestM!);
     }
   }
 

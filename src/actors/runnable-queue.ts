@@ -6,7 +6,7 @@ import type { JobsetRecord, PlatformRecord, StepRecord } from './model.ts';
 export type { StepSortFn } from '../config/scheduling-fns.ts';
 
 /** A queue entry: the step with the key it was queued under (entries go stale when the step moves). */
-interface Entry {
+export interface Entry {
   readonly step: StepRecord;
   readonly gen: number;
   readonly global: number;
@@ -105,9 +105,19 @@ export class RunnableQueue {
     return e.gen === e.step.queueGen && e.step.state === 'runnable';
   }
 
-  /** The best live entry and the heap holding it, discarding stale tops on the way. */
-  private best(): { heap: Heap<Entry>; entry: Entry; share: number } | null {
-    let best: { heap: Heap<Entry>; entry: Entry; share: number } | null = null;
+  /**
+   * The heap holding the best live entry as of the last `top()`, and that
+   * entry's share use: kept in fields, not returned as an object, because
+   * the dispatcher asks for it on every assignment.
+   */
+  private topHeap: Heap<Entry> | null = null;
+  topShare = 0;
+
+  /** The best live entry (null: none), discarding stale tops on the way; its share use is left in `topShare`. */
+  top(): Entry | null {
+    let bestHeap: Heap<Entry> | null = null;
+    let best: Entry | null = null;
+    let bestShare = 0;
     for (const [jobset, heap] of this.byJobset) {
       let top = heap.peek();
       while (top && !RunnableQueue.fresh(top)) {
@@ -119,25 +129,34 @@ export class RunnableQueue {
         continue;
       }
       const share = jobset === ORPHAN ? 0 : shareUsed(jobset);
-      if (!best || globalLess(top, share, best.entry, best.share)) best = { heap, entry: top, share };
+      if (!best || globalLess(top, share, best, bestShare)) {
+        bestHeap = heap;
+        best = top;
+        bestShare = share;
+      }
     }
+    this.topHeap = bestHeap;
+    this.topShare = bestShare;
     return best;
   }
 
-  peek(): { step: StepRecord; share: number; entry: Entry } | null {
-    const b = this.best();
-    return b ? { step: b.entry.step, share: b.share, entry: b.entry } : null;
+  /**
+   * Removes and returns the step of `entry`, which the last `top()` returned
+   * with nothing queued or dropped since (the dispatcher's round peeks and
+   * takes in one go).
+   */
+  take(entry: Entry): StepRecord {
+    this.topHeap!.pop();
+    this.topHeap = null;
+    this.drop(entry.step);
+    return entry.step;
   }
 
   /** Removes and returns the best runnable step. */
   pop(): StepRecord | null {
-    const b = this.best();
-    if (!b) return null;
-    b.heap.pop();
-    this.drop(b.entry.step);
-    return b.entry.step;
+    const e = this.top();
+    return e ? this.take(e) : null;
   }
-
 }
 
 /** Steps not (yet) attributed to any jobset share one pseudo-jobset with zero share use. */
