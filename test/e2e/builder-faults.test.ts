@@ -414,7 +414,10 @@ function records(proc: CliProcess, msg: string): Record<string, unknown>[] {
 }
 
 describe('builders that are not who they claim to be', () => {
-  const { db, dir, procs } = useFleet('forged');
+  // `slow` builds until this file exists (also made at the end, so that no build outlives a failed test).
+  const release = () => writeFileSync(slowGate, '');
+  const { db, dir, procs } = useFleet('forged', release);
+  const slowGate = join(dir, 'slow-may-finish');
   const nonce = randomBytes(4).toString('hex');
   const cacheDir = join(dir, 'cache');
   const clients: { close(): void }[] = [];
@@ -465,7 +468,7 @@ describe('builders that are not who they claim to be', () => {
   it("refuses calls for another builder's job, and an upload whose NAR does not match its hash; nothing is imported or published", async () => {
     const file = writeRelease(
       dir,
-      `slow = mk { name = "slow-${nonce}"; script = "echo honest log; /bin/sleep 5; echo slow > $out"; };
+      `slow = mk { name = "slow-${nonce}"; script = "echo honest log; while [ ! -e ${slowGate} ]; do /bin/sleep 0.1; done; echo slow > $out"; };
         quick = mk { name = "quick-${nonce}"; script = "echo quick > $out"; };`,
     );
     // A real builder, preferred over the forger while it is free (higher speed factor).
@@ -504,7 +507,7 @@ describe('builders that are not who they claim to be', () => {
       ...denied,
     );
 
-    // (b) With b1 busy, `quick` goes to the forger, which uploads a NAR that does not match the hash it claims.
+    // (b) With b1 busy (slow waits for its gate), `quick` goes to the forger, which uploads a NAR that does not match the hash it claims.
     const { quick } = await submit(db.url, file, 'forged', ['quick']);
     const order = await forger.nextOrder();
     expect(order.drvPath).toBe((await buildRow(db.pool, quick!)).drvpath);
@@ -538,6 +541,7 @@ describe('builders that are not who they claim to be', () => {
     expect((await stepRows(db.pool, quick!)).find((r) => r.machine === 'forger')!.status).toBe(3);
     expect(await validInRunnerStore(quickOut)).toBe(false);
     forger.close();
+    release();
 
     // The honest builder finishes both builds; only honest outputs reach the store and the cache.
     await waitFor(() => allFinished(db), 90_000, 'both builds to finish');

@@ -66,8 +66,13 @@ describe('determinism checks', () => {
     for (const a of ['randomChecked', 'usesRandomChecked', 'sameChecked', 'plain']) id[a] = await queue(checked, a);
     for (const a of ['randomInRepeated', 'sameInRepeated']) id[a] = await queue(repeated, a);
 
-    const { runtime } = await startRuntime(db.pool, store, { jobsetRepeats: ['det:repeated:2', 'other:jobset:5'] });
+    // No machine until every build is loaded: their steps wait (an hour before "unsupported").
+    const { runtime } = await startRuntime(db.pool, store, { jobsetRepeats: ['det:repeated:2', 'other:jobset:5'], maxUnsupportedTimeInS: 3600 });
     try {
+      // Every build is in the graph before a machine can build randomChecked: usesRandomChecked loaded after
+      // randomChecked failed would be a cached failure (status 2, as in Hydra), not a dependent given its 12.
+      await runtime.initialLoad;
+      expect(Object.values(id).filter((b) => !runtime.scheduler.graph.builds.has(b))).toEqual([]);
       runtime.scheduler.addMachine(machineRecord('local', { maxJobs: 3 }), new LocalNixBuilder({ hydraDataDir: dir }));
       await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 120_000, 'builds to finish');
       await runtime.scheduler.settle();

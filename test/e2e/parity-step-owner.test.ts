@@ -63,6 +63,12 @@ describe('the build a step row goes under', () => {
   }
 
   /**
+   * For buildWithBothLoaded's runtime: its steps wait for the machine (an hour before "unsupported", whereas
+   * TEST_CONFIG's 0.1 s ran out during a slow load and failed them with status 9).
+   */
+  const NO_MACHINE_YET = { maxUnsupportedTimeInS: 3600 };
+
+  /**
    * Waits until builds x and y are both in the graph, and only then adds a machine (else the first
    * loaded would simply be the only one to take dep); returns once every build has ended.
    */
@@ -86,7 +92,7 @@ describe('the build a step row goes under', () => {
     // The dependent job has the lower id, as when an evaluation queues `top` before `dep`.
     const x = await queue(top, 'top');
     const y = await queue(dep, 'dep');
-    const { runtime } = await startRuntime(db.pool, store);
+    const { runtime } = await startRuntime(db.pool, store, NO_MACHINE_YET);
     try {
       await buildWithBothLoaded(runtime, x, y);
       expect(await steps(y)).toEqual([{ drvpath: dep, status: 0, busy: 0, machine: 'local', propagatedfrom: null, starttime: expect.any(Number), stoptime: expect.any(Number) }]);
@@ -136,7 +142,7 @@ describe('the build a step row goes under', () => {
     // Queued while no runner runs; the next runner loads both and dispatches dep afresh.
     const y = await queue(dep, 'dep');
     writeFileSync(gate, '');
-    const { runtime } = await startRuntime(db.pool, store);
+    const { runtime } = await startRuntime(db.pool, store, NO_MACHINE_YET);
     try {
       await buildWithBothLoaded(runtime, x, y);
       // The first attempt's row stays under x, aborted (3) and not busy (Rust state/mod.rs:611 abort_orphaned_build_step;
