@@ -1,7 +1,7 @@
 import { readFile, unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { asDiskWriteError } from '../errors/files.ts';
+import { asDiskWriteError, DiskWriteError } from '../errors/files.ts';
 import { CacheReferenceMissingError, ConfigError, NarHashMismatchError } from '../errors/index.ts';
 import { Hash } from '../nix/hash.ts';
 import { type NarInfo, parseNarInfo, serializeNarInfo } from '../nix/narinfo.ts';
@@ -228,14 +228,23 @@ export class BinaryCache {
 
     // 1. The NAR, under a temporary name until its file hash (its real name) is known and its NAR hash checked.
     const { compression } = this.store;
-    const tmp = await this.storage.tempFile(`nar/${hashPart}.nar`);
+    const narKey = `nar/${hashPart}.nar`;
+    let tmp = await this.storage.tempFile(narKey);
     const fsync = this.storage.syncTempFiles;
-    const w = await withRoom(this.pool, () => this.pool.writeNar(path, tmp, compression, { ...this.compressOptions(), narSize: info.narSize, fsync })).catch(
-      (e: unknown) => {
+    const writeNar = (file: string) =>
+      withRoom(this.pool, () => this.pool.writeNar(path, file, compression, { ...this.compressOptions(), narSize: info.narSize, fsync })).catch((e: unknown) => {
         // The worker reports a failed write without the file's name (a NAR that cannot be read is a NarDumpError).
-        throw asDiskWriteError(e, 'a binary cache file', tmp);
-      },
-    );
+        throw asDiskWriteError(e, 'a binary cache file', file);
+      });
+    let w;
+    try {
+      w = await writeNar(tmp);
+    } catch (e) {
+      // The storage makes a directory once; one removed since is made again.
+      if (!(e instanceof DiskWriteError && e.errno === 'ENOENT')) throw e;
+      tmp = await this.storage.tempFile(narKey, { remakeDir: true });
+      w = await writeNar(tmp);
+    }
     const narHash = Hash.fromBytes('sha256', w.narHash);
     if (!narHash.equals(info.narHash) || w.narSize !== info.narSize) {
       await unlink(tmp).catch(() => {});
@@ -247,8 +256,8 @@ export class BinaryCache {
     }
     const fileHash = Hash.fromBytes('sha256', w.fileHash);
     const url = narFile(fileHash, compression);
-    // An existing file of that name has the same bytes (it is named by their hash): keep it.
-    await this.storage.put(url, { file: tmp }, { contentType: CONTENT_TYPES.nar });
+    // An existing file of that name has the same bytes (it is named by their hash).
+    await this.storage.put(url, { file: tmp }, { contentType: CONTENT_TYPES.nar, sameBytes: true });
 
     return this.finishPublish(info, url, fileHash, w.fileSize, started);
   }

@@ -1,9 +1,9 @@
-import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { asDiskWriteError, DiskWriteError } from '../errors/files.ts';
 import { makeDir } from '../util/make-dir.ts';
 import { exists, publishTemp, tempPathFor, writeOnce } from './publish-file.ts';
-import type { CacheStorage, PutBody, StoredEntry, StoredObject } from './storage.ts';
+import type { CacheStorage, PutBody, PutOptions, StoredEntry, StoredObject, TempFileOptions } from './storage.ts';
 
 export interface DirectoryStorageOptions {
   /** fsync each file before giving it its name (default true). */
@@ -21,12 +21,20 @@ export interface DirectoryStorageOptions {
  */
 export class DirectoryStorage implements CacheStorage {
   private readonly fsync: boolean;
+  /**
+   * Directories this storage made or found, so that preparing a body does
+   * not make its directory again for every object (a mkdir, failing with
+   * EEXIST, per NAR). Bounded: the keys of a cache fall in a few directories.
+   */
+  private readonly madeDirs = new Set<string>();
+  private static readonly MADE_DIRS_MAX = 1024;
 
   private constructor(
     readonly root: string,
     options: DirectoryStorageOptions,
   ) {
     this.fsync = options.fsync ?? true;
+    for (const d of ['', ...(options.dirs ?? [])]) this.madeDirs.add(join(root, d));
   }
 
   static async open(root: string, options: DirectoryStorageOptions = {}): Promise<DirectoryStorage> {
@@ -63,10 +71,21 @@ export class DirectoryStorage implements CacheStorage {
     }
   }
 
-  async put(key: string, body: PutBody): Promise<boolean> {
+  async put(key: string, body: PutBody, options?: PutOptions): Promise<boolean> {
     const final = this.file(key);
-    // A body prepared at tempFile(key) is a sibling of its name: linking it is the whole upload.
-    if (typeof body === 'object' && 'file' in body) return publishTemp(body.file, final);
+    if (typeof body === 'object' && 'file' in body) {
+      // A body prepared at tempFile(key) is a sibling of its name: linking it is the whole upload.
+      if (!options?.sameBytes) return publishTemp(body.file, final);
+      // Named by its own bytes: an existing file is this very content, so one
+      // rename (atomic for readers) replaces the link, check and unlink.
+      try {
+        await rename(body.file, final);
+        return true;
+      } catch (e) {
+        await unlink(body.file).catch(() => {});
+        throw asDiskWriteError(e, 'a binary cache file', final);
+      }
+    }
     try {
       return await writeOnce(final, body, { fsync: this.fsync });
     } catch (e) {
@@ -77,9 +96,14 @@ export class DirectoryStorage implements CacheStorage {
     }
   }
 
-  async tempFile(key: string): Promise<string> {
+  async tempFile(key: string, options: TempFileOptions = {}): Promise<string> {
     const final = this.file(key);
-    await makeDir(dirname(final));
+    const dir = dirname(final);
+    if (options.remakeDir || !this.madeDirs.has(dir)) {
+      await makeDir(dir);
+      if (this.madeDirs.size >= DirectoryStorage.MADE_DIRS_MAX) this.madeDirs.clear();
+      this.madeDirs.add(dir);
+    }
     return tempPathFor(final);
   }
 

@@ -1,4 +1,4 @@
-import type { CacheStorage, PutBody, PutOptions, StoredEntry, StoredObject } from './storage.ts';
+import type { CacheStorage, PutBody, PutOptions, StoredEntry, StoredObject, TempFileOptions } from './storage.ts';
 
 /**
  * A storage whose every key starts with `prefix` (a backup bucket's
@@ -31,8 +31,8 @@ export class PrefixedStorage implements CacheStorage {
     return this.inner.put(this.prefix + key, body, options);
   }
 
-  tempFile(key: string): Promise<string> {
-    return this.inner.tempFile(this.prefix + key);
+  tempFile(key: string, options?: TempFileOptions): Promise<string> {
+    return this.inner.tempFile(this.prefix + key, options);
   }
 
   async *list(prefix: string): AsyncIterable<StoredEntry> {

@@ -11,6 +11,17 @@ export interface PutOptions {
   contentType: string;
   /** The compression of the stored bytes when clients must undo it (Nix's narinfo-/ls-/log-compression). */
   contentEncoding?: string | undefined;
+  /**
+   * The key is derived from the bytes (a NAR named by its file hash): an
+   * existing object of that key holds the same bytes, so a backend may
+   * replace it rather than check for it (put then reports that it wrote).
+   */
+  sameBytes?: boolean;
+}
+
+export interface TempFileOptions {
+  /** Make the file's directory even if this storage made it before (a write there found it gone). */
+  remakeDir?: boolean;
 }
 
 /**
@@ -58,7 +69,7 @@ export interface CacheStorage {
    */
   readonly syncTempFiles: boolean;
   /** A fresh local file name where a body for `key` may be prepared before `put(key, { file })`. */
-  tempFile(key: string): Promise<string>;
+  tempFile(key: string, options?: TempFileOptions): Promise<string>;
   /** Objects whose key starts with `prefix`. */
   list(prefix: string): AsyncIterable<StoredEntry>;
   /** Removes the object; a missing one is not an error. */

@@ -56,3 +56,19 @@ export async function withTransaction<T>(
     }
   }
 }
+
+/**
+ * Runs one statement that is its own transaction (no begin/commit round
+ * trips), retrying on serialization failures and deadlocks as withTransaction does.
+ */
+export async function withStatementRetries<T>(fn: () => Promise<T>, retries = 5): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if ((code === '40001' || code === '40P01') && attempt < retries) continue;
+      throw err;
+    }
+  }
+}

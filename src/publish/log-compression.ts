@@ -16,17 +16,31 @@ import { withRoom } from '../workers/with-room.ts';
 /** What `bzip2` makes of no input (a header and an end-of-stream marker): a silent step's log needs no pool task. */
 export const EMPTY_BZIP2: Buffer = Buffer.from('425a683917724538509000000000', 'hex');
 
+/**
+ * Log directories this process made or wrote into: a step that printed
+ * nothing is often the first with a log in its directory (Hydra's layout
+ * spreads logs over many), and making the directory up front costs less
+ * than a write failing first. Bounded; a directory removed since is made
+ * again on the write's ENOENT.
+ */
+const logDirs = new Set<string>();
+const LOG_DIRS_MAX = 4096;
+
 export async function writeCompressedBuildLog(pool: WorkerPool, logFile: string, text: Buffer, plainExists: boolean): Promise<string> {
   const compressed = text.length === 0 ? EMPTY_BZIP2 : await withRoom(pool, () => pool.compress(text, 'bzip2'));
   const target = `${logFile}.bz2`;
   const temp = `${target}.tmp-${process.pid}`;
+  const dir = dirname(target);
   try {
+    // The plain log's directory exists; otherwise, unless known, it is made first.
+    if (!plainExists && !logDirs.has(dir)) await makeDir(dir);
     await writeFile(temp, compressed).catch(async (e: NodeJS.ErrnoException) => {
-      // A step that printed nothing may be the first with a log in its directory.
       if (e.code !== 'ENOENT') throw e;
-      await makeDir(dirname(target));
+      await makeDir(dir);
       await writeFile(temp, compressed);
     });
+    if (logDirs.size >= LOG_DIRS_MAX) logDirs.clear();
+    logDirs.add(dir);
     await rename(temp, target);
   } catch (e) {
     // A full disk leaves no partial file behind.

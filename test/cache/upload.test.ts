@@ -141,6 +141,28 @@ describe('BinaryCache', () => {
     expect((await cache.publish(info!)).uploaded).toBe(true);
   });
 
+  it('publishes over a NAR file of the same name, and into a nar/ directory removed after open', async () => {
+    const { dir, cache } = await freshCache();
+    // A NAR left by another runner (or a run that died before its narinfo): same name, same bytes.
+    const first = await cache.uploadPath(fx.paths.tree);
+    const narFile = join(dir, first.narInfo!.url);
+    const narBytes = readFileSync(narFile);
+    rmSync(join(dir, `${fx.paths.tree.slice(11, 43)}.narinfo`));
+    const again = await BinaryCache.open(`file://${dir}?compression=zstd&secret-key=${key.secretFile}`, pool);
+    const second = await again.uploadPath(fx.paths.tree);
+    expect(second.uploaded).toBe(true);
+    expect(second.narInfo!.url).toBe(first.narInfo!.url);
+    expect(readFileSync(narFile).equals(narBytes)).toBe(true);
+    // No temporary file is left beside it.
+    expect(readdirSync(join(dir, 'nar')).filter((f) => f.startsWith('.'))).toEqual([]);
+
+    // The storage makes nar/ once; one removed since (by hand, say) is made again.
+    rmSync(join(dir, 'nar'), { recursive: true });
+    const third = await again.uploadPath(fx.paths.single);
+    expect(third.uploaded).toBe(true);
+    expect(readdirSync(join(dir, 'nar'))).toEqual([third.narInfo!.url.slice('nar/'.length)]);
+  });
+
   it('keeps an existing nix-cache-info and writes the configured extras in a new one', async () => {
     const dir = join(tmp, 'info');
     await BinaryCache.open(`file://${dir}?want-mass-query=1&priority=30`, pool);
