@@ -1,8 +1,8 @@
-import type { BuiltOutput, NixSupportInfo } from '../db/result-rows.ts';
+import type { BuiltOutput, NixSupportInfo, ValidOutputs } from '../db/result-rows.ts';
 import type { StepBusyCode } from '../db/status.ts';
 
 // The rows a result writes live in src/db, below both the scheduler and the database code.
-export type { BuildProductRow, BuiltOutput, NixSupportInfo } from '../db/result-rows.ts';
+export type { BuildProductRow, BuiltOutput, NixSupportInfo, ValidOutputs } from '../db/result-rows.ts';
 
 /**
  * How the scheduler reaches a machine. The gRPC BuilderSession implements it
@@ -88,4 +88,31 @@ export interface StepFinisher {
    * :485-530 copyClosure to the destination store).
    */
   alreadyBuilt?(outputPaths: readonly string[]): Promise<void>;
+  /**
+   * The outputs of a build that ends cached without an earlier build of
+   * them, read where they are valid: sizes and nix-support as a build of
+   * them reports (Hydra's runners read the outputs themselves then: Rust
+   * get_build_output_cached, C++ getBuildOutputCached → getBuildOutput).
+   */
+  readOutputs?(outputs: readonly { name: string; path: string }[]): Promise<ValidOutputs>;
+}
+
+/**
+ * The lazy reader a cached build's write calls when no earlier build has its
+ * outputs; null when the finisher cannot read outputs or the outputs could
+ * not be read (logged: the build still ends cached, those columns empty).
+ */
+export function outputsReader(
+  finisher: StepFinisher | undefined,
+  outputs: readonly { name: string; path: string | null }[],
+  onError: (err: unknown) => void,
+): (() => Promise<ValidOutputs | null>) | undefined {
+  const read = finisher?.readOutputs?.bind(finisher);
+  const known = outputs.flatMap((o) => (o.path === null ? [] : [{ name: o.name, path: o.path }]));
+  if (!read || known.length === 0) return undefined;
+  return () =>
+    read(known).catch((err: unknown) => {
+      onError(err);
+      return null;
+    });
 }

@@ -1,7 +1,7 @@
 import type { Logger } from '../util/logger.ts';
 import { BuildStatus } from '../db/status.ts';
 import type { SchedulerDb } from '../db/scheduler-db-interface.ts';
-import { unixNow, type BuildRounds, type StepFinisher, type StepOutcome } from './builder-port.ts';
+import { outputsReader, unixNow, type BuildRounds, type StepFinisher, type StepOutcome } from './builder-port.ts';
 import { Coalescer } from './coalescer.ts';
 import type { ActiveJob } from './active-jobs.ts';
 import type { BuildRecord, Clock, FailureCache, StepRecord } from './model.ts';
@@ -80,7 +80,10 @@ export class StepResults {
     const now = unixNow(this.o.clock.now());
     if (r.kind === 'cached') {
       await this.ensurePublished(q.id, r.outputs);
-      if (await writer.persist(() => db.buildCached({ buildId: q.id, now, outputs: r.outputs }))) this.buildEnded(q.id, true, true);
+      const readOutputs = outputsReader(this.o.finisher, r.outputs, (err) =>
+        this.o.log.error({ build: q.id, err: String((err as Error)?.message ?? err) }, 'cannot read the outputs of a build queued already built'),
+      );
+      if (await writer.persist(() => db.buildCached({ buildId: q.id, now, outputs: r.outputs, readOutputs }))) this.buildEnded(q.id, true, true);
     } else if (r.kind === 'cachedFailure') {
       const f = this.uncachedFailures.get(r.failedStep);
       if (f) return this.propagatedFailure(q, r, f);

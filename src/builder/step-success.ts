@@ -1,5 +1,6 @@
 import type { StepOutcome } from '../actors/builder-port.ts';
 import { readBuildNixSupport } from '../nix/nix-support.ts';
+import { nixSupportInfo } from '../publish/valid-outputs.ts';
 
 type Success = Extract<StepOutcome, { kind: 'success' }>;
 
@@ -10,14 +11,5 @@ type Success = Extract<StepOutcome, { kind: 'success' }>;
  */
 export async function stepSuccess(step: Omit<Success, 'kind' | 'nixSupport'>, onDisk?: (path: string) => string): Promise<Success> {
   const ns = await readBuildNixSupport(step.outputs, onDisk);
-  return {
-    kind: 'success',
-    ...step,
-    nixSupport: {
-      failed: ns.failed,
-      releaseName: ns.releaseName,
-      metrics: ns.metrics.map((m) => ({ name: m.name, value: m.value, unit: m.unit || null })),
-      products: ns.products.map((p) => ({ ...p, defaultPath: p.defaultPath || null })),
-    },
-  };
+  return { kind: 'success', ...step, nixSupport: nixSupportInfo(ns) };
 }

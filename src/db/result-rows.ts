@@ -27,3 +27,15 @@ export interface NixSupportInfo {
   /** `nix-support/failed` exists: the build counts as failed with output (status 6). */
   readonly failed: boolean;
 }
+
+/**
+ * A build's outputs read where they are valid, when no earlier build of them
+ * has rows to copy: what a build of them reports (Hydra's BuildOutput, read
+ * by its runners from the outputs themselves).
+ */
+export interface ValidOutputs {
+  readonly outputs: readonly BuiltOutput[];
+  readonly nixSupport: NixSupportInfo;
+  /** The NAR sizes of the outputs' joint closure, as for a built step. */
+  readonly closureSize?: number;
+}

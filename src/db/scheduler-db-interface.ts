@@ -1,4 +1,4 @@
-import type { BuildProductRow, BuiltOutput } from './result-rows.ts';
+import type { BuildProductRow, BuiltOutput, ValidOutputs } from './result-rows.ts';
 import type { ResolvedStep } from './resolved-steps.ts';
 
 export type { ResolvedStep } from './resolved-steps.ts';
@@ -155,8 +155,13 @@ export interface SchedulerDb {
   /** A running attempt ended without a result: 3 aborted (retryable) or 4 cancelled. */
   stepAborted(a: { buildId: number; stepnr: number; status: 3 | 4; errorMsg: string | null; startTime: number; stopTime: number; machine: string }): Promise<void>;
 
-  /** All outputs already exist. */
-  buildCached(a: { buildId: number; now: number; outputs: readonly { name: string; path: string | null }[] }): Promise<boolean>;
+  /**
+   * All outputs already exist. Status, sizes, release name, products and
+   * metrics are copied from the latest build of the same outputs; when no
+   * build has them, from `readOutputs` (the outputs read where they are
+   * valid; null when they cannot be read: those columns stay as they are).
+   */
+  buildCached(a: { buildId: number; now: number; outputs: readonly { name: string; path: string | null }[]; readOutputs?: () => Promise<ValidOutputs | null> }): Promise<boolean>;
 
   /** The build needs a path in FailedPaths (its own when `own`). */
   buildCachedFailure(a: CachedFailure): Promise<boolean>;

@@ -141,9 +141,19 @@ export class PgSchedulerDb implements SchedulerDb {
     return withTransaction(this.pool, async (c) => {
       // As Hydra: products, metrics, sizes, release name and status of the build that made these outputs.
       const earlier = await findEarlierBuild(c, a.outputs.flatMap((o) => (o.path === null ? [] : [o.path])));
+      // None: as Hydra, what the outputs themselves say, written as a build of them would (succeededIn).
+      const read = earlier || !a.readOutputs ? null : await a.readOutputs();
       const copied = earlier
         ? { status: earlier.status, size: earlier.size, closureSize: earlier.closureSize, releaseName: earlier.releaseName, products: earlier.products, metrics: earlier.metrics }
-        : {};
+        : read
+          ? {
+              status: read.nixSupport.failed ? BuildStatus.FailedWithOutput : BuildStatus.Success,
+              ...buildSizes(read.outputs, read.closureSize),
+              releaseName: read.nixSupport.releaseName,
+              products: read.nixSupport.products,
+              metrics: read.nixSupport.metrics,
+            }
+          : {};
       const done = await finishBuildCached(c, { ...a, ...copied });
       if (done) await notifyBuildsFinished(c, [a.buildId]);
       return done;

@@ -1,13 +1,15 @@
-import type { StepFinisher, StepJob, StepOutcome } from '../actors/builder-port.ts';
+import type { StepFinisher, StepJob, StepOutcome, ValidOutputs } from '../actors/builder-port.ts';
 import type { BinaryCache } from '../cache/binary-cache.ts';
 import { readFile } from 'node:fs/promises';
 import { uploadClosure } from '../cache/upload.ts';
 import { DiskWriteError } from '../errors/index.ts';
 import type { Logger } from '../util/logger.ts';
 import type { Realisation } from '../nix/realisation.ts';
+import { hostStore, type NixStoreHandle } from '../nix/private-store.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { addGcRoots } from './gc-roots.ts';
 import { writeCompressedBuildLog } from './log-compression.ts';
+import { readValidOutputs } from './valid-outputs.ts';
 
 export interface OutputPublisherOptions {
   pool: WorkerPool;
@@ -18,6 +20,8 @@ export interface OutputPublisherOptions {
   log: Logger;
   /** The realisations of a built step's content-addressed outputs (published after the outputs). */
   realisations?: (drvPath: string, outputs: readonly { name: string; path: string }[], floating: boolean) => Promise<Realisation[]>;
+  /** The runner's store, where outputs counted as valid are (default: the host's). */
+  store?: NixStoreHandle;
 }
 
 /**
@@ -57,6 +61,19 @@ export class OutputPublisher implements StepFinisher {
     const paths = [...outputPaths];
     await addGcRoots(this.o.rootsDir, paths);
     for (const cache of this.o.caches) await this.upload({ jobId: 'already-built', drvPath: '' }, cache, paths);
+  }
+
+  /**
+   * Outputs of a build queued already built with no earlier build of them,
+   * read from the runner's store: a build counts as already built only when
+   * its outputs are valid there (and in every cache too, src/cache/cache-valid-store.ts),
+   * and alreadyBuilt has rooted them, so they are read there rather than
+   * downloaded from a cache, with the NAR contents a cache would serve.
+   */
+  readOutputs(outputs: readonly { name: string; path: string }[]): Promise<ValidOutputs> {
+    return readValidOutputs(this.o.store ?? hostStore, outputs, (r) =>
+      this.o.log.warn({ file: r.file, line: r.line, text: r.text, reason: r.reason }, 'nix-support entry of an output queued already built skipped'),
+    );
   }
 
   /**
