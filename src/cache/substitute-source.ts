@@ -7,7 +7,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ConfigError } from '../errors/index.ts';
+import { ConfigError, SubstituterUnreachableError } from '../errors/index.ts';
 import { type NarInfo, parseNarInfo } from '../nix/narinfo.ts';
 import type { CompressionMethod } from '../workers/compression.ts';
 import type { WorkerPool } from '../workers/pool.ts';
@@ -38,28 +38,47 @@ interface CacheFiles {
   close(): Promise<void>;
 }
 
-function directoryFiles(dir: string): CacheFiles {
+function directoryFiles(url: string, dir: string): CacheFiles {
   return {
     get: async (rel) => {
       try {
         return await readFile(join(dir, rel));
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-        throw e;
+        // A directory gone (unmounted), unreadable, or a disk error: the cache cannot answer.
+        throw new SubstituterUnreachableError(url, `cannot read ${rel}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { cause: e });
       }
     },
     close: async () => {},
   };
 }
 
-function httpFiles(url: string): CacheFiles {
-  const base = url.replace(/\/+$/, '');
+function httpFiles(url: string, base: string): CacheFiles {
+  base = base.replace(/\/+$/, '');
   return {
     get: async (rel) => {
-      const res = await fetch(`${base}/${rel}`);
-      if (res.status === 404 || res.status === 403) return null;
-      if (!res.ok) throw new Error(`${base}/${rel}: HTTP ${res.status}`);
-      return Buffer.from(await res.arrayBuffer());
+      let res: Response;
+      try {
+        res = await fetch(`${base}/${rel}`);
+      } catch (e) {
+        // fetch() rejects for DNS, refused or dropped connections and TLS failures; the cause says which.
+        const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+        throw new SubstituterUnreachableError(url, `GET ${rel}: ${cause?.code ?? cause?.message ?? (e as Error).message}`, { cause: e });
+      }
+      // As Nix's HTTP store: 403 is a miss too (an unlistable bucket answers 403 for a missing key).
+      if (res.status === 404 || res.status === 403) {
+        await res.body?.cancel();
+        return null;
+      }
+      if (!res.ok) {
+        await res.body?.cancel();
+        throw new SubstituterUnreachableError(url, `GET ${rel}: HTTP ${res.status}`);
+      }
+      try {
+        return Buffer.from(await res.arrayBuffer());
+      } catch (e) {
+        throw new SubstituterUnreachableError(url, `GET ${rel}: the response broke off (${(e as Error).message})`, { cause: e });
+      }
     },
     close: async () => {},
   };
@@ -112,11 +131,11 @@ export async function openSubstituteSource(url: string, pool: WorkerPool, awsCre
   const base = u.storeUri.replace(/\?.*$/, '');
   if (url.startsWith('file://')) {
     checkCacheParams(u);
-    return binaryCacheSource(url, u.trusted, directoryFiles(base.slice('file://'.length)), pool);
+    return binaryCacheSource(url, u.trusted, directoryFiles(url, base.slice('file://'.length)), pool);
   }
   if (/^https?:\/\//.test(url)) {
     checkCacheParams(u);
-    return binaryCacheSource(url, u.trusted, httpFiles(base), pool);
+    return binaryCacheSource(url, u.trusted, httpFiles(url, base), pool);
   }
   // s3:// takes remoteStoreAddr's parameters (checked by parseStoreUri), less `trusted`.
   if (url.startsWith('s3://')) return binaryCacheSource(url, u.trusted, await s3Files(u.storeUri, pool, awsCredentialsFile), pool);
