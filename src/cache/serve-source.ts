@@ -21,6 +21,7 @@ import { ServeConnection } from '../nix/serve-protocol.ts';
 import type { ServePathInfo } from '../nix/serve-wire.ts';
 import { parseStorePath } from '../nix/store-path.ts';
 import { Batcher } from '../util/batcher.ts';
+import { storeBool } from './store-uri.ts';
 
 /** Hydra's and Nix's ssh options: no X11 or agent forwarding, never prompt, 60 s to connect, TCP keepalives. */
 const SSH_OPTIONS = ['-x', '-a', '-oBatchMode=yes', '-oConnectTimeout=60', '-oTCPKeepAlive=yes'] as const;
@@ -40,7 +41,6 @@ export interface ServeUri {
 
 const KNOWN = new Set(['ssh-key', 'base64-ssh-public-host-key', 'trusted', 'compress', 'remote-store', 'priority', 'want-mass-query', 'max-connections']);
 
-const truthy = (v: string | null): boolean => v === '1' || v === 'true';
 
 export function parseServeUri(uri: string): ServeUri {
   let u: URL;
@@ -55,6 +55,14 @@ export function parseServeUri(uri: string): ServeUri {
   const user = decodeURIComponent(u.username);
   // The destination after `--` on ssh's command line; a leading '-' could still be read as an option by the remote shell's ssh.
   if (host.startsWith('-') || user.startsWith('-')) throw new ConfigError(`substituter '${uri}': a host or user may not begin with '-'`);
+  // Nix's boolean values (true/yes/1, false/no/0), the same for every substituter kind; anything else is refused.
+  const bool = (k: string): boolean => {
+    const v = u.searchParams.get(k);
+    if (v === null) return false;
+    const b = storeBool(v);
+    if (b === undefined) throw new ConfigError(`substituter '${uri}': parameter '${k}': '${v}' is not a boolean (true/false, 1/0)`);
+    return b;
+  };
   const b64 = u.searchParams.get('base64-ssh-public-host-key');
   const hostKey = b64 ? Buffer.from(b64, 'base64').toString('utf8').trim() : null;
   if (hostKey !== null && !/^[\w@.-]+ [A-Za-z0-9+/=]+( [^\n]*)?$/.test(hostKey)) throw new ConfigError(`substituter '${uri}': base64-ssh-public-host-key is not one public key line`);
@@ -64,8 +72,8 @@ export function parseServeUri(uri: string): ServeUri {
     port: u.port ? Number(u.port) : null,
     sshKey: u.searchParams.get('ssh-key'),
     hostKey,
-    trusted: truthy(u.searchParams.get('trusted')),
-    compress: truthy(u.searchParams.get('compress')),
+    trusted: bool('trusted'),
+    compress: bool('compress'),
     remoteStore: u.searchParams.get('remote-store'),
   };
 }

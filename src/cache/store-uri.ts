@@ -344,3 +344,47 @@ export function formatStoreUri(s: StoreUri): string {
   const query = p.filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${encodeValue(String(v))}`);
   return query.length ? `${base}?${query.join('&')}` : base;
 }
+
+/**
+ * Nix's boolean setting values (`BaseSetting<bool>`): true/yes/1, false/no/0;
+ * undefined for anything else.
+ */
+export function storeBool(v: string): boolean | undefined {
+  return TRUE.has(v) ? true : FALSE.has(v) ? false : undefined;
+}
+
+/** A `substituters` entry with Nix's `trusted` store setting taken out. */
+export interface SubstituterUri {
+  /** The entry as configured, for messages. */
+  readonly uri: string;
+  /** `?trusted=` (default false): its paths need no signature by a trusted key. */
+  readonly trusted: boolean;
+  /** The entry without `trusted`: what the store of its scheme is opened with. */
+  readonly storeUri: string;
+  /** The parameters left, decoded. */
+  readonly params: ReadonlyMap<string, string>;
+}
+
+/**
+ * Takes Nix's `trusted` store setting out of a `substituters` entry (every
+ * kind takes it, as every Nix store does): a bad value is a ConfigError, so a
+ * typo never leaves a substituter trusted or untrusted by accident. The
+ * other parameters are the scheme's to check.
+ */
+export function splitSubstituterUri(uri: string): SubstituterUri {
+  const problems = new Problems();
+  const q = uri.indexOf('?');
+  const base = q < 0 ? uri : uri.slice(0, q);
+  const params = parseQuery(q < 0 ? '' : uri.slice(q + 1).replace(/#.*$/, ''), problems);
+  let trusted = false;
+  const raw = params.get('trusted');
+  if (raw !== undefined) {
+    const b = storeBool(raw);
+    if (b === undefined) problems.add('trusted', `'${raw}' is not a boolean (true/false, 1/0)`);
+    else trusted = b;
+    params.delete('trusted');
+  }
+  if (problems.list.length > 0) throw new ConfigError(`substituter '${uri}': ${problems.list.join('; ')}`);
+  const rest = [...params].map(([k, v]) => `${encodeURIComponent(k)}=${encodeValue(v)}`).join('&');
+  return Object.freeze({ uri, trusted, storeUri: rest ? `${base}?${rest}` : base, params });
+}

@@ -7,6 +7,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ConfigError, SubstituterUnreachableError } from '../errors/index.ts';
 import { type NarInfo, parseNarInfo } from '../nix/narinfo.ts';
 import type { CompressionMethod } from '../workers/compression.ts';
 import type { WorkerPool } from '../workers/pool.ts';
@@ -14,6 +15,7 @@ import { withRoom } from '../workers/with-room.ts';
 import { BinaryCache } from './binary-cache.ts';
 import { narInfoFile } from './layout.ts';
 import { openServeSource } from './serve-source.ts';
+import { splitSubstituterUri, type SubstituterUri } from './store-uri.ts';
 
 export interface SubstituteSource {
   /** As configured, for messages. */
@@ -36,28 +38,47 @@ interface CacheFiles {
   close(): Promise<void>;
 }
 
-function directoryFiles(dir: string): CacheFiles {
+function directoryFiles(url: string, dir: string): CacheFiles {
   return {
     get: async (rel) => {
       try {
         return await readFile(join(dir, rel));
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-        throw e;
+        // A directory gone (unmounted), unreadable, or a disk error: the cache cannot answer.
+        throw new SubstituterUnreachableError(url, `cannot read ${rel}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { cause: e });
       }
     },
     close: async () => {},
   };
 }
 
-function httpFiles(url: string): CacheFiles {
-  const base = url.replace(/\/+$/, '');
+function httpFiles(url: string, base: string): CacheFiles {
+  base = base.replace(/\/+$/, '');
   return {
     get: async (rel) => {
-      const res = await fetch(`${base}/${rel}`);
-      if (res.status === 404 || res.status === 403) return null;
-      if (!res.ok) throw new Error(`${base}/${rel}: HTTP ${res.status}`);
-      return Buffer.from(await res.arrayBuffer());
+      let res: Response;
+      try {
+        res = await fetch(`${base}/${rel}`);
+      } catch (e) {
+        // fetch() rejects for DNS, refused or dropped connections and TLS failures; the cause says which.
+        const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+        throw new SubstituterUnreachableError(url, `GET ${rel}: ${cause?.code ?? cause?.message ?? (e as Error).message}`, { cause: e });
+      }
+      // As Nix's HTTP store: 403 is a miss too (an unlistable bucket answers 403 for a missing key).
+      if (res.status === 404 || res.status === 403) {
+        await res.body?.cancel();
+        return null;
+      }
+      if (!res.ok) {
+        await res.body?.cancel();
+        throw new SubstituterUnreachableError(url, `GET ${rel}: HTTP ${res.status}`);
+      }
+      try {
+        return Buffer.from(await res.arrayBuffer());
+      } catch (e) {
+        throw new SubstituterUnreachableError(url, `GET ${rel}: the response broke off (${(e as Error).message})`, { cause: e });
+      }
     },
     close: async () => {},
   };
@@ -71,10 +92,10 @@ async function s3Files(url: string, pool: WorkerPool, awsCredentialsFile: string
   };
 }
 
-function binaryCacheSource(url: string, files: CacheFiles, pool: WorkerPool): SubstituteSource {
+function binaryCacheSource(url: string, trusted: boolean, files: CacheFiles, pool: WorkerPool): SubstituteSource {
   return {
     url,
-    trusted: false,
+    trusted,
     narInfo: async (storePath) => {
       const body = await files.get(narInfoFile(storePath));
       return body ? parseNarInfo(body.toString('utf8'), `${url}/${narInfoFile(storePath)}`) : null;
@@ -90,11 +111,33 @@ function binaryCacheSource(url: string, files: CacheFiles, pool: WorkerPool): Su
   };
 }
 
-/** Opens one `substituters` entry. */
+/** Nix's store settings a file:// or http(s):// substituter takes besides `trusted` (accepted, not used: caches are asked in order). */
+const READ_ONLY_CACHE_PARAMS = ['priority', 'want-mass-query'];
+
+/** The parameters of a file:// or http(s):// substituter: any other is refused, as for remoteStoreAddr and ssh://. */
+function checkCacheParams(u: SubstituterUri): void {
+  const bad = [...u.params.keys()].filter((k) => !READ_ONLY_CACHE_PARAMS.includes(k));
+  if (bad.length > 0) throw new ConfigError(`substituter '${u.uri}': unknown parameter${bad.length > 1 ? 's' : ''} ${bad.map((k) => `'${k}'`).join(', ')} (known: trusted, ${READ_ONLY_CACHE_PARAMS.join(', ')})`);
+}
+
+/**
+ * Opens one `substituters` entry. `?trusted=1` means the same for every kind
+ * (Nix's `trusted` store setting): its paths are accepted without a
+ * signature by a key of trustedPublicKeys.
+ */
 export async function openSubstituteSource(url: string, pool: WorkerPool, awsCredentialsFile: string | undefined): Promise<SubstituteSource> {
-  if (url.startsWith('file://')) return binaryCacheSource(url, directoryFiles(url.slice('file://'.length).replace(/\?.*$/, '')), pool);
-  if (/^https?:\/\//.test(url)) return binaryCacheSource(url, httpFiles(url), pool);
-  if (url.startsWith('s3://')) return binaryCacheSource(url, await s3Files(url, pool, awsCredentialsFile), pool);
   if (url.startsWith('ssh://')) return openServeSource(url);
-  throw new Error(`substituter '${url}': only file://, http(s)://, s3:// caches and ssh:// serve peers are supported`);
+  const u = splitSubstituterUri(url);
+  const base = u.storeUri.replace(/\?.*$/, '');
+  if (url.startsWith('file://')) {
+    checkCacheParams(u);
+    return binaryCacheSource(url, u.trusted, directoryFiles(url, base.slice('file://'.length)), pool);
+  }
+  if (/^https?:\/\//.test(url)) {
+    checkCacheParams(u);
+    return binaryCacheSource(url, u.trusted, httpFiles(url, base), pool);
+  }
+  // s3:// takes remoteStoreAddr's parameters (checked by parseStoreUri), less `trusted`.
+  if (url.startsWith('s3://')) return binaryCacheSource(url, u.trusted, await s3Files(u.storeUri, pool, awsCredentialsFile), pool);
+  throw new ConfigError(`substituter '${url}': only file://, http(s)://, s3:// caches and ssh:// serve peers are supported`);
 }

@@ -1,4 +1,4 @@
-import { SubstituteUntrustedError } from '../errors/index.ts';
+import { S3RequestError, ServeConnectionError, ServeProtocolError, SshHostKeyError, SubstituterUnreachableError, SubstituteUntrustedError } from '../errors/index.ts';
 import { exportOrder, writeExport } from '../nix/export.ts';
 import type { NarInfo } from '../nix/narinfo.ts';
 import type { NixStoreHandle } from '../nix/private-store.ts';
@@ -18,6 +18,37 @@ interface Found {
 
 type Memo = { found: Found | null; until: number };
 
+/** A substituter's standing (Nix's disabled binary caches): skipped until `disabledUntil` after a failure. */
+interface Health {
+  disabledUntil: number;
+  /** Times it failed and was disabled. */
+  failures: number;
+  /** Look-ups that skipped it while disabled. */
+  skipped: number;
+  /** Disabled since it last answered: its next answer is logged. */
+  down: boolean;
+}
+
+/** One substituter's totals (`hydrant_substituter_*` metrics). */
+export interface SubstituterStats {
+  /** The entry without its query (which may name key files). */
+  readonly substituter: string;
+  readonly failures: number;
+  readonly skipped: number;
+  readonly disabled: boolean;
+}
+
+/** Failures of the source itself (it could not be asked), as opposed to what it answered. */
+function isSourceFailure(e: unknown): e is Error & { code: string } {
+  return e instanceof SubstituterUnreachableError || e instanceof ServeConnectionError || e instanceof ServeProtocolError || e instanceof SshHostKeyError || e instanceof S3RequestError;
+}
+
+/** The source a failure of nar() came from. */
+const failedSources = new WeakMap<Error, SubstituteSource>();
+const failedSource = (e: Error): SubstituteSource | undefined => failedSources.get(e);
+
+const display = (url: string): string => url.replace(/\?.*$/, '');
+
 export interface SubstituterOptions {
   /** `file://dir`, `http(s)://…`, `s3://bucket…` caches and `ssh://` serve peers, asked in order. */
   urls: readonly string[];
@@ -33,6 +64,13 @@ export interface SubstituterOptions {
   positiveTtlMs?: number;
   /** How long a miss is remembered (Nix: narinfo-cache-negative-ttl, 1 hour). */
   negativeTtlMs?: number;
+  /**
+   * How long a substituter that failed (unreachable, an HTTP error, a broken
+   * serve connection) is skipped before it is asked again
+   * (`substituterBackoffInS`, default 60 s: Nix disables an HTTP binary cache
+   * for 60 s).
+   */
+  backoffMs?: number;
   now?: () => number;
   awsCredentialsFile?: string;
 }
@@ -54,6 +92,7 @@ export class Substituter {
   private readonly inflight = new Map<string, Promise<Found | null>>();
   private readonly keys: PublicKey[];
   private readonly now: () => number;
+  private readonly health: Map<SubstituteSource, Health>;
 
   private constructor(
     private readonly o: SubstituterOptions,
@@ -61,6 +100,7 @@ export class Substituter {
   ) {
     this.keys = o.trustedPublicKeys.map(parsePublicKey);
     this.now = o.now ?? Date.now;
+    this.health = new Map(sources.map((src) => [src, { disabledUntil: 0, failures: 0, skipped: 0, down: false }]));
   }
 
   static async open(o: SubstituterOptions): Promise<Substituter> {
@@ -85,17 +125,69 @@ export class Substituter {
     return p;
   }
 
+  /**
+   * Asks the sources in order. One that fails is skipped for the backoff
+   * period (Nix's `SubstituterDisabled`: the next substituter is asked), and
+   * so is one still in its period; a miss is then remembered only until the
+   * first of them is asked again, not for the negative TTL.
+   */
   private async ask(path: string): Promise<Found | null> {
     let found: Found | null = null;
+    let retryAt = Infinity;
     for (const source of this.sources) {
-      const info = await source.narInfo(path);
+      const h = this.health.get(source)!;
+      if (h.disabledUntil > this.now()) {
+        h.skipped++;
+        retryAt = Math.min(retryAt, h.disabledUntil);
+        continue;
+      }
+      let info: NarInfo | null;
+      try {
+        info = await source.narInfo(path);
+      } catch (e) {
+        if (!isSourceFailure(e)) throw e;
+        this.disable(source, e);
+        retryAt = Math.min(retryAt, h.disabledUntil);
+        continue;
+      }
+      this.answered(source);
       if (info) {
         found = { source, info };
         break;
       }
     }
-    this.memo.set(path, { found, until: this.now() + (found ? (this.o.positiveTtlMs ?? 30 * 86400_000) : (this.o.negativeTtlMs ?? 3600_000)) });
+    const now = this.now();
+    const until = found ? now + (this.o.positiveTtlMs ?? 30 * 86400_000) : Math.min(now + (this.o.negativeTtlMs ?? 3600_000), retryAt);
+    this.memo.set(path, { found, until });
     return found;
+  }
+
+  /** A source failed: skipped for the backoff period, with one line and one count per period. */
+  private disable(source: SubstituteSource, e: Error & { code: string }): void {
+    const h = this.health.get(source)!;
+    const now = this.now();
+    if (h.disabledUntil > now) return; // a look-up in flight when it was disabled
+    const backoffMs = this.o.backoffMs ?? 60_000;
+    h.disabledUntil = now + backoffMs;
+    h.failures++;
+    h.down = true;
+    this.o.log.warn({ substituter: display(source.url), code: e.code, err: e.message, backoffS: backoffMs / 1000 }, 'substituter failed; skipping it for the backoff period');
+  }
+
+  private answered(source: SubstituteSource): void {
+    const h = this.health.get(source)!;
+    if (!h.down) return;
+    h.down = false;
+    this.o.log.info({ substituter: display(source.url) }, 'substituter answers again');
+  }
+
+  /** Each substituter's failures, skipped look-ups and whether it is in its backoff period now. */
+  stats(): SubstituterStats[] {
+    const now = this.now();
+    return this.sources.map((src) => {
+      const h = this.health.get(src)!;
+      return { substituter: display(src.url), failures: h.failures, skipped: h.skipped, disabled: h.disabledUntil > now };
+    });
   }
 
   /** Remembers `path` as not substitutable (a refused cache entry) for the negative TTL. */
@@ -151,14 +243,27 @@ export class Substituter {
     try {
       await importVerified(this.o.store, writeExport(entries), expected);
     } catch (e) {
-      for (const p of infos.keys()) this.refuse(p);
+      if (isSourceFailure(e)) {
+        // The cache broke off, its entries were not refused: the paths are asked again (it being skipped meanwhile).
+        for (const [p, f] of infos) if (f.source === failedSource(e)) this.memo.delete(p);
+      } else {
+        for (const p of infos.keys()) this.refuse(p);
+      }
       throw e;
     }
     return true;
   }
 
-  /** A path's NAR from its source, uncompressed. */
-  private nar(f: Found): Promise<Buffer> {
-    return f.source.nar(f.info);
+  /** A path's NAR from its source, uncompressed; a failing source is disabled. */
+  private async nar(f: Found): Promise<Buffer> {
+    try {
+      return await f.source.nar(f.info);
+    } catch (e) {
+      if (isSourceFailure(e)) {
+        this.disable(f.source, e);
+        failedSources.set(e, f.source);
+      }
+      throw e;
+    }
   }
 }

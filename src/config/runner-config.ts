@@ -64,6 +64,8 @@ const RunnerConfigSchema = z
     /** How long a narinfo found or missing is remembered (Nix's narinfo-cache-positive-ttl / -negative-ttl). */
     substitutePositiveTtlInS: z.number().nonnegative().default(30 * 86400),
     substituteNegativeTtlInS: z.number().nonnegative().default(3600),
+    /** How long a substituter that failed (unreachable, HTTP error) is skipped before it is asked again (docs/CACHES.md; Nix: 60 s). */
+    substituterBackoffInS: z.number().nonnegative().default(60),
     rootsDir: z.string().optional(),
     maxRetries: z.number().int().nonnegative().default(5),
     retryInterval: z.number().nonnegative().default(60),

@@ -139,6 +139,7 @@ export class RunnerDaemon {
       startedAt: this.startedAt,
       state: () => this.lifecycle.state,
       backups: backupTargets.length > 0 ? () => this.backups?.totals() ?? [] : undefined,
+      substituters: () => this.substituter?.stats() ?? [],
     }));
     // Up before a standby waits, so that its status shows it waiting.
     await this.startHttp(store);
@@ -188,7 +189,7 @@ export class RunnerDaemon {
     if (!c.useSubstitutes || c.substituters.length === 0) return next;
     const substituter = await Substituter.open({
       urls: c.substituters, trustedPublicKeys: c.trustedPublicKeys, pool, store: hostStore, queryValid: (paths) => store.queryValid(paths), log,
-      positiveTtlMs: c.substitutePositiveTtlInS * 1000, negativeTtlMs: c.substituteNegativeTtlInS * 1000, awsCredentialsFile: c.awsCredentialsFile,
+      positiveTtlMs: c.substitutePositiveTtlInS * 1000, negativeTtlMs: c.substituteNegativeTtlInS * 1000, backoffMs: c.substituterBackoffInS * 1000, awsCredentialsFile: c.awsCredentialsFile,
     });
     this.substituter = substituter;
     log.info({ substituters: c.substituters }, 'substitution on');

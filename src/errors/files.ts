@@ -61,6 +61,21 @@ export class SubstituteUntrustedError extends errorKind('SUBSTITUTE_UNTRUSTED') 
   }
 }
 
+/**
+ * A substituter could not be asked (connection refused or dropped, an HTTP
+ * error other than 404/403, an unreadable cache directory): the Substituter
+ * skips it for its backoff period (docs/CACHES.md).
+ */
+export class SubstituterUnreachableError extends errorKind('SUBSTITUTER_UNREACHABLE') {
+  constructor(
+    readonly cache: string,
+    detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`${cache}: ${detail}`, options);
+  }
+}
+
 /** What the codes a misconfiguration produces mean, for servers that send no message. */
 const S3_HINTS: Record<string, string> = {
   SignatureDoesNotMatch: ': the secret access key does not match the access key id',

@@ -19,6 +19,8 @@ export interface MetricsSources {
   /** The daemon's lifecycle state (standby, running, reconnecting, ...). */
   state?(): string;
   /** Backup buckets' totals (undefined: none configured, no backup metrics). */
+  /** Each substituter's failures (each disabling it for the backoff period), look-ups that skipped it, and whether it is disabled now. */
+  substituters?: () => readonly { readonly substituter: string; readonly failures: number; readonly skipped: number; readonly disabled: boolean }[];
   backups?: () => readonly { readonly target: string; readonly totals: { readonly builds: number; readonly paths: number; readonly bytes: number; readonly failures: number; readonly pending: number } }[];
 }
 
@@ -172,6 +174,12 @@ export function createRunnerMetrics(src: MetricsSources): RunnerMetrics {
   mirroredCounter(registry, 'hydrant_upload_logs_total', 'Build logs published to binary caches.', [], () => one(src.uploads.logs));
   mirroredCounter(registry, 'hydrant_upload_failures_total', 'Failed closure uploads (the step was retried).', [], () => one(src.uploads.failures));
   // Only with backup buckets configured: a family that can never move is not exposed.
+  const subst = src.substituters;
+  if (subst) {
+    mirroredCounter(registry, 'hydrant_substituter_failures_total', 'Times a substituter failed and was skipped for the backoff period (substituterBackoffInS).', ['substituter'], () => subst().map((x): [Labels, number] => [{ substituter: x.substituter }, x.failures]));
+    mirroredCounter(registry, 'hydrant_substituter_skipped_total', 'Narinfo look-ups that skipped a substituter in its backoff period.', ['substituter'], () => subst().map((x): [Labels, number] => [{ substituter: x.substituter }, x.skipped]));
+    computedGauge(registry, 'hydrant_substituter_disabled', '1 while a substituter is skipped after a failure.', ['substituter'], () => subst().map((x): [Labels, number] => [{ substituter: x.substituter }, x.disabled ? 1 : 0]));
+  }
   const backups = src.backups;
   if (backups) {
     mirroredCounter(registry, 'hydrant_backup_builds_total', 'Builds whose closure was copied to a backup bucket.', ['bucket'], () => backups().map((b): [Labels, number] => [{ bucket: b.target }, b.totals.builds]));

@@ -31,6 +31,8 @@ export interface SshdServe {
   spec(columns?: Columns): MachineSpec;
   /** Kills sshd and every process in its namespace (connections, their nix-store, builds). */
   kill(): Promise<void>;
+  /** Starts sshd again (after kill, or killing it first) on the same port, keys and store. */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -99,18 +101,23 @@ export async function startSshdServe(): Promise<SshdServe> {
     ].join('\n'),
   );
   mkdirSync('/run/sshd', { recursive: true }); // sshd's privilege-separation directory
-  const sshd: ChildProcess = spawn(
-    'unshare',
-    ['--mount', '--propagation', 'private', '--', '/bin/sh', '-c', 'mount --bind "$0" /nix && exec /usr/sbin/sshd -D -e -f "$1"', store.nixDir, join(dir, 'sshd_config')],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  let sshdLog = '';
-  sshd.stderr!.on('data', (b: Buffer) => (sshdLog = (sshdLog + b.toString()).slice(-4000)));
-  for (let i = 0; !(await accepting(port)); i++) {
-    if (sshd.exitCode !== null || i > 200) throw new Error(`sshd did not start: ${sshdLog}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  const ns = readlinkSync(`/proc/${sshd.pid}/ns/mnt`);
+  let sshd!: ChildProcess;
+  let ns = '';
+  const launch = async () => {
+    sshd = spawn(
+      'unshare',
+      ['--mount', '--propagation', 'private', '--', '/bin/sh', '-c', 'mount --bind "$0" /nix && exec /usr/sbin/sshd -D -e -f "$1"', store.nixDir, join(dir, 'sshd_config')],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let sshdLog = '';
+    sshd.stderr!.on('data', (b: Buffer) => (sshdLog = (sshdLog + b.toString()).slice(-4000)));
+    for (let i = 0; !(await accepting(port)); i++) {
+      if (sshd.exitCode !== null || i > 200) throw new Error(`sshd did not start: ${sshdLog}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    ns = readlinkSync(`/proc/${sshd.pid}/ns/mnt`);
+  };
+  await launch();
   const hostKey = readFileSync(join(dir, 'hostkey.pub'), 'utf8').trim();
   const line = (c: Columns = {}) =>
     `ssh://root@127.0.0.1:${port} ${hostSystem()} ${join(dir, 'id')} ${c.maxJobs ?? 2} 1 - ${c.mandatoryFeatures ?? '-'} ${Buffer.from(c.hostKey ?? hostKey).toString('base64')}`;
@@ -123,6 +130,10 @@ export async function startSshdServe(): Promise<SshdServe> {
       }
     }
     if (sshd.exitCode === null && sshd.signalCode === null) await new Promise((r) => sshd.once('exit', r));
+  };
+  const restart = async () => {
+    await kill();
+    await launch();
   };
   return {
     dir,
@@ -137,6 +148,7 @@ export async function startSshdServe(): Promise<SshdServe> {
       return [...machines.values()][0]!;
     },
     kill,
+    restart,
     stop: async () => {
       await kill();
       rmSync(dir, { recursive: true, force: true });

@@ -7,11 +7,15 @@
  * imported.
  */
 import { execFileSync } from 'node:child_process';
+import { Writable } from 'node:stream';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BinaryCache } from '../../src/cache/binary-cache.ts';
 import { parseServeUri, serveSshArgs } from '../../src/cache/serve-source.ts';
+import { uploadClosure } from '../../src/cache/upload.ts';
+import { freePort } from '../../src/db/embedded.ts';
 import { Substituter } from '../../src/cache/substituter.ts';
 import { PrivateStore } from '../../src/nix/private-store.ts';
 import { createLogger } from '../../src/util/logger.ts';
@@ -107,10 +111,94 @@ describe('an ssh:// substituter (a nix-store --serve peer)', () => {
     expect(await valid([fx.paths.single])).toEqual(new Set());
   });
 
-  it('refuses a peer whose host key is not the one the URI gives', async () => {
+  it('refuses a peer whose host key is not the one the URI gives: skipped for the backoff period, logged once', async () => {
     execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(tmp, 'otherhost')]);
     const wrong = readFileSync(join(tmp, 'otherhost.pub'), 'utf8').trim();
-    const { s } = await open(uri('', wrong));
-    await expect(s.substitute([fx.paths.tree])).rejects.toMatchObject({ code: 'SSH_HOST_KEY' });
+    const { s, lines } = await watched(uri('', wrong), () => 0);
+    expect(await s.substitute([fx.paths.tree])).toBe(false);
+    expect(failures(lines)).toMatchObject([{ code: 'SSH_HOST_KEY', substituter: `ssh://root@127.0.0.1:${sshd.port}` }]);
+  });
+
+  /** A Substituter over `urls` with a clock and a log the test reads. */
+  async function watched(urls: string | string[], now: () => number): Promise<{ s: Substituter; lines: Record<string, unknown>[]; store: PrivateStore }> {
+    const store = await PrivateStore.create(join(tmp, `store-${n++}`));
+    const lines: Record<string, unknown>[] = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        lines.push(JSON.parse(chunk.toString('utf8')) as Record<string, unknown>);
+        cb();
+      },
+    });
+    const s = await Substituter.open({
+      urls: Array.isArray(urls) ? urls : [urls], trustedPublicKeys: [key.publicKey], pool, store, log: createLogger({ level: 'info', destination }), now, backoffMs: 60_000,
+      queryValid: async (paths) => {
+        const r = await store.run('nix-store', ['--check-validity', '--print-invalid', ...paths]);
+        const invalid = new Set(r.stdout.toString('utf8').split('\n').filter(Boolean));
+        return new Set(paths.filter((p) => !invalid.has(p)));
+      },
+    });
+    opened.push(s);
+    return { s, lines, store };
+  }
+  const failures = (lines: Record<string, unknown>[]) => lines.filter((l) => l.msg === 'substituter failed; skipping it for the backoff period');
+  const connections = (s: Substituter) => (s as unknown as { sources: { connectionsOpened?: number }[] }).sources[0]!.connectionsOpened!;
+
+  it('skips a peer on a closed port for the backoff period (the next cache answers), then asks it again', async () => {
+    // A directory cache with user's closure, signed, after the unreachable peer.
+    const dir = join(tmp, 'file-cache');
+    const cache = await BinaryCache.open(`file://${dir}?secret-key=${key.secretFile}`, pool);
+    await uploadClosure(cache, [fx.paths.user]);
+    await cache.close();
+    const closed = await freePort();
+    const peer = `ssh://root@127.0.0.1:${closed}?ssh-key=${sshd.keyFile}&base64-ssh-public-host-key=${Buffer.from(sshd.hostKey).toString('base64')}`;
+    let now = 1_000_000;
+    const { s, lines } = await watched([peer, `file://${dir}`], () => now);
+
+    expect(await s.substitute([fx.paths.user])).toBe(true);
+    expect(connections(s)).toBe(1);
+    expect(failures(lines)).toMatchObject([{ level: 40, substituter: `ssh://root@127.0.0.1:${closed}`, code: 'SERVE_CONNECTION', backoffS: 60 }]);
+    // tree (user's reference, the next level) was looked up after the failure: the peer was skipped.
+    expect(s.stats()[0]).toMatchObject({ failures: 1, skipped: 1, disabled: true });
+
+    // Within the period: not asked (no ssh started), not logged again, counted as skipped.
+    expect(await s.substitute([fx.paths.multiOut])).toBe(false);
+    expect(await s.lookup(fx.paths.single)).toBeNull();
+    expect(connections(s)).toBe(1);
+    expect(failures(lines)).toHaveLength(1);
+    expect(s.stats()[0]!.skipped).toBe(3);
+
+    // After it: asked again (a miss was remembered only until then), fails again, one more line.
+    now += 60_001;
+    expect(s.stats()[0]!.disabled).toBe(false);
+    expect(await s.lookup(fx.paths.multiOut)).toBeNull();
+    expect(connections(s)).toBe(2);
+    expect(failures(lines)).toHaveLength(2);
+    expect(s.stats()[0]).toMatchObject({ failures: 2, disabled: true });
+    expect(s.stats()[1]).toMatchObject({ substituter: `file://${dir}`, failures: 0, skipped: 0, disabled: false });
+  });
+
+  it('skips a peer whose sshd stopped, and takes it back once the period is over and sshd is up', async () => {
+    let now = 5_000_000;
+    const { s, lines } = await watched(uri(), () => now);
+    expect(await s.substitute([fx.paths.tree])).toBe(true);
+    expect(connections(s)).toBe(1);
+
+    await sshd.kill();
+    expect(await s.substitute([fx.paths.user])).toBe(false);
+    expect(failures(lines)).toHaveLength(1);
+    expect(failures(lines)[0]).toMatchObject({ substituter: `ssh://root@127.0.0.1:${sshd.port}` });
+    const opened = connections(s);
+
+    await sshd.restart();
+    // Up again, but within the period: still skipped, nothing started.
+    expect(await s.substitute([fx.paths.user])).toBe(false);
+    expect(connections(s)).toBe(opened);
+    expect(failures(lines)).toHaveLength(1);
+
+    now += 60_001;
+    expect(await s.substitute([fx.paths.user])).toBe(true);
+    expect(connections(s)).toBe(opened + 1);
+    expect(lines.filter((l) => l.msg === 'substituter answers again')).toHaveLength(1);
+    expect(s.stats()[0]).toMatchObject({ failures: 1, disabled: false });
   });
 });
