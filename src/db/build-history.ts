@@ -1,3 +1,4 @@
+import type { QueryResultRow } from 'pg';
 import type { Queryable } from './chunks.ts';
 import { sql } from './sql.ts';
 import { BuildStatus } from './status.ts';
@@ -141,7 +142,12 @@ export async function readRecentBuilds(db: Queryable, f: RecentBuildsFilter, lim
     limit,
     offset,
   ]);
-  return rows.map((r) => ({
+  return rows.map(recentBuildOf);
+}
+
+/** A recent-builds row (recent-builds.sql, search-builds.sql) as the status API shows it. */
+export function recentBuildOf(r: QueryResultRow): RecentBuildRow {
+  return {
     id: r.id,
     finished: r.finished === 1,
     buildStatus: r.finished === 1 ? r.buildstatus : null,
@@ -156,5 +162,5 @@ export async function readRecentBuilds(db: Queryable, f: RecentBuildsFilter, lim
     startTime: r.starttime,
     stopTime: r.stoptime,
     isCachedBuild: r.iscachedbuild === 1,
-  }));
+  };
 }

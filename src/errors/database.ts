@@ -34,3 +34,6 @@ export class EmbeddedPlacementError extends errorKind('EMBEDDED_DB_PLACEMENT') {
 
 /** Hydra's queue-runner lock file is held by another process: Hydra's own queue runner, or another Hydrant. */
 export class QueueRunnerLockFileError extends errorKind('RUNNER_LOCK_FILE') {}
+
+/** A history search ran past its time bound (statement_timeout): the operator narrows it. */
+export class SearchTimeoutError extends errorKind('SEARCH_TIMEOUT') {}

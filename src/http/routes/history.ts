@@ -1,8 +1,10 @@
 import type { Scheduler } from '../../actors/scheduler.ts';
 import type { Queryable } from '../../db/chunks.ts';
 import { readRecentBuilds, type RecentBuildsFilter } from '../../db/build-history.ts';
+import { searchBuilds } from '../../db/build-search.ts';
 import { BuildStatus } from '../../db/status.ts';
-import { HttpError } from '../../errors/index.ts';
+import { HttpError, SearchTimeoutError } from '../../errors/index.ts';
+import { parseBuildSearch } from '../../status/build-search.ts';
 import { pageOf } from '../../status/paging.ts';
 import type { Router } from '../router.ts';
 
@@ -27,8 +29,10 @@ function statusFilter(v: string | null): Pick<RecentBuildsFilter, 'finished' | '
 
 /**
  * `GET /status/history`: builds newest first, finished or not, from the
- * database (`?project=&jobset=&job=&status=&offset=&limit=`; job matches
- * part of the name). A build this runner has queued also carries its
+ * database (`?q=&project=&jobset=&job=&status=&offset=&limit=`; job matches
+ * part of the name; `q` is what an operator types: a build id, a store path
+ * or its hash part, part of project:jobset:job or of a machine's name,
+ * src/status/build-search.ts). A build this runner has queued also carries its
  * top-level step's state from the runner's memory. `more` says whether a
  * next page exists (no count over a table of millions of builds).
  */
@@ -39,7 +43,15 @@ export function registerHistoryRoutes(router: Router, ctx: HistoryContext): void
     const { offset, limit } = pageOf(req.url, 50, 500);
     const text = (name: string): string | undefined => q.get(name) || undefined;
     const filter: RecentBuildsFilter = { project: text('project'), jobset: text('jobset'), job: text('job'), ...statusFilter(q.get('status')) };
-    const rows = await readRecentBuilds(ctx.db, filter, limit + 1, offset);
+    const search = parseBuildSearch(q.get('q') ?? '');
+    let rows;
+    try {
+      rows = search ? await searchBuilds(ctx.db, search, filter, limit + 1, offset) : await readRecentBuilds(ctx.db, filter, limit + 1, offset);
+    } catch (err) {
+      // A search that matches little walks many builds: bounded, and the operator is told how to narrow it.
+      if (err instanceof SearchTimeoutError) throw new HttpError(503, err.message, { cause: err });
+      throw err;
+    }
     const more = rows.length > limit;
     if (more) rows.length = limit;
     const s = ctx.scheduler();
@@ -52,6 +64,7 @@ export function registerHistoryRoutes(router: Router, ctx: HistoryContext): void
         link: `/status/build/${r.id}`,
       };
     });
-    return { builds, offset, limit, more };
+    // `search`: how q was read (one of id, path, part, text), so a reader can say what was searched.
+    return { builds, offset, limit, more, search };
   });
 }
