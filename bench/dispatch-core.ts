@@ -11,6 +11,8 @@
 import { EventEmitter } from 'node:events';
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
+import { PerformanceObserver } from 'node:perf_hooks';
+import { getHeapStatistics } from 'node:v8';
 import type { DerivationSummary } from '../src/actors/model.ts';
 import { startRunnerRuntime, type RunnerRuntime } from '../src/daemon/runner-runtime.ts';
 import { MemoryStore } from '../test/sim/memory-store.ts';
@@ -82,33 +84,45 @@ interface Probe {
   rootCpu: NodeJS.CpuUsage | null;
   dispatchedAt: number[];
   lastCpu: NodeJS.CpuUsage | null;
+  /** V8 heap in use when the root's result arrived and at the burst's last hand-over. */
+  rootHeap: number;
+  lastHeap: number;
 }
 
 /**
- * A CPU profile of the burst alone (`--profile-burst FILE`): from the root's
+ * A profile of the burst alone (`--profile-burst FILE`): from the root's
  * result reaching the graph to the last hand-over, without the ingest and
- * the stop around it (which `node --cpu-prof` would mix in).
+ * the stop around it (which `node --cpu-prof` would mix in). A FILE ending
+ * in `.heapprofile` gets the sampling heap profiler's allocations (every
+ * ~128 bytes sampled), any other a CPU profile (100 µs samples).
  */
 function burstProfiler(file: string | undefined): { start(): void; stop(): void } {
   if (!file) return { start() {}, stop() {} };
   const session = new Session();
   session.connect();
+  const heap = file.endsWith('.heapprofile');
   // An in-thread session answers synchronously: the profile covers exactly the calls between start and stop.
+  const done = (err: Error | null, r: { profile: object }) => {
+    if (!err) writeFileSync(file, JSON.stringify(r.profile));
+    session.disconnect();
+  };
+  if (heap) {
+    return {
+      start: () => session.post('HeapProfiler.startSampling', { samplingInterval: 128, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true } as object),
+      stop: () => session.post('HeapProfiler.stopSampling', done),
+    };
+  }
   session.post('Profiler.enable');
   session.post('Profiler.setSamplingInterval', { interval: 100 });
   return {
     start: () => session.post('Profiler.start'),
-    stop: () =>
-      session.post('Profiler.stop', (err, r) => {
-        if (!err) writeFileSync(file, JSON.stringify(r.profile));
-        session.disconnect();
-      }),
+    stop: () => session.post('Profiler.stop', done),
   };
 }
 
 /** Times every round (synchronous, so wall time is main-thread CPU) and records every assignment's latency. */
 function probe(runtime: RunnerRuntime, burstTotal: number, profiler: ReturnType<typeof burstProfiler>): Probe {
-  const p: Probe = { latencies: [], waits: [], rounds: [], assigned: [], firstDispatchAt: 0, rootAt: 0, rootCpu: null, dispatchedAt: [], lastCpu: null };
+  const p: Probe = { latencies: [], waits: [], rounds: [], assigned: [], firstDispatchAt: 0, rootAt: 0, rootCpu: null, dispatchedAt: [], lastCpu: null, rootHeap: 0, lastHeap: 0 };
   const d = runtime.scheduler.dispatcher;
   const original = d.round.bind(d);
   d.round = () => {
@@ -127,6 +141,7 @@ function probe(runtime: RunnerRuntime, burstTotal: number, profiler: ReturnType<
     // One getrusage at the burst's end only: per assignment or per round it cost 20–40 µs on a loaded machine.
     if (p.rootCpu && p.dispatchedAt.length === burstTotal) {
       p.lastCpu = process.cpuUsage(p.rootCpu);
+      p.lastHeap = getHeapStatistics().used_heap_size;
       profiler.stop();
     }
   };
@@ -136,6 +151,7 @@ function probe(runtime: RunnerRuntime, burstTotal: number, profiler: ReturnType<
     if (p.rootAt === 0) {
       p.rootAt = performance.now();
       p.rootCpu = process.cpuUsage();
+      p.rootHeap = getHeapStatistics().used_heap_size;
       profiler.start();
     }
     return complete(step);
@@ -150,6 +166,20 @@ function addMachines(runtime: RunnerRuntime, sim: SimulatedBuilder, machines: nu
       sim,
     );
   }
+}
+
+/** A garbage collection: when it began, its pause, its kind (perf_hooks constants.NODE_PERFORMANCE_GC_*: 1 minor, 4 major, 8 incremental, 16 weak callbacks). */
+interface Gc {
+  start: number;
+  ms: number;
+  kind: number;
+}
+
+/** Garbage collections that began within the burst, their total pause, and the pause of the major ones. */
+function burstGcs(gcs: Gc[], from: number, to: number): { count: number; ms: number; majorMs: number } {
+  const inside = gcs.filter((g) => g.start >= from && g.start <= to);
+  const sum = (xs: Gc[]) => round(xs.reduce((a, g) => a + g.ms, 0), 1);
+  return { count: inside.length, ms: sum(inside), majorMs: sum(inside.filter((g) => g.kind === 4)) };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -199,6 +229,12 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const root = dag.derivations[0]!.drvPath;
   const sim = new SimulatedBuilder({ store, behaviour: (job) => (burst > 0 && job.drvPath !== root ? { kind: 'hang' } : { kind: 'success' }) });
   const loop = loopMonitor();
+  // Garbage collections, to tell whether the heap's growth over the burst is what it allocated (none ran) or less.
+  const gcs: Gc[] = [];
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) gcs.push({ start: e.startTime, ms: e.duration, kind: (e as { detail?: { kind?: number } }).detail?.kind ?? 0 });
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
 
   const t0 = performance.now();
   const cpu0 = process.cpuUsage();
@@ -229,6 +265,8 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const elapsed = (performance.now() - start) / 1000;
   const cpu = process.cpuUsage(cpuStart);
   loop.disable();
+  await sleep(0); // the last GC entries are delivered asynchronously
+  gcObserver.disconnect();
   const finished = runtime.scheduler.counters.stepsFinished;
   await runtime.stop(0);
 
@@ -253,6 +291,10 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       sinceRootDoneMs: latencySummary(p.dispatchedAt.slice(1).map((t) => t - p.rootAt)),
       burstMs: round((p.dispatchedAt.at(-1) ?? 0) - p.rootAt, 1),
       burstCpuUsPerAssignment: p.lastCpu ? round((p.lastCpu.user + p.lastCpu.system) / burst, 2) : null,
+      // The V8 heap's growth over the burst per assignment: what it allocated when burstGc.count is 0
+      // (run with --max-semi-space-size=256 so that no scavenge falls in it), a floor otherwise.
+      burstHeapBytesPerAssignment: round((p.lastHeap - p.rootHeap) / burst, 0),
+      burstGc: burstGcs(gcs, p.rootAt, p.dispatchedAt.at(-1) ?? 0),
     }),
     rounds: p.rounds.length,
     roundMsMax: round(busy.reduce((a, b) => Math.max(a, b), 0), 3),

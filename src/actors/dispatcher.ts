@@ -72,7 +72,12 @@ export interface DispatcherStats {
  */
 export class Dispatcher {
   private readonly queues = new Map<string, RunnableQueue>();
-  private readonly active = new Set<RunnableQueue>();
+  /**
+   * Queues with steps, in the order they gained them (a queue is in it when
+   * its `active` flag is set): an array, walked on every assignment without
+   * the iterator objects a Set allocates until the JIT has optimised the loop.
+   */
+  private readonly active: RunnableQueue[] = [];
   readonly machines = new Map<string, MachineActor>();
   private readonly machineQueues = new Map<MachineRecord, RunnableQueue[]>();
   /** Machines whose slots or figures changed since the last round's end (their ready/busy is synced then). */
@@ -114,7 +119,7 @@ export class Dispatcher {
   enqueue(step: StepRecord): void {
     const q = this.queueFor(step);
     q.push(step);
-    this.active.add(q);
+    this.activate(q);
     this.stats.runnable++;
     this.checkUnsupported(q);
     this.kick();
@@ -418,6 +423,18 @@ export class Dispatcher {
     return q;
   }
 
+  private activate(q: RunnableQueue): void {
+    if (q.active) return;
+    q.active = true;
+    this.active.push(q);
+  }
+
+  private deactivate(q: RunnableQueue): void {
+    if (!q.active) return;
+    q.active = false;
+    this.active.splice(this.active.indexOf(q), 1); // in order: ties between queues go to the first, as before
+  }
+
   private checkUnsupported(q: RunnableQueue): void {
     if (q.capable.size > 0 || q.live === 0) {
       q.unsupportedSince = 0;
@@ -453,7 +470,7 @@ export class Dispatcher {
         this.o.unsupported(s);
       }
       q.unsupportedSince = 0;
-      this.active.delete(q);
+      this.deactivate(q);
     }
     this.armUnsupportedTimer();
   }
@@ -522,9 +539,12 @@ export class Dispatcher {
       let bestTop: Entry | null = null;
       let bestShare = 0;
       let bestM: MachineRecord | undefined;
-      for (const q of this.active) {
+      const active = this.active;
+      for (let i = 0; i < active.length; i++) {
+        const q = active[i]!;
         if (q.live === 0) {
-          this.active.delete(q);
+          this.deactivate(q);
+          i--;
           continue;
         }
         const m = this.topFree(q);

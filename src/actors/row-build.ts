@@ -12,6 +12,10 @@ import type { StepGraph } from './step-graph.ts';
  */
 export function rowBuild(graph: StepGraph, step: StepRecord): BuildRecord | undefined {
   let own: BuildRecord | undefined;
-  for (const b of step.builds) if (!b.done && (own === undefined || b.id < own.id)) own = b;
+  // Indexed: this runs per assignment, also before the JIT has optimised it (an iterator allocates there).
+  for (let i = 0; i < step.builds.length; i++) {
+    const b = step.builds[i]!;
+    if (!b.done && (own === undefined || b.id < own.id)) own = b;
+  }
   return own ?? graph.builds.get(step.lowestBuildId) ?? graph.dependentBuilds(step)[0];
 }

@@ -48,8 +48,17 @@ function entryLess(a: Entry, b: Entry): boolean {
  */
 export class RunnableQueue {
   private readonly byJobset = new Map<JobsetRecord, Heap<Entry>>();
+  /**
+   * The same heaps as an array (jobsets[i] owns heaps[i]), walked on every
+   * assignment: indexing allocates nothing, where a Map's iterator allocates
+   * an entry per step until the JIT has optimised the loop.
+   */
+  private readonly jobsets: JobsetRecord[] = [];
+  private readonly heaps: Heap<Entry>[] = [];
   /** Live (non-stale) steps queued. */
   live = 0;
+  /** In the dispatcher's list of queues with steps. */
+  active = false;
   /** Machines that can run this platform, connected or within their reconnect grace. */
   readonly capable = new Set<MachineRecord>();
   readonly freeMachines: Heap<MachineRecord>;
@@ -79,10 +88,15 @@ export class RunnableQueue {
       local: step.localPriority,
       buildId: step.lowestBuildId,
     };
-    const jobsets = step.jobsets.length > 0 ? step.jobsets : [ORPHAN];
-    for (const j of jobsets) {
+    const jobsets = step.jobsets.length > 0 ? step.jobsets : ORPHANS;
+    for (let i = 0; i < jobsets.length; i++) {
+      const j = jobsets[i]!;
       let h = this.byJobset.get(j);
-      if (!h) this.byJobset.set(j, (h = new Heap(entryLess)));
+      if (!h) {
+        this.byJobset.set(j, (h = new Heap(entryLess)));
+        this.jobsets.push(j);
+        this.heaps.push(h);
+      }
       h.push(e);
     }
     this.live++;
@@ -98,7 +112,11 @@ export class RunnableQueue {
   drop(step: StepRecord): void {
     step.queueGen++;
     this.live--;
-    if (this.live === 0) this.byJobset.clear();
+    if (this.live === 0) {
+      this.byJobset.clear();
+      this.jobsets.length = 0;
+      this.heaps.length = 0;
+    }
   }
 
   private static fresh(e: Entry): boolean {
@@ -118,7 +136,9 @@ export class RunnableQueue {
     let bestHeap: Heap<Entry> | null = null;
     let best: Entry | null = null;
     let bestShare = 0;
-    for (const [jobset, heap] of this.byJobset) {
+    for (let i = 0; i < this.heaps.length; i++) {
+      const heap = this.heaps[i]!;
+      const jobset = this.jobsets[i]!;
       let top = heap.peek();
       while (top && !RunnableQueue.fresh(top)) {
         heap.pop();
@@ -126,6 +146,9 @@ export class RunnableQueue {
       }
       if (!top) {
         this.byJobset.delete(jobset);
+        this.heaps.splice(i, 1); // in order: ties between jobsets go to the first, as before
+        this.jobsets.splice(i, 1);
+        i--;
         continue;
       }
       const share = jobset === ORPHAN ? 0 : shareUsed(jobset);
@@ -161,6 +184,7 @@ export class RunnableQueue {
 
 /** Steps not (yet) attributed to any jobset share one pseudo-jobset with zero share use. */
 const ORPHAN: JobsetRecord = { id: 0, project: '', name: '', shares: 1, seconds: 0, charges: [] };
+const ORPHANS: readonly JobsetRecord[] = [ORPHAN];
 
 /** Hydra's full order across jobsets and platforms. */
 export function globalLess(a: Entry, shareA: number, b: Entry, shareB: number): boolean {

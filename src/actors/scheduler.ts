@@ -181,7 +181,8 @@ export class Scheduler implements SchedulerIntake {
     const port = this.ports.get(m.id)!;
     const now = this.clock.now();
     // The job is handed over first; its row is written right after the round.
-    const { buildId, row } = this.results.started(step, m.id, now);
+    const buildId = this.results.rowBuildId(step);
+    const row = this.results.started(step, buildId, m.id, now);
     const aj = this.active.start(step, m, port, buildId, row, this.o.config, now);
     this.counters.stepsStarted++;
     if (this.debug) this.o.log.debug({ build: buildId, drv: step.drvPath, machine: m.id, job: aj.job.jobId }, 'step dispatched');

@@ -141,17 +141,20 @@ export class StepResults {
     if (ended.includes(q.id)) this.buildEnded(q.id, false, false);
   }
 
+  /** The build an attempt of `step` records its row under (src/actors/row-build.ts). */
+  rowBuildId(step: StepRecord): number {
+    return this.rowBuild(step)?.id ?? step.lowestBuildId;
+  }
+
   /**
    * An attempt of `step` on `machine` begins (`now`, ms): its row goes under
-   * its row build (src/actors/row-build.ts), written with the other starts
-   * of the dispatch round (ResultWriter.started).
+   * `buildId` (rowBuildId), written with the other starts of the dispatch
+   * round (ResultWriter.started).
    */
-  started(step: StepRecord, machine: string, now: number): { buildId: number; row: Promise<number | null> } {
-    const buildId = this.rowBuild(step)?.id ?? step.lowestBuildId;
+  started(step: StepRecord, buildId: number, machine: string, now: number): Promise<number | null> {
     const firstStepOfBuild = !this.startedBuilds.has(buildId);
-    this.startedBuilds.add(buildId);
-    const row = this.o.writer.started({ buildId, drvPath: step.drvPath, system: step.platform.system, machine, startTime: unixNow(now), outputs: step.outputs, firstStepOfBuild });
-    return { buildId, row };
+    if (firstStepOfBuild) this.startedBuilds.add(buildId);
+    return this.o.writer.started({ buildId, drvPath: step.drvPath, system: step.platform.system, machine, startTime: unixNow(now), outputs: step.outputs, firstStepOfBuild });
   }
 
   /** The builder built the step (or it failed for good): counted, charged to its jobsets, applied, written. */

@@ -1,4 +1,8 @@
-/** A binary min-heap under `less`. Small and allocation-free per operation. */
+/**
+ * A binary min-heap under `less`. Small and allocation-free per operation,
+ * also before the JIT has optimised it (a destructuring swap allocates an
+ * array there, and the dispatcher's first burst runs in such code).
+ */
 export class Heap<T> {
   private items: T[] = [];
 
@@ -19,7 +23,9 @@ export class Heap<T> {
     while (i > 0) {
       const p = (i - 1) >> 1;
       if (!this.less(a[i]!, a[p]!)) break;
-      [a[i], a[p]] = [a[p]!, a[i]!];
+      const t = a[i]!;
+      a[i] = a[p]!;
+      a[p] = t;
       i = p;
     }
   }
@@ -39,7 +45,9 @@ export class Heap<T> {
         if (l < a.length && this.less(a[l]!, a[m]!)) m = l;
         if (r < a.length && this.less(a[r]!, a[m]!)) m = r;
         if (m === i) break;
-        [a[i], a[m]] = [a[m]!, a[i]!];
+        const t = a[i]!;
+        a[i] = a[m]!;
+        a[m] = t;
         i = m;
       }
     }
