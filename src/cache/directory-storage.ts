@@ -16,7 +16,8 @@ export interface DirectoryStorageOptions {
  * Objects as files under a directory (`file://` caches). Each file is written
  * to a hidden temporary sibling and hard-linked to its name (publish-file.ts),
  * so readers see all of it or nothing and an existing file is never
- * replaced. Content types and encodings are not recorded: a web server in
+ * replaced; a body named by its own bytes (`sameBytes`: a NAR) is renamed
+ * into place instead, as an existing file of that name holds the same bytes. Content types and encodings are not recorded: a web server in
  * front of the directory derives them from the names, as for Nix's own.
  */
 export class DirectoryStorage implements CacheStorage {
