@@ -1,4 +1,4 @@
-import { unixNow } from './builder-port.ts';
+import { outputsReader, unixNow } from './builder-port.ts';
 import type { BuildRecord, StepOutput, StepRecord } from './model.ts';
 import type { ResolvedStepPrepared, SubstitutedStepPrepared } from './prepare-step.ts';
 import type { StepResultsOptions } from './step-results.ts';
@@ -105,8 +105,12 @@ export class ResolvedSteps {
     graph.transition(step, event, outputs);
     const builds = step.builds.filter((b) => !b.done);
     const now = unixNow(this.o.clock.now());
+    // No earlier build of the outputs: they are read (substituted or realised into the runner's store just now), as for a build queued already built.
+    const readOutputs = outputsReader(this.o.finisher, outputs, (err) =>
+      this.o.log.error({ drv: step.drvPath, err: String((err as Error)?.message ?? err) }, 'cannot read the outputs of a step found built'),
+    );
     for (const b of builds) {
-      if (await writer.persist(() => db.buildCached({ buildId: b.id, now, outputs }))) {
+      if (await writer.persist(() => db.buildCached({ buildId: b.id, now, outputs, readOutputs }))) {
         this.o.stats.buildEnded(true, true);
         this.o.buildFinished(b.id);
       }

@@ -75,7 +75,7 @@ export class Scheduler implements SchedulerIntake {
       },
     });
     this.results = new StepResults({ db: o.db, graph: this.graph, writer: this.writer, stats: this.stats, log: o.log, clock, finisher: o.finisher, buildFinished: (id) => this.onBuildFinished?.(id) });
-    this.resolutions = new ResolvedSteps({ db: o.db, graph: this.graph, writer: this.writer, stats: this.stats, log: o.log, clock, buildFinished: (id) => this.onBuildFinished?.(id) });
+    this.resolutions = new ResolvedSteps({ db: o.db, graph: this.graph, writer: this.writer, stats: this.stats, log: o.log, clock, finisher: o.finisher, buildFinished: (id) => this.onBuildFinished?.(id) });
     const { stepSortFn, machineSortFn, machineFreeFn, maxRetries, retryInterval, retryBackoff, maxUnsupportedTimeInS, dispatchTriggerTimerInS } = o.config;
     this.dispatcher = new Dispatcher({
       clock, stepSortFn, machineSortFn, machineFreeFn, maxRetries: retriesAfterFirstAttempt(maxRetries), retryInterval, retryBackoff, maxUnsupportedTimeInS, dispatchTriggerTimerInS,

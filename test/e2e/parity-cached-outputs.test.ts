@@ -9,7 +9,9 @@ import { OutputPublisher } from '../../src/publish/output-publisher.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { createJobset, queueBuild } from '../helpers/hydra-rows.ts';
-import { instantiate, MK_DRV, realise, runNix } from '../helpers/nix.ts';
+import { InProcessRunner } from '../helpers/in-process-runner.ts';
+import { instantiate, MK_DRV, realise, runNix, runNixLines } from '../helpers/nix.ts';
+import { generateKey } from '../cache/fixtures.ts';
 import { machineRecord, quietLog, startRuntime, waitFor } from '../helpers/runtime.ts';
 
 /**
@@ -164,4 +166,42 @@ describe('a build queued already built, with no earlier build of its outputs', (
     expect(r.products).toEqual([]);
     expect(r.metrics).toEqual([]);
   }, 120_000);
+  it('reads them once substituted: a build whose step was substituted from a binary cache', async () => {
+    // Hydra substitutes while it loads the queue, then ends the build as cached with the outputs read (C++
+    // queue-monitor.cc:493-545 then :236-252); Hydrant substitutes when the step is runnable and ends it the same way.
+    const n = randomBytes(4).toString('hex');
+    const [good] = await instantiate(expr(n), ['good']);
+    await realise([good!]);
+    const d = await store.readDerivation(good!);
+    const [out, dev] = ['out', 'dev'].map((name) => d.outputs.find((o) => o.name === name)!.path!);
+    const doc = readFileSync(join(out!, 'share/doc.txt'));
+    const { stdout } = await runNix('nix', ['path-info', '--json', '--recursive', out!, dev!]);
+    const closure = JSON.parse(stdout.toString('utf8')) as { path: string; narSize: number }[];
+    const key = await generateKey(dir, `subst-${n}`);
+    const cacheDir = join(dir, `cache-${n}`);
+    await runNix('nix', ['--extra-experimental-features', 'nix-command', 'copy', '--to', `file://${cacheDir}?compression=none&secret-key=${key.secretFile}`, out!, dev!]);
+    await runNix('nix-store', ['--delete', dev!, out!]);
+    await runNix('nix-store', ['--delete', ...closure.map((i) => i.path).filter((p) => p !== out && p !== dev)]);
+    expect((await runNixLines('nix-store', ['--check-validity', '--print-invalid', out!, dev!])).sort()).toEqual([out!, dev!].sort());
+
+    const id = await queue(cached, good!, 'substituted');
+    const runner = await InProcessRunner.start(cached.url, dir, { useSubstitutes: true, substituters: [`file://${cacheDir}`], trustedPublicKeys: [key.publicKey] });
+    try {
+      await waitFor(() => finished(cached, [id]), 60_000, 'the substituted build');
+    } finally {
+      await runner.stop();
+    }
+    const r = await rows(cached, id);
+    // Substitution rows only; nothing built.
+    expect(r.steps).toBeGreaterThan(0);
+    expect((await cached.pool.query('select count(*)::int n from buildsteps where build = $1 and type <> 1', [id])).rows[0].n).toBe(0);
+    const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+    expect(r.build).toEqual({
+      finished: 1, buildstatus: 0, iscachedbuild: 1, releasename: `rel-${n}-1.0`,
+      size: sum(closure.filter((i) => i.path === out || i.path === dev).map((i) => i.narSize)), closuresize: sum(closure.map((i) => i.narSize)),
+    });
+    expect(r.products[0]).toMatchObject({ type: 'doc', subtype: 'readme', filesize: doc.length, sha256hash: createHash('sha256').update(doc).digest('hex'), path: `${out}/share/doc.txt` });
+    expect(r.products).toHaveLength(2);
+    expect(r.metrics.map((m: { name: string; value: number }) => [m.name, m.value])).toEqual([['lines', 7], ['runtime', 42.5]]);
+  }, 180_000);
 });
