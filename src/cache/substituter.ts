@@ -84,8 +84,9 @@ const LOOKUP_CONCURRENCY = 16;
  * missing alike, with a TTL, and concurrent look-ups of a path share one
  * request: a path is asked of the caches once per TTL whatever the number of
  * builds that need it. A path is accepted only with a signature by a trusted
- * key; its NAR's hash and size are checked against the narinfo before
- * anything is imported.
+ * key, or from a substituter marked `trusted`; its NAR's hash and size are
+ * checked against the narinfo before anything is imported. A substituter
+ * that fails is skipped for the backoff period (docs/CACHES.md).
  */
 export class Substituter {
   private readonly memo = new Map<string, Memo>();

@@ -2,6 +2,7 @@ import { createServer, type Server } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BinaryCache } from '../../src/cache/binary-cache.ts';
 import { parseStoreUri, splitSubstituterUri } from '../../src/cache/store-uri.ts';
@@ -158,6 +159,25 @@ describe('substituter URIs', () => {
     // What is left is remoteStoreAddr's syntax, which the S3 cache is opened with.
     expect(parseStoreUri(s3.storeUri)).toMatchObject({ scheme: 's3', bucket: 'bucket', region: 'eu-west-1', endpoint: 'http://127.0.0.1:9000' });
     expect(splitSubstituterUri('file:///srv/c').trusted).toBe(false);
+  });
+
+  it('keep every other parameter, decoded and in order, whatever the trusted value and its place', () => {
+    const name = fc.stringMatching(/^[a-z][a-z0-9-]{0,11}$/).filter((n) => n !== 'trusted');
+    const value = fc.string({ maxLength: 12 });
+    fc.assert(
+      fc.property(fc.uniqueArray(fc.tuple(name, value), { selector: ([k]) => k, maxLength: 6 }), fc.option(fc.constantFrom('1', 'true', 'yes', '0', 'false', 'no')), fc.nat(), (params, trusted, at) => {
+        const list = params.map(([k, v]) => `${k}=${encodeURIComponent(v)}`);
+        if (trusted !== null) list.splice(at % (list.length + 1), 0, `trusted=${trusted}`);
+        const uri = `https://cache.example.org/sub${list.length ? `?${list.join('&')}` : ''}`;
+        const u = splitSubstituterUri(uri);
+        expect(u.trusted).toBe(trusted !== null && ['1', 'true', 'yes'].includes(trusted));
+        expect([...u.params]).toEqual(params);
+        // What is left parses back to the same parameters, without trusted.
+        expect([...splitSubstituterUri(u.storeUri).params]).toEqual(params);
+        expect(u.storeUri.startsWith('https://cache.example.org/sub')).toBe(true);
+        expect(u.storeUri).not.toMatch(/[?&]trusted=/);
+      }),
+    );
   });
 
   it('refuse a bad trusted value and unknown parameters at open', async () => {
