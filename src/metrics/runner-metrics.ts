@@ -152,6 +152,10 @@ export function createRunnerMetrics(src: MetricsSources): RunnerMetrics {
   mirroredCounter(registry, 'hydrant_machine_step_seconds_total', 'Wall time of the steps each machine finished.', ['machine'], function* () {
     for (const [id, st] of s()?.machineStats ?? []) yield [{ machine: id }, st.totalStepMs / 1000];
   });
+  // The Rust runner's machine_total_step_build_time_ms, in seconds (promtool refuses `_ms` names).
+  mirroredCounter(registry, 'hydrant_machine_step_build_seconds_total', "Build time (the step's start to stop on the builder) of the steps each machine finished.", ['machine'], function* () {
+    for (const [id, st] of s()?.machineStats ?? []) yield [{ machine: id }, st.totalBuildMs / 1000];
+  });
   mirroredCounter(registry, 'hydrant_machine_failures_total', 'Attempts lost to a machine fault.', ['machine'], function* () {
     for (const [id, st] of s()?.machineStats ?? []) yield [{ machine: id }, st.machineFailures];
   });

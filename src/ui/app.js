@@ -43,7 +43,7 @@ const app = {
   /** The log panel: the step it shows, its refresh timer while the step runs, and where the text shown ends. */
   log: { stepId: null, timer: null, end: 0 },
   /** The Builds panel: recent builds from /status/history, and its filter. */
-  history: { builds: [], key: '', find: '', status: '' },
+  history: { builds: [], key: '', find: '', status: '', seq: 0 },
 };
 
 /** Element helper: h('div', { class: 'x', dataset: { testid: 'y' } }, 'text', child). */
@@ -400,35 +400,39 @@ function renderBuildSelect() {
 
 // ---------------------------------------------------------------- the Builds panel
 
-/** The filter box: a word matching the project, jobset or job (project:jobset:job parts, in that order). */
+/**
+ * The search box goes to the server as it was typed (`q`): a build id, a store path or its hash
+ * part, part of project:jobset:job or of a machine's name (the server tells them apart).
+ */
 function historyQuery() {
   const q = new URLSearchParams({ limit: '50' });
-  const parts = app.history.find.trim().split(':').filter(Boolean);
-  if (parts.length === 1) q.set('job', parts[0]);
-  else if (parts.length >= 2) {
-    q.set('project', parts[0]);
-    q.set('jobset', parts[1]);
-    if (parts[2]) q.set('job', parts[2]);
-  }
+  const find = app.history.find.trim();
+  if (find) q.set('q', find);
   if (app.history.status) q.set('status', app.history.status);
   return q.toString();
 }
 
 async function refreshHistory() {
   if (app.history.off) return;
+  // Answers to earlier keystrokes may arrive late: only the latest request's answer is shown.
+  const seq = ++app.history.seq;
   let r;
   try {
     r = await api(`/status/history?${historyQuery()}`);
   } catch (err) {
+    if (seq !== app.history.seq) return;
     // A server without a database has no history: the panel says so, and is not asked again.
-    if (err.status === 404) {
-      app.history.off = true;
-      $('history').replaceChildren(h('li', { class: 'hint' }, err.message));
+    if (err.status === 404) app.history.off = true;
+    // A search the server refuses (too long) or gave up on (too broad) says why, in place of the list.
+    if (err.status === 404 || err.status === 400 || err.status === 503) {
+      app.history.key = '';
+      $('history').replaceChildren(h('li', { class: 'hint', dataset: { testid: 'history-error' } }, err.message));
     }
     return;
   }
+  if (seq !== app.history.seq) return;
   app.history.builds = r.builds;
-  const key = `${app.buildId}|${r.builds.map((b) => `${b.id}:${outcomeOf(b)}`).join(',')}`;
+  const key = `${app.buildId}|${app.history.find.trim()}|${r.builds.map((b) => `${b.id}:${outcomeOf(b)}`).join(',')}`;
   if (key === app.history.key) return;
   app.history.key = key;
   renderHistory();
@@ -446,7 +450,7 @@ function renderHistory() {
             h('span', { class: 'badge', style: `background:${OUTCOME_COLORS[b.finished ? b.statusName : (b.state ?? 'queued')] ?? '#718096'}`, dataset: { testid: 'history-outcome' } }, outcomeOf(b)),
           ),
         )
-      : [h('li', { class: 'hint' }, 'no builds')]),
+      : [h('li', { class: 'hint', dataset: { testid: 'history-empty' } }, app.history.find.trim() ? 'no build matches' : 'no builds')]),
   );
 }
 

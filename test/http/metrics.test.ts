@@ -98,6 +98,8 @@ describe('Prometheus metrics', () => {
     expect(last.samples.get('hydrant_uploads_total')).toBeGreaterThanOrEqual(2);
     expect(last.samples.get('hydrant_dispatch_latency_seconds_count')).toBe(last.samples.get('hydrant_steps_started_total'));
     expect(last.samples.get('hydrant_machine_pings_total{machine="b2"}')).toBeGreaterThan(0);
+    // The build time each machine's steps took, in seconds (the Rust runner's machine_total_step_build_time_ms / 1000).
+    expect(last.samples.get('hydrant_machine_step_build_seconds_total{machine="b2"}')).toBeGreaterThanOrEqual(0);
   }, 240_000);
 
   it('promtool reports what it finds: a gauge named like a counter fails the check', async () => {
