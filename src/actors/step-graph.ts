@@ -169,6 +169,13 @@ export class StepGraph {
       }
     }
     if (!step) return { kind: 'cached', build, outputs };
+    // A resolved original found alone (its resolved step released while a loader held it) ended as that step did.
+    const to = step.state === 'resolved' ? this.resolvedTo.get(step) : undefined;
+    if (to?.state === 'failed') {
+      const cause = this.failureCause.get(to) ?? to;
+      this.releaseHold(step);
+      return { kind: 'cachedFailure', build, failedDrvPath: cause.drvPath, failedSystem: cause.platform.system, failedOutputs: cause.outputs, own: cause === to, failedStep: cause };
+    }
     if (SUCCESS_STATES.has(step.state)) {
       // Built a moment ago and still held by the builds that wanted it: its
       // rows may not be written yet, so the outputs come from its result.

@@ -62,7 +62,8 @@ describe('a build loaded between a content-addressed step\'s success and its row
 });
 
 describe('a build loaded for a resolved original whose resolved step was released while a loader held the original', () => {
-  it('ends cached with the resolved step\'s outputs', async () => {
+  /** A graph with a build of `original` resolved to `resolved`, the original held by a loader. */
+  async function resolvedAndHeld() {
     const store = new MemoryStore();
     const ca = (name: string) => {
       const drvPath = `/nix/store/${name.padStart(32, 'c')}-${name}.drv`;
@@ -72,7 +73,6 @@ describe('a build loaded for a resolved original whose resolved step was release
     const original = ca('original');
     const resolved = ca('resolved');
     const graph = new StepGraph({ store, failures: { isFailed: async () => false }, clock: { now: () => 1 }, listener: { runnable: () => {}, reprioritized: () => {}, released: () => {} } });
-    const queued = (id: number, drvPath: string) => ({ id, jobset: { id: 1, name: 'p:j', shares: 1, seconds: 0 } as never, job: 'j', drvPath, timestamp: 0, maxSilent: 0, timeout: 0, localPriority: 0, globalPriority: 0 });
     expect((await graph.addBuild(queued(1, original))).kind).toBe('queued');
     const o = graph.steps.get(original)!;
     // A loader's hold on the original (a dependent being created reads its inputs meanwhile).
@@ -80,7 +80,23 @@ describe('a build loaded for a resolved original whose resolved step was release
     expect(await internals.acquire(original)).toBe(o);
     const r = await graph.resolveTo(o, resolved);
     expect(r.kind).toBe('step');
-    const rs = (r as { step: StepRecord }).step;
+    return { graph, original, resolved, o, rs: (r as { step: StepRecord }).step, release: () => internals.releaseHold(o) };
+  }
+  const queued = (id: number, drvPath: string) => ({ id, jobset: { id: 1, name: 'p:j', shares: 1, seconds: 0 } as never, job: 'j', drvPath, timestamp: 0, maxSilent: 0, timeout: 0, localPriority: 0, globalPriority: 0 });
+
+  it('ends as a failure of the resolved derivation when it failed (not as a success)', async () => {
+    const { graph, original, resolved, rs, release } = await resolvedAndHeld();
+    for (const e of ['DISPATCH', 'START', 'FAIL'] as const) graph.transition(rs, e);
+    graph.removeBuild(graph.builds.get(1)!);
+    expect(graph.steps.has(resolved)).toBe(false);
+    expect(graph.steps.get(original)?.state).toBe('resolved');
+    expect(await graph.addBuild(queued(2, original))).toMatchObject({ kind: 'cachedFailure', failedDrvPath: resolved, own: true, failedStep: rs });
+    release();
+    expect(graph.steps.size).toBe(0);
+  });
+
+  it('ends cached with the resolved step\'s outputs', async () => {
+    const { graph, original, resolved, rs, release } = await resolvedAndHeld();
     const out = [{ name: 'out', path: '/nix/store/rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr-resolved' }];
     for (const e of ['DISPATCH', 'START'] as const) graph.transition(rs, e);
     graph.transition(rs, 'SUCCEED', out);
@@ -90,7 +106,7 @@ describe('a build loaded for a resolved original whose resolved step was release
     expect(graph.steps.get(original)?.state).toBe('resolved');
 
     expect(await graph.addBuild(queued(2, original))).toMatchObject({ kind: 'cached', outputs: out });
-    internals.releaseHold(o);
+    release();
     expect(graph.steps.size).toBe(0);
   });
 });
