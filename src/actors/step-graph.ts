@@ -169,11 +169,18 @@ export class StepGraph {
       }
     }
     if (!step) return { kind: 'cached', build, outputs };
+    // A resolved original found alone (its resolved step released while a loader held it) ended as that step did.
+    const to = step.state === 'resolved' ? this.resolvedTo.get(step) : undefined;
+    if (to?.state === 'failed') {
+      const cause = this.failureCause.get(to) ?? to;
+      this.releaseHold(step);
+      return { kind: 'cachedFailure', build, failedDrvPath: cause.drvPath, failedSystem: cause.platform.system, failedOutputs: cause.outputs, own: cause === to, failedStep: cause };
+    }
     if (SUCCESS_STATES.has(step.state)) {
       // Built a moment ago and still held by the builds that wanted it: its
       // rows may not be written yet, so the outputs come from its result.
       this.releaseHold(step);
-      return { kind: 'cached', build, outputs: this.builtOutputs.get(step) ?? step.outputs };
+      return { kind: 'cached', build, outputs: this.outputsOf(step) };
     }
     if (step.state === 'failed') {
       const cause = this.failureCause.get(step) ?? step;
@@ -185,6 +192,16 @@ export class StepGraph {
     step.builds = append(step.builds, build); // the loader's hold becomes the build's
     this.propagate(step, build);
     return { kind: 'queued', build, step };
+  }
+
+  /**
+   * What a succeeded step's outputs are: its result's. A resolved original
+   * still held by a loader after its resolved step was released stands for
+   * that step's result.
+   */
+  private outputsOf(step: StepRecord): readonly StepOutput[] {
+    const to = step.state === 'resolved' ? this.resolvedTo.get(step) : undefined;
+    return this.builtOutputs.get(step) ?? (to && this.builtOutputs.get(to)) ?? step.outputs;
   }
 
   /** Drops a build (finished, cancelled or deleted) and releases what only it needed. */

@@ -1,7 +1,9 @@
 import { EventEmitter } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { QueueMonitor } from '../../src/actors/queue-monitor.ts';
+import type { StepRecord } from '../../src/actors/model.ts';
 import { Scheduler } from '../../src/actors/scheduler.ts';
+import { StepGraph } from '../../src/actors/step-graph.ts';
 import type { SchedulerDb } from '../../src/db/scheduler-db-interface.ts';
 import { PgSchedulerDb } from '../../src/db/scheduler-db.ts';
 import { MemoryStore } from '../sim/memory-store.ts';
@@ -56,5 +58,55 @@ describe('a build loaded between a content-addressed step\'s success and its row
     await scheduler.settle();
     await monitor.stop();
     await scheduler.drain(0);
+  });
+});
+
+describe('a build loaded for a resolved original whose resolved step was released while a loader held the original', () => {
+  /** A graph with a build of `original` resolved to `resolved`, the original held by a loader. */
+  async function resolvedAndHeld() {
+    const store = new MemoryStore();
+    const ca = (name: string) => {
+      const drvPath = `/nix/store/${name.padStart(32, 'c')}-${name}.drv`;
+      store.add({ drvPath, system: 'x86_64-linux', requiredFeatures: [], preferLocalBuild: false, outputs: [{ name: 'out', path: null }], inputDrvs: new Map(), isCA: true });
+      return drvPath;
+    };
+    const original = ca('original');
+    const resolved = ca('resolved');
+    const graph = new StepGraph({ store, failures: { isFailed: async () => false }, clock: { now: () => 1 }, listener: { runnable: () => {}, reprioritized: () => {}, released: () => {} } });
+    expect((await graph.addBuild(queued(1, original))).kind).toBe('queued');
+    const o = graph.steps.get(original)!;
+    // A loader's hold on the original (a dependent being created reads its inputs meanwhile).
+    const internals = graph as unknown as { acquire(d: string): Promise<StepRecord | null>; releaseHold(s: StepRecord): void };
+    expect(await internals.acquire(original)).toBe(o);
+    const r = await graph.resolveTo(o, resolved);
+    expect(r.kind).toBe('step');
+    return { graph, original, resolved, o, rs: (r as { step: StepRecord }).step, release: () => internals.releaseHold(o) };
+  }
+  const queued = (id: number, drvPath: string) => ({ id, jobset: { id: 1, name: 'p:j', shares: 1, seconds: 0 } as never, job: 'j', drvPath, timestamp: 0, maxSilent: 0, timeout: 0, localPriority: 0, globalPriority: 0 });
+
+  it('ends as a failure of the resolved derivation when it failed (not as a success)', async () => {
+    const { graph, original, resolved, rs, release } = await resolvedAndHeld();
+    for (const e of ['DISPATCH', 'START', 'FAIL'] as const) graph.transition(rs, e);
+    graph.removeBuild(graph.builds.get(1)!);
+    expect(graph.steps.has(resolved)).toBe(false);
+    expect(graph.steps.get(original)?.state).toBe('resolved');
+    expect(await graph.addBuild(queued(2, original))).toMatchObject({ kind: 'cachedFailure', failedDrvPath: resolved, own: true, failedStep: rs });
+    release();
+    expect(graph.steps.size).toBe(0);
+  });
+
+  it('ends cached with the resolved step\'s outputs', async () => {
+    const { graph, original, resolved, rs, release } = await resolvedAndHeld();
+    const out = [{ name: 'out', path: '/nix/store/rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr-resolved' }];
+    for (const e of ['DISPATCH', 'START'] as const) graph.transition(rs, e);
+    graph.transition(rs, 'SUCCEED', out);
+    for (const b of graph.completeSuccess(rs)) graph.removeBuild(b);
+    // The resolved step is gone; the original is still held, in state resolved.
+    expect(graph.steps.has(resolved)).toBe(false);
+    expect(graph.steps.get(original)?.state).toBe('resolved');
+
+    expect(await graph.addBuild(queued(2, original))).toMatchObject({ kind: 'cached', outputs: out });
+    release();
+    expect(graph.steps.size).toBe(0);
   });
 });
