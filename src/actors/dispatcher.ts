@@ -22,8 +22,8 @@ export interface DispatcherOptions {
   dispatchTriggerTimerInS?: number;
   /** Applies a step lifecycle event (the graph owns step state). */
   stepEvent(step: StepRecord, event: StepEventType): void;
-  /** Hands a dispatched step to its machine's builder. */
-  assign(step: StepRecord, machine: MachineRecord): void;
+  /** Hands a dispatched step to its machine's builder (`now`: the clock's time of the assignment). */
+  assign(step: StepRecord, machine: MachineRecord, now: number): void;
   /** A runnable step no machine could run for maxUnsupportedTimeInS. */
   unsupported(step: StepRecord): void;
   /**
@@ -383,7 +383,10 @@ export class Dispatcher {
 
   private listFree(m: MachineActor, fresh: boolean): void {
     if (fresh) m.roomSince = this.o.clock.now();
-    for (const q of this.machineQueues.get(m) ?? []) {
+    const qs = this.machineQueues.get(m);
+    // Indexed: this runs for every freed slot.
+    for (let i = 0; qs && i < qs.length; i++) {
+      const q = qs[i]!;
       if (!q.listedFree.has(m)) {
         q.listedFree.add(m);
         q.freeMachines.push(m);
@@ -574,7 +577,7 @@ export class Dispatcher {
     this.markTouched(m as MachineActor); // synced at the round's end
     const now = this.o.clock.now();
     this.o.onDispatch?.(now - Math.max(step.runnableSince, m.roomSince), now - step.runnableSince);
-    this.o.assign(step, m);
+    this.o.assign(step, m, now);
   }
 
   /** Queues, for status pages and the visualizer. */

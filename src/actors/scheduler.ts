@@ -80,7 +80,7 @@ export class Scheduler implements SchedulerIntake {
     this.dispatcher = new Dispatcher({
       clock, stepSortFn, machineSortFn, machineFreeFn, maxRetries: retriesAfterFirstAttempt(maxRetries), retryInterval, retryBackoff, maxUnsupportedTimeInS, dispatchTriggerTimerInS,
       stepEvent: (s, e) => this.graph.transition(s, e),
-      assign: (s, m) => this.assign(s, m),
+      assign: (s, m, now) => this.assign(s, m, now),
       unsupported: (s) => this.results.unsupported(s),
       onDispatch: o.onDispatch,
     });
@@ -177,9 +177,8 @@ export class Scheduler implements SchedulerIntake {
 
   // ------------------------------------------------------------ a step's way
 
-  private assign(step: StepRecord, m: MachineRecord): void {
+  private assign(step: StepRecord, m: MachineRecord, now: number): void {
     const port = this.ports.get(m.id)!;
-    const now = this.clock.now();
     // The job is handed over first; its row is written right after the round.
     const buildId = this.results.rowBuildId(step);
     const row = this.results.started(step, buildId, m.id, now);
