@@ -90,8 +90,12 @@ describe("Hydra's rows for failures and limits", () => {
     id.usesTicking = await queue(drv.usesTicking!, 'usesTicking', { maxsilent: 3600, timeout: 2 });
     id.tickingTop = await queue(drv.tickingTop!, 'tickingTop', { maxsilent: 3600, timeout: 2 });
 
-    const { runtime, listener } = await startRuntime(db.pool, store, { maxSilentTime: 2, buildTimeout: 3600, maxLogSize: 16 * 1024 });
+    // No machine until every build is loaded (their steps wait, an hour before "unsupported"): a dependent
+    // loaded after its dependency failed would be a cached failure (2, row 8), not a propagated row.
+    const { runtime, listener } = await startRuntime(db.pool, store, { maxSilentTime: 2, buildTimeout: 3600, maxLogSize: 16 * 1024, maxUnsupportedTimeInS: 3600 });
     try {
+      await runtime.initialLoad;
+      expect(Object.values(id).filter((b) => !runtime.scheduler.graph.builds.has(b))).toEqual([]);
       runtime.scheduler.addMachine(machineRecord('local', { maxJobs: 4 }), new LocalNixBuilder({ hydraDataDir: dataDir }));
       await waitFor(async () => (await unfinished()) === 0, 180_000, 'builds to finish');
       await runtime.scheduler.settle();
@@ -145,7 +149,7 @@ describe("Hydra's rows for failures and limits", () => {
     } finally {
       await runtime.stop(0);
     }
-  });
+  }, 240_000);
 
   it('makes maxRetries attempts in all, each aborted row keeping its start time', async () => {
     const id = await queueJob('flaky', 'echo > $out');
