@@ -21,13 +21,6 @@ export interface EarlierBuild {
  * build queued with outputs already valid (Rust runner state/mod.rs
  * get_build_output_cached; C++ queue-monitor.cc:643-700 getBuildOutputCached).
  */
-/** Whether findEarlierBuild would find a build, asked outside any transaction (one statement). */
-export async function hasEarlierBuild(db: Pick<pg.Pool, 'query'>, outputPaths: readonly string[]): Promise<boolean> {
-  if (outputPaths.length === 0) return false;
-  const { rows } = await db.query(prepared('results/earlier-build'), [outputPaths]);
-  return rows.length > 0;
-}
-
 export async function findEarlierBuild(client: pg.ClientBase, outputPaths: readonly string[]): Promise<EarlierBuild | null> {
   if (outputPaths.length === 0) return null;
   const { rows } = await client.query<{ id: number; buildstatus: number; releasename: string | null; closuresize: string | null; size: string | null }>(
@@ -58,4 +51,11 @@ export async function findEarlierBuild(client: pg.ClientBase, outputPaths: reado
     })),
     metrics: metrics.rows.map((m) => ({ name: m.name, unit: m.unit, value: Number(m.value) })),
   };
+}
+
+/** Whether findEarlierBuild would find a build, asked outside any transaction (one statement). */
+export async function hasEarlierBuild(db: Pick<pg.Pool, 'query'>, outputPaths: readonly string[]): Promise<boolean> {
+  if (outputPaths.length === 0) return false;
+  const { rows } = await db.query(prepared('results/earlier-build'), [outputPaths]);
+  return rows.length > 0;
 }
