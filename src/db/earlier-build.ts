@@ -52,3 +52,10 @@ export async function findEarlierBuild(client: pg.ClientBase, outputPaths: reado
     metrics: metrics.rows.map((m) => ({ name: m.name, unit: m.unit, value: Number(m.value) })),
   };
 }
+
+/** Whether findEarlierBuild would find a build, asked outside any transaction (one statement). */
+export async function hasEarlierBuild(db: Pick<pg.Pool, 'query'>, outputPaths: readonly string[]): Promise<boolean> {
+  if (outputPaths.length === 0) return false;
+  const { rows } = await db.query(prepared('results/earlier-build'), [outputPaths]);
+  return rows.length > 0;
+}

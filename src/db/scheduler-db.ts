@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { CachedFailure, JobsetRow, QueuedBuildRow, SchedulerDb } from './scheduler-db-interface.ts';
-import { findEarlierBuild } from './earlier-build.ts';
+import { findEarlierBuild, hasEarlierBuild } from './earlier-build.ts';
 import { roundsColumns } from './rounds.ts';
 import { finishBuildsFailed } from './build-failures.ts';
 import { finishBuildCached, finishBuildSucceeded } from './build-results.ts';
@@ -137,14 +137,18 @@ export class PgSchedulerDb implements SchedulerDb {
     return readFailedBefore(this.pool, drvPath);
   }
 
-  buildCached(a: Parameters<SchedulerDb['buildCached']>[0]): Promise<boolean> {
+  async buildCached(a: Parameters<SchedulerDb['buildCached']>[0]): Promise<boolean> {
+    const paths = a.outputs.flatMap((o) => (o.path === null ? [] : [o.path]));
+    // No build made these outputs: as Hydra, what the outputs themselves say, written as a build of them
+    // would (succeededIn). Read before the transaction, so that no connection waits on the store.
+    const read = a.readOutputs && !(await hasEarlierBuild(this.pool, paths)) ? await a.readOutputs() : null;
     return withTransaction(this.pool, async (c) => {
-      // As Hydra: products, metrics, sizes, release name and status of the build that made these outputs.
-      const earlier = await findEarlierBuild(c, a.outputs.flatMap((o) => (o.path === null ? [] : [o.path])));
-      // None: as Hydra, what the outputs themselves say, written as a build of them would (succeededIn).
-      const read = earlier || !a.readOutputs ? null : await a.readOutputs();
+      // As Hydra: products, metrics, sizes, release name and status of the build that made these outputs
+      // (one that ended meanwhile too).
+      const earlier = await findEarlierBuild(c, paths);
       const copied = earlier
-        ? { status: earlier.status, size: earlier.size, closureSize: earlier.closureSize, releaseName: earlier.releaseName, products: earlier.products, metrics: earlier.metrics }
+        ? // A size the earlier build lacks is 0, as both Hydra runners write it (C++ getBuildOutputCached, Rust unwrap_or_default).
+          { status: earlier.status, size: earlier.size ?? 0, closureSize: earlier.closureSize ?? 0, releaseName: earlier.releaseName, products: earlier.products, metrics: earlier.metrics }
         : read
           ? {
               status: read.nixSupport.failed ? BuildStatus.FailedWithOutput : BuildStatus.Success,

@@ -64,11 +64,12 @@ export class OutputPublisher implements StepFinisher {
   }
 
   /**
-   * Outputs of a build queued already built with no earlier build of them,
-   * read from the runner's store: a build counts as already built only when
-   * its outputs are valid there (and in every cache too, src/cache/cache-valid-store.ts),
-   * and alreadyBuilt has rooted them, so they are read there rather than
-   * downloaded from a cache, with the NAR contents a cache would serve.
+   * Outputs of a build that ends cached with no earlier build of them, read
+   * from the runner's store: a build counts as already built only when its
+   * outputs are valid there (and in every cache too,
+   * src/cache/cache-valid-store.ts), and a substituted step's outputs were
+   * just put there, so they are read there (the NAR contents a cache would
+   * serve) rather than downloaded from a cache as Hydra's Rust runner does.
    */
   readOutputs(outputs: readonly { name: string; path: string }[]): Promise<ValidOutputs> {
     return readValidOutputs(this.o.store ?? hostStore, outputs, (r) =>

@@ -152,19 +152,29 @@ describe('a build queued already built, with no earlier build of its outputs', (
         return Promise.reject(new Error('the store went away'));
       },
     };
-    const { runtime } = await startRuntime(cached.pool, store, {}, finisher);
-    try {
-      await waitFor(() => finished(cached, [id]), 60_000, 'the build');
-      await runtime.scheduler.settle();
-    } finally {
-      await runtime.stop(0);
-    }
+    const ended = async (ids: number[]) => {
+      const { runtime } = await startRuntime(cached.pool, store, {}, finisher);
+      try {
+        await waitFor(() => finished(cached, ids), 60_000, 'the build');
+        await runtime.scheduler.settle();
+      } finally {
+        await runtime.stop(0);
+      }
+    };
+    await ended([id]);
     expect(asked).toBe(1);
     const r = await rows(cached, id);
     expect(r.build).toEqual({ finished: 1, buildstatus: 0, iscachedbuild: 1, size: null, closuresize: null, releasename: null });
     expect(r.outputs.map((o: { path: string }) => o.path).every((p: string) => p.startsWith('/nix/store/'))).toBe(true);
     expect(r.products).toEqual([]);
     expect(r.metrics).toEqual([]);
+
+    // Queued again: that build is the earlier one, copied without reading the outputs; the sizes it lacks are 0,
+    // as Hydra copies them (C++ getBuildOutputCached, Rust unwrap_or_default).
+    const next = await queue(cached, good!, 'unreadable-again');
+    await ended([next]);
+    expect(asked).toBe(1);
+    expect((await rows(cached, next)).build).toEqual({ finished: 1, buildstatus: 0, iscachedbuild: 1, size: 0, closuresize: 0, releasename: null });
   }, 120_000);
   it('reads them once substituted: a build whose step was substituted from a binary cache', async () => {
     // Hydra substitutes while it loads the queue, then ends the build as cached with the outputs read (C++
