@@ -21,6 +21,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   resolve: () => import('./resolve.ts'),
   s3: () => import('./s3.ts'),
   soak: () => import('./soak.ts'),
+  'history-search': () => import('./history-search.ts'),
 };
 
 async function main(): Promise<void> {

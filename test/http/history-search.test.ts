@@ -181,6 +181,12 @@ describe('history search (GET /status/history?q=)', () => {
     expect(await find('nixpkgs', '&status=failed')).toEqual([ids.curl]);
     expect(await find('page-', '&status=failed')).toHaveLength(11);
     expect(await find('alpha', '&project=hydra')).toEqual([]);
+    // The largest offset the API takes: an empty page, not an integer overflow.
+    const far = await get(`q=page-&offset=${Number.MAX_SAFE_INTEGER}`);
+    expect(far.status).toBe(200);
+    expect(far.body).toMatchObject({ builds: [], more: false });
+    expect((await get(`q=${hashOf('k')}&offset=${Number.MAX_SAFE_INTEGER}&limit=500`)).body.builds).toEqual([]);
+    expect((await get(`offset=${Number.MAX_SAFE_INTEGER}`)).body.builds).toEqual([]); // and without q
     expect(await find(hashOf('k'), '&job=page-1')).toHaveLength(11); // page-1, page-10 … page-19
   });
 

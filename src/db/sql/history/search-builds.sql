@@ -37,7 +37,7 @@ matched as (
       and ($9::int is null or (b.finished = 1 and b.buildstatus = $9))
       and (not coalesce($10::boolean, false) or (b.finished = 1 and b.buildstatus <> 0))
     order by b.id desc
-    limit $11::int + $12::int)
+    limit $11::bigint + $12::bigint)
   union all
   (select b.id
      from builds b join jobsets j on j.id = b.jobset_id
@@ -53,7 +53,7 @@ matched as (
       and ($9::int is null or (b.finished = 1 and b.buildstatus = $9))
       and (not coalesce($10::boolean, false) or (b.finished = 1 and b.buildstatus <> 0))
     order by b.id desc
-    limit $11::int + $12::int)
+    limit $11::bigint + $12::bigint)
 )
 select b.id, b.finished, b.buildstatus, b.job, b.nixname, b.system, b.drvpath,
        b.timestamp, b.starttime, b.stoptime, b.iscachedbuild,
