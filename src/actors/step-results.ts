@@ -53,7 +53,11 @@ export class StepResults {
    * one at a time: thousands of dependents of one failure cost a few
    * transactions on one connection, not one each.
    */
-  /** Builds that have had an attempt's row: the first one's start also starts the build. */
+  /**
+   * Unfinished builds that have had an attempt's row: the first one's start
+   * also starts the build. A build leaves it when it ends here, so the set
+   * holds the running builds, not every build of the runner's life.
+   */
   private readonly startedBuilds = new Set<number>();
   /**
    * Steps that failed for good in this run with a status FailedPaths does not
@@ -250,6 +254,7 @@ export class StepResults {
   }
 
   private buildEnded(id: number, succeeded: boolean, cached: boolean): void {
+    this.startedBuilds.delete(id);
     this.o.stats.buildEnded(succeeded, cached);
     this.o.buildFinished(id);
   }
