@@ -2,7 +2,7 @@
  * Log sending: a job's build log streams live to the runner (StreamLog),
  * plain so that it can be followed, and survives a lost connection.
  */
-import type { ClientWritableStream, ServiceError } from '@grpc/grpc-js';
+import { status, type ClientWritableStream, type ServiceError } from '@grpc/grpc-js';
 import { Compression, type LogChunk, type LogReceipt } from '../protocol/gen/runner.ts';
 import type { AgentConnection } from './connection.ts';
 import { sleep, type Job } from './job.ts';
@@ -92,7 +92,18 @@ export class LogSender {
 
   /** Ends the log and waits (briefly) for the runner to take it. */
   async finish(): Promise<void> {
-    if (!this.job.aborted && this.#stream === undefined && this.#backlog.length > 0) this.#open();
+    if (!this.job.aborted && this.#stream === undefined && this.#backlog.length > 0 && !this.#open()) {
+      // The build ended while no session was joined: its last output waits for
+      // the next session, as the job's Complete does, instead of being dropped.
+      await this.connection
+        .withSession(
+          () => this.job.aborted,
+          async () => {
+            if (this.#stream === undefined && !this.#open()) throw Object.assign(new Error('no session'), { code: status.UNAVAILABLE });
+          },
+        )
+        .catch(() => {}); // aborted or stopped: the log is not wanted any more
+    }
     const s = this.#stream;
     if (s && !this.job.aborted) {
       try {

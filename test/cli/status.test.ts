@@ -42,7 +42,7 @@ describe('hydrant status', () => {
   it('prints the --status document hydra-provisioner reads, from a running runner', async () => {
     runner = await InProcessRunner.start(db.url, dir, { maxUnsupportedTimeInS: 3600 });
     runner.builder('b1');
-    await waitFor(async () => ((await (await fetch(`${runner!.url}/status/machines`)).json()) as Json).machinesCount === 1, 30_000, 'the builder to join');
+    await waitFor(async () => ((await (await fetch(`${runner!.url}/status/machines`)).json()) as Json).machinesCount === 1, 90_000, 'the builder to join');
     const nonce = randomBytes(4).toString('hex');
     const file = writeRelease(
       dir,

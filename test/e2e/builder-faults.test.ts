@@ -1,5 +1,6 @@
 import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { credentials, Metadata, status, type ClientDuplexStream, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -52,6 +53,15 @@ async function outputPath(db: TestDatabase, build: number): Promise<string> {
   return (await db.pool.query("select path from buildoutputs where build = $1 and name = 'out'", [build])).rows[0].path as string;
 }
 
+/** A local port nothing listens on: a connection to it is refused. */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
 /** Kills whatever is left of builds that ran on builders killed by a test. */
 function killLeftovers(args: readonly string[]): void {
   for (const a of args) for (const pid of processesWithArg(a)) {
@@ -66,7 +76,9 @@ function killLeftovers(args: readonly string[]): void {
 describe('a builder killed in the middle of a build', () => {
   const { db, dir, procs } = useFleet('killed', () => killLeftovers([sleep]));
   const nonce = randomBytes(4).toString('hex');
-  const sleep = uniqueSleep(4);
+  // The first attempt sleeps until its builder is killed; the retry, started once `retried` exists, is quick.
+  const sleep = uniqueSleep(600);
+  const retried = join(dir, 'retried');
   let runner: RunnerProcess;
 
   beforeAll(async () => {
@@ -80,10 +92,11 @@ describe('a builder killed in the middle of a build', () => {
 
   it('retries the step on the other builder; the build succeeds and nothing stays busy', async () => {
     const file = join(dir, 'release.nix');
-    writeFileSync(file, `{ }: let ${MK_DRV} in { slow = mk { name = "slow-${nonce}"; script = "echo building; /bin/sleep ${sleep}; echo built > $out"; }; }`);
+    writeFileSync(file, `{ }: let ${MK_DRV} in { slow = mk { name = "slow-${nonce}"; script = "echo building; if [ ! -e ${retried} ]; then /bin/sleep ${sleep}; fi; echo built > $out"; }; }`);
     const { slow: id } = await submit(db.url, file, 'killed');
     await waitFor(async () => (await stepRows(db.pool, id!)).some((r) => r.busy === 30), 60_000, 'the step to be building');
-    await waitFor(() => processesWithArg(sleep).length > 0, 10_000, 'the build process');
+    await waitFor(() => processesWithArg(sleep).length > 0, 60_000, 'the build process');
+    writeFileSync(retried, '');
     const victim = (await stepRows(db.pool, id!))[0]!.machine;
     const survivor = victim === 'b1' ? 'b2' : 'b1';
     const victimProc = procs[victim === 'b1' ? 1 : 2]!;
@@ -117,25 +130,37 @@ describe('a builder whose connection breaks and comes back within the grace peri
   });
 
   /**
-   * Builds one derivation that logs a line, sleeps, and logs another; breaks
-   * the connection with `cut` once the first line reached the runner; checks
-   * that the job was never failed or retried and the whole log arrived.
+   * Builds one derivation that logs a line, waits for a gate file, and logs
+   * another; breaks the connection with `cut` once the first line reached the
+   * runner, and opens the gate once the builder has re-joined (so the job is
+   * running across the reconnect however slow the machine); checks that the
+   * job was never failed or retried and the whole log arrived.
    */
   async function buildAcrossCut(jobset: string, cut: () => number): Promise<void> {
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, `${jobset}.nix`);
-    writeFileSync(file, `{ }: let ${MK_DRV} in { job = mk { name = "cut-${nonce}"; script = "echo before-cut; /bin/sleep 4; echo after-cut; echo built > $out"; }; }`);
+    const gate = join(dir, `${jobset}-rejoined`);
+    writeFileSync(
+      file,
+      `{ }: let ${MK_DRV} in { job = mk { name = "cut-${nonce}"; script = "echo before-cut; while [ ! -e ${gate} ]; do /bin/sleep 0.1; done; echo after-cut; echo built > $out"; }; }`,
+    );
     const { job: id } = await submit(db.url, file, jobset);
     const drv = (await buildRow(db.pool, id!)).drvpath;
     await waitFor(() => readBuildLog(dir, drv)?.includes('before-cut') === true, 60_000, 'the first log line at the runner');
     const accepted = proxy.accepted;
-    const reconnects = (runner.proc.output().match(/"msg":"builder reconnected"/g) ?? []).length;
-    expect(cut()).toBeGreaterThan(0);
+    const reconnected = () => (runner.proc.output().match(/"msg":"builder reconnected"/g) ?? []).length;
+    const reconnects = reconnected();
+    try {
+      expect(cut()).toBeGreaterThan(0);
+      await waitFor(() => reconnected() > reconnects, 60_000, 'the builder to re-join');
+    } finally {
+      writeFileSync(gate, '');
+    }
 
     await waitFor(() => allFinished(db), 90_000, 'the build to finish');
     // The builder dialled again through the proxy.
     expect(proxy.accepted).toBeGreaterThan(accepted);
-    expect((runner.proc.output().match(/"msg":"builder reconnected"/g) ?? []).length).toBe(reconnects + 1);
+    expect(reconnected()).toBe(reconnects + 1);
     // One attempt, never aborted nor retried: the job survived the reconnect.
     await expectSucceeded(db.pool, id!, [['b1', 0, 0]]);
     expect(await validInRunnerStore(await outputPath(db, id!))).toBe(true);
@@ -155,14 +180,50 @@ describe('a builder whose connection breaks and comes back within the grace peri
     expect(runner.proc.output()).toMatch(/"machine":"b1","jobs":1,"lostJobs":0,"replacedConnection":true,"msg":"builder reconnected"/);
   }, 120_000);
 
+  it('keeps what a build wrote while its builder was cut off, when the build ends before the builder re-joins', async () => {
+    const nonce = randomBytes(4).toString('hex');
+    const gate = join(dir, 'offline-gate');
+    const file = join(dir, 'offline.nix');
+    writeFileSync(
+      file,
+      `{ }: let ${MK_DRV} in { job = mk { name = "offline-${nonce}"; script = "echo before-cut; while [ ! -e ${gate} ]; do /bin/sleep 0.1; done; echo written-offline; echo built > $out"; }; }`,
+    );
+    const { job: id } = await submit(db.url, file, 'offline');
+    const drv = (await buildRow(db.pool, id!)).drvpath;
+    const out = await outputPath(db, id!);
+    await waitFor(() => readBuildLog(dir, drv)?.includes('before-cut') === true, 60_000, 'the first log line at the runner');
+    // The builder's dials lead nowhere until its build has ended (its output is in the builder's store).
+    const runnerPort = proxy.target;
+    proxy.target = await closedPort();
+    const dials = proxy.accepted;
+    try {
+      expect(proxy.cut()).toBeGreaterThan(0);
+      await waitFor(() => proxy.accepted > dials, 60_000, 'the builder to dial again');
+      writeFileSync(gate, '');
+      await waitFor(() => existsSync(join(dir, 'b1', out)), 60_000, 'the build to end');
+    } finally {
+      proxy.target = runnerPort;
+    }
+    await waitFor(() => allFinished(db), 90_000, 'the build to finish');
+    await expectSucceeded(db.pool, id!, [['b1', 0, 0]]);
+    // The line written while no session was joined reached the runner once the builder re-joined.
+    const log = readBuildLog(dir, drv)!.toString('utf8');
+    expect(log).toContain('before-cut');
+    expect(log).toContain('written-offline');
+  }, 120_000);
+
   it('retries at once, not after the grace period, the job of a builder that restarted without it', async () => {
     const nonce = randomBytes(4).toString('hex');
-    const sleep = uniqueSleep(5);
+    // The first attempt sleeps until its builder is killed; the retry, started once `retried` exists, is quick.
+    const sleep = uniqueSleep(600);
+    const retried = join(dir, 'restart-retried');
     const file = join(dir, 'restart.nix');
-    writeFileSync(file, `{ }: let ${MK_DRV} in { job = mk { name = "restart-${nonce}"; script = "echo building; /bin/sleep ${sleep}; echo built > $out"; }; }`);
+    writeFileSync(file, `{ }: let ${MK_DRV} in { job = mk { name = "restart-${nonce}"; script = "echo building; if [ ! -e ${retried} ]; then /bin/sleep ${sleep}; fi; echo built > $out"; }; }`);
     const { job: id } = await submit(db.url, file, 'restart');
     try {
       await waitFor(async () => (await stepRows(db.pool, id!)).some((r) => r.busy === 30), 60_000, 'the step to be building');
+      await waitFor(() => processesWithArg(sleep).length > 0, 60_000, 'the build process');
+      writeFileSync(retried, '');
       const old = procs.pop()!;
       old.child.kill('SIGKILL');
       await old.exited;
@@ -209,10 +270,10 @@ describe('a builder that outlives its runner', () => {
     proxy.cut();
 
     await joined(second.proc, ['b1']);
-    await second.proc.waitFor(/"machine":"b1","job":"[^"]+","msg":"builder runs a job the runner does not know; aborting it"/, 10_000);
+    await second.proc.waitFor(/"machine":"b1","job":"[^"]+","msg":"builder runs a job the runner does not know; aborting it"/, 60_000);
     // The build the first runner ordered is stopped, long before its sleep would end.
     await waitFor(() => orphanPids.every((pid) => !existsSync(`/proc/${pid}`)), 30_000, 'the orphaned build to be killed');
-    await builder.waitFor(/job \S+ aborted: the runner does not know this job/, 5_000);
+    await builder.waitFor(/job \S+ aborted: the runner does not know this job/, 60_000);
 
     await waitFor(() => allFinished(db), 90_000, 'the build to finish');
     // The first attempt was aborted (3) when the new runner started; the second built.

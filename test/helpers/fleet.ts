@@ -140,8 +140,12 @@ export function startBuilder(dir: string, server: string, tokenFile: string, id:
   return startCli(['builder', '--config', config]);
 }
 
-/** Waits until the runner has logged the join of every machine in `ids`. */
-export async function joined(runner: CliProcess, ids: readonly string[], ms = 30_000): Promise<void> {
+/**
+ * Waits until the runner has logged the join of every machine in `ids`. The
+ * bound is for a hang: a builder process starting on a loaded machine (CI's two
+ * cores running the whole suite) took over 30 s to join.
+ */
+export async function joined(runner: CliProcess, ids: readonly string[], ms = 90_000): Promise<void> {
   for (const id of ids) {
     await runner.waitFor(new RegExp(`"machine":"${id}"[^\\n]*"msg":"builder joined"|"msg":"builder joined"[^\\n]*"machine":"${id}"`), ms);
   }

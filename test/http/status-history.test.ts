@@ -27,7 +27,12 @@ describe('status API of finished builds and their logs', () => {
   });
   let daemon: RunnerDaemon | undefined;
   let builder: CliProcess | undefined;
+  // Gates of the slow build below: it writes its second line, and ends, when the test opens each
+  // (so it is still running while its live log and state are read, however slow the machine).
+  const [writeLater, finish] = [join(dir, 'write-later'), join(dir, 'finish')];
+  const waitGate = (gate: string) => `while [ ! -e ${gate} ]; do /bin/sleep 0.1; done`;
   afterAll(async () => {
+    for (const gate of [writeLater, finish]) writeFileSync(gate, '');
     builder?.child.kill('SIGKILL');
     await daemon?.stop();
   });
@@ -51,14 +56,14 @@ describe('status API of finished builds and their logs', () => {
       return (await r.json()) as Json;
     };
     builder = startBuilder(dir, `127.0.0.1:${daemon.grpcPort}`, tokenFile, 'b1');
-    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the builder to join');
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 90_000, 'the builder to join');
 
     const nonce = randomBytes(4).toString('hex');
     const file = writeRelease(
       dir,
       `good = mk { name = "good-${nonce}"; script = "echo fine-${nonce}; echo ok > $out"; };
         bad = mk { name = "bad-${nonce}"; script = "echo first line; echo boom-${nonce} >&2; exit 3"; };
-        slow = mk { name = "slow-${nonce}"; script = "echo started-${nonce}; /bin/sleep 8; echo later-${nonce}; /bin/sleep 12; echo > $out"; };`,
+        slow = mk { name = "slow-${nonce}"; script = "echo started-${nonce}; ${waitGate(writeLater)}; echo later-${nonce}; ${waitGate(finish)}; echo > $out"; };`,
     );
     expect((await runCli(['submit', '--db-url', db.url, '--project', 'hi', '--jobset', 'main', '--create', '--file', file])).code).toBe(0);
     const ids = Object.fromEntries((await db.pool.query('select job, id from builds')).rows.map((r) => [r.job, r.id as number]));
@@ -73,6 +78,7 @@ describe('status API of finished builds and their logs', () => {
     }, 15_000, "slow's first line in its live log");
     expect(live!.headers.get('x-log-stored')).toBe('live');
     expect(live!.headers.get('x-log-offset')).toBe('0');
+    writeFileSync(writeLater, '');
     // Following it: each read asks from where the last one ended, and gets only what was written since.
     let at = Number(live!.headers.get('x-log-size'));
     let followed = '';
@@ -91,6 +97,7 @@ describe('status API of finished builds and their logs', () => {
     expect(queuedNow.builds.find((b: Json) => b.id === ids.slow)).toMatchObject({ finished: false, statusName: null, state: 'building' });
     const slowRows = await api(`/status/build/${ids.slow}`);
     expect(slowRows.source).toBeUndefined(); // queued: the live tree
+    writeFileSync(finish, '');
     await waitFor(async () => (await db.pool.query('select count(*)::int as n from builds where finished = 1')).rows[0].n === 3, 90_000, 'all builds to finish');
     await waitFor(async () => (await api('/status')).buildsQueued === 0, 30_000, 'the runner to drop them');
 

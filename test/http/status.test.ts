@@ -24,7 +24,7 @@ describe('status API of a runner with a real builder', () => {
       return (await r.json()) as Json;
     };
     const builder = runner.builder('b1');
-    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the builder to join');
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 90_000, 'the builder to join');
 
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, 'release.nix');

@@ -32,7 +32,7 @@ describe('the runner status the provisioner reads', () => {
     runner = await InProcessRunner.start(db.url, dir, { maxUnsupportedTimeInS: 3600, retryInterval: 3600 });
     runner.builder('b1');
     const dispatcher = runner.daemon.runtime!.scheduler.dispatcher;
-    await waitFor(() => dispatcher.machines.has('b1'), 30_000, 'the builder to join');
+    await waitFor(() => dispatcher.machines.has('b1'), 90_000, 'the builder to join');
     // The machine failed in a way that disables it (for an hour: retryInterval).
     dispatcher.machineFailed(dispatcher.machines.get('b1')!);
     expect(dispatcher.machines.get('b1')!.state).toBe('disabled');

@@ -38,7 +38,7 @@ describe('SSH machines of a machines file, in the runner', () => {
     runner = await InProcessRunner.start(db.url, dir, { machinesFiles: [machinesFile], machinesFilesCheckInS: 0.2 });
     const api = async (path: string): Promise<Json> => (await (await fetch(`${runner!.url}${path}`)).json()) as Json;
     const name = sshd.spec().name;
-    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the SSH machine to join');
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 90_000, 'the SSH machine to join');
 
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, 'release.nix');
@@ -72,7 +72,7 @@ describe('SSH machines of a machines file, in the runner', () => {
     await waitFor(async () => (await api('/status/machines')).machinesCount === 0, 30_000, 'the machine to leave');
 
     writeMachines(`${sshd.line({ maxJobs: 1 })}\n`);
-    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the machine to come back');
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 90_000, 'the machine to come back');
     expect((await api('/status/machines')).machines[name]).toMatchObject({ maxJobs: 1, state: 'ready' });
   });
 
@@ -88,7 +88,7 @@ describe('SSH machines of a machines file, in the runner', () => {
     });
     runner.builder('b1');
     const api = async (path: string): Promise<Json> => (await (await fetch(`${runner!.url}${path}`)).json()) as Json;
-    await waitFor(async () => (await api('/status/machines')).machinesCount === 2, 30_000, 'both machines to join');
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 2, 90_000, 'both machines to join');
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, 'mixed.nix');
     writeFileSync(
@@ -125,7 +125,7 @@ describe('SSH machines of a machines file, in the runner', () => {
     runner = await InProcessRunner.start(db.url, dir, { machinesFiles: [machinesFile], machinesFilesCheckInS: 0.2, retryInterval: 1, builderGraceInS: 0 });
     const api = async (path: string): Promise<Json> => (await (await fetch(`${runner!.url}${path}`)).json()) as Json;
     const name = sshd.spec().name;
-    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 30_000, 'the SSH machine to join');
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 1, 90_000, 'the SSH machine to join');
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, 'killed.nix');
     writeFileSync(file, `{ }: let ${MK_DRV} in { killed = mk { name = "sr-killed-${nonce}"; script = "echo started; /bin/sleep 600; echo done > $out"; }; }`);
@@ -133,7 +133,7 @@ describe('SSH machines of a machines file, in the runner', () => {
     await waitFor(async () => (await api('/status/steps')).steps.some((s: Json) => s.machine === name && s.busyName === 'building'), 60_000, 'the step to build over SSH');
     // A gRPC builder joins, then the SSH machine dies mid-build.
     runner.builder('b1');
-    await waitFor(async () => (await api('/status/machines')).machinesCount === 2, 30_000, 'the builder to join');
+    await waitFor(async () => (await api('/status/machines')).machinesCount === 2, 90_000, 'the builder to join');
     await sshd.kill();
     await waitFor(async () => (await api('/status/steps')).steps.some((s: Json) => s.machine === 'b1'), 60_000, 'the retry on b1');
     const ssh = (await api('/status/machines')).machines[name];

@@ -11,18 +11,21 @@ import { launchBrowser, newPage, resultPath } from './harness.ts';
 
 describe('visualizer of a finished build', () => {
   const { db, dir, start } = useInProcessRunner('viz-finished');
+  // Gates of the running step below (both opened at the end, so that it never outlives a failed test).
+  const [writeLater, finish] = [join(dir, 'write-later'), join(dir, 'finish')];
   let browser: Browser;
   beforeAll(async () => {
     browser = await launchBrowser();
   });
   afterAll(async () => {
+    for (const gate of [writeLater, finish]) writeFileSync(gate, '');
     await browser?.close();
   });
 
   it("shows a failed build's step rows, the error message and the step's log", async () => {
     const runner = await start();
     runner.builder('b1');
-    await waitFor(async () => ((await (await fetch(`${runner.url}/status/machines`)).json()) as { machinesCount: number }).machinesCount === 1, 30_000, 'the builder');
+    await waitFor(async () => ((await (await fetch(`${runner.url}/status/machines`)).json()) as { machinesCount: number }).machinesCount === 1, 90_000, 'the builder');
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, 'release.nix');
     writeFileSync(
@@ -68,8 +71,13 @@ describe('visualizer of a finished build', () => {
     expect(await log.textContent()).toContain('compiling');
     await page.screenshot({ path: resultPath('finished-build.png') });
 
-    // A running step's log panel follows what the step writes.
-    writeFileSync(join(dir, 'slow.nix'), `{ }: let ${MK_DRV} in { slow = mk { name = "slow-${nonce}"; script = "echo started-${nonce}; /bin/sleep 6; echo later-${nonce}; /bin/sleep 4; echo > $out"; }; }`);
+    // A running step's log panel follows what the step writes. The step writes its second line, and
+    // ends, when the test opens each gate: it is still running while the panel is checked, however slow the machine.
+    const waitGate = (gate: string) => `while [ ! -e ${gate} ]; do /bin/sleep 0.1; done`;
+    writeFileSync(
+      join(dir, 'slow.nix'),
+      `{ }: let ${MK_DRV} in { slow = mk { name = "slow-${nonce}"; script = "echo started-${nonce}; ${waitGate(writeLater)}; echo later-${nonce}; ${waitGate(finish)}; echo > $out"; }; }`,
+    );
     expect((await runCli(['submit', '--db-url', db.url, '--project', 'vf', '--jobset', 'slow', '--create', '--file', join(dir, 'slow.nix')])).code).toBe(0);
     const slow = (await db.pool.query("select id from builds where job = 'slow'")).rows[0].id as number;
     type Steps = { steps: { id: number; buildId: number; busyName: string }[] };
@@ -84,10 +92,12 @@ describe('visualizer of a finished build', () => {
     const live = page.getByTestId('step-log');
     await expect.poll(() => live.textContent(), { timeout: 20_000 }).toContain(`started-${nonce}`);
     expect(await live.getAttribute('data-stored')).toBe('live');
+    writeFileSync(writeLater, '');
     await expect.poll(() => live.textContent(), { timeout: 30_000 }).toContain(`later-${nonce}`);
     // Appended once, by offset: the first line is not fetched again.
     expect((await live.textContent())!.split(`started-${nonce}`).length).toBe(2);
     expect(Number(await live.getAttribute('data-followed'))).toBeGreaterThan(0);
     expect(errors).toEqual([]);
+    writeFileSync(finish, '');
   }, 180_000);
 });
