@@ -43,7 +43,7 @@ const app = {
   /** The log panel: the step it shows, its refresh timer while the step runs, and where the text shown ends. */
   log: { stepId: null, timer: null, end: 0 },
   /** The Builds panel: recent builds from /status/history, and its filter. */
-  history: { builds: [], key: '', find: '', status: '', seq: 0 },
+  history: { builds: [], key: '', find: '', status: '', inFlight: false, again: false, typing: 0 },
 };
 
 /** Element helper: h('div', { class: 'x', dataset: { testid: 'y' } }, 'text', child). */
@@ -412,25 +412,46 @@ function historyQuery() {
   return q.toString();
 }
 
+/**
+ * One request at a time: a refresh asked for while one is out runs when it ends, with the text as
+ * it is then (the server runs two searches at once at most, and typing asks on every key).
+ */
 async function refreshHistory() {
   if (app.history.off) return;
-  // Answers to earlier keystrokes may arrive late: only the latest request's answer is shown.
-  const seq = ++app.history.seq;
+  if (app.history.inFlight) {
+    app.history.again = true;
+    return;
+  }
+  app.history.inFlight = true;
+  try {
+    await loadHistory();
+  } finally {
+    app.history.inFlight = false;
+  }
+  if (app.history.again) {
+    app.history.again = false;
+    void refreshHistory();
+  }
+}
+
+async function loadHistory() {
+  const query = historyQuery();
   let r;
   try {
-    r = await api(`/status/history?${historyQuery()}`);
+    r = await api(`/status/history?${query}`);
   } catch (err) {
-    if (seq !== app.history.seq) return;
+    // The text changed meanwhile: its own request is on its way, this answer is not shown.
+    if (query !== historyQuery()) return;
     // A server without a database has no history: the panel says so, and is not asked again.
     if (err.status === 404) app.history.off = true;
-    // A search the server refuses (too long) or gave up on (too broad) says why, in place of the list.
+    // A search the server refuses (too long, too many at once) or gave up on (too broad) says why, in place of the list.
     if (err.status === 404 || err.status === 400 || err.status === 503) {
       app.history.key = '';
       $('history').replaceChildren(h('li', { class: 'hint', dataset: { testid: 'history-error' } }, err.message));
     }
     return;
   }
-  if (seq !== app.history.seq) return;
+  if (query !== historyQuery()) return;
   app.history.builds = r.builds;
   const key = `${app.buildId}|${app.history.find.trim()}|${r.builds.map((b) => `${b.id}:${outcomeOf(b)}`).join(',')}`;
   if (key === app.history.key) return;
@@ -888,7 +909,9 @@ async function start() {
   });
   $('history-find').addEventListener('input', (e) => {
     app.history.find = e.target.value;
-    void refreshHistory();
+    // Asked once typing pauses, not on every key.
+    clearTimeout(app.history.typing);
+    app.history.typing = setTimeout(() => void refreshHistory(), 150);
   });
   $('history-status').addEventListener('change', (e) => {
     app.history.status = e.target.value;

@@ -230,6 +230,32 @@ describe('history search (GET /status/history?q=)', () => {
     }
   });
 
+  it('runs two searches at once at most: a third is refused at once with a 503, the two finish', async () => {
+    const holder = new pg.Client({ connectionString: db.url });
+    await holder.connect();
+    try {
+      await holder.query('begin');
+      await holder.query('lock table builds in access exclusive mode');
+      const a = get('q=hello');
+      const b = get('q=curl');
+      // Both are in the database, waiting on the lock.
+      await expect
+        .poll(async () => (await db.pool.query("select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()")).rows[0].n, { timeout: 10_000 })
+        .toBe(2);
+      const third = await get('q=alpha');
+      expect(third.status).toBe(503);
+      expect(third.body.error).toContain('2 searches are running');
+      const plain = get('limit=1'); // the history without q is not limited (it waits on the lock too)
+      await holder.query('rollback');
+      expect((await plain).status).toBe(200);
+      expect((await a).body.builds.map((x: Json) => x.id)).toEqual([ids.hello]);
+      expect((await b).body.builds.map((x: Json) => x.id)).toEqual([ids.curl]);
+      expect(await find('alpha')).toEqual([ids.curl, ids.hello]); // the slots are free again
+    } finally {
+      await holder.end();
+    }
+  });
+
   it('gives up past its time bound with SEARCH_TIMEOUT, leaving the connection usable', async () => {
     const holder = new pg.Client({ connectionString: db.url });
     await holder.connect();

@@ -76,10 +76,30 @@ describe("the Builds panel's search box", () => {
     // Too long: the server's refusal is shown where the list was.
     await box.fill('x'.repeat(SEARCH_MAX_LENGTH + 1));
     await expect.poll(() => page.getByTestId('history-error').textContent(), { timeout: 10_000 }).toContain(`at most ${SEARCH_MAX_LENGTH}`);
-    // Typed a character at a time: the list ends as the answer to the whole text, not to a prefix's late answer.
+    // Typed a character at a time: one request out at a time (the server refuses a third search at
+    // once), no refusal shown, and the list ends as the answer to the whole text.
+    let out = 0;
+    let most = 0;
+    const isSearch = (r: { url(): string }): boolean => r.url().includes('/status/history?') && r.url().includes('q=');
+    page.on('request', (r) => {
+      if (isSearch(r)) most = Math.max(most, ++out);
+    });
+    page.on('requestfinished', (r) => {
+      if (isSearch(r)) out--;
+    });
+    page.on('requestfailed', (r) => {
+      if (isSearch(r)) out--;
+    });
     await box.fill('');
     await box.pressSequentially('curl', { delay: 0 });
     await expect.poll(shown, { timeout: 10_000 }).toBe('curl');
+    for (const word of ['nixpkgs:trunk:hello', 'beta', 'curl']) {
+      await box.fill('');
+      await box.pressSequentially(word, { delay: 10 });
+    }
+    await expect.poll(shown, { timeout: 10_000 }).toBe('curl');
+    expect(most).toBe(1);
+    expect(await page.getByTestId('history-error').count()).toBe(0);
     await page.screenshot({ path: resultPath('history-search.png') });
     await box.fill('');
     await expect.poll(shown, { timeout: 10_000 }).toBe('100%_done,curl,hello');

@@ -12,6 +12,8 @@ export interface HistoryContext {
   readonly db?: Queryable;
   /** null until the scheduler runs. */
   scheduler(): Scheduler | null;
+  /** Searches (`q`) run at once, at most (default 2); one more is refused with a 503. */
+  readonly maxSearches?: number;
 }
 
 const STATUS_CODES = new Map<string, number>(Object.entries(BuildStatus).map(([k, v]) => [k[0]!.toLowerCase() + k.slice(1), v]));
@@ -37,6 +39,10 @@ function statusFilter(v: string | null): Pick<RecentBuildsFilter, 'finished' | '
  * next page exists (no count over a table of millions of builds).
  */
 export function registerHistoryRoutes(router: Router, ctx: HistoryContext): void {
+  // Each search holds one of the runner's database connections for up to its time bound:
+  // a few at once, so searches never take the connections the scheduler writes results with.
+  const maxSearches = ctx.maxSearches ?? 2;
+  let searching = 0;
   router.get('/status/history', async (req) => {
     if (!ctx.db) throw new HttpError(404, 'this server reads no database');
     const q = req.url.searchParams;
@@ -45,12 +51,20 @@ export function registerHistoryRoutes(router: Router, ctx: HistoryContext): void
     const filter: RecentBuildsFilter = { project: text('project'), jobset: text('jobset'), job: text('job'), ...statusFilter(q.get('status')) };
     const search = parseBuildSearch(q.get('q') ?? '');
     let rows;
-    try {
-      rows = search ? await searchBuilds(ctx.db, search, filter, limit + 1, offset) : await readRecentBuilds(ctx.db, filter, limit + 1, offset);
-    } catch (err) {
-      // A search that matches little walks many builds: bounded, and the operator is told how to narrow it.
-      if (err instanceof SearchTimeoutError) throw new HttpError(503, err.message, { cause: err });
-      throw err;
+    if (search) {
+      if (searching >= maxSearches) throw new HttpError(503, `${searching} searches are running: try again when they end`);
+      searching++;
+      try {
+        rows = await searchBuilds(ctx.db, search, filter, limit + 1, offset);
+      } catch (err) {
+        // A search that matches little walks many builds: bounded, and the operator is told how to narrow it.
+        if (err instanceof SearchTimeoutError) throw new HttpError(503, err.message, { cause: err });
+        throw err;
+      } finally {
+        searching--;
+      }
+    } else {
+      rows = await readRecentBuilds(ctx.db, filter, limit + 1, offset);
     }
     const more = rows.length > limit;
     if (more) rows.length = limit;
