@@ -40,7 +40,8 @@ describe('hydrant status', () => {
   });
 
   it('prints the --status document hydra-provisioner reads, from a running runner', async () => {
-    runner = await InProcessRunner.start(db.url, dir, { maxUnsupportedTimeInS: 3600 });
+    // shutdownGraceInS: the stop in afterAll has nothing to wait for (slow sleeps on, its builder killed first).
+    runner = await InProcessRunner.start(db.url, dir, { maxUnsupportedTimeInS: 3600, shutdownGraceInS: 1 });
     runner.builder('b1');
     await waitFor(async () => ((await (await fetch(`${runner!.url}/status/machines`)).json()) as Json).machinesCount === 1, 90_000, 'the builder to join');
     const nonce = randomBytes(4).toString('hex');

@@ -1,8 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type TestDatabase, useTestDatabase } from '../helpers/db.ts';
 import { buildRow, busySteps, joined, readBuildLog, startBuilder, startRunner, stepRows, submit, type CliProcess, type RunnerProcess, type StepRow, useFleet } from '../helpers/fleet.ts';
@@ -21,7 +21,12 @@ import { waitFor } from '../helpers/runtime.ts';
 
 const mounts: string[] = [];
 
-/** A fresh tmpfs of `options` (mount -o) at `dir`, unmounted in afterAll. */
+/**
+ * A fresh tmpfs of `options` (mount -o) at `dir`, unmounted in afterAll.
+ * `options` caps nr_inodes as well as size: `fill` takes the last inode too,
+ * and tmpfs's default (half the RAM's pages, millions) meant millions of
+ * empty files, about 100 s a filesystem.
+ */
 function mountTmpfs(dir: string, options: string): void {
   mkdirSync(dir, { recursive: true });
   execFileSync('mount', ['-t', 'tmpfs', '-o', options, 'tmpfs', dir]);
@@ -69,6 +74,20 @@ function fill(dir: string): string {
   return filler;
 }
 
+/** Pids of the processes whose command line contains `text`. */
+function processesMentioning(text: string): number[] {
+  return readdirSync('/proc')
+    .filter((n) => /^\d+$/.test(n))
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(text);
+      } catch {
+        return false; // gone meanwhile
+      }
+    })
+    .map(Number);
+}
+
 function free(filler: string): void {
   rmSync(filler, { recursive: true, force: true });
 }
@@ -90,7 +109,8 @@ function records(output: string, msg: string): Record<string, unknown>[] {
 /**
  * Fills `mount`, queues `attr` of `file`, waits for an attempt to be aborted
  * by the full disk, frees the space (and creates `go`, which a build that
- * must not end before may wait for), and waits for the build to finish;
+ * must not end before may wait for, once a retry has logged its 2000 lines
+ * and is the only build left waiting), and waits for the build to finish;
  * returns the build's step rows. Retries come every second, so attempts
  * made before the space returns fail the same way, and are checked alike.
  */
@@ -105,10 +125,24 @@ async function buildThroughFullDisk(
   const filler = fill(mount);
   let id: number;
   try {
-    id = (await submit(db.url, file, attr, [attr]))[attr]!;
-    await waitFor(async () => (await stepRows(db.pool, id)).some((r) => r.status === 3 && r.busy === 0), 90_000, 'an attempt aborted by the full disk');
+    try {
+      id = (await submit(db.url, file, attr, [attr]))[attr]!;
+      await waitFor(async () => (await stepRows(db.pool, id)).some((r) => r.status === 3 && r.busy === 0), 90_000, 'an attempt aborted by the full disk');
+    } finally {
+      free(filler);
+    }
+    if (go) {
+      // `go` only once the one build left waiting for it is an attempt that logged everything: the build of
+      // an aborted attempt may not be killed yet, and if it saw `go` it would make the output, which the
+      // retry would then find valid, logging nothing.
+      const drv = (await buildRow(db.pool, id)).drvpath;
+      await waitFor(
+        () => (readBuildLog(dirname(mount), drv)?.includes('line 1999 of') ?? false) && processesMentioning(go).length === 1,
+        90_000,
+        'a retry that logged everything, alone waiting for the space',
+      );
+    }
   } finally {
-    free(filler);
     if (go) writeFileSync(go, '');
   }
   await waitFor(async () => (await buildRow(db.pool, id)).finished === 1, 90_000, 'the build to finish once the space is back');
@@ -144,8 +178,8 @@ describe.runIf(isRoot)('a full disk under a runner with a builder process', () =
 
   beforeAll(async () => {
     // hydraDataDir is `dir`: its build logs, the cache and the GC roots each get a small filesystem of their own.
-    mountTmpfs(logs, 'size=1m');
-    mountTmpfs(cache, 'size=4m');
+    mountTmpfs(logs, 'size=1m,nr_inodes=256');
+    mountTmpfs(cache, 'size=4m,nr_inodes=256');
     mountTmpfs(roots, 'size=1m,nr_inodes=64');
     writeFileSync(
       file,
@@ -205,7 +239,7 @@ describe.runIf(isRoot)('a full log disk under the runner’s local builder', () 
   beforeAll(async () => {
     // The local builder builds as a build user, which must see the file the build waits for.
     chmodSync(dir, 0o755);
-    mountTmpfs(logs, 'size=1m');
+    mountTmpfs(logs, 'size=1m,nr_inodes=256');
     runner = await InProcessRunner.start(db.url, dir, { localBuilderJobs: 1, tokenPaths: [], retryInterval: 1, retryBackoff: 1, maxRetries: 100 });
   });
 

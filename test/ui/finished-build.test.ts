@@ -23,7 +23,8 @@ describe('visualizer of a finished build', () => {
   });
 
   it("shows a failed build's step rows, the error message and the step's log", async () => {
-    const runner = await start();
+    // shutdownGraceInS: the stop in afterAll has nothing to wait for (slow may still build, its builder killed first).
+    const runner = await start({ shutdownGraceInS: 1 });
     runner.builder('b1');
     await waitFor(async () => ((await (await fetch(`${runner.url}/status/machines`)).json()) as { machinesCount: number }).machinesCount === 1, 90_000, 'the builder');
     const nonce = randomBytes(4).toString('hex');
