@@ -8,7 +8,7 @@ import { resolvedRootsDir } from '../nix/resolved-roots.ts';
 import { CaResolver } from '../actors/ca-resolver.ts';
 import { CaRealisations } from '../actors/ca-realisations.ts';
 import type { StepPreparer } from '../actors/prepare-step.ts';
-import { SubstitutingPreparer } from '../actors/substituting-preparer.ts';
+import { SubstitutingPreparer, type SubstitutingPreparerOptions } from '../actors/substituting-preparer.ts';
 import { Substituter } from '../cache/substituter.ts';
 import type { NixStoreHandle } from '../nix/private-store.ts';
 import { queryPathInfos } from '../nix/transfer.ts';
@@ -168,7 +168,7 @@ export class RunnerDaemon {
     const staleRoots = await preparer.clearStaleRoots();
     if (staleRoots > 0) log.info({ roots: staleRoots }, 'removed resolved-derivation roots a previous run left');
     this.runtime = await startRunnerRuntime({
-      preparer: await this.withSubstitution(preparer, pool, hostStore, store, log),
+      preparer: await this.withSubstitution(preparer, pool, hostStore, store, { valid: validInCaches(store, caches), publish: (paths) => finisher.alreadyBuilt(paths) }, log),
       config: c, db: schedulerDb, store: validInCaches(store, caches), listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,
       gate: { whenOpen: () => lock.whenHeld() }, maxPendingWrites: c.maxPendingDbWrites,
     });
@@ -184,7 +184,14 @@ export class RunnerDaemon {
   }
 
   /** With useSubstitutes and substituters: steps are looked up in the caches first, then resolved (docs/SUBSTITUTION.md). */
-  private async withSubstitution(next: StepPreparer, pool: WorkerPool, hostStore: NixStoreHandle, store: Pick<SchedulerStore, 'queryValid'>, log: Logger): Promise<StepPreparer> {
+  private async withSubstitution(
+    next: StepPreparer,
+    pool: WorkerPool,
+    hostStore: NixStoreHandle,
+    store: Pick<SchedulerStore, 'queryValid'>,
+    built: Pick<SubstitutingPreparerOptions, 'valid' | 'publish'>,
+    log: Logger,
+  ): Promise<StepPreparer> {
     const c = this.config;
     if (!c.useSubstitutes || c.substituters.length === 0) return next;
     const substituter = await Substituter.open({
@@ -193,7 +200,8 @@ export class RunnerDaemon {
     });
     this.substituter = substituter;
     log.info({ substituters: c.substituters }, 'substitution on');
-    return new SubstitutingPreparer({ substituter, next, valid: store, clock: { now: Date.now }, log });
+    // The substituter fetches what the store lacks; the preparer publishes what a cache lacks (docs/SUBSTITUTION.md, "Publishing").
+    return new SubstitutingPreparer({ substituter, next, ...built, clock: { now: Date.now }, log });
   }
 
   /**
