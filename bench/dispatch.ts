@@ -62,9 +62,11 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     );
     log(`queued ${dag.builds.length} builds needing ${dag.derivations.length} derivations`);
 
+    // The machines join once the queue is loaded: a load longer than maxUnsupportedTimeInS (a loaded
+    // machine, 300k steps) would otherwise fail the bootstrap chain as unsupported before any joined.
     const config = {
       stepSortFn: 'Legacy' as const, machineSortFn: 'SpeedFactorOnly' as const, machineFreeFn: 'Static' as const,
-      maxRetries: 5, retryInterval: 60, retryBackoff: 3, maxUnsupportedTimeInS: 120, maxLogSize: 64 << 20,
+      maxRetries: 5, retryInterval: 60, retryBackoff: 3, maxUnsupportedTimeInS: 3600, maxLogSize: 64 << 20,
       maxOutputSize: 2 ** 31, maxSilentTime: 3600, buildTimeout: 36000, queueTriggerTimerInS: -1,
     };
     const rssBefore = settledRss();
