@@ -16,7 +16,7 @@ export interface BuildSearch {
   readonly path: string | null;
   /** A store path's hash part (32 base-32 characters), or its base name (`<hash>-<name>`), without the store directory. */
   readonly part: string | null;
-  /** Anything else: part of `project:jobset:job`, of the Nix name, or of a machine's name (case-insensitive). */
+  /** Anything else: part of `project:jobset:job`, of the Nix name, of the derivation path or of a machine's name (case-insensitive). */
   readonly text: string | null;
 }
 

@@ -21,6 +21,7 @@ const path = (c: string, name: string): string => `/nix/store/${hashOf(c)}-${nam
 
 interface Row {
   id: number;
+  drv: string;
   project: string;
   jobset: string;
   job: string;
@@ -54,7 +55,7 @@ describe('history search (GET /status/history?q=)', () => {
       await db.pool.query(`insert into buildsteps (build, stepnr, type, drvpath, busy, status, machine) values ($1, $2, 0, $3, 0, 0, $4)`, [id, i + 1, s.drv, s.machine]);
       for (const o of s.outputs ?? []) await db.pool.query(`insert into buildstepoutputs (build, stepnr, name, path) values ($1, $2, 'out', $3)`, [id, i + 1, o]);
     }
-    rows.push({ id, project, jobset, job: b.job, nixname: b.nixname ?? null, machines: (b.steps ?? []).map((s) => s.machine) });
+    rows.push({ id, drv: b.drv, project, jobset, job: b.job, nixname: b.nixname ?? null, machines: (b.steps ?? []).map((s) => s.machine) });
   }
 
   beforeAll(async () => {
@@ -120,6 +121,7 @@ describe('history search (GET /status/history?q=)', () => {
     expect(await find('trunk:cu')).toEqual([ids.curl]);
     expect(await find('HELLO')).toEqual([ids.hello]);
     expect(await find('hello-2.12')).toEqual([ids.hello]);
+    expect(await find('hello-2.12.drv')).toEqual([ids.hello]); // part of a derivation's path, without its hash
     expect(await find('nixpkgs')).toEqual([ids.curl, ids.hello]);
   });
 
@@ -190,11 +192,11 @@ describe('history search (GET /status/history?q=)', () => {
     expect(await find(hashOf('k'), '&job=page-1')).toHaveLength(11); // page-1, page-10 … page-19
   });
 
-  it('finds exactly the builds whose name, Nix name or machines contain the text (any text)', async () => {
+  it('finds exactly the builds whose name, Nix name, derivation path or machines contain the text (any text)', async () => {
     const oracle = (q: string): number[] => {
       const s = q.trim().toLowerCase();
       return rows
-        .filter((r) => `${r.project}:${r.jobset}:${r.job}`.toLowerCase().includes(s) || (r.nixname ?? '').toLowerCase().includes(s) || r.machines.some((m) => m.toLowerCase().includes(s)))
+        .filter((r) => `${r.project}:${r.jobset}:${r.job}`.toLowerCase().includes(s) || (r.nixname ?? '').toLowerCase().includes(s) || r.drv.toLowerCase().includes(s) || r.machines.some((m) => m.toLowerCase().includes(s)))
         .map((r) => r.id)
         .sort((a, b) => b - a);
     };

@@ -6,9 +6,9 @@
 --      BuildSteps(drvPath) and BuildStepOutputs(path) are indexed in Hydra's schema);
 --   $3 a store path's hash part or base name, matched inside derivation and output paths
 --      (drvPath by Hydra's trigram index IndexTrgmBuildsOnDrvpath where pg_trgm is installed);
---   $4 text, case-insensitive, inside project:jobset:job, the Nix name or a step's machine: the
---      builds are walked by id backwards (the primary key), so a page costs the rows walked until
---      it is full.
+--   $4 text, case-insensitive, inside project:jobset:job, the Nix name, the derivation's path or
+--      a step's machine: the builds are walked by id backwards (the primary key), so a page costs
+--      the rows walked until it is full.
 -- The others are /status/history's filters, null for "any": $5 project, $6 jobset, $7 part of the
 -- job name, $8 finished, $9 buildstatus, $10 failed only; $11 limit, $12 offset.
 -- Values only ever reach the statement as parameters; $3 has LIKE's wildcards and escape escaped.
@@ -44,6 +44,7 @@ matched as (
     where $4::text is not null and $1::int is null and $2::text is null and $3::text is null
       and (strpos(lower(j.project || ':' || j.name || ':' || b.job), lower($4::text)) > 0
            or strpos(lower(coalesce(b.nixname, '')), lower($4::text)) > 0
+           or strpos(lower(b.drvpath), lower($4::text)) > 0
            or exists (select 1 from buildsteps s
                        where s.build = b.id and strpos(lower(s.machine), lower($4::text)) > 0))
       and ($5::text is null or j.project = $5)
