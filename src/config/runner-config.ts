@@ -130,6 +130,8 @@ const RunnerConfigSchema = z
     shutdownGraceInS: z.number().nonnegative().default(30),
     /** How long the runner rides out an unreachable database before it exits non-zero. */
     dbGiveUpAfterInS: z.number().positive().default(600),
+    /** A round trip on the lock's connection this often (and its reply within as long), so that a hung server or a dead connection is noticed. */
+    dbHeartbeatInS: z.number().positive().default(5),
     /** Result writes waiting for the database beyond which dispatch pauses. */
     maxPendingDbWrites: z.number().int().positive().default(10_000),
     /** When another runner holds the database's lock, wait as a hot standby instead of exiting. */

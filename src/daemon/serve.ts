@@ -107,7 +107,7 @@ export class RunnerDaemon {
     log.info({ db: redactUrl(this.db.url), embedded: this.db.embedded }, 'database connected');
     const schema = await ensureSchema(this.db.pool);
     log.info({ created: schema.created, version: schema.version }, schema.created ? 'created Hydra schema' : 'Hydra schema accepted');
-    const lock = (this.lock = new RunnerLock({ url: this.db.url, giveUpAfterMs: c.dbGiveUpAfterInS * 1000 }));
+    const lock = (this.lock = new RunnerLock({ url: this.db.url, giveUpAfterMs: c.dbGiveUpAfterInS * 1000, heartbeatMs: c.dbHeartbeatInS * 1000 }));
     let standby = false;
     try {
       await lock.acquire();
@@ -305,7 +305,7 @@ export class RunnerDaemon {
     try {
       const next = loadRunnerConfig(this.options.configPath, this.options.overrides);
       const restart = this.runtime?.scheduler.reconfigure(next) ?? [];
-      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 's3Backup', 'awsCredentialsFile', 'rootsDir', 'tokenPaths', 'apiTokenPaths', 'dbGiveUpAfterInS', 'maxPendingDbWrites', 'standby', 'grpcTls', 'grpcInsecure'] as const) {
+      for (const k of ['dbUrl', 'stateDir', 'hydraDataDir', 'workerThreads', 'grpcListen', 'httpListen', 'localBuilderJobs', 'remoteStoreAddr', 's3Backup', 'awsCredentialsFile', 'rootsDir', 'tokenPaths', 'apiTokenPaths', 'dbGiveUpAfterInS', 'dbHeartbeatInS', 'maxPendingDbWrites', 'standby', 'grpcTls', 'grpcInsecure'] as const) {
         if (JSON.stringify(next[k]) !== JSON.stringify(this.config[k])) restart.push(k);
       }
       // The machines files are re-read too (a changed list of files needs a restart, as above).

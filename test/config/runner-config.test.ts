@@ -13,6 +13,12 @@ describe('runner configuration', () => {
     expect(Object.isFrozen(c)).toBe(true);
   });
 
+  it('dbHeartbeatInS: 5 s unless set, and positive', () => {
+    expect(loadRunnerConfig(undefined, {}, {}).dbHeartbeatInS).toBe(5);
+    expect(loadRunnerConfig(file('dbHeartbeatInS = 0.5\n'), {}, {}).dbHeartbeatInS).toBe(0.5);
+    expect(() => loadRunnerConfig(file('dbHeartbeatInS = 0\n'), {}, {})).toThrow(/dbHeartbeatInS/);
+  });
+
   it('reads upstream keys from TOML; HYDRA_DATABASE_URL wins over dbUrl', () => {
     const p = file('hydraDataDir = "/srv/hydra"\ndbUrl = "postgres://a@h/db"\nmachineSortFn = "BogomipsWithSpeedFactor"\nremoteStoreAddr = ["file:///cache?compression=zstd"]\n');
     expect(loadRunnerConfig(p, {}, {})).toMatchObject({ hydraDataDir: '/srv/hydra', dbUrl: 'postgres://a@h/db', machineSortFn: 'BogomipsWithSpeedFactor', stateDir: '/srv/hydra/hydrant' });

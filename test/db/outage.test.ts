@@ -24,6 +24,13 @@ import { waitFor } from '../helpers/runtime.ts';
  * shutdown, as a fast-mode restart of the server does) and started again on the same
  * port, while real builds run on the runner's local builder.
  */
+/**
+ * The lock's heartbeat for the tests that wait for it to notice a hang: a
+ * hang is noticed within twice this (the default, 5 s, took up to 10 s a
+ * test); not shorter, so that a loaded machine's slow reply is no hang.
+ */
+const HEARTBEAT_S = 2;
+
 describe('a database outage', () => {
   let stateDir: string;
   let port: number;
@@ -186,7 +193,7 @@ describe('a database outage', () => {
 
   it('rides out a hung server: the heartbeat notices, the lock is re-taken, every build ends right', async () => {
     const jobset = await newJobset('hung');
-    const d = await withRunner('hung', { localBuilderJobs: 4, dbGiveUpAfterInS: 120 }, async (_runner, d) => {
+    const d = await withRunner('hung', { localBuilderJobs: 4, dbGiveUpAfterInS: 120, dbHeartbeatInS: HEARTBEAT_S }, async (_runner, d) => {
       const ids = await queueSet(jobset, 'hung');
       await waitFor(async () => (await busySteps(ids)) === 3, 60_000, 'three steps building');
       signalServer('SIGSTOP');
@@ -203,7 +210,7 @@ describe('a database outage', () => {
   }, 180_000);
 
   it("takes its lock back from its own hung session instead of mistaking it for another runner's", async () => {
-    const d = await withRunner('stale', { dbGiveUpAfterInS: 120 }, async (_runner, d) =>
+    const d = await withRunner('stale', { dbGiveUpAfterInS: 120, dbHeartbeatInS: HEARTBEAT_S }, async (_runner, d) =>
       // Only the lock's backend hangs: it keeps holding the lock while the runner reconnects.
       withHungLockBackend(async (thaw) => {
         await waitFor(() => d.lifecycle.state === 'reconnecting', 60_000, 'the heartbeat to notice');
@@ -218,7 +225,7 @@ describe('a database outage', () => {
   }, 120_000);
 
   it('stops when asked (SIGTERM) while a load waits for the database', async () => {
-    await withRunner('load', { dbGiveUpAfterInS: 600, shutdownGraceInS: 1 }, async (_runner, d) =>
+    await withRunner('load', { dbGiveUpAfterInS: 600, shutdownGraceInS: 1, dbHeartbeatInS: HEARTBEAT_S }, async (_runner, d) =>
       withHungLockBackend(async () => {
         await waitFor(() => d.lifecycle.state === 'reconnecting', 60_000, 'the heartbeat to notice');
         // A build whose output exists: its load ends it as cached, a write that waits for the lock.
