@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
 import { basename, join } from 'node:path';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { parseNarInfo } from '../../src/nix/narinfo.ts';
 import { countValidSignatures, parsePublicKey } from '../../src/nix/signing.ts';
@@ -17,7 +19,9 @@ import { waitFor } from '../helpers/runtime.ts';
  * step can end by being built):
  *
  * - `fetched`: a two-step job in a signed upstream cache, absent from the
- *   store. Both steps are substituted; afterwards the runner's own cache
+ *   store. A first runner, whose cache refuses writes, imports the
+ *   dependency, cannot publish it and is SIGKILLed: no row, no narinfo. The
+ *   restarted runner substitutes both steps; afterwards the runner's own cache
  *   holds a narinfo signed by the runner's key and the NAR of every output
  *   and of their closure, each output is a GC root, and `hydrant cache gc`
  *   with those roots keeps them while it deletes a path nobody roots.
@@ -27,6 +31,8 @@ import { waitFor } from '../helpers/runtime.ts';
  *   does not count the steps as built; it publishes them, then writes the
  *   substitution rows and ends the build as cached.
  */
+const execFileP = promisify(execFile);
+
 function release(nonce: string): string {
   const mk = (job: string) => `
   ${job}Dep = mk { name = "subpub-${job}-dep-${nonce}"; script = "echo ${job}-dep > $out"; };
@@ -76,9 +82,30 @@ describe('publishing substituted outputs', () => {
       `trustedPublicKeys = ["${upstreamKey.publicKey}"]`,
       `remoteStoreAddr = ["file://${own}?compression=none&secret-key=${ownKey.secretFile}"]`,
     ].join('\n');
+    const ids = await submit(db.url, file, 'subpub', ['fetched', 'crashed']);
+
+    // A first runner whose uploads fail (the cache's nar/ immutable): it imports `fetched`'s dependency,
+    // cannot publish it, and is SIGKILLed. Nothing says the outputs exist: no row, no narinfo.
+    const narDir = join(own, 'nar');
+    await execFileP('chattr', ['+i', narDir]);
+    try {
+      const first = await startRunner(dir, db.url, extra);
+      procs.push(first.proc);
+      await first.proc.waitFor(new RegExp(`subpub-fetched-dep-${nonce}.*cannot publish the substituted outputs|cannot publish the substituted outputs.*subpub-fetched-dep-${nonce}`), 60_000);
+      first.proc.child.kill('SIGKILL');
+      await first.proc.exited;
+    } finally {
+      await execFileP('chattr', ['-i', narDir]);
+    }
+    expect((await db.pool.query('select count(*)::int n from buildsteps')).rows[0].n).toBe(0);
+    expect((await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n).toBe(2);
+    const fetchedDep = fetched.find((p) => p !== fetchedTop)!;
+    expect(await runNixLines('nix-store', ['--check-validity', '--print-invalid', fetchedDep])).toEqual([]);
+    for (const p of [...fetched, ...crashed]) expect(existsSync(narInfoOf(p))).toBe(false);
+
+    // The restarted runner publishes, then writes the rows.
     const runner = await startRunner(dir, db.url, extra);
     procs.push(runner.proc);
-    const ids = await submit(db.url, file, 'subpub', ['fetched', 'crashed']);
     await waitFor(async () => (await db.pool.query('select count(*)::int n from builds where finished = 0')).rows[0].n === 0, 90_000, 'builds to finish');
 
     const builds = (await db.pool.query<{ id: number; buildstatus: number; iscachedbuild: number }>('select id, buildstatus, iscachedbuild from builds order by id')).rows;
