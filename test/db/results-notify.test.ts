@@ -76,12 +76,20 @@ describe('NOTIFYs received by a listener', () => {
     await listener.stop();
   });
 
-  async function waitFor(pred: () => boolean): Promise<void> {
-    const deadline = Date.now() + 5000;
-    while (!pred()) {
+  /**
+   * Every notification committed so far, without the marker this sends after
+   * them: PostgreSQL delivers a session's notifications in commit order, so
+   * once the marker is heard nothing sent before it is still on its way.
+   */
+  async function allHeard(): Promise<Notification[]> {
+    const marker = `marker-${Math.random()}`;
+    await db.pool.query(`select pg_notify('build_started', $1)`, [marker]);
+    const deadline = Date.now() + 60_000; // a hang, not a slow machine
+    while (!seen.some((n) => n.payload === marker)) {
       if (Date.now() > deadline) throw new Error('notifications did not arrive');
       await new Promise((r) => setTimeout(r, 10));
     }
+    return seen.filter((n) => n.payload !== marker);
   }
 
   it('step_started, step_finished and build_started carry Hydra\'s payloads, only on commit', async () => {
@@ -99,9 +107,7 @@ describe('NOTIFYs received by a listener', () => {
       await finishStep(c, { buildId: build, stepnr: nr, status: 0, errorMsg: null, startTime: 1, stopTime: 2, machine: 'm',
         overhead: null, timesBuilt: 1, isNonDeterministic: false, logFile: '/logs/aa/aa-x.drv' });
     });
-    await waitFor(() => seen.length >= 3);
-    await new Promise((r) => setTimeout(r, 50));
-    expect(seen).toEqual([
+    expect(await allHeard()).toEqual([
       { channel: 'build_started', payload: String(build) },
       { channel: 'step_started', payload: `${build}\t1` },
       { channel: 'step_finished', payload: `${build}\t1\t/logs/aa/aa-x.drv` },
@@ -114,11 +120,10 @@ describe('NOTIFYs received by a listener', () => {
     const expectedChunks = buildFinishedPayloads(77, deps).length;
     expect(expectedChunks).toBeGreaterThan(5);
     await withTransaction(db.pool, (c) => notifyBuildsFinished(c, [77, ...deps]));
-    await waitFor(() => seen.length >= expectedChunks);
-    await new Promise((r) => setTimeout(r, 50));
-    expect(seen).toHaveLength(expectedChunks);
+    const heard = await allHeard();
+    expect(heard).toHaveLength(expectedChunks);
     const got: number[] = [];
-    for (const n of seen) {
+    for (const n of heard) {
       expect(n.channel).toBe('build_finished');
       expect(bytes(n.payload)).toBeLessThan(8000);
       const [head, ...rest] = n.payload.split('\t');
@@ -134,8 +139,6 @@ describe('NOTIFYs received by a listener', () => {
       await notifyBuildsFinished(c, []);
       await notifyBuildsFinished(c, [5]);
     });
-    await waitFor(() => seen.length >= 1);
-    await new Promise((r) => setTimeout(r, 50));
-    expect(seen).toEqual([{ channel: 'build_finished', payload: '5' }]);
+    expect(await allHeard()).toEqual([{ channel: 'build_finished', payload: '5' }]);
   });
 });

@@ -26,14 +26,14 @@ import { generateKey, trusting } from '../cache/fixtures.ts';
  * then Nix 2.8, in a fresh store with only the .drv files and Hydrant's cache
  * as substituter, substitutes the CA outputs and builds nothing.
  */
-function release(nonce: string): string {
+function release(nonce: string, gate: string): string {
   return `{ }:
 let
 ${CA_MK_DRV}  cam = name: script: mk { name = "\${name}-${nonce}"; inherit script; extra = ca; };
-  # Each takes a moment, so that both builders have work at once.
-  a = cam "a" "/bin/sleep 1; echo a > $out";
+  # Each builds until the gate opens, which the test does once both builders hold one: both have work.
+  a = cam "a" "while [ ! -e ${gate} ]; do /bin/sleep 0.1; done; echo a > $out";
   b = cam "b" "read x < \${a}; echo b $x > $out";
-  s = cam "s" "/bin/sleep 1; echo s > $out";
+  s = cam "s" "while [ ! -e ${gate} ]; do /bin/sleep 0.1; done; echo s > $out";
   left = cam "left" "read x < \${s}; echo left $x > $out";
   right = cam "right" "read x < \${s}; echo right $x > $out";
   fb = cam "fb" "read x < \${a}; echo failing on $x; exit 1";
@@ -71,7 +71,8 @@ describe('content-addressed derivations through two builders', () => {
   it('builds a chain, a diamond, a failure and an already-valid CA derivation through resolution, and Nix 2.8 substitutes the CA outputs from the cache', async () => {
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, 'release.nix');
-    writeFileSync(file, release(nonce));
+    const gate = join(dir, 'both-building');
+    writeFileSync(file, release(nonce, gate));
     const jobs = ['c', 'left', 'right', 'top', 'fb', 'fc', 'v', 'w'];
     const toplevels = await runNixLines('nix-instantiate', [file, ...jobs.flatMap((j) => ['-A', j])]);
     const top = Object.fromEntries(jobs.map((j, i) => [j, toplevels[i]!]));
@@ -88,6 +89,11 @@ describe('content-addressed derivations through two builders', () => {
     await joined(runner.proc, ['ca-b1', 'ca-b2']);
 
     const ids = await submit(fleet.db.url, file, 'ca-two', jobs);
+    try {
+      await waitFor(async () => new Set((await steps()).filter((r) => r.busy !== 0).map((r) => r.machine)).size === 2, 120_000, 'both builders to build');
+    } finally {
+      writeFileSync(gate, '');
+    }
     await waitFor(async () => (await unfinished()) === 0, 240_000, 'the release to finish');
     const status = Object.fromEntries((await fleet.db.pool.query('select job, buildstatus from builds')).rows.map((r) => [r.job, r.buildstatus]));
     expect(status).toEqual({ c: 0, left: 0, right: 0, top: 0, fb: 1, fc: 2, v: 0, w: 0 });
