@@ -22,7 +22,7 @@ export const describe = 'history search (q=) on N builds: one page per kind of s
 const HASH = (seed: string): string => `translate(md5(${seed}), 'e', 'x')`;
 
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
-  const { builds, reps } = benchOptions(argv, { builds: 200_000, reps: 5 });
+  const { builds, reps } = benchOptions(argv, { builds: 60_000, reps: 3 });
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-bench-search-'));
   const pg = await startEmbeddedPostgres({ stateDir: dir, ephemeral: true });
   const pool = createPool(pg.url, { max: 2 });
