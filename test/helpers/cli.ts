@@ -37,7 +37,8 @@ export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): { child: 
     child,
     output: () => out,
     exited,
-    waitFor(re, ms = 20_000) {
+    // The default bounds a hang: a process starting through tsx on a loaded machine took over 20 s to log.
+    waitFor(re, ms = 90_000) {
       return new Promise((resolve, reject) => {
         const check = () => {
           const m = out.match(re);

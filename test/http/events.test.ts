@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -31,7 +31,12 @@ describe('live feed of step and machine transitions', () => {
   const db = useTestDatabase();
   let daemon: RunnerDaemon;
   const dir = mkdtempSync(join(tmpdir(), 'hydrant-events-'));
+  // The slow step below builds until this exists: the feed is watching before any step ends, however slow the
+  // machine. Builds run as a build user: the file must be visible to it.
+  chmodSync(dir, 0o755);
+  const go = join(dir, 'go');
   afterAll(async () => {
+    writeFileSync(go, '');
     await daemon?.stop();
   });
 
@@ -44,13 +49,13 @@ describe('live feed of step and machine transitions', () => {
 
     const nonce = randomBytes(4).toString('hex');
     const [top] = await instantiate(`let ${MK_DRV}
-      slow = mk { name = "slow-${nonce}"; script = "/bin/sleep 2; echo > $out"; };
+      slow = mk { name = "slow-${nonce}"; script = "while [ ! -e ${go} ]; do /bin/sleep 0.1; done; echo > $out"; };
     in mk { name = "top-${nonce}"; script = "/bin/cat \${slow} > $out"; }`);
     const d = await new LocalNixStore().readDerivation(top!);
     const jobset = await createJobset(db.pool, 'ev', 'main');
     const id = await queueBuild(db.pool, jobset, top!, 'top', d.system, d.outputs);
     await db.pool.query('notify builds_added');
-    await waitFor(() => scheduler.graph.builds.has(id), 10_000, 'the build to load');
+    await waitFor(() => scheduler.graph.builds.has(id), 60_000, 'the build to load');
 
     const abort = new AbortController();
     const r = await fetch(`${base}/events?build=${id}`, { signal: abort.signal });
@@ -62,6 +67,7 @@ describe('live feed of step and machine transitions', () => {
     expect(local.listenerCount).toBe(2); // the dispatcher's and the feed's
     const tree = (await (await fetch(`${base}/status/build/${id}`)).json()) as { steps: { id: number; drvPath: string }[] };
     const topId = tree.steps.find((s) => s.drvPath === top)!.id;
+    writeFileSync(go, '');
 
     const seen: { id: number; state: string; event: string }[] = [];
     for await (const e of sse(r.body!)) {
