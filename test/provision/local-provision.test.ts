@@ -83,7 +83,8 @@ describe('hydrant provision, local backend', () => {
     writeFileSync(file, `{ }: let ${MK_DRV} in {\n${Array.from({ length: 40 }, (_, i) => `  j${i} = mk { name = "burst-${i}-${nonce}"; script = "/bin/sleep 2; echo ${i} > $out"; };`).join('\n')}\n}`);
     const ids = await submit(db.url, file, 'burst');
     expect(Object.keys(ids)).toHaveLength(40);
-    const config = provisionConfig(dir, http, r, 'minMachines = 1\nmaxMachines = 3\nrunnablesPerMachine = 10\ngracePeriod = 2');
+    // Two jobs a machine: the burst is built in half the time; how many machines are wanted counts runnable steps only.
+    const config = provisionConfig(dir, http, r, 'minMachines = 1\nmaxMachines = 3\nrunnablesPerMachine = 10\ngracePeriod = 2\nmaxJobs = 2');
     const stateDir = join(dir, 'provisioner');
     const prov = startCli(['provision', '--config', config]);
     procs.push(prov);
