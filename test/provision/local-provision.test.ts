@@ -79,8 +79,11 @@ describe('hydrant provision, local backend', () => {
     const { r, http, dir, db } = await runner('burst');
     const nonce = randomBytes(4).toString('hex');
     const file = join(dir, 'release.nix');
-    // The issue's burst: 40 independent steps of about 2 s; 10 per machine wants 4 machines, clamped to 3.
-    writeFileSync(file, `{ }: let ${MK_DRV} in {\n${Array.from({ length: 40 }, (_, i) => `  j${i} = mk { name = "burst-${i}-${nonce}"; script = "/bin/sleep 2; echo ${i} > $out"; };`).join('\n')}\n}`);
+    // The issue's burst: 40 independent steps; 10 per machine wants 4 machines, clamped to 3. The steps build
+    // once the test opens their gate, when the third builder has joined: until then the queue wants three
+    // however slowly the builders start (2 s sleeps let two builders run it down first on a loaded machine).
+    const gate = join(dir, 'three-joined');
+    writeFileSync(file, `{ }: let ${MK_DRV} in {\n${Array.from({ length: 40 }, (_, i) => `  j${i} = mk { name = "burst-${i}-${nonce}"; script = "while [ ! -e ${gate} ]; do /bin/sleep 0.1; done; echo ${i} > $out"; };`).join('\n')}\n}`);
     const ids = await submit(db.url, file, 'burst');
     expect(Object.keys(ids)).toHaveLength(40);
     // Two jobs a machine: the burst is built in half the time; how many machines are wanted counts runnable steps only.
@@ -90,7 +93,11 @@ describe('hydrant provision, local backend', () => {
     procs.push(prov);
 
     // Three builders join the runner (the first pass asks for two: maxCreatesPerPass).
-    await r.proc.waitFor(/"msg":"builder joined"[\s\S]*"msg":"builder joined"[\s\S]*"msg":"builder joined"/, 120_000);
+    try {
+      await r.proc.waitFor(/"msg":"builder joined"[\s\S]*"msg":"builder joined"[\s\S]*"msg":"builder joined"/, 120_000);
+    } finally {
+      writeFileSync(gate, '');
+    }
     const firstPass = prov.output().split('"msg":"pass done"')[0]!;
     expect(firstPass.match(/"to":"creating"/g)).toHaveLength(2);
     for (const id of Object.values(ids)) await waitFor(async () => (await buildRow(db.pool, id)).finished === 1, 300_000, `build ${id}`);
