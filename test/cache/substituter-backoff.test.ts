@@ -1,5 +1,3 @@
-import { createServer, type Server } from 'node:http';
-import { readFile } from 'node:fs/promises';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -15,6 +13,7 @@ import { createLogger } from '../../src/util/logger.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { parseMetrics } from '../http/prometheus.ts';
 import { buildFixtures, generateKey, tempDir, type Fixtures } from './fixtures.ts';
+import { serveDirectory, type DirectoryServer } from '../helpers/directory-server.ts';
 
 /**
  * A binary cache that fails (HTTP 500, a connection dropped in the middle
@@ -27,7 +26,7 @@ import { buildFixtures, generateKey, tempDir, type Fixtures } from './fixtures.t
 let tmp: string;
 let pool: WorkerPool;
 let fx: Fixtures;
-let server: Server;
+let server: DirectoryServer;
 let url: string;
 let publicKey: string;
 let mode: 'ok' | 'error' | 'drop-nar' = 'ok';
@@ -43,35 +42,29 @@ beforeAll(async () => {
   const cache = await BinaryCache.open(`file://${dir}?compression=none&secret-key=${key.secretFile}`, pool);
   await uploadClosure(cache, [fx.paths.user, fx.paths.single]);
   await cache.close();
-  server = createServer((req, res) => {
-    requests++;
-    const rel = decodeURIComponent(req.url!.slice(1));
-    if (mode === 'error') {
-      res.statusCode = 500;
-      return res.end('down for maintenance');
-    }
-    readFile(join(dir, rel)).then(
-      (body) => {
-        if (mode === 'drop-nar' && rel.startsWith('nar/')) {
-          // Half the NAR, then the connection goes.
-          res.setHeader('content-length', body.length);
-          res.write(body.subarray(0, body.length >> 1));
-          return void setImmediate(() => res.destroy());
-        }
-        res.end(body);
-      },
-      () => {
-        res.statusCode = 404;
-        res.end();
-      },
-    );
+  server = await serveDirectory(dir, {
+    seen: () => requests++,
+    answer: (rel, body, res) => {
+      if (mode === 'error') {
+        res.statusCode = 500;
+        res.end('down for maintenance');
+        return true;
+      }
+      if (mode === 'drop-nar' && body && rel.startsWith('nar/')) {
+        // Half the NAR, then the connection goes.
+        res.setHeader('content-length', body.length);
+        res.write(body.subarray(0, body.length >> 1));
+        setImmediate(() => res.destroy());
+        return true;
+      }
+      return false;
+    },
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  url = server.url;
 });
 
 afterAll(async () => {
-  await new Promise((r) => server?.close(r));
+  await server?.close();
   await pool?.close();
   rmSync(tmp, { recursive: true, force: true });
 });

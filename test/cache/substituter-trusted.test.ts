@@ -1,5 +1,3 @@
-import { createServer, type Server } from 'node:http';
-import { readFile } from 'node:fs/promises';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
@@ -14,6 +12,7 @@ import { PrivateStore } from '../../src/nix/private-store.ts';
 import { createLogger } from '../../src/util/logger.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { buildFixtures, generateKey, tempDir, type Fixtures } from './fixtures.ts';
+import { serveDirectory, type DirectoryServer } from '../helpers/directory-server.ts';
 
 /**
  * `?trusted=1` on file:// and http(s):// substituters means what it means on
@@ -27,7 +26,7 @@ import { buildFixtures, generateKey, tempDir, type Fixtures } from './fixtures.t
 let tmp: string;
 let pool: WorkerPool;
 let fx: Fixtures;
-let server: Server;
+let server: DirectoryServer;
 let httpUrl: string;
 let dir: string;
 let publicKey: string;
@@ -54,22 +53,12 @@ beforeAll(async () => {
   const at = nar.indexOf(fx.paths.self) + '/nix/store/'.length;
   nar[at] = nar[at] === 0x61 ? 0x62 : 0x61;
   writeFileSync(narFile, nar);
-  server = createServer((req, res) => {
-    queries.push(req.url!);
-    readFile(join(dir, decodeURIComponent(req.url!.slice(1)))).then(
-      (body) => res.end(body),
-      () => {
-        res.statusCode = 404;
-        res.end();
-      },
-    );
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  httpUrl = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  server = await serveDirectory(dir, { seen: (u) => queries.push(u) });
+  httpUrl = server.url;
 });
 
 afterAll(async () => {
-  await new Promise((r) => server?.close(r));
+  await server?.close();
   await pool?.close();
   rmSync(tmp, { recursive: true, force: true });
 });

@@ -1,5 +1,3 @@
-import { createServer, type Server } from 'node:http';
-import { readFile } from 'node:fs/promises';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,6 +8,7 @@ import { PrivateStore } from '../../src/nix/private-store.ts';
 import { createLogger } from '../../src/util/logger.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { buildFixtures, generateKey, tempDir, type Fixtures } from './fixtures.ts';
+import { serveDirectory, type DirectoryServer } from '../helpers/directory-server.ts';
 
 /**
  * The Substituter against a real HTTP cache (a directory published by
@@ -20,7 +19,7 @@ import { buildFixtures, generateKey, tempDir, type Fixtures } from './fixtures.t
 let tmp: string;
 let pool: WorkerPool;
 let fx: Fixtures;
-let server: Server;
+let server: DirectoryServer;
 let url: string;
 const requests = new Map<string, number>();
 let publicKey: string;
@@ -35,23 +34,17 @@ beforeAll(async () => {
   const cache = await BinaryCache.open(`file://${dir}?compression=zstd&secret-key=${key.secretFile}`, pool);
   await uploadClosure(cache, [fx.paths.user, fx.paths.tree]);
   await cache.close();
-  server = createServer((req, res) => {
-    const rel = decodeURIComponent(req.url!.slice(1));
-    requests.set(rel, (requests.get(rel) ?? 0) + 1);
-    readFile(join(dir, rel)).then(
-      (body) => res.end(body),
-      () => {
-        res.statusCode = 404;
-        res.end();
-      },
-    );
+  server = await serveDirectory(dir, {
+    seen: (u) => {
+      const rel = decodeURIComponent(u.slice(1));
+      requests.set(rel, (requests.get(rel) ?? 0) + 1);
+    },
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  url = server.url;
 });
 
 afterAll(async () => {
-  await new Promise((r) => server?.close(r));
+  await server?.close();
   await pool?.close();
   rmSync(tmp, { recursive: true, force: true });
 });
