@@ -132,17 +132,13 @@ export interface RecentBuildRow {
 
 /** Builds newest first, filtered, one page (`limit` rows from `offset`). */
 export async function readRecentBuilds(db: Queryable, f: RecentBuildsFilter, limit: number, offset: number): Promise<RecentBuildRow[]> {
-  const { rows } = await db.query(sql('history/recent-builds'), [
-    f.project ?? null,
-    f.jobset ?? null,
-    f.job ?? null,
-    f.finished ?? null,
-    f.buildStatus ?? null,
-    f.failedOnly ?? null,
-    limit,
-    offset,
-  ]);
+  const { rows } = await db.query(sql('history/recent-builds'), pageParams(f, limit, offset));
   return rows.map(recentBuildOf);
+}
+
+/** The filter's and the page's parameters, in the order recent-builds.sql and search-builds.sql (after its terms) take them. */
+export function pageParams(f: RecentBuildsFilter, limit: number, offset: number): unknown[] {
+  return [f.project ?? null, f.jobset ?? null, f.job ?? null, f.finished ?? null, f.buildStatus ?? null, f.failedOnly ?? null, limit, offset];
 }
 
 /** A recent-builds row (recent-builds.sql, search-builds.sql) as the status API shows it. */

@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { SearchTimeoutError } from '../errors/index.ts';
 import type { Queryable } from './chunks.ts';
-import { type RecentBuildRow, type RecentBuildsFilter, recentBuildOf } from './build-history.ts';
+import { pageParams, type RecentBuildRow, type RecentBuildsFilter, recentBuildOf } from './build-history.ts';
 import { sql } from './sql.ts';
 
 /** How long one history search may run (Hydra's own web search allows 20 s). */
@@ -28,20 +28,7 @@ export async function searchBuilds(
   offset: number,
   timeoutMs = SEARCH_TIMEOUT_MS,
 ): Promise<RecentBuildRow[]> {
-  const params = [
-    terms.id,
-    terms.path,
-    terms.part,
-    terms.text,
-    f.project ?? null,
-    f.jobset ?? null,
-    f.job ?? null,
-    f.finished ?? null,
-    f.buildStatus ?? null,
-    f.failedOnly ?? null,
-    limit,
-    offset,
-  ];
+  const params = [terms.id, terms.path, terms.part, terms.text, ...pageParams(f, limit, offset)];
   if (!(db instanceof pg.Pool)) return (await db.query(sql('history/search-builds'), params)).rows.map(recentBuildOf);
   const client = await db.connect();
   try {
