@@ -80,9 +80,11 @@ describe('Prometheus metrics', () => {
     // Gauges of the worker pool's queue and the database pool's waiters move only under load: checked below.
     // Pending writes and the lifecycle state move in a database outage: test/db/outage.test.ts checks them.
     // Write backpressure moves when results outrun the database: test/actors/write-backpressure.test.ts, `bench soak`.
+    // A failing substituter's counts move only with substituters set (this runner has none): test/cache/substituter-backoff.test.ts.
     const underLoad = new Set([
       'hydrant_worker_pool_queue_length', 'hydrant_worker_pool_in_flight', 'hydrant_db_pool_connections', 'hydrant_db_pending_writes', 'hydrant_runner_state',
       'hydrant_db_write_backpressure', 'hydrant_db_write_backpressure_holds_total',
+      'hydrant_substituter_failures_total', 'hydrant_substituter_skipped_total', 'hydrant_substituter_disabled',
     ]);
     const moved = movedFamilies(scrapes);
     expect(ours.filter((n) => !underLoad.has(n) && !moved.has(n))).toEqual([]);
