@@ -94,7 +94,8 @@ describe('end to end with real Nix behind the builder interface', () => {
     for (const s of ok) expect(s).toMatchObject({ machine: 'local', type: 0, propagatedfrom: null });
     // The failing step ran once, under a build needing it. The other build got a
     // propagated row if it was loaded before the failure, or a cached-failure
-    // row (8) if it was loaded after it.
+    // row (8) if it was loaded after it; both name the build the step failed
+    // in, as Hydra's queue monitor does for a cached failure.
     const failed = steps.filter((s) => s.drvpath === drv.broken);
     const ran = failed.filter((s) => s.status === 1 && s.propagatedfrom === null);
     expect(ran).toHaveLength(1);
@@ -103,7 +104,7 @@ describe('end to end with real Nix behind the builder interface', () => {
     const other = failed.filter((s) => s !== ran[0]);
     expect(other).toHaveLength(1);
     if (other[0].status === 1) expect(other[0]).toMatchObject({ propagatedfrom: ran[0].build });
-    else expect(other[0]).toMatchObject({ status: 8, propagatedfrom: null });
+    else expect(other[0]).toMatchObject({ status: 8, propagatedfrom: ran[0].build });
     // The build log is where Hydra's web UI looks for it.
     const base = drv.broken!.split('/').pop()!;
     expect(readFileSync(join(dataDir, 'build-logs', base.slice(0, 2), base.slice(2)), 'utf8')).toContain('going to fail');

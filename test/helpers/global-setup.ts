@@ -30,6 +30,13 @@ export default async function setup(project: TestProject): Promise<() => Promise
     dir = mkdtempSync(join(tmpdir(), 'hydrant-test-pg-'));
     server = await startEmbeddedPostgres({ stateDir: dir, ephemeral: true, maxConnections: 400 });
     adminUrl = withDatabase(server.url, 'postgres');
+    // The tests' role drops its databases `with (force)`, which must also end
+    // an autovacuum worker that happens to be in one: a process of no role,
+    // which only a member of pg_signal_backend may terminate.
+    const su = new pg.Client({ connectionString: server.adminUrl });
+    await su.connect();
+    await su.query(`grant pg_signal_backend to ${pg.escapeIdentifier(decodeURIComponent(new URL(server.url).username))}`);
+    await su.end();
   }
   const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
