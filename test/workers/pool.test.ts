@@ -240,7 +240,6 @@ describe('WorkerPool tasks agree with the in-thread implementations', () => {
     const busyGrowth = s.busyThreadMs - before.busyThreadMs;
     expect(busyGrowth).toBeGreaterThanOrEqual(2 * 99);
     expect(busyGrowth).toBeLessThanOrEqual(inFlightMs[0]! + inFlightMs[1]!);
-    expect(s.runTimeMs.max).toBeGreaterThanOrEqual(99);
   });
 });
 
