@@ -242,6 +242,53 @@ async function stopAll(procs: Proc[]): Promise<void> {
   await Promise.race([Promise.all(running.map((p) => p.exited)), new Promise<void>((r) => setTimeout(r, 5_000).unref())]);
 }
 
+// ---- counting the runner's system calls ---------------------------------------------
+
+interface SyscallCount {
+  stop(): Promise<{ total: number; errors: number; bySyscall: Record<string, { calls: number; errors: number }> }>;
+}
+
+/**
+ * `strace -c` attached to every thread of `pid` (main thread, libuv's pool,
+ * workers; not the tools it runs, which `runnerTools` counts as CPU), from
+ * now until stop(). Tracing slows every call, so a run's times and CPU are
+ * not comparable with an untraced run's; the counts are what it is for.
+ */
+async function countSyscalls(pid: number, file: string): Promise<SyscallCount> {
+  const tids = readdirSync(`/proc/${pid}/task`);
+  const child = spawn('strace', ['-c', '-o', file, ...tids.flatMap((t) => ['-p', t])], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+  await new Promise<void>((resolve, reject) => {
+    child.stderr!.on('data', (b: Buffer) => {
+      err += b.toString();
+      if ((err.match(/attached/g) ?? []).length >= tids.length) resolve();
+    });
+    void exited.then((code) => reject(new Error(`strace exited (${code}) before attaching: ${err}`)));
+  });
+  return {
+    async stop() {
+      child.kill('SIGINT');
+      await exited;
+      const bySyscall: Record<string, { calls: number; errors: number }> = {};
+      let total = 0;
+      let errors = 0;
+      // `% time  seconds  usecs/call  calls  errors  syscall`, errors blank when none.
+      for (const line of readFileSync(file, 'utf8').split('\n')) {
+        const f = line.trim().split(/\s+/);
+        if (f.length < 5 || !/^\d+\.\d+$/.test(f[0]!) || f[f.length - 1] === 'total') continue;
+        const name = f[f.length - 1]!;
+        const calls = Number(f[3]);
+        const errs = f.length >= 6 ? Number(f[4]) : 0;
+        bySyscall[name] = { calls, errors: errs };
+        total += calls;
+        errors += errs;
+      }
+      return { total, errors, bySyscall };
+    },
+  };
+}
+
 // ---- tracing the tools the runner and builders run ---------------------------------
 
 const TRACED_TOOLS = ['nix-store', 'nix', 'bzip2', 'zstd', 'xz'];
@@ -437,6 +484,8 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     'cpu-prof': null,
     /** Count the Nix and compression commands the runner and builders run (see writeToolTracer). */
     'trace-tools': false,
+    /** Count the runner's system calls (all its threads) during each rep's Hydrant phase with `strace -c` (slows the run: times are not comparable). */
+    'strace-runner': false,
     /** Extra Node flags for the runner and the builders, space-separated (e.g. V8 tuning to compare). */
     'node-args': '',
     /** Then the same DAG (fresh names) through SSH machines (nix-store --serve over real sshd), as many as --builders. */
@@ -570,6 +619,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       rmSync(traceLog, { force: true }); // only what happens from the queueing on
       const runnerLogAt = readFileSync(join(dir, 'runner.log')).length;
       const jobset = `e2e-${rep}`;
+      const strace = values['strace-runner'] ? await countSyscalls(runner.child.pid!, join(dir, `runner-strace-${rep}.txt`)) : null;
       const t0 = performance.now();
       const submitted = await submitJobs(db, { project: 'bench', jobset, create: true, jobs, now: Math.floor(Date.now() / 1000), evalSeconds: 0, source: 'bench e2e' });
       const queuedMs = performance.now() - t0;
@@ -593,6 +643,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
       const hydrantSeconds = (performance.now() - t0) / 1000;
       const cpuAfter = cpuAt();
       const threadsAfter = threadsAt();
+      const syscalls = strace ? await strace.stop() : null;
       log(`rep ${rep}: hydrant: ${round(hydrantSeconds, 2)} s (${round(n / hydrantSeconds, 1)} drvs/s)${nix ? `; ratio ${round(hydrantSeconds / nix.seconds, 2)}` : ''}`);
 
       // ---- checks -------------------------------------------------------------------
@@ -649,6 +700,20 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
         cpuMsPerStep: round((cpuTotal * 1000) / n, 1),
         // The runner and the builders separately: Node (all threads) and the Nix processes each runs; PostgreSQL.
         cpuMsPerStepBy,
+        ...(syscalls
+          ? {
+              // Per step, every call made, most frequent first.
+              runnerSyscallsPerStep: {
+                total: round(syscalls.total / n, 1),
+                errors: round(syscalls.errors / n, 1),
+                bySyscall: Object.fromEntries(
+                  Object.entries(syscalls.bySyscall)
+                    .sort((a, b) => b[1].calls - a[1].calls)
+                    .map(([k, v]) => [k, v.errors ? { calls: round(v.calls / n, 1), errors: round(v.errors / n, 1) } : round(v.calls / n, 1)]),
+                ),
+              },
+            }
+          : {}),
         ...(values['trace-tools'] ? { toolCalls: toolTrace(traceLog, new Map(procs.map((p) => [p.child.pid!, p.name === 'runner' ? 'runner' : 'builders'])), n) } : {}),
       };
       return { nix, hydrant, loadAvg1: [round(load0, 2), round(loadavg()[0]!, 2)] };
