@@ -1,8 +1,9 @@
-import { mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { renameSync, unlinkSync } from 'node:fs';
+import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { asDiskWriteError, DiskWriteError } from '../errors/files.ts';
 import { makeDir } from '../util/make-dir.ts';
-import { exists, publishTemp, tempPathFor, writeOnce } from './publish-file.ts';
+import { existsSync, publishTempSync, tempPathFor, writeOnce } from './publish-file.ts';
 import type { CacheStorage, PutBody, PutOptions, StoredEntry, StoredObject, TempFileOptions } from './storage.ts';
 
 export interface DirectoryStorageOptions {
@@ -17,8 +18,11 @@ export interface DirectoryStorageOptions {
  * to a hidden temporary sibling and hard-linked to its name (publish-file.ts),
  * so readers see all of it or nothing and an existing file is never
  * replaced; a body named by its own bytes (`sameBytes`: a NAR) is renamed
- * into place instead, as an existing file of that name holds the same bytes. Content types and encodings are not recorded: a web server in
- * front of the directory derives them from the names, as for Nix's own.
+ * into place instead, as an existing file of that name holds the same bytes.
+ * Content types and encodings are not recorded: a web server in front of the
+ * directory derives them from the names, as for Nix's own. Metadata calls
+ * (stat, link, rename, unlink) and small bodies are synchronous
+ * (publish-file.ts): the cache is meant to be a local disk.
  */
 export class DirectoryStorage implements CacheStorage {
   private readonly fsync: boolean;
@@ -59,8 +63,8 @@ export class DirectoryStorage implements CacheStorage {
     return join(this.root, key);
   }
 
-  has(key: string): Promise<boolean> {
-    return exists(this.file(key));
+  async has(key: string): Promise<boolean> {
+    return existsSync(this.file(key));
   }
 
   async get(key: string): Promise<StoredObject | null> {
@@ -76,14 +80,18 @@ export class DirectoryStorage implements CacheStorage {
     const final = this.file(key);
     if (typeof body === 'object' && 'file' in body) {
       // A body prepared at tempFile(key) is a sibling of its name: linking it is the whole upload.
-      if (!options?.sameBytes) return publishTemp(body.file, final);
+      if (!options?.sameBytes) return publishTempSync(body.file, final);
       // Named by its own bytes: an existing file is this very content, so one
       // rename (atomic for readers) replaces the link, check and unlink.
       try {
-        await rename(body.file, final);
+        renameSync(body.file, final);
         return true;
       } catch (e) {
-        await unlink(body.file).catch(() => {});
+        try {
+          unlinkSync(body.file);
+        } catch {
+          // gone already
+        }
         throw asDiskWriteError(e, 'a binary cache file', final);
       }
     }

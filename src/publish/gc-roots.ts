@@ -1,6 +1,6 @@
 import { basename } from 'node:path';
 import { userInfo } from 'node:os';
-import { addRootFile } from '../nix/root-file.ts';
+import { addRootFileSync } from '../nix/root-file.ts';
 
 /** Hydra's default: a per-user directory inside Nix's GC roots. */
 export function defaultRootsDir(): string {
@@ -14,5 +14,5 @@ export function defaultRootsDir(): string {
  * files cost no symlink target and survive the path being replaced.
  */
 export async function addGcRoots(rootsDir: string, paths: readonly string[]): Promise<void> {
-  for (const p of paths) await addRootFile(rootsDir, basename(p));
+  for (const p of paths) addRootFileSync(rootsDir, basename(p));
 }

@@ -1,7 +1,9 @@
-import { rename, unlink, writeFile } from 'node:fs/promises';
+import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { SMALL_FILE } from '../cache/publish-file.ts';
 import { asDiskWriteError } from '../errors/files.ts';
-import { makeDir } from '../util/make-dir.ts';
+import { makeDirSync } from '../util/make-dir.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { withRoom } from '../workers/with-room.ts';
 
@@ -31,22 +33,39 @@ export async function writeCompressedBuildLog(pool: WorkerPool, logFile: string,
   const target = `${logFile}.bz2`;
   const temp = `${target}.tmp-${process.pid}`;
   const dir = dirname(target);
+  // A small log (most are, compressed) is written with synchronous calls: one
+  // system call each, where the thread pool costs a hand-off per call.
+  const small = compressed.length <= SMALL_FILE;
   try {
     // The plain log's directory exists; otherwise, unless known, it is made first.
-    if (!plainExists && !logDirs.has(dir)) await makeDir(dir);
-    await writeFile(temp, compressed).catch(async (e: NodeJS.ErrnoException) => {
-      if (e.code !== 'ENOENT') throw e;
-      await makeDir(dir);
-      await writeFile(temp, compressed);
-    });
+    if (!plainExists && !logDirs.has(dir)) makeDirSync(dir);
+    if (small) {
+      try {
+        writeFileSync(temp, compressed);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        makeDirSync(dir);
+        writeFileSync(temp, compressed);
+      }
+    } else {
+      await writeFile(temp, compressed).catch(async (e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') throw e;
+        makeDirSync(dir);
+        await writeFile(temp, compressed);
+      });
+    }
     if (logDirs.size >= LOG_DIRS_MAX) logDirs.clear();
     logDirs.add(dir);
-    await rename(temp, target);
+    renameSync(temp, target);
   } catch (e) {
     // A full disk leaves no partial file behind.
-    await unlink(temp).catch(() => {});
+    try {
+      unlinkSync(temp);
+    } catch {
+      // never created
+    }
     throw asDiskWriteError(e, 'the compressed build log', target);
   }
-  if (plainExists) await unlink(logFile);
+  if (plainExists) unlinkSync(logFile);
   return target;
 }

@@ -1,6 +1,8 @@
 import type { StepFinisher, StepJob, StepOutcome, ValidOutputs } from '../actors/builder-port.ts';
 import type { BinaryCache } from '../cache/binary-cache.ts';
+import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { SMALL_FILE } from '../cache/publish-file.ts';
 import { uploadClosure } from '../cache/upload.ts';
 import { DiskWriteError } from '../errors/index.ts';
 import type { Logger } from '../util/logger.ts';
@@ -158,10 +160,17 @@ function errorFields(err: unknown): { path?: string; errno?: string; err: string
   return err instanceof DiskWriteError ? { path: err.path, errno: err.errno, err: message } : { err: message };
 }
 
-/** The log's text, or null when the build printed nothing (no file was started). */
+/**
+ * The log's text, or null when the build printed nothing (no file was
+ * started). A stat that reports a missing file without an error tells which
+ * (a failing open would build an exception per silent step), and a small log
+ * is read with synchronous calls (a few system calls, no thread hand-offs).
+ */
 async function readLog(file: string): Promise<Buffer | null> {
+  const st = statSync(file, { throwIfNoEntry: false });
+  if (st === undefined) return null;
   try {
-    return await readFile(file);
+    return st.size <= SMALL_FILE ? readFileSync(file) : await readFile(file);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw e;
