@@ -34,27 +34,7 @@ export class PgSchedulerDb implements SchedulerDb {
   }
 
   stepsStarted(starts: Parameters<SchedulerDb['stepsStarted']>[0]): Promise<number[]> {
-    // Rows are locked in build id order, as the failure path does, so that
-    // concurrent transactions cannot deadlock.
-    const order = starts.map((_, i) => i).sort((x, y) => starts[x]!.buildId - starts[y]!.buildId);
-    return withTransaction(this.pool, async (c) => {
-      const stepnrs = new Array<number>(starts.length);
-      for (const i of order) {
-        const a = starts[i]!;
-        stepnrs[i] = await startStep(c, {
-          buildId: a.buildId,
-          drvPath: a.drvPath,
-          system: a.system,
-          machine: a.machine,
-          startTime: a.startTime,
-          busy: StepBusy.Preparing,
-          type: StepType.Build,
-          outputs: a.outputs,
-        });
-        if (a.firstStepOfBuild) await notifyBuildStarted(c, a.buildId);
-      }
-      return stepnrs;
-    });
+    return startedInOneStatement(this.pool, starts);
   }
 
   async stepBusy(buildId: number, stepnr: number, busy: number): Promise<void> {
@@ -264,6 +244,97 @@ function failBuilds(c: pg.ClientBase, failedBuildId: number, startTime: number, 
     isCachedBuild: false,
     system: a.system,
     outputs: a.outputs,
+  });
+}
+
+type Starts = Parameters<SchedulerDb['stepsStarted']>[0];
+
+/** Build id order (stable): rows are locked so, as the failure path does, so that concurrent transactions cannot deadlock. */
+function startOrder(starts: Starts): number[] {
+  return starts.map((_, i) => i).sort((x, y) => starts[x]!.buildId - starts[y]!.buildId);
+}
+
+/** Statements that lost the stepnr race (see steps-started.sql) before the transaction takes over. */
+const START_STATEMENT_TRIES = 3;
+
+/**
+ * stepsStarted as one statement (steps-started.sql): one round trip
+ * instead of 2 per start plus begin, NOTIFY and commit. Same rows and
+ * NOTIFYs as startedInTransaction, which takes over when the statement
+ * keeps losing the stepnr race.
+ */
+export async function startedInOneStatement(pool: pg.Pool, starts: Starts): Promise<number[]> {
+  if (starts.length === 0) return [];
+  const order = startOrder(starts);
+  const sorted = order.map((i) => starts[i]!);
+  const outStart: number[] = [];
+  const outName: string[] = [];
+  const outPath: (string | null)[] = [];
+  sorted.forEach((a, k) => {
+    for (const o of a.outputs) {
+      outStart.push(k + 1);
+      outName.push(o.name);
+      outPath.push(o.path);
+    }
+  });
+  const params = [
+    sorted.map((a) => a.buildId),
+    sorted.map((a) => a.drvPath),
+    sorted.map((a) => a.system),
+    sorted.map((a) => a.machine),
+    sorted.map((a) => a.startTime),
+    sorted.map((a) => a.firstStepOfBuild),
+    StepBusy.Preparing,
+    StepType.Build,
+    outStart,
+    outName,
+    outPath,
+  ];
+  for (let attempt = 1; attempt <= START_STATEMENT_TRIES; attempt++) {
+    let row: { found: number[]; stepnrs: number[] };
+    try {
+      row = await withStatementRetries(async () => (await pool.query<{ found: number[]; stepnrs: number[] }>(prepared('results/steps-started'), params)).rows[0]!);
+    } catch (err) {
+      if (isStepnrRace(err)) continue;
+      throw err;
+    }
+    const found = new Set(row.found);
+    const missing = sorted.find((a) => !found.has(a.buildId));
+    // As lockBuild reports it; nothing was written.
+    if (missing) throw new Error(`build ${missing.buildId} does not exist`);
+    const stepnrs = new Array<number>(starts.length);
+    order.forEach((i, k) => (stepnrs[i] = row.stepnrs[k]!));
+    return stepnrs;
+  }
+  return startedInTransaction(pool, starts);
+}
+
+/** The statement's snapshot predates its wait for a build's lock, and max(stepnr) missed a step committed meanwhile. */
+function isStepnrRace(err: unknown): boolean {
+  const e = err as { code?: string; constraint?: string };
+  return e.code === '23505' && e.constraint === 'buildsteps_pkey';
+}
+
+/** stepsStarted as a transaction: per start, lock its build, insert its row; the NOTIFYs go before the commit. */
+export function startedInTransaction(pool: pg.Pool, starts: Starts): Promise<number[]> {
+  const order = startOrder(starts);
+  return withTransaction(pool, async (c) => {
+    const stepnrs = new Array<number>(starts.length);
+    for (const i of order) {
+      const a = starts[i]!;
+      stepnrs[i] = await startStep(c, {
+        buildId: a.buildId,
+        drvPath: a.drvPath,
+        system: a.system,
+        machine: a.machine,
+        startTime: a.startTime,
+        busy: StepBusy.Preparing,
+        type: StepType.Build,
+        outputs: a.outputs,
+      });
+      if (a.firstStepOfBuild) await notifyBuildStarted(c, a.buildId);
+    }
+    return stepnrs;
   });
 }
 
