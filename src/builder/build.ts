@@ -11,13 +11,23 @@ import { parseDerivation, type Derivation } from '../nix/derivation.ts';
 import { ResultState, type BuildOrder } from '../protocol/gen/runner.ts';
 import { fromResolved } from '../protocol/resolved-derivation.ts';
 import { JobAbortedError, type Job, type JobContext } from './job.ts';
-import { LogSender } from './log-sender.ts';
+import { LOG_BACKLOG_BYTES, LogSender } from './log-sender.ts';
 import { runNixBuild, type NixBuildHandle, type NixBuildLimits } from './nix-build.ts';
 import { ServeBuilds } from './serve-build.ts';
 
-/** Runs jobs' builds; holds the serve sessions they use. */
+/** How many derivations' logs are kept from builds whose attempt was aborted (the oldest is dropped beyond). */
+const KEPT_LOGS = 16;
+
+/**
+ * Runs jobs' builds; holds the serve sessions they use, and the logs of
+ * builds whose attempt was aborted after Nix had made the outputs valid:
+ * the next attempt of that derivation finds them valid and builds nothing,
+ * and sends that log as its own (Hydra would record an empty log).
+ */
 export class Builds {
   readonly #ctx: JobContext;
+  /** Derivation → the log of the build that made its outputs here, for an attempt that was aborted (newest last). */
+  readonly #keptLogs = new Map<string, Buffer>();
   /** Build sessions, one per slot in use (the agent's slots bound how many run). */
   #serveBuilds: ServeBuilds | undefined;
 
@@ -40,13 +50,20 @@ export class Builds {
       enforceDeterminism: order.enforceDeterminism === true,
     };
     const logs = new LogSender(this.#ctx.connection, job);
+    // What the build logged (its last LOG_BACKLOG_BYTES), kept with the job if Nix made the outputs.
+    const seen: Buffer[] = [];
+    let seenBytes = 0;
     // Nix stops the build at the log limit; nothing past it is forwarded either way.
     let logBytes = 0;
     const onLog = (chunk: Buffer): void => {
       const room = limits.maxLogSize - logBytes;
       if (room <= 0) return;
       logBytes += chunk.length;
-      logs.write(chunk.length > room ? chunk.subarray(0, room) : chunk);
+      const part = chunk.length > room ? chunk.subarray(0, room) : chunk;
+      seen.push(part);
+      seenBytes += part.length;
+      while (seenBytes > LOG_BACKLOG_BYTES && seen.length > 1) seenBytes -= seen.shift()!.length;
+      logs.write(part);
     };
     const store = this.#ctx.store;
     const basic = await this.#basicDerivation(order);
@@ -57,6 +74,16 @@ export class Builds {
     if (job.aborted) handle.kill();
     const result = await handle.done;
     job.build = undefined;
+    if (result.kind === 'built' && !result.alreadyValid) job.builtLog = Buffer.concat(seen);
+    if (result.kind === 'built' && result.alreadyValid) {
+      // An aborted attempt's build made the outputs: its log is this attempt's.
+      const earlier = this.#keptLogs.get(order.drvPath);
+      if (earlier !== undefined) {
+        this.#keptLogs.delete(order.drvPath);
+        job.builtLog = earlier;
+        if (logBytes === 0) onLog(earlier);
+      }
+    }
     await logs.finish();
     if (job.aborted) throw new JobAbortedError();
     if (result.kind !== 'error' && result.timesBuilt !== undefined) job.rounds = { timesBuilt: result.timesBuilt, isNonDeterministic: result.isNonDeterministic };
@@ -71,6 +98,18 @@ export class Builds {
             ? ResultState.RESULT_STATE_NOT_DETERMINISTIC
             : ResultState.RESULT_STATE_BUILD_FAILURE;
     throw new BuilderJobError(state, result.errorMsg || 'build failed');
+  }
+
+  /** Keeps the log of an aborted job's build that made its outputs, for the derivation's next attempt. */
+  keepLog(job: Job): void {
+    if (job.builtLog === undefined) return;
+    const drv = job.order.drvPath;
+    this.#keptLogs.delete(drv);
+    this.#keptLogs.set(drv, job.builtLog);
+    for (const oldest of this.#keptLogs.keys()) {
+      if (this.#keptLogs.size <= KEPT_LOGS) break;
+      this.#keptLogs.delete(oldest);
+    }
   }
 
   /** The order's derivation as BuildDerivation takes it, or null when it must be realised. */

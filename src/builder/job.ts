@@ -28,6 +28,12 @@ export interface Job {
   /** Cancels the job's calls in flight (FetchNar, UploadOutput), run on abort. */
   readonly cancels: Set<() => void>;
   done?: Promise<void>;
+  /**
+   * The log of the build that made the job's outputs, once its build ended
+   * (its own, or an earlier attempt's that Nix found valid): kept if the job
+   * is aborted, for the next attempt of the derivation (see Builds).
+   */
+  builtLog?: Buffer;
   /** The current phase, and the last one reported; a timer reports the current one once it lasted. */
   phase: StepBusy;
   reportedPhase: StepBusy | null;

@@ -151,6 +151,7 @@ export class Jobs {
     } catch (err) {
       completedWithUpload = false;
       if (err instanceof JobAbortedError || job.aborted) {
+        this.#builds.keepLog(job);
         release();
         return;
       }
@@ -167,6 +168,22 @@ export class Jobs {
     } catch (err) {
       if (!(err instanceof JobAbortedError)) this.#ctx.log(`job ${order.jobId}: cannot report completion: ${(err as Error).message}`);
     }
+  }
+
+  /**
+   * Waits until every attempt of the job's derivation accepted here before it
+   * has ended. An aborted attempt ends once its Nix process has exited (Nix
+   * kills the build first) and its log is kept (Builds.keepLog): a retry
+   * sent at once then neither waits on Nix's lock while a dying build may
+   * still make the outputs, nor finds outputs valid whose log went nowhere.
+   */
+  async #earlierAttemptsEnded(job: Job): Promise<void> {
+    const earlier: Promise<void>[] = [];
+    for (const j of this.#jobs.values()) {
+      if (j === job) break;
+      if (j.order.drvPath === job.order.drvPath && j.done) earlier.push(j.done);
+    }
+    if (earlier.length > 0) await Promise.allSettled(earlier);
   }
 
   /** Reports the job's phase on the control stream: no round trip; lost with a broken stream, as a phase is only informative. */
@@ -215,7 +232,8 @@ export class Jobs {
     }
     timings.importMs = performance.now() - t0;
 
-    // Build.
+    // Build, once no earlier attempt of the derivation is left here.
+    await this.#earlierAttemptsEnded(job);
     await this.#stepStatus(job, StepBusy.STEP_BUSY_BUILDING);
     const t1 = performance.now();
     const built = await this.#builds.run(job);

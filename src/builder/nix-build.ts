@@ -24,7 +24,8 @@ export interface NixBuildRounds {
 }
 
 export type NixBuildResult =
-  | ({ kind: 'built'; outputs: Map<string, string> } & NixBuildRounds)
+  /** `alreadyValid`: Nix built nothing, the outputs were valid already (known over a serve session only). */
+  | ({ kind: 'built'; outputs: Map<string, string>; alreadyValid?: boolean } & NixBuildRounds)
   | ({ kind: 'failed'; status: 1 | 7 | 10 | 12; errorMsg: string } & NixBuildRounds)
   | { kind: 'error'; errorMsg: string };
 

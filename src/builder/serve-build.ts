@@ -29,7 +29,10 @@ function toBuildResult(served: ServeBuildResult, limits: NixBuildLimits, outputs
   const r = { ...served, errorMsg: served.errorMsg.replace(ANSI_ESCAPE, '') };
   // The rounds Nix ran, reported when a determinism check was asked for.
   const rounds = (limits.repeats ?? 0) > 0 ? { timesBuilt: r.timesBuilt, isNonDeterministic: r.isNonDeterministic } : {};
-  if (BUILT.has(r.status)) return { kind: 'built', outputs, ...rounds };
+  if (BUILT.has(r.status)) {
+    const alreadyValid = r.status === NixBuildStatus.AlreadyValid || r.status === NixBuildStatus.ResolvesToAlreadyValid;
+    return { kind: 'built', outputs, ...(alreadyValid ? { alreadyValid } : {}), ...rounds };
+  }
   if (r.status === NixBuildStatus.TimedOut) return { kind: 'failed', status: 7, errorMsg: r.errorMsg, ...rounds };
   if (r.status === NixBuildStatus.LogLimitExceeded) return { kind: 'failed', status: 10, errorMsg: `log limit of ${limits.maxLogSize} bytes exceeded`, ...rounds };
   if (r.status === NixBuildStatus.NotDeterministic) return { kind: 'failed', status: 12, errorMsg: r.errorMsg, ...rounds };
