@@ -164,6 +164,7 @@ export class RunnerDaemon {
       publish: async (rs) => {
         for (const cache of caches) await cache.publishRealisations(rs);
       },
+      publishOutputs: (paths) => finisher.alreadyBuilt(paths),
     });
     const staleRoots = await preparer.clearStaleRoots();
     if (staleRoots > 0) log.info({ roots: staleRoots }, 'removed resolved-derivation roots a previous run left');
