@@ -28,6 +28,12 @@ export interface CaResolverOptions {
   realisations?: CaRealisations;
   /** Publishes realisations (to every cache): for a resolved derivation found already built. */
   publish?: (rs: Realisation[]) => Promise<void>;
+  /**
+   * Roots output paths and puts their closure in every cache (the
+   * publisher's `alreadyBuilt`), for outputs found built: throws when a
+   * cache cannot take them.
+   */
+  publishOutputs?: (paths: readonly string[]) => Promise<void>;
 }
 
 /**
@@ -105,22 +111,27 @@ export class CaResolver implements StepPreparer {
       if (outputs.every((out) => out.path !== null || known.has(out.name))) outputs = outputs.map((out) => ({ name: out.name, path: out.path ?? known.get(out.name)! }));
     }
     const paths = outputs.flatMap((out) => (out.path === null ? [] : [out.path]));
-    const built = paths.length === outputs.length && (await this.o.valid.queryValid(paths)).size === paths.length;
-    if (built) {
-      if (this.rooted.delete(drvPath)) this.unroot(drvPath);
-      await this.publishBuilt(drvPath, outputs);
-    }
+    // Found built: published (rooted, closure and realisations in every cache) before any row says so; else built again.
+    const built = paths.length === outputs.length && (await this.o.valid.queryValid(paths)).size === paths.length && (await this.publishFound(drvPath, outputs as { name: string; path: string }[]));
+    if (built && this.rooted.delete(drvPath)) this.unroot(drvPath);
     this.o.log.debug({ drv: step.drvPath, resolved: drvPath, built }, 'derivation resolved');
     return { kind: 'resolved', drvPath, outputs: built ? outputs : declared, built };
   }
 
-  /** A floating CA derivation that an earlier step built, its outputs still valid, is not built again. */
+  /**
+   * A floating CA derivation built before (a step's rows or the store's
+   * realisations name its outputs), its outputs still valid, is not built
+   * again: its outputs are rooted and published with their closure and its
+   * realisations first, as a substituted step's are.
+   */
   private async builtBefore(step: StepRecord): Promise<Prepared> {
     const known = await this.realised([step.drvPath]);
     const paths = step.outputs.map((o) => o.path ?? known.find((k) => k.name === o.name)?.path);
     if (paths.some((p) => p === undefined)) return 'dispatch';
     if ((await this.o.valid.queryValid(paths as string[])).size !== paths.length) return 'dispatch';
-    return { kind: 'built', outputs: step.outputs.map((o, i) => ({ name: o.name, path: paths[i]! })) };
+    const outputs = step.outputs.map((o, i) => ({ name: o.name, path: paths[i]! }));
+    if (!(await this.publishFound(step.drvPath, outputs))) return 'dispatch';
+    return { kind: 'built', outputs };
   }
 
   /**
@@ -157,14 +168,24 @@ export class CaResolver implements StepPreparer {
     return [...rows, ...fromStore.flat()];
   }
 
-  /** The original's realisations, for a resolved derivation built earlier (no step will publish them). */
-  private async publishBuilt(drvPath: string, outputs: readonly StepOutput[]): Promise<void> {
-    const { realisations, publish } = this.o;
-    if (!realisations || !publish) return;
+  /**
+   * Outputs of `drvPath` found built (no step will publish them): rooted,
+   * their closure put in every cache, then the realisations of `drvPath`
+   * and of the originals resolved to it, in that order, so that a cache
+   * never names an output it lacks. False when a part fails (a cache away,
+   * a full disk): the derivation is built instead, as Hydra's C++ runner
+   * builds a step whose outputs it cannot copy to its destination store,
+   * and the build's own publishing retries.
+   */
+  private async publishFound(drvPath: string, outputs: readonly { name: string; path: string }[]): Promise<boolean> {
+    const { realisations, publish, publishOutputs } = this.o;
     try {
-      await publish(await realisations.of(drvPath, outputs.map((o) => ({ name: o.name, path: o.path! }))));
+      await publishOutputs?.(outputs.map((o) => o.path));
+      if (realisations && publish) await publish(await realisations.of(drvPath, outputs));
+      return true;
     } catch (err) {
-      this.o.log.error({ drv: drvPath, err: String((err as Error)?.message ?? err) }, 'cannot publish the realisations of a resolved derivation');
+      this.o.log.error({ drv: drvPath, outputs: outputs.map((o) => o.path), err: String((err as Error)?.message ?? err) }, 'cannot publish the outputs of a derivation built before; building it');
+      return false;
     }
   }
 

@@ -9,6 +9,21 @@ export interface PathSubstituter {
   substitute(paths: readonly string[]): Promise<boolean>;
 }
 
+/**
+ * The runner's store as the only source, for `useSubstitutes = false`: a
+ * path it holds counts as fetched, and no substituter is asked. Hydra's C++
+ * runner copies outputs valid in its local store to the destination store
+ * whatever `useSubstitutes` says (that setting gates only the substituters).
+ */
+export function localStoreOnly(store: Pick<SchedulerStore, 'queryValid'>): PathSubstituter {
+  return {
+    substitute: async (paths) => {
+      const wanted = new Set(paths);
+      return (await store.queryValid([...wanted])).size === wanted.size;
+    },
+  };
+}
+
 export interface SubstitutingPreparerOptions {
   substituter: PathSubstituter;
   /** The preparer for whatever is not substituted (the CA resolver). */

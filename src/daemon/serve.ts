@@ -8,7 +8,7 @@ import { resolvedRootsDir } from '../nix/resolved-roots.ts';
 import { CaResolver } from '../actors/ca-resolver.ts';
 import { CaRealisations } from '../actors/ca-realisations.ts';
 import type { StepPreparer } from '../actors/prepare-step.ts';
-import { SubstitutingPreparer, type SubstitutingPreparerOptions } from '../actors/substituting-preparer.ts';
+import { localStoreOnly, SubstitutingPreparer, type SubstitutingPreparerOptions } from '../actors/substituting-preparer.ts';
 import { Substituter } from '../cache/substituter.ts';
 import type { NixStoreHandle } from '../nix/private-store.ts';
 import { queryPathInfos } from '../nix/transfer.ts';
@@ -164,11 +164,12 @@ export class RunnerDaemon {
       publish: async (rs) => {
         for (const cache of caches) await cache.publishRealisations(rs);
       },
+      publishOutputs: (paths) => finisher.alreadyBuilt(paths),
     });
     const staleRoots = await preparer.clearStaleRoots();
     if (staleRoots > 0) log.info({ roots: staleRoots }, 'removed resolved-derivation roots a previous run left');
     this.runtime = await startRunnerRuntime({
-      preparer: await this.withSubstitution(preparer, pool, hostStore, store, { valid: validInCaches(store, caches), publish: (paths) => finisher.alreadyBuilt(paths) }, log),
+      preparer: await this.withSubstitution(preparer, pool, hostStore, store, caches.length, { valid: validInCaches(store, caches), publish: (paths) => finisher.alreadyBuilt(paths) }, log),
       config: c, db: schedulerDb, store: validInCaches(store, caches), listener: this.listener, log, finisher, onDispatch: metrics.observeDispatch,
       gate: { whenOpen: () => lock.whenHeld() }, maxPendingWrites: c.maxPendingDbWrites,
     });
@@ -183,17 +184,26 @@ export class RunnerDaemon {
     if (lock.state !== 'held') this.lockChanged(lock.state, 'held');
   }
 
-  /** With useSubstitutes and substituters: steps are looked up in the caches first, then resolved (docs/SUBSTITUTION.md). */
+  /**
+   * With useSubstitutes and substituters: steps are looked up in the caches
+   * first, then resolved (docs/SUBSTITUTION.md). Without: outputs in the
+   * runner's store but missing from a cache are still published from the
+   * store rather than built ("Without useSubstitutes"); with no cache there
+   * is nothing they can be missing from.
+   */
   private async withSubstitution(
     next: StepPreparer,
     pool: WorkerPool,
     hostStore: NixStoreHandle,
     store: Pick<SchedulerStore, 'queryValid'>,
+    cacheCount: number,
     built: Pick<SubstitutingPreparerOptions, 'valid' | 'publish'>,
     log: Logger,
   ): Promise<StepPreparer> {
     const c = this.config;
-    if (!c.useSubstitutes || c.substituters.length === 0) return next;
+    if (!c.useSubstitutes || c.substituters.length === 0) {
+      return cacheCount === 0 ? next : new SubstitutingPreparer({ substituter: localStoreOnly(store), next, ...built, clock: { now: Date.now }, log });
+    }
     const substituter = await Substituter.open({
       urls: c.substituters, trustedPublicKeys: c.trustedPublicKeys, pool, store: hostStore, queryValid: (paths) => store.queryValid(paths), log,
       positiveTtlMs: c.substitutePositiveTtlInS * 1000, negativeTtlMs: c.substituteNegativeTtlInS * 1000, backoffMs: c.substituterBackoffInS * 1000, awsCredentialsFile: c.awsCredentialsFile,

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { StepRecord } from '../../src/actors/model.ts';
 import type { Prepared } from '../../src/actors/prepare-step.ts';
-import { SubstitutingPreparer } from '../../src/actors/substituting-preparer.ts';
+import { localStoreOnly, SubstitutingPreparer } from '../../src/actors/substituting-preparer.ts';
 import { validInCaches } from '../../src/cache/cache-valid-store.ts';
 import { quietLog } from '../helpers/runtime.ts';
 
@@ -77,6 +77,41 @@ describe('SubstitutingPreparer publishing', () => {
           expect(s.outputs.map((o) => o.path)).toEqual(paths);
         },
       ),
+      { numRuns: 200 },
+    );
+  });
+
+  // useSubstitutes = false (docs/SUBSTITUTION.md, "Without useSubstitutes"): the store is the only source.
+  it('without substituters, publishes outputs the store holds and leaves the rest to the next preparer', async () => {
+    const output = fc.record({ inStore: fc.boolean(), inCaches: fc.boolean() });
+    await fc.assert(
+      fc.asyncProperty(fc.array(output, { minLength: 1, maxLength: 4 }), async (outs) => {
+        const paths = outs.map((_, i) => `/nix/store/${String(i).repeat(32)}-out${i}`);
+        const store = new Set(paths.filter((_, i) => outs[i]!.inStore));
+        const cached = new Set(paths.filter((_, i) => outs[i]!.inStore && outs[i]!.inCaches));
+        const local = { readDerivation: () => Promise.reject(new Error('unused')), queryValid: async (ps: readonly string[]) => new Set(ps.filter((p) => store.has(p))) };
+        const published: string[][] = [];
+        const preparer = new SubstitutingPreparer({
+          substituter: localStoreOnly(local),
+          next: { prepare: () => NEXT },
+          valid: validInCaches(local, [{ has: async (p: string) => cached.has(p) }]),
+          publish: async (ps) => void published.push([...ps]),
+          clock: { now: () => 1_000_000 },
+          log: quietLog,
+        });
+        const step = { drvPath: '/nix/store/x-step.drv', outputs: paths.map((path, i) => ({ name: `out${i}`, path })) } as unknown as StepRecord;
+        const r = await preparer.prepare(step);
+        const allInStore = outs.every((o) => o.inStore);
+        const allCached = outs.every((o) => o.inStore && o.inCaches);
+        if (allCached || !allInStore) {
+          // Built already, or something only a build (or a substituter, not asked here) can give: nothing published.
+          expect([r, published]).toEqual([NEXT, []]);
+          return;
+        }
+        expect(published).toEqual([paths]);
+        expect(r).toMatchObject({ kind: 'substituted', outputs: paths.map((path, i) => ({ name: `out${i}`, path })) });
+        expect(store.size).toBe(paths.length); // nothing was fetched: the store holds what it held
+      }),
       { numRuns: 200 },
     );
   });
