@@ -26,6 +26,10 @@ import { StepBusy, StepType, type StepTypeCode } from './status.ts';
  *    working beside it.
  * It relies on READ COMMITTED (PostgreSQL's default, what withTransaction
  * uses): under REPEATABLE READ the insert's snapshot would predate the wait.
+ * The runner's own starts go in one statement instead (steps-started.sql,
+ * via PgSchedulerDb.stepsStarted): it takes the same locks before inserting,
+ * and when its snapshot predates the wait its insert fails on the primary
+ * key and is retried, never numbering a step twice.
  */
 
 export interface StepOutput {

@@ -18,6 +18,9 @@ import {
 
 export type { ServeBuildResult, ServeBuildSettings };
 
+/** Bytes of an import held back before they are written to the serve process at once. */
+const IMPORT_WRITE_BYTES = 64 * 1024;
+
 /** Thrown by a Cursor that ran out of bytes: the reply is not all there yet. */
 class NeedMore extends Error {}
 
@@ -182,10 +185,30 @@ export class ServeSession {
     try {
       await this.ready;
       const stdin = this.child.stdin;
-      stdin.write(new ServeFrame().num(ServeCommand.ImportPaths).bytes());
-      for await (const chunk of source) {
-        if (this.dead) break;
-        if (!stdin.write(chunk)) await new Promise<void>((r) => stdin.once('drain', () => r()));
+      // The command and the stream's chunks (a small output's export comes in
+      // several) go out corked, in one write per IMPORT_WRITE_BYTES: each
+      // pipe write is a system call and a wake-up of the Nix process.
+      stdin.cork();
+      let corked = true;
+      try {
+        stdin.write(new ServeFrame().num(ServeCommand.ImportPaths).bytes());
+        let held = 0;
+        for await (const chunk of source) {
+          if (this.dead) break;
+          // Past the stream's high-water mark while corked: what is held stays under IMPORT_WRITE_BYTES and a chunk.
+          stdin.write(chunk);
+          held += chunk.length;
+          if (held < IMPORT_WRITE_BYTES) continue;
+          stdin.uncork();
+          corked = false;
+          held = 0;
+          // A corked stream never drains: wait for the drain only once uncorked.
+          if (stdin.writableNeedDrain) await new Promise<void>((r) => stdin.once('drain', () => r()));
+          stdin.cork();
+          corked = true;
+        }
+      } finally {
+        if (corked) stdin.uncork();
       }
       if ((await this.reader.read((c) => c.num())) !== 1) throw new Error('the import was not acknowledged');
     } catch (err) {

@@ -1,6 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { describe, expect, it } from 'vitest';
-import { hostStore } from '../../src/nix/private-store.ts';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it, vi } from 'vitest';
+import { PrivateStore, hostStore } from '../../src/nix/private-store.ts';
+import { exportPaths } from '../../src/nix/transfer.ts';
 import { NixCommandError } from '../../src/errors/index.ts';
 import { parseHash } from '../../src/nix/hash.ts';
 import { ServePool } from '../../src/nix/serve-session.ts';
@@ -47,5 +52,44 @@ describe('queries over nix-store --serve', () => {
     // Concurrent callers share the pool's sessions.
     const many = await Promise.all(Array.from({ length: 8 }, () => pool.use((s) => s.queryValid(closure))));
     for (const m of many) expect(new Set(m)).toEqual(new Set(closure));
+  });
+
+  it('imports an export stream however finely it is chunked, in one pipe write per 64 KiB', async () => {
+    const nonce = randomBytes(4).toString('hex');
+    const [small, big] = await instantiate(`let ${MK_DRV} in [
+      (mk { name = "serve-small-${nonce}"; script = "echo small > $out"; })
+      (mk { name = "serve-big-${nonce}"; script = "i=0; while [ $i -lt 4000 ]; do echo line-$i-of-a-file-larger-than-one-import-write-of-sixty-four-kib; i=$((i+1)); done > $out"; })
+    ]`);
+    const outs = await realise([small!, big!]);
+    const dir = mkdtempSync(join(tmpdir(), 'hydrant-serve-import-'));
+    try {
+      const store = await PrivateStore.create(dir);
+      const pool = new ServePool(store, 1);
+      // The session (and its handshake) first, so only the import's writes are counted.
+      await pool.use((s) => s.queryValid([]));
+      const writes = vi.spyOn(net.Socket.prototype as unknown as { _writeGeneric(...a: unknown[]): unknown }, '_writeGeneric');
+      try {
+        for (const [i, out] of outs.entries()) {
+          const parts: Buffer[] = [];
+          for await (const c of exportPaths(hostStore, [out])) parts.push(Buffer.from(c));
+          const whole = Buffer.concat(parts);
+          // Small pieces: 7 bytes for the small path, 1 KiB for the big one (over 200 of them).
+          const size = i === 0 ? 7 : 1024;
+          const pieces = async function* () {
+            for (let at = 0; at < whole.length; at += size) yield whole.subarray(at, at + size);
+          };
+          writes.mockClear();
+          await pool.use((s) => s.importExport(pieces()));
+          // The command and the stream together, at most one write per 64 KiB (and the last, shorter one).
+          expect(writes.mock.calls.length).toBeLessThanOrEqual(Math.floor((8 + whole.length) / (64 * 1024)) + 1);
+          await store.runChecked('nix-store', ['--verify-path', out]);
+        }
+        expect(outs[1]).toBeDefined();
+      } finally {
+        writes.mockRestore();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
