@@ -112,6 +112,10 @@ export class LogSender {
         // already closed
       }
     } else s?.cancel();
-    await Promise.race([Promise.allSettled(this.#pending), sleep(10_000)]);
+    // The bound's timer is cleared once the streams are done: left running, it
+    // would hold a stopping builder for up to 10 s (and a kill would lose its exit work).
+    const bound = new AbortController();
+    await Promise.race([Promise.allSettled(this.#pending), sleep(10_000, bound.signal)]);
+    bound.abort();
   }
 }
