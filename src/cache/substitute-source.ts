@@ -7,7 +7,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ConfigError, SubstituterUnreachableError } from '../errors/index.ts';
+import { ConfigError, S3RequestError, SubstituterUnreachableError } from '../errors/index.ts';
 import { type NarInfo, parseNarInfo } from '../nix/narinfo.ts';
 import type { CompressionMethod } from '../workers/compression.ts';
 import type { WorkerPool } from '../workers/pool.ts';
@@ -15,7 +15,7 @@ import { withRoom } from '../workers/with-room.ts';
 import { BinaryCache } from './binary-cache.ts';
 import { narInfoFile } from './layout.ts';
 import { openServeSource } from './serve-source.ts';
-import { splitSubstituterUri, type SubstituterUri } from './store-uri.ts';
+import { parseStoreUri, splitSubstituterUri, type SubstituterUri } from './store-uri.ts';
 
 export interface SubstituteSource {
   /** As configured, for messages. */
@@ -29,12 +29,18 @@ export interface SubstituteSource {
   narInfo(storePath: string): Promise<NarInfo | null>;
   /** The path's NAR, uncompressed (not yet checked: the caller does). */
   nar(info: NarInfo): Promise<Buffer>;
+  /**
+   * For a source opened at its first use (s3://): contacts it now, at start,
+   * so that one away is reported (and backed off) at once.
+   */
+  probe?(): Promise<void>;
   close(): Promise<void>;
 }
 
 /** A binary cache's files by their relative name (null: no such file). */
 interface CacheFiles {
   get(rel: string): Promise<Buffer | null>;
+  probe?(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -84,11 +90,30 @@ function httpFiles(url: string, base: string): CacheFiles {
   };
 }
 
-async function s3Files(url: string, pool: WorkerPool, awsCredentialsFile: string | undefined): Promise<CacheFiles> {
-  const cache = await BinaryCache.open(url, pool, { awsCredentialsFile });
+/**
+ * An s3:// cache's objects. The URI is checked at once (a wrong parameter
+ * stops `serve`), but the bucket is opened (nix-cache-info read) at the
+ * first use, and again after a failed opening: a bucket away at start makes
+ * a substituter skipped for the backoff period, as any other failing
+ * substituter, not a runner that cannot start.
+ */
+function s3Files(url: string, storeUri: string, pool: WorkerPool, awsCredentialsFile: string | undefined): CacheFiles {
+  const parsed = parseStoreUri(storeUri);
+  let cache: Promise<BinaryCache> | undefined;
+  const opened = (): Promise<BinaryCache> =>
+    (cache ??= BinaryCache.open(parsed, pool, { awsCredentialsFile }).catch((e: unknown) => {
+      cache = undefined;
+      // S3's own failures keep their code; anything else (a nix-cache-info for another store directory) is this cache not answering.
+      throw e instanceof S3RequestError ? e : new SubstituterUnreachableError(url, `cannot open the cache: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+    }));
   return {
-    get: async (rel) => (await cache.storage.get(rel))?.body ?? null,
-    close: () => cache.close(),
+    get: async (rel) => (await (await opened()).storage.get(rel))?.body ?? null,
+    probe: async () => void (await opened()),
+    close: async () => {
+      const c = cache;
+      cache = undefined;
+      await c?.then((x) => x.close(), () => {});
+    },
   };
 }
 
@@ -107,6 +132,7 @@ function binaryCacheSource(url: string, trusted: boolean, files: CacheFiles, poo
       if (c === 'none' || c === '') return body;
       return withRoom(pool, () => pool.decompress(body, c as CompressionMethod));
     },
+    ...(files.probe ? { probe: files.probe } : {}),
     close: () => files.close(),
   };
 }
@@ -138,6 +164,6 @@ export async function openSubstituteSource(url: string, pool: WorkerPool, awsCre
     return binaryCacheSource(url, u.trusted, httpFiles(url, base), pool);
   }
   // s3:// takes remoteStoreAddr's parameters (checked by parseStoreUri), less `trusted`.
-  if (url.startsWith('s3://')) return binaryCacheSource(url, u.trusted, await s3Files(u.storeUri, pool, awsCredentialsFile), pool);
+  if (url.startsWith('s3://')) return binaryCacheSource(url, u.trusted, s3Files(url, u.storeUri, pool, awsCredentialsFile), pool);
   throw new ConfigError(`substituter '${url}': only file://, http(s)://, s3:// caches and ssh:// serve peers are supported`);
 }

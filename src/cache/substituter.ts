@@ -104,10 +104,27 @@ export class Substituter {
     this.health = new Map(sources.map((src) => [src, { disabledUntil: 0, failures: 0, skipped: 0, down: false }]));
   }
 
+  /**
+   * Opens the sources; one contacted at start (s3://) that fails there is
+   * skipped for the backoff period with one warning line, and `serve` goes
+   * on without it until it answers (docs/CACHES.md).
+   */
   static async open(o: SubstituterOptions): Promise<Substituter> {
     const sources: SubstituteSource[] = [];
     for (const url of o.urls) sources.push(await openSubstituteSource(url, o.pool, o.awsCredentialsFile));
-    return new Substituter(o, sources);
+    const s = new Substituter(o, sources);
+    for (const source of sources) {
+      try {
+        await source.probe?.();
+      } catch (e) {
+        if (!isSourceFailure(e)) {
+          await s.close();
+          throw e;
+        }
+        s.disable(source, e, 'substituter unreachable at start; skipping it for the backoff period');
+      }
+    }
+    return s;
   }
 
   close(): Promise<void> {
@@ -164,7 +181,7 @@ export class Substituter {
   }
 
   /** A source failed: skipped for the backoff period, with one line and one count per period. */
-  private disable(source: SubstituteSource, e: Error & { code: string }): void {
+  private disable(source: SubstituteSource, e: Error & { code: string }, msg = 'substituter failed; skipping it for the backoff period'): void {
     const h = this.health.get(source)!;
     const now = this.now();
     if (h.disabledUntil > now) return; // a look-up in flight when it was disabled
@@ -172,7 +189,7 @@ export class Substituter {
     h.disabledUntil = now + backoffMs;
     h.failures++;
     h.down = true;
-    this.o.log.warn({ substituter: display(source.url), code: e.code, err: e.message, backoffS: backoffMs / 1000 }, 'substituter failed; skipping it for the backoff period');
+    this.o.log.warn({ substituter: display(source.url), code: e.code, err: e.message, backoffS: backoffMs / 1000 }, msg);
   }
 
   private answered(source: SubstituteSource): void {
