@@ -211,6 +211,8 @@ function loopMonitor(): { enable(): void; disable(): void; summary(): { p99: num
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const values = benchOptions(argv, {
     steps: 100000, machines: 1000, 'jobs-per-machine': 4, seconds: 10, seed: 1, 'cold-start': false, burst: 0, 'profile-burst': null,
+    /** `none`: the dispatcher's hand-over does nothing (except the burst's root): what the decision alone costs. */
+    handover: 'real',
   });
   const { machines, seconds } = values;
   const jobs = values['jobs-per-machine'];
@@ -240,6 +242,14 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const cpu0 = process.cpuUsage();
   const runtime = await startRunnerRuntime({ config, db, store, listener: new EventEmitter(), log: createLogger({ level: 'warn' }) });
   const p = probe(runtime, burst + 1, burstProfiler(values['profile-burst']));
+  if (values.handover === 'none') {
+    // The scheduling decision alone (queues, machine pick, the step's DISPATCH event): the floor under an assignment.
+    const o = (runtime.scheduler.dispatcher as unknown as { o: { assign(s: { drvPath: string }, m: unknown, now: number): void } }).o;
+    const assign = o.assign.bind(o);
+    o.assign = (s, m, now) => {
+      if (s.drvPath === root) assign(s, m, now);
+    };
+  } else if (values.handover !== 'real') throw new Error(`--handover must be real or none, not ${values.handover}`);
   const cold = values['cold-start'];
   if (cold) {
     // A restart: the fleet is there (builders reconnect at once) while the queue loads.
