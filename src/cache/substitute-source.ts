@@ -103,11 +103,20 @@ function s3Files(url: string, storeUri: string, pool: WorkerPool, awsCredentials
   const opened = (): Promise<BinaryCache> =>
     (cache ??= BinaryCache.open(parsed, pool, { awsCredentialsFile }).catch((e: unknown) => {
       cache = undefined;
-      // S3's own failures keep their code; anything else (a nix-cache-info for another store directory) is this cache not answering.
-      throw e instanceof S3RequestError ? e : new SubstituterUnreachableError(url, `cannot open the cache: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+      throw e;
     }));
   return {
-    get: async (rel) => (await (await opened()).storage.get(rel))?.body ?? null,
+    get: async (rel) => {
+      let c: BinaryCache;
+      try {
+        c = await opened();
+      } catch (e) {
+        // After start, S3's own failures keep their code; anything else (a nix-cache-info for another store directory) is this cache not answering.
+        throw e instanceof S3RequestError ? e : new SubstituterUnreachableError(url, `cannot open the cache: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+      }
+      return (await c.storage.get(rel))?.body ?? null;
+    },
+    // At start the error as it is: only S3's own failures (S3_REQUEST) let `serve` start without the cache.
     probe: async () => void (await opened()),
     close: async () => {
       const c = cache;

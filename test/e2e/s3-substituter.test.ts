@@ -12,6 +12,8 @@
  *   again. No builder is attached, so no step can end by being built.
  * - `?trusted=1` on an s3:// substituter: an unsigned path in the bucket is
  *   refused without it and imported with it (a fresh private store).
+ * - A bucket that answers, with a cache for another store directory, is a
+ *   misconfiguration: opening the substituter still fails (serve stops).
  *
  * One radosgw serves both (its start is the slow part).
  */
@@ -22,7 +24,7 @@ import { join, relative } from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { describe, expect, it } from 'vitest';
 import { Substituter } from '../../src/cache/substituter.ts';
-import { SubstituteUntrustedError } from '../../src/errors/index.ts';
+import { ConfigError, SubstituteUntrustedError } from '../../src/errors/index.ts';
 import { PrivateStore } from '../../src/nix/private-store.ts';
 import { createLogger } from '../../src/util/logger.ts';
 import { WorkerPool } from '../../src/workers/pool.ts';
@@ -166,4 +168,23 @@ describe('s3:// substituters', () => {
       await pool.close();
     }
   }, 120_000);
+
+  it('still refuses at start a bucket that answers with a cache for another store directory', async () => {
+    const bucket = `s3sub-other-${randomBytes(4).toString('hex')}`;
+    await fleet.s3.createBucket(bucket);
+    await fleet.s3.client.send(new PutObjectCommand({ Bucket: bucket, Key: 'nix-cache-info', Body: 'StoreDir: /other/store\nWantMassQuery: 1\nPriority: 40\n' }));
+    const pool = new WorkerPool({ threads: 1 });
+    try {
+      const store = await PrivateStore.create(mkdtempSync(join(tmpdir(), 'hydrant-e2e-s3sub-other-')));
+      const opening = Substituter.open({
+        urls: [`s3://${bucket}?endpoint=${fleet.s3.hostPort}&scheme=http`], trustedPublicKeys: [], pool, store, log: createLogger({ level: 'silent' }), awsCredentialsFile: credentials,
+        queryValid: async () => new Set(),
+      });
+      // A misconfiguration, not a bucket away: `serve` stops on it as before.
+      await expect(opening).rejects.toBeInstanceOf(ConfigError);
+      await expect(opening).rejects.toThrow(/\/other\/store/);
+    } finally {
+      await pool.close();
+    }
+  }, 60_000);
 });
