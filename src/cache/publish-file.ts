@@ -3,6 +3,7 @@ import { closeSync, fdatasync, linkSync, openSync, renameSync, statSync, unlinkS
 import { open, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { asDiskWriteError } from '../errors/files.ts';
+import { SMALL_FILE } from '../util/small-file.ts';
 
 /**
  * Write-once, all-or-nothing files. Everything is first written to a hidden
@@ -12,15 +13,13 @@ import { asDiskWriteError } from '../errors/files.ts';
  * written by another runner) is never replaced.
  *
  * The calls that only touch metadata or copy a few KB into the page cache
- * (open, write, close, link, unlink, stat) are made synchronously: each is
- * one system call of a few microseconds on a local disk, where going through
- * libuv's thread pool costs a promise, a hand-off and a wake-up each. What
- * waits for the disk (fdatasync) and bodies larger than SMALL_FILE stay off
- * the main thread.
+ * (open, write, close, link, unlink, stat) are made synchronously
+ * (util/small-file.ts says why); what waits for the disk (fdatasync) and
+ * bodies larger than SMALL_FILE stay off the main thread.
  */
 
 /** Bodies up to this size are written with synchronous calls (narinfos, listings, most logs). */
-export const SMALL_FILE = 64 * 1024;
+export { SMALL_FILE };
 
 /** A fresh hidden name next to `final` (same filesystem, so link/rename work). */
 export function tempPathFor(final: string): string {

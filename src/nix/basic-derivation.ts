@@ -1,6 +1,6 @@
-import { readFile } from 'node:fs/promises';
 import type { NixStoreHandle } from './private-store.ts';
 import { parseDerivation, type Derivation } from './derivation.ts';
+import { readWholeFile } from '../util/small-file.ts';
 
 /**
  * The basic derivation BuildDerivation takes: the .drv with its input
@@ -11,7 +11,7 @@ export async function basicDerivation(store: NixStoreHandle, drv: Derivation): P
   if ([...drv.outputs.values()].some((o) => o.path === '')) return null;
   const inputs = new Set(drv.inputSrcs);
   for (const [inputDrv, names] of drv.inputDrvs) {
-    const dep = parseDerivation(await readFile(store.realPath(inputDrv), 'utf8'));
+    const dep = parseDerivation((await readWholeFile(store.realPath(inputDrv))).toString('utf8'));
     for (const name of names) {
       const path = dep.outputs.get(name)?.path;
       if (!path) return null;

@@ -1,7 +1,7 @@
-import { constants } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, openSync } from 'node:fs';
 import { NixFormatError, PathNotInStoreError } from '../errors/index.ts';
 import { Batcher } from '../util/batcher.ts';
+import { readOpenFile } from '../util/small-file.ts';
 import { parseDerivation } from './derivation.ts';
 import { summarizeDerivation, type DerivationSummary } from './derivation-summary.ts';
 import { hostStore } from './private-store.ts';
@@ -35,10 +35,10 @@ export class LocalNixStore {
    */
   async readDerivation(drvPath: string): Promise<DerivationSummary> {
     parseDerivationPath(drvPath);
-    let file: FileHandle;
+    let fd: number;
     try {
-      // O_NONBLOCK: opening a FIFO must not wait for a writer.
-      file = await open(drvPath, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+      // O_NONBLOCK: opening a FIFO must not wait for a writer. Synchronous calls for a small file (util/small-file.ts).
+      fd = openSync(drvPath, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') throw new PathNotInStoreError([drvPath]);
@@ -47,10 +47,11 @@ export class LocalNixStore {
     }
     let bytes: Uint8Array;
     try {
-      if (!(await file.stat()).isFile()) throw new NixFormatError('derivation', `'${drvPath}' is not a regular file`);
-      bytes = await file.readFile();
+      const st = fstatSync(fd);
+      if (!st.isFile()) throw new NixFormatError('derivation', `'${drvPath}' is not a regular file`);
+      bytes = await readOpenFile(fd, st.size);
     } finally {
-      await file.close();
+      closeSync(fd);
     }
     return this.parse(drvPath, bytes);
   }

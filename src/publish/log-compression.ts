@@ -1,7 +1,7 @@
 import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { SMALL_FILE } from '../cache/publish-file.ts';
+import { SMALL_FILE } from '../util/small-file.ts';
 import { asDiskWriteError } from '../errors/files.ts';
 import { makeDirSync } from '../util/make-dir.ts';
 import type { WorkerPool } from '../workers/pool.ts';

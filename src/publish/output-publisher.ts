@@ -2,7 +2,7 @@ import type { StepFinisher, StepJob, StepOutcome, ValidOutputs } from '../actors
 import type { BinaryCache } from '../cache/binary-cache.ts';
 import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { SMALL_FILE } from '../cache/publish-file.ts';
+import { SMALL_FILE } from '../util/small-file.ts';
 import { uploadClosure } from '../cache/upload.ts';
 import { DiskWriteError } from '../errors/index.ts';
 import type { Logger } from '../util/logger.ts';
