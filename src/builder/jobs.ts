@@ -246,7 +246,7 @@ export class Jobs {
     let nixSupport: ProtoNixSupport;
     try {
       outputs = await outputPaths(ctx, order, built);
-      infos = await outputInfos(ctx, outputs.map((o) => o.path));
+      infos = await outputInfos(ctx, outputs.map((o) => o.path), requisites);
       nixSupport = await nixSupportOf(ctx, outputs);
     } catch (err) {
       if (job.aborted) throw new JobAbortedError();

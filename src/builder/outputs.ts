@@ -11,6 +11,8 @@
  * the call and the upload ends without waiting for room or the receipt.
  */
 import { createHash } from 'node:crypto';
+import { lstatSync } from 'node:fs';
+import { join } from 'node:path';
 import type { ServiceError } from '@grpc/grpc-js';
 import { NarHashMismatchError, PathNotInStoreError } from '../errors/index.ts';
 import { exportOrder } from '../nix/export.ts';
@@ -18,7 +20,8 @@ import { parseHash } from '../nix/hash.ts';
 import { narChunks } from '../nix/nar-writer.ts';
 import { readBuildNixSupport } from '../nix/nix-support.ts';
 import { servePool } from '../nix/serve-session.ts';
-import type { BuildOrder, CompleteRequest, NixSupport as ProtoNixSupport, UploadOutputMessage, UploadReceipt } from '../protocol/gen/runner.ts';
+import { storePathName } from '../nix/store-path.ts';
+import type { BuildOrder, CompleteRequest, NixSupport as ProtoNixSupport, PathInfo, UploadOutputMessage, UploadReceipt } from '../protocol/gen/runner.ts';
 import { chooseCompression, compressChunks } from '../protocol/wire-compression.ts';
 import { JobAbortedError, type Job, type JobContext } from './job.ts';
 
@@ -64,22 +67,34 @@ export function uploadOrder<T extends { path: string }>(outputs: readonly T[], i
   return exportOrder(byPath.keys(), (p) => infos.get(p)?.references ?? []).map((p) => byPath.get(p)!);
 }
 
-/** Each output's NAR hash and size, references, deriver and closure size, from the store. */
-export async function outputInfos(ctx: JobContext, paths: readonly string[]): Promise<Map<string, OutputInfo>> {
+/**
+ * Each output's NAR hash and size, references, deriver and closure size, from
+ * the store: one query for the outputs. Their closures are the outputs and the
+ * job's requisites (what the build could see), whose sizes the requisites'
+ * metadata gives, as the runner's store holds them; an output referring to a
+ * path outside them has its closure asked of the store.
+ */
+export async function outputInfos(ctx: JobContext, paths: readonly string[], requisites: readonly PathInfo[] = []): Promise<Map<string, OutputInfo>> {
   const store = ctx.store;
   // Over the store's serve session: no Nix process per step for metadata.
   return servePool(store).use(async (session) => {
     const infos = await session.queryPathInfos(paths);
+    const known = new Map<string, { narSize: number; references: readonly string[] }>();
+    for (const r of requisites) known.set(r.storePath, { narSize: Number(r.narSize), references: r.references });
+    for (const i of infos) known.set(i.path, i);
     const result = new Map<string, OutputInfo>();
     for (const i of infos) {
-      const closure = await session.queryClosure([i.path], false);
-      const sizes = await session.queryPathInfos(closure);
+      let closureSize = closureSizeOf(i.path, known);
+      if (closureSize === null) {
+        const sizes = await session.queryPathInfos(await session.queryClosure([i.path], false));
+        closureSize = sizes.reduce((n, x) => n + x.narSize, 0);
+      }
       result.set(i.path, {
         narHash: parseHash(i.narHash, 'sha256').format('base32'),
         narSize: i.narSize,
         references: i.references,
         deriver: i.deriver,
-        closureSize: sizes.reduce((n, x) => n + x.narSize, 0),
+        closureSize,
       });
     }
     const missing = paths.filter((p) => !result.has(p));
@@ -88,9 +103,42 @@ export async function outputInfos(ctx: JobContext, paths: readonly string[]): Pr
   });
 }
 
+/** The NAR sizes of `root`'s closure summed, or null if a path in it is not in `known`. */
+function closureSizeOf(root: string, known: ReadonlyMap<string, { narSize: number; references: readonly string[] }>): number | null {
+  const seen = new Set([root]);
+  const stack = [root];
+  let size = 0;
+  while (stack.length > 0) {
+    const k = known.get(stack.pop()!);
+    if (k === undefined) return null;
+    size += k.narSize;
+    for (const r of k.references) {
+      if (seen.has(r)) continue;
+      seen.add(r);
+      stack.push(r);
+    }
+  }
+  return size;
+}
+
 /** The outputs' nix-support files (products, release name, metrics, failed), as the protocol carries them. */
 export async function nixSupport(ctx: JobContext, outputs: readonly { name: string; path: string }[]): Promise<ProtoNixSupport> {
   const store = ctx.store;
+  // Most outputs have no nix-support directory: told apart with a synchronous lstat or two each, instead
+  // of the reader's asynchronous calls. Then the products are readBuildNixSupport's default: each output
+  // that is a directory, as a `nix-build` product.
+  const stats = outputs.map((o) => lstatSync(store.realPath(o.path), { throwIfNoEntry: false }));
+  const anySupport = outputs.some((o, i) => stats[i]?.isDirectory() && lstatSync(join(store.realPath(o.path), 'nix-support'), { throwIfNoEntry: false }) !== undefined);
+  if (!anySupport && stats.every((st) => st !== undefined)) {
+    return {
+      products: outputs
+        .filter((_, i) => stats[i]!.isDirectory())
+        .map((o) => ({ type: 'nix-build', subtype: o.name === 'out' ? '' : o.name, fileSize: undefined, sha256Hash: undefined, path: o.path, name: storePathName(o.path), defaultPath: undefined })),
+      releaseName: undefined,
+      metrics: [],
+      failed: false,
+    };
+  }
   // Products name paths as the build saw them (/nix/store/…); they are read where the store keeps them.
   const s = await readBuildNixSupport(outputs, (p) => store.realPath(p));
   for (const r of s.rejected) ctx.log(`nix-support: ${r.file}:${r.line}: ${r.text ? `${r.text}: ` : ''}${r.reason}`);
@@ -175,6 +223,8 @@ export async function uploadOutput(
     });
     const h = createHash('sha256');
     let size = 0;
+    // A NAR of one chunk is read synchronously (a few system calls of at most 64 KiB in all):
+    // cheaper than a round trip to the thread pool for each.
     const plain = async function* (this: void, chunks: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
       for await (const chunk of chunks) {
         h.update(chunk);
@@ -182,7 +232,7 @@ export async function uploadOutput(
         yield chunk;
       }
     };
-    for await (const chunk of compressChunks(plain(narChunks(ctx.store.realPath(path), { chunkSize: UPLOAD_CHUNK_SIZE })), compression)) {
+    for await (const chunk of compressChunks(plain(narChunks(ctx.store.realPath(path), { chunkSize: UPLOAD_CHUNK_SIZE, io: info.narSize <= UPLOAD_CHUNK_SIZE ? 'sync' : 'async' })), compression)) {
       if (failed !== undefined || job.aborted) break;
       await write({ part: { $case: 'data', value: Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength) } });
     }
