@@ -1,18 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError, HydrantError } from '../errors/index.ts';
-import { LOG_OPTIONS, LOG_OPTIONS_HELP, type Command } from './command.ts';
-import { builder } from './commands/builder.ts';
-import { cacheGc } from './commands/cache-gc.ts';
-import { db } from './commands/db.ts';
-import { demo } from './commands/demo.ts';
-import { gcRoots } from './commands/gc-roots.ts';
-import { provision } from './commands/provision.ts';
-import { serve } from './commands/serve.ts';
-import { status } from './commands/status.ts';
-import { submit } from './commands/submit.ts';
-
-const COMMANDS: readonly Command[] = [serve, submit, db, builder, demo, status, provision, cacheGc, gcRoots];
+import { LOG_OPTIONS, LOG_OPTIONS_HELP, type Command, type CommandArgs } from './command.ts';
+import { COMMANDS } from './commands.ts';
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 
@@ -97,7 +87,9 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   applyLogOptions(parsed.values);
-  return command.run(parsed as Parameters<Command['run']>[0]);
+  // Only now is the command's code imported (src/cli/commands.ts).
+  const { run } = await command.load();
+  return run(parsed as CommandArgs);
 }
 
 function debugging(): boolean {

@@ -57,7 +57,10 @@ export interface CloseOptions {
   timeoutMs?: number;
 }
 
-const TASKS_FILE = fileURLToPath(new URL('./tasks.ts', import.meta.url));
+// `hydrant` runs a copy of src/ compiled to JavaScript (bin/compiled.mjs): there the
+// tasks module is tasks.js and the workers need no loader (only source maps, as the main thread).
+const COMPILED = import.meta.url.endsWith('.js');
+const TASKS_FILE = fileURLToPath(new URL(COMPILED ? './tasks.js' : './tasks.ts', import.meta.url));
 const REGISTER_TSX = new URL('./register-tsx.mjs', import.meta.url).href;
 
 /**
@@ -78,7 +81,7 @@ const REGISTER_TSX = new URL('./register-tsx.mjs', import.meta.url).href;
  *
  * Workers run TypeScript: they are started with `--import register-tsx.mjs`,
  * which registers tsx inside the worker (see that file for why `--import tsx`
- * is not enough on Node 20).
+ * is not enough on Node 20); compiled (COMPILED), they run tasks.js as it is.
  */
 export class WorkerPool {
   private readonly piscina: Piscina;
@@ -114,7 +117,7 @@ export class WorkerPool {
       // rejects a task we admitted (e.g. while a finished task's thread is being handed the next one).
       maxQueue: maxQueue + threads,
       idleTimeout: 0,
-      execArgv: ['--import', REGISTER_TSX],
+      execArgv: COMPILED ? ['--enable-source-maps'] : ['--import', REGISTER_TSX],
       // Tasks await I/O (file reads, child processes): don't block threads in Atomics.wait between tasks.
       atomics: 'async',
       recordTiming: true,

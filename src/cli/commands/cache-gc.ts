@@ -11,120 +11,86 @@ import { ConfigError } from '../../errors/index.ts';
 import { defaultRootsDir } from '../../publish/gc-roots.ts';
 import { WorkerPool } from '../../workers/pool.ts';
 import { withRoom } from '../../workers/with-room.ts';
-import type { Command } from '../command.ts';
+import type { CommandArgs } from '../command.ts';
 import { progressBar } from '../progress-bar.ts';
 
-export const cacheGc: Command = {
-  name: 'cache',
-  summary: 'delete from a binary cache what no GC root keeps alive (cache gc)',
-  usage: 'hydrant cache gc --store URI [--roots-dir DIR] [--prefix P/] [--min-age 1h] [--dry-run]',
-  help: `  gc    delete every narinfo, NAR, .ls listing, log and realisation under the
-        cache's prefix that belongs to no live path, and abort uploads in parts
-        left unfinished for longer than --min-age. Live paths are the closure of
-        the roots (one entry per store path basename in the GC roots directory,
-        as \`hydrant gc-roots\` and Hydra keep it), followed through the cache's
-        own narinfos. Logs live while their derivation is a root or the deriver
-        of a live path. nix-cache-info, objects outside the prefix and objects
-        of no known kind are kept. Prints what it kept, deleted and freed.
+export async function run({ values, positionals }: CommandArgs): Promise<number> {
+  if (positionals[0] !== 'gc' || positionals.length !== 1) {
+    process.stderr.write(`hydrant cache: unknown action '${positionals.join(' ')}' (gc)\n`);
+    return 2;
+  }
+  const uri = values.store as string | undefined;
+  if (!uri) throw new ConfigError('hydrant cache gc: --store URI is required');
+  const prefix = (values.prefix as string | undefined) ?? '';
+  checkPrefix(prefix);
+  const minAgeText = (values['min-age'] as string | undefined) ?? '1h';
+  const minAgeMs = parseDuration(minAgeText);
+  const dryRun = values['dry-run'] === true;
+  const config = values.config !== undefined ? loadRunnerConfig(values.config as string) : undefined;
+  const rootsDir = (values['roots-dir'] as string | undefined) ?? config?.rootsDir ?? defaultRootsDir();
+  const store = parseStoreUri(uri);
 
-      --store URI       the cache: file:///dir or s3://bucket?… (Nix's parameters)
-      --roots-dir DIR   GC roots directory (default: the config's rootsDir, else
-                        /nix/var/nix/gcroots/per-user/$USER/hydra-roots)
-      --prefix P/       the cache's key prefix inside the bucket or directory
-                        (empty, or ending in /)
-      --min-age D       never delete an object younger than D (default 1h; 30m,
-                        2d, or seconds), so concurrent uploads are safe
-      --dry-run         list what would be deleted; delete nothing
-      --no-local-store  do not follow roots the cache lacks through the local
-                        Nix store (by default their local closure is live too)
-  -c, --config FILE     runner configuration (rootsDir, awsCredentialsFile)`,
-  options: {
-    config: { type: 'string', short: 'c' },
-    store: { type: 'string' },
-    'roots-dir': { type: 'string' },
-    prefix: { type: 'string' },
-    'min-age': { type: 'string' },
-    'dry-run': { type: 'boolean' },
-    'no-local-store': { type: 'boolean' },
-  },
-  async run({ values, positionals }) {
-    if (positionals[0] !== 'gc' || positionals.length !== 1) {
-      process.stderr.write(`hydrant cache: unknown action '${positionals.join(' ')}' (gc)\n`);
-      return 2;
-    }
-    const uri = values.store as string | undefined;
-    if (!uri) throw new ConfigError('hydrant cache gc: --store URI is required');
-    const prefix = (values.prefix as string | undefined) ?? '';
-    checkPrefix(prefix);
-    const minAgeText = (values['min-age'] as string | undefined) ?? '1h';
-    const minAgeMs = parseDuration(minAgeText);
-    const dryRun = values['dry-run'] === true;
-    const config = values.config !== undefined ? loadRunnerConfig(values.config as string) : undefined;
-    const rootsDir = (values['roots-dir'] as string | undefined) ?? config?.rootsDir ?? defaultRootsDir();
-    const store = parseStoreUri(uri);
+  const { roots, junk } = await readRootsDir(rootsDir);
+  const out = (s: string) => process.stdout.write(`${s}\n`);
+  if (junk.length > 0) out(`ignored ${junk.length} entr${junk.length === 1 ? 'y' : 'ies'} of ${rootsDir} that name no store path: ${shortList(junk)}`);
 
-    const { roots, junk } = await readRootsDir(rootsDir);
-    const out = (s: string) => process.stdout.write(`${s}\n`);
-    if (junk.length > 0) out(`ignored ${junk.length} entr${junk.length === 1 ? 'y' : 'ies'} of ${rootsDir} that name no store path: ${shortList(junk)}`);
+  let storage: CacheStorage;
+  if (store.scheme === 'file') {
+    // Opening a directory storage makes the directory: a mistyped path must not become an empty cache.
+    if (!existsSync(store.path)) throw new ConfigError(`hydrant cache gc: no cache at ${store.path}`);
+    storage = await DirectoryStorage.open(store.path);
+  } else storage = await S3Storage.open(store, { credentialsFile: config?.awsCredentialsFile });
+  const pool = new WorkerPool({ threads: 1 });
+  const bar = progressBar(process.stderr);
+  let report: CacheGcReport;
+  try {
+    report = await collectCacheGarbage({
+      storage,
+      prefix,
+      roots: roots.map((r) => r.name),
+      minAgeMs,
+      dryRun,
+      ...(values['no-local-store'] === true
+        ? {}
+        : {
+            localClosure: (paths: readonly string[]) =>
+              localClosure(paths).catch((e: unknown) => {
+                // No Nix here: the cache's own narinfos are all there is to follow.
+                out(`local store not available (${(e as Error).message.split('\n')[0]}): roots the cache lacks are not followed`);
+                return [];
+              }),
+          }),
+      decode: async (body, encoding) => {
+        if (encoding === undefined || encoding === 'identity') return body;
+        if (encoding !== 'xz' && encoding !== 'bzip2' && encoding !== 'br' && encoding !== 'zstd') throw new Error(`Content-Encoding '${encoding}' cannot be read`);
+        // Narinfos are read 16 at a time; the pool queues only a few tasks.
+        return withRoom(pool, () => pool.decompress(body, encoding));
+      },
+      onProgress: (phase, done, total) => bar.update(phase === 'read' ? 'reading narinfos' : dryRun ? 'listing' : 'deleting', done, total),
+    });
+  } finally {
+    bar.done();
+    await storage.close();
+    await pool.close();
+  }
 
-    let storage: CacheStorage;
-    if (store.scheme === 'file') {
-      // Opening a directory storage makes the directory: a mistyped path must not become an empty cache.
-      if (!existsSync(store.path)) throw new ConfigError(`hydrant cache gc: no cache at ${store.path}`);
-      storage = await DirectoryStorage.open(store.path);
-    } else storage = await S3Storage.open(store, { credentialsFile: config?.awsCredentialsFile });
-    const pool = new WorkerPool({ threads: 1 });
-    const bar = progressBar(process.stderr);
-    let report: CacheGcReport;
-    try {
-      report = await collectCacheGarbage({
-        storage,
-        prefix,
-        roots: roots.map((r) => r.name),
-        minAgeMs,
-        dryRun,
-        ...(values['no-local-store'] === true
-          ? {}
-          : {
-              localClosure: (paths: readonly string[]) =>
-                localClosure(paths).catch((e: unknown) => {
-                  // No Nix here: the cache's own narinfos are all there is to follow.
-                  out(`local store not available (${(e as Error).message.split('\n')[0]}): roots the cache lacks are not followed`);
-                  return [];
-                }),
-            }),
-        decode: async (body, encoding) => {
-          if (encoding === undefined || encoding === 'identity') return body;
-          if (encoding !== 'xz' && encoding !== 'bzip2' && encoding !== 'br' && encoding !== 'zstd') throw new Error(`Content-Encoding '${encoding}' cannot be read`);
-          // Narinfos are read 16 at a time; the pool queues only a few tasks.
-          return withRoom(pool, () => pool.decompress(body, encoding));
-        },
-        onProgress: (phase, done, total) => bar.update(phase === 'read' ? 'reading narinfos' : dryRun ? 'listing' : 'deleting', done, total),
-      });
-    } finally {
-      bar.done();
-      await storage.close();
-      await pool.close();
-    }
-
-    const where = `${storage.location}${prefix ? ` (prefix ${prefix})` : ''}`;
-    if (dryRun) for (const k of report.deletedKeys) out(`would delete ${k}`);
-    out(`cache: ${where}${dryRun ? ' (dry run: nothing deleted)' : ''}`);
-    out(`roots: ${roots.length} in ${rootsDir}, ${report.rootsMissing.length} of them not in the cache; ${report.livePaths} live paths${report.liveThroughLocalStore > 0 ? ` (${report.liveThroughLocalStore} reached through the local store)` : ''}`);
-    out(`kept: ${tally(report.kept)} live`);
-    if (report.young.count > 0) out(`kept: ${tally(report.young)} dead but younger than ${minAgeText}`);
-    if (report.unknown.length > 0) out(`kept: ${report.unknown.length} objects of no binary-cache kind: ${shortList(report.unknown)}`);
-    const k = report.deletedByKind;
-    out(
-      `${dryRun ? 'would delete' : 'deleted'}: ${tally(report.deleted)} (${k.narinfo} narinfos, ${k.nar} NARs, ${k.listing} listings, ${k.log} logs, ${k.realisation} realisations); ${dryRun ? 'would free' : 'freed'} ${bytes(report.deleted.bytes)}`,
-    );
-    if (report.aborted.length > 0 || report.uploadsInProgress > 0) {
-      out(`${dryRun ? 'would abort' : 'aborted'}: ${report.aborted.length} unfinished multipart uploads older than ${minAgeText}${report.uploadsInProgress > 0 ? ` (${report.uploadsInProgress} younger left alone)` : ''}`);
-    }
-    for (const f of report.failures) process.stderr.write(`hydrant cache gc: could not delete ${f.key}: ${f.reason}\n`);
-    return report.failures.length > 0 ? 1 : 0;
-  },
-};
+  const where = `${storage.location}${prefix ? ` (prefix ${prefix})` : ''}`;
+  if (dryRun) for (const k of report.deletedKeys) out(`would delete ${k}`);
+  out(`cache: ${where}${dryRun ? ' (dry run: nothing deleted)' : ''}`);
+  out(`roots: ${roots.length} in ${rootsDir}, ${report.rootsMissing.length} of them not in the cache; ${report.livePaths} live paths${report.liveThroughLocalStore > 0 ? ` (${report.liveThroughLocalStore} reached through the local store)` : ''}`);
+  out(`kept: ${tally(report.kept)} live`);
+  if (report.young.count > 0) out(`kept: ${tally(report.young)} dead but younger than ${minAgeText}`);
+  if (report.unknown.length > 0) out(`kept: ${report.unknown.length} objects of no binary-cache kind: ${shortList(report.unknown)}`);
+  const k = report.deletedByKind;
+  out(
+    `${dryRun ? 'would delete' : 'deleted'}: ${tally(report.deleted)} (${k.narinfo} narinfos, ${k.nar} NARs, ${k.listing} listings, ${k.log} logs, ${k.realisation} realisations); ${dryRun ? 'would free' : 'freed'} ${bytes(report.deleted.bytes)}`,
+  );
+  if (report.aborted.length > 0 || report.uploadsInProgress > 0) {
+    out(`${dryRun ? 'would abort' : 'aborted'}: ${report.aborted.length} unfinished multipart uploads older than ${minAgeText}${report.uploadsInProgress > 0 ? ` (${report.uploadsInProgress} younger left alone)` : ''}`);
+  }
+  for (const f of report.failures) process.stderr.write(`hydrant cache gc: could not delete ${f.key}: ${f.reason}\n`);
+  return report.failures.length > 0 ? 1 : 0;
+}
 
 function tally(t: Tally): string {
   return `${t.count} object${t.count === 1 ? '' : 's'}, ${bytes(t.bytes)}`;

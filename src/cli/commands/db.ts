@@ -6,57 +6,40 @@ import { createPool } from '../../db/pool.ts';
 import { checkSchema, ensureSchema } from '../../db/schema.ts';
 import { HYDRA_SCHEMA_VERSION } from '../../db/required-schema.ts';
 import { withDatabase } from '../../db/url.ts';
-import { databaseLine, NAMED_DB_OPTIONS, NAMED_DB_OPTIONS_HELP, namedDatabaseConfig, openCommandDatabase, type Command } from '../command.ts';
+import type { CommandArgs } from '../command.ts';
+import { databaseLine, namedDatabaseConfig, openCommandDatabase } from '../database.ts';
 
-export const db: Command = {
-  name: 'db',
-  summary: 'check, create or compare the Hydra database schema',
-  usage: 'hydrant db check|init|compare [options]',
-  help: `  check     verify that every table and column Hydrant needs exists; changes
-            nothing. Exit 1 with one line naming what is missing.
-  init      create Hydra's schema (version ${HYDRA_SCHEMA_VERSION}) on an empty database, or check
-            an existing one (never altered)
-  compare --hydra-sql FILE
-            load Hydra's own hydra.sql into one scratch database and Hydrant's
-            migration into another on the same server, and print every
-            difference in tables, columns, constraints, indexes, triggers,
-            functions and rules. Exit 1 when they differ.
-
-The first line of output names the database used.
-${NAMED_DB_OPTIONS_HELP}`,
-  options: { ...NAMED_DB_OPTIONS, 'hydra-sql': { type: 'string' } },
-  async run({ values, positionals }) {
-    const action = positionals[0];
-    if (action !== 'check' && action !== 'init' && action !== 'compare') {
-      process.stderr.write(`hydrant db: unknown action '${action ?? ''}' (check, init or compare)\n`);
-      return 2;
-    }
-    const config = namedDatabaseConfig('db', values);
-    const database = await openCommandDatabase(config);
-    process.stdout.write(databaseLine(database, config));
-    try {
-      switch (action) {
-        case 'check': {
-          const version = await checkSchema(database.pool);
-          process.stdout.write(`schema ok (${versionText(version)})\n`);
-          return 0;
-        }
-        case 'init': {
-          const s = await ensureSchema(database.pool);
-          process.stdout.write(`${s.created ? 'created' : 'accepted existing'} Hydra schema (${versionText(s.version)})\n`);
-          return 0;
-        }
-        case 'compare':
-          return await compare(database.url, values['hydra-sql'] as string | undefined);
-        default:
-          process.stderr.write(`hydrant db: unknown action '${action ?? ''}' (check, init or compare)\n`);
-          return 2;
+export async function run({ values, positionals }: CommandArgs): Promise<number> {
+  const action = positionals[0];
+  if (action !== 'check' && action !== 'init' && action !== 'compare') {
+    process.stderr.write(`hydrant db: unknown action '${action ?? ''}' (check, init or compare)\n`);
+    return 2;
+  }
+  const config = namedDatabaseConfig('db', values);
+  const database = await openCommandDatabase(config);
+  process.stdout.write(databaseLine(database, config));
+  try {
+    switch (action) {
+      case 'check': {
+        const version = await checkSchema(database.pool);
+        process.stdout.write(`schema ok (${versionText(version)})\n`);
+        return 0;
       }
-    } finally {
-      await database.close();
+      case 'init': {
+        const s = await ensureSchema(database.pool);
+        process.stdout.write(`${s.created ? 'created' : 'accepted existing'} Hydra schema (${versionText(s.version)})\n`);
+        return 0;
+      }
+      case 'compare':
+        return await compare(database.url, values['hydra-sql'] as string | undefined);
+      default:
+        process.stderr.write(`hydrant db: unknown action '${action ?? ''}' (check, init or compare)\n`);
+        return 2;
     }
-  },
-};
+  } finally {
+    await database.close();
+  }
+}
 
 /**
  * Hydra's hydra.sql creates the SchemaVersion table empty; hydra-init loads

@@ -1,6 +1,6 @@
 import { loadRunnerConfig } from '../../config/runner-config.ts';
 import { ConfigError } from '../../errors/index.ts';
-import type { Command } from '../command.ts';
+import type { CommandArgs } from '../command.ts';
 
 /** The URL of a runner's HTTP API from its `httpListen` (a wildcard address is reached on loopback). */
 export function statusUrl(httpListen: string): string {
@@ -12,42 +12,22 @@ export function statusUrl(httpListen: string): string {
   return `http://${host}:${port}`;
 }
 
-export const status: Command = {
-  name: 'status',
-  summary: "print a running runner's status as hydra-queue-runner --status does",
-  usage: 'hydrant status [--config FILE | --url URL]',
-  help: `Prints the JSON document \`hydra-queue-runner --status\` prints, read from a
-running runner's HTTP API (GET /status/provisioner): status, uptime,
-machines (by name: enabled, systemTypes, currentJobs, idleSince,
-nrStepsDone, disabledUntil, lastFailure, consecutiveFailures, ...) and
-machineTypes (by system type: runnable, running, waitTime, lastActive).
-hydra-provisioner's statusCommand can be \`["hydrant", "status"]\`. A runner
-that does not answer, or has no scheduler running, is {"status":"down"}
-(exit code 0, as Hydra's).
-
-  -c, --config FILE   runner configuration: its httpListen is asked
-      --url URL       the runner's HTTP API instead (e.g. http://127.0.0.1:8080)`,
-  options: {
-    config: { type: 'string', short: 'c' },
-    url: { type: 'string' },
-  },
-  async run({ values }) {
-    let base = values.url as string | undefined;
-    if (base === undefined) base = statusUrl(loadRunnerConfig(values.config as string | undefined).httpListen);
-    let url: URL;
-    try {
-      url = new URL('/status/provisioner', base);
-    } catch {
-      throw new ConfigError(`hydrant status: not a URL: ${base}`);
-    }
-    let doc: unknown = { status: 'down' };
-    try {
-      const r = await fetch(url, { signal: AbortSignal.timeout(30_000) });
-      if (r.ok) doc = await r.json();
-    } catch {
-      // Not listening, or not answering: down, as Hydra reports a runner without a status row.
-    }
-    process.stdout.write(`${JSON.stringify(doc)}\n`);
-    return 0;
-  },
-};
+export async function run({ values }: CommandArgs): Promise<number> {
+  let base = values.url as string | undefined;
+  if (base === undefined) base = statusUrl(loadRunnerConfig(values.config as string | undefined).httpListen);
+  let url: URL;
+  try {
+    url = new URL('/status/provisioner', base);
+  } catch {
+    throw new ConfigError(`hydrant status: not a URL: ${base}`);
+  }
+  let doc: unknown = { status: 'down' };
+  try {
+    const r = await fetch(url, { signal: AbortSignal.timeout(30_000) });
+    if (r.ok) doc = await r.json();
+  } catch {
+    // Not listening, or not answering: down, as Hydra reports a runner without a status row.
+  }
+  process.stdout.write(`${JSON.stringify(doc)}\n`);
+  return 0;
+}
