@@ -15,6 +15,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   dispatch: () => import('./dispatch.ts'),
   'dispatch-core': () => import('./dispatch-core.ts'),
   e2e: () => import('./e2e.ts'),
+  'file-calls': () => import('./file-calls.ts'),
   viz: () => import('./viz.ts'),
   demo: () => import('./demo.ts'),
   abort: () => import('./abort.ts'),
