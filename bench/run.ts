@@ -23,6 +23,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   s3: () => import('./s3.ts'),
   soak: () => import('./soak.ts'),
   'history-search': () => import('./history-search.ts'),
+  'step-starts': () => import('./step-starts.ts'),
 };
 
 async function main(): Promise<void> {

@@ -277,23 +277,28 @@ export async function startedInOneStatement(pool: pg.Pool, starts: Starts): Prom
       outPath.push(o.path);
     }
   });
-  const params = [
-    sorted.map((a) => a.buildId),
-    sorted.map((a) => a.drvPath),
-    sorted.map((a) => a.system),
-    sorted.map((a) => a.machine),
-    sorted.map((a) => a.startTime),
-    sorted.map((a) => a.firstStepOfBuild),
-    StepBusy.Preparing,
-    StepType.Build,
-    outStart,
-    outName,
-    outPath,
-  ];
+  const one = sorted.length === 1 ? sorted[0]! : null;
+  // A start alone (most rounds): scalar parameters, a statement that keeps its generic plan (step-started.sql).
+  const statement = prepared(one ? 'results/step-started' : 'results/steps-started');
+  const params = one
+    ? [one.buildId, one.drvPath, one.system, one.machine, one.startTime, one.firstStepOfBuild, StepBusy.Preparing, StepType.Build, outName, outPath]
+    : [
+        sorted.map((a) => a.buildId),
+        sorted.map((a) => a.drvPath),
+        sorted.map((a) => a.system),
+        sorted.map((a) => a.machine),
+        sorted.map((a) => a.startTime),
+        sorted.map((a) => a.firstStepOfBuild),
+        StepBusy.Preparing,
+        StepType.Build,
+        outStart,
+        outName,
+        outPath,
+      ];
   for (let attempt = 1; attempt <= START_STATEMENT_TRIES; attempt++) {
     let row: { found: number[]; stepnrs: number[] };
     try {
-      row = await withStatementRetries(async () => (await pool.query<{ found: number[]; stepnrs: number[] }>(prepared('results/steps-started'), params)).rows[0]!);
+      row = await withStatementRetries(async () => (await pool.query<{ found: number[]; stepnrs: number[] }>(statement, params)).rows[0]!);
     } catch (err) {
       if (isStepnrRace(err)) continue;
       throw err;

@@ -1,5 +1,6 @@
 /**
- * Step starts written as one statement (steps-started.sql) leave the same
+ * Step starts written as one statement (steps-started.sql, step-started.sql
+ * for a start alone) leave the same
  * rows, return the same stepnrs and send the same NOTIFYs, in the same
  * order, as the transaction that locks and inserts start by start; and two
  * writers numbering steps of one build still never collide.
@@ -86,21 +87,24 @@ describe('step starts in one statement', () => {
       }),
     );
     let sawShared = 0;
+    let sawAlone = 0;
     await fc.assert(
       fc.asyncProperty(scenario, async (s) => {
         const alone = await run(s, false);
         const inTransaction = await run(s, true);
         expect(alone).toEqual(inTransaction);
         if (new Set(s.starts.map((t) => t.build)).size < s.starts.length) sawShared++;
+        if (s.starts.length === 1) sawAlone++;
       }),
       {
         numRuns: 25,
         // Starts given out of build order, two of one build, one build with steps already.
-        examples: [[{ builds: [1, 0], starts: [{ build: 1, outputs: [true, false], first: true, system: null }, { build: 0, outputs: [], first: false, system: null }, { build: 1, outputs: [false], first: false, system: 'aarch64-linux' }] }]],
+        examples: [[{ builds: [2], starts: [{ build: 0, outputs: [true, false], first: true, system: null }] }], [{ builds: [1, 0], starts: [{ build: 1, outputs: [true, false], first: true, system: null }, { build: 0, outputs: [], first: false, system: null }, { build: 1, outputs: [false], first: false, system: 'aarch64-linux' }] }]],
       },
     );
-    // The comparison covered several starts of one build in one write.
+    // The comparison covered several starts of one build in one write, and a start alone (step-started.sql).
     expect(sawShared).toBeGreaterThan(0);
+    expect(sawAlone).toBeGreaterThan(0);
   });
 
   it('a missing build writes nothing, not even the starts of the other builds', async () => {
@@ -109,12 +113,13 @@ describe('step starts in one statement', () => {
     const start = { drvPath: d, system: 'x86_64-linux', machine: 'm', startTime: 1, outputs: [{ name: 'out', path: null }], firstStepOfBuild: true };
     const before = seen.length;
     await expect(startedInOneStatement(db.pool, [{ ...start, buildId: id }, { ...start, buildId: 999_999 }])).rejects.toThrow('build 999999 does not exist');
+    await expect(startedInOneStatement(db.pool, [{ ...start, buildId: 999_998 }])).rejects.toThrow('build 999998 does not exist');
     expect((await db.pool.query('select count(*)::int n from buildsteps where build = $1', [id])).rows[0].n).toBe(0);
     expect((await db.pool.query('select count(*)::int n from buildstepoutputs where build = $1', [id])).rows[0].n).toBe(0);
     expect(await notesAfter(before, 0)).toEqual([]);
   });
 
-  it('waits for a build locked by another writer and numbers after the step it committed meanwhile', async () => {
+  it.each([1, 2])('%i start(s) wait for a build locked by another writer and number after the step it committed meanwhile', async (count) => {
     const d = drv();
     const id = await queueBuild(db.pool, jobsetId, d, 'job', 'x86_64-linux', [{ name: 'out', path: null }]);
     const other = new pg.Client({ connectionString: db.url });
@@ -122,40 +127,43 @@ describe('step starts in one statement', () => {
     try {
       await other.query('begin');
       const a = await startStep(other, { buildId: id, drvPath: d, system: null, machine: 'other', startTime: 1, busy: 1, type: 0, outputs: [] });
-      const b = startedInOneStatement(db.pool, [{ buildId: id, drvPath: d, system: 'x86_64-linux', machine: 'pool', startTime: 2, outputs: [], firstStepOfBuild: false }]);
+      const b = startedInOneStatement(db.pool, Array.from({ length: count }, () => ({ buildId: id, drvPath: d, system: 'x86_64-linux', machine: 'pool', startTime: 2, outputs: [], firstStepOfBuild: false })));
       // The statement has taken its snapshot and waits for the row lock: max(stepnr) cannot see `a`.
       for (;;) {
-        const w = await db.pool.query("select count(*)::int n from pg_stat_activity where wait_event_type = 'Lock' and query like '-- Step attempts begin%'");
+        const w = await db.pool.query("select count(*)::int n from pg_stat_activity where wait_event_type = 'Lock' and (query like '-- Step attempts begin%' or query like '-- One step attempt begins%')");
         if (w.rows[0].n > 0) break;
         await new Promise((r) => setTimeout(r, 10));
       }
       await other.query('commit');
-      expect([a, await b]).toEqual([1, [2]]);
+      expect([a, await b]).toEqual([1, count === 1 ? [2] : [2, 3]]);
     } finally {
       await other.end();
     }
     expect((await db.pool.query('select stepnr, machine from buildsteps where build = $1 order by stepnr', [id])).rows).toEqual([
       { stepnr: 1, machine: 'other' },
-      { stepnr: 2, machine: 'pool' },
+      ...Array.from({ length: count }, (_, k) => ({ stepnr: 2 + k, machine: 'pool' })),
     ]);
   });
 
-  it('allocates distinct stepnrs 1..40 to 40 concurrent statements on one build', async () => {
+  it('allocates distinct stepnrs 1..60 to 40 concurrent statements on one build, half of them starting two steps', async () => {
     const d = drv();
     const id = await queueBuild(db.pool, jobsetId, d, 'job', 'x86_64-linux', [{ name: 'out', path: null }]);
     const pool = createPool(db.url, { max: 40 });
     try {
       const nrs = await Promise.all(
         Array.from({ length: 40 }, (_, i) =>
-          startedInOneStatement(pool, [{ buildId: id, drvPath: d, system: 'x86_64-linux', machine: `m${i}`, startTime: i, outputs: [{ name: 'out', path: null }], firstStepOfBuild: false }]),
+          startedInOneStatement(
+            pool,
+            Array.from({ length: 1 + (i % 2) }, (_, k) => ({ buildId: id, drvPath: d, system: 'x86_64-linux', machine: `m${i}-${k}`, startTime: i, outputs: [{ name: 'out', path: null }], firstStepOfBuild: false })),
+          ),
         ),
       );
-      expect(nrs.flat().sort((x, y) => x - y)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
+      expect(nrs.flat().sort((x, y) => x - y)).toEqual(Array.from({ length: 60 }, (_, i) => i + 1));
     } finally {
       await pool.end();
     }
     const rows = (await db.pool.query('select stepnr, machine from buildsteps where build = $1 order by stepnr', [id])).rows;
-    expect(rows.map((r) => r.stepnr)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
-    expect((await db.pool.query('select count(*)::int n from buildstepoutputs where build = $1', [id])).rows[0].n).toBe(40);
+    expect(rows.map((r) => r.stepnr)).toEqual(Array.from({ length: 60 }, (_, i) => i + 1));
+    expect((await db.pool.query('select count(*)::int n from buildstepoutputs where build = $1', [id])).rows[0].n).toBe(60);
   });
 });
