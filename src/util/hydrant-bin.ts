@@ -1,8 +1,12 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-/** The `hydrant` command's entry (registers tsx, then runs src/cli/main.ts). */
-export const HYDRANT_BIN = fileURLToPath(new URL('../../bin/hydrant.js', import.meta.url));
+/**
+ * The `hydrant` command's entry (runs src/cli/main.ts compiled, or through tsx).
+ * Compiled, this module runs from dist/<key>/src/util/, where bin/ is a link
+ * back to the checkout's: the real path is the one children are started with.
+ */
+export const HYDRANT_BIN = realpathSync(fileURLToPath(new URL('../../bin/hydrant.js', import.meta.url)));
 
 /**
  * The Node flags on the entry's `#!/usr/bin/env -S node …` line. The
