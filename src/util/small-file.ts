@@ -1,4 +1,4 @@
-import { closeSync, fstatSync, openSync, readFile, readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFile, readSync } from 'node:fs';
 
 /**
  * Files up to this size are read and written with synchronous calls on the
@@ -10,13 +10,22 @@ import { closeSync, fstatSync, openSync, readFile, readFileSync } from 'node:fs'
 export const SMALL_FILE = 64 * 1024;
 
 /**
- * The rest of the open file `fd`, whose size is `size`: read synchronously
- * when small, else on the thread pool. The caller closes `fd`.
+ * The file `fd` just opened, whose fstat gave `size`: read synchronously when
+ * small (the `size` bytes, as readFileSync reads a regular file, without its
+ * second fstat; not for files whose size fstat does not tell, such as
+ * /proc's), else on the thread pool. The caller closes `fd`.
  */
 export function readOpenFile(fd: number, size: number): Promise<Buffer> {
   if (size <= SMALL_FILE) {
     try {
-      return Promise.resolve(readFileSync(fd));
+      const buf = Buffer.allocUnsafe(size);
+      let off = 0;
+      while (off < size) {
+        const n = readSync(fd, buf, off, size - off, null);
+        if (n === 0) break;
+        off += n;
+      }
+      return Promise.resolve(off === size ? buf : buf.subarray(0, off));
     } catch (e) {
       return Promise.reject(e as Error);
     }
