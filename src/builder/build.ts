@@ -20,13 +20,13 @@ const KEPT_LOGS = 16;
 
 /**
  * Runs jobs' builds; holds the serve sessions they use, and the logs of
- * builds whose attempt was aborted after Nix had made the outputs valid:
+ * builds whose attempt was aborted (or failed) after Nix had made the outputs valid:
  * the next attempt of that derivation finds them valid and builds nothing,
  * and sends that log as its own (Hydra would record an empty log).
  */
 export class Builds {
   readonly #ctx: JobContext;
-  /** Derivation → the log of the build that made its outputs here, for an attempt that was aborted (newest last). */
+  /** Derivation → the log of the build that made its outputs here, for an attempt that reported no success (newest last). */
   readonly #keptLogs = new Map<string, Buffer>();
   /** Build sessions, one per slot in use (the agent's slots bound how many run). */
   #serveBuilds: ServeBuilds | undefined;
@@ -100,7 +100,7 @@ export class Builds {
     throw new BuilderJobError(state, result.errorMsg || 'build failed');
   }
 
-  /** Keeps the log of an aborted job's build that made its outputs, for the derivation's next attempt. */
+  /** Keeps the log of the build that made a job's outputs when the job reports no success, for the derivation's next attempt. */
   keepLog(job: Job): void {
     if (job.builtLog === undefined) return;
     const drv = job.order.drvPath;

