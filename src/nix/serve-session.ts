@@ -21,8 +21,13 @@ export type { ServeBuildResult, ServeBuildSettings };
 /** Bytes of an import held back before they are written to the serve process at once. */
 const IMPORT_WRITE_BYTES = 64 * 1024;
 
-/** Thrown by a Cursor that ran out of bytes: the reply is not all there yet. */
-class NeedMore extends Error {}
+/**
+ * Thrown by a Cursor that ran out of bytes: the reply is not all there yet.
+ * One shared plain object, not an Error: every request throws it at least
+ * once (its first parse finds nothing yet), and an Error would capture a
+ * stack trace each time that nobody reads.
+ */
+const NEED_MORE: unique symbol = Symbol('need more bytes');
 
 /** Reads one reply's words and strings synchronously from what has arrived. */
 class Cursor {
@@ -30,7 +35,7 @@ class Cursor {
   constructor(private readonly buf: Buffer) {}
 
   private take(n: number): Buffer {
-    if (this.buf.length - this.pos < n) throw new NeedMore();
+    if (this.buf.length - this.pos < n) throw NEED_MORE;
     const out = this.buf.subarray(this.pos, this.pos + n);
     this.pos += n;
     return out;
@@ -84,7 +89,7 @@ class FrameReader {
         this.buf = this.buf.subarray(c.pos);
         return value;
       } catch (e) {
-        if (!(e instanceof NeedMore)) throw e;
+        if (e !== NEED_MORE) throw e;
       }
       if (this.closed) throw new Error('the serve process ended');
       await new Promise<void>((r) => (this.wake = r));
