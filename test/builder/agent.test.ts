@@ -13,7 +13,6 @@ import { BuilderUnauthenticatedError, type HydrantError } from '../../src/errors
 import { parseDerivation } from '../../src/nix/derivation.ts';
 import { exportOrder } from '../../src/nix/export.ts';
 import { parseHash } from '../../src/nix/hash.ts';
-import { narChunks } from '../../src/nix/nar-writer.ts';
 import {
   ResultState,
   StepBusy,
@@ -27,7 +26,7 @@ import {
 import { JobOwnership } from '../../src/protocol/job-ownership.ts';
 import { PROTOCOL_VERSION, type ControlSession, type RunnerHandlers } from '../../src/protocol/server.ts';
 import { instantiate, MK_DRV, realise, runNix } from '../helpers/nix.ts';
-import { startRunnerServer } from '../helpers/runner-server.ts';
+import { collectLogs, hostNars, startRunnerServer } from '../helpers/runner-server.ts';
 
 const TOKEN = 'agent-test-token-0123456789abcdef';
 const MACHINE = 'agent-test-machine';
@@ -70,43 +69,14 @@ const handlers: RunnerHandlers = {
     if (req.jobId === 'job-main') await new Promise((r) => setTimeout(r, 400));
     return { requisites: requisitesOf.get(req.jobId) ?? [] };
   },
-  async *fetchNar(_ctx, req) {
-    for (const path of [req.storePath, ...req.moreStorePaths]) {
-      const [info] = await queryPathInfos(hostStore, [path]);
-      narsServed.push(path);
-      yield {
-        part: {
-          $case: 'header',
-          value: {
-            info: {
-              storePath: info!.path,
-              narHash: info!.narHash.format('base32'),
-              narSize: info!.narSize,
-              references: info!.references,
-              deriver: info!.deriver ?? undefined,
-              ca: undefined,
-            },
-            compression: 0,
-          },
-        },
-      };
-      for await (const c of narChunks(path, { chunkSize: 4096 })) yield { part: { $case: 'data', value: c } };
-    }
-  },
+  fetchNar: (_ctx, req) => hostNars(req, (p) => narsServed.push(p)),
   async hasPath() {
     return { present: false };
   },
   async stepStatus() {
     throw new Error('builders report phases on the control stream');
   },
-  async streamLog(_ctx, jobId, chunks) {
-    let n = 0;
-    for await (const c of chunks) {
-      logs.set(jobId, Buffer.concat([logs.get(jobId) ?? Buffer.alloc(0), c.data]));
-      n += c.data.length;
-    }
-    return { bytesReceived: n };
-  },
+  streamLog: collectLogs(logs),
   async uploadOutput(_ctx, header, data) {
     const h = createHash('sha256');
     let size = 0;

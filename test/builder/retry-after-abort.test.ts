@@ -8,14 +8,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hostStore } from '../../src/nix/private-store.ts';
 import { queryPathInfos } from '../../src/nix/transfer.ts';
 import { parseDerivation } from '../../src/nix/derivation.ts';
-import { narChunks } from '../../src/nix/nar-writer.ts';
 import { alive, pidsWithArg } from '../../src/provision/process-list.ts';
 import { ResultState, StepBusy, type BuildOrder, type CompleteRequest, type PathInfo } from '../../src/protocol/gen/runner.ts';
 import { JobOwnership } from '../../src/protocol/job-ownership.ts';
 import type { ControlSession, RunnerHandlers } from '../../src/protocol/server.ts';
 import { startBuilder, type CliProcess } from '../helpers/fleet.ts';
 import { instantiate, MK_DRV } from '../helpers/nix.ts';
-import { startRunnerServer } from '../helpers/runner-server.ts';
+import { collectLogs, hostNars, startRunnerServer } from '../helpers/runner-server.ts';
 import { waitFor } from '../helpers/runtime.ts';
 
 /**
@@ -64,35 +63,14 @@ const handlers: RunnerHandlers = {
   async fetchRequisites(_ctx, req) {
     return { requisites: requisitesOf.get(req.jobId) ?? [] };
   },
-  async *fetchNar(_ctx, req) {
-    for (const p of [req.storePath, ...req.moreStorePaths]) {
-      const [info] = await queryPathInfos(hostStore, [p]);
-      yield {
-        part: {
-          $case: 'header',
-          value: {
-            info: { storePath: info!.path, narHash: info!.narHash.format('base32'), narSize: info!.narSize, references: info!.references, deriver: undefined, ca: undefined },
-            compression: 0,
-          },
-        },
-      };
-      for await (const c of narChunks(p, { chunkSize: 4096 })) yield { part: { $case: 'data', value: c } };
-    }
-  },
+  fetchNar: (_ctx, req) => hostNars(req),
   async hasPath() {
     return { present: false };
   },
   async stepStatus() {
     throw new Error('builders report phases on the control stream');
   },
-  async streamLog(_ctx, jobId, chunks) {
-    let n = 0;
-    for await (const c of chunks) {
-      logs.set(jobId, Buffer.concat([logs.get(jobId) ?? Buffer.alloc(0), c.data]));
-      n += c.data.length;
-    }
-    return { bytesReceived: n };
-  },
+  streamLog: collectLogs(logs),
   async uploadOutput(_ctx, header, data) {
     uploadsStarted.add(header.jobId);
     if (hold.has(header.jobId)) await held;
