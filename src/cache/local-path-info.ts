@@ -61,9 +61,12 @@ export async function queryPathInfos(paths: readonly string[], options: { recurs
   const unique = [...new Set(paths)];
   if (unique.length === 0) return [];
   return servePool(hostStore).use(async (session) => {
-    const valid = new Set(await session.queryValid(unique));
-    const invalid = unique.filter((p) => !valid.has(p));
-    if (invalid.length > 0) throw new PathNotInStoreError(invalid);
+    // Only a closure query needs its roots checked first; QueryPathInfos leaves an invalid path out, which the count below catches.
+    if (options.recursive) {
+      const valid = new Set(await session.queryValid(unique));
+      const invalid = unique.filter((p) => !valid.has(p));
+      if (invalid.length > 0) throw new PathNotInStoreError(invalid);
+    }
     const all = options.recursive ? await session.queryClosure(unique, false) : unique;
     const infos = await session.queryPathInfos(all);
     if (infos.length !== all.length) {
